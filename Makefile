@@ -1,0 +1,36 @@
+# The two newcomer commands: `make run` and `make test`. Each builds the venv itself.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+
+.PHONY: run headless test lint bench clean-state venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel the machine offers, never the multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/esper-tui $(ARGS)
+
+headless: $(STAMP)
+	$(VENV)/bin/esper-tui --no-ui $(ARGS)
+
+test: $(STAMP)
+	. scripts/ensure-redis.sh && $(PY) -m ruff check . && $(PY) -m pytest $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.forge $(ARGS)
+
+clean-state:
+	rm -rf var
