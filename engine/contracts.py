@@ -75,7 +75,7 @@ class Level(enum.StrEnum):
 # --------------------------------------------------------------------------- events
 
 
-class Event(Struct, tag_field="type"):
+class Event(Struct, tag_field="type", kw_only=True):
     """Common envelope fields. `source` is the Esper subsystem (tezzeret, urza, tolaria, ...)."""
 
     schema_version: int = SCHEMA_VERSION
@@ -84,7 +84,7 @@ class Event(Struct, tag_field="type"):
     source: str = "engine"
 
 
-class EngineStarted(Event, tag="engine_started"):
+class EngineStarted(Event, tag="engine_started", kw_only=True):
     run_id: str
     bus: str
     state_dir: str
@@ -92,24 +92,24 @@ class EngineStarted(Event, tag="engine_started"):
     torch_version: str
 
 
-class EngineStopping(Event, tag="engine_stopping"):
+class EngineStopping(Event, tag="engine_stopping", kw_only=True):
     reason: str
 
 
-class JobQueued(Event, tag="job_queued"):
+class JobQueued(Event, tag="job_queued", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     reason: str
 
 
-class JobStarted(Event, tag="job_started"):
+class JobStarted(Event, tag="job_started", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     attempt: int
     worker_pid: int
 
 
-class JobCompiled(Event, tag="job_compiled"):
+class JobCompiled(Event, tag="job_compiled", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     artifact_id: str
@@ -122,7 +122,7 @@ class JobCompiled(Event, tag="job_compiled"):
     reused: bool = False  # an identical artifact already existed (same key); nothing was compiled
 
 
-class JobFailed(Event, tag="job_failed"):
+class JobFailed(Event, tag="job_failed", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     error: str
@@ -130,7 +130,7 @@ class JobFailed(Event, tag="job_failed"):
     will_retry: bool
 
 
-class BreakerChanged(Event, tag="breaker_changed"):
+class BreakerChanged(Event, tag="breaker_changed", kw_only=True):
     """A breaker's state or reading changed; `transition` is true when the state itself moved."""
 
     name: str
@@ -144,12 +144,12 @@ class BreakerChanged(Event, tag="breaker_changed"):
     detail: str = ""
 
 
-class ConservativeModeChanged(Event, tag="conservative_mode_changed"):
+class ConservativeModeChanged(Event, tag="conservative_mode_changed", kw_only=True):
     active: bool
     reason: str
 
 
-class WalStatus(Event, tag="wal_status"):
+class WalStatus(Event, tag="wal_status", kw_only=True):
     path: str
     segments: int
     size_bytes: int
@@ -159,13 +159,13 @@ class WalStatus(Event, tag="wal_status"):
     durability_mode: str
 
 
-class ArtifactQuarantined(Event, tag="artifact_quarantined"):
+class ArtifactQuarantined(Event, tag="artifact_quarantined", kw_only=True):
     blueprint_id: str
     artifact_id: str
     reason: str
 
 
-class TrainingStarted(Event, tag="training_started"):
+class TrainingStarted(Event, tag="training_started", kw_only=True):
     """Seed 002 (TELE-760): compile status is captured once, at training start."""
 
     compile_enabled: bool
@@ -178,7 +178,7 @@ class TrainingStarted(Event, tag="training_started"):
     device: str
 
 
-class EpochCompleted(Event, tag="epoch_completed"):
+class EpochCompleted(Event, tag="epoch_completed", kw_only=True):
     epoch: int
     train_loss: float
     val_loss: float
@@ -187,7 +187,7 @@ class EpochCompleted(Event, tag="epoch_completed"):
     epoch_s: float
 
 
-class SeedHealth(Struct):
+class SeedHealth(Struct, kw_only=True):
     slot: str
     stage: SeedStage
     blueprint_id: str | None
@@ -200,29 +200,29 @@ class SeedHealth(Struct):
     exploding: bool = False
 
 
-class SeedsReport(Event, tag="seeds_report"):
+class SeedsReport(Event, tag="seeds_report", kw_only=True):
     epoch: int
     seeds: list[SeedHealth]
 
 
-class ControllerDecision(Event, tag="controller_decision"):
+class ControllerDecision(Event, tag="controller_decision", kw_only=True):
     action: str  # germinate | advance | fossilize | prune | wait
     slot: str | None
     blueprint_id: str | None
     reason: str
 
 
-class TrainingFinished(Event, tag="training_finished"):
+class TrainingFinished(Event, tag="training_finished", kw_only=True):
     epochs: int
     final_accuracy: float
     best_accuracy: float
 
 
-class TrainingPaused(Event, tag="training_paused"):
+class TrainingPaused(Event, tag="training_paused", kw_only=True):
     paused: bool
 
 
-class LogLine(Event, tag="log"):
+class LogLine(Event, tag="log", kw_only=True):
     level: Level
     message: str
 
@@ -251,31 +251,31 @@ AnyEvent = (
 # --------------------------------------------------------------------------- commands
 
 
-class Command(Struct, tag_field="type"):
+class Command(Struct, tag_field="type", kw_only=True):
     schema_version: int = SCHEMA_VERSION
     command_id: str = msgspec.field(default_factory=new_id)
     ts: float = msgspec.field(default_factory=now)
     issued_by: str = "operator"
 
 
-class Recompile(Command, tag="recompile"):
+class Recompile(Command, tag="recompile", kw_only=True):
     blueprint_id: str
     strategy: Strategy | None = None  # None: Standard (the operator default)
 
 
-class RecompileAll(Command, tag="recompile_all"):
+class RecompileAll(Command, tag="recompile_all", kw_only=True):
     strategy: Strategy | None = None
 
 
-class SetConservativeMode(Command, tag="set_conservative_mode"):
+class SetConservativeMode(Command, tag="set_conservative_mode", kw_only=True):
     active: bool
 
 
-class PauseTraining(Command, tag="pause_training"):
+class PauseTraining(Command, tag="pause_training", kw_only=True):
     paused: bool
 
 
-class Shutdown(Command, tag="shutdown"):
+class Shutdown(Command, tag="shutdown", kw_only=True):
     reason: str = "operator"
 
 
@@ -285,7 +285,7 @@ AnyCommand = Recompile | RecompileAll | SetConservativeMode | PauseTraining | Sh
 # --------------------------------------------------------------------------- snapshot
 
 
-class Infrastructure(Struct):
+class Infrastructure(Struct, kw_only=True):
     compile_enabled: bool = False
     compile_backend: str | None = None
     compile_mode: str | None = None
@@ -294,7 +294,7 @@ class Infrastructure(Struct):
     torch_version: str = ""
 
 
-class BreakerView(Struct):
+class BreakerView(Struct, kw_only=True):
     name: str
     state: BreakerState
     reading: float | None = None
@@ -304,7 +304,7 @@ class BreakerView(Struct):
     detail: str = ""
 
 
-class JobView(Struct):
+class JobView(Struct, kw_only=True):
     blueprint_id: str
     strategy: Strategy
     status: JobStatus
@@ -319,7 +319,7 @@ class JobView(Struct):
     error: str | None = None
 
 
-class WalView(Struct):
+class WalView(Struct, kw_only=True):
     path: str = ""
     segments: int = 0
     size_bytes: int = 0
@@ -329,7 +329,7 @@ class WalView(Struct):
     durability_mode: str = ""
 
 
-class ForgeHealth(Struct):
+class ForgeHealth(Struct, kw_only=True):
     concurrency: int = 0
     max_concurrency: int = 0
     queue_depth: int = 0
@@ -338,7 +338,7 @@ class ForgeHealth(Struct):
     last_checkpoint_ts: float | None = None
 
 
-class ForgeView(Struct):
+class ForgeView(Struct, kw_only=True):
     conservative_mode: bool = False
     conservative_reason: str = ""
     breakers: list[BreakerView] = msgspec.field(default_factory=list)
@@ -347,7 +347,7 @@ class ForgeView(Struct):
     health: ForgeHealth = msgspec.field(default_factory=ForgeHealth)
 
 
-class SeedView(Struct):
+class SeedView(Struct, kw_only=True):
     slot: str
     stage: SeedStage
     alpha: float
@@ -359,7 +359,7 @@ class SeedView(Struct):
     health: str = "-"  # ok | vanishing | exploding | -
 
 
-class TrainingView(Struct):
+class TrainingView(Struct, kw_only=True):
     status: str = "waiting"  # waiting | running | paused | finished | failed
     epoch: int = 0
     epochs_total: int | None = None
@@ -374,14 +374,14 @@ class TrainingView(Struct):
     seeds: list[SeedView] = msgspec.field(default_factory=list)
 
 
-class EventLine(Struct):
+class EventLine(Struct, kw_only=True):
     ts: float
     source: str
     level: Level
     text: str
 
 
-class Snapshot(Struct):
+class Snapshot(Struct, kw_only=True):
     """What every client sees: the dashboard, `--json`, and a remote control room."""
 
     schema_version: int = SCHEMA_VERSION
@@ -398,13 +398,13 @@ class Snapshot(Struct):
 # --------------------------------------------------------------------------- artifacts
 
 
-class ArtifactFile(Struct):
+class ArtifactFile(Struct, kw_only=True):
     name: str
     sha256: str
     size: int
 
 
-class ArtifactMeta(Struct):
+class ArtifactMeta(Struct, kw_only=True):
     """Everything needed to decide whether a stored kernel may be loaded here, and how fast it is."""
 
     schema_version: int = SCHEMA_VERSION
@@ -493,7 +493,7 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Base of every config section."""
 
 
-class CompilationConfig(Section):
+class CompilationConfig(Section, kw_only=True):
     max_concurrent_jobs: int = 2
     default_strategy: Strategy = Strategy.STANDARD
     enable_aggressive_pipeline: bool = False
@@ -506,34 +506,34 @@ class CompilationConfig(Section):
     timeout_emergency_s: float = 60.0
 
 
-class WalConfig(Section):
+class WalConfig(Section, kw_only=True):
     path: str = "tezzeret/wal"  # relative paths are under the state directory
     durability_mode: DurabilityMode = DurabilityMode.O_DSYNC
 
 
-class ConservativeModeConfig(Section):
+class ConservativeModeConfig(Section, kw_only=True):
     gpu_threshold_percent: float = 25.0
     threshold_duration_minutes: float = 5.0
     calm_period_minutes: float = 0.0  # 0: only the operator leaves conservative mode
 
 
-class MemoryManagementConfig(Section):
+class MemoryManagementConfig(Section, kw_only=True):
     cleanup_interval_seconds: float = 300.0
     memory_budget_mb: int = 8192  # the memory breaker trips above this resident size (engine + workers)
 
 
-class PollingConfig(Section):
+class PollingConfig(Section, kw_only=True):
     initial_full_scan: bool = True
     refresh_interval_minutes: float = 0.0  # 0 disables periodic refresh
 
 
-class BreakersConfig(Section):
+class BreakersConfig(Section, kw_only=True):
     failure_threshold: int = 3  # consecutive failures that open a breaker
     open_seconds: float = 30.0  # time spent open before half-open
     half_open_probes: int = 1  # calls let through while half-open
 
 
-class TezzeretConfig(Section):
+class TezzeretConfig(Section, kw_only=True):
     compilation: CompilationConfig = msgspec.field(default_factory=CompilationConfig)
     wal: WalConfig = msgspec.field(default_factory=WalConfig)
     conservative_mode: ConservativeModeConfig = msgspec.field(default_factory=ConservativeModeConfig)
@@ -542,12 +542,12 @@ class TezzeretConfig(Section):
     breakers: BreakersConfig = msgspec.field(default_factory=BreakersConfig)
 
 
-class LibraryConfig(Section):
+class LibraryConfig(Section, kw_only=True):
     signing_key: str = ""  # hex; ESPER_SIGNING_KEY overrides; generated into the state dir when absent
     cache_ttl_seconds: float = 600.0
 
 
-class TrainingConfig(Section):
+class TrainingConfig(Section, kw_only=True):
     enabled: bool = True
     compile: bool = True  # graft compiled kernels; false runs seeds eagerly (banner shows EAGER)
     epochs: int | None = None  # None: run until interrupted
@@ -565,7 +565,7 @@ class TrainingConfig(Section):
     epoch_delay_s: float = 0.0  # slow the loop down for demos
 
 
-class BusConfig(Section):
+class BusConfig(Section, kw_only=True):
     redis_url: str = ""  # empty: the in-process bus
     stream_prefix: str = "oona"
     group: str = "esper"
@@ -575,12 +575,12 @@ class BusConfig(Section):
     maxlen: int = 100_000
 
 
-class UiConfig(Section):
+class UiConfig(Section, kw_only=True):
     refresh_hz: float = 4.0
     theme: str = "esper-dark"
 
 
-class EsperConfig(Section):
+class EsperConfig(Section, kw_only=True):
     tezzeret: TezzeretConfig = msgspec.field(default_factory=TezzeretConfig)
     library: LibraryConfig = msgspec.field(default_factory=LibraryConfig)
     training: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
