@@ -586,3 +586,31 @@ class EsperConfig(Section, kw_only=True):
     training: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     ui: UiConfig = msgspec.field(default_factory=UiConfig)
+
+
+# --------------------------------------------------------------------------- forge worker protocol
+# The engine and its sandboxed compile workers speak these over a pipe (length-prefixed msgpack).
+
+
+class CompileRequest(Struct, kw_only=True):
+    job_id: str
+    blueprint_id: str
+    in_features: int
+    out_features: int
+    strategy: Strategy
+    backend: str
+    mode: str | None
+    device: str
+    out_dir: str
+
+
+class CompileResponse(Struct, kw_only=True):
+    job_id: str
+    ok: bool
+    error: str = ""
+    files: list[str] = msgspec.field(default_factory=list)
+    compile_s: float = 0.0
+    step_ms_compiled: float = 0.0
+    step_ms_eager: float = 0.0
+    cpu_isa: str = ""
+    max_abs_error: float = 0.0

@@ -1,0 +1,247 @@
+"""Folds the event stream into immutable Snapshots (Sanctum's aggregator).
+
+Pure and synchronous: `apply(event)` updates mutable working state, `snapshot()` freezes it into a
+new Snapshot whose `seq` moves only when something changed, so clients skip identical frames.
+Events are deduplicated by id because the bus delivers at least once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .contracts import (
+    AnyEvent,
+    ArtifactQuarantined,
+    BreakerChanged,
+    BreakerView,
+    ConservativeModeChanged,
+    ControllerDecision,
+    EngineStarted,
+    EngineStopping,
+    EpochCompleted,
+    EventLine,
+    ForgeHealth,
+    ForgeView,
+    Infrastructure,
+    JobCompiled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    JobStatus,
+    JobView,
+    Level,
+    LogLine,
+    SeedsReport,
+    SeedView,
+    Snapshot,
+    TrainingFinished,
+    TrainingPaused,
+    TrainingStarted,
+    TrainingView,
+    WalStatus,
+    WalView,
+)
+
+BREAKER_ORDER = ("memory", "gpu", "timeout")
+
+
+def _seed_health(vanishing: bool, exploding: bool) -> str:
+    return "exploding" if exploding else "vanishing" if vanishing else "ok"
+
+
+class Aggregator:
+    def __init__(self, *, max_concurrency: int = 2, history: int = 120, max_events: int = 200,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._history = history
+        self._configured_concurrency = max_concurrency
+        self.run_id = ""
+        self.infra = Infrastructure()
+        self.conservative = False
+        self.conservative_reason = ""
+        self.breakers: dict[str, BreakerView] = {}
+        self.jobs: dict[str, JobView] = {}
+        self.wal = WalView()
+        self.training = TrainingView()
+        self.loss: deque[float] = deque(maxlen=history)
+        self.accuracy: deque[float] = deque(maxlen=history)
+        self.events: deque[EventLine] = deque(maxlen=max_events)
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._dirty = True
+        self._seq = 0
+        self._last: Snapshot | None = None
+
+    # ------------------------------------------------------------------ folding
+
+    def apply(self, event: AnyEvent) -> bool:
+        """Fold one event; False when it was a duplicate delivery."""
+        if event.event_id in self._seen:
+            return False
+        self._seen[event.event_id] = None
+        if len(self._seen) > 10_000:
+            self._seen.popitem(last=False)
+        self._dirty = True
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+        line = self._describe(event)
+        if line is not None:
+            level = event.level if isinstance(event, LogLine) else (
+                Level.ERROR if isinstance(event, JobFailed) and not event.will_retry
+                else Level.WARNING if isinstance(event, JobFailed | ArtifactQuarantined) else Level.INFO)
+            self.events.append(EventLine(ts=event.ts, source=event.source, level=level, text=line))
+        return True
+
+    def _on_EngineStarted(self, e: EngineStarted) -> None:
+        self.run_id = e.run_id
+        self.infra = msgspec.structs.replace(self.infra, bus=e.bus, device=e.device, torch_version=e.torch_version)
+
+    def _on_TrainingStarted(self, e: TrainingStarted) -> None:
+        self.infra = msgspec.structs.replace(self.infra, compile_enabled=e.compile_enabled,
+                                             compile_backend=e.compile_backend, compile_mode=e.compile_mode)
+        self._training(status="running", epochs_total=e.epochs)
+
+    def _on_EpochCompleted(self, e: EpochCompleted) -> None:
+        self.loss.append(round(e.train_loss, 5))
+        self.accuracy.append(round(e.val_accuracy, 5))
+        best = max(self.training.best_accuracy or 0.0, e.val_accuracy)
+        self._training(epoch=e.epoch, loss=e.train_loss, val_loss=e.val_loss, accuracy=e.val_accuracy,
+                       best_accuracy=best, samples_per_s=e.samples_per_s, epoch_s=e.epoch_s)
+
+    def _on_SeedsReport(self, e: SeedsReport) -> None:
+        seeds = [SeedView(slot=s.slot, stage=s.stage, alpha=s.alpha, blueprint_id=s.blueprint_id, grad_norm=s.grad_norm,
+                          acc_delta=s.acc_delta, epochs_in_stage=s.epochs_in_stage, kernel=s.kernel,
+                          health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else "-")
+                 for s in e.seeds]
+        self._training(seeds=seeds)
+
+    def _on_TrainingPaused(self, e: TrainingPaused) -> None:
+        self._training(status="paused" if e.paused else "running")
+
+    def _on_TrainingFinished(self, e: TrainingFinished) -> None:
+        self._training(status="finished")
+
+    def _training(self, **changes: Any) -> None:
+        self.training = msgspec.structs.replace(self.training, **changes)
+
+    def _on_JobQueued(self, e: JobQueued) -> None:
+        prev = self.jobs.get(e.blueprint_id)
+        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED,
+                                            artifact_id=prev.artifact_id if prev else None,
+                                            version=prev.version if prev else None)
+
+    def _on_JobStarted(self, e: JobStarted) -> None:
+        prev = self.jobs.get(e.blueprint_id)
+        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy,
+                                            status=JobStatus.COMPILING, attempt=e.attempt, started_ts=e.ts,
+                                            artifact_id=prev.artifact_id if prev else None,
+                                            version=prev.version if prev else None)
+
+    def _on_JobCompiled(self, e: JobCompiled) -> None:
+        prev = self.jobs.get(e.blueprint_id)
+        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILED,
+                                            attempt=prev.attempt if prev else 1,
+                                            duration_s=e.compile_s, artifact_id=e.artifact_id, version=e.version,
+                                            backend=f"{e.backend}:{e.mode}", step_ms_compiled=e.step_ms_compiled,
+                                            step_ms_eager=e.step_ms_eager)
+
+    def _on_JobFailed(self, e: JobFailed) -> None:
+        prev = self.jobs.get(e.blueprint_id)
+        started = prev.started_ts if prev else None
+        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy,
+                                            status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
+                                            attempt=e.attempt, error=e.error,
+                                            duration_s=(e.ts - started) if started else None)
+
+    def _on_BreakerChanged(self, e: BreakerChanged) -> None:
+        prev = self.breakers.get(e.name)
+        keep = e.reading is None and prev is not None
+        self.breakers[e.name] = BreakerView(
+            name=e.name, state=e.state, reading=prev.reading if keep and prev else e.reading,
+            threshold=prev.threshold if keep and prev else e.threshold, unit=prev.unit if keep and prev else e.unit,
+            failures=e.failures if not keep else prev.failures if prev else 0, detail=e.detail)
+
+    def _on_ConservativeModeChanged(self, e: ConservativeModeChanged) -> None:
+        self.conservative = e.active
+        self.conservative_reason = e.reason if e.active else ""
+
+    def _on_WalStatus(self, e: WalStatus) -> None:
+        self.wal = WalView(path=e.path, segments=e.segments, size_bytes=e.size_bytes,
+                           open_transactions=list(e.open_transactions), commits=e.commits,
+                           last_checkpoint_ts=e.last_checkpoint_ts, durability_mode=e.durability_mode)
+
+    # ------------------------------------------------------------------ describing
+
+    @staticmethod
+    def _describe(e: AnyEvent) -> str | None:
+        match e:
+            case JobQueued():
+                return f"{e.blueprint_id} queued ({e.strategy}): {e.reason}"
+            case JobStarted():
+                return f"{e.blueprint_id} compiling ({e.strategy}), attempt {e.attempt}"
+            case JobCompiled(reused=True):
+                return f"{e.blueprint_id} already in the library (v{e.version}, {e.backend}:{e.mode}): reused"
+            case JobCompiled():
+                return (f"{e.blueprint_id} compiled ({e.strategy}, {e.backend}:{e.mode}) in {e.compile_s:.1f} s, "
+                        f"step {e.step_ms_compiled:.2f} ms vs eager {e.step_ms_eager:.2f} ms")
+            case JobFailed():
+                return f"{e.blueprint_id} failed ({e.strategy}, attempt {e.attempt}): {e.error[:120]}"
+            case BreakerChanged(transition=True):
+                return f"breaker {e.name}: {e.previous} -> {e.state} ({e.detail})"
+            case ConservativeModeChanged():
+                return f"conservative mode {'ON' if e.active else 'off'}: {e.reason}"
+            case ArtifactQuarantined():
+                return f"{e.blueprint_id} artifact {e.artifact_id[:12]} quarantined: {e.reason}"
+            case TrainingStarted():
+                kind = f"compiled {e.compile_backend}:{e.compile_mode}" if e.compile_enabled else "EAGER"
+                return f"training started on {e.dataset} ({e.host}, {e.slots} seed slots, kernels {kind})"
+            case ControllerDecision():
+                target = f" {e.slot}" if e.slot else ""
+                bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action == "germinate" else ""
+                return f"{e.action}{target}{bp} ({e.reason})"
+            case TrainingPaused():
+                return "training paused" if e.paused else "training resumed"
+            case TrainingFinished():
+                return f"training finished after {e.epochs} epochs, best accuracy {e.best_accuracy:.1%}"
+            case EngineStarted():
+                return f"engine started (bus {e.bus}, state {e.state_dir})"
+            case EngineStopping():
+                return f"engine stopping: {e.reason}"
+            case LogLine():
+                return e.message
+        return None
+
+    # ------------------------------------------------------------------ freezing
+
+    def snapshot(self) -> Snapshot:
+        """A new immutable snapshot; the same object again when nothing changed since the last one."""
+        if not self._dirty and self._last is not None:
+            return self._last
+        self._dirty = False
+        self._seq += 1
+        jobs = list(self.jobs.values())
+        compiling = sum(j.status is JobStatus.COMPILING for j in jobs)
+        health = ForgeHealth(concurrency=compiling,
+                             max_concurrency=1 if self.conservative else self._configured_concurrency,
+                             queue_depth=sum(j.status is JobStatus.QUEUED for j in jobs),
+                             compiled=sum(j.status is JobStatus.COMPILED for j in jobs),
+                             failed=sum(j.status is JobStatus.FAILED for j in jobs),
+                             last_checkpoint_ts=self.wal.last_checkpoint_ts)
+        breakers = sorted(self.breakers.values(),
+                          key=lambda b: BREAKER_ORDER.index(b.name) if b.name in BREAKER_ORDER else 99)
+        training = msgspec.structs.replace(self.training, loss_history=list(self.loss),
+                                           accuracy_history=list(self.accuracy))
+        now = self._clock()
+        self._last = Snapshot(seq=self._seq, ts=now, run_id=self.run_id, uptime_s=now - self._started,
+                              infrastructure=self.infra,
+                              forge=ForgeView(conservative_mode=self.conservative,
+                                              conservative_reason=self.conservative_reason, breakers=breakers,
+                                              jobs=jobs, wal=self.wal, health=health),
+                              training=training, events=list(self.events)[-50:])
+        return self._last

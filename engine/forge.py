@@ -1,0 +1,310 @@
+"""Tezzeret, the forge: queue blueprints, compile them in sandboxed workers, store signed kernels.
+
+Every compile is a WAL transaction: BEGIN (what and why) -> DATA (staged, worker pid) -> COMMIT
+(artifact id and version) or ABORT (error). The library rename happens before COMMIT, so after a
+crash an open transaction means "maybe stored": recovery aborts it and requeues the blueprint, and
+the job then finds the stored artifact by key and reuses it instead of compiling twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .breaker_board import BreakerBoard
+from .breakers import BreakerTransition, Clock
+from .catalog import Catalog
+from .conservative import ConservativeMode
+from .contracts import (
+    AnyEvent,
+    ArtifactQuarantined,
+    BreakerChanged,
+    BreakerState,
+    CompileRequest,
+    ConservativeModeChanged,
+    JobCompiled,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    Level,
+    LogLine,
+    Strategy,
+    TezzeretConfig,
+    WalStatus,
+)
+from .library import Identity, Library, artifact_key
+from .pipelines import choose_strategy, settings_for, timeout_for
+from .resources import GpuProbe, read_memory
+from .sandbox import CompileTimeout, WorkerError, WorkerPool
+from .wal import RecoveryReport, WalFsyncError, WriteAheadLog
+
+Emit = Callable[[AnyEvent], None]
+
+
+@dataclass
+class Job:
+    blueprint_id: str
+    requested: Strategy | None
+    reason: str
+    force: bool = False
+    attempt: int = 1
+    txid: str = field(default_factory=lambda: os.urandom(8).hex())
+
+
+class ForgeFatal(RuntimeError):
+    """The forge cannot go on safely (an fsync failed): stop, never pretend the work is durable."""
+
+
+class Forge:
+    def __init__(self, *, config: TezzeretConfig, catalog: Catalog, library: Library, wal: WriteAheadLog,
+                 emit: Emit, state_dir: Path, identity: Identity, in_features: int, out_features: int,
+                 gpu: GpuProbe | None = None, clock: Clock = time.monotonic) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.library = library
+        self.wal = wal
+        self.board = BreakerBoard.from_config(config, clock=clock, listener=self.on_breaker)
+        self.conservative = ConservativeMode.from_config(config.conservative_mode, clock=clock,
+                                                         listener=self.on_conservative)
+        self.emit = emit
+        self.identity = identity
+        self.in_features = in_features
+        self.out_features = out_features
+        self.gpu = gpu or GpuProbe()
+        self.pool = WorkerPool(state_dir / "logs", memory_limit_mb=config.compilation.worker_memory_limit_mb,
+                               jobs_per_worker=config.compilation.jobs_per_worker)
+        self._queue: list[Job] = []
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.fatal: str | None = None
+        self.compiled = 0
+        self.failed = 0
+
+    # ------------------------------------------------------------------ queue
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def is_idle(self) -> bool:
+        return not self._queue and not self._running
+
+    def enqueue(self, blueprint_id: str, *, reason: str, strategy: Strategy | None = None, force: bool = False) -> bool:
+        """Queue a blueprint unless it is already queued or compiling. Returns whether it was added."""
+        if blueprint_id not in self.catalog:
+            self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"unknown blueprint {blueprint_id!r}"))
+            return False
+        if blueprint_id in self._running or any(j.blueprint_id == blueprint_id for j in self._queue):
+            return False
+        job = Job(blueprint_id, strategy, reason, force=force)
+        self._queue.append(job)
+        self._queue.sort(key=lambda j: -self.catalog.get(j.blueprint_id).priority)
+        self.emit(JobQueued(source="tezzeret", blueprint_id=blueprint_id, strategy=self._strategy(job), reason=reason))
+        self._idle.clear()
+        self._wake.set()
+        return True
+
+    def _strategy(self, job: Job) -> Strategy:
+        return choose_strategy(requested=job.requested, priority=self.catalog.get(job.blueprint_id).priority,
+                               attempt=job.attempt, conservative=self.conservative.active,
+                               config=self.config.compilation)
+
+    def recover(self, report: RecoveryReport) -> None:
+        """Abort what a crash left open and requeue it; report WAL damage."""
+        for text in report.corrupt:
+            self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"WAL: {text}"))
+        for tx in report.open:
+            begin = json.loads(tx.begin or b"{}")
+            self.wal.abort(tx.txid, json.dumps({"recovered": True}).encode())
+            if bid := begin.get("blueprint_id"):
+                self.enqueue(bid, reason="resumed from WAL after a crash")
+        for name in self.library.clean_staging():
+            self.emit(LogLine(source="urza", level=Level.INFO, message=f"removed unfinished staging {name}"))
+
+    def discover(self) -> None:
+        """Initial full scan: queue every blueprint without a current verified kernel for this system."""
+        for bp in self.catalog:
+            meta = self.library.current(bp.blueprint_id, on_invalid=self._quarantined)
+            usable = (meta is not None and meta.ir_hash == bp.ir_hash()
+                      and meta.torch_version == self.identity.torch_version and meta.cpu_isa == self.identity.cpu_isa)
+            if not usable:
+                self.enqueue(bp.blueprint_id, reason="initial scan" if meta is None else "stale kernel")
+
+    def _quarantined(self, meta: object, reason: str) -> None:
+        bid = getattr(meta, "blueprint_id", "?")
+        self.emit(ArtifactQuarantined(source="urza", blueprint_id=bid, artifact_id=getattr(meta, "artifact_id", "?"),
+                                      reason=reason))
+
+    # ------------------------------------------------------------------ running
+
+    def max_concurrency(self) -> int:
+        return self.conservative.max_concurrency(self.config.compilation.max_concurrent_jobs)
+
+    async def run(self) -> None:
+        """Dispatch queued jobs within the concurrency limit until cancelled or fatal."""
+        self.emit_wal_status()
+        while self.fatal is None:
+            self._wake.clear()
+            while self._queue and len(self._running) < self.max_concurrency() and self._breakers_allow():
+                job = self._queue.pop(0)
+                self._running[job.blueprint_id] = asyncio.create_task(self._run_job(job))
+            if self.is_idle():
+                self._idle.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+        raise ForgeFatal(self.fatal)
+
+    def _breakers_allow(self) -> bool:
+        return self.board.memory.allow() and self.board.timeout.allow()
+
+    async def wait_idle(self) -> None:
+        while not self.is_idle():
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self._compile(job)
+        except WalFsyncError as exc:
+            self.fatal = f"WAL write failed, forge stopped: {exc}"
+            self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
+        finally:
+            self._running.pop(job.blueprint_id, None)
+            self._wake.set()
+
+    async def _compile(self, job: Job) -> None:
+        bp = self.catalog.get(job.blueprint_id)
+        strategy = self._strategy(job)
+        settings = settings_for(strategy)
+        key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, self.in_features, self.out_features)
+        begin = {"blueprint_id": bp.blueprint_id, "strategy": strategy.value, "attempt": job.attempt, "key": key,
+                 "reason": job.reason}
+        await self.wal.abegin(job.txid, json.dumps(begin).encode())
+        existing = None if job.force else self.library.current(bp.blueprint_id, key, on_invalid=self._quarantined)
+        if existing is not None:
+            await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": existing.version,
+                                                         "reused": True}).encode())
+            self._compiled(existing, strategy, reused=True)
+            return
+        staged = self.library.new_staging_dir(bp.blueprint_id)
+        request = CompileRequest(job_id=job.txid, blueprint_id=bp.blueprint_id, in_features=self.in_features,
+                                 out_features=self.out_features, strategy=strategy, backend=settings.backend,
+                                 mode=settings.mode, device=settings.device, out_dir=str(staged))
+        timeout = self.conservative.timeout_s(timeout_for(strategy, self.config.compilation))
+        self.emit(JobStarted(source="tezzeret", blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt,
+                             worker_pid=0))
+        t0 = time.monotonic()
+        try:
+            response, pid = await self.pool.compile(request, timeout)
+            error = None if response.ok else response.error
+        except CompileTimeout as exc:
+            self.board.timeout.record_slow(str(exc))
+            response, pid, error = None, 0, str(exc)
+        except WorkerError as exc:
+            response, pid, error = None, 0, str(exc)
+        if response is None or error is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+            await self.wal.aabort(job.txid, json.dumps({"error": error}).encode())
+            self._failed(job, strategy, error or "unknown error")
+            return
+        self.board.timeout.record_success()
+        await self.wal.adata(job.txid, json.dumps({"staged": staged.name, "worker_pid": pid,
+                                                   "wall_s": time.monotonic() - t0}).encode())
+        meta = await asyncio.to_thread(
+            self.library.commit, staged, blueprint_id=bp.blueprint_id, key=key,
+            fields={"strategy": strategy, "backend": settings.backend, "mode": settings.mode or "default",
+                    "options": {"fullgraph": True, "dynamic_batch": True}, "torch_version": self.identity.torch_version,
+                    "python_version": self.identity.python_version, "device": settings.device,
+                    "cpu_isa": response.cpu_isa, "in_features": self.in_features, "batch_min": 2,
+                    "batch_max": 65536, "grad_modes": [True, False], "compile_s": response.compile_s,
+                    "step_ms_compiled": response.step_ms_compiled, "step_ms_eager": response.step_ms_eager})
+        await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": meta.version}).encode())
+        self._compiled(meta, strategy, reused=False)
+
+    def _compiled(self, meta: object, strategy: Strategy, *, reused: bool) -> None:
+        from .contracts import ArtifactMeta
+
+        assert isinstance(meta, ArtifactMeta)
+        self.compiled += 1
+        self.emit(JobCompiled(source="tezzeret", blueprint_id=meta.blueprint_id, strategy=strategy,
+                              artifact_id=meta.artifact_id, version=meta.version, backend=meta.backend, mode=meta.mode,
+                              compile_s=meta.compile_s, step_ms_compiled=meta.step_ms_compiled,
+                              step_ms_eager=meta.step_ms_eager, reused=reused))
+        self.emit_wal_status()
+
+    def _failed(self, job: Job, strategy: Strategy, error: str) -> None:
+        retry = job.attempt < self.config.compilation.max_attempts
+        self.emit(JobFailed(source="tezzeret", blueprint_id=job.blueprint_id, strategy=strategy, error=error,
+                            attempt=job.attempt, will_retry=retry))
+        self.emit_wal_status()
+        if retry:
+            self._queue.append(Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force,
+                                   job.attempt + 1))
+        else:
+            self.failed += 1
+
+    # ------------------------------------------------------------------ upkeep
+
+    def emit_wal_status(self) -> None:
+        s = self.wal.status()
+        self.emit(WalStatus(source="tezzeret", path=str(s.path), segments=s.segments, size_bytes=s.size_bytes,
+                            open_transactions=list(s.open_txids), commits=s.commits_total,
+                            last_checkpoint_ts=s.last_checkpoint_ts, durability_mode=str(s.durability_mode)))
+
+    def on_breaker(self, t: BreakerTransition) -> None:
+        """Breaker transitions are telemetry, and an opening breaker puts the forge in conservative mode."""
+        self.emit(BreakerChanged(source="tezzeret", name=t.name, state=t.state, previous=t.previous, transition=True,
+                                 detail=t.reason))
+        if t.state is BreakerState.OPEN:
+            self.conservative.enter(f"{t.name} breaker open: {t.reason}", "breaker")
+            if t.name == "memory":
+                self.library.drop_cache()  # forced cleanup when over the memory budget
+
+    def on_conservative(self, active: bool, reason: str) -> None:
+        self.emit(ConservativeModeChanged(source="tezzeret", active=active, reason=reason))
+        self._wake.set()
+
+    async def monitor(self, interval_s: float = 1.0) -> None:
+        """Poll memory and GPU into the breakers; emit readings so the dashboard shows them live."""
+        last: dict[str, object] = {}
+        while True:
+            mem = await asyncio.to_thread(read_memory, os.getpid())
+            gpu = await asyncio.to_thread(self.gpu.read)
+            self.board.poll(mem, gpu)
+            self.conservative.tick(self.board.any_open)
+            for view in self.board.views():
+                shown = (view.state, round(view.reading or 0.0), view.failures, view.detail)
+                if last.get(view.name) != shown:
+                    last[view.name] = shown
+                    self.emit(BreakerChanged(source="tezzeret", name=view.name, state=view.state, previous=view.state,
+                                             transition=False, reading=view.reading, threshold=view.threshold,
+                                             unit=view.unit, failures=view.failures, detail=view.detail))
+            await asyncio.sleep(interval_s)
+
+    async def maintain(self) -> None:
+        """TTL memory manager: expire cached kernels and checkpoint the WAL every cleanup interval."""
+        interval = self.config.memory_management.cleanup_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            self.library.expire()
+            if not self.wal.status().open_txids:
+                await asyncio.to_thread(self.wal.checkpoint)
+                self.emit_wal_status()
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self.pool.close()

@@ -1,0 +1,202 @@
+"""The torch side of a kernel: compile a blueprint to portable files, and load those files back.
+
+Recipe (torch 2.13 precompile API, as vLLM uses it): `torch.compile(type(m).forward, fullgraph=True)
+.aot_compile(((m, x), {}))` once per grad mode, `save_compiled_function`, and the inductor `.so`
+kernels it built. The module is an argument, so parameters are graph inputs: one kernel serves any
+instance's weights and trains (gradients match eager). The batch dimension is marked dynamic.
+
+Loading takes bytes the library has already verified (HMAC over every file), writes the kernels into
+this process's private inductor cache and deserialises from memory: what runs is exactly what was
+signed, and nothing is recompiled.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import tensorfile
+from .catalog import Blueprint
+from .pipelines import CompileSettings
+
+FN_FILES: dict[bool, str] = {True: "train.fn", False: "infer.fn"}
+WEIGHTS_FILE = "weights.safetensors"
+KERNEL_DIR = "kernels"
+EXAMPLE_BATCH = 100
+BATCH_RANGE = (2, 1 << 16)
+
+
+class KernelError(RuntimeError):
+    """A blueprint failed to compile, validate or load."""
+
+
+def cpu_isa() -> str:
+    """The vector ISA inductor picked for this CPU: kernels built for one may not run on another."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa()) or "scalar"
+    except Exception:  # no compiler on this machine: report what we can
+        return platform.machine()
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """Files written by `compile_kernel`, relative to its output directory, and the measurements."""
+
+    files: list[str]
+    compile_s: float
+    step_ms_compiled: float
+    step_ms_eager: float
+    cpu_isa: str
+    max_abs_error: float
+
+
+def _step_ms(step: Callable[[], None], repeats: int = 15) -> float:
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def _train_step(module: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    fn(module, x).square().mean().backward()
+
+
+def _grads(module: nn.Module, fn: Callable[..., torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    _train_step(module, fn, x)
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
+
+
+def compile_kernel(
+    blueprint: Blueprint,
+    in_features: int,
+    out_features: int,
+    settings: CompileSettings,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+) -> CompiledKernel:
+    """Compile both grad modes, validate against eager, measure, and write every file to out_dir."""
+    from torch._inductor.utils import fresh_cache
+
+    torch.manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module = blueprint.build(in_features, out_features)
+    module.zero_grad(set_to_none=True)  # grads must not be graph inputs at trace time
+    forward = type(module).forward
+    compiled: dict[bool, Callable[..., torch.Tensor]] = {}
+    scratch = out_dir / ".inductor"
+    t0 = time.perf_counter()
+    # A clean cache dir (and cleared in-memory caches) per job: every .so this kernel needs lands there.
+    with fresh_cache(dir=str(out_dir), delete=False):
+        cache_root = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        for grad in (True, False):
+            x = torch.randn(EXAMPLE_BATCH, in_features)
+            torch._dynamo.mark_dynamic(x, 0)
+            with torch.set_grad_enabled(grad):
+                fn = torch.compile(forward, fullgraph=True, backend=settings.backend, mode=settings.mode)
+                aot = fn.aot_compile(((module, x), {}))
+            aot.save_compiled_function(str(out_dir / FN_FILES[grad]))
+            compiled[grad] = aot
+    compile_s = time.perf_counter() - t0
+    files = [FN_FILES[True], FN_FILES[False]]
+    for so in sorted(cache_root.rglob("*.so")):
+        rel = Path(KERNEL_DIR) / so.relative_to(cache_root)
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(so, out_dir / rel)
+        files.append(str(rel))
+    _rmtree(cache_root)
+    _rmtree(scratch)
+
+    x = torch.randn(64, in_features)
+    with torch.no_grad():
+        err = (compiled[False](module, x) - module(x)).abs().max().item()
+    g_c = _grads(module, compiled[True], x)
+    g_e = _grads(module, lambda m, t: m(t), x)
+    err = max([err] + [(a - b).abs().max().item() for a, b in zip(g_c, g_e, strict=True)])
+    if not err < 1e-3:
+        raise KernelError(f"{blueprint.blueprint_id}: compiled kernel disagrees with eager (max error {err:.3g})")
+    xb = torch.randn(EXAMPLE_BATCH, in_features)
+    step_c = _step_ms(lambda: _train_step(module, compiled[True], xb))
+    step_e = _step_ms(lambda: _train_step(module, lambda m, t: m(t), xb))
+
+    module.zero_grad(set_to_none=True)
+    (out_dir / WEIGHTS_FILE).write_bytes(tensorfile.dumps(dict(module.state_dict())))
+    files.append(WEIGHTS_FILE)
+    return CompiledKernel(files, compile_s, step_c, step_e, cpu_isa(), err)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+_private_cache: Path | None = None
+
+
+def private_cache_dir() -> Path:
+    """This process's own inductor cache (mode 0700, fresh per process), where verified kernels go.
+
+    Kernels are loaded lazily on first call, so the directory stays this process's cache for good;
+    a shared cache could hold a .so nobody verified.
+    """
+    global _private_cache
+    if _private_cache is None:
+        _private_cache = Path(tempfile.mkdtemp(prefix="esper-kernels-"))
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_private_cache)
+    return _private_cache
+
+
+class LoadedKernel:
+    """kernel(module, x): the compiled forward for the current grad mode. x must not require grad."""
+
+    def __init__(self, fns: dict[bool, Callable[..., torch.Tensor]], label: str) -> None:
+        self._fns = fns
+        self.label = label
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self._fns[torch.is_grad_enabled()](module, x)
+
+
+def load_kernel(blueprint: Blueprint, files: dict[str, bytes], label: str) -> LoadedKernel:
+    """Deserialise bytes the caller has verified; their kernels go into this process's private cache."""
+    cache_dir = private_cache_dir()
+
+    for name, data in files.items():
+        if name.startswith(KERNEL_DIR + "/"):
+            target = cache_dir / name[len(KERNEL_DIR) + 1 :]
+            if not target.exists() or target.read_bytes() != data:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+    scope = vars(sys.modules[blueprint.module.__module__])
+    fns = {}
+    for grad, name in FN_FILES.items():
+        try:
+            fns[grad] = torch.compiler.load_compiled_function(io.BytesIO(files[name]), f_globals=scope)
+        except Exception as exc:
+            raise KernelError(f"{blueprint.blueprint_id}: cannot load {name}: {exc}") from exc
+    return LoadedKernel(fns, label)
+
+
+def initial_weights(files: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    return tensorfile.loads(files[WEIGHTS_FILE])

@@ -1,0 +1,35 @@
+"""The compiled-kernel source: seeds germinate with signed kernels from the library (Urza -> Kasmina)."""
+
+from __future__ import annotations
+
+from .contracts import ArtifactMeta
+from .kernel_source import Kernel, KernelOffer, KernelUnavailable
+from .kernels import KernelError
+from .library import ArtifactInvalid, Library
+
+
+class LibraryKernelSource:
+    """Offers every blueprint with a stored kernel, fastest measured step first."""
+
+    compile_enabled = True
+
+    def __init__(self, library: Library, backend: str, mode: str) -> None:
+        self._library = library
+        self.backend: str | None = backend
+        self.mode: str | None = mode
+
+    def _offer(self, meta: ArtifactMeta) -> KernelOffer:
+        bp = self._library.catalog.get(meta.blueprint_id)
+        return KernelOffer(blueprint_id=meta.blueprint_id, artifact_id=meta.artifact_id, tags=bp.tags, risk=bp.risk,
+                           label=f"{meta.backend}:{meta.mode}", step_ms_compiled=meta.step_ms_compiled,
+                           step_ms_eager=meta.step_ms_eager)
+
+    def offers(self) -> list[KernelOffer]:
+        return [self._offer(m) for m in self._library.ranked()]
+
+    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+        try:
+            kernel, meta = self._library.load(blueprint_id)
+        except (ArtifactInvalid, KernelError, KeyError) as exc:
+            raise KernelUnavailable(str(exc)) from exc
+        return kernel, self._offer(meta)

@@ -1,0 +1,74 @@
+"""The sandboxed compile worker: `python -m esper_tui.engine.worker`, spawned by the forge's pool.
+
+It reads CompileRequests on stdin and answers CompileResponses on the original stdout (fd 1 is then
+pointed at stderr, so anything torch or g++ prints can never corrupt the protocol). It holds no
+signing key and writes only into the staging directory it is given. Reused for several jobs: each
+new process pays ~3-4 s of inductor start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+import traceback
+from pathlib import Path
+from typing import BinaryIO
+
+import msgspec
+
+from .contracts import CompileRequest, CompileResponse
+
+_HEADER = struct.Struct("<I")
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    (n,) = _HEADER.unpack(head)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+    data = stream.read(n)
+    return data if len(data) == n else None
+
+
+def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
+    import torch
+
+    from .catalog import Catalog
+    from .kernels import compile_kernel
+    from .pipelines import CompileSettings
+
+    torch.set_num_threads(1)  # the pool already runs jobs in parallel; don't oversubscribe the cores
+    catalog = Catalog()
+    decoder = msgspec.msgpack.Decoder(CompileRequest)
+    encoder = msgspec.msgpack.Encoder()
+    while (frame := read_frame(requests)) is not None:
+        req = decoder.decode(frame)
+        try:
+            out = compile_kernel(catalog.get(req.blueprint_id), req.in_features, req.out_features,
+                                 CompileSettings(req.backend, req.mode, req.device), Path(req.out_dir))
+            resp = CompileResponse(job_id=req.job_id, ok=True, files=out.files, compile_s=out.compile_s,
+                                   step_ms_compiled=out.step_ms_compiled, step_ms_eager=out.step_ms_eager,
+                                   cpu_isa=out.cpu_isa, max_abs_error=out.max_abs_error)
+        except Exception as exc:
+            traceback.print_exc(file=sys.stderr)
+            resp = CompileResponse(job_id=req.job_id, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+        write_frame(replies, encoder.encode(resp))
+
+
+def main() -> None:
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints from torch/g++ go to the log, not into the protocol
+    _serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()

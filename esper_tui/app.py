@@ -1,0 +1,338 @@
+"""The Textual dashboard (Sanctum style): renders engine snapshots, sends operator commands back.
+
+Data flows one way (guide section 2): the app polls `EngineLink.latest()` at `refresh_hz`, skips a
+snapshot it has already drawn, and hands new ones to the panels, each of which redraws only when its own
+slice changed. Commands go back through a single ordered outbox worker, so the UI never blocks on a
+slow link and two quick key presses reach the engine in the order they were made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import ClassVar, cast
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from esper_tui.engine.contracts import (
+    AnyCommand,
+    PauseTraining,
+    Recompile,
+    RecompileAll,
+    SetConservativeMode,
+    Snapshot,
+    Strategy,
+)
+from esper_tui.help import HelpScreen
+from esper_tui.link import EngineLink
+from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
+from esper_tui.widgets.breakers import BreakersPanel
+from esper_tui.widgets.compile_queue import CompileQueue
+from esper_tui.widgets.events import EventsPanel
+from esper_tui.widgets.forge_health import ForgeHealthLine
+from esper_tui.widgets.panel import SnapshotPanel
+from esper_tui.widgets.seeds import SeedsPanel
+from esper_tui.widgets.status_banner import StatusBanner
+from esper_tui.widgets.strategy_picker import STRATEGY_HELP, StrategyPicker
+from esper_tui.widgets.training import TrainingPanel
+from esper_tui.widgets.wal_panel import WalPanel
+
+WAITING_TEXT = (
+    "[b]waiting for engine…[/b]\n\n"
+    "[$foreground-muted]No snapshot has arrived yet. The panels appear with the first one;\n"
+    "F1 shows the keys, ctrl+q quits.[/]"
+)
+
+HELP_ORDER: tuple[str, ...] = (
+    "esper.recompile",
+    "esper.recompile_strategy",
+    "esper.recompile_all",
+    "esper.toggle_conservative",
+    "esper.toggle_pause",
+    "esper.help",
+    "esper.quit",
+)
+"""Binding ids listed on the help screen, in this order (their keys come from the live keymap)."""
+
+EXTRA_HELP: tuple[tuple[str, str], ...] = (
+    ("ctrl+p", "Command palette: every command above, strategies, themes"),
+    ("↑ ↓ / pgup pgdn", "Move the compile-queue cursor (the selected blueprint)"),
+    ("tab", "Move focus between panels"),
+)
+
+
+class DashboardScreen(Screen[None]):
+    """The one main screen: banner on top, forge in the middle, training and events below."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("r", "app.recompile", "Recompile", id="esper.recompile"),
+        Binding("s", "app.pick_strategy", "Strategy…", id="esper.recompile_strategy"),
+        Binding("R", "app.recompile_all", "Recompile all", key_display="R", id="esper.recompile_all"),
+        Binding("c", "app.toggle_conservative", "Conservative", id="esper.toggle_conservative"),
+        Binding("p", "app.toggle_pause", "Pause/resume", id="esper.toggle_pause"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__(id="dashboard")
+        self._pending: Snapshot | None = None
+        self._composed = False
+        self.has_snapshot = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="top"):
+            yield StatusBanner(id="banner")
+            yield ForgeHealthLine(id="forge-health")
+        yield Static(WAITING_TEXT, id="waiting")
+        with Vertical(id="body"):
+            with Horizontal(id="main-row"):
+                yield CompileQueue(id="compile-queue")
+                with Vertical(id="side"):
+                    yield BreakersPanel(id="breakers")
+                    yield WalPanel(id="wal")
+            with Horizontal(id="growth-row"):
+                yield SeedsPanel(id="seeds")
+                yield TrainingPanel(id="training")
+            yield EventsPanel(id="events")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#body").display = False
+        self._composed = True
+        if self._pending is not None:
+            self.show_snapshot(self._pending)
+
+    @property
+    def panels(self) -> Iterator[SnapshotPanel[object]]:
+        """Every widget on this screen that renders a slice of the snapshot."""
+        for widget in self.query("*"):
+            if isinstance(widget, SnapshotPanel):
+                yield widget
+
+    @property
+    def compile_queue(self) -> CompileQueue:
+        return self.query_one(CompileQueue)
+
+    def show_snapshot(self, snapshot: Snapshot) -> None:
+        """Hand a new snapshot to every panel; while covered by a modal, keep only the newest."""
+        if not (self._composed and self.is_active):
+            self._pending = snapshot
+            return
+        self._pending = None
+        if not self.has_snapshot:
+            self.has_snapshot = True
+            self.query_one("#waiting").display = False
+            self.query_one("#body").display = True
+            if self.focused is None:
+                self.compile_queue.focus()  # arrow keys move the selection straight away
+        for panel in self.panels:
+            panel.update_snapshot(snapshot)
+
+    def on_screen_resume(self) -> None:
+        """Catch up with what arrived while a modal covered the dashboard."""
+        if self._pending is not None:
+            self.show_snapshot(self._pending)
+
+
+def command_note(command: AnyCommand) -> str:
+    """How a command is described in the toast that confirms it."""
+    if isinstance(command, Recompile):
+        return f"Recompile {command.blueprint_id} ({(command.strategy or Strategy.STANDARD).value})"
+    if isinstance(command, RecompileAll):
+        return f"Recompile all ({(command.strategy or Strategy.STANDARD).value})"
+    if isinstance(command, SetConservativeMode):
+        return f"Conservative mode {'on' if command.active else 'off'}"
+    if isinstance(command, PauseTraining):
+        return "Pause training" if command.paused else "Resume training"
+    return type(command).__name__
+
+
+class EsperCommands(Provider):
+    """Command palette entries: the dashboard's commands, each strategy, and Esper's themes."""
+
+    def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
+        app = cast(EsperApp, self.app)
+        commands: list[tuple[str, str, Callable[[], object]]] = [
+            ("Recompile selected", "Recompile the blueprint under the cursor (Standard)", app.action_recompile),
+            (
+                "Recompile selected with strategy…",
+                "Choose Fast, Standard, Aggressive or Emergency",
+                app.action_pick_strategy,
+            ),
+        ]
+        commands += [
+            (f"Recompile selected: {strategy.value.capitalize()}", STRATEGY_HELP[strategy], partial(app.recompile_selected, strategy))
+            for strategy in Strategy
+        ]
+        commands += [
+            ("Recompile all", "Queue every blueprint of the catalog again", app.action_recompile_all),
+            ("Toggle conservative mode", "Concurrency 1, Fast pipeline, no Aggressive", app.action_toggle_conservative),
+            ("Pause / resume training", "Hold the training loop between batches", app.action_toggle_pause),
+            ("Help", "Keys and colour legend", app.action_help),
+        ]
+        commands += [
+            (f"Theme: {theme.name}", "Switch the dashboard's colours", partial(setattr, app, "theme", theme.name))
+            for theme in THEMES
+        ]
+        return commands
+
+    async def discover(self) -> Hits:
+        for name, help_text, callback in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, help_text, callback in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)
+
+
+class EsperApp(App[None]):
+    """The Esper control room: one dashboard over an `EngineLink`."""
+
+    CSS_PATH = CSS_PATH
+    COMMANDS = App.COMMANDS | {EsperCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+q", "quit", "Quit", id="esper.quit", priority=True),
+        Binding("f1,question_mark", "help", "Help", key_display="?", id="esper.help"),
+    ]
+
+    def __init__(
+        self,
+        link: EngineLink,
+        *,
+        refresh_hz: float = 4.0,
+        theme: str = DEFAULT_THEME,
+        title: str = "Esper control room",
+    ) -> None:
+        if refresh_hz <= 0:
+            raise ValueError(f"refresh_hz must be positive, got {refresh_hz}")
+        super().__init__()
+        register_themes(self)
+        self.theme = theme
+        self.title = title
+        self.link = link
+        self.refresh_hz = refresh_hz
+        self.snapshot: Snapshot | None = None
+        """The newest snapshot drawn (None until the engine has sent one)."""
+        self.dashboard = DashboardScreen()
+        self._drawn_key: tuple[str, int] | None = None
+        self._outbox: asyncio.Queue[AnyCommand] = asyncio.Queue()
+
+    def get_default_screen(self) -> Screen[None]:
+        return self.dashboard
+
+    def on_mount(self) -> None:
+        self.poll_link()  # draw at once rather than one refresh period later
+        self.set_interval(1 / self.refresh_hz, self.poll_link)
+        self._deliver_commands()
+
+    # ------------------------------------------------------------------ snapshots in
+
+    def poll_link(self) -> None:
+        """Draw the link's newest snapshot unless it is the one already drawn (never queue)."""
+        snapshot = self.link.latest()
+        if snapshot is None:
+            return
+        key = (snapshot.run_id, snapshot.seq)
+        if key == self._drawn_key:
+            return
+        self._drawn_key = key
+        self.snapshot = snapshot
+        self.dashboard.show_snapshot(snapshot)
+
+    # ------------------------------------------------------------------ commands out
+
+    def send_command(self, command: AnyCommand) -> None:
+        """Queue a command for the engine; the outbox worker sends it and confirms with a toast."""
+        self._outbox.put_nowait(command)
+
+    async def wait_for_commands(self) -> None:
+        """Return once every queued command has been handed to the link (tests, clean shutdown)."""
+        await self._outbox.join()
+
+    @work(group="outbox", exclusive=True)
+    async def _deliver_commands(self) -> None:
+        """Send queued commands one at a time, in order; a failure is shown, never raised into the UI."""
+        while True:
+            command = await self._outbox.get()
+            note = command_note(command)
+            try:
+                await self.link.send(command)
+            except Exception as error:
+                self.notify(f"{note} failed: {error}", title="Command not sent", severity="error", markup=False)
+            else:
+                self.notify(f"{note} requested", markup=False)
+            finally:
+                self._outbox.task_done()
+
+    def _require_snapshot(self) -> Snapshot | None:
+        """The current snapshot, or None after telling the operator there is none yet."""
+        if self.snapshot is None:
+            self.notify("waiting for engine… no snapshot yet", severity="warning")
+        return self.snapshot
+
+    def selected_blueprint(self) -> str | None:
+        """The blueprint under the compile-queue cursor."""
+        return self.dashboard.compile_queue.selected_blueprint()
+
+    def recompile_selected(self, strategy: Strategy | None = None) -> None:
+        """Recompile the selected blueprint; None means the operator default (Standard)."""
+        blueprint_id = self.selected_blueprint()
+        if blueprint_id is None:
+            self.notify("no blueprint selected", severity="warning")
+            return
+        self.send_command(Recompile(blueprint_id=blueprint_id, strategy=strategy))
+
+    def action_recompile(self) -> None:
+        self.recompile_selected(None)
+
+    def action_pick_strategy(self) -> None:
+        """Ask for a strategy, then recompile the selected blueprint with it."""
+        blueprint_id = self.selected_blueprint()
+        if blueprint_id is None:
+            self.notify("no blueprint selected", severity="warning")
+            return
+        conservative = self.snapshot is not None and self.snapshot.forge.conservative_mode
+
+        def chosen(strategy: Strategy | None) -> None:
+            if strategy is not None:
+                self.send_command(Recompile(blueprint_id=blueprint_id, strategy=strategy))
+
+        self.push_screen(StrategyPicker(blueprint_id, conservative=conservative), chosen)
+
+    def action_recompile_all(self) -> None:
+        self.send_command(RecompileAll())
+
+    def action_toggle_conservative(self) -> None:
+        if (snapshot := self._require_snapshot()) is not None:
+            self.send_command(SetConservativeMode(active=not snapshot.forge.conservative_mode))
+
+    def action_toggle_pause(self) -> None:
+        if (snapshot := self._require_snapshot()) is not None:
+            self.send_command(PauseTraining(paused=snapshot.training.status != "paused"))
+
+    # ------------------------------------------------------------------ help
+
+    def help_rows(self) -> list[tuple[str, str]]:
+        """(keys, description) for the help screen, read from the live bindings (remaps included)."""
+        keys: dict[str, list[str]] = {}
+        descriptions: dict[str, str] = {}
+        for key, active in self.dashboard.active_bindings.items():
+            binding = active.binding
+            if binding.id in HELP_ORDER:
+                keys.setdefault(binding.id, []).append(self.get_key_display(binding.with_key(key)))
+                descriptions[binding.id] = binding.description
+        rows = [(" / ".join(keys[id_]), descriptions[id_]) for id_ in HELP_ORDER if id_ in keys]
+        return rows + list(EXTRA_HELP)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.help_rows()))

@@ -1,0 +1,135 @@
+"""The `esper-tui` command: the control room (default), `--no-ui`, and the operator sub-commands.
+
+Exit codes: 0 success, 1 runtime failure (or artifacts that fail verification), 2 usage/config errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import msgspec
+
+from esper_tui.engine.config import ConfigError, load_config
+from esper_tui.engine.contracts import EsperConfig
+
+EPILOG = """examples:
+  esper-tui                                   the dashboard on built-in defaults, state in ./var
+  esper-tui --no-ui --epochs 30 --json        headless, one JSON snapshot per line
+  esper-tui --redis-url redis://127.0.0.1:6379/0   telemetry and commands over Redis Streams
+  esper-tui library verify                    check every stored kernel's signature
+  esper-tui wal inspect --json                the forge's write-ahead log
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esper-tui", description="Esper-Lite control room: forge, library, "
+                                "training loop and bus in one engine, watched by a Textual dashboard.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config (built-in defaults otherwise)")
+    p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (default ./var)")
+    p.add_argument("--redis-url", metavar="URL", help="use Redis Streams for the bus (default: in-process)")
+    p.add_argument("--epochs", type=_positive_int, metavar="N",
+                   help="stop after N training epochs, once the forge queue is empty too (default: run until stopped)")
+    p.add_argument("--no-ui", action="store_true", help="run headless")
+    p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
+    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
+                   help="with --no-ui: seconds between status lines (default 1)")
+    p.add_argument("--forge-only", action="store_true",
+                   help="compile whatever is queued, no training; exits 0 when the queue is empty")
+    p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
+    return p
+
+
+def _tool_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esper-tui", description="operator sub-commands")
+    sub = p.add_subparsers(dest="area", required=True)
+    lib = sub.add_parser("library", help="the kernel library (Urza)").add_subparsers(dest="action", required=True)
+    verify = lib.add_parser("verify", help="check every stored artifact; exit 1 listing failures")
+    wal = sub.add_parser("wal", help="the forge's write-ahead log").add_subparsers(dest="action", required=True)
+    inspect = wal.add_parser("inspect", help="segments, transactions, open ones (read-only)")
+    inspect.add_argument("--json", action="store_true")
+    for q in (verify, inspect):
+        q.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR")
+        q.add_argument("--config", type=Path, metavar="FILE")
+    return p
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"esper-tui: {message}", file=sys.stderr)
+    return code
+
+
+def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
+    training = config.training
+    if args.epochs is not None:
+        training = msgspec.structs.replace(training, epochs=args.epochs)
+    if args.eager:
+        training = msgspec.structs.replace(training, compile=False)
+    return msgspec.structs.replace(config, training=training)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("library", "wal"):
+        from esper_tui.tools import run_tool
+
+        args = _tool_parser().parse_args(argv)
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            return _fail(f"config error: {exc}", 2)
+        return run_tool(args, config)
+    parser = _run_parser()
+    args = parser.parse_args(argv)
+    if args.json and not args.no_ui:
+        parser.error("--json needs --no-ui")
+    try:
+        config = _apply_flags(load_config(args.config), args)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", 2)
+    if args.redis_url is not None and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        return _fail(f"--redis-url: must start with redis://, rediss:// or unix:// (got {args.redis_url!r})", 2)
+
+    from esper_tui.engine.runtime import Engine, EngineError
+
+    engine = Engine(config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only)
+    try:
+        if args.no_ui or args.forge_only:
+            from esper_tui.headless import run_headless
+
+            return asyncio.run(run_headless(engine, epochs=config.training.epochs, as_json=args.json,
+                                            interval_s=args.interval))
+        from esper_tui.ui_runner import run_ui
+
+        return asyncio.run(run_ui(engine, config))
+    except EngineError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The help modal (F1 or `?`): every key the dashboard answers to, and what the colours mean.
+
+The key list is built from the live bindings, so a user's keymap shows up here as remapped; the
+colour legend uses the same theme variables as the panels, so it is right in every theme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from esper_tui.widgets import format as fmt
+
+KEY_WIDTH = 16
+
+LEGEND: tuple[tuple[str, str, str], ...] = (
+    ("$success", "●", "compiled · breaker closed · seed helps · training running"),
+    ("$warning", "●", "compiling · breaker half-open · conservative mode · paused"),
+    ("$error", "●", "failed · breaker OPEN · seed hurts"),
+    (fmt.DISABLED, "○", "unavailable (e.g. no GPU) · dormant slot"),
+)
+
+
+def key_table(rows: Sequence[tuple[str, str]]) -> Content:
+    """Keys in an aligned column, descriptions beside them."""
+    return Content("\n").join(
+        fmt.styled(fmt.fit(keys, KEY_WIDTH), "$accent bold") + Content(description) for keys, description in rows
+    )
+
+
+def legend() -> Content:
+    return Content("\n").join(
+        fmt.styled(f"{symbol} ", variable) + Content(meaning) for variable, symbol, meaning in LEGEND
+    )
+
+
+class HelpScreen(ModalScreen[None]):
+    """Keys and colour legend; Escape (or F1 / `?` again) closes it."""
+
+    BINDINGS = [
+        Binding("escape,f1,question_mark,q", "close", "Close", id="help.close"),
+    ]
+
+    DEFAULT_CSS = """
+    HelpScreen {
+        align: center middle;
+        & > VerticalScroll {
+            width: 84;
+            max-height: 90%;
+            height: auto;
+            border: round $accent;
+            border-title-color: $accent;
+            border-subtitle-color: $foreground-muted;
+            background: $surface;
+            padding: 1 2;
+        }
+        & .heading { color: $primary; text-style: bold; margin-top: 1; }
+        & .heading.-first { margin-top: 0; }
+    }
+    """
+
+    def __init__(self, keys: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        self.keys = list(keys)
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll() as box:
+            box.border_title = "Esper control room · help"
+            box.border_subtitle = "esc close"
+            yield Static("Keys", classes="heading -first")
+            yield Static(key_table(self.keys), id="help-keys")
+            yield Static("Colours", classes="heading")
+            yield Static(legend(), id="help-legend")
+            yield Static("Notes", classes="heading")
+            yield Static(
+                "The cursor row of the compile queue is the selected blueprint. A recompile with no strategy\n"
+                "uses Standard; conservative mode forbids Aggressive. Times are UTC, ages are measured\n"
+                "against the snapshot's clock. Commands are queued and sent in order; a toast confirms each.",
+                id="help-notes",
+            )
+
+    def action_close(self) -> None:
+        self.dismiss(None)

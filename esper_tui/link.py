@@ -1,0 +1,49 @@
+"""The seam between the dashboard and an engine, local or remote.
+
+The dashboard only ever reads the newest snapshot and sends typed commands; everything else about the
+engine (threads, processes, Redis) stays on the other side of this interface. That keeps the UI
+testable with a fixed snapshot and lets the same App drive an in-process engine or a remote one.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from esper_tui.engine.contracts import AnyCommand, Snapshot
+
+
+class EngineLink(Protocol):
+    """What the dashboard needs from an engine, local or remote."""
+
+    def latest(self) -> Snapshot | None:
+        """The newest snapshot, or None before the first one.
+
+        The UI polls this at its refresh rate and skips a snapshot whose seq it has already drawn; it
+        never queues snapshots, so a slow terminal only ever lags, never falls further behind.
+        """
+        ...
+
+    async def send(self, command: AnyCommand) -> None:
+        """Deliver an operator command to the engine (raises if it cannot be delivered)."""
+        ...
+
+
+class StaticLink:
+    """An EngineLink over a fixed snapshot: for tests, replays and screenshots.
+
+    Sent commands are recorded in `sent` instead of going anywhere.
+    """
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self._snapshot = snapshot
+        self.sent: list[AnyCommand] = []
+
+    def latest(self) -> Snapshot | None:
+        return self._snapshot
+
+    def set(self, snapshot: Snapshot | None) -> None:
+        """Replace the snapshot the dashboard will see on its next poll."""
+        self._snapshot = snapshot
+
+    async def send(self, command: AnyCommand) -> None:
+        self.sent.append(command)

@@ -1,0 +1,67 @@
+"""Operator sub-commands that work on a state directory without starting the engine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.contracts import EsperConfig
+from esper_tui.engine.library import Library
+from esper_tui.engine.signing import SigningKeyError, load_or_create_key
+
+
+def _wal_dir(config: EsperConfig, state_dir: Path) -> Path:
+    path = Path(config.tezzeret.wal.path)
+    return path if path.is_absolute() else state_dir / path
+
+
+def library_verify(state_dir: Path, config: EsperConfig) -> int:
+    if not (state_dir / "library").is_dir():
+        print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
+        return 1
+    try:
+        key = load_or_create_key(state_dir, config.library.signing_key)
+    except SigningKeyError as exc:
+        print(f"esper-tui: {exc}", file=sys.stderr)
+        return 1
+    library = Library(state_dir / "library", key, Catalog())
+    bad = 0
+    dirs = library.version_dirs()
+    for path in dirs:
+        reason = library.verify(path)
+        print(f"{'ok  ' if reason is None else 'FAIL'} {path.parent.name}/{path.name}"
+              + ("" if reason is None else f": {reason}"))
+        bad += reason is not None
+    print(f"{len(dirs) - bad} of {len(dirs)} artifacts verify")
+    return 1 if bad else 0
+
+
+def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
+    from esper_tui.engine.wal import inspect
+
+    directory = _wal_dir(config, state_dir)
+    if not directory.is_dir():
+        print(f"esper-tui: no WAL at {directory}", file=sys.stderr)
+        return 1
+    report = inspect(directory)
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    print(f"WAL {directory}")
+    for seg in report.get("segments", []):
+        print(f"  segment {seg.get('name')}: {seg.get('size')} bytes, {seg.get('records')} records")
+    txs = report.get("transactions", [])
+    print(f"  transactions: {len(txs)}; open: {', '.join(report.get('open_transactions', [])) or 'none'}")
+    for problem in report.get("corrupt", []):
+        print(f"  damage: {problem}")
+    return 0
+
+
+def run_tool(args: argparse.Namespace, config: EsperConfig) -> int:
+    state_dir: Path = args.state_dir
+    if args.area == "library":
+        return library_verify(state_dir, config)
+    return wal_inspect(state_dir, config, args.json)
