@@ -32,7 +32,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
 
 @pytest.mark.compile
 def test_headless_run_compiles_everything_and_grows_a_seed(full_run) -> None:
-    state, proc = full_run
+    _state, proc = full_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout
@@ -121,7 +121,7 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None
         if any(j["status"] in ("compiling", "compiled") for j in snap["forge"]["jobs"]) or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     inspect = run_cli("wal", "inspect", "--json", "--state-dir", str(tmp_path / "s"))
     assert inspect.returncode == 0, inspect.stderr
