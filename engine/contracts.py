@@ -558,6 +558,7 @@ class TrainingConfig(Section, kw_only=True):
     seed: int = 0
     plateau_epochs: int = 3
     plateau_delta: float = 0.005
+    fossilize_margin: float = 0.015  # accuracy gain a held seed must show; the 1000-sample val set is noisy
     blend_epochs: int = 5
     train_epochs: int = 2  # epochs a seed trains isolated before blending
     holding_epochs: int = 2

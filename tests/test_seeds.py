@@ -1,0 +1,256 @@
+"""Kasmina seed slots and the host they graft into: lifecycle, alpha ramps, isolation, health."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from esper_tui.engine.blueprints import Conv1dBlock, MlpBlock
+from esper_tui.engine.contracts import SeedStage
+from esper_tui.engine.host import HostNetwork
+from esper_tui.engine.kernel_source import eager_kernel
+from esper_tui.engine.seeds import BlendSchedule, IllegalTransition, SeedSlot, SlotPolicy, blend_alpha
+
+S = SeedStage
+HIDDEN = 16
+
+
+def germinated(slot: SeedSlot, accuracy: float = 0.5, block: torch.nn.Module | None = None) -> SeedSlot:
+    slot.germinate("mlp_block", block or MlpBlock(40, HIDDEN), eager_kernel, "eager", accuracy)
+    return slot
+
+
+def to_stage(slot: SeedSlot, stage: SeedStage) -> SeedSlot:
+    """Walk a germinated slot along the main line up to `stage`."""
+    while slot.stage is not stage:
+        slot.advance()
+    return slot
+
+
+def make_host(slots: int = 2) -> HostNetwork:
+    torch.manual_seed(0)
+    return HostNetwork(in_features=40, hidden=HIDDEN, classes=10, slots=slots)
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_main_line_to_fossilized() -> None:
+    slot = SeedSlot("s0", 1)
+    assert slot.stage is S.DORMANT and slot.alpha == 0.0
+    germinated(slot)
+    assert [slot.advance() for _ in range(3)] == [S.TRAINING, S.BLENDING, S.HOLDING]
+    assert slot.alpha == 1.0
+    slot.fossilize()
+    assert slot.stage is S.FOSSILIZED and slot.alpha == 1.0 and slot.block is not None
+
+
+def test_prune_path_returns_to_dormant_after_embargo() -> None:
+    slot = to_stage(germinated(SeedSlot("s1", 2, SlotPolicy(embargo_epochs=3))), S.BLENDING)
+    block = slot.block
+    params = slot.prune()
+    assert {id(p) for p in params} == {id(p) for p in block.parameters()}
+    assert slot.stage is S.PRUNED and slot.block is None and slot.alpha == 0.0
+    stages = []
+    for _ in range(6):
+        slot.end_epoch()
+        stages.append(slot.stage)
+    assert stages == [S.EMBARGOED, S.EMBARGOED, S.EMBARGOED, S.RESETTING, S.DORMANT, S.DORMANT]
+    assert slot.blueprint_id is None and slot.acc_at_germination is None
+    germinated(slot)  # usable again
+
+
+@pytest.mark.parametrize(
+    ("stage", "move"),
+    [
+        (S.DORMANT, "advance"),
+        (S.DORMANT, "prune"),
+        (S.DORMANT, "fossilize"),
+        (S.GERMINATED, "germinate"),
+        (S.TRAINING, "fossilize"),
+        (S.BLENDING, "fossilize"),
+        (S.HOLDING, "advance"),
+        (S.FOSSILIZED, "prune"),
+        (S.FOSSILIZED, "advance"),
+        (S.PRUNED, "germinate"),
+        (S.PRUNED, "advance"),
+    ],
+)
+def test_illegal_transitions_raise(stage: SeedStage, move: str) -> None:
+    slot = SeedSlot("s0", 1)
+    if stage is not S.DORMANT:
+        germinated(slot)
+        if stage is S.PRUNED:
+            slot.prune()
+        elif stage is S.FOSSILIZED:
+            to_stage(slot, S.HOLDING).fossilize()
+        else:
+            to_stage(slot, stage)
+    before = slot.stage
+    with pytest.raises(IllegalTransition):
+        if move == "germinate":
+            germinated(slot)
+        else:
+            getattr(slot, move)()
+    assert slot.stage is before
+
+
+# ---------------------------------------------------------------- alpha
+
+
+@pytest.mark.parametrize("schedule", list(BlendSchedule))
+def test_schedules_are_monotone_from_zero_to_one(schedule: BlendSchedule) -> None:
+    values = [blend_alpha(schedule, i / 100) for i in range(101)]
+    assert values[0] == pytest.approx(0.0, abs=1e-12) and values[-1] == pytest.approx(1.0, abs=1e-12)
+    assert all(b >= a for a, b in itertools.pairwise(values))
+    assert blend_alpha(schedule, -1.0) == values[0] and blend_alpha(schedule, 2.0) == values[-1]
+
+
+@pytest.mark.parametrize("schedule", list(BlendSchedule))
+def test_blending_ramps_per_step_over_blend_epochs(schedule: BlendSchedule) -> None:
+    slot = to_stage(germinated(SeedSlot("s0", 1, SlotPolicy(blend_epochs=2, schedule=schedule))), S.TRAINING)
+    slot.step(0.5)  # TRAINING: no ramp
+    assert slot.alpha == 0.0
+    slot.advance()
+    assert slot.alpha == 0.0
+    seen = []
+    for _ in range(2 * 10):  # two epochs of ten steps
+        slot.step(0.1)
+        seen.append(slot.alpha)
+    assert all(b > a for a, b in itertools.pairwise(seen))
+    assert 0.0 < seen[0] < 0.1 and seen[-1] == pytest.approx(1.0)
+    slot.step(5.0)
+    assert slot.alpha == pytest.approx(1.0)  # clamped
+
+
+# ---------------------------------------------------------------- host
+
+
+@pytest.mark.parametrize("active", [0, 1, 2])
+def test_host_shapes_with_zero_one_two_seeds(active: int) -> None:
+    host = make_host(2)
+    for slot in host.seed_slots()[:active]:
+        to_stage(germinated(slot, block=Conv1dBlock(40, HIDDEN)), S.HOLDING)
+    assert [s.layer for s in host.seed_slots()] == [1, 2]
+    assert [s.name for s in host.seed_slots()] == ["s0", "s1"]
+    x = torch.randn(7, 40)
+    logits, aux = host.forward_train(x)
+    assert logits.shape == (7, 10) and aux == {}
+    with torch.no_grad():
+        assert host(x).shape == (7, 10)
+    seed_params = sum(1 for s in host.seed_slots() if s.block is not None for _ in s.block.parameters())
+    assert len(list(host.parameters())) == len(host.host_parameters()) + seed_params
+
+
+def test_training_seed_produces_shadow_logits_and_leaves_live_output_alone() -> None:
+    host = make_host(2)
+    x = torch.randn(5, 40)
+    before = host(x)
+    for slot in host.seed_slots():
+        to_stage(germinated(slot), S.TRAINING)
+    logits, aux = host.forward_train(x)
+    assert torch.equal(logits, before)
+    assert set(aux) == {"s0", "s1"} and all(a.shape == (5, 10) for a in aux.values())
+    assert not torch.equal(aux["s0"], logits)
+
+
+@pytest.mark.parametrize("slot_index", [0, 1])
+def test_training_seed_is_isolated_from_host_gradients(slot_index: int) -> None:
+    """The key property: during TRAINING the host's gradients are identical with and without the seed."""
+    host = make_host(2)
+    # a blended seed in the other slot, so isolation is tested with live seed contributions around
+    other = host.seed_slots()[1 - slot_index]
+    to_stage(germinated(other), S.BLENDING).step(2.0)
+    reference = copy.deepcopy(host)  # same weights, same blended neighbour, no training seed
+    to_stage(germinated(host.seed_slots()[slot_index]), S.TRAINING)
+
+    x, y = torch.randn(32, 40), torch.randint(0, 10, (32,))
+    logits, aux = host.forward_train(x)
+    assert set(aux) == {f"s{slot_index}"}
+    total = F.cross_entropy(logits, y) + sum(F.cross_entropy(a, y) for a in aux.values())
+    total.backward()
+    ref_logits, ref_aux = reference.forward_train(x)
+    assert ref_aux == {} and torch.equal(logits, ref_logits)
+    F.cross_entropy(ref_logits, y).backward()
+
+    ours = dict(host.named_parameters())
+    theirs = dict(reference.named_parameters())
+    assert set(ours) - set(theirs) == {n for n in ours if n.startswith(f"slots.{slot_index}.")}
+    assert len(theirs) == 6 + 4  # the host's own six tensors and the blended neighbour's four
+    for name, q in theirs.items():
+        assert ours[name].grad is not None and torch.equal(ours[name].grad, q.grad), name
+    seed = host.seed_slots()[slot_index].block
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in seed.parameters())
+
+
+def test_seed_kernel_gets_a_detached_input_and_blending_changes_the_output() -> None:
+    host = make_host(1)
+    calls: list[tuple[bool, bool]] = []
+
+    def kernel(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        calls.append((x.requires_grad, torch.is_grad_enabled()))
+        return module(x)
+
+    slot = host.seed_slots()[0]
+    slot.germinate("mlp_block", MlpBlock(40, HIDDEN), kernel, "inductor:default", 0.5)
+    to_stage(slot, S.BLENDING).step(2.5)
+    x = torch.randn(4, 40, requires_grad=True)
+    plain = make_host(1)
+    assert not torch.equal(host.forward_train(x)[0], plain.forward_train(x)[0])
+    with torch.no_grad():
+        host(x)
+    assert calls == [(False, True), (False, False)]
+    assert slot.compiled and slot.health(0.6).kernel == "compiled inductor:default"
+    slot.fall_back_to_eager("boom")
+    assert not slot.compiled and slot.health(0.6).kernel == "eager" and slot.fallback_reason == "boom"
+
+
+# ---------------------------------------------------------------- health
+
+
+def _grads(slot: SeedSlot, value: float) -> None:
+    for p in slot.block.parameters():
+        p.grad = torch.full_like(p, value)
+
+
+def test_health_reports_grad_norm_flags_and_accuracy_delta() -> None:
+    slot = to_stage(germinated(SeedSlot("s0", 1), accuracy=0.6), S.TRAINING)
+    slot.begin_epoch()
+    _grads(slot, 1e-3)
+    slot.record_gradients()
+    h = slot.health(0.65)
+    assert h.stage is S.TRAINING and h.blueprint_id == "mlp_block" and h.kernel == "eager"
+    assert h.grad_norm > 0 and not h.vanishing and not h.exploding
+    assert h.acc_delta == pytest.approx(0.05)
+
+    slot.begin_epoch()
+    _grads(slot, 0.0)
+    slot.record_gradients()
+    assert slot.health(0.6).vanishing
+
+    slot.begin_epoch()
+    _grads(slot, 100.0)
+    slot.record_gradients()
+    assert slot.health(0.6).exploding
+
+    slot.begin_epoch()
+    _grads(slot, float("nan"))
+    slot.record_gradients()
+    assert slot.health(0.6).exploding
+    assert all(p.grad is None for p in slot.block.parameters())  # never applied
+
+
+def test_dormant_and_germinated_slots_are_not_flagged() -> None:
+    slot = SeedSlot("s0", 1)
+    h = slot.health(0.5)
+    assert (h.kernel, h.acc_delta, h.vanishing, h.exploding, h.grad_norm) == ("-", None, False, False, 0.0)
+    germinated(slot)
+    slot.record_gradients()  # GERMINATED does not train: nothing is measured
+    h = slot.health(0.5)
+    assert not h.vanishing and h.acc_delta == 0.0 and h.epochs_in_stage == 0
+    slot.end_epoch()
+    assert slot.health(0.5).epochs_in_stage == 1
