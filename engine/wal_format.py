@@ -1,0 +1,258 @@
+"""On-disk format of the forge's write-ahead log (Tezzeret WAL), written down once.
+
+A log is a directory of *segments* named ``wal-{seq:016x}.log``, where ``seq`` is the sequence number
+of the segment's first record. A segment is a plain concatenation of records; a record is a fixed
+256-byte header followed by ``length`` payload bytes. There is no block framing: a record never spans
+two segments. All integers are little-endian.
+
+Header layout (offsets in bytes)::
+
+    0    8  magic           b"ESPRWAL1"
+    8    2  version         u16, FORMAT_VERSION (1)
+    10   2  endianness      u16 0x0102 written little-endian (bytes 02 01): a reader that sees 0x0201
+                            is looking at a big-endian writer's file
+    12   1  type            u8: BEGIN=1 DATA=2 COMMIT=3 ABORT=4 CHECKPOINT=5
+    13   1  txid length     u8, 0..64 (bytes of UTF-8)
+    14   2  flags           u16, reserved, written 0
+    16   8  salt            u64, random per segment; every record of a segment repeats it, so bytes
+                            left over from an older file (a reused or renamed file) never replay
+    24   8  seq             u64, +1 per record, continuing across segments
+    32   4  length          u32, payload bytes (at most MAX_PAYLOAD, 64 MiB)
+    36   4  payload crc     u32, CRC-32 (zlib) of the payload
+    40  64  txid            UTF-8, zero padded
+    104 148 padding         zeros
+    252  4  header crc      u32, CRC-32 of header bytes 0..255 with this field zeroed, then the payload
+
+    256  length  payload
+
+Record types: a transaction is ``BEGIN`` (payload: the job's context), any number of ``DATA``, then
+``COMMIT`` or ``ABORT`` (each may carry a small payload). ``CHECKPOINT`` (txid empty, payload: the
+creation time as an f64 Unix timestamp) is only ever the first record of a segment written by a
+checkpoint; it means "everything older is summarised by the records that follow".
+
+This module is pure: encoding, decoding and classifying the bytes of one segment. Recovery policy and
+file handling live in ``wal.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"ESPRWAL1"
+FORMAT_VERSION = 1
+ENDIAN_MARK = 0x0102
+HEADER_SIZE = 256
+MAX_TXID_BYTES = 64
+MAX_PAYLOAD = 64 * 1024 * 1024
+
+_BODY = struct.Struct("<8sHHBBHQQII64s148x")  # header bytes 0..251, everything but the header crc
+_HEADER = struct.Struct("<8sHHBBHQQII64s148xI")  # the whole 256-byte header
+# The scan's fast path reads magic + version + endianness as one 12-byte string and compares once.
+_FAST = struct.Struct("<12sBB2xQQI4x212xI")  # skips flags, payload crc and txid (sliced on demand)
+_TXID_OFFSET = 40
+_PREFIX = MAGIC + struct.pack("<HH", FORMAT_VERSION, ENDIAN_MARK)
+_CRC_OFFSET = _BODY.size
+_ZERO_CRC = bytes(4)
+_MAX_TYPE = 5  # RecordType.CHECKPOINT
+_U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+assert _HEADER.size == _FAST.size == HEADER_SIZE
+
+_SEGMENT_RE = re.compile(r"^wal-([0-9a-f]{16})\.log$")
+
+
+class RecordType(enum.IntEnum):
+    BEGIN = 1
+    DATA = 2
+    COMMIT = 3
+    ABORT = 4
+    CHECKPOINT = 5
+
+
+class DamageKind(enum.Enum):
+    """How a segment's bytes stop making sense; recovery treats each kind differently."""
+
+    TORN = "torn"  # an unfinished append at the end: short header/payload, or zeros to EOF
+    TAIL = "tail"  # complete but bad bytes at the end, nothing valid after them
+    MIDDLE = "middle"  # bad bytes followed by valid records of this segment
+
+
+class WalError(Exception):
+    """Base of every WAL error; raised as is for misuse (unknown txid, BEGIN of an open txid, closed log)."""
+
+
+class WalFormatError(WalError):
+    """A segment written in a format this code does not read (another version or byte order)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    offset: int
+    kind: DamageKind
+    reason: str
+
+
+# (offset, type, seq, txid bytes, payload bytes): tuples, not objects, so scanning stays cheap.
+RawRecord = tuple[int, int, int, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentScan:
+    """The valid prefix of one segment and why it ends where it ends."""
+
+    records: list[RawRecord]
+    salt: int | None
+    valid_end: int
+    size: int
+    damage: Damage | None
+
+
+def segment_name(seq: int) -> str:
+    return f"wal-{seq:016x}.log"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The first sequence number a segment file name claims, or None if it is not a segment."""
+    match = _SEGMENT_RE.match(name)
+    return int(match.group(1), 16) if match else None
+
+
+def _header_crc(body: bytes | memoryview, payload: bytes | memoryview) -> int:
+    return zlib.crc32(payload, zlib.crc32(_ZERO_CRC, zlib.crc32(body)))
+
+
+def encode_record(rtype: RecordType, salt: int, seq: int, txid: bytes, payload: bytes) -> bytes:
+    """One record, ready to append."""
+    body = _BODY.pack(
+        MAGIC, FORMAT_VERSION, ENDIAN_MARK, rtype, len(txid), 0, salt, seq, len(payload),
+        zlib.crc32(payload), txid,
+    )  # fmt: skip
+    return body + _U32.pack(_header_crc(body, payload)) + payload
+
+
+def encode_checkpoint_payload(ts: float) -> bytes:
+    return _F64.pack(ts)
+
+
+def decode_checkpoint_payload(payload: bytes) -> float | None:
+    return _F64.unpack(payload)[0] if len(payload) == _F64.size else None
+
+
+class _Bad:
+    """Why the bytes at an offset are not a record; `incomplete` means they may be an unfinished append."""
+
+    __slots__ = ("incomplete", "reason", "wrong_format")
+
+    def __init__(self, reason: str, *, incomplete: bool = False, wrong_format: bool = False) -> None:
+        self.reason = reason
+        self.incomplete = incomplete
+        self.wrong_format = wrong_format
+
+
+def _decode(buf: bytes, mv: memoryview, off: int) -> tuple[int, int, int, bytes, int] | _Bad:
+    """Check the record at `off`; on success (type, salt, seq, txid, end offset)."""
+    size = len(buf)
+    if size - off < HEADER_SIZE:
+        return _Bad(f"short header ({size - off} of {HEADER_SIZE} bytes)", incomplete=True)
+    magic, version, endian, rtype, txlen, _flags, salt, seq, length, pcrc, txid, hcrc = _HEADER.unpack_from(
+        buf, off
+    )
+    if magic != MAGIC:
+        return _Bad("bad magic")
+    if version != FORMAT_VERSION:
+        return _Bad(f"unsupported format version {version}", wrong_format=True)
+    if endian != ENDIAN_MARK:
+        return _Bad(f"endianness marker {endian:#06x}, expected {ENDIAN_MARK:#06x}", wrong_format=True)
+    if length > MAX_PAYLOAD:
+        return _Bad(f"absurd payload length {length}", incomplete=True)
+    start = off + HEADER_SIZE
+    end = start + length
+    if end > size:
+        return _Bad(f"payload length {length} runs past end of file", incomplete=True)
+    payload = mv[start:end]
+    if _header_crc(mv[off : off + _CRC_OFFSET], payload) != hcrc:
+        if zlib.crc32(payload) != pcrc:
+            return _Bad("payload CRC mismatch")
+        return _Bad("header CRC mismatch")
+    # The header crc covers the payload too, so a payload-crc mismatch here can only be a writer bug.
+    if not RecordType.BEGIN <= rtype <= RecordType.CHECKPOINT:
+        return _Bad(f"unknown record type {rtype}")
+    if txlen > MAX_TXID_BYTES:
+        return _Bad(f"txid length {txlen} > {MAX_TXID_BYTES}")
+    return rtype, salt, seq, txid[:txlen], end
+
+
+def _find_valid_record(buf: bytes, mv: memoryview, start: int, salt: int | None) -> int | None:
+    """Offset of the first valid record at or after `start` (of this salt, if known): resync probe."""
+    pos = buf.find(MAGIC, start)
+    while pos != -1:
+        found = _decode(buf, mv, pos)
+        if not isinstance(found, _Bad) and (salt is None or found[1] == salt):
+            return pos
+        pos = buf.find(MAGIC, pos + 1)
+    return None
+
+
+def _classify(buf: bytes, mv: memoryview, off: int, bad: _Bad, salt: int | None) -> Damage:
+    later = _find_valid_record(buf, mv, off + 1, salt)
+    if later is not None:
+        return Damage(off, DamageKind.MIDDLE, f"{bad.reason}; valid records follow at offset {later}")
+    if bad.wrong_format and off == 0:
+        raise WalFormatError(f"{bad.reason}: written by a different WAL format; refusing to touch it")
+    if buf.count(0, off) == len(buf) - off:
+        return Damage(off, DamageKind.TORN, f"zeroed tail ({len(buf) - off} bytes)")
+    return Damage(off, DamageKind.TORN if bad.incomplete else DamageKind.TAIL, bad.reason)
+
+
+def scan_segment(buf: bytes) -> SegmentScan:
+    """Read records from the start of `buf` until EOF or the first damage; never reads past damage.
+
+    One pass over one buffer with struct.unpack_from and no per-record syscalls: the loop inlines the
+    checks of `_decode` for speed and falls back to it only to explain damage.
+    """
+    mv = memoryview(buf)
+    size = len(buf)
+    records: list[RawRecord] = []
+    append = records.append
+    unpack_from, crc32 = _FAST.unpack_from, zlib.crc32  # attribute lookups hoisted out of the loop
+    salt: int | None = None
+    expected_seq = -1
+    off = 0
+    damage: Damage | None = None
+    while off < size:
+        start = off + HEADER_SIZE
+        if start <= size:
+            prefix, rtype, txlen, rsalt, seq, length, hcrc = unpack_from(buf, off)
+            end = start + length
+            if (
+                prefix == _PREFIX
+                and end <= size
+                and length <= MAX_PAYLOAD
+                and 0 < rtype <= _MAX_TYPE
+                and txlen <= MAX_TXID_BYTES
+                and crc32(mv[start:end], crc32(_ZERO_CRC, crc32(mv[off : start - 4]))) == hcrc
+            ):
+                if salt is None:
+                    salt = rsalt
+                elif rsalt != salt:
+                    stale = _Bad(f"stale record (salt {rsalt:016x}, segment salt {salt:016x})")
+                    damage = _classify(buf, mv, off, stale, salt)
+                    break
+                if seq != expected_seq and expected_seq >= 0:
+                    bad = _Bad(f"sequence jumps to {seq}, expected {expected_seq}")
+                    damage = _classify(buf, mv, off, bad, salt)
+                    break
+                txid_at = off + _TXID_OFFSET
+                append((off, rtype, seq, buf[txid_at : txid_at + txlen], buf[start:end]))
+                expected_seq = seq + 1
+                off = end
+                continue
+        found = _decode(buf, mv, off)
+        assert isinstance(found, _Bad), "the fast path rejected a record that _decode accepts"
+        damage = _classify(buf, mv, off, found, salt)
+        break
+    return SegmentScan(records, salt, off, size, damage)
