@@ -43,9 +43,9 @@ from .kernels import cpu_isa, private_cache_dir
 from .library import Identity, Library
 from .library_source import LibraryKernelSource
 from .pipelines import settings_for
-from .signing import load_or_create_key
+from .signing import SigningKeyError, load_or_create_key
 from .training import Trainer, TrainingControl
-from .wal import WriteAheadLog
+from .wal import WalError, WriteAheadLog
 
 IN_FEATURES = 40  # MNIST-1D sequences; seeds map the host input to a hidden layer
 
@@ -117,7 +117,10 @@ class Engine:
         self._loop_thread = threading.get_ident()
         self._lock_state_dir()
         cfg = self.config
-        key = load_or_create_key(self.state_dir, cfg.library.signing_key)
+        try:
+            key = load_or_create_key(self.state_dir, cfg.library.signing_key)
+        except SigningKeyError as exc:
+            raise EngineError(str(exc)) from None
         private_cache_dir()
         isa = await asyncio.to_thread(cpu_isa)
         identity = Identity.here(isa)
@@ -125,8 +128,11 @@ class Engine:
         self.library = library
         wal_dir = Path(cfg.tezzeret.wal.path)
         wal_dir = wal_dir if wal_dir.is_absolute() else self.state_dir / wal_dir
-        self.wal, report = await asyncio.to_thread(WriteAheadLog.open, wal_dir,
-                                                   durability=cfg.tezzeret.wal.durability_mode)
+        try:
+            self.wal, report = await asyncio.to_thread(WriteAheadLog.open, wal_dir,
+                                                       durability=cfg.tezzeret.wal.durability_mode)
+        except (WalError, OSError) as exc:
+            raise EngineError(f"WAL {wal_dir}: {exc}") from None
         try:
             await self.bus.start()
         except Exception as exc:

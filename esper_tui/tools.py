@@ -40,13 +40,17 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
 
 
 def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
-    from esper_tui.engine.wal import inspect
+    from esper_tui.engine.wal import WalError, inspect
 
     directory = _wal_dir(config, state_dir)
     if not directory.is_dir():
         print(f"esper-tui: no WAL at {directory}", file=sys.stderr)
         return 1
-    report = inspect(directory)
+    try:
+        report = inspect(directory)
+    except WalError as exc:
+        print(f"esper-tui: {directory}: {exc}", file=sys.stderr)
+        return 1
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return 0
