@@ -9,7 +9,7 @@ slow link and two quick key presses reach the engine in the order they were made
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import ClassVar, cast
 
@@ -62,7 +62,7 @@ HELP_ORDER: tuple[str, ...] = (
 """Binding ids listed on the help screen, in this order (their keys come from the live keymap)."""
 
 EXTRA_HELP: tuple[tuple[str, str], ...] = (
-    ("ctrl+p", "Command palette: every command above, strategies, themes"),
+    ("^p", "Command palette: every command above, strategies, themes"),
     ("↑ ↓ / pgup pgdn", "Move the compile-queue cursor (the selected blueprint)"),
     ("tab", "Move focus between panels"),
 )
@@ -72,17 +72,49 @@ class DashboardScreen(Screen[None]):
     """The one main screen: banner on top, forge in the middle, training and events below."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "app.recompile", "Recompile", id="esper.recompile"),
-        Binding("s", "app.pick_strategy", "Strategy…", id="esper.recompile_strategy"),
-        Binding("R", "app.recompile_all", "Recompile all", key_display="R", id="esper.recompile_all"),
-        Binding("c", "app.toggle_conservative", "Conservative", id="esper.toggle_conservative"),
-        Binding("p", "app.toggle_pause", "Pause/resume", id="esper.toggle_pause"),
+        Binding(
+            "r",
+            "app.recompile",
+            "Recompile",
+            tooltip="Recompile the selected blueprint (Standard)",
+            id="esper.recompile",
+        ),
+        Binding(
+            "s",
+            "app.pick_strategy",
+            "Strategy…",
+            tooltip="Recompile the selected blueprint with a chosen strategy",
+            id="esper.recompile_strategy",
+        ),
+        Binding(
+            "R",
+            "app.recompile_all",
+            "Recompile all",
+            tooltip="Queue every blueprint of the catalog again",
+            key_display="R",
+            id="esper.recompile_all",
+        ),
+        Binding(
+            "c",
+            "app.toggle_conservative",
+            "Conservative",
+            tooltip="Toggle conservative mode (concurrency 1, Fast, no Aggressive)",
+            id="esper.toggle_conservative",
+        ),
+        Binding(
+            "p",
+            "app.toggle_pause",
+            "Pause/resume",
+            tooltip="Pause or resume the training loop",
+            id="esper.toggle_pause",
+        ),
     ]
 
     def __init__(self) -> None:
         super().__init__(id="dashboard")
         self._pending: Snapshot | None = None
         self._composed = False
+        self._panels: list[SnapshotPanel[object]] = []
         self.has_snapshot = False
 
     def compose(self) -> ComposeResult:
@@ -104,16 +136,15 @@ class DashboardScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#body").display = False
+        self._panels = [widget for widget in self.query("*") if isinstance(widget, SnapshotPanel)]
         self._composed = True
         if self._pending is not None:
             self.show_snapshot(self._pending)
 
     @property
-    def panels(self) -> Iterator[SnapshotPanel[object]]:
-        """Every widget on this screen that renders a slice of the snapshot."""
-        for widget in self.query("*"):
-            if isinstance(widget, SnapshotPanel):
-                yield widget
+    def panels(self) -> list[SnapshotPanel[object]]:
+        """Every widget on this screen that renders a slice of the snapshot (found once, at mount)."""
+        return list(self._panels)
 
     @property
     def compile_queue(self) -> CompileQueue:
@@ -131,7 +162,7 @@ class DashboardScreen(Screen[None]):
             self.query_one("#body").display = True
             if self.focused is None:
                 self.compile_queue.focus()  # arrow keys move the selection straight away
-        for panel in self.panels:
+        for panel in self._panels:
             panel.update_snapshot(snapshot)
 
     def on_screen_resume(self) -> None:
@@ -167,7 +198,11 @@ class EsperCommands(Provider):
             ),
         ]
         commands += [
-            (f"Recompile selected: {strategy.value.capitalize()}", STRATEGY_HELP[strategy], partial(app.recompile_selected, strategy))
+            (
+                f"Recompile selected: {strategy.value.capitalize()}",
+                STRATEGY_HELP[strategy],
+                partial(app.recompile_selected, strategy),
+            )
             for strategy in Strategy
         ]
         commands += [
@@ -200,8 +235,10 @@ class EsperApp(App[None]):
     CSS_PATH = CSS_PATH
     COMMANDS = App.COMMANDS | {EsperCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+q", "quit", "Quit", id="esper.quit", priority=True),
-        Binding("f1,question_mark", "help", "Help", key_display="?", id="esper.help"),
+        Binding("ctrl+q", "quit", "Quit", tooltip="Quit the control room", id="esper.quit", priority=True),
+        Binding(
+            "f1,question_mark", "help", "Help", tooltip="This help", key_display="?", id="esper.help"
+        ),
     ]
 
     def __init__(
@@ -329,7 +366,7 @@ class EsperApp(App[None]):
             binding = active.binding
             if binding.id in HELP_ORDER:
                 keys.setdefault(binding.id, []).append(self.get_key_display(binding.with_key(key)))
-                descriptions[binding.id] = binding.description
+                descriptions[binding.id] = binding.tooltip or binding.description
         rows = [(" / ".join(keys[id_]), descriptions[id_]) for id_ in HELP_ORDER if id_ in keys]
         return rows + list(EXTRA_HELP)
 

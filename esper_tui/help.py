@@ -79,9 +79,10 @@ class HelpScreen(ModalScreen[None]):
             yield Static(legend(), id="help-legend")
             yield Static("Notes", classes="heading")
             yield Static(
-                "The cursor row of the compile queue is the selected blueprint. A recompile with no strategy\n"
-                "uses Standard; conservative mode forbids Aggressive. Times are UTC, ages are measured\n"
-                "against the snapshot's clock. Commands are queued and sent in order; a toast confirms each.",
+                "The cursor row of the compile queue is the selected blueprint. A recompile with no "
+                "strategy uses Standard; conservative mode forbids Aggressive. Times are UTC and ages "
+                "are measured against the snapshot's clock. Commands are queued and sent in order; a "
+                "toast confirms each one.",
                 id="help-notes",
             )
 

@@ -1,0 +1,511 @@
+"""Dashboard behaviour through Textual's Pilot: keys send the right commands, panels follow snapshots."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from textual.content import Content
+from textual.widgets import Sparkline
+
+from esper_tui.app import EsperApp
+from esper_tui.engine.contracts import (
+    AnyCommand,
+    JobStatus,
+    PauseTraining,
+    Recompile,
+    RecompileAll,
+    SetConservativeMode,
+    Snapshot,
+    Strategy,
+)
+from esper_tui.help import HelpScreen
+from esper_tui.link import StaticLink
+from esper_tui.widgets import format as fmt
+from esper_tui.widgets.breakers import BreakersPanel
+from esper_tui.widgets.compile_queue import CompileQueue
+from esper_tui.widgets.events import EventsPanel
+from esper_tui.widgets.seeds import SeedsPanel
+from esper_tui.widgets.status_banner import StatusBanner
+from esper_tui.widgets.strategy_picker import StrategyPicker
+from esper_tui.widgets.training import TrainingPanel
+from esper_tui.widgets.wal_panel import WalPanel
+
+from .conftest import SIZE, settle
+from .fixtures import T0, compile_disabled_snapshot, rich_snapshot, with_job
+
+
+def plain(app: EsperApp, selector: str | type) -> str:
+    """The text a Static-based panel currently shows."""
+    widget = app.screen.query_one(selector)  # type: ignore[call-overload]
+    return str(widget.render())
+
+
+def payload(command: AnyCommand) -> dict[str, object]:
+    """A command without its envelope (id, timestamp), for comparison."""
+    fields = msgspec.structs.asdict(command)
+    for key in ("command_id", "ts"):
+        fields.pop(key)
+    return {"type": type(command).__name__, **fields}
+
+
+def sent(link: StaticLink) -> list[dict[str, object]]:
+    return [payload(command) for command in link.sent]
+
+
+def replaced(snapshot: Snapshot, **changes: object) -> Snapshot:
+    return msgspec.structs.replace(snapshot, seq=snapshot.seq + 1, **changes)
+
+
+# --------------------------------------------------------------------------- banner (seed 002)
+
+
+async def test_banner_title_says_compiled(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert Content.from_markup(banner.border_title).plain == "TAMIYO [compiled]"
+        assert banner.has_class("-compiled")
+        assert "inductor:default" in plain(app, StatusBanner)
+
+
+async def test_banner_title_plain_when_compile_disabled(make_app, link) -> None:
+    link.set(compile_disabled_snapshot())
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert banner.border_title == "TAMIYO"
+        assert not banner.has_class("-compiled")
+        text = plain(app, StatusBanner)
+        assert "EAGER" in text
+        assert "inductor" not in text
+
+
+async def test_banner_shows_run_and_forge_summary(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        text = plain(app, StatusBanner)
+        for fragment in (
+            "epoch 17/30",
+            "acc 71.4 %",
+            "412 samples/s",
+            "bus embedded",
+            "conservative off",
+            "forge 3/6 compiled, 1 running, 1 queued, 1 failed",
+            "training running",
+        ):
+            assert fragment in text
+
+
+async def test_banner_highlights_conservative_mode_and_pause(make_app, link) -> None:
+    snapshot = rich_snapshot()
+    link.set(
+        msgspec.structs.replace(
+            snapshot,
+            forge=msgspec.structs.replace(
+                snapshot.forge, conservative_mode=True, conservative_reason="memory breaker open"
+            ),
+            training=msgspec.structs.replace(snapshot.training, status="paused"),
+        )
+    )
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        text = plain(app, StatusBanner)
+        assert "CONSERVATIVE ON (memory breaker open)" in text
+        assert "training paused" in text
+        assert banner.has_class("-conservative")
+        assert banner.has_class("-paused")
+
+
+# --------------------------------------------------------------------------- panels
+
+
+async def test_panels_render_their_slices(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        breakers = plain(app, BreakersPanel)
+        assert "memory" in breakers and "1.2/8.0 GiB" in breakers
+        assert "n/a" in breakers and "no GPU" in breakers
+        assert "half-open" in breakers and "2 fail" in breakers
+        wal = plain(app, WalPanel)
+        for fragment in ("var/tezzeret/wal", "2 segments", "48 KiB", "212 commits", "open 1 (7f3a9c)"):
+            assert fragment in wal
+        assert "checkpoint 12 s ago" in wal  # measured against snapshot.ts, not the wall clock
+        seeds = plain(app, SeedsPanel)
+        assert "BLENDING" in seeds and "conv1d_block" in seeds and "inductor:default" in seeds
+        assert "DORMANT" in seeds
+        events = plain(app, EventsPanel).splitlines()
+        assert events[0].startswith("12:01:12 kasmina")  # newest first, UTC
+        assert len(events) == 8
+        training = app.screen.query_one(TrainingPanel)
+        curves = training.query(Sparkline)
+        assert [len(curve.data or []) for curve in curves] == [20, 20]
+        assert "epoch 17/30" in str(training.query_one("#training-status").render())
+
+
+async def test_compile_queue_columns(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        table = app.screen.query_one(CompileQueue)
+        assert table.blueprint_ids() == [
+            "mlp_block",
+            "res_block",
+            "conv1d_block",
+            "attention_block",
+            "gru_block",
+            "layernorm_mlp",
+        ]
+        mlp = [str(cell) for cell in table.get_row("mlp_block")]
+        assert mlp[:6] == ["mlp_block", "Standard", "● compiled", "7.9 s", "0.41/0.47 ms", "v2"]
+        running = [str(cell) for cell in table.get_row("res_block")]
+        assert running[2:4] == ["● compiling", "5.1 s"]  # started 5.1 s before snapshot.ts
+        failed = [str(cell) for cell in table.get_row("gru_block")]
+        assert failed[2] == "● failed #3"
+        assert failed[-1].startswith("timeout after 300 s")
+
+
+async def test_new_snapshot_updates_rows_in_place(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one(CompileQueue)
+        before = table.redraws
+        link.set(
+            with_job(
+                rich_snapshot(),
+                "res_block",
+                status=JobStatus.COMPILED,
+                duration_s=6.4,
+                version=1,
+                step_ms_compiled=0.6,
+                step_ms_eager=0.7,
+                backend="inductor",
+            )
+        )
+        app.poll_link()
+        await pilot.pause()
+        assert table.redraws == before + 1
+        assert table.row_count == 6
+        assert len(set(table.blueprint_ids())) == 6
+        row = [str(cell) for cell in table.get_row("res_block")]
+        assert row[2:5] == ["● compiled", "6.4 s", "0.60/0.70 ms"]
+        assert "forge 4/6 compiled" in plain(app, StatusBanner)
+
+
+async def test_rows_are_added_and_removed_by_key(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one(CompileQueue)
+        snapshot = rich_snapshot()
+        jobs = [job for job in snapshot.forge.jobs if job.blueprint_id != "conv1d_block"]
+        jobs.append(msgspec.structs.replace(jobs[0], blueprint_id="gated_mlp", status=JobStatus.QUEUED))
+        link.set(replaced(snapshot, forge=msgspec.structs.replace(snapshot.forge, jobs=jobs)))
+        app.poll_link()
+        await pilot.pause()
+        assert table.blueprint_ids() == [
+            "mlp_block",
+            "res_block",
+            "attention_block",
+            "gru_block",
+            "layernorm_mlp",
+            "gated_mlp",
+        ]
+
+
+async def test_same_seq_is_skipped_and_equal_slices_do_not_redraw(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.screen.query_one(StatusBanner)
+        table = app.screen.query_one(CompileQueue)
+        banner_draws, table_draws = banner.redraws, table.redraws
+        # Same seq: the app does not even look at it.
+        link.set(compile_disabled_snapshot(seq=42))
+        app.poll_link()
+        await pilot.pause()
+        assert banner.redraws == banner_draws
+        assert banner.border_title != "TAMIYO"
+        # New seq, identical content: every panel compares its slice and skips the redraw.
+        link.set(rich_snapshot(seq=43))
+        app.poll_link()
+        await pilot.pause()
+        assert (banner.redraws, table.redraws) == (banner_draws, table_draws)
+
+
+async def test_covered_dashboard_catches_up_when_uncovered(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one(CompileQueue)
+        draws = table.redraws
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+        link.set(with_job(rich_snapshot(), "conv1d_block", status=JobStatus.COMPILING, started_ts=T0 - 1))
+        app.poll_link()
+        await pilot.pause()
+        assert table.redraws == draws  # covered: no redraw
+        await pilot.press("escape")
+        await pilot.pause()
+        assert table.redraws == draws + 1
+        assert str(table.get_row("conv1d_block")[2]) == "● compiling"
+
+
+async def test_hidden_panel_defers_redraw_until_shown(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one(EventsPanel)
+        draws = events.redraws
+        events.display = False
+        await pilot.pause()
+        snapshot = rich_snapshot()
+        extra = msgspec.structs.replace(snapshot.events[-1], ts=T0, text="s0 blending alpha 0.50")
+        link.set(replaced(snapshot, events=[*snapshot.events, extra]))
+        app.poll_link()
+        await pilot.pause()
+        assert events.redraws == draws
+        events.display = True
+        await pilot.pause()
+        assert events.redraws == draws + 1
+        assert "alpha 0.50" in plain(app, EventsPanel).splitlines()[0]
+
+
+async def test_polling_picks_up_new_snapshots(make_app, link) -> None:
+    app = make_app(refresh_hz=50)
+    async with app.run_test(size=SIZE) as pilot:
+        link.set(compile_disabled_snapshot(seq=99))
+        await pilot.pause(0.1)
+        assert app.screen.query_one(StatusBanner).border_title == "TAMIYO"
+
+
+# --------------------------------------------------------------------------- waiting state
+
+
+async def test_waiting_for_engine(make_app, link) -> None:
+    link.set(None)
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.screen.query_one("#waiting").display
+        assert not app.screen.query_one("#body").display
+        assert "waiting for engine" in plain(app, StatusBanner)
+        await pilot.press("r", "c", "p")
+        await settle(pilot)
+        assert link.sent == []
+        assert "no blueprint selected" in app.spy.texts()
+        assert any("waiting for engine" in text for text in app.spy.texts())
+        link.set(rich_snapshot())
+        app.poll_link()
+        await pilot.pause()
+        assert not app.screen.query_one("#waiting").display
+        assert app.screen.query_one("#body").display
+        assert app.screen.query_one(CompileQueue).row_count == 6
+
+
+# --------------------------------------------------------------------------- keys -> commands
+
+
+async def test_r_recompiles_the_cursor_row(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await settle(pilot)
+        await pilot.press("down", "r")
+        await settle(pilot)
+        envelope = {"type": "Recompile", "schema_version": 1, "issued_by": "operator", "strategy": None}
+        assert sent(link) == [
+            {**envelope, "blueprint_id": "mlp_block"},
+            {**envelope, "blueprint_id": "res_block"},
+        ]
+        assert "Recompile mlp_block (standard) requested" in app.spy.texts()
+
+
+async def test_R_recompiles_everything(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("R")
+        await settle(pilot)
+        assert [type(command) for command in link.sent] == [RecompileAll]
+        assert link.sent[0].strategy is None
+
+
+@pytest.mark.parametrize(("active", "expected"), [(False, True), (True, False)])
+async def test_c_toggles_conservative_mode(make_app, link, active: bool, expected: bool) -> None:
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, forge=msgspec.structs.replace(snapshot.forge, conservative_mode=active)))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await settle(pilot)
+        assert len(link.sent) == 1
+        command = link.sent[0]
+        assert isinstance(command, SetConservativeMode)
+        assert command.active is expected
+
+
+@pytest.mark.parametrize(("status", "expected"), [("running", True), ("paused", False)])
+async def test_p_pauses_and_resumes_training(make_app, link, status: str, expected: bool) -> None:
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, training=msgspec.structs.replace(snapshot.training, status=status)))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await settle(pilot)
+        assert [payload(command)["paused"] for command in link.sent] == [expected]
+        assert isinstance(link.sent[0], PauseTraining)
+        assert ("Pause training requested" if expected else "Resume training requested") in app.spy.texts()
+
+
+async def test_s_picks_a_strategy(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        assert isinstance(app.screen, StrategyPicker)
+        await pilot.press("enter")  # Standard is highlighted first: the operator default
+        await settle(pilot)
+        await pilot.press("s", "up", "enter")  # Fast
+        await settle(pilot)
+        await pilot.press("s", "down", "down", "enter")  # Emergency (Aggressive is below Standard)
+        await settle(pilot)
+        await pilot.press("s", "escape")  # cancelled: nothing sent
+        await settle(pilot)
+        assert [(command.blueprint_id, command.strategy) for command in link.sent] == [  # type: ignore[union-attr]
+            ("mlp_block", Strategy.STANDARD),
+            ("mlp_block", Strategy.FAST),
+            ("mlp_block", Strategy.EMERGENCY),
+        ]
+        assert not isinstance(app.screen, StrategyPicker)
+        assert "Recompile mlp_block (fast) requested" in app.spy.texts()
+
+
+async def test_aggressive_is_disabled_in_conservative_mode(make_app, link) -> None:
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, forge=msgspec.structs.replace(snapshot.forge, conservative_mode=True)))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        picker = app.screen
+        assert isinstance(picker, StrategyPicker)
+        options = picker.query_one("OptionList")
+        assert options.get_option(Strategy.AGGRESSIVE.value).disabled  # type: ignore[attr-defined]
+        await pilot.press("down", "enter")  # skips the disabled Aggressive
+        await settle(pilot)
+        assert [command.strategy for command in link.sent] == [Strategy.EMERGENCY]  # type: ignore[union-attr]
+
+
+async def test_palette_recompile_with_strategy(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("down", "down")  # conv1d_block
+        await pilot.press("ctrl+p")
+        await pilot.press(*"with strategy")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, StrategyPicker)
+        await pilot.press("up", "enter")
+        await settle(pilot)
+        assert [(command.blueprint_id, command.strategy) for command in link.sent] == [  # type: ignore[union-attr]
+            ("conv1d_block", Strategy.FAST)
+        ]
+
+
+async def test_palette_switches_theme(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.press(*"theme: esper-light")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.theme == "esper-light"
+
+
+async def test_send_failure_is_reported_not_raised(make_app, link) -> None:
+    async def broken(command: AnyCommand) -> None:
+        raise ConnectionError("redis down")
+
+    link.send = broken  # type: ignore[method-assign]
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("R")
+        await settle(pilot)
+        assert ("Recompile all (standard) failed: redis down", "error") in app.spy.messages
+        await pilot.press("R")  # the outbox survives a failure
+        await settle(pilot)
+        assert len(app.spy.messages) == 2
+
+
+async def test_keymap_remaps_by_binding_id(make_app, link) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_keymap({"esper.recompile": "x"})
+        await pilot.press("x")
+        await settle(pilot)
+        assert [type(command) for command in link.sent] == [Recompile]
+        await pilot.press("f1")
+        keys = plain(app, "#help-keys")
+        assert keys.splitlines()[0].startswith("x ")
+
+
+# --------------------------------------------------------------------------- help, quit, theme
+
+
+@pytest.mark.parametrize("key", ["question_mark", "f1"])
+async def test_help_opens_and_escape_closes(make_app, key: str) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(key)
+        assert isinstance(app.screen, HelpScreen)
+        keys = plain(app, "#help-keys")
+        for fragment in ("Recompile the selected blueprint", "conservative mode", "^p", "f1 / ?"):
+            assert fragment in keys
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_ctrl_q_quits(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert not app.is_running
+    assert app.return_code == 0
+
+
+async def test_themes_are_registered_and_applied(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        assert {"esper-dark", "esper-light"} <= set(app.available_themes)
+        assert app.theme == "esper-dark"
+        assert app.current_theme.dark
+        table = app.screen.query_one(CompileQueue)
+        dark_colour = table.get_row("attention_block")[2].style
+        app.theme = "esper-light"
+        await pilot.pause()
+        assert not app.current_theme.dark
+        # Cell colours are baked into the table's Text: the queue rewrites them for the new theme.
+        assert table.get_row("attention_block")[2].style != dark_colour
+        assert table.row_count == 6
+
+
+async def test_light_theme_from_constructor(make_app) -> None:
+    app = make_app(theme="esper-light", title="room 2")
+    async with app.run_test(size=SIZE):
+        assert app.theme == "esper-light"
+        assert app.title == "room 2"
+
+
+def test_refresh_hz_must_be_positive(link) -> None:
+    with pytest.raises(ValueError, match="refresh_hz"):
+        EsperApp(link, refresh_hz=0)
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def test_formatting_is_deterministic() -> None:
+    assert fmt.clock(T0) == "12:01:15"  # UTC whatever the local zone
+    assert fmt.age(fmt.round_age(T0 - 12.7, T0)) == "12 s ago"
+    assert fmt.age(fmt.round_age(T0 - 185, T0)) == "3m05s ago"
+    assert fmt.age(None) == "never"
+    assert [fmt.size(n) for n in (512, 48 * 1024, 1_300_000, 5 * 2**30)] == ["512 B", "48 KiB", "1.2 MiB", "5.0 GiB"]
+    assert fmt.step_ms(0.41, 0.47) == "0.41/0.47 ms"
+    assert [fmt.metric(v) for v in (0.912, 0.000123, 12.34, None)] == ["0.912", "0.000123", "12.3", "-"]
+    assert fmt.reading(312.0, 300.0, "s") == "312/300 s"
+    assert fmt.clip("a long error\nwith a traceback", 8) == "a long …"

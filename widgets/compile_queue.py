@@ -1,0 +1,172 @@
+"""Tezzeret's compile queue: one row per blueprint, updated cell by cell.
+
+A DataTable repaint costs ~38 ms whatever changed (guide section 8), so rows are keyed by blueprint id
+and changed cells are rewritten with `update_cell`; rows are added and removed individually, never
+cleared and re-added, which also keeps the cursor (the operator's selection) where it was.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from rich.text import Text
+from textual.coordinate import Coordinate
+from textual.theme import Theme
+from textual.widgets import DataTable
+
+from esper_tui.engine.contracts import JobStatus, JobView, Snapshot
+from esper_tui.widgets import format as fmt
+from esper_tui.widgets.panel import SnapshotPanel
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("blueprint", "blueprint"),
+    ("strategy", "strategy"),
+    ("state", "state"),
+    ("time", "time"),
+    ("step", "compiled/eager"),
+    ("ver", "ver"),
+    ("note", "note"),
+)
+"""(column key, header label), in display order."""
+
+NOTE_WIDTH = 48
+"""Errors can be long tracebacks; the table shows their start (the event log has the rest)."""
+
+
+class Cell(NamedTuple):
+    """A cell's text and the component class that colours it ("" for the default colour)."""
+
+    text: str
+    component: str = ""
+
+
+Row = tuple[Cell, ...]
+
+
+def job_time(job: JobView, now: float) -> str:
+    """Compile time when done, running time (against the snapshot clock) while compiling."""
+    if job.duration_s is not None:
+        return fmt.duration(job.duration_s)
+    if job.status is JobStatus.COMPILING and job.started_ts is not None:
+        return fmt.duration(now - job.started_ts)
+    return fmt.DASH
+
+
+def job_state(job: JobView) -> str:
+    """ "● compiling", with the attempt number when it is a retry ("● failed #3")."""
+    retries = f" #{job.attempt}" if job.attempt > 1 else ""
+    return f"● {job.status.value}{retries}"
+
+
+def job_note(job: JobView) -> Cell:
+    """Why it failed, or which backend produced the kernel."""
+    if job.error:
+        return Cell(fmt.clip(job.error, NOTE_WIDTH), "compile-queue--failed")
+    return Cell(job.backend or "", "compile-queue--muted")
+
+
+def job_row(job: JobView, now: float) -> Row:
+    """The cells of one job, as comparable values (no rendering, so diffs are cheap and exact)."""
+    slower = (
+        job.step_ms_compiled is not None
+        and job.step_ms_eager is not None
+        and job.step_ms_compiled > job.step_ms_eager
+    )
+    return (
+        Cell(job.blueprint_id),
+        Cell(job.strategy.value.capitalize()),
+        Cell(job_state(job), f"compile-queue--{job.status.value}"),
+        Cell(job_time(job, now)),
+        Cell(
+            fmt.step_ms(job.step_ms_compiled, job.step_ms_eager),
+            "compile-queue--slower" if slower else "",
+        ),
+        Cell(f"v{job.version}" if job.version is not None else fmt.DASH, "compile-queue--muted"),
+        job_note(job),
+    )
+
+
+class QueueSlice(NamedTuple):
+    rows: tuple[tuple[str, Row], ...]
+    """(blueprint id, cells) in snapshot order."""
+
+
+class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
+    """The forge's jobs; the cursor row is the blueprint that `r` and `s` recompile."""
+
+    PANEL_TITLE = "Compile queue"
+
+    COMPONENT_CLASSES = DataTable.COMPONENT_CLASSES | {
+        "compile-queue--queued",
+        "compile-queue--compiling",
+        "compile-queue--compiled",
+        "compile-queue--failed",
+        "compile-queue--muted",
+        "compile-queue--slower",
+    }
+
+    DEFAULT_CSS = """
+    CompileQueue {
+        height: 1fr;
+        padding: 0;
+        scrollbar-size-horizontal: 0;  /* a long note scrolls with left/right, without a bar */
+        &:focus { border: round $accent; }
+        & > .compile-queue--queued { color: $foreground-muted; }
+        & > .compile-queue--compiling { color: $warning; text-style: bold; }
+        & > .compile-queue--compiled { color: $success; }
+        & > .compile-queue--failed { color: $error; }
+        & > .compile-queue--muted { color: $foreground-muted; }
+        & > .compile-queue--slower { color: $warning; }
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False, cell_padding=1)
+        self._cells: dict[str, Row] = {}
+        self._restyle = False
+        for key, label in COLUMNS:
+            self.add_column(label, key=key)
+
+    def on_mount(self) -> None:
+        self.app.theme_changed_signal.subscribe(self, self._on_theme_changed)
+
+    def _on_theme_changed(self, _theme: Theme) -> None:
+        """Cell colours are baked into Rich Text: rewrite every cell in place (the cursor stays put)."""
+        self._restyle = True
+        self.redraw()
+
+    def select(self, snapshot: Snapshot) -> QueueSlice:
+        return QueueSlice(tuple((job.blueprint_id, job_row(job, snapshot.ts)) for job in snapshot.forge.jobs))
+
+    def draw(self, part: QueueSlice) -> None:
+        wanted = dict(part.rows)
+        for key in [key for key in self._cells if key not in wanted]:
+            self.remove_row(key)
+            del self._cells[key]
+        for key, row in part.rows:
+            old = self._cells.get(key)
+            if old is None:
+                self.add_row(*(self._render(cell) for cell in row), key=key)
+            else:
+                for (column, _), new, previous in zip(COLUMNS, row, old, strict=True):
+                    if self._restyle or new != previous:
+                        self.update_cell(key, column, self._render(new), update_width=True)
+            self._cells[key] = row
+        self._restyle = False
+
+    def _render(self, cell: Cell) -> Text:
+        """A cell as Rich Text (never parsed as markup: blueprint ids and errors are data)."""
+        style = self.get_component_rich_style(cell.component, partial=True) if cell.component else ""
+        return Text(cell.text, style=style, no_wrap=True, overflow="ellipsis")
+
+    def selected_blueprint(self) -> str | None:
+        """The blueprint under the cursor, or None when the queue is empty."""
+        if self.row_count == 0:
+            return None
+        row = min(self.cursor_row, self.row_count - 1)
+        return self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+
+    def blueprint_ids(self) -> list[str]:
+        """Row keys in display order (tests use it to prove rows are never duplicated)."""
+        return [str(row.key.value) for row in self.ordered_rows]
+

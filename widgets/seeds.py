@@ -1,0 +1,92 @@
+"""Kasmina's seed slots: lifecycle stage, graft, blend progress, health and which kernel runs.
+
+A handful of slots fit in fixed-width text columns, which costs far less to repaint than a DataTable
+(guide section 8) and keeps the columns aligned with the header.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+from esper_tui.engine.contracts import SeedView, Snapshot
+from esper_tui.widgets import format as fmt
+from esper_tui.widgets.panel import SnapshotPanel
+
+SEED_COLUMNS: tuple[tuple[str, int], ...] = (
+    ("", 2),
+    ("stage", 10),
+    ("blueprint", 13),
+    ("kernel", 16),
+    ("α", 4),  # noqa: RUF001 - alpha, the blend weight, as the runbook writes it
+    ("grad", 5),
+    ("Δacc%", 5),
+    ("health", 9),
+    ("ep", 2),
+)
+"""Header label and width of each column (slot, stage, ... epochs in stage): 74 cells in all, what the
+panel gets on a 120-column terminal."""
+
+COMPILED = "compiled "
+
+HEALTH_VAR = {"ok": "$success", "vanishing": "$error", "exploding": "$error"}
+
+
+def kernel_label(kernel: str) -> str:
+    """ "compiled inductor:default" -> "inductor:default": the colour already says compiled, and the
+    column is the first to be cut on a narrow terminal."""
+    return kernel.removeprefix(COMPILED)
+
+
+def delta_var(delta: float | None) -> str:
+    """Green when the seed helps accuracy, red when it hurts, plain when it does neither."""
+    if not delta:
+        return ""
+    return "$success" if delta > 0 else "$error"
+
+
+def seed_header() -> Content:
+    return fmt.styled(" ".join(fmt.fit(label, width) for label, width in SEED_COLUMNS), f"{fmt.MUTED} bold")
+
+
+def seed_line(seed: SeedView) -> Content:
+    """One slot as aligned columns, coloured by lifecycle stage and health."""
+    delta = fmt.DASH if seed.acc_delta is None else f"{seed.acc_delta * 100:+.1f}"
+    active = seed.blueprint_id is not None
+    values: list[tuple[str, str]] = [
+        (seed.slot, "bold"),
+        (seed.stage.value.upper(), fmt.SEED_STAGE_VAR[seed.stage]),
+        (seed.blueprint_id or fmt.DASH, ""),
+        (kernel_label(seed.kernel), "$success" if seed.kernel.startswith(COMPILED) else fmt.MUTED),
+        (f"{seed.alpha:.2f}", "$warning" if 0 < seed.alpha < 1 else ""),
+        (f"{seed.grad_norm:.2f}" if active else fmt.DASH, ""),
+        (delta, delta_var(seed.acc_delta)),
+        (seed.health, HEALTH_VAR.get(seed.health, fmt.MUTED)),
+        (str(seed.epochs_in_stage) if active else fmt.DASH, ""),
+    ]
+    cells = [
+        fmt.styled(fmt.fit(text, width), style)
+        for (text, style), (_, width) in zip(values, SEED_COLUMNS, strict=True)
+    ]
+    return Content(" ").join(cells)
+
+
+class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
+    """Every seed slot, dormant ones included (a free slot is information too)."""
+
+    PANEL_TITLE = "Kasmina seeds"
+
+    DEFAULT_CSS = """
+    SeedsPanel {
+        height: 1fr;
+    }
+    """
+
+    def select(self, snapshot: Snapshot) -> tuple[SeedView, ...]:
+        return tuple(snapshot.training.seeds)
+
+    def draw(self, part: tuple[SeedView, ...]) -> None:
+        if not part:
+            self.update(fmt.styled("no seed slots reported", fmt.MUTED))
+            return
+        self.update(Content("\n").join([seed_header(), *(seed_line(seed) for seed in part)]))

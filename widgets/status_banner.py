@@ -1,0 +1,125 @@
+"""Tamiyo's status banner: what is running (compiled or EAGER), how training goes, what mode the forge is in.
+
+Seed 002 (TELE-760): the border title says `TAMIYO [compiled]` when the run compiles its kernels and
+plain `TAMIYO` when it does not, and the body names the backend:mode honestly (guide section 4: on CPU a
+compiled block can be slower than eager, so the operator must see which one runs).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from textual.content import Content
+from textual.widgets import Static
+
+from esper_tui.engine.contracts import Infrastructure, Snapshot
+from esper_tui.widgets import format as fmt
+from esper_tui.widgets.panel import SnapshotPanel
+
+TITLE_COMPILED = "TAMIYO \\[compiled]"
+"""Border title when compiling: Textual markup for the literal text "TAMIYO [compiled]".
+
+Seed 002 wrote `[[compiled]]`, the escape of the Textual of its day; Textual 8 markup escapes `[` with a
+backslash and would show `[[compiled]]` verbatim.
+"""
+TITLE_EAGER = "TAMIYO"
+
+
+class BannerSlice(NamedTuple):
+    """Everything the banner shows, and nothing else (so unrelated changes skip the redraw)."""
+
+    infrastructure: Infrastructure
+    status: str
+    epoch: int
+    epochs_total: int | None
+    accuracy: float | None
+    best_accuracy: float | None
+    samples_per_s: float | None
+    conservative: bool
+    conservative_reason: str
+    forge_summary: str
+    run_id: str
+    uptime_s: int
+
+
+def banner_title(infra: Infrastructure) -> str:
+    """The border title (markup) for this run's compile status."""
+    return TITLE_COMPILED if infra.compile_enabled else TITLE_EAGER
+
+
+class StatusBanner(SnapshotPanel[BannerSlice], Static):
+    """Top banner: compile status in the title, run and forge summary in the body."""
+
+    DEFAULT_CSS = """
+    StatusBanner {
+        height: 5;
+        border: round $primary;
+        border-title-color: $primary;
+        &.-compiled { border-title-color: $success; }
+        &.-conservative { border: round $warning; }
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(Content.styled("waiting for engine…", f"{fmt.MUTED} italic"), id=id)
+        self.border_title = TITLE_EAGER
+
+    def select(self, snapshot: Snapshot) -> BannerSlice:
+        training, forge = snapshot.training, snapshot.forge
+        return BannerSlice(
+            infrastructure=snapshot.infrastructure,
+            status=training.status,
+            epoch=training.epoch,
+            epochs_total=training.epochs_total,
+            accuracy=training.accuracy,
+            best_accuracy=training.best_accuracy,
+            samples_per_s=training.samples_per_s,
+            conservative=forge.conservative_mode,
+            conservative_reason=forge.conservative_reason,
+            forge_summary=fmt.forge_summary(forge),
+            run_id=snapshot.run_id,
+            uptime_s=int(snapshot.uptime_s),
+        )
+
+    def draw(self, part: BannerSlice) -> None:
+        infra = part.infrastructure
+        self.border_title = banner_title(infra)
+        self.set_class(infra.compile_enabled, "-compiled")
+        self.set_class(part.conservative, "-conservative")
+        self.set_class(part.status == "paused", "-paused")
+        self.update(Content("\n").join([self._run_line(part), self._mode_line(part), self._host_line(part)]))
+
+    @staticmethod
+    def _run_line(part: BannerSlice) -> Content:
+        infra = part.infrastructure
+        label = fmt.compile_label(infra)
+        kernel = fmt.styled(label, "$success bold" if infra.compile_enabled else "$warning bold")
+        total = f"/{part.epochs_total}" if part.epochs_total else ""
+        return fmt.join(
+            [
+                kernel,
+                f"epoch {part.epoch}{total}",
+                f"acc {fmt.percent(part.accuracy)} (best {fmt.percent(part.best_accuracy)})",
+                f"{fmt.number(part.samples_per_s, 0)} samples/s",
+                f"bus {infra.bus}",
+            ]
+        )
+
+    @staticmethod
+    def _host_line(part: BannerSlice) -> Content:
+        infra = part.infrastructure
+        facts = [f"run {part.run_id or fmt.DASH}", f"up {fmt.duration(part.uptime_s)}", f"device {infra.device}"]
+        if infra.torch_version:
+            facts.append(f"torch {infra.torch_version}")
+        return fmt.styled(fmt.SEP.join(facts), fmt.MUTED)
+
+    @staticmethod
+    def _mode_line(part: BannerSlice) -> Content:
+        if part.conservative:
+            reason = f" ({part.conservative_reason})" if part.conservative_reason else ""
+            conservative = fmt.styled(f"CONSERVATIVE ON{reason}", "$warning bold reverse")
+        else:
+            conservative = Content("conservative off")
+        status_var = {"paused": "$warning bold reverse", "failed": "$error bold", "running": "$success"}
+        status = fmt.styled(f"training {part.status}", status_var.get(part.status, fmt.MUTED))
+        return fmt.join([status, conservative, part.forge_summary])
