@@ -36,6 +36,8 @@ from .contracts import (
     JobView,
     Level,
     LogLine,
+    Metric,
+    MetricsReport,
     SeedsReport,
     SeedView,
     Snapshot,
@@ -72,6 +74,7 @@ class Aggregator:
         self.loss: deque[float] = deque(maxlen=history)
         self.accuracy: deque[float] = deque(maxlen=history)
         self.events: deque[EventLine] = deque(maxlen=max_events)
+        self.metrics: list[Metric] = []
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
         self._seq = 0
@@ -149,7 +152,7 @@ class Aggregator:
                                             attempt=prev.attempt if prev else 1,
                                             duration_s=e.compile_s, artifact_id=e.artifact_id, version=e.version,
                                             backend=f"{e.backend}:{e.mode}", step_ms_compiled=e.step_ms_compiled,
-                                            step_ms_eager=e.step_ms_eager)
+                                            step_ms_eager=e.step_ms_eager, reused=e.reused)
 
     def _on_JobFailed(self, e: JobFailed) -> None:
         prev = self.jobs.get(e.blueprint_id)
@@ -170,6 +173,9 @@ class Aggregator:
     def _on_ConservativeModeChanged(self, e: ConservativeModeChanged) -> None:
         self.conservative = e.active
         self.conservative_reason = e.reason if e.active else ""
+
+    def _on_MetricsReport(self, e: MetricsReport) -> None:
+        self.metrics = list(e.metrics)
 
     def _on_WalStatus(self, e: WalStatus) -> None:
         self.wal = WalView(path=e.path, segments=e.segments, size_bytes=e.size_bytes,
@@ -243,5 +249,5 @@ class Aggregator:
                               forge=ForgeView(conservative_mode=self.conservative,
                                               conservative_reason=self.conservative_reason, breakers=breakers,
                                               jobs=jobs, wal=self.wal, health=health),
-                              training=training, events=list(self.events)[-50:])
+                              training=training, metrics=self.metrics, events=list(self.events)[-50:])
         return self._last

@@ -222,6 +222,18 @@ class TrainingPaused(Event, tag="training_paused", kw_only=True):
     paused: bool
 
 
+class Metric(Struct, kw_only=True):
+    """One Nissa-style metric sample, e.g. tezzeret.compilation.duration_ms{strategy="standard"}."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class MetricsReport(Event, tag="metrics", kw_only=True):
+    metrics: list[Metric]
+
+
 class LogLine(Event, tag="log", kw_only=True):
     level: Level
     message: str
@@ -244,6 +256,7 @@ AnyEvent = (
     | ControllerDecision
     | TrainingFinished
     | TrainingPaused
+    | MetricsReport
     | LogLine
 )
 
@@ -317,6 +330,7 @@ class JobView(Struct, kw_only=True):
     step_ms_compiled: float | None = None
     step_ms_eager: float | None = None
     error: str | None = None
+    reused: bool = False  # served from the library (already compiled), not compiled in this run
 
 
 class WalView(Struct, kw_only=True):
@@ -392,6 +406,7 @@ class Snapshot(Struct, kw_only=True):
     infrastructure: Infrastructure = msgspec.field(default_factory=Infrastructure)
     forge: ForgeView = msgspec.field(default_factory=ForgeView)
     training: TrainingView = msgspec.field(default_factory=TrainingView)
+    metrics: list[Metric] = msgspec.field(default_factory=list)
     events: list[EventLine] = msgspec.field(default_factory=list)
 
 

@@ -24,7 +24,7 @@ from .catalog import Catalog
 from .conservative import ConservativeMode
 from .contracts import (
     AnyEvent,
-    ArtifactQuarantined,
+    ArtifactMeta,
     BreakerChanged,
     BreakerState,
     CompileRequest,
@@ -35,6 +35,8 @@ from .contracts import (
     JobStarted,
     Level,
     LogLine,
+    Metric,
+    MetricsReport,
     Strategy,
     TezzeretConfig,
     WalStatus,
@@ -42,7 +44,7 @@ from .contracts import (
 from .library import Identity, Library, artifact_key
 from .pipelines import choose_strategy, settings_for, timeout_for
 from .resources import GpuProbe, read_memory
-from .sandbox import CompileTimeout, WorkerError, WorkerPool
+from .sandbox import CompileTimeout, WorkerError, WorkerPool, reap_stale
 from .wal import RecoveryReport, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
@@ -79,7 +81,8 @@ class Forge:
         self.out_features = out_features
         self.gpu = gpu or GpuProbe()
         self.pool = WorkerPool(state_dir / "logs", memory_limit_mb=config.compilation.worker_memory_limit_mb,
-                               jobs_per_worker=config.compilation.jobs_per_worker)
+                               jobs_per_worker=config.compilation.jobs_per_worker, registry=state_dir / "workers")
+        self._state_dir = state_dir
         self._queue: list[Job] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -87,6 +90,7 @@ class Forge:
         self.fatal: str | None = None
         self.compiled = 0
         self.failed = 0
+        self._durations_ms: dict[Strategy, list[float]] = {}
 
     # ------------------------------------------------------------------ queue
 
@@ -122,7 +126,10 @@ class Forge:
                                config=self.config.compilation)
 
     def recover(self, report: RecoveryReport) -> None:
-        """Abort what a crash left open and requeue it; report WAL damage."""
+        """Kill workers a crash left behind, abort what it left open and requeue it; report WAL damage."""
+        for pgid in reap_stale(self._state_dir / "workers"):
+            self.emit(LogLine(source="tezzeret", level=Level.WARNING,
+                              message=f"killed stale compile worker group {pgid} from a previous run"))
         for text in report.corrupt:
             self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"WAL: {text}"))
         for tx in report.open:
@@ -134,18 +141,16 @@ class Forge:
             self.emit(LogLine(source="urza", level=Level.INFO, message=f"removed unfinished staging {name}"))
 
     def discover(self) -> None:
-        """Initial full scan: queue every blueprint without a current verified kernel for this system."""
+        """Initial full scan: report verified kernels already stored, queue every blueprint without one."""
         for bp in self.catalog:
-            meta = self.library.current(bp.blueprint_id, on_invalid=self._quarantined)
-            usable = (meta is not None and meta.ir_hash == bp.ir_hash()
-                      and meta.torch_version == self.identity.torch_version and meta.cpu_isa == self.identity.cpu_isa)
-            if not usable:
-                self.enqueue(bp.blueprint_id, reason="initial scan" if meta is None else "stale kernel")
-
-    def _quarantined(self, meta: object, reason: str) -> None:
-        bid = getattr(meta, "blueprint_id", "?")
-        self.emit(ArtifactQuarantined(source="urza", blueprint_id=bid, artifact_id=getattr(meta, "artifact_id", "?"),
-                                      reason=reason))
+            meta = self.library.current(bp.blueprint_id)
+            if meta is None:
+                self.enqueue(bp.blueprint_id, reason="initial scan")
+            elif (meta.ir_hash, meta.torch_version, meta.cpu_isa, meta.options.get("num_threads")) != (
+                    bp.ir_hash(), self.identity.torch_version, self.identity.cpu_isa, self.identity.threads):
+                self.enqueue(bp.blueprint_id, reason="stale kernel (blueprint, torch or CPU changed)")
+            else:
+                self._compiled(meta, meta.strategy, reused=True)
 
     # ------------------------------------------------------------------ running
 
@@ -192,7 +197,7 @@ class Forge:
         begin = {"blueprint_id": bp.blueprint_id, "strategy": strategy.value, "attempt": job.attempt, "key": key,
                  "reason": job.reason}
         await self.wal.abegin(job.txid, json.dumps(begin).encode())
-        existing = None if job.force else self.library.current(bp.blueprint_id, key, on_invalid=self._quarantined)
+        existing = None if job.force else self.library.current(bp.blueprint_id, key)
         if existing is not None:
             await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": existing.version,
                                                          "reused": True}).encode())
@@ -225,7 +230,8 @@ class Forge:
         meta = await asyncio.to_thread(
             self.library.commit, staged, blueprint_id=bp.blueprint_id, key=key,
             fields={"strategy": strategy, "backend": settings.backend, "mode": settings.mode or "default",
-                    "options": {"fullgraph": True, "dynamic_batch": True}, "torch_version": self.identity.torch_version,
+                    "options": {"fullgraph": True, "dynamic_batch": True, "num_threads": self.identity.threads},
+                    "torch_version": self.identity.torch_version,
                     "python_version": self.identity.python_version, "device": settings.device,
                     "cpu_isa": response.cpu_isa, "in_features": self.in_features, "batch_min": 2,
                     "batch_max": 65536, "grad_modes": [True, False], "compile_s": response.compile_s,
@@ -233,11 +239,10 @@ class Forge:
         await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": meta.version}).encode())
         self._compiled(meta, strategy, reused=False)
 
-    def _compiled(self, meta: object, strategy: Strategy, *, reused: bool) -> None:
-        from .contracts import ArtifactMeta
-
-        assert isinstance(meta, ArtifactMeta)
+    def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool) -> None:
         self.compiled += 1
+        if not reused:
+            self._durations_ms.setdefault(strategy, []).append(meta.compile_s * 1000)
         self.emit(JobCompiled(source="tezzeret", blueprint_id=meta.blueprint_id, strategy=strategy,
                               artifact_id=meta.artifact_id, version=meta.version, backend=meta.backend, mode=meta.mode,
                               compile_s=meta.compile_s, step_ms_compiled=meta.step_ms_compiled,
@@ -276,6 +281,22 @@ class Forge:
         self.emit(ConservativeModeChanged(source="tezzeret", active=active, reason=reason))
         self._wake.set()
 
+    def metrics(self) -> list[Metric]:
+        """Seed 000's metrics: compile duration by strategy, breaker states, conservative flag, WAL, cache."""
+        state_code = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0,
+                      BreakerState.UNAVAILABLE: -1.0}
+        wal = self.wal.status()
+        out = [Metric(name="tezzeret.compilation.duration_ms", value=sum(d) / len(d), labels={"strategy": s.value})
+               for s, d in sorted(self._durations_ms.items())]
+        out += [Metric(name="tezzeret.breaker.state", value=state_code[v.state], labels={"breaker": v.name})
+                for v in self.board.views()]
+        out += [Metric(name="tezzeret.conservative_mode_active", value=float(self.conservative.active)),
+                Metric(name="tezzeret.wal.transactions_total", value=float(wal.commits_total + wal.aborts_total)),
+                Metric(name="tezzeret.cache.hit_rate", value=round(self.library.stats.hit_rate, 4)),
+                Metric(name="tezzeret.queue_depth", value=float(self.queue_depth)),
+                Metric(name="tezzeret.concurrency", value=float(self.running))]
+        return out
+
     async def monitor(self, interval_s: float = 1.0) -> None:
         """Poll memory and GPU into the breakers; emit readings so the dashboard shows them live."""
         last: dict[str, object] = {}
@@ -291,6 +312,10 @@ class Forge:
                     self.emit(BreakerChanged(source="tezzeret", name=view.name, state=view.state, previous=view.state,
                                              transition=False, reading=view.reading, threshold=view.threshold,
                                              unit=view.unit, failures=view.failures, detail=view.detail))
+            metrics = self.metrics()
+            if metrics != last.get("metrics"):
+                last["metrics"] = metrics
+                self.emit(MetricsReport(source="tezzeret", metrics=metrics))
             await asyncio.sleep(interval_s)
 
     async def maintain(self) -> None:

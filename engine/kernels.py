@@ -37,6 +37,16 @@ EXAMPLE_BATCH = 100
 BATCH_RANGE = (2, 1 << 16)
 
 
+def kernel_threads() -> int:
+    """The intra-op thread count kernels are compiled for AND run with.
+
+    Compiled functions guard on `torch.get_num_threads()`: a kernel built with one count fails its
+    guard under another. The worker and the training loop both use this value (half the cores,
+    clamped to 1..2: the forge and the trainer share the machine).
+    """
+    return max(1, min(2, (os.cpu_count() or 1) // 2))
+
+
 class KernelError(RuntimeError):
     """A blueprint failed to compile, validate or load."""
 
@@ -166,20 +176,37 @@ def private_cache_dir() -> Path:
 
 
 class LoadedKernel:
-    """kernel(module, x): the compiled forward for the current grad mode. x must not require grad."""
+    """kernel(module, x): the compiled forward for the current grad mode. x must not require grad.
 
-    def __init__(self, fns: dict[bool, Callable[..., torch.Tensor]], label: str) -> None:
-        self._fns = fns
+    Only the training variant is deserialised up front; the no-grad one (validation) on first use,
+    which halves the cost of a germination.
+    """
+
+    def __init__(self, blueprint: Blueprint, files: dict[str, bytes], label: str) -> None:
+        self.blueprint = blueprint
         self.label = label
+        self._files = {g: files[name] for g, name in FN_FILES.items()}
+        self._fns: dict[bool, Callable[..., torch.Tensor]] = {}
+        self._load(True)
+
+    def _load(self, grad: bool) -> Callable[..., torch.Tensor]:
+        fn = self._fns.get(grad)
+        if fn is None:
+            scope = vars(sys.modules[self.blueprint.module.__module__])
+            try:
+                fn = torch.compiler.load_compiled_function(io.BytesIO(self._files[grad]), f_globals=scope)
+            except Exception as exc:
+                raise KernelError(f"{self.blueprint.blueprint_id}: cannot load {FN_FILES[grad]}: {exc}") from exc
+            self._fns[grad] = fn
+        return fn
 
     def __call__(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return self._fns[torch.is_grad_enabled()](module, x)
+        return self._load(torch.is_grad_enabled())(module, x)
 
 
 def load_kernel(blueprint: Blueprint, files: dict[str, bytes], label: str) -> LoadedKernel:
     """Deserialise bytes the caller has verified; their kernels go into this process's private cache."""
     cache_dir = private_cache_dir()
-
     for name, data in files.items():
         if name.startswith(KERNEL_DIR + "/"):
             target = cache_dir / name[len(KERNEL_DIR) + 1 :]
@@ -188,14 +215,7 @@ def load_kernel(blueprint: Blueprint, files: dict[str, bytes], label: str) -> Lo
                 tmp = target.with_suffix(".tmp")
                 tmp.write_bytes(data)
                 os.replace(tmp, target)
-    scope = vars(sys.modules[blueprint.module.__module__])
-    fns = {}
-    for grad, name in FN_FILES.items():
-        try:
-            fns[grad] = torch.compiler.load_compiled_function(io.BytesIO(files[name]), f_globals=scope)
-        except Exception as exc:
-            raise KernelError(f"{blueprint.blueprint_id}: cannot load {name}: {exc}") from exc
-    return LoadedKernel(fns, label)
+    return LoadedKernel(blueprint, files, label)
 
 
 def initial_weights(files: dict[str, bytes]) -> dict[str, torch.Tensor]:

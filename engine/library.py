@@ -27,7 +27,7 @@ from . import signing
 from .catalog import Catalog
 from .contracts import ArtifactFile, ArtifactMeta, Strategy
 from .fsutil import fsync_dir, fsync_tree, write_durable
-from .kernels import LoadedKernel, load_kernel
+from .kernels import LoadedKernel, kernel_threads, load_kernel
 from .pipelines import CompileSettings
 
 META = "meta.json"
@@ -46,12 +46,13 @@ class Identity:
     python_version: str
     device: str
     cpu_isa: str
+    threads: int  # compiled guards pin torch.get_num_threads()
 
     @classmethod
     def here(cls, cpu_isa: str, device: str = "cpu") -> Identity:
         import torch
 
-        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa)
+        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads())
 
 
 def artifact_key(ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity,
@@ -59,7 +60,7 @@ def artifact_key(ir_hash: str, settings: CompileSettings, strategy: Strategy, id
     """vLLM-style cache key: blueprint source + options + torch/system identity."""
     blob = json.dumps(
         [ir_hash, strategy.value, settings.backend, settings.mode, settings.device, identity.torch_version,
-         identity.python_version, identity.cpu_isa, in_features, out_features],
+         identity.python_version, identity.cpu_isa, identity.threads, in_features, out_features],
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -80,8 +81,10 @@ class LibraryStats:
 
 class Library:
     def __init__(self, root: Path, key: bytes, catalog: Catalog, *, cache_ttl_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_quarantine: Callable[[str, str, str], None] | None = None) -> None:
         self.root = root
+        self.on_quarantine = on_quarantine  # (blueprint_id, version dir, reason); may run on any thread
         self._key = key
         self.catalog = catalog
         self._ttl = cache_ttl_s
@@ -192,6 +195,8 @@ class Library:
         with self._lock:
             self.stats.quarantined += 1
             self._cache.clear()
+        if self.on_quarantine is not None:
+            self.on_quarantine(path.parent.name, path.name, reason)
         return dest
 
     def current(self, blueprint_id: str, key: str | None = None,

@@ -23,6 +23,7 @@ from .catalog import Catalog
 from .contracts import (
     AnyCommand,
     AnyEvent,
+    ArtifactQuarantined,
     EngineStarted,
     EngineStopping,
     EsperConfig,
@@ -124,7 +125,8 @@ class Engine:
         private_cache_dir()
         isa = await asyncio.to_thread(cpu_isa)
         identity = Identity.here(isa)
-        library = Library(self.state_dir / "library", key, self.catalog, cache_ttl_s=cfg.library.cache_ttl_seconds)
+        library = Library(self.state_dir / "library", key, self.catalog, cache_ttl_s=cfg.library.cache_ttl_seconds,
+                          on_quarantine=self._quarantined)
         self.library = library
         wal_dir = Path(cfg.tezzeret.wal.path)
         wal_dir = wal_dir if wal_dir.is_absolute() else self.state_dir / wal_dir
@@ -202,6 +204,17 @@ class Engine:
         trainer = Trainer(self.config.training, self.catalog, self._kernel_source(), self.emit, self.control,
                           self.state_dir / "data")
         await asyncio.to_thread(trainer.run)
+
+    def _quarantined(self, blueprint_id: str, version_dir: str, reason: str) -> None:
+        """A stored kernel failed verification (at start, in the forge or in the trainer): recompile it."""
+        self.emit(ArtifactQuarantined(source="urza", blueprint_id=blueprint_id, artifact_id=version_dir, reason=reason))
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._requeue, blueprint_id)
+
+    def _requeue(self, blueprint_id: str) -> None:
+        if self.forge is not None and blueprint_id in self.catalog:
+            self.forge.enqueue(blueprint_id, reason="artifact quarantined", force=True)
 
     # ------------------------------------------------------------------ commands
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import resource
 import signal
@@ -35,17 +36,40 @@ class CompileTimeout(WorkerError):
         self.seconds = seconds
 
 
+_PR_SET_PDEATHSIG = 1
+
+
 def _limits(memory_limit_mb: int) -> Callable[[], None]:
     def apply() -> None:  # runs in the child between fork and exec
         limit = memory_limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        with contextlib.suppress(OSError, AttributeError):  # Linux: die with the engine, never outlive it
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
     return apply
 
 
+def reap_stale(registry: Path) -> list[int]:
+    """Kill the process groups of workers a crashed engine left behind (their g++ children included).
+
+    Each worker is a session leader, so its pid is its group id; the registry holds one file per live
+    worker, removed when the worker is closed. Returns the group ids that were signalled.
+    """
+    killed = []
+    if not registry.is_dir():
+        return killed
+    for entry in registry.iterdir():
+        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+            os.killpg(int(entry.name), signal.SIGKILL)
+            killed.append(int(entry.name))
+        entry.unlink(missing_ok=True)
+    return killed
+
+
 class Worker:
-    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path, registry: Path | None = None) -> None:
         self.proc = proc
+        self._registry = registry
         self.pid = proc.pid
         self.log_path = log_path
         self.jobs_done = 0
@@ -53,7 +77,7 @@ class Worker:
         self._decoder = msgspec.msgpack.Decoder(CompileResponse)
 
     @classmethod
-    async def spawn(cls, log_dir: Path, memory_limit_mb: int) -> Worker:
+    async def spawn(cls, log_dir: Path, memory_limit_mb: int, registry: Path | None = None) -> Worker:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"worker-{os.getpid()}-{os.urandom(3).hex()}.log"
         with open(log_path, "ab") as log:
@@ -63,7 +87,11 @@ class Worker:
                 start_new_session=True, preexec_fn=_limits(memory_limit_mb),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        return cls(proc, log_path)
+        worker = cls(proc, log_path, registry)
+        if registry is not None:
+            registry.mkdir(parents=True, exist_ok=True)
+            (registry / str(proc.pid)).touch()
+        return worker
 
     @property
     def alive(self) -> bool:
@@ -98,9 +126,12 @@ class Worker:
 
     async def wait(self) -> int | None:
         try:
-            return await asyncio.wait_for(self.proc.wait(), 10)
+            code = await asyncio.wait_for(self.proc.wait(), 10)
         except TimeoutError:
             return None
+        if self._registry is not None:
+            (self._registry / str(self.pid)).unlink(missing_ok=True)
+        return code
 
     async def close(self) -> None:
         if self.alive and self.proc.stdin is not None:
@@ -114,8 +145,10 @@ class Worker:
 class WorkerPool:
     """Idle workers wait here between jobs; the forge bounds how many are busy at once."""
 
-    def __init__(self, log_dir: Path, *, memory_limit_mb: int, jobs_per_worker: int) -> None:
+    def __init__(self, log_dir: Path, *, memory_limit_mb: int, jobs_per_worker: int,
+                 registry: Path | None = None) -> None:
         self._log_dir = log_dir
+        self._registry = registry
         self._memory_limit_mb = memory_limit_mb
         self._jobs_per_worker = jobs_per_worker
         self._idle: list[Worker] = []
@@ -123,7 +156,8 @@ class WorkerPool:
 
     async def compile(self, request: CompileRequest, timeout_s: float) -> tuple[CompileResponse, int]:
         """Run one job on a reused or fresh worker; returns the response and the worker's pid."""
-        worker = self._idle.pop() if self._idle else await Worker.spawn(self._log_dir, self._memory_limit_mb)
+        worker = self._idle.pop() if self._idle else await Worker.spawn(self._log_dir, self._memory_limit_mb,
+                                                                         self._registry)
         self._busy.add(worker)
         try:
             response = await worker.compile(request, timeout_s)

@@ -17,7 +17,6 @@ fractions in [0, 1]. The validation set is MNIST-1D's test split (the split the 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from .controller import Action, Controller, Decision, EpochState
 from .data import DEFAULT_DATA_SEED, load_mnist1d
 from .host import HostNetwork
 from .kernel_source import EAGER_LABEL, Kernel, KernelOffer, KernelSource, KernelUnavailable, eager_kernel
+from .kernels import kernel_threads
 from .seeds import BlendSchedule, SeedSlot, SlotPolicy
 
 T = TypeVar("T")
@@ -117,7 +117,7 @@ class Trainer:
         self.emit = emit
         self.control = control or TrainingControl()
         self.cache_dir = cache_dir
-        self.threads = threads if threads is not None else max(1, min(2, (os.cpu_count() or 1) // 2))
+        self.threads = threads if threads is not None else kernel_threads()
         self.data_seed = data_seed
         self.controller = Controller(cfg, catalog)
         with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG

@@ -43,10 +43,10 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     import torch
 
     from .catalog import Catalog
-    from .kernels import compile_kernel
+    from .kernels import compile_kernel, kernel_threads
     from .pipelines import CompileSettings
 
-    torch.set_num_threads(1)  # the pool already runs jobs in parallel; don't oversubscribe the cores
+    torch.set_num_threads(kernel_threads())  # kernels guard on it: compile with what the trainer runs
     catalog = Catalog()
     decoder = msgspec.msgpack.Decoder(CompileRequest)
     encoder = msgspec.msgpack.Encoder()

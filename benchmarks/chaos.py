@@ -1,0 +1,103 @@
+"""Chaos: SIGKILL `esper-tui --no-ui --forge-only` at random moments, restart, then check invariants.
+
+Invariants after a final uninterrupted run: every blueprint has exactly one stored version and it
+verifies, no staging or temporary files remain, no WAL transaction is open, no worker is left alive.
+Used by tests/test_chaos.py (a few rounds) and benchmarks/forge.py (50 rounds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "esper_tui"]
+
+
+@dataclass
+class ChaosResult:
+    rounds: int
+    kills: int = 0
+    failures: list[str] = field(default_factory=list)
+    kill_times_s: list[float] = field(default_factory=list)
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_invariants(state: Path, blueprints: list[str]) -> list[str]:
+    problems = []
+    artifacts = state / "library" / "artifacts"
+    for bid in blueprints:
+        versions = sorted((artifacts / bid).glob("v*")) if (artifacts / bid).is_dir() else []
+        if len(versions) != 1:
+            problems.append(f"{bid}: {len(versions)} stored versions, expected exactly 1")
+    staging = state / "library" / "staging"
+    leftovers = [*staging.iterdir()] if staging.is_dir() else []
+    leftovers += list(state.rglob("*.tmp"))
+    problems += [f"temporary file left: {p.relative_to(state)}" for p in leftovers]
+    verify = subprocess.run([*CLI, "library", "verify", "--state-dir", str(state)], capture_output=True, text=True)
+    if verify.returncode != 0:
+        problems.append(f"library verify failed: {verify.stdout.strip()[-500:]} {verify.stderr.strip()[-300:]}")
+    inspect = subprocess.run([*CLI, "wal", "inspect", "--json", "--state-dir", str(state)], capture_output=True,
+                             text=True)
+    if inspect.returncode != 0:
+        problems.append(f"wal inspect failed: {inspect.stderr.strip()}")
+    elif open_tx := json.loads(inspect.stdout)["open_transactions"]:
+        problems.append(f"open WAL transactions: {open_tx}")
+    registry = state / "workers"
+    stale = [int(p.name) for p in registry.iterdir() if _alive(int(p.name))] if registry.is_dir() else []
+    if stale:
+        problems.append(f"worker process groups still alive: {stale}")
+    return problems
+
+
+def run_chaos(state: Path, rounds: int, *, seed: int = 0, max_kill_s: float = 25.0, config: Path | None = None,
+              log=print) -> ChaosResult:
+    """Kill `rounds` runs at random moments, then one run to completion, then check the invariants."""
+    from esper_tui.engine.catalog import Catalog
+
+    rng = random.Random(seed)
+    args = [*CLI, "--no-ui", "--forge-only", "--json", "--state-dir", str(state)]
+    if config is not None:
+        args += ["--config", str(config)]
+    result = ChaosResult(rounds=rounds)
+    for i in range(rounds):
+        delay = rng.uniform(0.3, max_kill_s)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            proc.wait(timeout=delay)
+            finished = True
+        except subprocess.TimeoutExpired:
+            finished = False
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            result.kills += 1
+            result.kill_times_s.append(round(delay, 2))
+        if finished and proc.returncode != 0:
+            err = proc.stderr.read().decode()[-400:] if proc.stderr else ""
+            result.failures.append(f"round {i}: exit {proc.returncode}: {err}")
+        if proc.stderr:
+            proc.stderr.close()
+        outcome = "finished" if finished else f"killed after {delay:.1f} s"
+        log(f"chaos round {i + 1}/{rounds}: {outcome}")
+    t0 = time.monotonic()
+    final = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    if final.returncode != 0:
+        result.failures.append(f"final run: exit {final.returncode}: {final.stderr[-800:]}")
+    log(f"final run finished in {time.monotonic() - t0:.1f} s")
+    result.failures += check_invariants(state, Catalog().ids())
+    return result

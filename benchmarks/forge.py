@@ -1,0 +1,204 @@
+"""Forge benchmark: kernel load vs recompile, cold throughput, WAL vs raw fsync, recovery, chaos.
+
+    python -m benchmarks.forge --quick --json out.json     (a few minutes)
+    python -m benchmarks.forge --json out.json             (full: 50 chaos rounds, more repeats)
+
+Every figure is measured in this run on this machine; ratios are only meaningful within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import operator
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.chaos import run_chaos
+from esper_tui.engine import kernels
+from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.contracts import DurabilityMode, Strategy
+from esper_tui.engine.library import Library
+from esper_tui.engine.pipelines import settings_for
+from esper_tui.engine.signing import load_or_create_key
+from esper_tui.engine.wal import WriteAheadLog
+
+_COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, "==": operator.eq}
+TARGETS = {
+    "kernel_load_ms_median": ("<=", 20.0),
+    "wal_recovery_10k_ms": ("<", 100.0),
+    "kernels_per_min_cold": (">=", 10.0),
+    "wal_vs_fsync_ratio": (">=", 5.0),
+    "chaos_failures": ("==", 0),
+}
+
+
+def cold_compile(state: Path) -> tuple[float, int]:
+    """A fresh state directory, the whole catalog compiled by the real engine: wall seconds, kernels."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--json",
+                           "--state-dir", str(state)], capture_output=True, text=True, timeout=1200)
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"cold compile failed: {proc.stderr[-2000:]}")
+    last = json.loads(proc.stdout.splitlines()[-1])
+    return wall, sum(j["status"] == "compiled" for j in last["forge"]["jobs"])
+
+
+def kernel_loads(state: Path, repeats: int) -> dict[str, float]:
+    """Median of library load (verify + deserialise) + first forward/backward, in a warm process."""
+    torch.set_num_threads(kernels.kernel_threads())
+    catalog = Catalog()
+    library = Library(state / "library", load_or_create_key(state), catalog)
+    kernels.private_cache_dir()
+    x = torch.randn(100, 40)
+    medians = {}
+    for bp in catalog:
+        library.load(bp.blueprint_id)  # the one-time per-process warm-up, excluded
+        times = []
+        for _ in range(repeats):
+            library.drop_cache()
+            module = bp.build(40, 64)
+            t0 = time.perf_counter()
+            kernel, _ = library.load(bp.blueprint_id)
+            kernel(module, x).square().mean().backward()
+            times.append((time.perf_counter() - t0) * 1000)
+        medians[bp.blueprint_id] = statistics.median(times)
+    return medians
+
+
+def recompiles(blueprints: list[str]) -> dict[str, float]:
+    """The same kernels compiled from scratch (fresh inductor cache), Standard strategy, in-process."""
+    catalog = Catalog()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for bid in blueprints:
+            res = kernels.compile_kernel(catalog.get(bid), 40, 64, settings_for(Strategy.STANDARD), Path(tmp) / bid)
+            out[bid] = res.compile_s
+    return out
+
+
+def raw_fsync_rate(directory: Path, n: int) -> float:
+    """256-byte appends, each followed by fsync: what one durable record costs without batching."""
+    path = directory / "raw.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    block = b"x" * 256
+    t0 = time.perf_counter()
+    for _ in range(n):
+        os.write(fd, block)
+        os.fsync(fd)
+    elapsed = time.perf_counter() - t0
+    os.close(fd)
+    return n / elapsed
+
+
+async def _commits(wal: WriteAheadLog, n: int, concurrency: int) -> float:
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await wal.abegin(f"t{i}", b"{}")
+            await wal.acommit(f"t{i}", b"{}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+def wal_commit_rate(directory: Path, n: int, concurrency: int) -> tuple[float, int]:
+    wal, _ = WriteAheadLog.open(directory, durability=DurabilityMode.O_DSYNC)
+    try:
+        rate = asyncio.run(_commits(wal, n, concurrency))
+        return rate, wal.fsyncs_total
+    finally:
+        wal.close()
+
+
+def wal_recovery_ms(directory: Path, transactions: int, repeats: int) -> float:
+    wal, _ = WriteAheadLog.open(directory, durability=DurabilityMode.FSYNC)
+    payload = json.dumps({"blueprint_id": "mlp_block", "strategy": "standard", "attempt": 1}).encode()
+    for i in range(transactions):
+        tx = f"tx{i}"
+        wal.begin(tx, payload)
+        wal.data(tx, payload)
+        wal.commit(tx, payload)
+    wal.close()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        w, report = WriteAheadLog.open(directory)
+        times.append((time.perf_counter() - t0) * 1000)
+        assert len(report.committed) == transactions, len(report.committed)
+        w.close()
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and 3 chaos rounds (a few minutes)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
+    ap.add_argument("--chaos-rounds", type=int, help="override the chaos round count (quick 3, full 50)")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    rounds = args.chaos_rounds if args.chaos_rounds is not None else (3 if quick else 50)
+    results: dict[str, object] = {
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+        "quick": quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="esper-bench-") as tmp:
+        root = Path(tmp)
+        print("cold compile of the whole catalog ...", flush=True)
+        wall, n = cold_compile(root / "cold")
+        results["kernels_per_min_cold"] = round(n / (wall / 60), 2)
+        results["cold_compile_wall_s"] = round(wall, 1)
+        print("kernel loads ...", flush=True)
+        loads = kernel_loads(root / "cold", 7 if quick else 25)
+        results["kernel_load_ms_by_blueprint"] = {k: round(v, 2) for k, v in loads.items()}
+        results["kernel_load_ms_median"] = round(statistics.median(loads.values()), 2)
+        print("recompiles from scratch ...", flush=True)
+        ids = ["mlp_block", "conv1d_block", "attention_block"] if quick else Catalog().ids()
+        rec = recompiles(ids)
+        results["recompile_s_by_blueprint"] = {k: round(v, 2) for k, v in rec.items()}
+        results["recompile_s_median"] = round(statistics.median(rec.values()), 2)
+        results["load_vs_recompile_speedup"] = round(results["recompile_s_median"] * 1000  # type: ignore[operator]
+                                                     / results["kernel_load_ms_median"], 1)  # type: ignore[operator]
+        print("WAL and fsync ...", flush=True)
+        (root / "fsync").mkdir()
+        results["raw_fsync_per_s"] = round(raw_fsync_rate(root / "fsync", 300 if quick else 2000), 1)
+        rate, fsyncs = wal_commit_rate(root / "wal", 3000 if quick else 20000, 256)
+        results["wal_commits_per_s"] = round(rate, 1)
+        results["wal_fsyncs_for_commits"] = fsyncs
+        results["wal_vs_fsync_ratio"] = round(rate / results["raw_fsync_per_s"], 1)  # type: ignore[operator]
+        results["wal_recovery_10k_ms"] = round(wal_recovery_ms(root / "wal10k", 10_000, 5), 1)
+        print(f"chaos: {rounds} SIGKILL rounds ...", flush=True)
+        chaos = run_chaos(root / "chaos", rounds, seed=1, max_kill_s=10.0 if quick else 25.0)
+        results["chaos_rounds"] = rounds
+        results["chaos_kills"] = chaos.kills
+        results["chaos_failures"] = len(chaos.failures)
+        results["chaos_failure_details"] = chaos.failures
+    print()
+    print(f"{'figure':<28} {'value':>12}  target")
+    for key, value in results.items():
+        if isinstance(value, dict | list) or key in ("machine", "quick"):
+            continue
+        op, goal = TARGETS.get(key, ("", ""))
+        ok = "" if not op else ("ok" if _COMPARE[op](value, goal) else "MISSED")
+        print(f"{key:<28} {value!s:>12}  {op} {goal} {ok}")
+    print(f"machine: {results['machine']}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
