@@ -206,7 +206,7 @@ class Aggregator:
                 return f"{e.blueprint_id} artifact {e.artifact_id[:12]} quarantined: {e.reason}"
             case TrainingStarted():
                 kind = f"compiled {e.compile_backend}:{e.compile_mode}" if e.compile_enabled else "EAGER"
-                return f"training started on {e.dataset} ({e.host}, {e.slots} seed slots, kernels {kind})"
+                return f"training started on {e.dataset} ({e.host}, kernels {kind})"
             case ControllerDecision():
                 target = f" {e.slot}" if e.slot else ""
                 bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action == "germinate" else ""

@@ -224,8 +224,10 @@ class Engine:
         match command:
             case Recompile():
                 strategy = command.strategy or Strategy.STANDARD
-                forge.enqueue(command.blueprint_id, reason=f"operator recompile ({strategy})", strategy=strategy,
-                              force=True)
+                added = forge.enqueue(command.blueprint_id, reason=f"operator recompile ({strategy})",
+                                      strategy=strategy, force=True)
+                if not added and command.blueprint_id in self.catalog:
+                    self.log(Level.WARNING, f"recompile {command.blueprint_id}: already queued or compiling")
             case RecompileAll():
                 strategy = command.strategy or Strategy.STANDARD
                 for bid in self.catalog.ids():
