@@ -1,0 +1,209 @@
+"""The in-process Oona bus: Redis Streams bookkeeping kept in memory, asyncio only.
+
+Each stream is a bounded log (maxlen entries) with consumer groups that hold a delivery cursor and
+a pending-entries list, exactly the state Redis keeps, so redelivery, reclaiming and dead-lettering
+behave the same on both backends. Entry ids look like Redis ids ("0-<seq>").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..contracts import BusConfig
+from .base import PAYLOAD, START, Bus, BusOptions, Delivery, GroupLoad, GroupMissing
+
+
+def _entry_id(seq: int) -> str:
+    return f"0-{seq}"
+
+
+def _seq(entry_id: str) -> int:
+    return int(entry_id.rpartition("-")[2])
+
+
+@dataclass(slots=True)
+class _Pending:
+    consumer: str
+    deliveries: int
+    delivered_at: float
+
+
+@dataclass(slots=True)
+class _Group:
+    next_seq: int  # the first entry not yet delivered to the group
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)  # consumer -> when it last read or claimed
+
+
+class _Stream:
+    """A bounded log of entries numbered 1, 2, ...; trimming drops the oldest."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.entries: deque[dict[bytes, bytes]] = deque(maxlen=max(1, maxlen))
+        self.last_seq = 0
+        self.groups: dict[str, _Group] = {}
+
+    @property
+    def first_seq(self) -> int:
+        return self.last_seq - len(self.entries) + 1
+
+    def append(self, fields: Mapping[bytes, bytes]) -> None:
+        self.entries.append(dict(fields))
+        self.last_seq += 1
+
+    def get(self, seq: int) -> dict[bytes, bytes] | None:
+        index = seq - self.first_seq
+        return self.entries[index] if 0 <= index < len(self.entries) else None
+
+    def group(self, name: str, consumer: str) -> _Group:
+        """The group, with `consumer` marked active now (as Redis does on XREADGROUP/XAUTOCLAIM)."""
+        try:
+            group = self.groups[name]
+        except KeyError:
+            raise GroupMissing(f"NOGROUP no consumer group {name!r}") from None
+        group.seen[consumer] = time.monotonic()
+        return group
+
+
+def _delivery(stream: str, seq: int, fields: dict[bytes, bytes] | None, deliveries: int) -> Delivery:
+    data = None if fields is None else fields.get(PAYLOAD, b"")
+    return Delivery(stream, _entry_id(seq), data, deliveries)
+
+
+class EmbeddedBus(Bus):
+    """The default bus: no server, no threads; memory bounded by `config.maxlen` per stream."""
+
+    def __init__(self, config: BusConfig, options: BusOptions | None = None) -> None:
+        super().__init__(config, options)
+        self.name = "embedded"
+        self._streams: dict[str, _Stream] = {}
+        self._wakeup = asyncio.Event()
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            stream = self._streams[name] = _Stream(self.config.maxlen)
+        return stream
+
+    def _notify(self) -> None:
+        """Wake every blocked reader: set the current event and start a fresh one for the next wait."""
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    async def _open(self) -> None:
+        return None
+
+    async def _close(self) -> None:
+        return None
+
+    def _wake_consumers(self) -> None:
+        self._notify()
+
+    async def _add(self, stream: str, fields: Mapping[bytes, bytes]) -> None:
+        self._stream(stream).append(fields)
+        self._notify()
+
+    async def _ensure_group(self, stream: str, group: str) -> None:
+        s = self._stream(stream)
+        s.groups.setdefault(group, _Group(next_seq=s.first_seq))
+
+    async def _read(
+        self, starts: Mapping[str, str], group: str, consumer: str, count: int, block_ms: int | None
+    ) -> list[Delivery]:
+        deadline = time.monotonic() + block_ms / 1000 if block_ms else None
+        while True:
+            wakeup = self._wakeup
+            batch: list[Delivery] = []
+            for stream, start in starts.items():
+                if start == ">":
+                    batch += self._take_new(stream, group, consumer, count)
+                else:
+                    batch += self._take_own_pending(stream, group, consumer, _seq(start), count)
+            remaining = 0.0 if deadline is None else deadline - time.monotonic()
+            if batch or remaining <= 0 or self._closed:
+                return batch
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
+
+    def _take_new(self, stream: str, group: str, consumer: str, count: int) -> list[Delivery]:
+        s = self._stream(stream)
+        g = s.group(group, consumer)
+        first = max(g.next_seq, s.first_seq)
+        last = min(s.last_seq, first + count - 1)
+        now = time.monotonic()
+        batch = []
+        for seq in range(first, last + 1):
+            g.pending[seq] = _Pending(consumer, 1, now)
+            batch.append(_delivery(stream, seq, s.get(seq), 1))
+        g.next_seq = max(g.next_seq, last + 1)
+        return batch
+
+    def _take_own_pending(self, stream: str, group: str, consumer: str, after: int, count: int) -> list[Delivery]:
+        s = self._stream(stream)
+        g = s.group(group, consumer)
+        mine = sorted(seq for seq, p in g.pending.items() if p.consumer == consumer and seq > after)
+        now = time.monotonic()
+        batch = []
+        for seq in mine[:count]:
+            entry = g.pending[seq]
+            entry.deliveries += 1
+            entry.delivered_at = now
+            batch.append(_delivery(stream, seq, s.get(seq), entry.deliveries))
+        return batch
+
+    async def _claim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, cursor: str, count: int
+    ) -> tuple[str, list[Delivery]]:
+        s = self._stream(stream)
+        g = s.group(group, consumer)
+        now = time.monotonic()
+        batch: list[Delivery] = []
+        for seq in sorted(seq for seq in g.pending if seq >= _seq(cursor)):
+            if len(batch) == count:
+                return _entry_id(seq), batch
+            entry = g.pending[seq]
+            if (now - entry.delivered_at) * 1000 < min_idle_ms:
+                continue
+            fields = s.get(seq)
+            if fields is None:  # trimmed away: Redis 7 drops such entries from the pending list
+                del g.pending[seq]
+                continue
+            entry.consumer = consumer
+            entry.deliveries += 1
+            entry.delivered_at = now
+            batch.append(_delivery(stream, seq, fields, entry.deliveries))
+        return START, batch
+
+    async def _ack(self, stream: str, group: str, entry_id: str) -> None:
+        g = self._stream(stream).groups.get(group)
+        if g is not None:
+            g.pending.pop(_seq(entry_id), None)
+
+    async def _loads(self, stream: str) -> list[GroupLoad]:
+        s = self._streams.get(stream)
+        if s is None:
+            return []
+        now = time.monotonic()
+        return [
+            GroupLoad(
+                name,
+                max(0, s.last_seq - max(g.next_seq, s.first_seq) + 1) + len(g.pending),
+                now - max(g.seen.values()) if g.seen else math.inf,
+            )
+            for name, g in s.groups.items()
+        ]
+
+    async def _tail(self, stream: str, limit: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        s = self._streams.get(stream)
+        if s is None or limit <= 0:
+            return []
+        first = max(s.first_seq, s.last_seq - limit + 1)
+        return [(_entry_id(seq), dict(s.get(seq) or {})) for seq in range(first, s.last_seq + 1)]

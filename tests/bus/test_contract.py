@@ -1,0 +1,304 @@
+"""The bus contract: every test here runs over the embedded bus and over real Redis.
+
+A component tested against one backend must behave the same against the other, so the delivery
+semantics (fan-out, competition, at-least-once, dead-letter, idempotency, backpressure) are pinned
+down once, here, for both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import msgspec
+import pytest
+
+from esper_tui.engine.bus import BusBackpressure, BusOptions
+from esper_tui.engine.contracts import (
+    EpochCompleted,
+    Level,
+    LogLine,
+    PauseTraining,
+    Recompile,
+    SetConservativeMode,
+    Shutdown,
+    encode_msgpack,
+)
+
+FAST_RETRY = BusOptions(claim_idle_ms=50)  # failed entries come back after 50 ms
+NO_RETRY = BusOptions(claim_idle_ms=60_000)  # only a restart (pending replay) brings them back
+
+
+def epoch(n: int) -> EpochCompleted:
+    return EpochCompleted(
+        epoch=n, train_loss=1.0 / (n + 1), val_loss=1.1, val_accuracy=0.5, samples_per_s=400.0, epoch_s=0.1
+    )
+
+
+async def test_event_round_trip(make_bus, inbox, consuming, eventually):
+    bus = await make_bus()
+    box = inbox()
+    sent = epoch(3)
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await bus.publish_event(sent)
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.items == [sent]
+    m = bus.metrics()
+    assert (m.published, m.delivered, m.acked, m.connected) == (1, 1, 1, True)
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+
+
+async def test_command_round_trip(make_bus, inbox, consuming, eventually):
+    bus = await make_bus()
+    box = inbox()
+    sent = Recompile(blueprint_id="mlp_block")
+    async with consuming(bus.consume_commands("engine", "c1", box)):
+        await bus.publish_command(sent)
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.items == [sent]
+    assert await bus.backlog(bus.streams.normal, "engine") == 0
+
+
+async def test_every_group_gets_every_message(make_bus, inbox, consuming):
+    bus = await make_bus()
+    ui, recorder = inbox(), inbox()
+    sent = [epoch(n) for n in range(5)]
+    async with (
+        consuming(bus.consume_events("ui", "c1", ui)),
+        consuming(bus.consume_events("recorder", "c1", recorder)),
+    ):
+        for event in sent:
+            await bus.publish_event(event)
+        await ui.until(lambda: len(ui.items) == 5)
+        await recorder.until(lambda: len(recorder.items) == 5)
+    assert ui.items == sent
+    assert recorder.items == sent
+
+
+async def test_consumers_in_one_group_compete(make_bus, inbox, consuming, eventually):
+    """Two consumers of one group split the messages: each holds a different one at the same time
+    (the gate opens only then), and together they handle all of them exactly once."""
+    bus = await make_bus(options=BusOptions(batch_size=1))
+    gate = asyncio.Event()
+    first, second = inbox(gate=gate), inbox(gate=gate)
+    sent = [epoch(n) for n in range(10)]
+    for event in sent:
+        await bus.publish_event(event)
+    async with (
+        consuming(bus.consume_events("forge", "w1", first)),
+        consuming(bus.consume_events("forge", "w2", second)),
+    ):
+        await first.until(lambda: len(first.attempts) >= 1)
+        await second.until(lambda: len(second.attempts) >= 1)
+        gate.set()
+        await eventually(lambda: bus.metrics().acked == 10)
+    handled = first.items + second.items
+    assert first.items and second.items
+    assert sorted(e.epoch for e in handled) == list(range(10))
+    assert len(first.attempts) + len(second.attempts) == 10
+
+
+async def test_emergency_commands_are_handled_first(make_bus, inbox, consuming):
+    bus = await make_bus()
+    box = inbox()
+    for n in range(3):
+        await bus.publish_command(Recompile(blueprint_id=f"bp{n}"))
+    await bus.publish_command(PauseTraining(paused=True))
+    await bus.publish_command(Shutdown(reason="test"))
+    await bus.publish_command(SetConservativeMode(active=True))
+    assert await bus.backlog(bus.streams.emergency, bus.config.group) == 2
+    async with consuming(bus.consume_commands("engine", "c1", box)):
+        await box.until(lambda: len(box.items) == 6)
+    kinds = [type(c).__name__ for c in box.items]
+    assert kinds == [
+        "Shutdown",
+        "SetConservativeMode",
+        "Recompile",
+        "Recompile",
+        "Recompile",
+        "PauseTraining",
+    ]
+
+
+async def test_failed_handler_is_retried_until_it_succeeds(make_bus, inbox, consuming, eventually):
+    bus = await make_bus(options=FAST_RETRY)
+    box = inbox(fail_times=2)
+    sent = epoch(1)
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await bus.publish_event(sent)
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.items == [sent]
+    assert len(box.attempts) == 3
+    m = bus.metrics()
+    assert (m.handler_errors, m.redelivered, m.acked, m.dead_lettered) == (2, 2, 1, 0)
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+
+
+async def test_unacked_message_is_replayed_after_restart(make_bus, inbox, consuming, eventually):
+    """A handler that raised leaves the entry pending; the restarted consumer reads its own pending
+    entries (id 0) before new ones."""
+    bus = await make_bus(options=NO_RETRY)
+    box = inbox(fail_times=1)
+    sent = epoch(7)
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await bus.publish_event(sent)
+        await box.until(lambda: len(box.attempts) == 1)
+    assert box.items == []
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 1  # pending, not acknowledged
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.items == [sent]
+    assert bus.metrics().redelivered == 1
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+
+
+async def test_cancelled_handler_leaves_its_message_pending(make_bus, inbox, consuming, eventually):
+    bus = await make_bus(options=NO_RETRY)
+    stuck = inbox(gate=asyncio.Event())  # never opens
+    sent = Recompile(blueprint_id="res_block")
+    async with consuming(bus.consume_commands("engine", "c1", stuck)):
+        await bus.publish_command(sent)
+        await stuck.until(lambda: len(stuck.attempts) == 1)
+    assert await bus.backlog(bus.streams.normal, "engine") == 1
+    assert bus.metrics().acked == 0
+    box = inbox()
+    async with consuming(bus.consume_commands("engine", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.items == [sent]
+    assert await bus.backlog(bus.streams.normal, "engine") == 0
+
+
+async def test_message_dead_lettered_after_max_deliveries(make_bus, inbox, consuming, eventually):
+    bus = await make_bus(options=FAST_RETRY, max_deliveries=3)
+    box = inbox(fail_times=math.inf)
+    poison, good = epoch(1), epoch(2)
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await bus.publish_event(poison)
+        await eventually(lambda: bus.metrics().dead_lettered == 1)
+        box.fail_times = 0
+        await bus.publish_event(good)  # the consumer is still alive
+        await eventually(lambda: bus.metrics().acked == 1)
+    assert box.attempts == [poison, poison, poison, good]
+    [letter] = await bus.dead_letters()
+    assert letter.stream == bus.streams.telemetry
+    assert (letter.group, letter.consumer, letter.deliveries) == ("ui", "c1", 3)
+    assert "handler failed 3 times" in letter.reason
+    assert letter.data == encode_msgpack(poison)
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+
+
+async def test_undecodable_entries_go_to_dead_letter(make_bus, inbox, consuming, eventually):
+    bus = await make_bus()
+    box = inbox()
+    stream = bus.streams.telemetry
+    newer_schema = encode_msgpack(msgspec.structs.replace(epoch(1), schema_version=99))
+    for data in (b"\xc1 not msgpack", newer_schema, encode_msgpack(Recompile(blueprint_id="x"))):
+        await bus._add(stream, {b"m": data})
+    good = LogLine(level=Level.INFO, message="still alive")
+    await bus.publish_event(good)
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 1 and bus.metrics().dead_lettered == 3)
+    assert box.attempts == [good]
+    m = bus.metrics()
+    assert (m.decode_errors, m.delivered) == (3, 1)
+    letters = await bus.dead_letters()
+    assert all(letter.reason.startswith("decode error") for letter in letters)
+    assert "schema version 99" in letters[1].reason
+    assert await bus.backlog(stream, "ui") == 0
+
+
+async def test_duplicate_entries_are_handled_once(make_bus, inbox, consuming, eventually):
+    """A producer retry can store one message twice: the group handles it once and acks both."""
+    bus = await make_bus()
+    box = inbox()
+    sent = epoch(5)
+    await bus.publish_event(sent)
+    await bus.publish_event(sent)
+    await bus.publish_command(Recompile(blueprint_id="a", command_id="c-1"))
+    await bus.publish_command(Recompile(blueprint_id="a", command_id="c-1"))
+    commands = inbox()
+    async with (
+        consuming(bus.consume_events("ui", "c1", box)),
+        consuming(bus.consume_commands("engine", "c1", commands)),
+    ):
+        await eventually(lambda: bus.metrics().duplicates_skipped == 2 and bus.metrics().acked == 2)
+    assert box.attempts == [sent]
+    assert len(commands.attempts) == 1
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+    assert await bus.backlog(bus.streams.normal, "engine") == 0
+
+
+async def test_backpressure_reroutes_commands_and_drops_telemetry(make_bus, inbox, consuming, eventually):
+    """Depth is the unhandled backlog of the slowest live group. Here the consumers are live but stuck
+    in their first handler call, so everything published after that piles up."""
+    bus = await make_bus(emergency_threshold=2, drop_threshold=4, options=BusOptions(depth_refresh_s=0))
+    gate = asyncio.Event()
+    events, commands = inbox(gate=gate), inbox(gate=gate)
+    async with (
+        consuming(bus.consume_events("ui", "c1", events)),
+        consuming(bus.consume_commands("engine", "c1", commands)),
+    ):
+        await bus.publish_event(epoch(0))
+        await bus.publish_command(Recompile(blueprint_id="bp0"))
+        await events.until(lambda: len(events.attempts) == 1)
+        await commands.until(lambda: len(commands.attempts) == 1)
+
+        for n in range(1, 7):  # depth 1..4 still fits, then telemetry is dropped
+            await bus.publish_event(epoch(n))
+        assert (bus.metrics().published, bus.metrics().dropped) == (6, 2)
+
+        for n in range(1, 8):  # 2 more fit on normal, the next 5 are rerouted to emergency
+            await bus.publish_command(Recompile(blueprint_id=f"bp{n}"))
+        assert bus.metrics().rerouted == 5
+        with pytest.raises(BusBackpressure, match="emergency"):
+            await bus.publish_command(Recompile(blueprint_id="one too many"))
+        with pytest.raises(BusBackpressure):
+            await bus.publish_command(Shutdown())
+        assert await bus.backlog(bus.streams.telemetry) == 5
+        assert await bus.backlog(bus.streams.normal) == 3
+        assert await bus.backlog(bus.streams.emergency) == 5
+
+        # Once the groups catch up, traffic flows normally again.
+        gate.set()
+        await eventually(lambda: bus.metrics().acked == 13)
+        await bus.publish_event(epoch(99))
+        await bus.publish_command(Recompile(blueprint_id="after"))
+        await eventually(lambda: bus.metrics().acked == 15)
+    assert [c.blueprint_id for c in commands.items[-1:]] == ["after"]
+    m = bus.metrics()
+    assert (m.published, m.dropped, m.rerouted) == (15, 2, 5)
+
+
+async def test_groups_without_live_consumers_do_not_hold_back_publishers(make_bus, inbox, consuming, eventually):
+    """The configured group that start() creates but nobody reads, and a group whose consumer went
+    away (idle past live_window_s), leave publishers alone; memory stays bounded by maxlen."""
+    bus = await make_bus(drop_threshold=2, options=BusOptions(depth_refresh_s=0, live_window_s=1.0))
+    for n in range(5):
+        await bus.publish_event(epoch(n))
+    assert bus.metrics().dropped == 0
+    assert await bus.backlog(bus.streams.telemetry, bus.config.group) == 5
+
+    stuck = inbox(gate=asyncio.Event())
+    async with consuming(bus.consume_events("control-room", "c1", stuck)):
+        await stuck.until(lambda: len(stuck.attempts) == 1)
+        assert await bus.backlog(bus.streams.telemetry) == 5
+        await bus.publish_event(epoch(5))
+        assert bus.metrics().dropped == 1
+
+    async def consumer_presumed_gone() -> bool:
+        return await bus.backlog(bus.streams.telemetry) == 0
+
+    await eventually(consumer_presumed_gone)
+    await bus.publish_event(epoch(6))
+    assert bus.metrics().dropped == 1
+
+
+async def test_close_ends_running_consumers(make_bus, inbox):
+    bus = await make_bus(options=BusOptions(claim_idle_ms=200))  # reads block for 100 ms at most
+    box = inbox()
+    task = asyncio.create_task(bus.consume_events("ui", "c1", box))
+    await bus.publish_event(epoch(1))
+    await box.until(lambda: len(box.items) == 1)  # the consumer is in its loop, blocked on a read
+    await bus.close()
+    await asyncio.wait_for(task, 10)
+    assert bus.metrics().connected is False

@@ -1,0 +1,114 @@
+"""The in-process bus specifics (backend choice, lifecycle, bounded memory, no threads) and the
+shared helpers of base.py (dedupe window, backoff) that need no backend at all."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from esper_tui.engine.bus import (
+    BusError,
+    BusOptions,
+    EmbeddedBus,
+    RedisStreamsBus,
+    create_bus,
+)
+from esper_tui.engine.bus.base import Backoff, RecentIds, Verdict
+from esper_tui.engine.contracts import BusConfig, EpochCompleted
+
+
+def epoch(n: int) -> EpochCompleted:
+    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=0.1)
+
+
+def test_create_bus_picks_the_backend():
+    redis_config = BusConfig(redis_url="redis://db.example:6379/0")
+    assert isinstance(create_bus(BusConfig()), EmbeddedBus)
+    assert isinstance(create_bus(redis_config), RedisStreamsBus)
+    assert isinstance(create_bus(BusConfig(), redis_url="redis://db.example:6379/0"), RedisStreamsBus)
+    assert isinstance(create_bus(redis_config, redis_url=""), EmbeddedBus)  # an explicit empty URL wins
+    assert create_bus(BusConfig()).name == "embedded"
+
+
+async def test_bus_must_be_started_and_is_unusable_after_close():
+    bus = EmbeddedBus(BusConfig())
+    with pytest.raises(BusError, match="start"):
+        await bus.publish_event(epoch(1))
+    await bus.start()
+    await bus.start()  # idempotent
+    assert bus.metrics().connected
+    await bus.close()
+    with pytest.raises(BusError, match="closed"):
+        await bus.publish_event(epoch(1))
+    assert not bus.metrics().connected
+
+
+async def test_metrics_are_a_copy(make_embedded_bus):
+    bus = await make_embedded_bus()
+    snapshot = bus.metrics()
+    await bus.publish_event(epoch(1))
+    assert (snapshot.published, bus.metrics().published) == (0, 1)
+
+
+async def test_streams_are_bounded_by_maxlen(make_embedded_bus, inbox, consuming, eventually):
+    """Memory stays bounded: only the last maxlen entries are kept, and a group that attaches late
+    reads what is left."""
+    bus = await make_embedded_bus(maxlen=10, drop_threshold=1_000)
+    for n in range(50):
+        await bus.publish_event(epoch(n))
+    assert len(bus._streams[bus.streams.telemetry].entries) == 10
+    box = inbox()
+    async with consuming(bus.consume_events("late", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 10)
+    assert [e.epoch for e in box.items] == list(range(40, 50))
+
+
+async def test_pending_entry_trimmed_away_is_let_go(make_embedded_bus, inbox, consuming, eventually):
+    """An entry left pending can be trimmed before its retry: it is acknowledged, not retried, and
+    the consumer carries on from the oldest entry still kept."""
+    bus = await make_embedded_bus(maxlen=3, drop_threshold=1_000, options=BusOptions(claim_idle_ms=60_000))
+    failing = inbox(fail_times=1)
+    async with consuming(bus.consume_events("ui", "c1", failing)):
+        await bus.publish_event(epoch(0))
+        await eventually(lambda: bus.metrics().handler_errors == 1)
+    for n in range(1, 6):
+        await bus.publish_event(epoch(n))
+    box = inbox()
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 3)
+    assert [e.epoch for e in box.items] == [3, 4, 5]
+    assert await bus.backlog(bus.streams.telemetry, "ui") == 0
+
+
+async def test_embedded_bus_starts_no_threads(make_embedded_bus, inbox, consuming, eventually):
+    threads = threading.active_count()
+    bus = await make_embedded_bus()
+    async with consuming(bus.consume_events("ui", "c1", inbox())):
+        await bus.publish_event(epoch(1))
+        await eventually(lambda: bus.metrics().acked == 1)
+        assert threading.active_count() == threads
+
+
+# ----------------------------------------------------------------------------- base.py helpers
+
+
+def test_recent_ids_remember_a_bounded_window():
+    ids = RecentIds(capacity=2)
+    for key in ("a", "b", "c"):
+        assert ids.begin(key) is Verdict.NEW
+        ids.finish(key)
+    assert ids.begin("c") is Verdict.DUPLICATE
+    assert ids.begin("a") is Verdict.NEW  # fell out of the window
+    assert ids.begin("a") is Verdict.BUSY  # in flight: neither handled twice nor acknowledged
+    ids.abandon("a")  # the handler failed: the next delivery may try again
+    assert ids.begin("a") is Verdict.NEW
+
+
+def test_backoff_grows_to_a_cap_and_resets():
+    backoff = Backoff(base=0.1, cap=1.0)
+    assert [backoff.failed() for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert not backoff.ready()
+    backoff.succeeded()
+    assert backoff.ready()
+    assert backoff.failed() == 0.1
