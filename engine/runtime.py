@@ -12,7 +12,6 @@ import contextlib
 import fcntl
 import os
 import threading
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from .contracts import (
     EsperConfig,
     Level,
     LogLine,
+    MetricsReport,
     PauseTraining,
     Recompile,
     RecompileAll,
@@ -71,8 +71,8 @@ class Engine:
         self.failure: str | None = None
         self._snapshot: Snapshot | None = None
         self._events: asyncio.Queue[AnyEvent] = asyncio.Queue()
-        self._published = 0
-        self._applied = 0
+        self._last_event_id: str | None = None
+        self._drained = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._trainer_task: asyncio.Task[Any] | None = None
         self._forge_tasks: list[asyncio.Task[Any]] = []
@@ -177,11 +177,11 @@ class Engine:
         while True:
             event = await self._events.get()
             await self.bus.publish_event(event)
-            self._published += 1
 
     async def _apply(self, event: AnyEvent) -> None:
         self.aggregator.apply(event)
-        self._applied += 1
+        if event.event_id == self._last_event_id:
+            self._drained.set()
 
     async def _publish_snapshots(self) -> None:
         period = 1.0 / self.config.ui.refresh_hz
@@ -269,7 +269,6 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop training and the forge, leave the WAL consistent, drain telemetry, close the bus."""
-        self.emit(EngineStopping(reason=self.stop_reason or "stopped"))
         self.control.stop()
         if self._trainer_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -281,11 +280,16 @@ class Engine:
             await self.forge.close()
             with contextlib.suppress(Exception):
                 self.forge.emit_wal_status()
+                self.emit(MetricsReport(source="tezzeret", metrics=self.forge.metrics()))
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
-        deadline = time.monotonic() + 5
-        while (not self._events.empty() or self._applied < self._published) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        last = EngineStopping(reason=self.stop_reason or "stopped")
+        self._last_event_id = last.event_id
+        self.emit(last)
+        # The telemetry stream is ordered: once the aggregator applied the last event, it has applied all.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._drained.wait()
         self._snapshot = self.aggregator.snapshot()
         for task in self._tasks:
             task.cancel()
