@@ -160,7 +160,9 @@ class Aggregator:
         self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy,
                                             status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
                                             attempt=e.attempt, error=e.error,
-                                            duration_s=(e.ts - started) if started else None)
+                                            duration_s=(e.ts - started) if started else None,
+                                            artifact_id=prev.artifact_id if prev else None,
+                                            version=prev.version if prev else None)
 
     def _on_BreakerChanged(self, e: BreakerChanged) -> None:
         prev = self.breakers.get(e.name)

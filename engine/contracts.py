@@ -106,7 +106,6 @@ class JobStarted(Event, tag="job_started", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     attempt: int
-    worker_pid: int
 
 
 class JobCompiled(Event, tag="job_compiled", kw_only=True):

@@ -146,8 +146,9 @@ class Forge:
             meta = self.library.current(bp.blueprint_id)
             if meta is None:
                 self.enqueue(bp.blueprint_id, reason="initial scan")
-            elif (meta.ir_hash, meta.torch_version, meta.cpu_isa, meta.options.get("num_threads")) != (
-                    bp.ir_hash(), self.identity.torch_version, self.identity.cpu_isa, self.identity.threads):
+            elif (meta.ir_hash, meta.torch_version, meta.cpu_isa, meta.options.get("num_threads"),
+                  meta.options.get("compiler")) != (bp.ir_hash(), self.identity.torch_version, self.identity.cpu_isa,
+                                                    self.identity.threads, self.identity.compiler):
                 self.enqueue(bp.blueprint_id, reason="stale kernel (blueprint, torch or CPU changed)")
             else:
                 self._compiled(meta, meta.strategy, reused=True)
@@ -155,7 +156,11 @@ class Forge:
     # ------------------------------------------------------------------ running
 
     def max_concurrency(self) -> int:
-        return self.conservative.max_concurrency(self.config.compilation.max_concurrent_jobs)
+        """Configured jobs, 1 in conservative mode, and only the probes while the timeout breaker is half-open."""
+        limit = self.conservative.max_concurrency(self.config.compilation.max_concurrent_jobs)
+        if self.board.timeout.state is BreakerState.HALF_OPEN:
+            limit = min(limit, self.config.breakers.half_open_probes)
+        return limit
 
     async def run(self) -> None:
         """Dispatch queued jobs within the concurrency limit until cancelled or fatal."""
@@ -172,7 +177,9 @@ class Forge:
         raise ForgeFatal(self.fatal)
 
     def _breakers_allow(self) -> bool:
-        return self.board.memory.allow() and self.board.timeout.allow()
+        """An open memory or timeout breaker holds the queue. No permit is taken here: a job that turns
+        out to need no compile would never give it back; the half-open limit is max_concurrency's."""
+        return BreakerState.OPEN not in (self.board.memory.state, self.board.timeout.state)
 
     async def wait_idle(self) -> None:
         while not self.is_idle():
@@ -185,6 +192,16 @@ class Forge:
         except WalFsyncError as exc:
             self.fatal = f"WAL write failed, forge stopped: {exc}"
             self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
+        except Exception as exc:  # e.g. ENOSPC while committing to the library: fail the job, not the forge
+            error = f"{type(exc).__name__}: {exc}"
+            if job.txid in self.wal.status().open_txids:
+                try:
+                    await self.wal.aabort(job.txid, json.dumps({"error": error}).encode())
+                except WalFsyncError as wal_exc:
+                    self.fatal = f"WAL write failed, forge stopped: {wal_exc}"
+                    self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
+                    return
+            self._failed(job, self._strategy(job), error)
         finally:
             self._running.pop(job.blueprint_id, None)
             self._wake.set()
@@ -208,8 +225,7 @@ class Forge:
                                  out_features=self.out_features, strategy=strategy, backend=settings.backend,
                                  mode=settings.mode, device=settings.device, out_dir=str(staged))
         timeout = self.conservative.timeout_s(timeout_for(strategy, self.config.compilation))
-        self.emit(JobStarted(source="tezzeret", blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt,
-                             worker_pid=0))
+        self.emit(JobStarted(source="tezzeret", blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt))
         t0 = time.monotonic()
         try:
             response, pid = await self.pool.compile(request, timeout)
@@ -230,7 +246,8 @@ class Forge:
         meta = await asyncio.to_thread(
             self.library.commit, staged, blueprint_id=bp.blueprint_id, key=key,
             fields={"strategy": strategy, "backend": settings.backend, "mode": settings.mode or "default",
-                    "options": {"fullgraph": True, "dynamic_batch": True, "num_threads": self.identity.threads},
+                    "options": {"fullgraph": True, "dynamic_batch": True, "num_threads": self.identity.threads,
+                                "compiler": self.identity.compiler},
                     "torch_version": self.identity.torch_version,
                     "python_version": self.identity.python_version, "device": settings.device,
                     "cpu_isa": response.cpu_isa, "in_features": self.in_features, "batch_min": 2,

@@ -12,6 +12,7 @@ signed, and nothing is recompiled.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import platform
@@ -59,6 +60,17 @@ def cpu_isa() -> str:
         return str(pick_vec_isa()) or "scalar"
     except Exception:  # no compiler on this machine: report what we can
         return platform.machine()
+
+
+def compiler_id() -> str:
+    """The C++ compiler inductor builds kernels with: a different one names (and builds) other .so files."""
+    try:
+        from torch._inductor.cpp_builder import get_compiler_version_info, get_cpp_compiler
+
+        cxx = get_cpp_compiler()
+        return f"{cxx} " + hashlib.sha256(get_compiler_version_info(cxx).encode()).hexdigest()[:16]
+    except Exception:  # no compiler: only eager-traced kernels can be built here
+        return "none"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import threading
 import time
@@ -27,9 +28,10 @@ from . import signing
 from .catalog import Catalog
 from .contracts import ArtifactFile, ArtifactMeta, Strategy
 from .fsutil import fsync_dir, fsync_tree, write_durable
-from .kernels import LoadedKernel, kernel_threads, load_kernel
+from .kernels import KernelError, LoadedKernel, compiler_id, kernel_threads, load_kernel
 from .pipelines import CompileSettings
 
+_VERSION = re.compile(r"v(\d+)-")
 META = "meta.json"
 SIG = "meta.sig"
 
@@ -47,12 +49,14 @@ class Identity:
     device: str
     cpu_isa: str
     threads: int  # compiled guards pin torch.get_num_threads()
+    compiler: str  # the C++ compiler's identity: the kernels' file names (cache keys) depend on it
 
     @classmethod
     def here(cls, cpu_isa: str, device: str = "cpu") -> Identity:
         import torch
 
-        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads())
+        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(),
+                   compiler_id())
 
 
 def artifact_key(ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity,
@@ -60,7 +64,7 @@ def artifact_key(ir_hash: str, settings: CompileSettings, strategy: Strategy, id
     """vLLM-style cache key: blueprint source + options + torch/system identity."""
     blob = json.dumps(
         [ir_hash, strategy.value, settings.backend, settings.mode, settings.device, identity.torch_version,
-         identity.python_version, identity.cpu_isa, identity.threads, in_features, out_features],
+         identity.python_version, identity.cpu_isa, identity.threads, identity.compiler, in_features, out_features],
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -123,7 +127,7 @@ class Library:
                                           size=len(data)))
         bp = self.catalog.get(blueprint_id)
         with self._lock:
-            version = max((m.version for m in self._scan(blueprint_id)), default=0) + 1
+            version = self._next_version(blueprint_id)
             meta = ArtifactMeta(artifact_id=key, blueprint_id=blueprint_id, version=version, ir_hash=bp.ir_hash(),
                                 files=files, created_ts=time.time(), **fields)
             raw = msgspec.json.format(msgspec.json.encode(meta))
@@ -136,6 +140,13 @@ class Library:
             fsync_dir(parent)
             fsync_dir(staged.parent)
         return meta
+
+    def _next_version(self, blueprint_id: str) -> int:
+        """One more than any number this blueprint ever had, quarantined versions included: never reused."""
+        names = [p.name for p in (self.root / "artifacts" / blueprint_id).glob("v*")]
+        names += [p.name[len(blueprint_id) + 1 :] for p in (self.root / "quarantine").glob(f"{blueprint_id}-v*")]
+        numbers = [int(m.group(1)) for n in names if (m := _VERSION.match(n))]
+        return max(numbers, default=0) + 1
 
     # ------------------------------------------------------------------ reading
 
@@ -188,7 +199,7 @@ class Library:
         return None
 
     def quarantine(self, path: Path, reason: str) -> Path:
-        dest = self.root / "quarantine" / f"{path.parent.name}-{path.name}-{int(time.time())}"
+        dest = self.root / "quarantine" / f"{path.parent.name}-{path.name}-{os.urandom(4).hex()}"
         os.rename(path, dest)
         (dest / "QUARANTINED").write_text(reason + "\n")
         fsync_dir(path.parent)
@@ -199,18 +210,22 @@ class Library:
             self.on_quarantine(path.parent.name, path.name, reason)
         return dest
 
-    def current(self, blueprint_id: str, key: str | None = None,
-                on_invalid: Callable[[ArtifactMeta, str], None] | None = None) -> ArtifactMeta | None:
-        """The newest version that verifies (optionally with a given key); bad ones are quarantined."""
-        for meta in self._scan(blueprint_id):
-            if key is not None and meta.artifact_id != key:
+    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None:
+        """The newest version that verifies (optionally with a given key); bad ones are quarantined.
+
+        Walks the version directories, not their decoded metadata, so a version whose meta.json no
+        longer even decodes is found and quarantined too.
+        """
+        versions = sorted((self.root / "artifacts" / blueprint_id).glob("v*"),
+                          key=lambda p: int(m.group(1)) if (m := _VERSION.match(p.name)) else -1, reverse=True)
+        for path in versions:
+            try:
+                meta, _ = self.read_verified(path)
+            except ArtifactInvalid as exc:
+                self.quarantine(path, str(exc))
                 continue
-            reason = self.verify(self._dir(meta))
-            if reason is None:
+            if key is None or meta.artifact_id == key:
                 return meta
-            self.quarantine(self._dir(meta), reason)
-            if on_invalid is not None:
-                on_invalid(meta, reason)
         return None
 
     def all_current(self) -> list[ArtifactMeta]:
@@ -249,6 +264,10 @@ class Library:
         except ArtifactInvalid as exc:
             self.quarantine(path, str(exc))
             raise
+        threads = meta.options.get("num_threads")
+        if threads is not None and threads != kernel_threads():
+            raise KernelError(f"{blueprint_id}: kernel compiled for {threads} threads, this process runs "
+                              f"{kernel_threads()} (its guards would reject every call)")
         kernel = load_kernel(self.catalog.get(blueprint_id), blobs, f"{meta.backend}:{meta.mode}")
         with self._lock:
             self._cache[meta.artifact_id + str(meta.version)] = (now + self._ttl, kernel)

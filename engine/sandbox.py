@@ -49,19 +49,48 @@ def _limits(memory_limit_mb: int) -> Callable[[], None]:
     return apply
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks): tells a reused pid from the original."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _identity(pid: int) -> str:
+    return f"{_boot_id()} {_start_time(pid)}"
+
+
 def reap_stale(registry: Path) -> list[int]:
     """Kill the process groups of workers a crashed engine left behind (their g++ children included).
 
     Each worker is a session leader, so its pid is its group id; the registry holds one file per live
-    worker, removed when the worker is closed. Returns the group ids that were signalled.
+    worker (boot id and start time), removed when the worker is closed. A group is killed only if it is
+    provably ours: same boot, and either the leader is still the recorded process (same start time) or
+    the leader is gone and the group lives on (Linux never reuses a pid that is still a group id).
+    Returns the group ids that were signalled.
     """
     killed = []
     if not registry.is_dir():
         return killed
     for entry in registry.iterdir():
-        with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
-            os.killpg(int(entry.name), signal.SIGKILL)
-            killed.append(int(entry.name))
+        with contextlib.suppress(ValueError, OSError):
+            pgid = int(entry.name)
+            boot, _, started = entry.read_text().partition(" ")
+            leader = _start_time(pgid)
+            ours = boot == _boot_id() and (leader == started.strip() if leader is not None else True)
+            if ours:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signal.SIGKILL)
+                    killed.append(pgid)
         entry.unlink(missing_ok=True)
     return killed
 
@@ -90,7 +119,7 @@ class Worker:
         worker = cls(proc, log_path, registry)
         if registry is not None:
             registry.mkdir(parents=True, exist_ok=True)
-            (registry / str(proc.pid)).touch()
+            (registry / str(proc.pid)).write_text(_identity(proc.pid))
         return worker
 
     @property

@@ -7,6 +7,7 @@ raw little-endian tensor bytes. Files written here load with the `safetensors` p
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import torch
@@ -35,7 +36,7 @@ def dumps(tensors: dict[str, torch.Tensor]) -> bytes:
         t = tensors[name].detach().contiguous().cpu()
         if t.dtype not in _DTYPES:
             raise TensorFileError(f"{name}: unsupported dtype {t.dtype}")
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""  # 0-dim too
         header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
         chunks.append(raw)
         offset += len(raw)
@@ -54,15 +55,28 @@ def loads(data: bytes) -> dict[str, torch.Tensor]:
         header = json.loads(data[8 : 8 + n])
     except ValueError as exc:
         raise TensorFileError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise TensorFileError("header is not a JSON object")
     body = memoryview(data)[8 + n :]
-    out: dict[str, torch.Tensor] = {}
-    for name, spec in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = spec["data_offsets"]
-        dtype = _BY_NAME.get(spec["dtype"])
-        if dtype is None or not 0 <= start <= end <= len(body):
-            raise TensorFileError(f"{name}: bad dtype or offsets")
-        flat = torch.frombuffer(bytearray(body[start:end]), dtype=dtype) if end > start else torch.empty(0, dtype=dtype)
-        out[name] = flat.reshape(spec["shape"])
-    return out
+    return {name: _tensor(name, spec, body) for name, spec in header.items() if name != "__metadata__"}
+
+
+def _tensor(name: str, spec: object, body: memoryview) -> torch.Tensor:
+    """One entry, checked field by field: whatever the file says, the only error is TensorFileError."""
+    if not isinstance(spec, dict):
+        raise TensorFileError(f"{name}: entry is not an object")
+    dtype = _BY_NAME.get(spec.get("dtype")) if isinstance(spec.get("dtype"), str) else None
+    shape, offsets = spec.get("shape"), spec.get("data_offsets")
+    if dtype is None:
+        raise TensorFileError(f"{name}: unknown dtype {spec.get('dtype')!r}")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise TensorFileError(f"{name}: shape must be a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise TensorFileError(f"{name}: data_offsets must be two integers")
+    start, end = offsets
+    count = math.prod(shape)
+    if not 0 <= start <= end <= len(body) or end - start != count * dtype.itemsize:
+        raise TensorFileError(f"{name}: offsets {offsets} do not hold a {shape} {spec['dtype']} tensor")
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(body[start:end]), dtype=dtype).reshape(shape)

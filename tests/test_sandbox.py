@@ -1,0 +1,309 @@
+"""Sandboxed compile workers: real `python -m esper_tui.engine.worker` processes.
+
+Process checks read /proc (live members of a process group, the worker's limits), never timings.
+Zombies do not count as alive: they are dead processes waiting for their parent (or init) to reap them.
+That is also why "the group is gone" is a /proc scan and not `os.killpg(pgid, 0)`: a killed compiler
+is reparented to init, and until init reaps it the zombie keeps the group id answering to signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from esper_tui.engine.contracts import CompileRequest, Strategy
+from esper_tui.engine.pipelines import settings_for
+from esper_tui.engine.sandbox import CompileTimeout, Worker, WorkerError, WorkerPool, reap_stale
+
+pytestmark = pytest.mark.compile
+
+MEMORY_MB = 4096
+JOB_TIMEOUT_S = 300.0
+
+
+def request(blueprint_id: str, strategy: Strategy, out_dir: Path) -> CompileRequest:
+    s = settings_for(strategy)
+    return CompileRequest(job_id=uuid.uuid4().hex, blueprint_id=blueprint_id, in_features=40, out_features=64,
+                          strategy=strategy, backend=s.backend, mode=s.mode, device=s.device, out_dir=str(out_dir))
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+
+
+def live_group_members(pgid: int) -> dict[int, str]:
+    """pid -> comm of every process in the group that is not a zombie."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        if int(fields[2]) == pgid:
+            with contextlib.suppress(OSError):
+                found[int(entry.name)] = (entry / "comm").read_text().strip()
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+async def group_gone(pgid: int, within_s: float = 20.0) -> bool:
+    """SIGKILL is delivered asynchronously: allow the kernel a moment, then report."""
+    deadline = time.monotonic() + within_s
+    while live_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def until(predicate, within_s: float = 180.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def pool(tmp_path):
+    p = WorkerPool(tmp_path / "logs", memory_limit_mb=MEMORY_MB, jobs_per_worker=8)
+    yield p
+    pids = p.pids()
+    await p.close()
+    for pid in pids:
+        assert await group_gone(pid), f"worker group {pid} survived pool.close(): {live_group_members(pid)}"
+
+
+async def test_pool_compiles_on_a_real_worker_and_reuses_it(pool, tmp_path):
+    r1, pid1 = await pool.compile(request("lowrank_adapter", Strategy.FAST, tmp_path / "a"), JOB_TIMEOUT_S)
+    assert r1.ok, r1.error
+    assert {"train.fn", "infer.fn", "weights.safetensors"} <= set(r1.files)
+    assert all((tmp_path / "a" / f).is_file() for f in r1.files)
+    assert r1.max_abs_error < 1e-3 and r1.cpu_isa
+    assert pid1 != os.getpid() and pool.pids() == [pid1]
+    # Its own session and process group: the group holds every compiler it starts.
+    assert os.getsid(pid1) == pid1 and os.getpgid(pid1) == pid1
+
+    r2, pid2 = await pool.compile(request("mlp_block", Strategy.EMERGENCY, tmp_path / "b"), JOB_TIMEOUT_S)
+    assert r2.ok, r2.error
+    assert pid2 == pid1
+
+    # A job that fails inside the worker is an answer, not a dead worker.
+    r3, pid3 = await pool.compile(request("no_such_blueprint", Strategy.EMERGENCY, tmp_path / "c"), JOB_TIMEOUT_S)
+    assert not r3.ok and "no_such_blueprint" in r3.error
+    assert pid3 == pid1 and pool.pids() == [pid1]
+
+
+async def test_worker_is_replaced_after_jobs_per_worker(tmp_path):
+    pool = WorkerPool(tmp_path / "logs", memory_limit_mb=MEMORY_MB, jobs_per_worker=1)
+    try:
+        r, pid = await pool.compile(request("lowrank_adapter", Strategy.EMERGENCY, tmp_path / "a"), JOB_TIMEOUT_S)
+        assert r.ok, r.error
+        assert pool.pids() == []  # retired after its one job
+        assert await group_gone(pid)
+    finally:
+        await pool.close()
+
+
+async def test_tiny_timeout_raises_compile_timeout_and_kills_the_group(pool, tmp_path):
+    job = asyncio.create_task(pool.compile(request("mlp_block", Strategy.STANDARD, tmp_path / "a"), 2.0))
+    await until(lambda: pool.pids() or job.done(), what="the worker to start")
+    (pid,) = pool.pids()
+    with pytest.raises(CompileTimeout) as info:
+        await job
+    assert info.value.seconds == 2.0 and "timeout" in str(info.value)
+    assert pool.pids() == []
+    assert await group_gone(pid), f"left alive: {live_group_members(pid)}"
+
+
+@pytest.fixture
+def hanging_compiler(tmp_path, monkeypatch) -> Path:
+    """A `g++` first on PATH that answers version probes but hangs on any real compile.
+
+    It leaves one marker file per hanging compiler (named by its pid), so a test can wait until a
+    compiler is certainly running inside the worker's process group.
+    """
+    bin_dir = tmp_path / "bin"
+    markers = tmp_path / "markers"
+    bin_dir.mkdir()
+    markers.mkdir()
+    shim = bin_dir / "g++"
+    shim.write_text(
+        "#!/bin/bash\n"
+        'for a in "$@"; do case "$a" in --version|-v|-dumpversion|-dumpfullversion|-print-*) '
+        'exec /usr/bin/g++ "$@";; esac; done\n'
+        f'touch "{markers}/$$"\n'
+        "sleep 600\n"
+    )
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CXX", raising=False)  # inductor would take $CXX over the g++ found on PATH
+    return markers
+
+
+async def test_timeout_with_a_compiler_running_leaves_no_orphan(tmp_path, hanging_compiler):
+    """The case that matters: g++ children are busy when the deadline passes; all of them must die.
+
+    The first job is given a long deadline and abandoned once a compiler hangs in the group; the
+    second, queued behind it on the same worker, then hits a tiny deadline with that compiler running.
+    """
+    worker = await Worker.spawn(tmp_path / "logs", MEMORY_MB)
+    try:
+        first = asyncio.create_task(worker.compile(request("mlp_block", Strategy.STANDARD, tmp_path / "a"), 3600))
+        await until(lambda: any(hanging_compiler.iterdir()) or first.done(), what="a compiler to start")
+        assert not first.done(), f"the job ended without running the compiler: {first.result()}"
+        compilers = [int(p.name) for p in hanging_compiler.iterdir()]
+        members = live_group_members(worker.pid)
+        assert worker.pid in members and all(pid in members for pid in compilers), members
+        assert len(members) > 1
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+
+        with pytest.raises(CompileTimeout):
+            await worker.compile(request("mlp_block", Strategy.STANDARD, tmp_path / "b"), 0.5)
+        assert not worker.alive
+        assert await group_gone(worker.pid), f"orphans: {live_group_members(worker.pid)}"
+        assert not any(is_alive(pid) for pid in compilers)
+    finally:
+        worker.kill()
+        await worker.wait()
+
+
+async def test_worker_killed_mid_job_gives_worker_error_and_a_fresh_worker_next(pool, tmp_path):
+    out = tmp_path / "a"
+    job = asyncio.create_task(pool.compile(request("mlp_block", Strategy.FAST, out), JOB_TIMEOUT_S))
+    # compile_kernel creates its output directory first thing: from then on the job is running.
+    await until(lambda: out.exists() or job.done(), what="the job to start")
+    assert not job.done()
+    (victim,) = pool.pids()
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(WorkerError, match="died") as info:
+        await job
+    assert not isinstance(info.value, CompileTimeout)
+    assert pool.pids() == []
+    assert await group_gone(victim)
+
+    r, pid = await pool.compile(request("lowrank_adapter", Strategy.EMERGENCY, tmp_path / "b"), JOB_TIMEOUT_S)
+    assert r.ok, r.error
+    assert pid != victim
+
+
+def _limit(pid: int, name: str) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith(name):
+            soft, hard = line[len(name):].split()[:2]
+            return soft, hard
+    raise AssertionError(f"{name} not in /proc/{pid}/limits")
+
+
+async def test_rlimit_as_is_applied_to_the_worker(tmp_path):
+    worker = await Worker.spawn(tmp_path / "logs", 3000)
+    try:
+        assert worker.alive
+        expected = str(3000 * 1024 * 1024)
+        assert _limit(worker.pid, "Max address space") == (expected, expected)
+        assert _limit(os.getpid(), "Max address space") != (expected, expected)  # the engine is not capped
+        assert os.getpgid(worker.pid) == worker.pid
+    finally:
+        await worker.close()
+    assert await group_gone(worker.pid)
+
+
+# ---------------------------------------------------------------------------------- crashed engines
+
+
+async def test_registry_tracks_live_workers_and_reap_stale_kills_their_groups(tmp_path):
+    registry = tmp_path / "workers"
+    closed = await Worker.spawn(tmp_path / "logs", MEMORY_MB, registry)
+    assert (registry / str(closed.pid)).exists()
+    await closed.close()
+    assert not (registry / str(closed.pid)).exists()  # a clean close leaves no entry
+
+    left = await Worker.spawn(tmp_path / "logs", MEMORY_MB, registry)  # the engine "crashes" here
+    try:
+        assert reap_stale(registry) == [left.pid]
+        assert await group_gone(left.pid)
+        assert list(registry.iterdir()) == []
+        assert reap_stale(registry) == []
+        assert reap_stale(tmp_path / "no-such-dir") == []
+    finally:
+        left.kill()
+        await left.wait()
+
+
+async def test_engine_killed_mid_compile_leaves_nothing_after_the_next_start(tmp_path, hanging_compiler):
+    """SIGKILL the engine while its worker runs a compiler: the worker dies with it (PR_SET_PDEATHSIG),
+    and whatever the dead worker's group still holds is killed by the next start (the registry)."""
+    registry = tmp_path / "workers"
+    job = request("mlp_block", Strategy.STANDARD, tmp_path / "a")
+    script = textwrap.dedent(
+        f"""
+        import asyncio, msgspec
+        from pathlib import Path
+        from esper_tui.engine.contracts import CompileRequest
+        from esper_tui.engine.sandbox import Worker
+
+        async def main():
+            w = await Worker.spawn(Path({str(tmp_path / "logs")!r}), {MEMORY_MB}, Path({str(registry)!r}))
+            print(w.pid, flush=True)
+            await w.compile(msgspec.json.decode({msgspec.json.encode(job).decode()!r}, type=CompileRequest), 3600)
+
+        asyncio.run(main())
+        """
+    )
+    engine = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    worker_pid = None
+    try:
+        worker_pid = int(await asyncio.to_thread(engine.stdout.readline))
+        await until(lambda: any(hanging_compiler.iterdir()) or engine.poll() is not None, what="a compiler to start")
+        assert engine.poll() is None, "the engine ended by itself"
+        compilers = [int(p.name) for p in hanging_compiler.iterdir()]
+        engine.kill()
+        await asyncio.to_thread(engine.wait, 30)
+        await until(lambda: not is_alive(worker_pid), within_s=20, what="the worker to die with the engine")
+        assert (registry / str(worker_pid)).exists()  # the crash left its entry
+
+        assert reap_stale(registry) == [worker_pid]  # the next engine start
+        assert await group_gone(worker_pid), f"orphans: {live_group_members(worker_pid)}"
+        assert not any(is_alive(pid) for pid in compilers)
+    finally:
+        engine.kill()
+        engine.wait(30)
+        if worker_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker_pid, signal.SIGKILL)
+
+
+def test_reap_stale_spares_an_unrelated_group_that_reused_the_pid(tmp_path):
+    registry = tmp_path / "workers"
+    registry.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (registry / str(stranger.pid)).touch()  # a crash long ago left this entry; the number was reused
+        reap_stale(registry)
+        time.sleep(0.2)
+        assert stranger.poll() is None, "an unrelated process group was killed"
+    finally:
+        stranger.kill()
+        stranger.wait()
