@@ -44,7 +44,7 @@ from .contracts import (
 from .library import Identity, Library, artifact_key
 from .pipelines import choose_strategy, settings_for, timeout_for
 from .resources import GpuProbe, read_memory
-from .sandbox import CompileTimeout, WorkerError, WorkerPool, reap_stale
+from .sandbox import CompileTimeout, WorkerError, WorkerPool
 from .wal import RecoveryReport, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
@@ -60,6 +60,11 @@ class Job:
     txid: str = field(default_factory=lambda: os.urandom(8).hex())
 
 
+def worker_pool(config: TezzeretConfig, state_dir: Path) -> WorkerPool:
+    return WorkerPool(state_dir / "logs", memory_limit_mb=config.compilation.worker_memory_limit_mb,
+                      jobs_per_worker=config.compilation.jobs_per_worker, registry=state_dir / "workers")
+
+
 class ForgeFatal(RuntimeError):
     """The forge cannot go on safely (an fsync failed): stop, never pretend the work is durable."""
 
@@ -67,7 +72,7 @@ class ForgeFatal(RuntimeError):
 class Forge:
     def __init__(self, *, config: TezzeretConfig, catalog: Catalog, library: Library, wal: WriteAheadLog,
                  emit: Emit, state_dir: Path, identity: Identity, in_features: int, out_features: int,
-                 gpu: GpuProbe | None = None, clock: Clock = time.monotonic) -> None:
+                 gpu: GpuProbe | None = None, clock: Clock = time.monotonic, pool: WorkerPool | None = None) -> None:
         self.config = config
         self.catalog = catalog
         self.library = library
@@ -80,9 +85,7 @@ class Forge:
         self.in_features = in_features
         self.out_features = out_features
         self.gpu = gpu or GpuProbe()
-        self.pool = WorkerPool(state_dir / "logs", memory_limit_mb=config.compilation.worker_memory_limit_mb,
-                               jobs_per_worker=config.compilation.jobs_per_worker, registry=state_dir / "workers")
-        self._state_dir = state_dir
+        self.pool = pool or worker_pool(config, state_dir)
         self._queue: list[Job] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -126,10 +129,8 @@ class Forge:
                                config=self.config.compilation)
 
     def recover(self, report: RecoveryReport) -> None:
-        """Kill workers a crash left behind, abort what it left open and requeue it; report WAL damage."""
-        for pgid in reap_stale(self._state_dir / "workers"):
-            self.emit(LogLine(source="tezzeret", level=Level.WARNING,
-                              message=f"killed stale compile worker group {pgid} from a previous run"))
+        """Abort what a crash left open and requeue it; report WAL damage. (The engine reaps stale workers
+        before it starts new ones: see sandbox.reap_stale.)"""
         for text in report.corrupt:
             self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"WAL: {text}"))
         for tx in report.open:

@@ -53,7 +53,11 @@ class KernelError(RuntimeError):
 
 
 def cpu_isa() -> str:
-    """The vector ISA inductor picked for this CPU: kernels built for one may not run on another."""
+    """The vector ISA inductor picked for this CPU: kernels built for one may not run on another.
+
+    The probe compiles test programs and caches the answer in the inductor cache dir and in-process;
+    call it before pointing the cache at a fresh directory, or it probes again (~8 s on 2 cores).
+    """
     try:
         from torch._inductor.cpu_vec_isa import pick_vec_isa
 

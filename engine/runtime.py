@@ -38,12 +38,13 @@ from .contracts import (
     Strategy,
     new_id,
 )
-from .forge import Forge, ForgeFatal
+from .forge import Forge, ForgeFatal, worker_pool
 from .kernel_source import EagerKernelSource, KernelSource
 from .kernels import cpu_isa, private_cache_dir
 from .library import Identity, Library
 from .library_source import LibraryKernelSource
 from .pipelines import settings_for
+from .sandbox import reap_stale
 from .signing import SigningKeyError, load_or_create_key
 from .training import Trainer, TrainingControl
 from .wal import WalError, WriteAheadLog
@@ -122,8 +123,12 @@ class Engine:
             key = load_or_create_key(self.state_dir, cfg.library.signing_key)
         except SigningKeyError as exc:
             raise EngineError(str(exc)) from None
+        # Stale workers of a crashed run go first; then fresh ones start while this process probes the CPU.
+        stale = reap_stale(self.state_dir / "workers")
+        pool = worker_pool(cfg.tezzeret, self.state_dir)
+        prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
+        isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
         private_cache_dir()
-        isa = await asyncio.to_thread(cpu_isa)
         identity = Identity.here(isa)
         library = Library(self.state_dir / "library", key, self.catalog, cache_ttl_s=cfg.library.cache_ttl_seconds,
                           on_quarantine=self._quarantined)
@@ -149,7 +154,10 @@ class Engine:
                                 torch_version=str(torch.__version__)))
         self.forge = Forge(config=cfg.tezzeret, catalog=self.catalog, library=library, wal=self.wal, emit=self.emit,
                            state_dir=self.state_dir, identity=identity, in_features=IN_FEATURES,
-                           out_features=cfg.training.hidden)
+                           out_features=cfg.training.hidden, pool=pool)
+        await prestart
+        for pgid in stale:
+            self.log(Level.WARNING, f"killed stale compile worker group {pgid} from a previous run")
         self.forge.recover(report)
         if cfg.tezzeret.polling.initial_full_scan:
             self.forge.discover()

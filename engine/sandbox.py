@@ -201,6 +201,11 @@ class WorkerPool:
             await worker.close()
         return response, worker.pid
 
+    async def prestart(self, count: int) -> None:
+        """Spawn idle workers now: their ~4 s start-up (torch, ISA probe) overlaps the engine's own."""
+        while len(self._idle) + len(self._busy) < count:
+            self._idle.append(await Worker.spawn(self._log_dir, self._memory_limit_mb, self._registry))
+
     def pids(self) -> list[int]:
         return [w.pid for w in [*self._idle, *self._busy]]
 

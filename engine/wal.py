@@ -57,11 +57,13 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import os
 import secrets
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -274,6 +276,18 @@ def _chain_start(segments: list[_Segment]) -> int:
         ):
             return i
     return 0
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC: in a process holding torch, gen-2 passes tripled 10k-transaction recovery."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _analyze(directory: Path) -> _Analysis:
@@ -565,7 +579,8 @@ class WriteAheadLog:
         return wal, wal.recovery
 
     def _recover(self) -> RecoveryReport:
-        analysis = _analyze(self.directory)
+        with _no_gc():  # a bulk load of ~3 objects per record and no cycles: collections would only cost
+            analysis = _analyze(self.directory)
         repaired = analysis.needs_repair()
         if repaired:
             _repair(analysis)

@@ -43,10 +43,11 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     import torch
 
     from .catalog import Catalog
-    from .kernels import compile_kernel, kernel_threads
+    from .kernels import compile_kernel, cpu_isa, kernel_threads
     from .pipelines import CompileSettings
 
     torch.set_num_threads(kernel_threads())  # kernels guard on it: compile with what the trainer runs
+    cpu_isa()  # probe the vector ISA once, in the shared default cache (a fresh per-job cache re-probes, ~8 s)
     catalog = Catalog()
     decoder = msgspec.msgpack.Decoder(CompileRequest)
     encoder = msgspec.msgpack.Encoder()
