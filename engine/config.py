@@ -79,6 +79,12 @@ def _check_ranges(c: EsperConfig) -> None:
             raise ConfigError(f"{key}: {why}")
 
 
+def wal_directory(config: EsperConfig, state_dir: Path) -> Path:
+    """tezzeret.wal.path, relative to the state directory unless absolute."""
+    path = Path(config.tezzeret.wal.path)
+    return path if path.is_absolute() else state_dir / path
+
+
 def load_config(path: Path | None) -> EsperConfig:
     """Built-in defaults when path is None; otherwise the file, validated."""
     if path is None:

@@ -91,9 +91,7 @@ class Forge:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self.fatal: str | None = None
-        self.compiled = 0
-        self.failed = 0
-        self._durations_ms: dict[Strategy, list[float]] = {}
+        self._durations_ms: dict[Strategy, tuple[int, float]] = {}  # strategy -> (compiles, total ms)
 
     # ------------------------------------------------------------------ queue
 
@@ -258,9 +256,9 @@ class Forge:
         self._compiled(meta, strategy, reused=False)
 
     def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool) -> None:
-        self.compiled += 1
         if not reused:
-            self._durations_ms.setdefault(strategy, []).append(meta.compile_s * 1000)
+            count, total = self._durations_ms.get(strategy, (0, 0.0))
+            self._durations_ms[strategy] = (count + 1, total + meta.compile_s * 1000)
         self.emit(JobCompiled(source="tezzeret", blueprint_id=meta.blueprint_id, strategy=strategy,
                               artifact_id=meta.artifact_id, version=meta.version, backend=meta.backend, mode=meta.mode,
                               compile_s=meta.compile_s, step_ms_compiled=meta.step_ms_compiled,
@@ -275,8 +273,6 @@ class Forge:
         if retry:
             self._queue.append(Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force,
                                    job.attempt + 1))
-        else:
-            self.failed += 1
 
     # ------------------------------------------------------------------ upkeep
 
@@ -304,8 +300,8 @@ class Forge:
         state_code = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0,
                       BreakerState.UNAVAILABLE: -1.0}
         wal = self.wal.status()
-        out = [Metric(name="tezzeret.compilation.duration_ms", value=sum(d) / len(d), labels={"strategy": s.value})
-               for s, d in sorted(self._durations_ms.items())]
+        out = [Metric(name="tezzeret.compilation.duration_ms", value=total / count, labels={"strategy": s.value})
+               for s, (count, total) in sorted(self._durations_ms.items())]
         out += [Metric(name="tezzeret.breaker.state", value=state_code[v.state], labels={"breaker": v.name})
                 for v in self.board.views()]
         out += [Metric(name="tezzeret.conservative_mode_active", value=float(self.conservative.active)),

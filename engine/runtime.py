@@ -20,6 +20,7 @@ from typing import Any
 from .aggregator import Aggregator
 from .bus import Bus, create_bus
 from .catalog import Catalog
+from .config import wal_directory
 from .contracts import (
     AnyCommand,
     AnyEvent,
@@ -45,7 +46,7 @@ from .kernels import cpu_isa, private_cache_dir
 from .library import Identity, Library
 from .library_source import LibraryKernelSource
 from .pipelines import settings_for
-from .sandbox import reap_stale
+from .sandbox import WorkerPool, reap_stale
 from .signing import SigningKeyError, load_or_create_key
 from .training import Trainer, TrainingControl
 from .wal import WalError, WriteAheadLog
@@ -82,6 +83,9 @@ class Engine:
         self._lock_fd: int | None = None
         self.forge: Forge | None = None
         self.wal: WriteAheadLog | None = None
+        self.library: Library | None = None
+        self._pool: WorkerPool | None = None
+        self._loop_thread: int | None = None
 
     # ------------------------------------------------------------------ the client seam
 
@@ -96,7 +100,7 @@ class Engine:
         loop = self._loop
         if loop is None:
             return
-        if threading.get_ident() == getattr(self, "_loop_thread", None):
+        if threading.get_ident() == self._loop_thread:
             self._events.put_nowait(event)
         else:
             loop.call_soon_threadsafe(self._events.put_nowait, event)
@@ -104,8 +108,13 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
 
     def _lock_state_dir(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if self.state_dir.exists() and not self.state_dir.is_dir():
+            raise EngineError(f"state directory {self.state_dir} is not a directory")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise EngineError(f"state directory {self.state_dir}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -126,7 +135,7 @@ class Engine:
             raise EngineError(str(exc)) from None
         # Stale workers of a crashed run go first; then fresh ones start while this process probes the CPU.
         stale = reap_stale(self.state_dir / "workers")
-        pool = worker_pool(cfg.tezzeret, self.state_dir)
+        self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir)
         prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
         isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
         private_cache_dir()
@@ -134,8 +143,7 @@ class Engine:
         library = Library(self.state_dir / "library", key, self.catalog, cache_ttl_s=cfg.library.cache_ttl_seconds,
                           on_quarantine=self._quarantined)
         self.library = library
-        wal_dir = Path(cfg.tezzeret.wal.path)
-        wal_dir = wal_dir if wal_dir.is_absolute() else self.state_dir / wal_dir
+        wal_dir = wal_directory(cfg, self.state_dir)
         try:
             self.wal, report = await asyncio.to_thread(WriteAheadLog.open, wal_dir,
                                                        durability=cfg.tezzeret.wal.durability_mode)
@@ -206,11 +214,12 @@ class Engine:
         if not self.config.training.compile:
             return EagerKernelSource(self.catalog)
         s = settings_for(self.config.tezzeret.compilation.default_strategy)
+        assert self.library is not None
         return LibraryKernelSource(self.library, s.backend, s.mode or "default")
 
     async def _train(self) -> None:
         """Start once the forge has a first kernel (or is idle): seeds need something to graft."""
-        assert self.forge is not None
+        assert self.forge is not None and self.library is not None
         if self.config.training.compile:
             while not self.library.ranked() and not self.forge.is_idle():
                 await asyncio.sleep(0.5)
@@ -289,6 +298,8 @@ class Engine:
         for task in self._forge_tasks:
             task.cancel()
         await asyncio.gather(*self._forge_tasks, return_exceptions=True)
+        if self.forge is None and self._pool is not None:  # start-up failed after workers were spawned
+            await self._pool.close()
         if self.forge is not None:
             await self.forge.close()
             with contextlib.suppress(Exception):

@@ -8,14 +8,10 @@ import sys
 from pathlib import Path
 
 from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.config import wal_directory
 from esper_tui.engine.contracts import EsperConfig
 from esper_tui.engine.library import Library
 from esper_tui.engine.signing import SigningKeyError, load_or_create_key
-
-
-def _wal_dir(config: EsperConfig, state_dir: Path) -> Path:
-    path = Path(config.tezzeret.wal.path)
-    return path if path.is_absolute() else state_dir / path
 
 
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
@@ -42,7 +38,7 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
 def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
     from esper_tui.engine.wal import WalError, inspect
 
-    directory = _wal_dir(config, state_dir)
+    directory = wal_directory(config, state_dir)
     if not directory.is_dir():
         print(f"esper-tui: no WAL at {directory}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -100,6 +101,19 @@ def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
     proc = run_cli(*args, "--state-dir", str(tmp_path))
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_state_dir_problems_are_one_line_and_exit_1(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    proc = run_cli("--no-ui", "--epochs", "1", "--state-dir", str(a_file))
+    assert proc.returncode == 1 and "is not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    state = tmp_path / "busy"
+    state.mkdir()
+    with open(state / "engine.lock", "w") as lock:  # another engine holds this state directory
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = run_cli("--no-ui", "--epochs", "1", "--state-dir", str(state))
+    assert proc.returncode == 1 and "another esper-tui engine is using" in proc.stderr, proc.stderr
 
 
 def test_tools_on_a_missing_state_dir_exit_1(tmp_path: Path) -> None:
