@@ -60,10 +60,11 @@ class EngineError(RuntimeError):
 
 class Engine:
     def __init__(self, config: EsperConfig, state_dir: Path, *, redis_url: str | None = None,
-                 forge_only: bool = False) -> None:
+                 forge_only: bool = False, recompile_all: bool = False) -> None:
         self.config = config
         self.state_dir = state_dir.resolve()
         self.forge_only = forge_only
+        self.recompile_all = recompile_all
         self.run_id = new_id()[:12]
         self.bus: Bus = create_bus(config.bus, redis_url)
         self.catalog = Catalog()
@@ -170,6 +171,9 @@ class Engine:
         self.forge.recover(report)
         if cfg.tezzeret.polling.initial_full_scan:
             self.forge.discover()
+        if self.recompile_all:
+            for bid in self.catalog.ids():
+                self.forge.enqueue(bid, reason="--recompile-all", force=True)
         self._forge_tasks = [self._spawn(self.forge.run()), self._spawn(self.forge.monitor()),
                              self._spawn(self.forge.maintain())]
         if cfg.training.enabled and not self.forge_only:

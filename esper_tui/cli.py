@@ -59,6 +59,8 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="with --no-ui: seconds between status lines (default 1)")
     p.add_argument("--forge-only", action="store_true",
                    help="compile whatever is queued, no training; exits 0 when the queue is empty")
+    p.add_argument("--recompile-all", action="store_true",
+                   help="compile every blueprint again (new versions), e.g. after a compiler upgrade")
     p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
     return p
 
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from esper_tui.engine.runtime import Engine, EngineError
 
-    engine = Engine(config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only)
+    engine = Engine(config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only,
+                    recompile_all=args.recompile_all)
     try:
         if args.no_ui or args.forge_only:
             from esper_tui.headless import run_headless
