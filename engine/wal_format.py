@@ -30,8 +30,8 @@ Record types: a transaction is ``BEGIN`` (payload: the job's context), any numbe
 creation time as an f64 Unix timestamp) is only ever the first record of a segment written by a
 checkpoint; it means "everything older is summarised by the records that follow".
 
-This module is pure: encoding, decoding and classifying the bytes of one segment. Recovery policy and
-file handling live in ``wal.py``.
+This module is pure: encoding, decoding and classifying the bytes of one segment. The recovery policy
+lives in ``wal_recovery.py``, the writer and its file handling in ``wal.py``.
 """
 
 from __future__ import annotations

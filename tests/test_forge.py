@@ -177,7 +177,6 @@ async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothi
             assert e.artifact_id == key_for(e.blueprint_id, Strategy.FAST, identity)
             assert e.step_ms_compiled > 0 and e.step_ms_eager > 0
         assert not rec.of(JobFailed)
-        assert forge.compiled == 2 and forge.failed == 0
         wal_events = rec.of(WalStatus)
         assert wal_events and wal_events[-1].open_transactions == [] and wal_events[-1].commits == 2
         assert [library.current(bp_id).version for bp_id in ids] == [1, 1]
@@ -321,7 +320,6 @@ async def test_standard_timeout_retries_with_fast_and_feeds_the_timeout_breaker(
     (done,) = rec.of(JobCompiled)
     assert (done.strategy, done.backend, done.version) == (Strategy.FAST, "aot_eager", 1)
     assert forge.board.timeout.failures == 0  # the successful retry reset the consecutive count
-    assert forge.failed == 0 and forge.compiled == 1
     assert library.current("lowrank_adapter").strategy is Strategy.FAST
     assert forge.wal.status().open_txids == [] and forge.wal.status().aborts_total == 1
 

@@ -1,6 +1,6 @@
 """The forge WAL, one test per corruption / failure case (the list in GUIDE section 5).
 
-Layout facts used here are in engine/wal_format.py; the recovery policy is in engine/wal.py.
+Layout facts used here are in engine/wal_format.py; the recovery policy is in engine/wal_recovery.py.
 """
 
 from __future__ import annotations

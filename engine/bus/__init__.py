@@ -7,18 +7,10 @@ Redis URL is configured. Both implement `Bus` with the same delivery semantics (
 from __future__ import annotations
 
 from ..contracts import BusConfig
-from .base import (
-    Bus,
-    BusBackpressure,
-    BusError,
-    BusMetrics,
-    BusOptions,
-    BusUnavailable,
-    DeadLetter,
-    StreamNames,
-)
+from .base import Bus
 from .embedded import EmbeddedBus
 from .redis_streams import RedisStreamsBus, redact_url
+from .types import BusBackpressure, BusError, BusMetrics, BusOptions, BusUnavailable, DeadLetter, StreamNames
 
 __all__ = [
     "Bus",

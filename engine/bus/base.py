@@ -6,6 +6,10 @@ of stream primitives modelled on Redis Streams (XADD, XGROUP CREATE, XREADGROUP,
 `RedisStreamsBus` maps the primitives onto Redis; `EmbeddedBus` keeps the same bookkeeping in memory.
 Because the rules live here and not in the backends, a component tested against the embedded bus
 behaves the same against Redis.
+
+Its plain data and configuration types live in ``types.py`` and its small reusable helpers (dedupe,
+backoff, the backlog gauge) in ``helpers.py``; both are imported here, so ``base`` still offers every
+name it did.
 """
 
 from __future__ import annotations
@@ -13,11 +17,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
-import enum
 import logging
-import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -35,11 +36,20 @@ from ..contracts import (
     decode_event,
     encode_msgpack,
 )
+from .helpers import Backoff, RecentIds, Verdict, _DepthGauge
+from .types import (
+    PAYLOAD,
+    BusBackpressure,
+    BusError,
+    BusMetrics,
+    BusOptions,
+    BusUnavailable,
+    DeadLetter,
+    GroupMissing,
+    StreamNames,
+)
 
 log = logging.getLogger(__name__)
-
-PAYLOAD = b"m"
-"""The one field of a stream entry that carries the msgpack-encoded contract Struct."""
 
 START = "0-0"
 """Cursor that starts an XAUTOCLAIM scan, and the cursor a finished scan returns."""
@@ -49,76 +59,6 @@ EMERGENCY_COMMANDS = (Shutdown, SetConservativeMode)
 
 DECODE_ERRORS = (msgspec.DecodeError, SchemaMismatch)
 """What a malformed or foreign entry raises: such entries are dead-lettered, never retried."""
-
-
-class BusError(Exception):
-    """Base of the bus's own errors."""
-
-
-class BusBackpressure(BusError):
-    """A command could not be queued because its stream is too far behind; commands are never dropped."""
-
-
-class BusUnavailable(BusError):
-    """The backend cannot be reached (Redis down, connection refused or lost)."""
-
-
-class GroupMissing(BusError):
-    """The consumer group or its stream vanished (Redis restarted without persistence, key deleted).
-
-    Raised by a backend primitive; the consumer loop recreates the group and carries on.
-    """
-
-
-@dataclass(slots=True)
-class BusMetrics:
-    """Counters since the bus was created; `metrics()` hands out copies."""
-
-    published: int = 0  # entries added to telemetry/normal/emergency
-    delivered: int = 0  # handler calls
-    acked: int = 0  # entries acknowledged after their handler succeeded
-    redelivered: int = 0  # entries received again (pending replay or reclaimed)
-    dead_lettered: int = 0  # entries moved to the dead-letter stream
-    duplicates_skipped: int = 0  # entries whose id this group had already handled
-    rerouted: int = 0  # normal commands sent on the emergency stream because normal was backed up
-    dropped: int = 0  # telemetry events not sent (backlog above drop_threshold, or backend unreachable)
-    decode_errors: int = 0  # entries that did not decode (bad bytes, other schema version)
-    handler_errors: int = 0  # handler calls that raised (the entry stays pending)
-    connected: bool = False  # the backend answered the last request
-
-
-@dataclass(frozen=True, slots=True)
-class BusOptions:
-    """Tuning that is not part of the operator-facing BusConfig.
-
-    `claim_idle_ms` must exceed the slowest handler: a pending entry idle for longer is presumed
-    abandoned (dead consumer, or a handler that raised) and is redelivered.
-    """
-
-    claim_idle_ms: int = 30_000
-    live_window_s: float = 60.0  # a group whose consumers were all idle longer no longer holds back publishers
-    dedupe_window: int = 10_000  # ids remembered per consumer group
-    batch_size: int = 100  # entries read per request
-    depth_refresh_s: float | None = None  # how stale a backlog reading may be; None: backend default
-
-
-@dataclass(frozen=True, slots=True)
-class StreamNames:
-    """The stream keys of one bus, all under the configured prefix (runbook: oona.normal, ...)."""
-
-    telemetry: str
-    normal: str
-    emergency: str
-    deadletter: str
-
-    @classmethod
-    def for_prefix(cls, prefix: str) -> StreamNames:
-        return cls(
-            telemetry=f"{prefix}.telemetry",
-            normal=f"{prefix}.normal",
-            emergency=f"{prefix}.emergency",
-            deadletter=f"{prefix}.deadletter",
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,108 +78,6 @@ class GroupLoad:
     name: str
     backlog: int  # entries not yet acknowledged: undelivered + pending
     idle_s: float  # since its most recently active consumer read or claimed; inf if none ever did
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An entry that was given up on, with why; `data` is the original payload, undecoded."""
-
-    entry_id: str
-    stream: str
-    original_id: str
-    group: str
-    consumer: str
-    reason: str
-    deliveries: int
-    data: bytes
-
-    @classmethod
-    def from_fields(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
-        def text(key: bytes) -> str:
-            return fields.get(key, b"").decode("utf-8", "replace")
-
-        return cls(
-            entry_id=entry_id,
-            stream=text(b"stream"),
-            original_id=text(b"id"),
-            group=text(b"group"),
-            consumer=text(b"consumer"),
-            reason=text(b"reason"),
-            deliveries=int(fields.get(b"deliveries", b"0") or 0),
-            data=fields.get(PAYLOAD, b""),
-        )
-
-
-class Verdict(enum.Enum):
-    NEW = "new"  # handle it
-    DUPLICATE = "duplicate"  # already handled by this group: acknowledge, do not handle
-    BUSY = "busy"  # another consumer of this group is handling it now: leave it pending
-
-
-class RecentIds:
-    """The ids one consumer group handled recently (bounded LRU) or is handling right now.
-
-    At-least-once delivery repeats messages and a retried XADD can store one message twice, so the
-    group skips ids it has already handled. An id in flight is neither handled again nor acknowledged
-    (if the first attempt fails, the copy is still there to be retried).
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = max(1, capacity)
-        self._done: OrderedDict[str, None] = OrderedDict()
-        self._busy: set[str] = set()
-
-    def begin(self, key: str) -> Verdict:
-        if key in self._done:
-            self._done.move_to_end(key)
-            return Verdict.DUPLICATE
-        if key in self._busy:
-            return Verdict.BUSY
-        self._busy.add(key)
-        return Verdict.NEW
-
-    def finish(self, key: str) -> None:
-        self._busy.discard(key)
-        self._done[key] = None
-        self._done.move_to_end(key)
-        while len(self._done) > self._capacity:
-            self._done.popitem(last=False)
-
-    def abandon(self, key: str) -> None:
-        self._busy.discard(key)
-
-
-class Backoff:
-    """Capped exponential backoff: retry a lost backend quickly at first, then at most every `cap` s."""
-
-    def __init__(self, base: float = 0.05, cap: float = 2.0) -> None:
-        self._base = base
-        self._cap = cap
-        self._failures = 0
-        self._retry_at = 0.0
-
-    def failed(self) -> float:
-        """Record a failure; returns how long to wait before the next attempt."""
-        delay = min(self._cap, self._base * 2 ** min(self._failures, 16))
-        self._failures += 1
-        self._retry_at = time.monotonic() + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self._failures = 0
-        self._retry_at = 0.0
-
-    def ready(self) -> bool:
-        return time.monotonic() >= self._retry_at
-
-
-@dataclass(slots=True)
-class _DepthGauge:
-    """A backlog reading plus what this bus added since, so most publishes cost no extra request."""
-
-    value: int = 0
-    added: int = 0
-    read_at: float = -math.inf
 
 
 M = TypeVar("M")

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..contracts import BusConfig
-from .base import PAYLOAD, START, Bus, BusOptions, Delivery, GroupLoad, GroupMissing
+from .base import START, Bus, Delivery, GroupLoad
+from .types import PAYLOAD, BusOptions, GroupMissing
 
 
 def _entry_id(seq: int) -> str:

@@ -22,7 +22,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..contracts import BusConfig
-from .base import PAYLOAD, START, Bus, BusError, BusOptions, BusUnavailable, Delivery, GroupLoad, GroupMissing
+from .base import START, Bus, Delivery, GroupLoad
+from .types import PAYLOAD, BusError, BusOptions, BusUnavailable, GroupMissing
 
 MIN_REDIS_MAJOR = 7  # XINFO GROUPS lag, and XAUTOCLAIM dropping trimmed entries from the pending list
 _GROUP_GONE = ("NOGROUP", "UNBLOCKED")  # UNBLOCKED: the stream was deleted under a blocked XREADGROUP

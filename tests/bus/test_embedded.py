@@ -14,7 +14,7 @@ from esper_tui.engine.bus import (
     RedisStreamsBus,
     create_bus,
 )
-from esper_tui.engine.bus.base import Backoff, RecentIds, Verdict
+from esper_tui.engine.bus.helpers import Backoff, RecentIds, Verdict
 from esper_tui.engine.contracts import BusConfig, EpochCompleted
 
 
