@@ -8,12 +8,15 @@
   (compiled functions guard on torch.get_num_threads()) and restores the previous count.
 - `state_dir`: a fresh engine state directory.
 - `fake_clock`: a settable clock for everything that takes `clock=`.
+- `redis_url` (session): the real redis-server the Redis tests use (ESPER_TEST_REDIS_URL, default db 15
+  on localhost); fails, never skips, when none answers.
 
 Nothing here asserts on wall-clock time: the machine is shared with other test runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,11 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from esper_tui.engine.kernels import CompiledKernel
 
 IN_FEATURES = 40
 OUT_FEATURES = 64
 KERNEL_BLUEPRINT = "mlp_block"
 COMPILE_TIMEOUT_S = 420
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,8 +84,8 @@ def kernel_threads():
     torch.set_num_threads(previous)
 
 
-@dataclass(frozen=True)
-class SessionKernel:
+@dataclass(frozen=True, kw_only=True)
+class SessionKernel(CompiledKernel):
     """The files of one real inductor compile, and what compile_kernel reported about it."""
 
     blueprint_id: str
@@ -84,12 +93,6 @@ class SessionKernel:
     backend: str
     mode: str | None
     directory: Path
-    files: list[str]
-    compile_s: float
-    step_ms_compiled: float
-    step_ms_eager: float
-    cpu_isa: str
-    max_abs_error: float
 
     def read_files(self) -> dict[str, bytes]:
         return {name: (self.directory / name).read_bytes() for name in self.files}
@@ -179,3 +182,32 @@ def commit_artifact(compiled_kernel: SessionKernel):
                               fields=artifact_fields(compiled_kernel, **overrides))
 
     return commit
+
+
+# ----------------------------------------------------------------------------- Redis availability
+
+
+@functools.cache
+def _probe(url: str) -> str | None:
+    """Why Redis at `url` cannot be used, or None if it answers; asked once per run."""
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), retries=0)
+    )
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return f"no Redis answers at {url} ({exc}); start redis-server or set ESPER_TEST_REDIS_URL"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The test server's URL. Tests that claim Redis behaviour never pass by being skipped: when nothing
+    answers they fail with what to do (`make test` starts a redis-server itself)."""
+    url = os.environ.get("ESPER_TEST_REDIS_URL") or DEFAULT_REDIS_URL
+    problem = _probe(url)
+    if problem is not None:
+        pytest.fail(problem)
+    return url

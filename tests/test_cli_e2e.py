@@ -148,11 +148,11 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None
 
 @pytest.mark.redis
 @pytest.mark.compile
-def test_headless_over_redis_streams(tmp_path: Path, redis_server_url: str) -> None:
+def test_headless_over_redis_streams(tmp_path: Path, redis_url: str) -> None:
     fast = tmp_path / "fast.toml"
     fast.write_text('[tezzeret.compilation]\ndefault_strategy = "fast"\n'
                     f'[bus]\nstream_prefix = "e2e-{os.getpid()}-{time.time_ns()}"\n')
-    proc = run_cli("--no-ui", "--epochs", "12", "--json", "--config", str(fast), "--redis-url", redis_server_url,
+    proc = run_cli("--no-ui", "--epochs", "12", "--json", "--config", str(fast), "--redis-url", redis_url,
                    "--state-dir", str(tmp_path / "s"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.splitlines()[-1])
@@ -160,16 +160,3 @@ def test_headless_over_redis_streams(tmp_path: Path, redis_server_url: str) -> N
     assert last["training"]["epoch"] == 12
     assert all(j["status"] == "compiled" for j in last["forge"]["jobs"])
 
-
-@pytest.fixture
-def redis_server_url() -> str:
-    url = os.environ.get("ESPER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-    import redis
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI") or os.environ.get("ESPER_REQUIRE_REDIS"):
-            pytest.fail(f"Redis required but not answering at {url}: {exc}")
-        pytest.skip(f"no Redis at {url}")
-    return url

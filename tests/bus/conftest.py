@@ -1,8 +1,7 @@
 """Fixtures for the Oona bus tests.
 
-Redis tests talk to a real redis-server (ESPER_TEST_REDIS_URL, default db 15 on localhost). Without
-one they are skipped locally but fail under CI (or ESPER_REQUIRE_REDIS=1): a Redis claim must never
-pass by being skipped. Every test gets its own stream prefix and its keys are deleted afterwards.
+Redis tests talk to a real redis-server through tests/conftest.py's `redis_url` (they fail, never skip,
+when none answers). Every test gets its own stream prefix and its keys are deleted afterwards.
 Waits are bounded (asyncio.wait_for) and poll briefly; nothing asserts on timing.
 """
 
@@ -10,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
-import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -20,48 +17,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-import redis
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from esper_tui.engine.bus import Bus, BusOptions, EmbeddedBus, RedisStreamsBus
 from esper_tui.engine.contracts import BusConfig
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 WAIT_S = 10.0
 
 BusFactory = Callable[..., Awaitable[Bus]]
-
-
-# ----------------------------------------------------------------------------- Redis availability
-
-
-@functools.cache
-def _probe(url: str) -> str | None:
-    """Why Redis at `url` cannot be used, or None if it answers; asked once per run."""
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=1.0, retry=Retry(NoBackoff(), retries=0)
-    )
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        return f"no Redis answers at {url} ({exc}); start redis-server or set ESPER_TEST_REDIS_URL"
-    finally:
-        client.close()
-    return None
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The test server's URL; skip (locally) or fail (CI) when nothing answers there."""
-    url = os.environ.get("ESPER_TEST_REDIS_URL") or DEFAULT_REDIS_URL
-    problem = _probe(url)
-    if problem is not None:
-        if os.environ.get("CI") or os.environ.get("ESPER_REQUIRE_REDIS") == "1":
-            pytest.fail(problem)
-        pytest.skip(problem)
-    return url
 
 
 @pytest.fixture
@@ -120,7 +83,7 @@ async def _factory(default_url: str | None, prefix: str) -> AsyncIterator[BusFac
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def bus_kind(request: pytest.FixtureRequest) -> str:
     if request.param == "redis":
-        request.getfixturevalue("redis_url")  # skip or fail here, before any bus is made
+        request.getfixturevalue("redis_url")  # fail here, before any bus is made
     return request.param
 
 
