@@ -45,7 +45,7 @@ from .library import Identity, Library, artifact_key
 from .pipelines import choose_strategy, settings_for, timeout_for
 from .resources import GpuProbe, read_memory
 from .sandbox import CompileTimeout, WorkerError, WorkerPool
-from .wal import RecoveryReport, WalFsyncError, WriteAheadLog
+from .wal import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
 
@@ -188,6 +188,13 @@ class Forge:
     async def _run_job(self, job: Job) -> None:
         try:
             await self._compile(job)
+        except asyncio.CancelledError:
+            # A clean stop: record that this compile did not finish, so no transaction is left open; the next
+            # start finds no artifact and queues the blueprint again.
+            if job.txid in self.wal.status().open_txids:
+                with contextlib.suppress(WalError):
+                    await self.wal.aabort(job.txid, json.dumps({"stopped": True}).encode())
+            raise
         except WalFsyncError as exc:
             self.fatal = f"WAL write failed, forge stopped: {exc}"
             self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
