@@ -133,36 +133,30 @@ class Aggregator:
     def _training(self, **changes: Any) -> None:
         self.training = msgspec.structs.replace(self.training, **changes)
 
+    def _job(self, blueprint_id: str, **fields: Any) -> None:
+        """A fresh row for the job's new state; only the stored kernel (artifact, version) carries over."""
+        prev = self.jobs.get(blueprint_id)
+        kept = {"artifact_id": prev.artifact_id, "version": prev.version} if prev else {}
+        self.jobs[blueprint_id] = JobView(blueprint_id=blueprint_id, **{**kept, **fields})
+
     def _on_JobQueued(self, e: JobQueued) -> None:
-        prev = self.jobs.get(e.blueprint_id)
-        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED,
-                                            artifact_id=prev.artifact_id if prev else None,
-                                            version=prev.version if prev else None)
+        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED)
 
     def _on_JobStarted(self, e: JobStarted) -> None:
-        prev = self.jobs.get(e.blueprint_id)
-        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy,
-                                            status=JobStatus.COMPILING, attempt=e.attempt, started_ts=e.ts,
-                                            artifact_id=prev.artifact_id if prev else None,
-                                            version=prev.version if prev else None)
+        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILING, attempt=e.attempt, started_ts=e.ts)
 
     def _on_JobCompiled(self, e: JobCompiled) -> None:
         prev = self.jobs.get(e.blueprint_id)
-        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILED,
-                                            attempt=prev.attempt if prev else 1,
-                                            duration_s=e.compile_s, artifact_id=e.artifact_id, version=e.version,
-                                            backend=f"{e.backend}:{e.mode}", step_ms_compiled=e.step_ms_compiled,
-                                            step_ms_eager=e.step_ms_eager, reused=e.reused)
+        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILED, attempt=prev.attempt if prev else 1,
+                  duration_s=e.compile_s, artifact_id=e.artifact_id, version=e.version,
+                  backend=f"{e.backend}:{e.mode}", step_ms_compiled=e.step_ms_compiled,
+                  step_ms_eager=e.step_ms_eager, reused=e.reused)
 
     def _on_JobFailed(self, e: JobFailed) -> None:
         prev = self.jobs.get(e.blueprint_id)
         started = prev.started_ts if prev else None
-        self.jobs[e.blueprint_id] = JobView(blueprint_id=e.blueprint_id, strategy=e.strategy,
-                                            status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
-                                            attempt=e.attempt, error=e.error,
-                                            duration_s=(e.ts - started) if started else None,
-                                            artifact_id=prev.artifact_id if prev else None,
-                                            version=prev.version if prev else None)
+        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
+                  attempt=e.attempt, error=e.error, duration_s=(e.ts - started) if started else None)
 
     def _on_BreakerChanged(self, e: BreakerChanged) -> None:
         prev = self.breakers.get(e.name)
