@@ -57,8 +57,9 @@ def check_invariants(state: Path, blueprints: list[str]) -> list[str]:
     verify = subprocess.run([*CLI, "library", "verify", "--state-dir", str(state)], capture_output=True, text=True)
     if verify.returncode != 0:
         problems.append(f"library verify failed: {verify.stdout.strip()[-500:]} {verify.stderr.strip()[-300:]}")
-    inspect = subprocess.run([*CLI, "wal", "inspect", "--json", "--state-dir", str(state)], capture_output=True,
-                             text=True)
+    inspect = subprocess.run(
+        [*CLI, "wal", "inspect", "--json", "--state-dir", str(state)], capture_output=True, text=True
+    )
     if inspect.returncode != 0:
         problems.append(f"wal inspect failed: {inspect.stderr.strip()}")
     elif open_tx := json.loads(inspect.stdout)["open_transactions"]:
@@ -70,10 +71,11 @@ def check_invariants(state: Path, blueprints: list[str]) -> list[str]:
     return problems
 
 
-def run_chaos(state: Path, rounds: int, *, seed: int = 0, max_kill_s: float = 25.0, config: Path | None = None,
-              log=print) -> ChaosResult:
+def run_chaos(
+    state: Path, rounds: int, *, seed: int = 0, max_kill_s: float = 25.0, config: Path | None = None, log=print
+) -> ChaosResult:
     """Kill `rounds` runs at random moments, then one run to completion, then check the invariants."""
-    from esper_tui.engine.catalog import Catalog
+    from esper_tui.engine.kernels.catalog import Catalog
 
     rng = random.Random(seed)
     args = [*CLI, "--no-ui", "--forge-only", "--json", "--state-dir", str(state)]

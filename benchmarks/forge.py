@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 from benchmarks.chaos import run_chaos
-from esper_tui.engine import kernels
-from esper_tui.engine.catalog import Catalog
-from esper_tui.engine.contracts import DurabilityMode, Strategy
-from esper_tui.engine.library import Library
-from esper_tui.engine.pipelines import settings_for
-from esper_tui.engine.signing import load_or_create_key
-from esper_tui.engine.wal import WriteAheadLog
+from esper_tui.engine.config import DurabilityMode
+from esper_tui.engine.kernels import compiled as kernels
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.library.signing import load_or_create_key
+from esper_tui.engine.library.store import Library
+from esper_tui.engine.vocabulary import Strategy
+from esper_tui.engine.wal.writer import WriteAheadLog
 
 WAL_WRITERS = 1024  # concurrent transactions: group commit amortises one fsync over the batch they form
 _COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, "==": operator.eq}
@@ -47,8 +48,12 @@ TARGETS = {
 def cold_compile(state: Path) -> tuple[float, int]:
     """A fresh state directory, the whole catalog compiled by the real engine: wall seconds, kernels."""
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--json",
-                           "--state-dir", str(state)], capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--json", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"cold compile failed: {proc.stderr[-2000:]}")
@@ -172,8 +177,12 @@ def main(argv: list[str] | None = None) -> int:
         rec = recompiles(ids)
         results["recompile_s_by_blueprint"] = {k: round(v, 2) for k, v in rec.items()}
         results["recompile_s_median"] = round(statistics.median(rec.values()), 2)
-        results["load_vs_recompile_speedup"] = round(results["recompile_s_median"] * 1000  # type: ignore[operator]
-                                                     / results["kernel_load_ms_median"], 1)  # type: ignore[operator]
+        results["load_vs_recompile_speedup"] = round(
+            results["recompile_s_median"]
+            * 1000  # type: ignore[operator]
+            / results["kernel_load_ms_median"],
+            1,
+        )  # type: ignore[operator]
         print("WAL and fsync ...", flush=True)
         gc.freeze()  # as Engine.start() does once torch is loaded: the WAL runs in that process
         (root / "fsync").mkdir()

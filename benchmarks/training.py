@@ -20,14 +20,15 @@ from pathlib import Path
 import msgspec
 import torch
 
-from esper_tui.engine import kernels
-from esper_tui.engine.catalog import Catalog
-from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted, TrainingConfig
-from esper_tui.engine.kernel_source import EagerKernelSource, KernelOffer, KernelSource
-from esper_tui.engine.library import Library
-from esper_tui.engine.library_source import LibraryKernelSource
-from esper_tui.engine.signing import load_or_create_key
-from esper_tui.engine.training import Trainer
+from esper_tui.engine.config import TrainingConfig
+from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted
+from esper_tui.engine.kernels import compiled as kernels
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.library.signing import load_or_create_key
+from esper_tui.engine.library.store import Library
+from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer, KernelSource
+from esper_tui.engine.training.library_source import LibraryKernelSource
+from esper_tui.engine.training.loop import Trainer
 
 
 class NoSeeds(EagerKernelSource):
@@ -62,8 +63,14 @@ def run(kernel_source: KernelSource, epochs: int, seed: int, cache: Path) -> Run
     config = msgspec.structs.replace(TrainingConfig(), epochs=epochs, seed=seed)
     t0 = time.monotonic()
     Trainer(config, Catalog(), kernel_source, emit, cache_dir=cache).run()
-    return Run(seed, round(accuracy[-1], 4), round(max(accuracy), 4), round(statistics.median(epoch_s) * 1000, 1),
-               round(time.monotonic() - t0, 1), grafts)
+    return Run(
+        seed,
+        round(accuracy[-1], 4),
+        round(max(accuracy), 4),
+        round(statistics.median(epoch_s) * 1000, 1),
+        round(time.monotonic() - t0, 1),
+        grafts,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not list((args.state_dir / "library" / "artifacts").glob("*/v*")):
         print(f"compiling the catalog into {args.state_dir} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--state-dir",
-                        str(args.state_dir)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--state-dir", str(args.state_dir)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     catalog = Catalog()
     kernels.private_cache_dir()
     library = Library(args.state_dir / "library", load_or_create_key(args.state_dir), catalog)
@@ -90,14 +100,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, source in sources.items():
             r = run(source, args.epochs, seed, args.state_dir / "data")
             results[name].append(r)
-            print(f"{name:<26} seed {seed}: final {r.final_accuracy:.1%} best {r.best_accuracy:.1%} "
-                  f"{r.epoch_ms_median} ms/epoch  {'; '.join(r.decisions)}", flush=True)
+            print(
+                f"{name:<26} seed {seed}: final {r.final_accuracy:.1%} best {r.best_accuracy:.1%} "
+                f"{r.epoch_ms_median} ms/epoch  {'; '.join(r.decisions)}",
+                flush=True,
+            )
     print(f"\n{'run':<26} {'final acc (median)':>18} {'best acc (median)':>18} {'ms/epoch':>9}")
     summary = {}
     for name, runs in results.items():
-        row = {"final_accuracy": statistics.median(r.final_accuracy for r in runs),
-               "best_accuracy": statistics.median(r.best_accuracy for r in runs),
-               "epoch_ms_median": statistics.median(r.epoch_ms_median for r in runs)}
+        row = {
+            "final_accuracy": statistics.median(r.final_accuracy for r in runs),
+            "best_accuracy": statistics.median(r.best_accuracy for r in runs),
+            "epoch_ms_median": statistics.median(r.epoch_ms_median for r in runs),
+        }
         summary[name] = row
         print(f"{name:<26} {row['final_accuracy']:>18.1%} {row['best_accuracy']:>18.1%} {row['epoch_ms_median']:>9.1f}")
     print(f"{args.epochs} epochs, seeds {args.seeds}, torch {torch.__version__}, {kernels.kernel_threads()} thread(s)")

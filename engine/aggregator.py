@@ -14,40 +14,41 @@ from typing import Any
 
 import msgspec
 
-from .contracts import (
+from esper_tui.engine.contracts import (
     AnyEvent,
     ArtifactQuarantined,
     BreakerChanged,
-    BreakerView,
     ConservativeModeChanged,
     ControllerDecision,
     EngineStarted,
     EngineStopping,
     EpochCompleted,
-    EventLine,
-    ForgeHealth,
-    ForgeView,
-    Infrastructure,
     JobCompiled,
     JobFailed,
     JobQueued,
     JobStarted,
-    JobStatus,
-    JobView,
-    Level,
     LogLine,
     Metric,
     MetricsReport,
     SeedsReport,
-    SeedView,
-    Snapshot,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
-    TrainingView,
     WalStatus,
+)
+from esper_tui.engine.snapshot import (
+    BreakerView,
+    EventLine,
+    ForgeHealth,
+    ForgeView,
+    Infrastructure,
+    JobView,
+    SeedView,
+    Snapshot,
+    TrainingView,
     WalView,
 )
+from esper_tui.engine.vocabulary import JobStatus, Level
 
 BREAKER_ORDER = ("memory", "gpu", "timeout")
 
@@ -57,8 +58,14 @@ def _seed_health(vanishing: bool, exploding: bool) -> str:
 
 
 class Aggregator:
-    def __init__(self, *, max_concurrency: int = 2, history: int = 120, max_events: int = 200,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 2,
+        history: int = 120,
+        max_events: int = 200,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
         self._started = clock()
         self._history = history
@@ -95,9 +102,17 @@ class Aggregator:
             handler(event)
         line = self._describe(event)
         if line is not None:
-            level = event.level if isinstance(event, LogLine) else (
-                Level.ERROR if isinstance(event, JobFailed) and not event.will_retry
-                else Level.WARNING if isinstance(event, JobFailed | ArtifactQuarantined) else Level.INFO)
+            level = (
+                event.level
+                if isinstance(event, LogLine)
+                else (
+                    Level.ERROR
+                    if isinstance(event, JobFailed) and not event.will_retry
+                    else Level.WARNING
+                    if isinstance(event, JobFailed | ArtifactQuarantined)
+                    else Level.INFO
+                )
+            )
             self.events.append(EventLine(ts=event.ts, source=event.source, level=level, text=line))
         return True
 
@@ -106,22 +121,43 @@ class Aggregator:
         self.infra = msgspec.structs.replace(self.infra, bus=e.bus, device=e.device, torch_version=e.torch_version)
 
     def _on_TrainingStarted(self, e: TrainingStarted) -> None:
-        self.infra = msgspec.structs.replace(self.infra, compile_enabled=e.compile_enabled,
-                                             compile_backend=e.compile_backend, compile_mode=e.compile_mode)
+        self.infra = msgspec.structs.replace(
+            self.infra,
+            compile_enabled=e.compile_enabled,
+            compile_backend=e.compile_backend,
+            compile_mode=e.compile_mode,
+        )
         self._training(status="running", epochs_total=e.epochs)
 
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
         self.accuracy.append(round(e.val_accuracy, 5))
         best = max(self.training.best_accuracy or 0.0, e.val_accuracy)
-        self._training(epoch=e.epoch, loss=e.train_loss, val_loss=e.val_loss, accuracy=e.val_accuracy,
-                       best_accuracy=best, samples_per_s=e.samples_per_s, epoch_s=e.epoch_s)
+        self._training(
+            epoch=e.epoch,
+            loss=e.train_loss,
+            val_loss=e.val_loss,
+            accuracy=e.val_accuracy,
+            best_accuracy=best,
+            samples_per_s=e.samples_per_s,
+            epoch_s=e.epoch_s,
+        )
 
     def _on_SeedsReport(self, e: SeedsReport) -> None:
-        seeds = [SeedView(slot=s.slot, stage=s.stage, alpha=s.alpha, blueprint_id=s.blueprint_id, grad_norm=s.grad_norm,
-                          acc_delta=s.acc_delta, epochs_in_stage=s.epochs_in_stage, kernel=s.kernel,
-                          health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else "-")
-                 for s in e.seeds]
+        seeds = [
+            SeedView(
+                slot=s.slot,
+                stage=s.stage,
+                alpha=s.alpha,
+                blueprint_id=s.blueprint_id,
+                grad_norm=s.grad_norm,
+                acc_delta=s.acc_delta,
+                epochs_in_stage=s.epochs_in_stage,
+                kernel=s.kernel,
+                health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else "-",
+            )
+            for s in e.seeds
+        ]
         self._training(seeds=seeds)
 
     def _on_TrainingPaused(self, e: TrainingPaused) -> None:
@@ -147,24 +183,44 @@ class Aggregator:
 
     def _on_JobCompiled(self, e: JobCompiled) -> None:
         prev = self.jobs.get(e.blueprint_id)
-        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILED, attempt=prev.attempt if prev else 1,
-                  duration_s=e.compile_s, artifact_id=e.artifact_id, version=e.version,
-                  backend=f"{e.backend}:{e.mode}", step_ms_compiled=e.step_ms_compiled,
-                  step_ms_eager=e.step_ms_eager, reused=e.reused)
+        self._job(
+            e.blueprint_id,
+            strategy=e.strategy,
+            status=JobStatus.COMPILED,
+            attempt=prev.attempt if prev else 1,
+            duration_s=e.compile_s,
+            artifact_id=e.artifact_id,
+            version=e.version,
+            backend=f"{e.backend}:{e.mode}",
+            step_ms_compiled=e.step_ms_compiled,
+            step_ms_eager=e.step_ms_eager,
+            reused=e.reused,
+        )
 
     def _on_JobFailed(self, e: JobFailed) -> None:
         prev = self.jobs.get(e.blueprint_id)
         started = prev.started_ts if prev else None
-        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
-                  attempt=e.attempt, error=e.error, duration_s=(e.ts - started) if started else None)
+        self._job(
+            e.blueprint_id,
+            strategy=e.strategy,
+            status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
+            attempt=e.attempt,
+            error=e.error,
+            duration_s=(e.ts - started) if started else None,
+        )
 
     def _on_BreakerChanged(self, e: BreakerChanged) -> None:
         prev = self.breakers.get(e.name)
         keep = e.reading is None and prev is not None
         self.breakers[e.name] = BreakerView(
-            name=e.name, state=e.state, reading=prev.reading if keep and prev else e.reading,
-            threshold=prev.threshold if keep and prev else e.threshold, unit=prev.unit if keep and prev else e.unit,
-            failures=e.failures if not keep else prev.failures if prev else 0, detail=e.detail)
+            name=e.name,
+            state=e.state,
+            reading=prev.reading if keep and prev else e.reading,
+            threshold=prev.threshold if keep and prev else e.threshold,
+            unit=prev.unit if keep and prev else e.unit,
+            failures=e.failures if not keep else prev.failures if prev else 0,
+            detail=e.detail,
+        )
 
     def _on_ConservativeModeChanged(self, e: ConservativeModeChanged) -> None:
         self.conservative = e.active
@@ -174,9 +230,15 @@ class Aggregator:
         self.metrics = list(e.metrics)
 
     def _on_WalStatus(self, e: WalStatus) -> None:
-        self.wal = WalView(path=e.path, segments=e.segments, size_bytes=e.size_bytes,
-                           open_transactions=list(e.open_transactions), commits=e.commits,
-                           last_checkpoint_ts=e.last_checkpoint_ts, durability_mode=e.durability_mode)
+        self.wal = WalView(
+            path=e.path,
+            segments=e.segments,
+            size_bytes=e.size_bytes,
+            open_transactions=list(e.open_transactions),
+            commits=e.commits,
+            last_checkpoint_ts=e.last_checkpoint_ts,
+            durability_mode=e.durability_mode,
+        )
 
     # ------------------------------------------------------------------ describing
 
@@ -190,8 +252,10 @@ class Aggregator:
             case JobCompiled(reused=True):
                 return f"{e.blueprint_id} already in the library (v{e.version}, {e.backend}:{e.mode}): reused"
             case JobCompiled():
-                return (f"{e.blueprint_id} compiled ({e.strategy}, {e.backend}:{e.mode}) in {e.compile_s:.1f} s, "
-                        f"step {e.step_ms_compiled:.2f} ms vs eager {e.step_ms_eager:.2f} ms")
+                return (
+                    f"{e.blueprint_id} compiled ({e.strategy}, {e.backend}:{e.mode}) in {e.compile_s:.1f} s, "
+                    f"step {e.step_ms_compiled:.2f} ms vs eager {e.step_ms_eager:.2f} ms"
+                )
             case JobFailed():
                 return f"{e.blueprint_id} failed ({e.strategy}, attempt {e.attempt}): {e.error[:120]}"
             case BreakerChanged(transition=True):
@@ -229,21 +293,37 @@ class Aggregator:
         self._seq += 1
         jobs = list(self.jobs.values())
         compiling = sum(j.status is JobStatus.COMPILING for j in jobs)
-        health = ForgeHealth(concurrency=compiling,
-                             max_concurrency=1 if self.conservative else self._configured_concurrency,
-                             queue_depth=sum(j.status is JobStatus.QUEUED for j in jobs),
-                             compiled=sum(j.status is JobStatus.COMPILED for j in jobs),
-                             failed=sum(j.status is JobStatus.FAILED for j in jobs),
-                             last_checkpoint_ts=self.wal.last_checkpoint_ts)
-        breakers = sorted(self.breakers.values(),
-                          key=lambda b: BREAKER_ORDER.index(b.name) if b.name in BREAKER_ORDER else 99)
-        training = msgspec.structs.replace(self.training, loss_history=list(self.loss),
-                                           accuracy_history=list(self.accuracy))
+        health = ForgeHealth(
+            concurrency=compiling,
+            max_concurrency=1 if self.conservative else self._configured_concurrency,
+            queue_depth=sum(j.status is JobStatus.QUEUED for j in jobs),
+            compiled=sum(j.status is JobStatus.COMPILED for j in jobs),
+            failed=sum(j.status is JobStatus.FAILED for j in jobs),
+            last_checkpoint_ts=self.wal.last_checkpoint_ts,
+        )
+        breakers = sorted(
+            self.breakers.values(), key=lambda b: BREAKER_ORDER.index(b.name) if b.name in BREAKER_ORDER else 99
+        )
+        training = msgspec.structs.replace(
+            self.training, loss_history=list(self.loss), accuracy_history=list(self.accuracy)
+        )
         now = self._clock()
-        self._last = Snapshot(seq=self._seq, ts=now, run_id=self.run_id, uptime_s=now - self._started,
-                              infrastructure=self.infra,
-                              forge=ForgeView(conservative_mode=self.conservative,
-                                              conservative_reason=self.conservative_reason, breakers=breakers,
-                                              jobs=jobs, wal=self.wal, health=health),
-                              training=training, metrics=self.metrics, events=list(self.events)[-50:])
+        self._last = Snapshot(
+            seq=self._seq,
+            ts=now,
+            run_id=self.run_id,
+            uptime_s=now - self._started,
+            infrastructure=self.infra,
+            forge=ForgeView(
+                conservative_mode=self.conservative,
+                conservative_reason=self.conservative_reason,
+                breakers=breakers,
+                jobs=jobs,
+                wal=self.wal,
+                health=health,
+            ),
+            training=training,
+            metrics=self.metrics,
+            events=list(self.events)[-50:],
+        )
         return self._last

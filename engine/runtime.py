@@ -17,18 +17,15 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from .aggregator import Aggregator
-from .bus import Bus, create_bus
-from .catalog import Catalog
-from .config import wal_directory
-from .contracts import (
+from esper_tui.engine.aggregator import Aggregator
+from esper_tui.engine.bus import Bus, create_bus
+from esper_tui.engine.config import EsperConfig, wal_directory
+from esper_tui.engine.contracts import (
     AnyCommand,
     AnyEvent,
     ArtifactQuarantined,
     EngineStarted,
     EngineStopping,
-    EsperConfig,
-    Level,
     LogLine,
     MetricsReport,
     PauseTraining,
@@ -36,20 +33,20 @@ from .contracts import (
     RecompileAll,
     SetConservativeMode,
     Shutdown,
-    Snapshot,
-    Strategy,
-    new_id,
 )
-from .forge import Forge, ForgeFatal, worker_pool
-from .kernel_source import EagerKernelSource, KernelSource
-from .kernels import cpu_isa, private_cache_dir
-from .library import Identity, Library
-from .library_source import LibraryKernelSource
-from .pipelines import settings_for
-from .sandbox import WorkerPool, reap_stale
-from .signing import SigningKeyError, load_or_create_key
-from .training import Trainer, TrainingControl
-from .wal import WalError, WriteAheadLog
+from esper_tui.engine.forge.forge import Forge, ForgeFatal, worker_pool
+from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
+from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.library.store import Identity, Library
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
+from esper_tui.engine.training.library_source import LibraryKernelSource
+from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.vocabulary import Level, Strategy, new_id
+from esper_tui.engine.wal.writer import WalError, WriteAheadLog
 
 IN_FEATURES = 40  # MNIST-1D sequences; seeds map the host input to a hidden layer
 
@@ -59,8 +56,15 @@ class EngineError(RuntimeError):
 
 
 class Engine:
-    def __init__(self, config: EsperConfig, state_dir: Path, *, redis_url: str | None = None,
-                 forge_only: bool = False, recompile_all: bool = False) -> None:
+    def __init__(
+        self,
+        config: EsperConfig,
+        state_dir: Path,
+        *,
+        redis_url: str | None = None,
+        forge_only: bool = False,
+        recompile_all: bool = False,
+    ) -> None:
         self.config = config
         self.state_dir = state_dir.resolve()
         self.forge_only = forge_only
@@ -141,13 +145,19 @@ class Engine:
         isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
         private_cache_dir()
         identity = Identity.here(isa)
-        library = Library(self.state_dir / "library", key, self.catalog, cache_ttl_s=cfg.library.cache_ttl_seconds,
-                          on_quarantine=self._quarantined)
+        library = Library(
+            self.state_dir / "library",
+            key,
+            self.catalog,
+            cache_ttl_s=cfg.library.cache_ttl_seconds,
+            on_quarantine=self._quarantined,
+        )
         self.library = library
         wal_dir = wal_directory(cfg, self.state_dir)
         try:
-            self.wal, report = await asyncio.to_thread(WriteAheadLog.open, wal_dir,
-                                                       durability=cfg.tezzeret.wal.durability_mode)
+            self.wal, report = await asyncio.to_thread(
+                WriteAheadLog.open, wal_dir, durability=cfg.tezzeret.wal.durability_mode
+            )
         except (WalError, OSError) as exc:
             raise EngineError(f"WAL {wal_dir}: {exc}") from None
         try:
@@ -160,11 +170,27 @@ class Engine:
         self._spawn(self._publish_snapshots())
         import torch
 
-        self.emit(EngineStarted(run_id=self.run_id, bus=self.bus.name, state_dir=str(self.state_dir), device="cpu",
-                                torch_version=str(torch.__version__)))
-        self.forge = Forge(config=cfg.tezzeret, catalog=self.catalog, library=library, wal=self.wal, emit=self.emit,
-                           state_dir=self.state_dir, identity=identity, in_features=IN_FEATURES,
-                           out_features=cfg.training.hidden, pool=pool)
+        self.emit(
+            EngineStarted(
+                run_id=self.run_id,
+                bus=self.bus.name,
+                state_dir=str(self.state_dir),
+                device="cpu",
+                torch_version=str(torch.__version__),
+            )
+        )
+        self.forge = Forge(
+            config=cfg.tezzeret,
+            catalog=self.catalog,
+            library=library,
+            wal=self.wal,
+            emit=self.emit,
+            state_dir=self.state_dir,
+            identity=identity,
+            in_features=IN_FEATURES,
+            out_features=cfg.training.hidden,
+            pool=pool,
+        )
         await prestart
         for pgid in stale:
             self.log(Level.WARNING, f"killed stale compile worker group {pgid} from a previous run")
@@ -174,8 +200,11 @@ class Engine:
         if self.recompile_all:
             for bid in self.catalog.ids():
                 self.forge.enqueue(bid, reason="--recompile-all", force=True)
-        self._forge_tasks = [self._spawn(self.forge.run()), self._spawn(self.forge.monitor()),
-                             self._spawn(self.forge.maintain())]
+        self._forge_tasks = [
+            self._spawn(self.forge.run()),
+            self._spawn(self.forge.monitor()),
+            self._spawn(self.forge.maintain()),
+        ]
         if cfg.training.enabled and not self.forge_only:
             self._trainer_task = self._spawn(self._train())
         # torch and friends are loaded: move their long-lived objects out of the cyclic GC's sight, so
@@ -227,8 +256,9 @@ class Engine:
         if self.config.training.compile:
             while not self.library.ranked() and not self.forge.is_idle():
                 await asyncio.sleep(0.5)
-        trainer = Trainer(self.config.training, self.catalog, self._kernel_source(), self.emit, self.control,
-                          self.state_dir / "data")
+        trainer = Trainer(
+            self.config.training, self.catalog, self._kernel_source(), self.emit, self.control, self.state_dir / "data"
+        )
         await asyncio.to_thread(trainer.run)
 
     def _quarantined(self, blueprint_id: str, version_dir: str, reason: str) -> None:
@@ -250,8 +280,9 @@ class Engine:
         match command:
             case Recompile():
                 strategy = command.strategy or Strategy.STANDARD
-                added = forge.enqueue(command.blueprint_id, reason=f"operator recompile ({strategy})",
-                                      strategy=strategy, force=True)
+                added = forge.enqueue(
+                    command.blueprint_id, reason=f"operator recompile ({strategy})", strategy=strategy, force=True
+                )
                 if not added and command.blueprint_id in self.catalog:
                     self.log(Level.WARNING, f"recompile {command.blueprint_id}: already queued or compiling")
             case RecompileAll():

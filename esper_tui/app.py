@@ -21,15 +21,9 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from esper_tui.engine.contracts import (
-    AnyCommand,
-    PauseTraining,
-    Recompile,
-    RecompileAll,
-    SetConservativeMode,
-    Snapshot,
-    Strategy,
-)
+from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import Strategy
 from esper_tui.help import HelpScreen
 from esper_tui.link import EngineLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
@@ -236,9 +230,7 @@ class EsperApp(App[None]):
     COMMANDS = App.COMMANDS | {EsperCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit the control room", id="esper.quit", priority=True),
-        Binding(
-            "f1,question_mark", "help", "Help", tooltip="This help", key_display="?", id="esper.help"
-        ),
+        Binding("f1,question_mark", "help", "Help", tooltip="This help", key_display="?", id="esper.help"),
     ]
 
     def __init__(

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.config import ConfigError, load_config
-from esper_tui.engine.contracts import EsperConfig
+from esper_tui.engine.config import ConfigError, EsperConfig, load_config
 
 EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
@@ -45,22 +44,41 @@ def _positive_float(text: str) -> float:
 
 
 def _run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esper-tui", description="Esper-Lite control room: forge, library, "
-                                "training loop and bus in one engine, watched by a Textual dashboard.",
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="esper-tui",
+        description="Esper-Lite control room: forge, library, "
+        "training loop and bus in one engine, watched by a Textual dashboard.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML config (built-in defaults otherwise)")
     p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (default ./var)")
     p.add_argument("--redis-url", metavar="URL", help="use Redis Streams for the bus (default: in-process)")
-    p.add_argument("--epochs", type=_positive_int, metavar="N",
-                   help="stop after N training epochs, once the forge queue is empty too (default: run until stopped)")
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N training epochs, once the forge queue is empty too (default: run until stopped)",
+    )
     p.add_argument("--no-ui", action="store_true", help="run headless")
     p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
-    p.add_argument("--interval", type=_positive_float, default=1.0, metavar="S",
-                   help="with --no-ui: seconds between status lines (default 1)")
-    p.add_argument("--forge-only", action="store_true",
-                   help="compile whatever is queued, no training; exits 0 when the queue is empty")
-    p.add_argument("--recompile-all", action="store_true",
-                   help="compile every blueprint again (new versions), e.g. after a compiler upgrade")
+    p.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="with --no-ui: seconds between status lines (default 1)",
+    )
+    p.add_argument(
+        "--forge-only",
+        action="store_true",
+        help="compile whatever is queued, no training; exits 0 when the queue is empty",
+    )
+    p.add_argument(
+        "--recompile-all",
+        action="store_true",
+        help="compile every blueprint again (new versions), e.g. after a compiler upgrade",
+    )
     p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
     return p
 
@@ -117,14 +135,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from esper_tui.engine.runtime import Engine, EngineError
 
-    engine = Engine(config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only,
-                    recompile_all=args.recompile_all)
+    engine = Engine(
+        config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only, recompile_all=args.recompile_all
+    )
     try:
         if args.no_ui or args.forge_only:
             from esper_tui.headless import run_headless
 
-            return asyncio.run(run_headless(engine, epochs=config.training.epochs, as_json=args.json,
-                                            interval_s=args.interval))
+            return asyncio.run(
+                run_headless(engine, epochs=config.training.epochs, as_json=args.json, interval_s=args.interval)
+            )
         from esper_tui.ui_runner import run_ui
 
         return asyncio.run(run_ui(engine, config))

@@ -6,8 +6,9 @@ import asyncio
 import signal
 import sys
 
-from esper_tui.engine.contracts import Snapshot, encode_json
+from esper_tui.engine.codec import encode_json
 from esper_tui.engine.runtime import Engine
+from esper_tui.engine.snapshot import Snapshot
 from esper_tui.status_line import status_line
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from esper_tui.engine.contracts import AnyCommand, Snapshot
+from esper_tui.engine.contracts import AnyCommand
+from esper_tui.engine.snapshot import Snapshot
 
 
 class EngineLink(Protocol):

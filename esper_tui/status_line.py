@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from esper_tui.engine.contracts import JobStatus, SeedStage, Snapshot
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import JobStatus, SeedStage
 
 
 def status_line(s: Snapshot) -> str:
@@ -12,10 +13,17 @@ def status_line(s: Snapshot) -> str:
     acc = f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
     loss = f"{t.loss:.3f}" if t.loss is not None else "-"
     count = {st: sum(j.status is st for j in f.jobs) for st in JobStatus}
-    seeds = " ".join(
-        f"{sd.slot}:{sd.stage}" + (f"({sd.blueprint_id} a={sd.alpha:.2f})" if sd.stage is not SeedStage.DORMANT else "")
-        for sd in t.seeds) or "-"
-    return (f"[{t.status}] epoch {epochs} acc {acc} loss {loss} | kernels {kernels} | forge "
-            f"{count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
-            f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
-            f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}")
+    seeds = (
+        " ".join(
+            f"{sd.slot}:{sd.stage}"
+            + (f"({sd.blueprint_id} a={sd.alpha:.2f})" if sd.stage is not SeedStage.DORMANT else "")
+            for sd in t.seeds
+        )
+        or "-"
+    )
+    return (
+        f"[{t.status}] epoch {epochs} acc {acc} loss {loss} | kernels {kernels} | forge "
+        f"{count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
+        f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
+        f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"
+    )

@@ -7,11 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from esper_tui.engine.catalog import Catalog
-from esper_tui.engine.config import wal_directory
-from esper_tui.engine.contracts import EsperConfig
-from esper_tui.engine.library import Library
-from esper_tui.engine.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.config import EsperConfig, wal_directory
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.library.store import Library
 
 
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
@@ -28,15 +27,17 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
     dirs = library.version_dirs()
     for path in dirs:
         reason = library.verify(path)
-        print(f"{'ok  ' if reason is None else 'FAIL'} {path.parent.name}/{path.name}"
-              + ("" if reason is None else f": {reason}"))
+        print(
+            f"{'ok  ' if reason is None else 'FAIL'} {path.parent.name}/{path.name}"
+            + ("" if reason is None else f": {reason}")
+        )
         bad += reason is not None
     print(f"{len(dirs) - bad} of {len(dirs)} artifacts verify")
     return 1 if bad else 0
 
 
 def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
-    from esper_tui.engine.wal import WalError, inspect
+    from esper_tui.engine.wal.writer import WalError, inspect
 
     directory = wal_directory(config, state_dir)
     if not directory.is_dir():

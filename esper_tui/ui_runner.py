@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from esper_tui.engine.contracts import EsperConfig
+from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.runtime import Engine
 
 

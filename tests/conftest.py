@@ -31,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from esper_tui.engine.kernels import CompiledKernel
+from esper_tui.engine.kernels.compiled import CompiledKernel
 
 IN_FEATURES = 40
 OUT_FEATURES = 64
@@ -76,7 +76,7 @@ def state_dir(tmp_path: Path) -> Path:
 def kernel_threads():
     import torch
 
-    from esper_tui.engine.kernels import kernel_threads as threads
+    from esper_tui.engine.kernels.compiled import kernel_threads as threads
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads())
@@ -111,11 +111,11 @@ _COMPILE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from esper_tui.engine.catalog import Catalog
-    from esper_tui.engine.contracts import Strategy
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.vocabulary import Strategy
     import torch
-    from esper_tui.engine.kernels import compile_kernel, kernel_threads
-    from esper_tui.engine.pipelines import settings_for
+    from esper_tui.engine.kernels.compiled import compile_kernel, kernel_threads
+    from esper_tui.engine.kernels.pipelines import settings_for
 
     torch.set_num_threads(kernel_threads())  # as the worker does: compiled guards pin the thread count
 
@@ -137,11 +137,14 @@ def compiled_kernel(tmp_path_factory: pytest.TempPathFactory) -> SessionKernel:
     out_dir = tmp_path_factory.mktemp("session-kernel") / KERNEL_BLUEPRINT
     proc = subprocess.run(
         [sys.executable, "-c", _COMPILE_SCRIPT, KERNEL_BLUEPRINT, str(out_dir), str(IN_FEATURES), str(OUT_FEATURES)],
-        capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=COMPILE_TIMEOUT_S,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"session compile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    r = json.loads(lines[-1][len("RESULT "):])
+    r = json.loads(lines[-1][len("RESULT ") :])
     return SessionKernel(blueprint_id=KERNEL_BLUEPRINT, strategy="standard", directory=out_dir, **r)
 
 
@@ -151,17 +154,29 @@ def artifact_fields(kernel: SessionKernel, **overrides: object) -> dict[str, obj
 
     import torch
 
-    from esper_tui.engine.contracts import Strategy
-    from esper_tui.engine.kernels import compiler_id, kernel_threads
+    from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
+    from esper_tui.engine.vocabulary import Strategy
 
     fields: dict[str, object] = {
-        "strategy": Strategy(kernel.strategy), "backend": kernel.backend, "mode": kernel.mode or "default",
-        "options": {"fullgraph": True, "dynamic_batch": True, "num_threads": kernel_threads(),
-                    "compiler": compiler_id()},
+        "strategy": Strategy(kernel.strategy),
+        "backend": kernel.backend,
+        "mode": kernel.mode or "default",
+        "options": {
+            "fullgraph": True,
+            "dynamic_batch": True,
+            "num_threads": kernel_threads(),
+            "compiler": compiler_id(),
+        },
         "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(), "device": "cpu", "cpu_isa": kernel.cpu_isa,
-        "in_features": IN_FEATURES, "batch_min": 2, "batch_max": 65536, "grad_modes": [True, False],
-        "compile_s": kernel.compile_s, "step_ms_compiled": kernel.step_ms_compiled,
+        "python_version": platform.python_version(),
+        "device": "cpu",
+        "cpu_isa": kernel.cpu_isa,
+        "in_features": IN_FEATURES,
+        "batch_min": 2,
+        "batch_max": 65536,
+        "grad_modes": [True, False],
+        "compile_s": kernel.compile_s,
+        "step_ms_compiled": kernel.step_ms_compiled,
         "step_ms_eager": kernel.step_ms_eager,
     }
     fields.update(overrides)
@@ -178,8 +193,9 @@ def commit_artifact(compiled_kernel: SessionKernel):
 
     def commit(library, blueprint_id: str = KERNEL_BLUEPRINT, key: str = "k" * 64, **overrides: object):
         staged = compiled_kernel.copy_to(library.new_staging_dir(blueprint_id))
-        return library.commit(staged, blueprint_id=blueprint_id, key=key,
-                              fields=artifact_fields(compiled_kernel, **overrides))
+        return library.commit(
+            staged, blueprint_id=blueprint_id, key=key, fields=artifact_fields(compiled_kernel, **overrides)
+        )
 
     return commit
 

@@ -8,10 +8,10 @@ import msgspec
 import pytest
 
 from esper_tui.engine.aggregator import Aggregator
+from esper_tui.engine.codec import decode_snapshot_json, encode_json
 from esper_tui.engine.contracts import (
     ArtifactQuarantined,
     BreakerChanged,
-    BreakerState,
     ConservativeModeChanged,
     ControllerDecision,
     EngineStarted,
@@ -21,23 +21,18 @@ from esper_tui.engine.contracts import (
     JobFailed,
     JobQueued,
     JobStarted,
-    JobStatus,
-    Level,
     LogLine,
     Metric,
     MetricsReport,
     SeedHealth,
     SeedsReport,
-    SeedStage,
-    Snapshot,
-    Strategy,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
     WalStatus,
-    decode_snapshot_json,
-    encode_json,
 )
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage, Strategy
 
 
 @pytest.fixture
@@ -54,34 +49,67 @@ def started(bid="mlp_block", strategy=Strategy.STANDARD, attempt=1, **kw):
 
 
 def compiled(bid="mlp_block", version=1, reused=False, **kw):
-    return JobCompiled(blueprint_id=bid, strategy=Strategy.STANDARD, artifact_id="a" * 64, version=version,
-                       backend="inductor", mode="default", compile_s=4.5, step_ms_compiled=0.5, step_ms_eager=0.6,
-                       reused=reused, **kw)
+    return JobCompiled(
+        blueprint_id=bid,
+        strategy=Strategy.STANDARD,
+        artifact_id="a" * 64,
+        version=version,
+        backend="inductor",
+        mode="default",
+        compile_s=4.5,
+        step_ms_compiled=0.5,
+        step_ms_eager=0.6,
+        reused=reused,
+        **kw,
+    )
 
 
 def failed(bid="mlp_block", will_retry=True, attempt=1, **kw):
-    return JobFailed(blueprint_id=bid, strategy=Strategy.STANDARD, error="boom", attempt=attempt,
-                     will_retry=will_retry, **kw)
+    return JobFailed(
+        blueprint_id=bid, strategy=Strategy.STANDARD, error="boom", attempt=attempt, will_retry=will_retry, **kw
+    )
 
 
 def wal_status(**kw):
-    fields = {"path": "/s/wal", "segments": 1, "size_bytes": 512, "open_transactions": ["tx"], "commits": 3,
-              "last_checkpoint_ts": 12.5, "durability_mode": "o_dsync"}
+    fields = {
+        "path": "/s/wal",
+        "segments": 1,
+        "size_bytes": 512,
+        "open_transactions": ["tx"],
+        "commits": 3,
+        "last_checkpoint_ts": 12.5,
+        "durability_mode": "o_dsync",
+    }
     fields.update(kw)
     return WalStatus(**fields)
 
 
 def seed(slot="slot-0", stage=SeedStage.TRAINING, bid="mlp_block", **kw):
-    fields = {"slot": slot, "stage": stage, "blueprint_id": bid, "alpha": 0.25, "grad_norm": 0.1, "acc_delta": 0.01,
-              "epochs_in_stage": 2, "kernel": "compiled inductor:default"}
+    fields = {
+        "slot": slot,
+        "stage": stage,
+        "blueprint_id": bid,
+        "alpha": 0.25,
+        "grad_norm": 0.1,
+        "acc_delta": 0.01,
+        "epochs_in_stage": 2,
+        "kernel": "compiled inductor:default",
+    }
     fields.update(kw)
     return SeedHealth(**fields)
 
 
 def training_started(enabled=True):
-    return TrainingStarted(compile_enabled=enabled, compile_backend="inductor" if enabled else None,
-                           compile_mode="default" if enabled else None, dataset="mnist1d", host="mlp", slots=2,
-                           epochs=10, device="cpu")
+    return TrainingStarted(
+        compile_enabled=enabled,
+        compile_backend="inductor" if enabled else None,
+        compile_mode="default" if enabled else None,
+        dataset="mnist1d",
+        host="mlp",
+        slots=2,
+        epochs=10,
+        device="cpu",
+    )
 
 
 # ---------------------------------------------------------------------------------- folding
@@ -110,8 +138,7 @@ def test_job_lifecycle_folds(agg, fake_clock):
     agg.apply(queued(strategy=Strategy.FAST))
     agg.apply(started(strategy=Strategy.FAST, ts=200.0))
     job = agg.snapshot().forge.jobs[0]
-    assert (job.status, job.strategy, job.version, job.artifact_id) == (
-        JobStatus.COMPILING, Strategy.FAST, 1, "a" * 64)
+    assert (job.status, job.strategy, job.version, job.artifact_id) == (JobStatus.COMPILING, Strategy.FAST, 1, "a" * 64)
 
 
 def test_failure_with_retry_is_queued_and_final_failure_is_failed(agg):
@@ -144,25 +171,73 @@ def test_reused_job_is_marked(agg):
 
 
 def test_breaker_changes_fold_keeping_readings_on_transitions(agg):
-    agg.apply(BreakerChanged(name="timeout", state=BreakerState.CLOSED, previous=BreakerState.CLOSED,
-                             transition=False, reading=0.0, threshold=3.0, unit="timeouts", failures=0))
-    agg.apply(BreakerChanged(name="memory", state=BreakerState.CLOSED, previous=BreakerState.CLOSED,
-                             transition=False, reading=900.0, threshold=8192.0, unit="MB"))
-    agg.apply(BreakerChanged(name="gpu", state=BreakerState.UNAVAILABLE, previous=BreakerState.CLOSED,
-                             transition=True, detail="no GPU: Driver Not Loaded"))
-    agg.apply(BreakerChanged(name="memory", state=BreakerState.OPEN, previous=BreakerState.CLOSED, transition=True,
-                             detail="rss over budget"))
+    agg.apply(
+        BreakerChanged(
+            name="timeout",
+            state=BreakerState.CLOSED,
+            previous=BreakerState.CLOSED,
+            transition=False,
+            reading=0.0,
+            threshold=3.0,
+            unit="timeouts",
+            failures=0,
+        )
+    )
+    agg.apply(
+        BreakerChanged(
+            name="memory",
+            state=BreakerState.CLOSED,
+            previous=BreakerState.CLOSED,
+            transition=False,
+            reading=900.0,
+            threshold=8192.0,
+            unit="MB",
+        )
+    )
+    agg.apply(
+        BreakerChanged(
+            name="gpu",
+            state=BreakerState.UNAVAILABLE,
+            previous=BreakerState.CLOSED,
+            transition=True,
+            detail="no GPU: Driver Not Loaded",
+        )
+    )
+    agg.apply(
+        BreakerChanged(
+            name="memory",
+            state=BreakerState.OPEN,
+            previous=BreakerState.CLOSED,
+            transition=True,
+            detail="rss over budget",
+        )
+    )
     breakers = agg.snapshot().forge.breakers
     assert [b.name for b in breakers] == ["memory", "gpu", "timeout"]  # fixed order, whatever arrived first
     memory = breakers[0]
     assert (memory.state, memory.reading, memory.threshold, memory.unit, memory.detail) == (
-        BreakerState.OPEN, 900.0, 8192.0, "MB", "rss over budget")
+        BreakerState.OPEN,
+        900.0,
+        8192.0,
+        "MB",
+        "rss over budget",
+    )
     assert breakers[1].state is BreakerState.UNAVAILABLE and "no GPU" in breakers[1].detail
     assert any("breaker memory: closed -> open" in line.text for line in agg.snapshot().events)
     # Readings without a transition do not add event lines.
     before = len(agg.snapshot().events)
-    agg.apply(BreakerChanged(name="memory", state=BreakerState.OPEN, previous=BreakerState.OPEN, transition=False,
-                             reading=9000.0, threshold=8192.0, unit="MB", failures=1))
+    agg.apply(
+        BreakerChanged(
+            name="memory",
+            state=BreakerState.OPEN,
+            previous=BreakerState.OPEN,
+            transition=False,
+            reading=9000.0,
+            threshold=8192.0,
+            unit="MB",
+            failures=1,
+        )
+    )
     snap = agg.snapshot()
     assert len(snap.events) == before and snap.forge.breakers[0].reading == 9000.0
     assert snap.forge.breakers[0].failures == 1
@@ -183,7 +258,13 @@ def test_wal_status_folds(agg):
     agg.apply(wal_status())
     wal = agg.snapshot().forge.wal
     assert (wal.path, wal.segments, wal.size_bytes, wal.open_transactions, wal.commits, wal.durability_mode) == (
-        "/s/wal", 1, 512, ["tx"], 3, "o_dsync")
+        "/s/wal",
+        1,
+        512,
+        ["tx"],
+        3,
+        "o_dsync",
+    )
     assert agg.snapshot().forge.health.last_checkpoint_ts == 12.5
     agg.apply(wal_status(open_transactions=[], commits=4))
     assert agg.snapshot().forge.wal.open_transactions == [] and agg.snapshot().forge.wal.commits == 4
@@ -202,17 +283,31 @@ def test_engine_and_training_events_fold(agg):
     assert (snap.training.status, snap.training.epochs_total) == ("running", 10)
 
     for epoch, acc in enumerate([0.5, 0.7, 0.6], start=1):
-        agg.apply(EpochCompleted(epoch=epoch, train_loss=1.0 / epoch, val_loss=1.1 / epoch, val_accuracy=acc,
-                                 samples_per_s=1000.0, epoch_s=2.0))
+        agg.apply(
+            EpochCompleted(
+                epoch=epoch,
+                train_loss=1.0 / epoch,
+                val_loss=1.1 / epoch,
+                val_accuracy=acc,
+                samples_per_s=1000.0,
+                epoch_s=2.0,
+            )
+        )
     t = agg.snapshot().training
     assert (t.epoch, t.accuracy, t.best_accuracy, t.loss) == (3, 0.6, 0.7, 1.0 / 3)
     assert t.accuracy_history == [0.5, 0.7, 0.6] and len(t.loss_history) == 3
 
-    agg.apply(SeedsReport(epoch=3, seeds=[seed(), seed("slot-1", SeedStage.DORMANT, None, alpha=0.0),
-                                          seed("slot-2", exploding=True)]))
+    agg.apply(
+        SeedsReport(
+            epoch=3, seeds=[seed(), seed("slot-1", SeedStage.DORMANT, None, alpha=0.0), seed("slot-2", exploding=True)]
+        )
+    )
     seeds = agg.snapshot().training.seeds
     assert [(s.slot, s.stage, s.alpha) for s in seeds] == [
-        ("slot-0", SeedStage.TRAINING, 0.25), ("slot-1", SeedStage.DORMANT, 0.0), ("slot-2", SeedStage.TRAINING, 0.25)]
+        ("slot-0", SeedStage.TRAINING, 0.25),
+        ("slot-1", SeedStage.DORMANT, 0.0),
+        ("slot-2", SeedStage.TRAINING, 0.25),
+    ]
     assert [s.health for s in seeds] == ["ok", "-", "exploding"]
 
     agg.apply(TrainingPaused(paused=True))
@@ -232,8 +327,16 @@ def test_eager_training_shows_compile_disabled(agg):
 
 def test_history_is_bounded(agg):
     for epoch in range(1, 9):
-        agg.apply(EpochCompleted(epoch=epoch, train_loss=float(epoch), val_loss=0.0, val_accuracy=epoch / 10,
-                                 samples_per_s=1.0, epoch_s=1.0))
+        agg.apply(
+            EpochCompleted(
+                epoch=epoch,
+                train_loss=float(epoch),
+                val_loss=0.0,
+                val_accuracy=epoch / 10,
+                samples_per_s=1.0,
+                epoch_s=1.0,
+            )
+        )
     t = agg.snapshot().training
     assert t.loss_history == [4.0, 5.0, 6.0, 7.0, 8.0]  # history=5
 
@@ -331,8 +434,7 @@ def test_snapshot_json_has_the_public_paths(agg):
     agg.apply(BreakerChanged(name="timeout", state=BreakerState.OPEN, previous=BreakerState.CLOSED, transition=True))
     agg.apply(queued(strategy=Strategy.FAST))
     agg.apply(wal_status())
-    agg.apply(EpochCompleted(epoch=4, train_loss=0.3, val_loss=0.4, val_accuracy=0.81, samples_per_s=1.0,
-                             epoch_s=1.0))
+    agg.apply(EpochCompleted(epoch=4, train_loss=0.3, val_loss=0.4, val_accuracy=0.81, samples_per_s=1.0, epoch_s=1.0))
     agg.apply(SeedsReport(epoch=4, seeds=[seed(alpha=0.5, stage=SeedStage.BLENDING)]))
     raw = encode_json(agg.snapshot())
     doc = json.loads(raw)
@@ -342,8 +444,7 @@ def test_snapshot_json_has_the_public_paths(agg):
     forge = doc["forge"]
     assert forge["conservative_mode"] is True
     assert [(b["name"], b["state"]) for b in forge["breakers"]] == [("timeout", "open")]
-    assert [(j["blueprint_id"], j["strategy"], j["status"]) for j in forge["jobs"]] == [
-        ("mlp_block", "fast", "queued")]
+    assert [(j["blueprint_id"], j["strategy"], j["status"]) for j in forge["jobs"]] == [("mlp_block", "fast", "queued")]
     assert isinstance(forge["wal"], dict) and forge["wal"]["commits"] == 3
     training = doc["training"]
     assert training["epoch"] == 4 and training["accuracy"] == 0.81

@@ -9,15 +9,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from esper_tui.engine.breaker_board import BreakerBoard
-from esper_tui.engine.breakers import BreakerOpenError, BreakerTransition, CircuitBreaker
-from esper_tui.engine.contracts import (
-    BreakersConfig,
-    BreakerState,
-    ConservativeModeConfig,
-    MemoryManagementConfig,
-)
-from esper_tui.engine.resources import GpuReading, MemoryReading
+from esper_tui.engine.config import BreakersConfig, ConservativeModeConfig, MemoryManagementConfig
+from esper_tui.engine.forge.board import BreakerBoard
+from esper_tui.engine.forge.breakers import BreakerOpenError, BreakerTransition, CircuitBreaker
+from esper_tui.engine.forge.resources import GpuReading, MemoryReading
+from esper_tui.engine.vocabulary import BreakerState
 
 CLOSED, OPEN, HALF_OPEN, UNAVAILABLE = (
     BreakerState.CLOSED,
@@ -444,7 +440,7 @@ def test_board_timeout_is_fed_by_the_forge(board):
 
 
 def test_board_from_config_uses_defaults():
-    from esper_tui.engine.contracts import TezzeretConfig
+    from esper_tui.engine.config import TezzeretConfig
 
     board = BreakerBoard.from_config(TezzeretConfig())
     assert board.memory_budget_mb == 8192 and board.gpu_threshold_percent == 25.0

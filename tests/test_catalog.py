@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from esper_tui.engine.catalog import CATALOG, Blueprint, Catalog
+from esper_tui.engine.kernels.catalog import CATALOG, Blueprint, Catalog
 
 IDS = [b.blueprint_id for b in CATALOG]
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.kernels.catalog import Catalog
 
 CLI = [sys.executable, "-m", "esper_tui"]
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +96,17 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not valid TOML" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [["--epochs", "0"], ["--epochs", "x"], ["--json"], ["--bogus"],
-                                  ["--redis-url", "http://x"], ["--config", "/nonexistent.toml"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--epochs", "0"],
+        ["--epochs", "x"],
+        ["--json"],
+        ["--bogus"],
+        ["--redis-url", "http://x"],
+        ["--config", "/nonexistent.toml"],
+    ],
+)
 def test_usage_errors_exit_2(args: list[str], tmp_path: Path) -> None:
     proc = run_cli(*args, "--state-dir", str(tmp_path))
     assert proc.returncode == 2, proc.stderr
@@ -127,8 +137,12 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None
     fast = tmp_path / "fast.toml"
     fast.write_text('[tezzeret.compilation]\ndefault_strategy = "fast"\n')
     # Standard (inductor) compiles take seconds each, so the stop lands on work in flight.
-    proc = subprocess.Popen([*CLI, "--no-ui", "--json", "--interval", "0.5", "--state-dir", str(tmp_path / "s")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "--no-ui", "--json", "--interval", "0.5", "--state-dir", str(tmp_path / "s")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # wait until a compile is in flight: the stop must interrupt real work
@@ -151,13 +165,24 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None
 @pytest.mark.compile
 def test_headless_over_redis_streams(tmp_path: Path, redis_url: str) -> None:
     fast = tmp_path / "fast.toml"
-    fast.write_text('[tezzeret.compilation]\ndefault_strategy = "fast"\n'
-                    f'[bus]\nstream_prefix = "e2e-{os.getpid()}-{time.time_ns()}"\n')
-    proc = run_cli("--no-ui", "--epochs", "12", "--json", "--config", str(fast), "--redis-url", redis_url,
-                   "--state-dir", str(tmp_path / "s"))
+    fast.write_text(
+        '[tezzeret.compilation]\ndefault_strategy = "fast"\n'
+        f'[bus]\nstream_prefix = "e2e-{os.getpid()}-{time.time_ns()}"\n'
+    )
+    proc = run_cli(
+        "--no-ui",
+        "--epochs",
+        "12",
+        "--json",
+        "--config",
+        str(fast),
+        "--redis-url",
+        redis_url,
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.splitlines()[-1])
     assert last["infrastructure"]["bus"].startswith("redis://")
     assert last["training"]["epoch"] == 12
     assert all(j["status"] == "compiled" for j in last["forge"]["jobs"])
-

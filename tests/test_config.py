@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from esper_tui.engine.config import ConfigError, load_config, parse_config
-from esper_tui.engine.contracts import DurabilityMode, EsperConfig, Strategy
+from esper_tui.engine.config import ConfigError, DurabilityMode, EsperConfig, load_config, parse_config
+from esper_tui.engine.vocabulary import Strategy
 
 # Seed 000's "Configuration Notes", written as TOML (the seed shows YAML).
 SEED_000 = """
@@ -75,24 +75,35 @@ def test_every_seed_000_key_is_accepted(tmp_path):
     assert t.polling.initial_full_scan is True and t.polling.refresh_interval_minutes == 0.0
 
 
-@pytest.mark.parametrize(("strategy", "expected"), [("STANDARD", Strategy.STANDARD), ("standard", Strategy.STANDARD),
-                                                    ("Fast", Strategy.FAST), ("EMERGENCY", Strategy.EMERGENCY),
-                                                    ("AGGRESSIVE", Strategy.AGGRESSIVE)])
+@pytest.mark.parametrize(
+    ("strategy", "expected"),
+    [
+        ("STANDARD", Strategy.STANDARD),
+        ("standard", Strategy.STANDARD),
+        ("Fast", Strategy.FAST),
+        ("EMERGENCY", Strategy.EMERGENCY),
+        ("AGGRESSIVE", Strategy.AGGRESSIVE),
+    ],
+)
 def test_strategy_in_either_case(tmp_path, strategy, expected):
     config = load_config(write(tmp_path, f'[tezzeret.compilation]\ndefault_strategy = "{strategy}"\n'))
     assert config.tezzeret.compilation.default_strategy is expected
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("O_DSYNC", DurabilityMode.O_DSYNC),
-                                                ("o_dsync", DurabilityMode.O_DSYNC),
-                                                ("FSYNC", DurabilityMode.FSYNC)])
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("O_DSYNC", DurabilityMode.O_DSYNC), ("o_dsync", DurabilityMode.O_DSYNC), ("FSYNC", DurabilityMode.FSYNC)],
+)
 def test_durability_mode_in_either_case(tmp_path, mode, expected):
     config = load_config(write(tmp_path, f'[tezzeret.wal]\ndurability_mode = "{mode}"\n'))
     assert config.tezzeret.wal.durability_mode is expected
 
 
 def test_our_own_sections_are_accepted(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 [library]
 signing_key = "00112233445566778899aabbccddeeff"
 cache_ttl_seconds = 30
@@ -106,7 +117,9 @@ refresh_hz = 10
 theme = "esper-light"
 [tezzeret.breakers]
 failure_threshold = 5
-"""))
+""",
+        )
+    )
     assert config.training.epochs == 3 and config.training.compile is False
     assert config.bus.redis_url.startswith("redis://") and config.ui.refresh_hz == 10.0
     assert config.tezzeret.breakers.failure_threshold == 5 and config.library.cache_ttl_seconds == 30.0
@@ -118,18 +131,30 @@ failure_threshold = 5
         ("[tezzeret.compilation]\nmax_concurent_jobs = 2\n", "tezzeret.compilation.max_concurent_jobs", "unknown key"),
         ("[tezzeret]\nbogus = 1\n", "tezzeret.bogus", "unknown key"),
         ("[nonsense]\na = 1\n", "nonsense", "unknown key"),
-        ("[tezzeret.compilation]\nmax_concurrent_jobs = \"two\"\n", "tezzeret.compilation.max_concurrent_jobs",
-         "expected `int`, got `str`"),
-        ("[tezzeret.compilation]\nmax_concurrent_jobs = true\n", "tezzeret.compilation.max_concurrent_jobs",
-         "expected `int`, got `bool`"),
-        ("[tezzeret.compilation]\nmax_concurrent_jobs = 2.5\n", "tezzeret.compilation.max_concurrent_jobs",
-         "expected `int`, got `float`"),
-        ("[tezzeret.polling]\ninitial_full_scan = \"yes\"\n", "tezzeret.polling.initial_full_scan", "expected `bool`"),
-        ("[tezzeret.compilation]\ndefault_strategy = \"TURBO\"\n", "tezzeret.compilation.default_strategy",
-         "invalid enum value"),
+        (
+            '[tezzeret.compilation]\nmax_concurrent_jobs = "two"\n',
+            "tezzeret.compilation.max_concurrent_jobs",
+            "expected `int`, got `str`",
+        ),
+        (
+            "[tezzeret.compilation]\nmax_concurrent_jobs = true\n",
+            "tezzeret.compilation.max_concurrent_jobs",
+            "expected `int`, got `bool`",
+        ),
+        (
+            "[tezzeret.compilation]\nmax_concurrent_jobs = 2.5\n",
+            "tezzeret.compilation.max_concurrent_jobs",
+            "expected `int`, got `float`",
+        ),
+        ('[tezzeret.polling]\ninitial_full_scan = "yes"\n', "tezzeret.polling.initial_full_scan", "expected `bool`"),
+        (
+            '[tezzeret.compilation]\ndefault_strategy = "TURBO"\n',
+            "tezzeret.compilation.default_strategy",
+            "invalid enum value",
+        ),
         ("[tezzeret.wal]\ndurability_mode = 1\n", "tezzeret.wal.durability_mode", "expected `str`"),
         ("tezzeret = 5\n", "tezzeret", "expected `object`, got `int`"),
-        ("[training]\nepochs = \"10\"\n", "training.epochs", "expected `int | null`"),
+        ('[training]\nepochs = "10"\n', "training.epochs", "expected `int | null`"),
     ],
 )
 def test_bad_keys_and_types_name_the_dotted_key(tmp_path, text, key, why):
@@ -144,18 +169,24 @@ def test_bad_keys_and_types_name_the_dotted_key(tmp_path, text, key, why):
         ("[tezzeret.compilation]\nmax_concurrent_jobs = 0\n", "tezzeret.compilation.max_concurrent_jobs"),
         ("[tezzeret.compilation]\nmax_attempts = 0\n", "tezzeret.compilation.max_attempts"),
         ("[tezzeret.compilation]\nworker_memory_limit_mb = 1024\n", "tezzeret.compilation.worker_memory_limit_mb"),
-        ("[tezzeret.memory_management]\ncleanup_interval_seconds = 0\n",
-         "tezzeret.memory_management.cleanup_interval_seconds"),
-        ("[tezzeret.conservative_mode]\ngpu_threshold_percent = 0\n",
-         "tezzeret.conservative_mode.gpu_threshold_percent"),
-        ("[tezzeret.conservative_mode]\ngpu_threshold_percent = 101\n",
-         "tezzeret.conservative_mode.gpu_threshold_percent"),
+        (
+            "[tezzeret.memory_management]\ncleanup_interval_seconds = 0\n",
+            "tezzeret.memory_management.cleanup_interval_seconds",
+        ),
+        (
+            "[tezzeret.conservative_mode]\ngpu_threshold_percent = 0\n",
+            "tezzeret.conservative_mode.gpu_threshold_percent",
+        ),
+        (
+            "[tezzeret.conservative_mode]\ngpu_threshold_percent = 101\n",
+            "tezzeret.conservative_mode.gpu_threshold_percent",
+        ),
         ("[training]\nepochs = 0\n", "training.epochs"),
         ("[training]\nslots = 9\n", "training.slots"),
         ("[training]\nbatch_size = 1\n", "training.batch_size"),
         ("[ui]\nrefresh_hz = 0\n", "ui.refresh_hz"),
         ("[ui]\nrefresh_hz = 31\n", "ui.refresh_hz"),
-        ("[bus]\nredis_url = \"http://x\"\n", "bus.redis_url"),
+        ('[bus]\nredis_url = "http://x"\n', "bus.redis_url"),
     ],
 )
 def test_range_errors_name_the_key(tmp_path, text, key):
@@ -163,7 +194,10 @@ def test_range_errors_name_the_key(tmp_path, text, key):
 
 
 def test_edges_of_the_ranges_are_accepted(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
 [tezzeret.compilation]
 max_concurrent_jobs = 1
 worker_memory_limit_mb = 2048
@@ -176,7 +210,9 @@ batch_size = 2
 refresh_hz = 30
 [bus]
 redis_url = "unix:///run/redis.sock"
-"""))
+""",
+        )
+    )
     assert config.tezzeret.compilation.worker_memory_limit_mb == 2048 and config.training.slots == 8
 
 
@@ -202,7 +238,7 @@ def test_a_directory_is_not_a_config(tmp_path):
 
 def test_not_utf8(tmp_path):
     path = tmp_path / "esper.toml"
-    path.write_bytes(b"[ui]\ntheme = \"\xff\xfe\"\n")
+    path.write_bytes(b'[ui]\ntheme = "\xff\xfe"\n')
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from esper_tui.engine.conservative import ConservativeMode
-from esper_tui.engine.contracts import ConservativeModeConfig, Strategy
+from esper_tui.engine.config import ConservativeModeConfig
+from esper_tui.engine.forge.conservative import ConservativeMode
+from esper_tui.engine.vocabulary import Strategy
 
 
 class Recorder:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from esper_tui.engine.catalog import Catalog
-from esper_tui.engine.contracts import SeedHealth, SeedStage, TrainingConfig
-from esper_tui.engine.controller import Action, Controller, Decision, EpochState
-from esper_tui.engine.kernel_source import EagerKernelSource, KernelOffer
+from esper_tui.engine.config import TrainingConfig
+from esper_tui.engine.contracts import SeedHealth
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.training.controller import Action, Controller, Decision, EpochState
+from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer
+from esper_tui.engine.vocabulary import SeedStage
 
 S = SeedStage
 CFG = TrainingConfig(plateau_epochs=3, plateau_delta=0.005, train_epochs=2, blend_epochs=5, holding_epochs=2)
@@ -16,18 +18,40 @@ RANK_ORDER = [b.blueprint_id for b in sorted(CATALOG, key=lambda b: (-b.priority
 FLAT = [0.3, 0.5, 0.6, 0.6, 0.6, 0.6]  # flat for 3 epochs after the 0.6 best
 
 
-def seed(slot: str = "s0", stage: SeedStage = S.DORMANT, *, epochs: int = 0, delta: float | None = None,
-         bp: str | None = None, vanishing: bool = False, exploding: bool = False) -> SeedHealth:
-    return SeedHealth(slot=slot, stage=stage, blueprint_id=bp, alpha=0.0, grad_norm=0.1, acc_delta=delta,
-                      epochs_in_stage=epochs, kernel="-", vanishing=vanishing, exploding=exploding)
+def seed(
+    slot: str = "s0",
+    stage: SeedStage = S.DORMANT,
+    *,
+    epochs: int = 0,
+    delta: float | None = None,
+    bp: str | None = None,
+    vanishing: bool = False,
+    exploding: bool = False,
+) -> SeedHealth:
+    return SeedHealth(
+        slot=slot,
+        stage=stage,
+        blueprint_id=bp,
+        alpha=0.0,
+        grad_norm=0.1,
+        acc_delta=delta,
+        epochs_in_stage=epochs,
+        kernel="-",
+        vanishing=vanishing,
+        exploding=exploding,
+    )
 
 
 def dormant() -> tuple[SeedHealth, ...]:
     return seed("s0"), seed("s1")
 
 
-def feed(ctl: Controller, accuracies: list[float], seeds: tuple[SeedHealth, ...] | None = None,
-         offers: tuple[KernelOffer, ...] = OFFERS) -> list[Decision]:
+def feed(
+    ctl: Controller,
+    accuracies: list[float],
+    seeds: tuple[SeedHealth, ...] | None = None,
+    offers: tuple[KernelOffer, ...] = OFFERS,
+) -> list[Decision]:
     """Feed epochs; return the last epoch's decisions."""
     out: list[Decision] = []
     for i, acc in enumerate(accuracies):
@@ -103,7 +127,10 @@ def test_step_time_breaks_risk_ties() -> None:
     c = KernelOffer("residual_block", None, (), 0.2, "eager", None, 1.0)
     assert {CATALOG.get(o.blueprint_id).priority for o in (a, b, c)} == {2}
     assert [o.blueprint_id for o in Controller(CFG, CATALOG).rank((a, b, c))] == [
-        "residual_block", "depthwise_conv", "mlp_block"]
+        "residual_block",
+        "depthwise_conv",
+        "mlp_block",
+    ]
 
 
 def test_catalog_priority_ranks_before_risk() -> None:
@@ -116,11 +143,19 @@ def test_catalog_priority_ranks_before_risk() -> None:
 
 
 def test_stage_advancement_by_epochs_in_stage() -> None:
-    cases = [(S.GERMINATED, 1, True), (S.GERMINATED, 0, False), (S.TRAINING, 1, False), (S.TRAINING, 2, True),
-             (S.BLENDING, 4, False), (S.BLENDING, 5, True), (S.HOLDING, 1, False)]
+    cases = [
+        (S.GERMINATED, 1, True),
+        (S.GERMINATED, 0, False),
+        (S.TRAINING, 1, False),
+        (S.TRAINING, 2, True),
+        (S.BLENDING, 4, False),
+        (S.BLENDING, 5, True),
+        (S.HOLDING, 1, False),
+    ]
     for stage, epochs, advances in cases:
         decisions = Controller(CFG, CATALOG).decide(
-            EpochState(1, 0.6, (seed("s0", stage, epochs=epochs, delta=0.0, bp="mlp_block"),), OFFERS))
+            EpochState(1, 0.6, (seed("s0", stage, epochs=epochs, delta=0.0, bp="mlp_block"),), OFFERS)
+        )
         assert (decisions[0].action is Action.ADVANCE) == advances, (stage, epochs)
         if advances:
             assert (decisions[0].slot, decisions[0].blueprint_id) == ("s0", "mlp_block")
@@ -141,9 +176,11 @@ def test_holding_verdicts() -> None:
 
 
 def test_unhealthy_or_collapsing_seeds_are_pruned_at_once() -> None:
-    for s in (seed("s0", S.TRAINING, exploding=True, bp="x", delta=0.0),
-              seed("s0", S.BLENDING, vanishing=True, bp="x", delta=0.0),
-              seed("s0", S.BLENDING, epochs=1, delta=-0.08, bp="x")):
+    for s in (
+        seed("s0", S.TRAINING, exploding=True, bp="x", delta=0.0),
+        seed("s0", S.BLENDING, vanishing=True, bp="x", delta=0.0),
+        seed("s0", S.BLENDING, epochs=1, delta=-0.08, bp="x"),
+    ):
         [d] = Controller(CFG, CATALOG).decide(EpochState(1, 0.5, (s,), OFFERS))
         assert d.action is Action.PRUNE, s
     # a fossilized seed is permanent, whatever its health

@@ -9,8 +9,8 @@ import mnist1d.data
 import numpy as np
 import pytest
 
-from esper_tui.engine import data
-from esper_tui.engine.data import Dataset, cache_path, load_mnist1d
+from esper_tui.engine.training import data as data
+from esper_tui.engine.training.data import Dataset, cache_path, load_mnist1d
 
 
 @pytest.fixture(scope="module")

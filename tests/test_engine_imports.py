@@ -38,8 +38,13 @@ MODULES = sorted(
 
 
 def _import_alone(module: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", CHECK.format(mod=module)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    return subprocess.run(
+        [sys.executable, "-c", CHECK.format(mod=module)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -17,31 +17,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper_tui.engine import wal as wal_module
-from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.config import BreakersConfig, CompilationConfig, DurabilityMode, TezzeretConfig
 from esper_tui.engine.contracts import (
     BreakerChanged,
-    BreakersConfig,
-    BreakerState,
-    CompilationConfig,
-    CompileResponse,
     ConservativeModeChanged,
-    DurabilityMode,
     JobCompiled,
     JobFailed,
     JobQueued,
     JobStarted,
-    Level,
     LogLine,
-    Strategy,
-    TezzeretConfig,
     WalStatus,
 )
-from esper_tui.engine.forge import Forge, ForgeFatal
-from esper_tui.engine.kernels import compiler_id, kernel_threads
-from esper_tui.engine.library import Identity, Library, artifact_key
-from esper_tui.engine.pipelines import settings_for
-from esper_tui.engine.wal import WriteAheadLog
+from esper_tui.engine.forge.forge import Forge, ForgeFatal
+from esper_tui.engine.forge.protocol import CompileResponse
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
+from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.library.store import Identity, Library, artifact_key
+from esper_tui.engine.vocabulary import BreakerState, Level, Strategy
+from esper_tui.engine.wal import writer as wal_module
+from esper_tui.engine.wal.writer import WriteAheadLog
 
 pytestmark = pytest.mark.compile
 
@@ -78,8 +73,14 @@ class Recorder:
 @pytest.fixture
 def identity(compiled_kernel) -> Identity:
     # The ISA the workers report (the session compile ran compile_kernel in a fresh process, like a worker).
-    return Identity(str(torch.__version__), platform.python_version(), "cpu", compiled_kernel.cpu_isa,
-                    kernel_threads(), compiler_id())
+    return Identity(
+        str(torch.__version__),
+        platform.python_version(),
+        "cpu",
+        compiled_kernel.cpu_isa,
+        kernel_threads(),
+        compiler_id(),
+    )
 
 
 @pytest.fixture
@@ -109,9 +110,18 @@ def make_forge(state_dir, library, identity, rec):
         breakers = compilation.pop("breakers", BreakersConfig())
         config = TezzeretConfig(compilation=CompilationConfig(**compilation), breakers=breakers)
         extra = {"clock": clock} if clock is not None else {}
-        forge = Forge(config=config, catalog=Catalog().subset(ids), library=library,
-                      wal=wal if wal is not None else open_wal(state_dir)[0], emit=rec, state_dir=state_dir,
-                      identity=identity, in_features=40, out_features=64, **extra)
+        forge = Forge(
+            config=config,
+            catalog=Catalog().subset(ids),
+            library=library,
+            wal=wal if wal is not None else open_wal(state_dir)[0],
+            emit=rec,
+            state_dir=state_dir,
+            identity=identity,
+            in_features=40,
+            out_features=64,
+            **extra,
+        )
         made.append(forge)
         return forge
 
@@ -155,7 +165,8 @@ def key_for(bp_id: str, strategy: Strategy, identity: Identity) -> str:
 
 
 async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothing(
-        make_forge, rec, library, state_dir, identity):
+    make_forge, rec, library, state_dir, identity
+):
     ids = ["lowrank_adapter", "mlp_block"]
     forge = make_forge(ids, default_strategy=Strategy.FAST)
     forge.discover()
@@ -207,7 +218,9 @@ async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothi
     assert rec.of(JobQueued) == [] and second.queue_depth == 0 and second.is_idle()
     # What is stored is announced, as reused, at its newest version.
     assert sorted((e.blueprint_id, e.version, e.reused) for e in rec.of(JobCompiled)) == [
-        ("lowrank_adapter", 1, True), ("mlp_block", 2, True)]
+        ("lowrank_adapter", 1, True),
+        ("mlp_block", 2, True),
+    ]
 
 
 async def test_discover_requeues_a_stale_kernel(make_forge, rec, library, commit_artifact, identity):
@@ -219,19 +232,18 @@ async def test_discover_requeues_a_stale_kernel(make_forge, rec, library, commit
     assert rec.of(JobCompiled) == []
 
 
-async def test_discover_reports_a_usable_kernel_without_queueing(make_forge, rec, library, commit_artifact,
-                                                                  identity):
+async def test_discover_reports_a_usable_kernel_without_queueing(make_forge, rec, library, commit_artifact, identity):
     meta = commit_artifact(library, "mlp_block", key_for("mlp_block", Strategy.STANDARD, identity))
     forge = make_forge(["mlp_block"])
     forge.discover()
     assert rec.of(JobQueued) == [] and forge.is_idle()
     (done,) = rec.of(JobCompiled)
-    assert (done.blueprint_id, done.version, done.reused, done.artifact_id) == ("mlp_block", 1, True,
-                                                                                meta.artifact_id)
+    assert (done.blueprint_id, done.version, done.reused, done.artifact_id) == ("mlp_block", 1, True, meta.artifact_id)
 
 
-async def test_discover_quarantines_a_tampered_kernel_and_requeues(make_forge, rec, library, commit_artifact,
-                                                                    quarantined):
+async def test_discover_quarantines_a_tampered_kernel_and_requeues(
+    make_forge, rec, library, commit_artifact, quarantined
+):
     commit_artifact(library, "mlp_block")
     version_dir = library.version_dirs()[0]
     (version_dir / "weights.safetensors").write_bytes(b"tampered")
@@ -260,7 +272,8 @@ async def test_open_transaction_after_a_crash_is_aborted_and_requeued(make_forge
     forge.recover(report)
     assert wal2.status().open_txids == []  # aborted at once
     assert [(e.blueprint_id, e.reason) for e in rec.of(JobQueued)] == [
-        ("lowrank_adapter", "resumed from WAL after a crash")]
+        ("lowrank_adapter", "resumed from WAL after a crash")
+    ]
     assert any(leftover.name in e.message for e in rec.of(LogLine))
     assert not leftover.exists()
 
@@ -278,11 +291,16 @@ async def test_open_transaction_after_a_crash_is_aborted_and_requeued(make_forge
 
 
 async def test_crash_after_library_commit_before_wal_commit_reuses(
-        make_forge, rec, library, state_dir, commit_artifact, identity):
+    make_forge, rec, library, state_dir, commit_artifact, identity
+):
     key = key_for("mlp_block", Strategy.STANDARD, identity)
     wal, _ = open_wal(state_dir)
-    wal.begin("tx-1", json.dumps({"blueprint_id": "mlp_block", "strategy": "standard", "attempt": 1, "key": key,
-                                  "reason": "initial scan"}).encode())
+    wal.begin(
+        "tx-1",
+        json.dumps(
+            {"blueprint_id": "mlp_block", "strategy": "standard", "attempt": 1, "key": key, "reason": "initial scan"}
+        ).encode(),
+    )
     wal.data("tx-1", json.dumps({"staged": "mlp_block-abc", "worker_pid": 1}).encode())
     stored = commit_artifact(library, "mlp_block", key)  # the rename happened ...
     wal.close()  # ... and the process died before COMMIT
@@ -357,7 +375,9 @@ async def test_conservative_mode_runs_one_at_a_time_with_fast(make_forge, rec):
     assert rec.samples[JobStarted] == [1, 1]  # the job itself, never a second one beside it
     assert [e.strategy for e in rec.of(JobStarted)] == [Strategy.FAST, Strategy.FAST]
     assert sorted((e.blueprint_id, e.strategy, e.backend) for e in rec.of(JobCompiled)) == [
-        ("lowrank_adapter", Strategy.FAST, "aot_eager"), ("mlp_block", Strategy.FAST, "aot_eager")]
+        ("lowrank_adapter", Strategy.FAST, "aot_eager"),
+        ("mlp_block", Strategy.FAST, "aot_eager"),
+    ]
 
 
 async def test_wal_write_failure_makes_the_forge_fatal(make_forge, rec, monkeypatch):
@@ -380,7 +400,8 @@ async def test_wal_write_failure_makes_the_forge_fatal(make_forge, rec, monkeypa
 
 
 async def test_half_open_probe_is_returned_when_a_job_needs_no_compile(
-        make_forge, rec, library, commit_artifact, identity, fake_clock):
+    make_forge, rec, library, commit_artifact, identity, fake_clock
+):
     commit_artifact(library, "mlp_block", key_for("mlp_block", Strategy.STANDARD, identity))
     forge = make_forge(["mlp_block"], clock=fake_clock, breakers=BreakersConfig(open_seconds=10))
     forge.board.timeout.trip("test")

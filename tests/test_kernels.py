@@ -16,7 +16,7 @@ import textwrap
 
 import pytest
 
-from esper_tui.engine.kernels import FN_FILES, KERNEL_DIR, WEIGHTS_FILE
+from esper_tui.engine.kernels.compiled import FN_FILES, KERNEL_DIR, WEIGHTS_FILE
 
 pytestmark = pytest.mark.compile
 
@@ -38,8 +38,8 @@ _LOAD_SCRIPT = textwrap.dedent(
     subprocess.Popen.__init__ = _spy
 
     import torch
-    from esper_tui.engine.catalog import Catalog
-    from esper_tui.engine.kernels import initial_weights, kernel_threads, load_kernel, private_cache_dir
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.compiled import initial_weights, kernel_threads, load_kernel, private_cache_dir
 
     torch.set_num_threads(kernel_threads())  # what the trainer runs with, and the kernel was built for
     cache = private_cache_dir()
@@ -103,13 +103,23 @@ def test_fresh_process_loads_from_bytes_matches_eager_without_recompiling(compil
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
     proc = subprocess.run(
-        [sys.executable, "-c", _LOAD_SCRIPT, str(compiled_kernel.directory), json.dumps(compiled_kernel.files),
-         compiled_kernel.blueprint_id],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            _LOAD_SCRIPT,
+            str(compiled_kernel.directory),
+            json.dumps(compiled_kernel.files),
+            compiled_kernel.blueprint_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    out = json.loads(lines[-1][len("RESULT "):])
+    out = json.loads(lines[-1][len("RESULT ") :])
 
     for batch in ("3", "100"):
         b = out["batches"][batch]
@@ -122,8 +132,11 @@ def test_fresh_process_loads_from_bytes_matches_eager_without_recompiling(compil
         assert b["no_grad_requires_grad"] is False
 
     prefix = KERNEL_DIR + "/"
-    expected = {f[len(prefix):]: hashlib.sha256((compiled_kernel.directory / f).read_bytes()).hexdigest()
-                for f in compiled_kernel.files if f.startswith(prefix)}
+    expected = {
+        f[len(prefix) :]: hashlib.sha256((compiled_kernel.directory / f).read_bytes()).hexdigest()
+        for f in compiled_kernel.files
+        if f.startswith(prefix)
+    }
     assert out["before"] == []
     # The private cache holds exactly the artifact's kernels, byte for byte: nothing was rebuilt.
     assert out["so_sha256"] == expected, f"private cache: {out['after']}"
@@ -140,8 +153,8 @@ def test_fresh_process_loads_from_bytes_matches_eager_without_recompiling(compil
 
 
 def test_load_kernel_rejects_garbage_function_file(compiled_kernel):
-    from esper_tui.engine.catalog import Catalog
-    from esper_tui.engine.kernels import KernelError, load_kernel
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.compiled import KernelError, load_kernel
 
     blobs = compiled_kernel.read_files()
     blobs[FN_FILES[True]] = b"not a compiled function"
@@ -150,8 +163,8 @@ def test_load_kernel_rejects_garbage_function_file(compiled_kernel):
 
 
 def test_initial_weights_match_the_blueprint(compiled_kernel):
-    from esper_tui.engine.catalog import Catalog
-    from esper_tui.engine.kernels import initial_weights
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.compiled import initial_weights
 
     weights = initial_weights(compiled_kernel.read_files())
     module = Catalog().get(compiled_kernel.blueprint_id).build(40, 64)
@@ -161,10 +174,10 @@ def test_initial_weights_match_the_blueprint(compiled_kernel):
 
 def test_compile_kernel_emergency_in_process_writes_no_kernels(tmp_path):
     """Eager (Emergency) is the cheap, always-works path: function files and weights, no .so."""
-    from esper_tui.engine.catalog import Catalog
-    from esper_tui.engine.contracts import Strategy
-    from esper_tui.engine.kernels import compile_kernel
-    from esper_tui.engine.pipelines import settings_for
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.compiled import compile_kernel
+    from esper_tui.engine.kernels.pipelines import settings_for
+    from esper_tui.engine.vocabulary import Strategy
 
     out = compile_kernel(Catalog().get("lowrank_adapter"), 40, 64, settings_for(Strategy.EMERGENCY), tmp_path / "k")
     assert sorted(out.files) == sorted([FN_FILES[True], FN_FILES[False], WEIGHTS_FILE])

@@ -14,12 +14,12 @@ import msgspec
 import pytest
 import torch
 
-from esper_tui.engine import library as library_mod
-from esper_tui.engine import signing
-from esper_tui.engine.catalog import Catalog
-from esper_tui.engine.contracts import ArtifactMeta
-from esper_tui.engine.library import ArtifactInvalid, Library
-from esper_tui.engine.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.library import signing as signing
+from esper_tui.engine.library import store as library_mod
+from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.library.store import ArtifactInvalid, Library
 
 KEY = bytes(range(32))
 K1 = hashlib.sha256(b"one").hexdigest()
@@ -39,8 +39,14 @@ def quarantined() -> list[tuple[str, str, str]]:
 
 @pytest.fixture
 def lib(state_dir, fake_clock, quarantined) -> Library:
-    return Library(state_dir / "library", KEY, Catalog(), cache_ttl_s=60.0, clock=fake_clock,
-                   on_quarantine=lambda *args: quarantined.append(args))
+    return Library(
+        state_dir / "library",
+        KEY,
+        Catalog(),
+        cache_ttl_s=60.0,
+        clock=fake_clock,
+        on_quarantine=lambda *args: quarantined.append(args),
+    )
 
 
 def _dir(lib: Library, meta: ArtifactMeta) -> Path:
@@ -155,8 +161,13 @@ def test_read_verified_rejects_files_escaping_the_directory(lib, commit_artifact
     d = _dir(lib, commit_artifact(lib, key=K1))
     (d.parent / "outside").write_bytes(b"x")
     meta = msgspec.json.decode((d / "meta.json").read_bytes(), type=ArtifactMeta)
-    evil = msgspec.structs.replace(meta, files=[*meta.files, msgspec.structs.replace(
-        meta.files[0], name="../outside", sha256=hashlib.sha256(b"x").hexdigest(), size=1)])
+    evil = msgspec.structs.replace(
+        meta,
+        files=[
+            *meta.files,
+            msgspec.structs.replace(meta.files[0], name="../outside", sha256=hashlib.sha256(b"x").hexdigest(), size=1),
+        ],
+    )
     raw = msgspec.json.encode(evil)
     (d / "meta.json").write_bytes(raw)
     (d / "meta.sig").write_text(signing.sign(KEY, raw))
@@ -220,12 +231,18 @@ def test_ranked_orders_by_compiled_step_time_and_by_tag_filters(lib, commit_arti
     commit_artifact(lib, "depthwise_conv", K3, step_ms_compiled=2.0)
     commit_artifact(lib, "mlp_block", K2, step_ms_compiled=0.5)  # newest mlp_block is now the fastest
     assert [(m.blueprint_id, m.step_ms_compiled) for m in lib.ranked()] == [
-        ("mlp_block", 0.5), ("lowrank_adapter", 1.0), ("depthwise_conv", 2.0)]
+        ("mlp_block", 0.5),
+        ("lowrank_adapter", 1.0),
+        ("depthwise_conv", 2.0),
+    ]
     assert [m.blueprint_id for m in lib.by_tag("cheap")] == ["lowrank_adapter", "depthwise_conv"]
     assert [m.blueprint_id for m in lib.ranked("conv")] == ["depthwise_conv"]
     assert lib.by_tag("attention") == []
     assert {m.blueprint_id: m.version for m in lib.all_current()} == {
-        "mlp_block": 2, "lowrank_adapter": 1, "depthwise_conv": 1}
+        "mlp_block": 2,
+        "lowrank_adapter": 1,
+        "depthwise_conv": 1,
+    }
 
 
 def test_clean_staging_removes_leftovers(lib, commit_artifact):

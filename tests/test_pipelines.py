@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from esper_tui.engine.contracts import CompilationConfig, Strategy
-from esper_tui.engine.pipelines import CompileSettings, choose_strategy, settings_for, timeout_for
+from esper_tui.engine.config import CompilationConfig
+from esper_tui.engine.kernels.pipelines import CompileSettings, choose_strategy, settings_for, timeout_for
+from esper_tui.engine.vocabulary import Strategy
 
 S = Strategy
 ALL = list(Strategy)
 
 
 def choose(*, requested=None, priority=1, attempt=1, conservative=False, **config):
-    return choose_strategy(requested=requested, priority=priority, attempt=attempt, conservative=conservative,
-                           config=CompilationConfig(**config))
+    return choose_strategy(
+        requested=requested,
+        priority=priority,
+        attempt=attempt,
+        conservative=conservative,
+        config=CompilationConfig(**config),
+    )
 
 
 def test_default_is_the_configured_strategy():
@@ -26,8 +32,13 @@ def test_default_is_the_configured_strategy():
 @pytest.mark.parametrize("priority", [1, 3, 10])
 @pytest.mark.parametrize("aggressive_enabled", [False, True])
 def test_conservative_gives_fast_and_never_aggressive(requested, priority, aggressive_enabled):
-    got = choose(requested=requested, priority=priority, conservative=True,
-                 enable_aggressive_pipeline=aggressive_enabled, default_strategy=S.AGGRESSIVE)
+    got = choose(
+        requested=requested,
+        priority=priority,
+        conservative=True,
+        enable_aggressive_pipeline=aggressive_enabled,
+        default_strategy=S.AGGRESSIVE,
+    )
     assert got is not S.AGGRESSIVE
     assert got is (S.EMERGENCY if requested is S.EMERGENCY else S.FAST)
 
@@ -46,8 +57,12 @@ def test_aggressive_only_when_enabled():
 @pytest.mark.parametrize("requested", [None, *ALL])
 @pytest.mark.parametrize("conservative", [False, True])
 def test_last_attempt_is_emergency(requested, conservative):
-    assert choose(requested=requested, attempt=3, max_attempts=3, conservative=conservative,
-                  enable_aggressive_pipeline=True) is S.EMERGENCY
+    assert (
+        choose(
+            requested=requested, attempt=3, max_attempts=3, conservative=conservative, enable_aggressive_pipeline=True
+        )
+        is S.EMERGENCY
+    )
     assert choose(requested=requested, attempt=5, max_attempts=5, conservative=conservative) is S.EMERGENCY
     assert choose(attempt=1, max_attempts=1) is S.EMERGENCY  # a single permitted attempt is the last one
 
@@ -88,5 +103,6 @@ def test_timeouts_per_strategy():
     c = CompilationConfig(timeout_fast_s=1, timeout_standard_s=2, timeout_aggressive_s=3, timeout_emergency_s=4)
     assert [timeout_for(s, c) for s in (S.FAST, S.STANDARD, S.AGGRESSIVE, S.EMERGENCY)] == [1, 2, 3, 4]
     d = CompilationConfig()
-    assert timeout_for(S.EMERGENCY, d) < timeout_for(S.FAST, d) < timeout_for(S.STANDARD, d) < timeout_for(
-        S.AGGRESSIVE, d)
+    assert (
+        timeout_for(S.EMERGENCY, d) < timeout_for(S.FAST, d) < timeout_for(S.STANDARD, d) < timeout_for(S.AGGRESSIVE, d)
+    )

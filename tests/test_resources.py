@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pynvml
 import pytest
 
-from esper_tui.engine.resources import GpuProbe, SustainedThreshold, read_memory
+from esper_tui.engine.forge.resources import GpuProbe, SustainedThreshold, read_memory
 
 MB = 1024 * 1024
 
@@ -26,9 +26,7 @@ def test_read_memory_of_this_process_is_plausible():
 
 def test_read_memory_counts_children():
     before = read_memory()
-    child = subprocess.Popen(
-        [sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         during = read_memory()
@@ -155,8 +153,9 @@ def test_gpu_probe_missing_device_index(monkeypatch):
 
 
 def test_board_trips_gpu_from_simulated_nvml_after_sustained_duration(monkeypatch):
-    from esper_tui.engine.breaker_board import BreakerBoard
-    from esper_tui.engine.contracts import BreakerState, TezzeretConfig
+    from esper_tui.engine.config import TezzeretConfig
+    from esper_tui.engine.forge.board import BreakerBoard
+    from esper_tui.engine.vocabulary import BreakerState
 
     FakeNvml(monkeypatch, percent=90)
     now = [0.0]

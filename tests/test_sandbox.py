@@ -1,4 +1,4 @@
-"""Sandboxed compile workers: real `python -m esper_tui.engine.worker` processes.
+"""Sandboxed compile workers: real `python -m esper_tui.engine.forge.worker` processes.
 
 Process checks read /proc (live members of a process group, the worker's limits), never timings.
 Zombies do not count as alive: they are dead processes waiting for their parent (or init) to reap them.
@@ -23,9 +23,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from esper_tui.engine.contracts import CompileRequest, Strategy
-from esper_tui.engine.pipelines import settings_for
-from esper_tui.engine.sandbox import CompileTimeout, Worker, WorkerError, WorkerPool, reap_stale
+from esper_tui.engine.forge.protocol import CompileRequest
+from esper_tui.engine.forge.sandbox import CompileTimeout, Worker, WorkerError, WorkerPool, reap_stale
+from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.vocabulary import Strategy
 
 pytestmark = pytest.mark.compile
 
@@ -35,8 +36,17 @@ JOB_TIMEOUT_S = 300.0
 
 def request(blueprint_id: str, strategy: Strategy, out_dir: Path) -> CompileRequest:
     s = settings_for(strategy)
-    return CompileRequest(job_id=uuid.uuid4().hex, blueprint_id=blueprint_id, in_features=40, out_features=64,
-                          strategy=strategy, backend=s.backend, mode=s.mode, device=s.device, out_dir=str(out_dir))
+    return CompileRequest(
+        job_id=uuid.uuid4().hex,
+        blueprint_id=blueprint_id,
+        in_features=40,
+        out_features=64,
+        strategy=strategy,
+        backend=s.backend,
+        mode=s.mode,
+        device=s.device,
+        out_dir=str(out_dir),
+    )
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -212,7 +222,7 @@ async def test_worker_killed_mid_job_gives_worker_error_and_a_fresh_worker_next(
 def _limit(pid: int, name: str) -> tuple[str, str]:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith(name):
-            soft, hard = line[len(name):].split()[:2]
+            soft, hard = line[len(name) :].split()[:2]
             return soft, hard
     raise AssertionError(f"{name} not in /proc/{pid}/limits")
 
@@ -261,8 +271,8 @@ async def test_engine_killed_mid_compile_leaves_nothing_after_the_next_start(tmp
         f"""
         import asyncio, msgspec
         from pathlib import Path
-        from esper_tui.engine.contracts import CompileRequest
-        from esper_tui.engine.sandbox import Worker
+        from esper_tui.engine.forge.protocol import CompileRequest
+        from esper_tui.engine.forge.sandbox import Worker
 
         async def main():
             w = await Worker.spawn(Path({str(tmp_path / "logs")!r}), {MEMORY_MB}, Path({str(registry)!r}))

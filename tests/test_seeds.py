@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from esper_tui.engine.blueprints import Conv1dBlock, MlpBlock
-from esper_tui.engine.contracts import SeedStage
-from esper_tui.engine.host import HostNetwork
-from esper_tui.engine.kernel_source import eager_kernel
-from esper_tui.engine.seeds import BlendSchedule, IllegalTransition, SeedSlot, SlotPolicy, blend_alpha
+from esper_tui.engine.kernels.blueprints import Conv1dBlock, MlpBlock
+from esper_tui.engine.training.host import HostNetwork
+from esper_tui.engine.training.kernel_source import eager_kernel
+from esper_tui.engine.training.seeds import BlendSchedule, IllegalTransition, SeedSlot, SlotPolicy, blend_alpha
+from esper_tui.engine.vocabulary import SeedStage
 
 S = SeedStage
 HIDDEN = 16

@@ -9,8 +9,8 @@ import struct
 import pytest
 import torch
 
-from esper_tui.engine import tensorfile
-from esper_tui.engine.tensorfile import TensorFileError
+from esper_tui.engine.kernels import tensorfile as tensorfile
+from esper_tui.engine.kernels.tensorfile import TensorFileError
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32]
 
@@ -110,24 +110,33 @@ GOOD = tensorfile.dumps({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)
         pytest.param(_file(b"not json at all"), id="header-not-json"),
         pytest.param(_file(b"\xff\xfe\xfd"), id="header-not-utf8"),
         pytest.param(pickle.dumps({"w": [1, 2, 3]}), id="a-pickle"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}, b"\0" * 8),
-                     id="data-truncated"),
-        pytest.param(_file({"w": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
-                     id="unknown-dtype"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4),
-                     id="offsets-reversed"),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}, b"\0" * 8), id="data-truncated"
+        ),
+        pytest.param(
+            _file({"w": {"dtype": "Q99", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4), id="unknown-dtype"
+        ),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4), id="offsets-reversed"
+        ),
         pytest.param(_file([1, 2, 3]), id="header-is-a-list"),
         pytest.param(_file(b"7"), id="header-is-a-number"),
         pytest.param(_file({"w": 5}), id="entry-not-an-object"),
         pytest.param(_file({"w": {}}), id="entry-missing-fields"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 4]}}, b"\0" * 4),
-                     id="shape-does-not-match-bytes"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 3]}}, b"\0" * 4),
-                     id="bytes-not-a-multiple-of-itemsize"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
-                     id="negative-shape"),
-        pytest.param(_file({"w": {"dtype": "F32", "shape": [1], "data_offsets": "ab"}}, b"\0" * 4),
-                     id="offsets-not-numbers"),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [100], "data_offsets": [0, 4]}}, b"\0" * 4),
+            id="shape-does-not-match-bytes",
+        ),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 3]}}, b"\0" * 4),
+            id="bytes-not-a-multiple-of-itemsize",
+        ),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4), id="negative-shape"
+        ),
+        pytest.param(
+            _file({"w": {"dtype": "F32", "shape": [1], "data_offsets": "ab"}}, b"\0" * 4), id="offsets-not-numbers"
+        ),
     ],
 )
 def test_garbage_is_refused_with_tensorfile_error(data):

@@ -12,22 +12,21 @@ import msgspec
 import pytest
 import torch
 
-from esper_tui.engine.catalog import Catalog
+from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import (
     ControllerDecision,
     EpochCompleted,
-    Level,
     LogLine,
     SeedsReport,
-    SeedStage,
-    TrainingConfig,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
 )
-from esper_tui.engine.controller import Action, Decision
-from esper_tui.engine.kernel_source import EagerKernelSource, Kernel, KernelOffer, KernelUnavailable
-from esper_tui.engine.training import Trainer, TrainingControl
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.training.controller import Action, Decision
+from esper_tui.engine.training.kernel_source import EagerKernelSource, Kernel, KernelOffer, KernelUnavailable
+from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.vocabulary import Level, SeedStage
 
 CATALOG = Catalog()
 
@@ -58,8 +57,7 @@ class Recorder:
             assert self._cond.wait_for(lambda: predicate(self), timeout), "event never came"
 
 
-def trainer(cache_dir: Path, kernels=None, control: TrainingControl | None = None,
-            **cfg) -> tuple[Trainer, Recorder]:
+def trainer(cache_dir: Path, kernels=None, control: TrainingControl | None = None, **cfg) -> tuple[Trainer, Recorder]:
     rec = Recorder()
     config = msgspec.structs.replace(TrainingConfig(seed=0), **cfg)
     return Trainer(config, CATALOG, kernels or EagerKernelSource(CATALOG), rec, control, cache_dir), rec
@@ -178,8 +176,7 @@ class FakeLibrary:
         return kernel, self.offers()[0]
 
 
-FAST_LIFECYCLE = {"plateau_epochs": 1, "plateau_delta": 1.0, "train_epochs": 1, "blend_epochs": 1,
-                  "holding_epochs": 1}
+FAST_LIFECYCLE = {"plateau_epochs": 1, "plateau_delta": 1.0, "train_epochs": 1, "blend_epochs": 1, "holding_epochs": 1}
 
 
 def test_compiled_kernels_see_detached_inputs_and_the_banner_fields(cache_dir: Path) -> None:
@@ -242,7 +239,9 @@ def test_unavailable_kernel_is_logged_and_prune_releases_the_optimizer(cache_dir
 
 
 def test_importing_the_training_plane_loads_no_ui() -> None:
-    code = ("import sys, esper_tui.engine.training, esper_tui.engine.controller; "
-            "print(any(m.split('.')[0] in ('textual', 'rich') for m in sys.modules))")
+    code = (
+        "import sys, esper_tui.engine.training.loop, esper_tui.engine.training.controller; "
+        "print(any(m.split('.')[0] in ('textual', 'rich') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from esper_tui.engine import wal_format as fmt
-from esper_tui.engine.contracts import DurabilityMode
-from esper_tui.engine.wal import (
+from esper_tui.engine.config import DurabilityMode
+from esper_tui.engine.wal import format as fmt
+from esper_tui.engine.wal.writer import (
     RecoveryReport,
     WalError,
     WalFormatError,
@@ -461,9 +461,7 @@ def test_stale_bytes_from_a_reused_file_are_not_replayed(tmp_path: Path) -> None
         wal.data("job", b"new-1")
     segment = only_segment(tmp_path / "new")
     new = segment.read_bytes()
-    segment.write_bytes(
-        new + old[len(new) :]
-    )  # the old COMMIT has seq 3 and a valid CRC: only its salt differs
+    segment.write_bytes(new + old[len(new) :])  # the old COMMIT has seq 3 and a valid CRC: only its salt differs
     report = recover(tmp_path / "new")
     assert states(report) == {"job": "open"}
     assert report.open[0].data == [b"new-1"]
@@ -573,9 +571,7 @@ def test_write_error_is_fatal_and_nothing_reports_success(
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO])
-def test_fsync_error_is_fatal_and_never_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int
-) -> None:
+def test_fsync_error_is_fatal_and_never_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
     wal = WriteAheadLog(tmp_path, durability=FSYNC)
     wal.begin("A", b"x")
     calls = []
@@ -704,9 +700,7 @@ def test_a_stale_checkpoint_segment_never_makes_the_real_log_obsolete(tmp_path: 
     assert [p.name for p in segments(tmp_path / "wal")] == [fmt.segment_name(1)]
 
 
-def test_crash_before_checkpoint_rename_keeps_the_old_log(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_crash_before_checkpoint_rename_keeps_the_old_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wal = WriteAheadLog(tmp_path, durability=FSYNC)
     _three_transactions(wal)
     crash_on(monkeypatch, "replace")
@@ -720,9 +714,7 @@ def test_crash_before_checkpoint_rename_keeps_the_old_log(
     assert report.corrupt == [] and not list(tmp_path.glob("*.tmp"))
 
 
-def test_failed_checkpoint_write_leaves_the_log_usable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_checkpoint_write_leaves_the_log_usable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wal = WriteAheadLog(tmp_path, durability=FSYNC)
     _three_transactions(wal)
     monkeypatch.setattr(os, "write", failing(errno.ENOSPC))
@@ -866,8 +858,8 @@ def test_inspect_is_read_only_and_json_serialisable(tmp_path: Path) -> None:
 CHILD = r"""
 import random, sys
 from pathlib import Path
-from esper_tui.engine.contracts import DurabilityMode
-from esper_tui.engine.wal import WriteAheadLog
+from esper_tui.engine.config import DurabilityMode
+from esper_tui.engine.wal.writer import WriteAheadLog
 
 directory, tag, seed, mode = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 rng = random.Random(seed)

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from esper_tui.engine.contracts import DurabilityMode
-from esper_tui.engine.wal import RecoveryReport, WalError, WriteAheadLog
+from esper_tui.engine.config import DurabilityMode
+from esper_tui.engine.wal.writer import RecoveryReport, WalError, WriteAheadLog
 
 TXIDS = st.sampled_from(["a", "b", "c", "d", "blueprint-é"])
 PAYLOADS = st.binary(max_size=300)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.contracts import BreakerState, BreakerView, Snapshot
+from esper_tui.engine.snapshot import BreakerView, Snapshot
+from esper_tui.engine.vocabulary import BreakerState
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 

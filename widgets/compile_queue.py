@@ -14,7 +14,8 @@ from textual.coordinate import Coordinate
 from textual.theme import Theme
 from textual.widgets import DataTable
 
-from esper_tui.engine.contracts import JobStatus, JobView, Snapshot
+from esper_tui.engine.snapshot import JobView, Snapshot
+from esper_tui.engine.vocabulary import JobStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -68,9 +69,7 @@ def job_note(job: JobView) -> Cell:
 def job_row(job: JobView, now: float) -> Row:
     """The cells of one job, as comparable values (no rendering, so diffs are cheap and exact)."""
     slower = (
-        job.step_ms_compiled is not None
-        and job.step_ms_eager is not None
-        and job.step_ms_compiled > job.step_ms_eager
+        job.step_ms_compiled is not None and job.step_ms_eager is not None and job.step_ms_compiled > job.step_ms_eager
     )
     return (
         Cell(job.blueprint_id),
@@ -169,4 +168,3 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
     def blueprint_ids(self) -> list[str]:
         """Row keys in display order (tests use it to prove rows are never duplicated)."""
         return [str(row.key.value) for row in self.ordered_rows]
-

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.contracts import ForgeHealth, Snapshot
+from esper_tui.engine.snapshot import ForgeHealth, Snapshot
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -40,9 +40,7 @@ class ForgeHealthLine(SnapshotPanel[HealthSlice], Static):
     def draw(self, part: HealthSlice) -> None:
         health = part.health
         saturated = health.max_concurrency > 0 and health.concurrency >= health.max_concurrency
-        workers = fmt.styled(
-            f"workers {health.concurrency}/{health.max_concurrency}", "$warning" if saturated else ""
-        )
+        workers = fmt.styled(f"workers {health.concurrency}/{health.max_concurrency}", "$warning" if saturated else "")
         failed = fmt.styled(f"{health.failed} failed", "$error" if health.failed else "")
         checkpoint = f"checkpoint {fmt.age(part.checkpoint_age_s)}"
         self.update(

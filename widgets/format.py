@@ -12,14 +12,8 @@ from collections.abc import Iterable
 
 from textual.content import Content
 
-from esper_tui.engine.contracts import (
-    BreakerState,
-    ForgeView,
-    Infrastructure,
-    JobStatus,
-    Level,
-    SeedStage,
-)
+from esper_tui.engine.snapshot import ForgeView, Infrastructure
+from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage
 
 DASH = "-"
 """What a cell shows when there is no value: quieter than "None", same width everywhere."""

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from textual import events
 from textual.widget import Widget
 
-from esper_tui.engine.contracts import Snapshot
+from esper_tui.engine.snapshot import Snapshot
 
 S = TypeVar("S")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.contracts import SeedView, Snapshot
+from esper_tui.engine.snapshot import SeedView, Snapshot
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -65,8 +65,7 @@ def seed_line(seed: SeedView) -> Content:
         (str(seed.epochs_in_stage) if active else fmt.DASH, ""),
     ]
     cells = [
-        fmt.styled(fmt.fit(text, width), style)
-        for (text, style), (_, width) in zip(values, SEED_COLUMNS, strict=True)
+        fmt.styled(fmt.fit(text, width), style) for (text, style), (_, width) in zip(values, SEED_COLUMNS, strict=True)
     ]
     return Content(" ").join(cells)
 

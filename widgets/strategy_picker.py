@@ -14,7 +14,7 @@ from textual.screen import ModalScreen
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from esper_tui.engine.contracts import Strategy
+from esper_tui.engine.vocabulary import Strategy
 from esper_tui.widgets import format as fmt
 
 STRATEGY_HELP: dict[Strategy, str] = {
@@ -73,9 +73,7 @@ class StrategyPicker(ModalScreen[Strategy | None]):
         for strategy in Strategy:
             blocked = self.conservative and strategy is Strategy.AGGRESSIVE
             note = "off in conservative mode" if blocked else STRATEGY_HELP[strategy]
-            prompt = fmt.styled(fmt.fit(strategy.value.capitalize(), 11), "bold") + Content.styled(
-                note, fmt.MUTED
-            )
+            prompt = fmt.styled(fmt.fit(strategy.value.capitalize(), 11), "bold") + Content.styled(note, fmt.MUTED)
             options.append(Option(prompt, id=strategy.value, disabled=blocked))
         return options
 

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.widgets import Sparkline, Static
 
-from esper_tui.engine.contracts import Snapshot, TrainingView
+from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.contracts import Snapshot, WalView
+from esper_tui.engine.snapshot import Snapshot, WalView
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 

@@ -6,11 +6,19 @@ Redis URL is configured. Both implement `Bus` with the same delivery semantics (
 
 from __future__ import annotations
 
-from ..contracts import BusConfig
-from .base import Bus
-from .embedded import EmbeddedBus
-from .redis_streams import RedisStreamsBus, redact_url
-from .types import BusBackpressure, BusError, BusMetrics, BusOptions, BusUnavailable, DeadLetter, StreamNames
+from esper_tui.engine.bus.base import Bus
+from esper_tui.engine.bus.embedded import EmbeddedBus
+from esper_tui.engine.bus.redis_streams import RedisStreamsBus, redact_url
+from esper_tui.engine.bus.types import (
+    BusBackpressure,
+    BusError,
+    BusMetrics,
+    BusOptions,
+    BusUnavailable,
+    DeadLetter,
+    StreamNames,
+)
+from esper_tui.engine.config import BusConfig
 
 __all__ = [
     "Bus",

@@ -25,19 +25,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from ..contracts import (
-    AnyCommand,
-    AnyEvent,
-    BusConfig,
-    SchemaMismatch,
-    SetConservativeMode,
-    Shutdown,
-    decode_command,
-    decode_event,
-    encode_msgpack,
-)
-from .helpers import Backoff, RecentIds, Verdict, _DepthGauge
-from .types import (
+from esper_tui.engine.bus.helpers import Backoff, RecentIds, Verdict, _DepthGauge
+from esper_tui.engine.bus.types import (
     PAYLOAD,
     BusBackpressure,
     BusError,
@@ -48,6 +37,9 @@ from .types import (
     GroupMissing,
     StreamNames,
 )
+from esper_tui.engine.codec import SchemaMismatch, decode_command, decode_event, encode_msgpack
+from esper_tui.engine.config import BusConfig
+from esper_tui.engine.contracts import AnyCommand, AnyEvent, SetConservativeMode, Shutdown
 
 log = logging.getLogger(__name__)
 

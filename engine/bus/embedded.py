@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..contracts import BusConfig
-from .base import START, Bus, Delivery, GroupLoad
-from .types import PAYLOAD, BusOptions, GroupMissing
+from esper_tui.engine.bus.base import START, Bus, Delivery, GroupLoad
+from esper_tui.engine.bus.types import PAYLOAD, BusOptions, GroupMissing
+from esper_tui.engine.config import BusConfig
 
 
 def _entry_id(seq: int) -> str:

@@ -21,9 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..contracts import BusConfig
-from .base import START, Bus, Delivery, GroupLoad
-from .types import PAYLOAD, BusError, BusOptions, BusUnavailable, GroupMissing
+from esper_tui.engine.bus.base import START, Bus, Delivery, GroupLoad
+from esper_tui.engine.bus.types import PAYLOAD, BusError, BusOptions, BusUnavailable, GroupMissing
+from esper_tui.engine.config import BusConfig
 
 MIN_REDIS_MAJOR = 7  # XINFO GROUPS lag, and XAUTOCLAIM dropping trimmed entries from the pending list
 _GROUP_GONE = ("NOGROUP", "UNBLOCKED")  # UNBLOCKED: the stream was deleted under a blocked XREADGROUP

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from esper_tui.engine.bus import Bus, BusOptions, EmbeddedBus, RedisStreamsBus
-from esper_tui.engine.contracts import BusConfig
+from esper_tui.engine.config import BusConfig
 
 WAIT_S = 10.0
 

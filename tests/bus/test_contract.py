@@ -14,16 +14,9 @@ import msgspec
 import pytest
 
 from esper_tui.engine.bus import BusBackpressure, BusOptions
-from esper_tui.engine.contracts import (
-    EpochCompleted,
-    Level,
-    LogLine,
-    PauseTraining,
-    Recompile,
-    SetConservativeMode,
-    Shutdown,
-    encode_msgpack,
-)
+from esper_tui.engine.codec import encode_msgpack
+from esper_tui.engine.contracts import EpochCompleted, LogLine, PauseTraining, Recompile, SetConservativeMode, Shutdown
+from esper_tui.engine.vocabulary import Level
 
 FAST_RETRY = BusOptions(claim_idle_ms=50)  # failed entries come back after 50 ms
 NO_RETRY = BusOptions(claim_idle_ms=60_000)  # only a restart (pending replay) brings them back

@@ -7,15 +7,10 @@ import threading
 
 import pytest
 
-from esper_tui.engine.bus import (
-    BusError,
-    BusOptions,
-    EmbeddedBus,
-    RedisStreamsBus,
-    create_bus,
-)
+from esper_tui.engine.bus import BusError, BusOptions, EmbeddedBus, RedisStreamsBus, create_bus
 from esper_tui.engine.bus.helpers import Backoff, RecentIds, Verdict
-from esper_tui.engine.contracts import BusConfig, EpochCompleted
+from esper_tui.engine.config import BusConfig
+from esper_tui.engine.contracts import EpochCompleted
 
 
 def epoch(n: int) -> EpochCompleted:

@@ -13,15 +13,9 @@ import socket
 import pytest
 
 from esper_tui.engine.bus import BusOptions, BusUnavailable, RedisStreamsBus, create_bus
-from esper_tui.engine.contracts import (
-    BusConfig,
-    EpochCompleted,
-    Recompile,
-    Shutdown,
-    decode_command,
-    decode_event,
-    encode_msgpack,
-)
+from esper_tui.engine.codec import decode_command, decode_event, encode_msgpack
+from esper_tui.engine.config import BusConfig
+from esper_tui.engine.contracts import EpochCompleted, Recompile, Shutdown
 
 pytestmark = pytest.mark.redis
 

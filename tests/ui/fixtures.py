@@ -13,23 +13,19 @@ import math
 
 import msgspec
 
-from esper_tui.engine.contracts import (
-    BreakerState,
+from esper_tui.engine.snapshot import (
     BreakerView,
     EventLine,
     ForgeHealth,
     ForgeView,
     Infrastructure,
-    JobStatus,
     JobView,
-    Level,
-    SeedStage,
     SeedView,
     Snapshot,
-    Strategy,
     TrainingView,
     WalView,
 )
+from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage, Strategy
 
 T0 = dt.datetime(2025, 6, 1, 12, 1, 15, tzinfo=dt.UTC).timestamp()
 """The snapshot's clock: 12:01:15 UTC."""

@@ -8,16 +8,9 @@ from textual.content import Content
 from textual.widgets import Sparkline
 
 from esper_tui.app import EsperApp
-from esper_tui.engine.contracts import (
-    AnyCommand,
-    JobStatus,
-    PauseTraining,
-    Recompile,
-    RecompileAll,
-    SetConservativeMode,
-    Snapshot,
-    Strategy,
-)
+from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import JobStatus, Strategy
 from esper_tui.help import HelpScreen
 from esper_tui.link import StaticLink
 from esper_tui.widgets import format as fmt

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .fsutil import fsync_dir, fsync_path, write_synced
-from .wal_format import (
+from esper_tui.engine.fsutil import fsync_dir, fsync_path, write_synced
+from esper_tui.engine.wal.format import (
     DamageKind,
     RawRecord,
     RecordType,
@@ -91,7 +91,6 @@ class RecoveryReport:
     truncated_bytes: int  # bytes cut off the end of segments (torn and damaged tails)
     corrupt: list[str]  # "file@offset: what" for damage, illegal sequences and segments not replayed
     repaired: bool  # whether recovery changed anything on disk
-
 
 
 class _Tx:
@@ -313,10 +312,7 @@ def _analyze(directory: Path) -> _Analysis:
         next_seq = replay.last_seq + 1
     else:
         next_seq = max((s.seq for s in chain if s.role == "live"), default=1)
-    return _Analysis(
-        directory, segments, replay, corrupt, tmp_files, other, truncated, checkpoint_ts, next_seq
-    )
-
+    return _Analysis(directory, segments, replay, corrupt, tmp_files, other, truncated, checkpoint_ts, next_seq)
 
 
 def _write_file_atomically(path: Path, data: bytes) -> None:
@@ -386,9 +382,7 @@ def inspect(directory: Path) -> dict[str, Any]:
                 "first_seq": recs[0][2] if recs else None,
                 "last_seq": recs[-1][2] if recs else None,
                 "role": seg.role,
-                "damage": None
-                if damage is None
-                else f"{damage.kind.value} at {damage.offset}: {damage.reason}",
+                "damage": None if damage is None else f"{damage.kind.value} at {damage.offset}: {damage.reason}",
             }
         )
     replay = analysis.replay
@@ -396,8 +390,7 @@ def inspect(directory: Path) -> dict[str, Any]:
         "directory": str(analysis.directory),
         "segments": segments,
         "transactions": [
-            {"txid": t.txid.decode("utf-8", "replace"), "state": t.state, "records": t.records}
-            for t in replay.all
+            {"txid": t.txid.decode("utf-8", "replace"), "state": t.state, "records": t.records} for t in replay.all
         ],
         "open_transactions": [t.decode("utf-8", "replace") for t in replay.open],
         "corrupt": list(analysis.corrupt),
@@ -406,4 +399,3 @@ def inspect(directory: Path) -> dict[str, Any]:
         "last_checkpoint_ts": analysis.last_checkpoint_ts,
         "other_files": [p.name for p in analysis.tmp_files] + analysis.other_files,
     }
-

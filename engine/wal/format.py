@@ -158,9 +158,7 @@ def _decode(buf: bytes, mv: memoryview, off: int) -> tuple[int, int, int, bytes,
     size = len(buf)
     if size - off < HEADER_SIZE:
         return _Bad(f"short header ({size - off} of {HEADER_SIZE} bytes)", incomplete=True)
-    magic, version, endian, rtype, txlen, _flags, salt, seq, length, pcrc, txid, hcrc = _HEADER.unpack_from(
-        buf, off
-    )
+    magic, version, endian, rtype, txlen, _flags, salt, seq, length, pcrc, txid, hcrc = _HEADER.unpack_from(buf, off)
     if magic != MAGIC:
         return _Bad("bad magic")
     if version != FORMAT_VERSION:

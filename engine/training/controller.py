@@ -25,9 +25,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from .catalog import Catalog
-from .contracts import SeedHealth, SeedStage, TrainingConfig
-from .kernel_source import KernelOffer
+from esper_tui.engine.config import TrainingConfig
+from esper_tui.engine.contracts import SeedHealth
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.training.kernel_source import KernelOffer
+from esper_tui.engine.vocabulary import SeedStage
 
 S = SeedStage
 _IN_FLIGHT = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING})
@@ -68,8 +70,15 @@ def _points(delta: float) -> str:
 
 
 class Controller:
-    def __init__(self, cfg: TrainingConfig, catalog: Catalog, *, fossilize_margin: float | None = None,
-                 collapse: float = 0.05, germinated_epochs: int = 1) -> None:
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        catalog: Catalog,
+        *,
+        fossilize_margin: float | None = None,
+        collapse: float = 0.05,
+        germinated_epochs: int = 1,
+    ) -> None:
         self.cfg = cfg
         self.catalog = catalog
         self.fossilize_margin = cfg.fossilize_margin if fossilize_margin is None else fossilize_margin
@@ -84,7 +93,7 @@ class Controller:
 
     def plateau(self) -> int | None:
         """Epochs since accuracy last beat its best by `plateau_delta`, once that is >= plateau_epochs."""
-        window = self.history[self._window_start:]
+        window = self.history[self._window_start :]
         if not window:
             return None
         best, last_gain = window[0], 0
@@ -122,14 +131,18 @@ class Controller:
         if seed.stage in (S.BLENDING, S.HOLDING) and delta <= -self.collapse:
             return Decision(Action.PRUNE, name, bp, f"accuracy {_points(delta)} since germination")
         if seed.stage is S.GERMINATED and n >= self.germinated_epochs:
-            return Decision(Action.ADVANCE, name, bp,
-                            f"kernel loaded; training in isolation for {self.cfg.train_epochs} epochs")
+            return Decision(
+                Action.ADVANCE, name, bp, f"kernel loaded; training in isolation for {self.cfg.train_epochs} epochs"
+            )
         if seed.stage is S.TRAINING and n >= self.cfg.train_epochs:
-            return Decision(Action.ADVANCE, name, bp,
-                            f"trained {n} epochs in isolation; blending over {self.cfg.blend_epochs} epochs")
+            return Decision(
+                Action.ADVANCE,
+                name,
+                bp,
+                f"trained {n} epochs in isolation; blending over {self.cfg.blend_epochs} epochs",
+            )
         if seed.stage is S.BLENDING and n >= self.cfg.blend_epochs:
-            return Decision(Action.ADVANCE, name, bp,
-                            f"blend complete; holding for {self.cfg.holding_epochs} epochs")
+            return Decision(Action.ADVANCE, name, bp, f"blend complete; holding for {self.cfg.holding_epochs} epochs")
         if seed.stage is S.HOLDING and n >= self.cfg.holding_epochs:
             verdict = f"accuracy {_points(delta)} since germination, now {_pct(accuracy)}"
             if delta >= self.fossilize_margin:

@@ -1,4 +1,4 @@
-"""The sandboxed compile worker: `python -m esper_tui.engine.worker`, spawned by the forge's pool.
+"""The sandboxed compile worker: `python -m esper_tui.engine.forge.worker`, spawned by the forge's pool.
 
 It reads CompileRequests on stdin and answers CompileResponses on the original stdout (fd 1 is then
 pointed at stderr, so anything torch or g++ prints can never corrupt the protocol). It holds no
@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from .contracts import CompileRequest, CompileResponse
+from esper_tui.engine.forge.protocol import CompileRequest, CompileResponse
 
 _HEADER = struct.Struct("<I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -42,9 +42,9 @@ def read_frame(stream: BinaryIO) -> bytes | None:
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     import torch
 
-    from .catalog import Catalog
-    from .kernels import compile_kernel, cpu_isa, kernel_threads
-    from .pipelines import CompileSettings
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.compiled import compile_kernel, cpu_isa, kernel_threads
+    from esper_tui.engine.kernels.pipelines import CompileSettings
 
     torch.set_num_threads(kernel_threads())  # kernels guard on it: compile with what the trainer runs
     cpu_isa()  # probe the vector ISA once, in the shared default cache (a fresh per-job cache re-probes, ~8 s)
@@ -54,11 +54,23 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     while (frame := read_frame(requests)) is not None:
         req = decoder.decode(frame)
         try:
-            out = compile_kernel(catalog.get(req.blueprint_id), req.in_features, req.out_features,
-                                 CompileSettings(req.backend, req.mode, req.device), Path(req.out_dir))
-            resp = CompileResponse(job_id=req.job_id, ok=True, files=out.files, compile_s=out.compile_s,
-                                   step_ms_compiled=out.step_ms_compiled, step_ms_eager=out.step_ms_eager,
-                                   cpu_isa=out.cpu_isa, max_abs_error=out.max_abs_error)
+            out = compile_kernel(
+                catalog.get(req.blueprint_id),
+                req.in_features,
+                req.out_features,
+                CompileSettings(req.backend, req.mode, req.device),
+                Path(req.out_dir),
+            )
+            resp = CompileResponse(
+                job_id=req.job_id,
+                ok=True,
+                files=out.files,
+                compile_s=out.compile_s,
+                step_ms_compiled=out.step_ms_compiled,
+                step_ms_eager=out.step_ms_eager,
+                cpu_isa=out.cpu_isa,
+                max_abs_error=out.max_abs_error,
+            )
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             resp = CompileResponse(job_id=req.job_id, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])

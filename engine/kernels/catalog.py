@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from . import blueprints as bp
+from esper_tui.engine.kernels import blueprints as bp
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,63 @@ class Blueprint:
 
 
 CATALOG: tuple[Blueprint, ...] = (
-    Blueprint("mlp_block", "mlp", "two dense layers with GELU", bp.MlpBlock,
-              tags=("dense", "baseline"), risk=0.1, priority=2),
-    Blueprint("residual_block", "residual", "pre-norm residual MLP", bp.ResidualBlock,
-              tags=("dense", "residual", "norm"), risk=0.2, priority=2),
-    Blueprint("conv1d_block", "conv1d", "three 1-D convolutions over the sequence", bp.Conv1dBlock,
-              tags=("conv", "sequence"), risk=0.3, priority=3),
-    Blueprint("attention_block", "attention", "single-head self-attention over patches", bp.AttentionBlock,
-              tags=("attention", "sequence"), risk=0.5, priority=1),
-    Blueprint("lowrank_adapter", "adapter", "rank-8 low-rank update (LoRA style)", bp.LowRankAdapter,
-              tags=("dense", "adapter", "cheap"), risk=0.05, priority=1),
-    Blueprint("gated_block", "gating", "GLU-style gated dense update", bp.GatedBlock,
-              tags=("dense", "gating"), risk=0.2, priority=1),
-    Blueprint("depthwise_conv", "depthwise", "depthwise-separable convolution", bp.DepthwiseConvBlock,
-              tags=("conv", "sequence", "cheap"), risk=0.25, priority=2),
+    Blueprint(
+        "mlp_block", "mlp", "two dense layers with GELU", bp.MlpBlock, tags=("dense", "baseline"), risk=0.1, priority=2
+    ),
+    Blueprint(
+        "residual_block",
+        "residual",
+        "pre-norm residual MLP",
+        bp.ResidualBlock,
+        tags=("dense", "residual", "norm"),
+        risk=0.2,
+        priority=2,
+    ),
+    Blueprint(
+        "conv1d_block",
+        "conv1d",
+        "three 1-D convolutions over the sequence",
+        bp.Conv1dBlock,
+        tags=("conv", "sequence"),
+        risk=0.3,
+        priority=3,
+    ),
+    Blueprint(
+        "attention_block",
+        "attention",
+        "single-head self-attention over patches",
+        bp.AttentionBlock,
+        tags=("attention", "sequence"),
+        risk=0.5,
+        priority=1,
+    ),
+    Blueprint(
+        "lowrank_adapter",
+        "adapter",
+        "rank-8 low-rank update (LoRA style)",
+        bp.LowRankAdapter,
+        tags=("dense", "adapter", "cheap"),
+        risk=0.05,
+        priority=1,
+    ),
+    Blueprint(
+        "gated_block",
+        "gating",
+        "GLU-style gated dense update",
+        bp.GatedBlock,
+        tags=("dense", "gating"),
+        risk=0.2,
+        priority=1,
+    ),
+    Blueprint(
+        "depthwise_conv",
+        "depthwise",
+        "depthwise-separable convolution",
+        bp.DepthwiseConvBlock,
+        tags=("conv", "sequence", "cheap"),
+        risk=0.25,
+        priority=2,
+    ),
 )
 
 

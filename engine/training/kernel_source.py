@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .catalog import Catalog
+from esper_tui.engine.kernels.catalog import Catalog
 
 Kernel = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """kernel(module, x) -> y. The module is an argument so its parameters are graph inputs of a compiled
@@ -89,8 +89,15 @@ class EagerKernelSource:
 
     def _offer(self, blueprint_id: str) -> KernelOffer:
         b = self._catalog.get(blueprint_id)
-        return KernelOffer(blueprint_id=b.blueprint_id, artifact_id=None, tags=b.tags, risk=b.risk,
-                           label=EAGER_LABEL, step_ms_compiled=None, step_ms_eager=None)
+        return KernelOffer(
+            blueprint_id=b.blueprint_id,
+            artifact_id=None,
+            tags=b.tags,
+            risk=b.risk,
+            label=EAGER_LABEL,
+            step_ms_compiled=None,
+            step_ms_eager=None,
+        )
 
     def offers(self) -> list[KernelOffer]:
         """Catalog order by compile priority, like the forge would produce them."""

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from .contracts import BreakerState, BreakerView
+from esper_tui.engine.snapshot import BreakerView
+from esper_tui.engine.vocabulary import BreakerState
 
 Clock = Callable[[], float]
 
@@ -136,9 +137,7 @@ class CircuitBreaker:
         """Half-open permits handed out and not yet answered (for invariants and the UI)."""
         return self._probes_in_flight
 
-    def view(
-        self, *, reading: float | None = None, threshold: float | None = None, unit: str = ""
-    ) -> BreakerView:
+    def view(self, *, reading: float | None = None, threshold: float | None = None, unit: str = "") -> BreakerView:
         """The dashboard row; readings belong to whoever feeds the breaker (see BreakerBoard)."""
         with self._lock:
             self._refresh()

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from .contracts import DurabilityMode
-from .fsutil import fsync_dir, write_synced
-from .fsutil import write_all as _write_all  # a module global: tests patch it to fail the WAL's appends
-from .wal_format import (
+from esper_tui.engine.config import DurabilityMode
+from esper_tui.engine.fsutil import fsync_dir, write_synced
+from esper_tui.engine.fsutil import write_all as _write_all
+from esper_tui.engine.wal.format import (
     HEADER_SIZE,
     MAX_PAYLOAD,
     MAX_TXID_BYTES,
@@ -43,7 +43,7 @@ from .wal_format import (
     encode_record,
     segment_name,
 )
-from .wal_recovery import (
+from esper_tui.engine.wal.recovery import (
     _LOCK_NAME,
     _TMP_SUFFIX,
     RecoveryReport,
@@ -181,9 +181,7 @@ class WriteAheadLog:
         live = analysis.live()
         self._segments = [s.path for s in live]
         self._sealed_bytes = sum(s.kept_size() for s in live[:-1])
-        self._open: dict[str, _Tx] = {
-            t.txid.decode("utf-8", "replace"): t for t in analysis.replay.open.values()
-        }
+        self._open: dict[str, _Tx] = {t.txid.decode("utf-8", "replace"): t for t in analysis.replay.open.values()}
         self._next_seq = analysis.next_seq
         self.last_checkpoint_ts = analysis.last_checkpoint_ts
         if live:
@@ -238,9 +236,7 @@ class WriteAheadLog:
         seq = self._next_seq
         self._next_seq += 1
         size = HEADER_SIZE + len(payload)
-        new_segment = self._salt == 0 or (
-            self._logical_size > 0 and self._logical_size + size > self.segment_bytes
-        )
+        new_segment = self._salt == 0 or (self._logical_size > 0 and self._logical_size + size > self.segment_bytes)
         if new_segment:
             self._salt = secrets.randbits(64) | 1  # never 0: 0 means "no segment yet"
             self._logical_size = 0

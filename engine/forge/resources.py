@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .breakers import Clock
+from esper_tui.engine.forge.breakers import Clock
 
 PROC = Path("/proc")
 

@@ -24,12 +24,19 @@ from typing import Any
 
 import msgspec
 
-from . import signing
-from .catalog import Catalog
-from .contracts import ArtifactFile, ArtifactMeta, Strategy
-from .fsutil import fsync_dir, fsync_tree, write_durable
-from .kernels import KernelError, LoadedKernel, compiler_id, kernel_threads, load_kernel
-from .pipelines import CompileSettings
+from esper_tui.engine.fsutil import fsync_dir, fsync_tree, write_durable
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import (
+    KernelError,
+    LoadedKernel,
+    compiler_id,
+    kernel_threads,
+    load_kernel,
+)
+from esper_tui.engine.kernels.pipelines import CompileSettings
+from esper_tui.engine.library import signing as signing
+from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta
+from esper_tui.engine.vocabulary import Strategy
 
 _VERSION = re.compile(r"v(\d+)-")
 META = "meta.json"
@@ -55,16 +62,28 @@ class Identity:
     def here(cls, cpu_isa: str, device: str = "cpu") -> Identity:
         import torch
 
-        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(),
-                   compiler_id())
+        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(), compiler_id())
 
 
-def artifact_key(ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity,
-                 in_features: int, out_features: int) -> str:
+def artifact_key(
+    ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity, in_features: int, out_features: int
+) -> str:
     """vLLM-style cache key: blueprint source + options + torch/system identity."""
     blob = json.dumps(
-        [ir_hash, strategy.value, settings.backend, settings.mode, settings.device, identity.torch_version,
-         identity.python_version, identity.cpu_isa, identity.threads, identity.compiler, in_features, out_features],
+        [
+            ir_hash,
+            strategy.value,
+            settings.backend,
+            settings.mode,
+            settings.device,
+            identity.torch_version,
+            identity.python_version,
+            identity.cpu_isa,
+            identity.threads,
+            identity.compiler,
+            in_features,
+            out_features,
+        ],
         separators=(",", ":"),
     )
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -84,9 +103,16 @@ class LibraryStats:
 
 
 class Library:
-    def __init__(self, root: Path, key: bytes, catalog: Catalog, *, cache_ttl_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_quarantine: Callable[[str, str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        key: bytes,
+        catalog: Catalog,
+        *,
+        cache_ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_quarantine: Callable[[str, str, str], None] | None = None,
+    ) -> None:
         self.root = root
         self.on_quarantine = on_quarantine  # (blueprint_id, version dir, reason); may run on any thread
         self._key = key
@@ -123,13 +149,23 @@ class Library:
         for p in sorted(staged.rglob("*")):
             if p.is_file():
                 data = p.read_bytes()
-                files.append(ArtifactFile(name=str(p.relative_to(staged)), sha256=hashlib.sha256(data).hexdigest(),
-                                          size=len(data)))
+                files.append(
+                    ArtifactFile(
+                        name=str(p.relative_to(staged)), sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+                    )
+                )
         bp = self.catalog.get(blueprint_id)
         with self._lock:
             version = self._next_version(blueprint_id)
-            meta = ArtifactMeta(artifact_id=key, blueprint_id=blueprint_id, version=version, ir_hash=bp.ir_hash(),
-                                files=files, created_ts=time.time(), **fields)
+            meta = ArtifactMeta(
+                artifact_id=key,
+                blueprint_id=blueprint_id,
+                version=version,
+                ir_hash=bp.ir_hash(),
+                files=files,
+                created_ts=time.time(),
+                **fields,
+            )
             raw = msgspec.json.format(msgspec.json.encode(meta))
             write_durable(staged / META, raw)
             write_durable(staged / SIG, signing.sign(self._key, raw).encode())
@@ -216,8 +252,11 @@ class Library:
         Walks the version directories, not their decoded metadata, so a version whose meta.json no
         longer even decodes is found and quarantined too.
         """
-        versions = sorted((self.root / "artifacts" / blueprint_id).glob("v*"),
-                          key=lambda p: int(m.group(1)) if (m := _VERSION.match(p.name)) else -1, reverse=True)
+        versions = sorted(
+            (self.root / "artifacts" / blueprint_id).glob("v*"),
+            key=lambda p: int(m.group(1)) if (m := _VERSION.match(p.name)) else -1,
+            reverse=True,
+        )
         for path in versions:
             try:
                 meta, _ = self.read_verified(path)
@@ -266,8 +305,10 @@ class Library:
             raise
         threads = meta.options.get("num_threads")
         if threads is not None and threads != kernel_threads():
-            raise KernelError(f"{blueprint_id}: kernel compiled for {threads} threads, this process runs "
-                              f"{kernel_threads()} (its guards would reject every call)")
+            raise KernelError(
+                f"{blueprint_id}: kernel compiled for {threads} threads, this process runs "
+                f"{kernel_threads()} (its guards would reject every call)"
+            )
         kernel = load_kernel(self.catalog.get(blueprint_id), blobs, f"{meta.backend}:{meta.mode}")
         with self._lock:
             self._cache[meta.artifact_id + str(meta.version)] = (now + self._ttl, kernel)

@@ -10,16 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .breakers import BreakerTransition, CircuitBreaker, Clock
-from .contracts import (
-    BreakersConfig,
-    BreakerState,
-    BreakerView,
-    ConservativeModeConfig,
-    MemoryManagementConfig,
-    TezzeretConfig,
-)
-from .resources import GpuReading, MemoryReading, SustainedThreshold
+from esper_tui.engine.config import BreakersConfig, ConservativeModeConfig, MemoryManagementConfig, TezzeretConfig
+from esper_tui.engine.forge.breakers import BreakerTransition, CircuitBreaker, Clock
+from esper_tui.engine.forge.resources import GpuReading, MemoryReading, SustainedThreshold
+from esper_tui.engine.snapshot import BreakerView
+from esper_tui.engine.vocabulary import BreakerState
 
 MB = 1024 * 1024
 NAMES = ("memory", "gpu", "timeout")

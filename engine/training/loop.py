@@ -28,25 +28,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .catalog import Catalog
-from .contracts import (
+from esper_tui.engine.config import TrainingConfig
+from esper_tui.engine.contracts import (
     AnyEvent,
     ControllerDecision,
     EpochCompleted,
-    Level,
     LogLine,
     SeedsReport,
-    TrainingConfig,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
 )
-from .controller import Action, Controller, Decision, EpochState
-from .data import DEFAULT_DATA_SEED, load_mnist1d
-from .host import HostNetwork
-from .kernel_source import EAGER_LABEL, Kernel, KernelOffer, KernelSource, KernelUnavailable, eager_kernel
-from .kernels import kernel_threads
-from .seeds import BlendSchedule, SeedSlot, SlotPolicy
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import kernel_threads
+from esper_tui.engine.training.controller import Action, Controller, Decision, EpochState
+from esper_tui.engine.training.data import DEFAULT_DATA_SEED, load_mnist1d
+from esper_tui.engine.training.host import HostNetwork
+from esper_tui.engine.training.kernel_source import (
+    EAGER_LABEL,
+    Kernel,
+    KernelOffer,
+    KernelSource,
+    KernelUnavailable,
+    eager_kernel,
+)
+from esper_tui.engine.training.seeds import BlendSchedule, SeedSlot, SlotPolicy
+from esper_tui.engine.vocabulary import Level
 
 T = TypeVar("T")
 
@@ -106,11 +113,19 @@ class Trainer:
     x_val: torch.Tensor
     y_val: torch.Tensor
 
-    def __init__(self, cfg: TrainingConfig, catalog: Catalog, kernels: KernelSource,
-                 emit: Callable[[AnyEvent], None], control: TrainingControl | None = None,
-                 cache_dir: Path | None = None, *, threads: int | None = None,
-                 data_seed: int = DEFAULT_DATA_SEED,
-                 schedule: BlendSchedule = BlendSchedule.COSINE) -> None:
+    def __init__(
+        self,
+        cfg: TrainingConfig,
+        catalog: Catalog,
+        kernels: KernelSource,
+        emit: Callable[[AnyEvent], None],
+        control: TrainingControl | None = None,
+        cache_dir: Path | None = None,
+        *,
+        threads: int | None = None,
+        data_seed: int = DEFAULT_DATA_SEED,
+        schedule: BlendSchedule = BlendSchedule.COSINE,
+    ) -> None:
         self.cfg = cfg
         self.catalog = catalog
         self.kernels = kernels
@@ -122,8 +137,7 @@ class Trainer:
         self.controller = Controller(cfg, catalog)
         with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG
             torch.manual_seed(cfg.seed)
-            self.host = HostNetwork(hidden=cfg.hidden, slots=cfg.slots,
-                                    policy=SlotPolicy.from_config(cfg, schedule))
+            self.host = HostNetwork(hidden=cfg.hidden, slots=cfg.slots, policy=SlotPolicy.from_config(cfg, schedule))
         self.optimizer = torch.optim.Adam(self.host.host_parameters(), lr=cfg.learning_rate)
         self._shuffle = torch.Generator().manual_seed(cfg.seed)
         self._germinations = 0
@@ -148,17 +162,19 @@ class Trainer:
         ds = load_mnist1d(self.data_seed, self.cache_dir)
         self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
         self.x_val, self.y_val = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
-        self.emit(TrainingStarted(
-            source="tolaria",
-            compile_enabled=self.kernels.compile_enabled,
-            compile_backend=self.kernels.backend,
-            compile_mode=self.kernels.mode,
-            dataset=f"mnist1d ({len(ds.y_train)} train / {len(ds.y_test)} test, seed {self.data_seed})",
-            host=self.host.describe(),
-            slots=self.cfg.slots,
-            epochs=self.cfg.epochs,
-            device="cpu",
-        ))
+        self.emit(
+            TrainingStarted(
+                source="tolaria",
+                compile_enabled=self.kernels.compile_enabled,
+                compile_backend=self.kernels.backend,
+                compile_mode=self.kernels.mode,
+                dataset=f"mnist1d ({len(ds.y_train)} train / {len(ds.y_test)} test, seed {self.data_seed})",
+                host=self.host.describe(),
+                slots=self.cfg.slots,
+                epochs=self.cfg.epochs,
+                device="cpu",
+            )
+        )
         while self.cfg.epochs is None or self.epoch < self.cfg.epochs:
             if self.control.paused and not self.control.stopped:
                 self.emit(TrainingPaused(source="tolaria", paused=True))
@@ -171,8 +187,9 @@ class Trainer:
                 break
         acc = self.accuracy_history
         final = acc[-1] if acc else 0.0
-        finished = TrainingFinished(source="tolaria", epochs=self.epoch, final_accuracy=final,
-                                    best_accuracy=max(acc, default=0.0))
+        finished = TrainingFinished(
+            source="tolaria", epochs=self.epoch, final_accuracy=final, best_accuracy=max(acc, default=0.0)
+        )
         self.emit(finished)
         return finished
 
@@ -190,7 +207,7 @@ class Trainer:
         for i in range(steps):
             if self.control.stopped:
                 return False
-            idx = order[i * bs:(i + 1) * bs]
+            idx = order[i * bs : (i + 1) * bs]
             loss_sum += self._with_fallback(partial(self._step, self.x_train[idx], self.y_train[idx], steps))
         train_s = time.perf_counter() - t0
         val_loss, acc = self._with_fallback(self._evaluate)
@@ -198,16 +215,31 @@ class Trainer:
             s.end_epoch()
         self.epoch += 1
         self.accuracy_history.append(acc)
-        self.emit(EpochCompleted(source="tolaria", epoch=self.epoch, train_loss=loss_sum / max(steps, 1),
-                                 val_loss=val_loss, val_accuracy=acc, samples_per_s=n / max(train_s, 1e-9),
-                                 epoch_s=time.perf_counter() - t0))
+        self.emit(
+            EpochCompleted(
+                source="tolaria",
+                epoch=self.epoch,
+                train_loss=loss_sum / max(steps, 1),
+                val_loss=val_loss,
+                val_accuracy=acc,
+                samples_per_s=n / max(train_s, 1e-9),
+                epoch_s=time.perf_counter() - t0,
+            )
+        )
         health = [s.health(acc) for s in slots]
         self.emit(SeedsReport(source="kasmina", epoch=self.epoch, seeds=health))
         state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()))
         for d in self.controller.decide(state):
             if d.action is not Action.WAIT and self._apply(d, acc):
-                self.emit(ControllerDecision(source="tamiyo", action=d.action.value, slot=d.slot,
-                                             blueprint_id=d.blueprint_id, reason=d.reason))
+                self.emit(
+                    ControllerDecision(
+                        source="tamiyo",
+                        action=d.action.value,
+                        slot=d.slot,
+                        blueprint_id=d.blueprint_id,
+                        reason=d.reason,
+                    )
+                )
         return True
 
     # ------------------------------------------------------------------ steps
@@ -237,7 +269,7 @@ class Trainer:
         self.host.eval()
         bs, total, loss_sum, correct = self.cfg.batch_size, len(self.y_val), 0.0, 0
         for i in range(0, total, bs):
-            xb, yb = self.x_val[i:i + bs], self.y_val[i:i + bs]
+            xb, yb = self.x_val[i : i + bs], self.y_val[i : i + bs]
             logits = self.host(xb)
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
@@ -255,8 +287,11 @@ class Trainer:
                 raise
             reason = f"{type(exc).__name__}: {exc}"
             for s in compiled:
-                self._log(Level.WARNING, f"{s.name} ({s.blueprint_id}): compiled kernel failed, "
-                          f"running eagerly: {reason}", "kasmina")
+                self._log(
+                    Level.WARNING,
+                    f"{s.name} ({s.blueprint_id}): compiled kernel failed, running eagerly: {reason}",
+                    "kasmina",
+                )
                 s.fall_back_to_eager(reason)
             return fn()
 
@@ -297,8 +332,11 @@ class Trainer:
         label = offer.label
         error = self._probe(kernel, block)
         if error is not None and offer.compiled:
-            self._log(Level.WARNING, f"{slot.name} ({blueprint_id}): compiled kernel failed its probe, "
-                      f"running eagerly: {error}", "kasmina")
+            self._log(
+                Level.WARNING,
+                f"{slot.name} ({blueprint_id}): compiled kernel failed its probe, running eagerly: {error}",
+                "kasmina",
+            )
             kernel, label = eager_kernel, EAGER_LABEL
             error = self._probe(kernel, block)
         if error is not None:

@@ -1,6 +1,6 @@
 """Sandboxed compile workers: child processes in their own session, memory-capped, killed as a group.
 
-Each worker is `python -m esper_tui.engine.worker` in a new session (so its process group holds
+Each worker is `python -m esper_tui.engine.forge.worker` in a new session (so its process group holds
 every g++ it spawns) with RLIMIT_AS set. A timeout kills the whole group: killing only the parent
 leaves g++ orphans running (measured). Workers are reused for `jobs_per_worker` jobs.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import msgspec
 
-from .contracts import CompileRequest, CompileResponse
-from .worker import MAX_FRAME
+from esper_tui.engine.forge.protocol import CompileRequest, CompileResponse
+from esper_tui.engine.forge.worker import MAX_FRAME
 
 _HEADER = struct.Struct("<I")
 
@@ -111,9 +111,14 @@ class Worker:
         log_path = log_dir / f"worker-{os.getpid()}-{os.urandom(3).hex()}.log"
         with open(log_path, "ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "esper_tui.engine.worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True, preexec_fn=_limits(memory_limit_mb),
+                sys.executable,
+                "-m",
+                "esper_tui.engine.forge.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_limits(memory_limit_mb),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         worker = cls(proc, log_path, registry)
@@ -174,8 +179,9 @@ class Worker:
 class WorkerPool:
     """Idle workers wait here between jobs; the forge bounds how many are busy at once."""
 
-    def __init__(self, log_dir: Path, *, memory_limit_mb: int, jobs_per_worker: int,
-                 registry: Path | None = None) -> None:
+    def __init__(
+        self, log_dir: Path, *, memory_limit_mb: int, jobs_per_worker: int, registry: Path | None = None
+    ) -> None:
         self._log_dir = log_dir
         self._registry = registry
         self._memory_limit_mb = memory_limit_mb
@@ -185,8 +191,9 @@ class WorkerPool:
 
     async def compile(self, request: CompileRequest, timeout_s: float) -> tuple[CompileResponse, int]:
         """Run one job on a reused or fresh worker; returns the response and the worker's pid."""
-        worker = self._idle.pop() if self._idle else await Worker.spawn(self._log_dir, self._memory_limit_mb,
-                                                                         self._registry)
+        worker = (
+            self._idle.pop() if self._idle else await Worker.spawn(self._log_dir, self._memory_limit_mb, self._registry)
+        )
         self._busy.add(worker)
         try:
             response = await worker.compile(request, timeout_s)

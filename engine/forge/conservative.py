@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from .breakers import Clock
-from .contracts import ConservativeModeConfig, Strategy
+from esper_tui.engine.config import ConservativeModeConfig
+from esper_tui.engine.forge.breakers import Clock
+from esper_tui.engine.vocabulary import Strategy
 
 Source = Literal["breaker", "operator"]
 

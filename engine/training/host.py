@@ -23,14 +23,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .seeds import SeedSlot, SlotPolicy
+from esper_tui.engine.training.seeds import SeedSlot, SlotPolicy
 
 DEPTH = 2  # hidden layers a slot can target
 
 
 class HostNetwork(nn.Module):
-    def __init__(self, in_features: int = 40, hidden: int = 64, classes: int = 10, slots: int = 2,
-                 policy: SlotPolicy | None = None) -> None:
+    def __init__(
+        self,
+        in_features: int = 40,
+        hidden: int = 64,
+        classes: int = 10,
+        slots: int = 2,
+        policy: SlotPolicy | None = None,
+    ) -> None:
         super().__init__()
         self.in_features, self.hidden, self.classes = in_features, hidden, classes
         self.l1 = nn.Linear(in_features, hidden)
@@ -61,8 +67,7 @@ class HostNetwork(nn.Module):
         """The live network: what is evaluated, and what the host trains through."""
         return self.forward_train(x, shadow=False)[0]
 
-    def forward_train(self, x: torch.Tensor,
-                      shadow: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, shadow: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Live logits, plus the shadow logits of every TRAINING seed (keyed by slot name)."""
         xd = x.detach()
         extra: list[torch.Tensor | None] = [None] * DEPTH  # seed contributions per hidden layer
@@ -88,8 +93,9 @@ class HostNetwork(nn.Module):
         aux = {slot.name: self._shadow_tail(pre, extra, slot.layer, y) for slot, y in pending}
         return logits, aux
 
-    def _shadow_tail(self, pre: list[torch.Tensor], extra: list[torch.Tensor | None], layer: int,
-                     seed_out: torch.Tensor) -> torch.Tensor:
+    def _shadow_tail(
+        self, pre: list[torch.Tensor], extra: list[torch.Tensor | None], layer: int, seed_out: torch.Tensor
+    ) -> torch.Tensor:
         """The host from `layer` on, with everything of the host detached: only `seed_out` carries grad."""
         h = F.relu(pre[layer - 1].detach() + seed_out)
         for i in range(layer, DEPTH):

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import tensorfile
-from .catalog import Blueprint
-from .pipelines import CompileSettings
+from esper_tui.engine.kernels import tensorfile as tensorfile
+from esper_tui.engine.kernels.catalog import Blueprint
+from esper_tui.engine.kernels.pipelines import CompileSettings
 
 FN_FILES: dict[bool, str] = {True: "train.fn", False: "infer.fn"}
 WEIGHTS_FILE = "weights.safetensors"

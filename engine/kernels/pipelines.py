@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .contracts import CompilationConfig, Strategy
+from esper_tui.engine.config import CompilationConfig
+from esper_tui.engine.vocabulary import Strategy
 
 
 @dataclass(frozen=True)

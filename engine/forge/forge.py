@@ -18,34 +18,32 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .breaker_board import BreakerBoard
-from .breakers import BreakerTransition, Clock
-from .catalog import Catalog
-from .conservative import ConservativeMode
-from .contracts import (
+from esper_tui.engine.config import TezzeretConfig
+from esper_tui.engine.contracts import (
     AnyEvent,
-    ArtifactMeta,
     BreakerChanged,
-    BreakerState,
-    CompileRequest,
     ConservativeModeChanged,
     JobCompiled,
     JobFailed,
     JobQueued,
     JobStarted,
-    Level,
     LogLine,
     Metric,
     MetricsReport,
-    Strategy,
-    TezzeretConfig,
     WalStatus,
 )
-from .library import Identity, Library, artifact_key
-from .pipelines import choose_strategy, settings_for, timeout_for
-from .resources import GpuProbe, read_memory
-from .sandbox import CompileTimeout, WorkerError, WorkerPool
-from .wal import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
+from esper_tui.engine.forge.board import BreakerBoard
+from esper_tui.engine.forge.breakers import BreakerTransition, Clock
+from esper_tui.engine.forge.conservative import ConservativeMode
+from esper_tui.engine.forge.protocol import CompileRequest
+from esper_tui.engine.forge.resources import GpuProbe, read_memory
+from esper_tui.engine.forge.sandbox import CompileTimeout, WorkerError, WorkerPool
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
+from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.store import Identity, Library, artifact_key
+from esper_tui.engine.vocabulary import BreakerState, Level, Strategy
+from esper_tui.engine.wal.writer import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
 
@@ -61,8 +59,12 @@ class Job:
 
 
 def worker_pool(config: TezzeretConfig, state_dir: Path) -> WorkerPool:
-    return WorkerPool(state_dir / "logs", memory_limit_mb=config.compilation.worker_memory_limit_mb,
-                      jobs_per_worker=config.compilation.jobs_per_worker, registry=state_dir / "workers")
+    return WorkerPool(
+        state_dir / "logs",
+        memory_limit_mb=config.compilation.worker_memory_limit_mb,
+        jobs_per_worker=config.compilation.jobs_per_worker,
+        registry=state_dir / "workers",
+    )
 
 
 class ForgeFatal(RuntimeError):
@@ -70,16 +72,30 @@ class ForgeFatal(RuntimeError):
 
 
 class Forge:
-    def __init__(self, *, config: TezzeretConfig, catalog: Catalog, library: Library, wal: WriteAheadLog,
-                 emit: Emit, state_dir: Path, identity: Identity, in_features: int, out_features: int,
-                 gpu: GpuProbe | None = None, clock: Clock = time.monotonic, pool: WorkerPool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: TezzeretConfig,
+        catalog: Catalog,
+        library: Library,
+        wal: WriteAheadLog,
+        emit: Emit,
+        state_dir: Path,
+        identity: Identity,
+        in_features: int,
+        out_features: int,
+        gpu: GpuProbe | None = None,
+        clock: Clock = time.monotonic,
+        pool: WorkerPool | None = None,
+    ) -> None:
         self.config = config
         self.catalog = catalog
         self.library = library
         self.wal = wal
         self.board = BreakerBoard.from_config(config, clock=clock, listener=self.on_breaker)
-        self.conservative = ConservativeMode.from_config(config.conservative_mode, clock=clock,
-                                                         listener=self.on_conservative)
+        self.conservative = ConservativeMode.from_config(
+            config.conservative_mode, clock=clock, listener=self.on_conservative
+        )
         self.emit = emit
         self.identity = identity
         self.in_features = in_features
@@ -122,9 +138,13 @@ class Forge:
         return True
 
     def _strategy(self, job: Job) -> Strategy:
-        return choose_strategy(requested=job.requested, priority=self.catalog.get(job.blueprint_id).priority,
-                               attempt=job.attempt, conservative=self.conservative.active,
-                               config=self.config.compilation)
+        return choose_strategy(
+            requested=job.requested,
+            priority=self.catalog.get(job.blueprint_id).priority,
+            attempt=job.attempt,
+            conservative=self.conservative.active,
+            config=self.config.compilation,
+        )
 
     def recover(self, report: RecoveryReport) -> None:
         """Abort what a crash left open and requeue it; report WAL damage. (The engine reaps stale workers
@@ -145,9 +165,19 @@ class Forge:
             meta = self.library.current(bp.blueprint_id)
             if meta is None:
                 self.enqueue(bp.blueprint_id, reason="initial scan")
-            elif (meta.ir_hash, meta.torch_version, meta.cpu_isa, meta.options.get("num_threads"),
-                  meta.options.get("compiler")) != (bp.ir_hash(), self.identity.torch_version, self.identity.cpu_isa,
-                                                    self.identity.threads, self.identity.compiler):
+            elif (
+                meta.ir_hash,
+                meta.torch_version,
+                meta.cpu_isa,
+                meta.options.get("num_threads"),
+                meta.options.get("compiler"),
+            ) != (
+                bp.ir_hash(),
+                self.identity.torch_version,
+                self.identity.cpu_isa,
+                self.identity.threads,
+                self.identity.compiler,
+            ):
                 self.enqueue(bp.blueprint_id, reason="stale kernel (blueprint, torch or CPU changed)")
             else:
                 self._compiled(meta, meta.strategy, reused=True)
@@ -217,19 +247,33 @@ class Forge:
         strategy = self._strategy(job)
         settings = settings_for(strategy)
         key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, self.in_features, self.out_features)
-        begin = {"blueprint_id": bp.blueprint_id, "strategy": strategy.value, "attempt": job.attempt, "key": key,
-                 "reason": job.reason}
+        begin = {
+            "blueprint_id": bp.blueprint_id,
+            "strategy": strategy.value,
+            "attempt": job.attempt,
+            "key": key,
+            "reason": job.reason,
+        }
         await self.wal.abegin(job.txid, json.dumps(begin).encode())
         existing = None if job.force else self.library.current(bp.blueprint_id, key)
         if existing is not None:
-            await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": existing.version,
-                                                         "reused": True}).encode())
+            await self.wal.acommit(
+                job.txid, json.dumps({"artifact_id": key, "version": existing.version, "reused": True}).encode()
+            )
             self._compiled(existing, strategy, reused=True)
             return
         staged = self.library.new_staging_dir(bp.blueprint_id)
-        request = CompileRequest(job_id=job.txid, blueprint_id=bp.blueprint_id, in_features=self.in_features,
-                                 out_features=self.out_features, strategy=strategy, backend=settings.backend,
-                                 mode=settings.mode, device=settings.device, out_dir=str(staged))
+        request = CompileRequest(
+            job_id=job.txid,
+            blueprint_id=bp.blueprint_id,
+            in_features=self.in_features,
+            out_features=self.out_features,
+            strategy=strategy,
+            backend=settings.backend,
+            mode=settings.mode,
+            device=settings.device,
+            out_dir=str(staged),
+        )
         timeout = self.conservative.timeout_s(timeout_for(strategy, self.config.compilation))
         self.emit(JobStarted(source="tezzeret", blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt))
         t0 = time.monotonic()
@@ -247,18 +291,37 @@ class Forge:
             self._failed(job, strategy, error or "unknown error")
             return
         self.board.timeout.record_success()
-        await self.wal.adata(job.txid, json.dumps({"staged": staged.name, "worker_pid": pid,
-                                                   "wall_s": time.monotonic() - t0}).encode())
+        await self.wal.adata(
+            job.txid, json.dumps({"staged": staged.name, "worker_pid": pid, "wall_s": time.monotonic() - t0}).encode()
+        )
         meta = await asyncio.to_thread(
-            self.library.commit, staged, blueprint_id=bp.blueprint_id, key=key,
-            fields={"strategy": strategy, "backend": settings.backend, "mode": settings.mode or "default",
-                    "options": {"fullgraph": True, "dynamic_batch": True, "num_threads": self.identity.threads,
-                                "compiler": self.identity.compiler},
-                    "torch_version": self.identity.torch_version,
-                    "python_version": self.identity.python_version, "device": settings.device,
-                    "cpu_isa": response.cpu_isa, "in_features": self.in_features, "batch_min": 2,
-                    "batch_max": 65536, "grad_modes": [True, False], "compile_s": response.compile_s,
-                    "step_ms_compiled": response.step_ms_compiled, "step_ms_eager": response.step_ms_eager})
+            self.library.commit,
+            staged,
+            blueprint_id=bp.blueprint_id,
+            key=key,
+            fields={
+                "strategy": strategy,
+                "backend": settings.backend,
+                "mode": settings.mode or "default",
+                "options": {
+                    "fullgraph": True,
+                    "dynamic_batch": True,
+                    "num_threads": self.identity.threads,
+                    "compiler": self.identity.compiler,
+                },
+                "torch_version": self.identity.torch_version,
+                "python_version": self.identity.python_version,
+                "device": settings.device,
+                "cpu_isa": response.cpu_isa,
+                "in_features": self.in_features,
+                "batch_min": 2,
+                "batch_max": 65536,
+                "grad_modes": [True, False],
+                "compile_s": response.compile_s,
+                "step_ms_compiled": response.step_ms_compiled,
+                "step_ms_eager": response.step_ms_eager,
+            },
+        )
         await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": meta.version}).encode())
         self._compiled(meta, strategy, reused=False)
 
@@ -266,33 +329,65 @@ class Forge:
         if not reused:
             count, total = self._durations_ms.get(strategy, (0, 0.0))
             self._durations_ms[strategy] = (count + 1, total + meta.compile_s * 1000)
-        self.emit(JobCompiled(source="tezzeret", blueprint_id=meta.blueprint_id, strategy=strategy,
-                              artifact_id=meta.artifact_id, version=meta.version, backend=meta.backend, mode=meta.mode,
-                              compile_s=meta.compile_s, step_ms_compiled=meta.step_ms_compiled,
-                              step_ms_eager=meta.step_ms_eager, reused=reused))
+        self.emit(
+            JobCompiled(
+                source="tezzeret",
+                blueprint_id=meta.blueprint_id,
+                strategy=strategy,
+                artifact_id=meta.artifact_id,
+                version=meta.version,
+                backend=meta.backend,
+                mode=meta.mode,
+                compile_s=meta.compile_s,
+                step_ms_compiled=meta.step_ms_compiled,
+                step_ms_eager=meta.step_ms_eager,
+                reused=reused,
+            )
+        )
         self.emit_wal_status()
 
     def _failed(self, job: Job, strategy: Strategy, error: str) -> None:
         retry = job.attempt < self.config.compilation.max_attempts
-        self.emit(JobFailed(source="tezzeret", blueprint_id=job.blueprint_id, strategy=strategy, error=error,
-                            attempt=job.attempt, will_retry=retry))
+        self.emit(
+            JobFailed(
+                source="tezzeret",
+                blueprint_id=job.blueprint_id,
+                strategy=strategy,
+                error=error,
+                attempt=job.attempt,
+                will_retry=retry,
+            )
+        )
         self.emit_wal_status()
         if retry:
-            self._queue.append(Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force,
-                                   job.attempt + 1))
+            self._queue.append(
+                Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force, job.attempt + 1)
+            )
 
     # ------------------------------------------------------------------ upkeep
 
     def emit_wal_status(self) -> None:
         s = self.wal.status()
-        self.emit(WalStatus(source="tezzeret", path=str(s.path), segments=s.segments, size_bytes=s.size_bytes,
-                            open_transactions=list(s.open_txids), commits=s.commits_total,
-                            last_checkpoint_ts=s.last_checkpoint_ts, durability_mode=str(s.durability_mode)))
+        self.emit(
+            WalStatus(
+                source="tezzeret",
+                path=str(s.path),
+                segments=s.segments,
+                size_bytes=s.size_bytes,
+                open_transactions=list(s.open_txids),
+                commits=s.commits_total,
+                last_checkpoint_ts=s.last_checkpoint_ts,
+                durability_mode=str(s.durability_mode),
+            )
+        )
 
     def on_breaker(self, t: BreakerTransition) -> None:
         """Breaker transitions are telemetry, and an opening breaker puts the forge in conservative mode."""
-        self.emit(BreakerChanged(source="tezzeret", name=t.name, state=t.state, previous=t.previous, transition=True,
-                                 detail=t.reason))
+        self.emit(
+            BreakerChanged(
+                source="tezzeret", name=t.name, state=t.state, previous=t.previous, transition=True, detail=t.reason
+            )
+        )
         if t.state is BreakerState.OPEN:
             self.conservative.enter(f"{t.name} breaker open: {t.reason}", "breaker")
             if t.name == "memory":
@@ -304,18 +399,28 @@ class Forge:
 
     def metrics(self) -> list[Metric]:
         """Seed 000's metrics: compile duration by strategy, breaker states, conservative flag, WAL, cache."""
-        state_code = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0,
-                      BreakerState.UNAVAILABLE: -1.0}
+        state_code = {
+            BreakerState.CLOSED: 0.0,
+            BreakerState.HALF_OPEN: 1.0,
+            BreakerState.OPEN: 2.0,
+            BreakerState.UNAVAILABLE: -1.0,
+        }
         wal = self.wal.status()
-        out = [Metric(name="tezzeret.compilation.duration_ms", value=total / count, labels={"strategy": s.value})
-               for s, (count, total) in sorted(self._durations_ms.items())]
-        out += [Metric(name="tezzeret.breaker.state", value=state_code[v.state], labels={"breaker": v.name})
-                for v in self.board.views()]
-        out += [Metric(name="tezzeret.conservative_mode_active", value=float(self.conservative.active)),
-                Metric(name="tezzeret.wal.transactions_total", value=float(wal.commits_total + wal.aborts_total)),
-                Metric(name="tezzeret.cache.hit_rate", value=round(self.library.stats.hit_rate, 4)),
-                Metric(name="tezzeret.queue_depth", value=float(self.queue_depth)),
-                Metric(name="tezzeret.concurrency", value=float(self.running))]
+        out = [
+            Metric(name="tezzeret.compilation.duration_ms", value=total / count, labels={"strategy": s.value})
+            for s, (count, total) in sorted(self._durations_ms.items())
+        ]
+        out += [
+            Metric(name="tezzeret.breaker.state", value=state_code[v.state], labels={"breaker": v.name})
+            for v in self.board.views()
+        ]
+        out += [
+            Metric(name="tezzeret.conservative_mode_active", value=float(self.conservative.active)),
+            Metric(name="tezzeret.wal.transactions_total", value=float(wal.commits_total + wal.aborts_total)),
+            Metric(name="tezzeret.cache.hit_rate", value=round(self.library.stats.hit_rate, 4)),
+            Metric(name="tezzeret.queue_depth", value=float(self.queue_depth)),
+            Metric(name="tezzeret.concurrency", value=float(self.running)),
+        ]
         return out
 
     async def monitor(self, interval_s: float = 1.0) -> None:
@@ -330,9 +435,20 @@ class Forge:
                 shown = (view.state, round(view.reading or 0.0), view.failures, view.detail)
                 if last.get(view.name) != shown:
                     last[view.name] = shown
-                    self.emit(BreakerChanged(source="tezzeret", name=view.name, state=view.state, previous=view.state,
-                                             transition=False, reading=view.reading, threshold=view.threshold,
-                                             unit=view.unit, failures=view.failures, detail=view.detail))
+                    self.emit(
+                        BreakerChanged(
+                            source="tezzeret",
+                            name=view.name,
+                            state=view.state,
+                            previous=view.state,
+                            transition=False,
+                            reading=view.reading,
+                            threshold=view.threshold,
+                            unit=view.unit,
+                            failures=view.failures,
+                            detail=view.detail,
+                        )
+                    )
             metrics = self.metrics()
             if metrics != last.get("metrics"):
                 last["metrics"] = metrics

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .contracts import ArtifactMeta
-from .kernel_source import Kernel, KernelOffer, KernelUnavailable
-from .kernels import KernelError
-from .library import ArtifactInvalid, Library
+from esper_tui.engine.kernels.compiled import KernelError
+from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.store import ArtifactInvalid, Library
+from esper_tui.engine.training.kernel_source import Kernel, KernelOffer, KernelUnavailable
 
 
 class LibraryKernelSource:
@@ -20,9 +20,15 @@ class LibraryKernelSource:
 
     def _offer(self, meta: ArtifactMeta) -> KernelOffer:
         bp = self._library.catalog.get(meta.blueprint_id)
-        return KernelOffer(blueprint_id=meta.blueprint_id, artifact_id=meta.artifact_id, tags=bp.tags, risk=bp.risk,
-                           label=f"{meta.backend}:{meta.mode}", step_ms_compiled=meta.step_ms_compiled,
-                           step_ms_eager=meta.step_ms_eager)
+        return KernelOffer(
+            blueprint_id=meta.blueprint_id,
+            artifact_id=meta.artifact_id,
+            tags=bp.tags,
+            risk=bp.risk,
+            label=f"{meta.backend}:{meta.mode}",
+            step_ms_compiled=meta.step_ms_compiled,
+            step_ms_eager=meta.step_ms_eager,
+        )
 
     def offers(self) -> list[KernelOffer]:
         return [self._offer(m) for m in self._library.ranked()]

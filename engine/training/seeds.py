@@ -29,8 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .contracts import SeedHealth, SeedStage, TrainingConfig
-from .kernel_source import EAGER_LABEL, Kernel, eager_kernel
+from esper_tui.engine.config import TrainingConfig
+from esper_tui.engine.contracts import SeedHealth
+from esper_tui.engine.training.kernel_source import EAGER_LABEL, Kernel, eager_kernel
+from esper_tui.engine.vocabulary import SeedStage
 
 S = SeedStage
 
@@ -46,7 +48,9 @@ TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
     S.RESETTING: frozenset({S.DORMANT}),
 }
 MAIN_LINE: dict[SeedStage, SeedStage] = {
-    S.GERMINATED: S.TRAINING, S.TRAINING: S.BLENDING, S.BLENDING: S.HOLDING,
+    S.GERMINATED: S.TRAINING,
+    S.TRAINING: S.BLENDING,
+    S.BLENDING: S.HOLDING,
 }
 ATTACHED = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING, S.FOSSILIZED})  # a module is present
 TRAINABLE = frozenset({S.TRAINING, S.BLENDING, S.HOLDING, S.FOSSILIZED})  # its parameters get gradients
@@ -129,8 +133,7 @@ class SeedSlot(nn.Module):
         self.stage = to
         self.epochs_in_stage = 0
 
-    def germinate(self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str,
-                  accuracy: float) -> None:
+    def germinate(self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str, accuracy: float) -> None:
         """Attach a freshly built module and its kernel; `accuracy` is the baseline for acc_delta."""
         self._move(S.GERMINATED)
         self.block = block

@@ -1,0 +1,1 @@
+"""Tezzeret: the forge that compiles the catalog in sandboxed workers, with breakers and conservative mode."""

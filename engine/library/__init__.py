@@ -1,0 +1,1 @@
+"""Urza: the library of signed, versioned compiled kernels (store), their metadata (meta) and signing."""

@@ -1,0 +1,124 @@
+"""The snapshot: what every client sees (the dashboard, `--json`, a remote control room).
+
+The aggregator builds one immutable Snapshot from the event stream a few times a second; widgets
+each draw one slice of it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from esper_tui.engine.contracts import Metric
+from esper_tui.engine.vocabulary import SCHEMA_VERSION, BreakerState, JobStatus, Level, SeedStage, Strategy, Struct
+
+
+class Infrastructure(Struct, kw_only=True):
+    compile_enabled: bool = False
+    compile_backend: str | None = None
+    compile_mode: str | None = None
+    bus: str = "embedded"
+    device: str = "cpu"
+    torch_version: str = ""
+
+
+class BreakerView(Struct, kw_only=True):
+    name: str
+    state: BreakerState
+    reading: float | None = None
+    threshold: float | None = None
+    unit: str = ""
+    failures: int = 0
+    detail: str = ""
+
+
+class JobView(Struct, kw_only=True):
+    blueprint_id: str
+    strategy: Strategy
+    status: JobStatus
+    attempt: int = 0
+    started_ts: float | None = None
+    duration_s: float | None = None
+    artifact_id: str | None = None
+    version: int | None = None
+    backend: str | None = None
+    step_ms_compiled: float | None = None
+    step_ms_eager: float | None = None
+    error: str | None = None
+    reused: bool = False  # served from the library (already compiled), not compiled in this run
+
+
+class WalView(Struct, kw_only=True):
+    path: str = ""
+    segments: int = 0
+    size_bytes: int = 0
+    open_transactions: list[str] = msgspec.field(default_factory=list)
+    commits: int = 0
+    last_checkpoint_ts: float | None = None
+    durability_mode: str = ""
+
+
+class ForgeHealth(Struct, kw_only=True):
+    concurrency: int = 0
+    max_concurrency: int = 0
+    queue_depth: int = 0
+    compiled: int = 0
+    failed: int = 0
+    last_checkpoint_ts: float | None = None
+
+
+class ForgeView(Struct, kw_only=True):
+    conservative_mode: bool = False
+    conservative_reason: str = ""
+    breakers: list[BreakerView] = msgspec.field(default_factory=list)
+    jobs: list[JobView] = msgspec.field(default_factory=list)
+    wal: WalView = msgspec.field(default_factory=WalView)
+    health: ForgeHealth = msgspec.field(default_factory=ForgeHealth)
+
+
+class SeedView(Struct, kw_only=True):
+    slot: str
+    stage: SeedStage
+    alpha: float
+    blueprint_id: str | None = None
+    grad_norm: float = 0.0
+    acc_delta: float | None = None
+    epochs_in_stage: int = 0
+    kernel: str = "-"
+    health: str = "-"  # ok | vanishing | exploding | -
+
+
+class TrainingView(Struct, kw_only=True):
+    status: str = "waiting"  # waiting | running | paused | finished | failed
+    epoch: int = 0
+    epochs_total: int | None = None
+    loss: float | None = None
+    val_loss: float | None = None
+    accuracy: float | None = None
+    best_accuracy: float | None = None
+    samples_per_s: float | None = None
+    epoch_s: float | None = None
+    loss_history: list[float] = msgspec.field(default_factory=list)
+    accuracy_history: list[float] = msgspec.field(default_factory=list)
+    seeds: list[SeedView] = msgspec.field(default_factory=list)
+
+
+class EventLine(Struct, kw_only=True):
+    ts: float
+    source: str
+    level: Level
+    text: str
+
+
+class Snapshot(Struct, kw_only=True):
+    """What every client sees: the dashboard, `--json`, and a remote control room."""
+
+    schema_version: int = SCHEMA_VERSION
+    seq: int = 0
+    ts: float = 0.0
+    run_id: str = ""
+    uptime_s: float = 0.0
+    infrastructure: Infrastructure = msgspec.field(default_factory=Infrastructure)
+    forge: ForgeView = msgspec.field(default_factory=ForgeView)
+    training: TrainingView = msgspec.field(default_factory=TrainingView)
+    metrics: list[Metric] = msgspec.field(default_factory=list)
+    events: list[EventLine] = msgspec.field(default_factory=list)
