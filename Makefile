@@ -23,11 +23,17 @@ run: $(STAMP)
 headless: $(STAMP)
 	$(VENV)/bin/esper-tui --no-ui $(ARGS)
 
-test: $(STAMP)
-	. scripts/ensure-redis.sh && $(PY) -m ruff check . && $(PY) -m pytest $(ARGS)
+test: lint
+	. scripts/ensure-redis.sh && $(PY) -m pytest $(ARGS)
 
+# Three checkers: ruff (lint + format), mypy --strict, and import-linter's contracts (pyproject.toml).
+# mypy and import-linter read a symlink view of the package as it installs (scripts/lint-view.sh).
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	scripts/lint-view.sh
+	cd .lint && ../$(PY) -m mypy --config-file ../pyproject.toml -p esper_tui
+	cd .lint && PYTHONPATH=. ../$(VENV)/bin/lint-imports ../pyproject.toml
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.forge $(ARGS)
