@@ -45,7 +45,7 @@ from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer, TrainingControl
-from esper_tui.engine.vocabulary import Level, Strategy, new_id
+from esper_tui.engine.vocabulary import Level, Strategy, Subsystem, new_id
 from esper_tui.engine.wal.writer import WalError, WriteAheadLog
 
 IN_FEATURES = 40  # MNIST-1D sequences; seeds map the host input to a hidden layer
@@ -155,11 +155,12 @@ class Engine:
         self.library = library
         wal_dir = wal_directory(cfg, self.state_dir)
         try:
-            self.wal, report = await asyncio.to_thread(
+            wal, report = await asyncio.to_thread(
                 WriteAheadLog.open, wal_dir, durability=cfg.tezzeret.wal.durability_mode
             )
         except (WalError, OSError) as exc:
             raise EngineError(f"WAL {wal_dir}: {exc}") from None
+        self.wal = wal
         try:
             await self.bus.start()
         except Exception as exc:
@@ -183,7 +184,7 @@ class Engine:
             config=cfg.tezzeret,
             catalog=self.catalog,
             library=library,
-            wal=self.wal,
+            wal=wal,
             emit=self.emit,
             state_dir=self.state_dir,
             identity=identity,
@@ -263,7 +264,11 @@ class Engine:
 
     def _quarantined(self, blueprint_id: str, version_dir: str, reason: str) -> None:
         """A stored kernel failed verification (at start, in the forge or in the trainer): recompile it."""
-        self.emit(ArtifactQuarantined(source="urza", blueprint_id=blueprint_id, artifact_id=version_dir, reason=reason))
+        self.emit(
+            ArtifactQuarantined(
+                source=Subsystem.URZA, blueprint_id=blueprint_id, artifact_id=version_dir, reason=reason
+            )
+        )
         loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._requeue, blueprint_id)
@@ -339,7 +344,7 @@ class Engine:
             await self.forge.close()
             with contextlib.suppress(Exception):
                 self.forge.emit_wal_status()
-                self.emit(MetricsReport(source="tezzeret", metrics=self.forge.metrics()))
+                self.emit(MetricsReport(source=Subsystem.TEZZERET, metrics=self.forge.metrics()))
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
         last = EngineStopping(reason=self.stop_reason or "stopped")

@@ -63,7 +63,7 @@ class Backoff:
 
     def failed(self) -> float:
         """Record a failure; returns how long to wait before the next attempt."""
-        delay = min(self._cap, self._base * 2 ** min(self._failures, 16))
+        delay = min(self._cap, self._base * 2.0 ** min(self._failures, 16))
         self._failures += 1
         self._retry_at = time.monotonic() + delay
         return delay

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
@@ -20,6 +20,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from esper_tui.engine.bus.base import START, Bus, Delivery, GroupLoad
 from esper_tui.engine.bus.types import PAYLOAD, BusError, BusOptions, BusUnavailable, GroupMissing
@@ -41,6 +42,11 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     db = parts.path.lstrip("/") or parse_qs(parts.query).get("db", ["0"])[0]
     return f"{parts.scheme}://{host}:{parts.port or 6379}/{db}"
+
+
+# redis-py's stubs type stream replies loosely; with decode_responses off they are these shapes.
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+_StreamsReply = list[tuple[bytes, _Entries]] | None
 
 
 def _text(value: bytes | str) -> str:
@@ -120,7 +126,8 @@ class RedisStreamsBus(Bus):
 
     async def _add(self, stream: str, fields: Mapping[bytes, bytes]) -> None:
         async with self._errors():
-            await self._redis.xadd(stream, dict(fields), maxlen=self.config.maxlen, approximate=True)
+            entry: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
+            await self._redis.xadd(stream, entry, maxlen=self.config.maxlen, approximate=True)
 
     async def _ensure_group(self, stream: str, group: str) -> None:
         try:
@@ -134,8 +141,10 @@ class RedisStreamsBus(Bus):
         self, starts: Mapping[str, str], group: str, consumer: str, count: int, block_ms: int | None
     ) -> list[Delivery]:
         async with self._errors():
-            reply = await self._redis.xreadgroup(
-                group, consumer, streams=dict(starts), count=count, block=block_ms or None
+            wanted: dict[KeyT, StreamIdT] = {k: v for k, v in starts.items()}
+            reply = cast(
+                _StreamsReply,
+                await self._redis.xreadgroup(group, consumer, streams=wanted, count=count, block=block_ms or None),
             )
         received = {_text(name): entries for name, entries in reply or []}
         batch: list[Delivery] = []
@@ -218,5 +227,5 @@ class RedisStreamsBus(Bus):
 
     async def _tail(self, stream: str, limit: int) -> list[tuple[str, dict[bytes, bytes]]]:
         async with self._errors():
-            entries = await self._redis.xrevrange(stream, count=limit) if limit > 0 else []
+            entries = cast(_Entries, await self._redis.xrevrange(stream, count=limit)) if limit > 0 else []
         return [(_text(entry_id), fields) for entry_id, fields in reversed(entries)]

@@ -79,7 +79,8 @@ class BreakerBoard:
     def __getitem__(self, name: str) -> CircuitBreaker:
         if name not in NAMES:
             raise KeyError(name)
-        return getattr(self, name)
+        breaker: CircuitBreaker = getattr(self, name)
+        return breaker
 
     @property
     def any_open(self) -> bool:

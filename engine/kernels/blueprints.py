@@ -23,7 +23,8 @@ class MlpBlock(nn.Module):
         self.fc2 = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        out: torch.Tensor = self.fc2(F.gelu(self.fc1(x)))
+        return out
 
 
 class ResidualBlock(nn.Module):
@@ -38,7 +39,8 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.proj(x)
-        return h + self.fc2(F.relu(self.fc1(self.norm(h))))
+        out: torch.Tensor = h + self.fc2(F.relu(self.fc1(self.norm(h))))
+        return out
 
 
 class Conv1dBlock(nn.Module):
@@ -56,7 +58,8 @@ class Conv1dBlock(nn.Module):
         h = F.relu(self.conv1(x.unsqueeze(1)))
         h = F.relu(self.conv2(h))
         h = F.relu(self.conv3(h))
-        return self.head(h.flatten(1))
+        out: torch.Tensor = self.head(h.flatten(1))
+        return out
 
 
 class DepthwiseConvBlock(nn.Module):
@@ -73,7 +76,8 @@ class DepthwiseConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.expand(x.unsqueeze(1))
         h = F.relu(self.pointwise(F.relu(self.depthwise(h))))
-        return self.head(F.max_pool1d(h, 2).flatten(1))
+        out: torch.Tensor = self.head(F.max_pool1d(h, 2).flatten(1))
+        return out
 
 
 class AttentionBlock(nn.Module):
@@ -93,7 +97,8 @@ class AttentionBlock(nn.Module):
         t = self.embed(x[:, : self.tokens * self.patch].reshape(x.shape[0], self.tokens, self.patch)) + self.pos
         q, k, v = self.qkv(t).chunk(3, dim=-1)
         attn = torch.softmax(q @ k.transpose(1, 2) * self.scale, dim=-1)
-        return self.out((attn @ v + t).flatten(1))
+        out: torch.Tensor = self.out((attn @ v + t).flatten(1))
+        return out
 
 
 class LowRankAdapter(nn.Module):
@@ -106,7 +111,8 @@ class LowRankAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(x))
+        out: torch.Tensor = self.up(self.down(x))
+        return out
 
 
 class GatedBlock(nn.Module):
@@ -119,4 +125,5 @@ class GatedBlock(nn.Module):
         self.out = nn.Linear(hidden, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.value(x) * torch.sigmoid(self.gate(x)))
+        out: torch.Tensor = self.out(self.value(x) * torch.sigmoid(self.gate(x)))
+        return out

@@ -56,7 +56,7 @@ class Dataset:
 def _dataset_args(seed: int) -> dict[str, object]:
     from mnist1d.data import get_dataset_args
 
-    args = get_dataset_args(as_dict=True)
+    args: dict[str, object] = get_dataset_args(as_dict=True)
     args["seed"] = seed
     args.pop("url", None)  # only get_dataset downloads; keep the address out of the cache key
     return args

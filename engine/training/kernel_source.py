@@ -74,7 +74,8 @@ class KernelSource(Protocol):
 
 def eager_kernel(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The trivial kernel: run the module as plain PyTorch."""
-    return module(x)
+    out: torch.Tensor = module(x)
+    return out
 
 
 class EagerKernelSource:
