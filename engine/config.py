@@ -1,21 +1,49 @@
 """Loading the optional TOML config into the typed EsperConfig (keys of seed 000 plus our sections).
 
-Every problem becomes one ConfigError line naming the key, e.g.
-`config error: tezzeret.compilation.max_concurrent_jobs: expected int, got str`; the CLI exits 2.
+Every numeric key declares its range on the field (msgspec `Meta`), so a bad value is refused while the
+file is read, as one ConfigError line naming the key, e.g. `bus.max_deliveries: expected int >= 1`; the
+CLI prints it as `config error: ...` and exits 2. The same declarations render the config reference
+(`esper-tui config reference`, committed as docs/CONFIG.md), so the documented ranges are the enforced ones.
 """
 
 from __future__ import annotations
 
 import enum
+import json
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
 
 from esper_tui.engine.vocabulary import Strategy
 
+# --------------------------------------------------------------------------- ranges
+# Declared once and reused. msgspec's bounds reject NaN; every float also has an upper bound `le`, which
+# rejects infinity. Every int has an upper bound too: TOML integers are unbounded, and a huge one would
+# otherwise reach setrlimit, torch.manual_seed or a deque as an OverflowError instead of a config error.
+
+DAY_S = 86_400
+TIB_MB = 1_048_576  # 1 TiB in MB: bytes = MB * 2**20 stays far inside RLIMIT_AS's 64 bits
+TRAIN_SAMPLES = 4000  # MNIST-1D's training split (training/data.py TRAIN_SIZE): a bigger batch never fills
+
+Seconds = Annotated[float, Meta(gt=0, le=DAY_S)]  # a duration that must pass: 0 would time out or spin at once
+SecondsOrZero = Annotated[float, Meta(ge=0, le=DAY_S)]  # a wait where 0 means "no wait"
+Minutes = Annotated[float, Meta(ge=0, le=1440)]  # up to a day; 0 means "off" or "at once" (see the key)
+Percent = Annotated[float, Meta(gt=0, le=100)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]  # an accuracy difference: accuracy lies in [0, 1]
+Parallel = Annotated[int, Meta(ge=1, le=64)]  # things at once; each compile holds a worker of up to a few GB
+Tries = Annotated[int, Meta(ge=1, le=100)]  # attempts or failures: 0 would give up (or trip) before any try
+Epochs = Annotated[int, Meta(ge=0, le=10_000)]  # a seed lifecycle stage; 0 skips the stage
+Entries = Annotated[int, Meta(ge=1, le=10_000_000)]  # stream entries, held in memory or in Redis
+Name = Annotated[str, Meta(min_length=1)]
+
+
+# --------------------------------------------------------------------------- sections
 # The TOML file mirrors these sections; keys follow seed 000. Unknown keys are errors (forbid_unknown_fields).
 
 
@@ -28,47 +56,107 @@ class Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Base of every config section."""
 
 
-class CompilationConfig(Section, kw_only=True):
-    max_concurrent_jobs: int = 2
-    default_strategy: Strategy = Strategy.STANDARD
-    enable_aggressive_pipeline: bool = False
-    max_attempts: int = 3
-    jobs_per_worker: int = 16  # a worker is reused this many times (inductor start-up is ~3-4 s)
-    worker_memory_limit_mb: int = 4096  # RLIMIT_AS per sandboxed worker (g++ peaks near 1 GB)
-    timeout_fast_s: float = 120.0
-    timeout_standard_s: float = 300.0
-    timeout_aggressive_s: float = 900.0
-    timeout_emergency_s: float = 60.0
+class CompilationConfig(Section, frozen=True, kw_only=True):
+    """The forge (Tezzeret): how many compiles run, how often one is retried, how each worker is bounded."""
+
+    max_concurrent_jobs: Annotated[
+        Parallel, Meta(description="compiles at once, one sandboxed worker each (1 in conservative mode)")
+    ] = 2
+    default_strategy: Annotated[
+        Strategy, Meta(description="pipeline of a first attempt; `aggressive` also needs enable_aggressive_pipeline")
+    ] = Strategy.STANDARD
+    enable_aggressive_pipeline: Annotated[
+        bool, Meta(description="let high-priority blueprints compile with max-autotune")
+    ] = False
+    max_attempts: Annotated[
+        Tries, Meta(description="attempts per kernel; the last one falls back to the Emergency pipeline")
+    ] = 3
+    jobs_per_worker: Annotated[
+        int,
+        Meta(ge=1, le=10_000, description="compiles a worker serves before it is replaced (inductor starts in ~3-4 s)"),
+    ] = 16
+    worker_memory_limit_mb: Annotated[
+        int,
+        Meta(
+            ge=2048,  # inductor's g++ children peak near 1 GB of address space on top of the worker's own
+            le=TIB_MB,
+            description="RLIMIT_AS (address space) of each sandboxed compile worker",
+        ),
+    ] = 4096
+    timeout_fast_s: Annotated[
+        Seconds, Meta(description="a Fast compile is killed after this long (doubled in conservative mode)")
+    ] = 120.0
+    timeout_standard_s: Annotated[Seconds, Meta(description="the same for a Standard compile")] = 300.0
+    timeout_aggressive_s: Annotated[Seconds, Meta(description="the same for an Aggressive compile")] = 900.0
+    timeout_emergency_s: Annotated[Seconds, Meta(description="the same for an Emergency (eager) packaging")] = 60.0
 
 
-class WalConfig(Section, kw_only=True):
-    path: str = "tezzeret/wal"  # relative paths are under the state directory
-    durability_mode: DurabilityMode = DurabilityMode.O_DSYNC
+class WalConfig(Section, frozen=True, kw_only=True):
+    """The forge's write-ahead log: where it lives and how each record reaches the disk."""
+
+    path: Annotated[Name, Meta(description="WAL directory; a relative path is under the state directory")] = (
+        "tezzeret/wal"
+    )
+    durability_mode: Annotated[
+        DurabilityMode,
+        Meta(description="`o_dsync`: every write is a barrier; `fsync`: an fsync after each commit or abort"),
+    ] = DurabilityMode.O_DSYNC
 
 
-class ConservativeModeConfig(Section, kw_only=True):
-    gpu_threshold_percent: float = 25.0
-    threshold_duration_minutes: float = 5.0
-    calm_period_minutes: float = 0.0  # 0: only the operator leaves conservative mode
+class ConservativeModeConfig(Section, frozen=True, kw_only=True):
+    """When the forge backs off (one compile at a time, Fast only, longer timeouts) and when it recovers."""
+
+    gpu_threshold_percent: Annotated[
+        Percent, Meta(description="GPU utilisation that trips the gpu breaker once sustained")
+    ] = 25.0
+    threshold_duration_minutes: Annotated[
+        Minutes, Meta(description="how long utilisation must stay above the threshold (0: one sample)")
+    ] = 5.0
+    calm_period_minutes: Annotated[
+        Minutes, Meta(description="time with no breaker open after which the mode ends (0: only the operator ends it)")
+    ] = 0.0
 
 
-class MemoryManagementConfig(Section, kw_only=True):
-    cleanup_interval_seconds: float = 300.0
-    memory_budget_mb: int = 8192  # the memory breaker trips above this resident size (engine + workers)
+class MemoryManagementConfig(Section, frozen=True, kw_only=True):
+    """The forge's housekeeping and its memory breaker."""
+
+    cleanup_interval_seconds: Annotated[
+        Seconds, Meta(description="how often cached kernels expire and the WAL is checkpointed")
+    ] = 300.0
+    memory_budget_mb: Annotated[
+        int,
+        Meta(
+            ge=512,  # the engine alone (Python + torch) is resident near 300 MB: less would trip at start-up
+            le=TIB_MB,
+            description="resident size (engine + workers) above which the memory breaker trips",
+        ),
+    ] = 8192
 
 
-class PollingConfig(Section, kw_only=True):
-    initial_full_scan: bool = True
-    refresh_interval_minutes: float = 0.0  # 0 disables periodic refresh
+class PollingConfig(Section, frozen=True, kw_only=True):
+    """How the forge finds blueprints to compile."""
+
+    initial_full_scan: Annotated[
+        bool, Meta(description="at start-up, queue every blueprint that has no verified kernel")
+    ] = True
+    refresh_interval_minutes: Annotated[
+        Minutes, Meta(description="seed-000 key, accepted; periodic rescans are not implemented, 0 disables them")
+    ] = 0.0
 
 
-class BreakersConfig(Section, kw_only=True):
-    failure_threshold: int = 3  # consecutive failures that open a breaker
-    open_seconds: float = 30.0  # time spent open before half-open
-    half_open_probes: int = 1  # calls let through while half-open
+class BreakersConfig(Section, frozen=True, kw_only=True):
+    """The forge's circuit breakers (memory, gpu, timeout)."""
+
+    failure_threshold: Annotated[Tries, Meta(description="consecutive failures that open a breaker")] = 3
+    open_seconds: Annotated[SecondsOrZero, Meta(description="time spent open before half-open")] = 30.0
+    half_open_probes: Annotated[
+        Parallel, Meta(description="compiles let through while half-open, and successes needed to close")
+    ] = 1
 
 
-class TezzeretConfig(Section, kw_only=True):
+class TezzeretConfig(Section, frozen=True, kw_only=True):
+    """Seed 000's forge."""
+
     compilation: CompilationConfig = msgspec.field(default_factory=CompilationConfig)
     wal: WalConfig = msgspec.field(default_factory=WalConfig)
     conservative_mode: ConservativeModeConfig = msgspec.field(default_factory=ConservativeModeConfig)
@@ -77,52 +165,135 @@ class TezzeretConfig(Section, kw_only=True):
     breakers: BreakersConfig = msgspec.field(default_factory=BreakersConfig)
 
 
-class LibraryConfig(Section, kw_only=True):
-    signing_key: str = ""  # hex; ESPER_SIGNING_KEY overrides; generated into the state dir when absent
-    cache_ttl_seconds: float = 600.0
+class LibraryConfig(Section, frozen=True, kw_only=True):
+    """The signed kernel library (Urza)."""
+
+    signing_key: Annotated[
+        str, Meta(description="hex HMAC key; ESPER_SIGNING_KEY overrides; generated into the state dir when empty")
+    ] = ""
+    cache_ttl_seconds: Annotated[SecondsOrZero, Meta(description="how long a loaded kernel stays cached in memory")] = (
+        600.0
+    )
 
 
-class TrainingConfig(Section, kw_only=True):
-    enabled: bool = True
-    compile: bool = True  # graft compiled kernels; false runs seeds eagerly (banner shows EAGER)
-    epochs: int | None = None  # None: run until interrupted
-    batch_size: int = 100
-    learning_rate: float = 3e-3
-    hidden: int = 64
-    slots: int = 2
-    seed: int = 0
-    plateau_epochs: int = 3
-    plateau_delta: float = 0.005
-    fossilize_margin: float = 0.015  # accuracy gain a held seed must show; the 1000-sample val set is noisy
-    blend_epochs: int = 5
-    train_epochs: int = 2  # epochs a seed trains isolated before blending
-    holding_epochs: int = 2
-    embargo_epochs: int = 3
-    epoch_delay_s: float = 0.0  # slow the loop down for demos
+class TrainingConfig(Section, frozen=True, kw_only=True):
+    """The training loop (Tolaria) and the seed controller on MNIST-1D."""
+
+    enabled: Annotated[bool, Meta(description="run the training loop (false: the forge only)")] = True
+    compile: Annotated[
+        bool, Meta(description="graft compiled kernels; false runs seeds eagerly (the banner shows EAGER)")
+    ] = True
+    epochs: (
+        Annotated[
+            int, Meta(ge=1, le=1_000_000, description="stop after this many epochs; unset runs until interrupted")
+        ]
+        | None
+    ) = None
+    batch_size: Annotated[
+        int, Meta(ge=2, le=TRAIN_SAMPLES, description="samples per step, at most the 4000-sample training split")
+    ] = 100
+    learning_rate: Annotated[float, Meta(gt=0, le=1, description="Adam's learning rate for the host network")] = 3e-3
+    hidden: Annotated[
+        int, Meta(ge=1, le=4096, description="width of the host's hidden layer, and so of every seed kernel")
+    ] = 64
+    slots: Annotated[int, Meta(ge=1, le=8, description="seed slots in the host network")] = 2
+    seed: Annotated[
+        int, Meta(ge=0, le=2**32 - 1, description="RNG seed of the weights, the shuffling and each seed's init")
+    ] = 0
+    plateau_epochs: Annotated[
+        Epochs, Meta(description="epochs without a plateau_delta gain before a seed is germinated")
+    ] = 3
+    plateau_delta: Annotated[Fraction, Meta(description="validation accuracy gain that counts as progress")] = 0.005
+    fossilize_margin: Annotated[
+        Fraction, Meta(description="accuracy gain a held seed must show to be kept; the 1000-sample val set is noisy")
+    ] = 0.015
+    blend_epochs: Annotated[Epochs, Meta(description="epochs over which a seed's output is blended in")] = 5
+    train_epochs: Annotated[Epochs, Meta(description="epochs a seed trains in isolation before blending")] = 2
+    holding_epochs: Annotated[Epochs, Meta(description="epochs a blended seed is watched before it is judged")] = 2
+    embargo_epochs: Annotated[Epochs, Meta(description="epochs a slot stays closed after its seed was pruned")] = 3
+    epoch_delay_s: Annotated[SecondsOrZero, Meta(description="pause after each epoch, to slow demos down")] = 0.0
 
 
-class BusConfig(Section, kw_only=True):
-    redis_url: str = ""  # empty: the in-process bus
-    stream_prefix: str = "oona"
-    group: str = "esper"
-    emergency_threshold: int = 4000
-    drop_threshold: int = 8000
-    max_deliveries: int = 5
-    maxlen: int = 100_000
+class BusConfig(Section, frozen=True, kw_only=True):
+    """Oona, the message bus: in-process by default, Redis Streams with a URL."""
+
+    redis_url: Annotated[
+        str,
+        Meta(
+            pattern=r"^((redis|rediss|unix)://.*)?$",
+            description="redis://, rediss:// or unix:// URL; empty: the in-process bus",
+        ),
+    ] = ""
+    stream_prefix: Annotated[Name, Meta(description="prefix of every stream name, so runs can share a Redis")] = "oona"
+    group: Annotated[Name, Meta(description="the engine's consumer group")] = "esper"
+    emergency_threshold: Annotated[
+        Entries, Meta(description="normal-stream backlog above which commands take the emergency stream")
+    ] = 4000
+    drop_threshold: Annotated[
+        Entries, Meta(description="backlog above which telemetry is dropped and commands are refused")
+    ] = 8000
+    max_deliveries: Annotated[Tries, Meta(description="deliveries of a failing message before it is dead-lettered")] = 5
+    maxlen: Annotated[Entries, Meta(description="entries kept per stream (trimmed approximately)")] = 100_000
 
 
-class UiConfig(Section, kw_only=True):
-    refresh_hz: float = 4.0
-    theme: str = "esper-dark"
+class UiConfig(Section, frozen=True, kw_only=True):
+    """The Textual dashboard."""
+
+    refresh_hz: Annotated[float, Meta(gt=0, le=30, description="dashboard redraws per second")] = 4.0
+    theme: Annotated[Name, Meta(description="colour theme (esper-dark, esper-light, ...)")] = "esper-dark"
 
 
-class EsperConfig(Section, kw_only=True):
+class EsperConfig(Section, frozen=True, kw_only=True):
     tezzeret: TezzeretConfig = msgspec.field(default_factory=TezzeretConfig)
     library: LibraryConfig = msgspec.field(default_factory=LibraryConfig)
     training: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     ui: UiConfig = msgspec.field(default_factory=UiConfig)
 
+
+# --------------------------------------------------------------------------- rules across keys
+# A field's Meta sees only its own value; these few rules relate two keys, so they are checked after
+# conversion. They are data, so the reference lists exactly the rules that are enforced.
+
+
+@dataclass(frozen=True)
+class _Below:
+    """`key` must be strictly below `other`, because of `why`."""
+
+    key: str
+    other: str
+    why: str
+
+
+_RULES = (
+    _Below(
+        "bus.emergency_threshold",
+        "bus.drop_threshold",
+        "commands must reroute to the emergency stream before the normal stream refuses them",
+    ),
+    _Below(
+        "bus.drop_threshold",
+        "bus.maxlen",
+        "streams are trimmed to maxlen, so with a larger threshold unhandled entries are trimmed away, never refused",
+    ),
+)
+
+
+def _value(config: EsperConfig, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _check_rules(config: EsperConfig) -> None:
+    for rule in _RULES:
+        value, limit = _value(config, rule.key), _value(config, rule.other)
+        if not value < limit:
+            raise ConfigError(f"{rule.key}: must be below {rule.other} (got {value} and {limit}): {rule.why}")
+
+
+# --------------------------------------------------------------------------- loading
 
 # Seed 000 writes enum values in upper case (STANDARD, O_DSYNC); accept either spelling.
 _ENUM_KEYS = {("tezzeret", "compilation", "default_strategy"), ("tezzeret", "wal", "durability_mode")}
@@ -143,7 +314,8 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _key_of(message: str) -> tuple[str, str]:
-    """Turn msgspec's 'Object contains unknown field `x` - at `$.a.b`' into ('a.b.x', 'unknown key')."""
+    """Turn msgspec's 'Expected `int` >= 1 - at `$.bus.max_deliveries`' into
+    ('bus.max_deliveries', 'expected int >= 1'), and an unknown or missing field into its dotted key."""
     at = re.search(r" - at `\$\.?([^`]*)`", message)
     where = at.group(1) if at else ""
     text = message[: at.start()] if at else message
@@ -153,6 +325,7 @@ def _key_of(message: str) -> tuple[str, str]:
     missing = re.match(r"Object missing required field `([^`]+)`", text)
     if missing:
         return ".".join(p for p in (where, missing.group(1)) if p), "missing key"
+    text = text.replace("`", "")
     return where or "(top level)", text[0].lower() + text[1:] if text else "invalid"
 
 
@@ -162,42 +335,8 @@ def parse_config(raw: dict[str, Any]) -> EsperConfig:
     except msgspec.ValidationError as exc:
         key, why = _key_of(str(exc))
         raise ConfigError(f"{key}: {why}") from None
-    _check_ranges(config)
+    _check_rules(config)
     return config
-
-
-def _check_ranges(c: EsperConfig) -> None:
-    checks = [
-        ("tezzeret.compilation.max_concurrent_jobs", c.tezzeret.compilation.max_concurrent_jobs >= 1, "must be >= 1"),
-        ("tezzeret.compilation.max_attempts", c.tezzeret.compilation.max_attempts >= 1, "must be >= 1"),
-        (
-            "tezzeret.compilation.worker_memory_limit_mb",
-            c.tezzeret.compilation.worker_memory_limit_mb >= 2048,
-            "must be >= 2048 (inductor's g++ children peak near 1 GB virtual)",
-        ),
-        (
-            "tezzeret.memory_management.cleanup_interval_seconds",
-            c.tezzeret.memory_management.cleanup_interval_seconds > 0,
-            "must be > 0",
-        ),
-        (
-            "tezzeret.conservative_mode.gpu_threshold_percent",
-            0 < c.tezzeret.conservative_mode.gpu_threshold_percent <= 100,
-            "must be in (0, 100]",
-        ),
-        ("training.epochs", c.training.epochs is None or c.training.epochs >= 1, "must be >= 1"),
-        ("training.slots", 1 <= c.training.slots <= 8, "must be between 1 and 8"),
-        ("training.batch_size", c.training.batch_size >= 2, "must be >= 2"),
-        ("ui.refresh_hz", 0 < c.ui.refresh_hz <= 30, "must be in (0, 30]"),
-        (
-            "bus.redis_url",
-            not c.bus.redis_url or c.bus.redis_url.startswith(("redis://", "rediss://", "unix://")),
-            "must start with redis://, rediss:// or unix://",
-        ),
-    ]
-    for key, ok, why in checks:
-        if not ok:
-            raise ConfigError(f"{key}: {why}")
 
 
 def wal_directory(config: EsperConfig, state_dir: Path) -> Path:
@@ -219,3 +358,99 @@ def load_config(path: Path | None) -> EsperConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     return parse_config(raw)
+
+
+# --------------------------------------------------------------------------- the reference
+
+_REFERENCE_HEAD = """\
+# Configuration reference
+
+<!-- Generated by `esper-tui config reference` from engine/config.py; do not edit (a test compares them). -->
+
+Every key is optional and has the default shown. Pass the file with `--config FILE`. An unknown key, a
+wrong type or a value outside its range stops the program with one line naming the key (exit 2), e.g.
+`esper-tui: config error: bus.max_deliveries: expected int >= 1`.
+
+Ranges use interval notation: `[1, 64]` includes both ends, `(0, 86400]` excludes 0. No number key accepts
+`nan`, and none accepts `inf`. A float key also accepts an integer (`300` for `300.0`). Enum values are
+accepted in any case (`STANDARD` or `standard`).
+"""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _bounds(t: mi.IntType | mi.FloatType) -> str:
+    low = f"[{_number(t.ge)}" if t.ge is not None else f"({_number(t.gt)}" if t.gt is not None else "(-inf"
+    high = f"{_number(t.le)}]" if t.le is not None else f"{_number(t.lt)})" if t.lt is not None else "inf)"
+    return f"{low}, {high}"
+
+
+def _describe(t: mi.Type) -> tuple[str, str, str]:
+    """(type, range, description) of one key's msgspec type."""
+    description = ""
+    if isinstance(t, mi.Metadata):
+        description = (t.extra_json_schema or {}).get("description", "")
+        t = t.type
+    if isinstance(t, mi.UnionType):
+        inner = [u for u in t.types if not isinstance(u, mi.NoneType)]
+        kind, limits, inner_description = _describe(inner[0])
+        return f"{kind} (optional)", limits, description or inner_description
+    if isinstance(t, mi.IntType | mi.FloatType):
+        return ("int" if isinstance(t, mi.IntType) else "float"), _bounds(t), description
+    if isinstance(t, mi.EnumType):
+        return "enum", ", ".join(f"`{m.value}`" for m in t.cls), description
+    if isinstance(t, mi.StrType):
+        if t.pattern is not None:
+            return "string", f"matches `{t.pattern}`", description
+        return "string", "non-empty" if t.min_length else "", description
+    if isinstance(t, mi.BoolType):
+        return "bool", "", description
+    raise TypeError(f"config reference: no rendering for {t!r}")  # a new kind of key: teach _describe about it
+
+
+def _default(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, bool | str):
+        return f"`{json.dumps(value)}`"
+    return f"`{value!r}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _section(path: tuple[str, ...], struct: mi.StructType, out: list[str]) -> None:
+    rows: list[str] = []
+    subsections: list[tuple[tuple[str, ...], mi.StructType]] = []
+    for f in struct.fields:
+        if isinstance(f.type, mi.StructType):
+            subsections.append(((*path, f.name), f.type))
+            continue
+        kind, limits, description = _describe(f.type)
+        default = f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default
+        cells = (f"`{f.name}`", kind, _default(default), limits, description)
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    if rows:
+        doc = (struct.cls.__doc__ or "").strip()
+        out += ["", f"## [{'.'.join(path)}]", "", *([doc, ""] if doc else [])]
+        out += ["| key | type | default | range | description |", "|---|---|---|---|---|", *rows]
+    for sub_path, sub in subsections:
+        _section(sub_path, sub, out)
+
+
+def config_reference() -> str:
+    """Markdown for every section and key: type, default, range and description, then the rules across keys.
+
+    Walks EsperConfig with msgspec.inspect, so the reference can only show the ranges that are enforced."""
+    info = mi.type_info(EsperConfig)
+    assert isinstance(info, mi.StructType)
+    out = [_REFERENCE_HEAD.rstrip("\n")]
+    _section((), info, out)
+    out += ["", "## Rules across keys", ""]
+    out += [f"- `{r.key}` must be below `{r.other}`: {r.why}." for r in _RULES]
+    return "\n".join(out) + "\n"

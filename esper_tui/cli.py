@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.config import ConfigError, EsperConfig, load_config
+from esper_tui.engine.config import ConfigError, EsperConfig, config_reference, load_config
 
 EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
@@ -20,6 +20,7 @@ EPILOG = """examples:
   esper-tui --redis-url redis://127.0.0.1:6379/0   telemetry and commands over Redis Streams
   esper-tui library verify                    check every stored kernel's signature
   esper-tui wal inspect --json                the forge's write-ahead log
+  esper-tui config reference                  every config key with its default and range (markdown)
 """
 
 
@@ -94,6 +95,8 @@ def _tool_parser() -> argparse.ArgumentParser:
     for q in (verify, inspect):
         q.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR")
         q.add_argument("--config", type=Path, metavar="FILE")
+    config = sub.add_parser("config", help="the TOML configuration").add_subparsers(dest="action", required=True)
+    config.add_parser("reference", help="every key's type, default, range and meaning, as markdown (docs/CONFIG.md)")
     return p
 
 
@@ -113,10 +116,13 @@ def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("library", "wal"):
+    if argv and argv[0] in ("library", "wal", "config"):
+        args = _tool_parser().parse_args(argv)
+        if args.area == "config":
+            print(config_reference(), end="")
+            return 0
         from esper_tui.tools import run_tool
 
-        args = _tool_parser().parse_args(argv)
         try:
             config = load_config(args.config)
         except ConfigError as exc:
