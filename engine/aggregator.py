@@ -31,6 +31,7 @@ from esper_tui.engine.contracts import (
     Metric,
     MetricsReport,
     SeedsReport,
+    TrainingFailed,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
@@ -48,13 +49,23 @@ from esper_tui.engine.snapshot import (
     TrainingView,
     WalView,
 )
-from esper_tui.engine.vocabulary import JobStatus, Level
+from esper_tui.engine.vocabulary import (
+    EAGER_KERNELS,
+    Action,
+    GradientHealth,
+    JobStatus,
+    Level,
+    TrainingStatus,
+    compile_label,
+)
 
 BREAKER_ORDER = ("memory", "gpu", "timeout")
 
 
-def _seed_health(vanishing: bool, exploding: bool) -> str:
-    return "exploding" if exploding else "vanishing" if vanishing else "ok"
+def _seed_health(vanishing: bool, exploding: bool) -> GradientHealth:
+    if exploding:
+        return GradientHealth.EXPLODING
+    return GradientHealth.VANISHING if vanishing else GradientHealth.OK
 
 
 class Aggregator:
@@ -102,19 +113,19 @@ class Aggregator:
             handler(event)
         line = self._describe(event)
         if line is not None:
-            level = (
-                event.level
-                if isinstance(event, LogLine)
-                else (
-                    Level.ERROR
-                    if isinstance(event, JobFailed) and not event.will_retry
-                    else Level.WARNING
-                    if isinstance(event, JobFailed | ArtifactQuarantined)
-                    else Level.INFO
-                )
-            )
-            self.events.append(EventLine(ts=event.ts, source=event.source, level=level, text=line))
+            self.events.append(EventLine(ts=event.ts, source=event.source, level=self._level(event), text=line))
         return True
+
+    @staticmethod
+    def _level(event: AnyEvent) -> Level:
+        """How loud an event line is: errors that end something, warnings that may heal, else info."""
+        if isinstance(event, LogLine):
+            return event.level
+        if isinstance(event, TrainingFailed) or (isinstance(event, JobFailed) and not event.will_retry):
+            return Level.ERROR
+        if isinstance(event, JobFailed | ArtifactQuarantined):
+            return Level.WARNING
+        return Level.INFO
 
     def _on_EngineStarted(self, e: EngineStarted) -> None:
         self.run_id = e.run_id
@@ -127,7 +138,7 @@ class Aggregator:
             compile_backend=e.compile_backend,
             compile_mode=e.compile_mode,
         )
-        self._training(status="running", epochs_total=e.epochs)
+        self._training(status=TrainingStatus.RUNNING, epochs_total=e.epochs)
 
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
@@ -154,17 +165,20 @@ class Aggregator:
                 acc_delta=s.acc_delta,
                 epochs_in_stage=s.epochs_in_stage,
                 kernel=s.kernel,
-                health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else "-",
+                health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else GradientHealth.NONE,
             )
             for s in e.seeds
         ]
         self._training(seeds=seeds)
 
     def _on_TrainingPaused(self, e: TrainingPaused) -> None:
-        self._training(status="paused" if e.paused else "running")
+        self._training(status=TrainingStatus.PAUSED if e.paused else TrainingStatus.RUNNING)
 
     def _on_TrainingFinished(self, e: TrainingFinished) -> None:
-        self._training(status="finished")
+        self._training(status=TrainingStatus.FINISHED)
+
+    def _on_TrainingFailed(self, e: TrainingFailed) -> None:
+        self._training(status=TrainingStatus.FAILED)
 
     def _training(self, **changes: Any) -> None:
         self.training = msgspec.structs.replace(self.training, **changes)
@@ -191,7 +205,7 @@ class Aggregator:
             duration_s=e.compile_s,
             artifact_id=e.artifact_id,
             version=e.version,
-            backend=f"{e.backend}:{e.mode}",
+            backend=compile_label(e.backend, e.mode),
             step_ms_compiled=e.step_ms_compiled,
             step_ms_eager=e.step_ms_eager,
             reused=e.reused,
@@ -250,10 +264,12 @@ class Aggregator:
             case JobStarted():
                 return f"{e.blueprint_id} compiling ({e.strategy}), attempt {e.attempt}"
             case JobCompiled(reused=True):
-                return f"{e.blueprint_id} already in the library (v{e.version}, {e.backend}:{e.mode}): reused"
+                label = compile_label(e.backend, e.mode)
+                return f"{e.blueprint_id} already in the library (v{e.version}, {label}): reused"
             case JobCompiled():
                 return (
-                    f"{e.blueprint_id} compiled ({e.strategy}, {e.backend}:{e.mode}) in {e.compile_s:.1f} s, "
+                    f"{e.blueprint_id} compiled ({e.strategy}, {compile_label(e.backend, e.mode)}) "
+                    f"in {e.compile_s:.1f} s, "
                     f"step {e.step_ms_compiled:.2f} ms vs eager {e.step_ms_eager:.2f} ms"
                 )
             case JobFailed():
@@ -265,14 +281,17 @@ class Aggregator:
             case ArtifactQuarantined():
                 return f"{e.blueprint_id} artifact {e.artifact_id[:12]} quarantined: {e.reason}"
             case TrainingStarted():
-                kind = f"compiled {e.compile_backend}:{e.compile_mode}" if e.compile_enabled else "EAGER"
+                label = compile_label(e.compile_backend, e.compile_mode)
+                kind = f"compiled {label}" if e.compile_enabled else EAGER_KERNELS
                 return f"training started on {e.dataset} ({e.host}, kernels {kind})"
             case ControllerDecision():
                 target = f" {e.slot}" if e.slot else ""
-                bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action == "germinate" else ""
+                bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action is Action.GERMINATE else ""
                 return f"{e.action}{target}{bp} ({e.reason})"
             case TrainingPaused():
                 return "training paused" if e.paused else "training resumed"
+            case TrainingFailed():
+                return f"training failed: {e.error}"
             case TrainingFinished():
                 return f"training finished after {e.epochs} epochs, best accuracy {e.best_accuracy:.1%}"
             case EngineStarted():

@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import msgspec
 
-from esper_tui.engine.vocabulary import SCHEMA_VERSION, BreakerState, Level, SeedStage, Strategy, Struct, new_id, now
+from esper_tui.engine.vocabulary import (
+    SCHEMA_VERSION,
+    Action,
+    BreakerState,
+    Level,
+    SeedStage,
+    Strategy,
+    Struct,
+    Subsystem,
+    new_id,
+    now,
+)
 
 # --------------------------------------------------------------------------- events
 
 
 class Event(Struct, tag_field="type", kw_only=True):
-    """Common envelope fields. `source` is the Esper subsystem (tezzeret, urza, tolaria, ...)."""
+    """Common envelope fields. `source` is the Esper subsystem that speaks (tezzeret, urza, tolaria, ...)."""
 
     schema_version: int = SCHEMA_VERSION
     event_id: str = msgspec.field(default_factory=new_id)
     ts: float = msgspec.field(default_factory=now)
-    source: str = "engine"
+    source: Subsystem = Subsystem.ENGINE
 
 
 class EngineStarted(Event, tag="engine_started", kw_only=True):
@@ -143,7 +154,7 @@ class SeedsReport(Event, tag="seeds_report", kw_only=True):
 
 
 class ControllerDecision(Event, tag="controller_decision", kw_only=True):
-    action: str  # germinate | advance | fossilize | prune | wait
+    action: Action
     slot: str | None
     blueprint_id: str | None
     reason: str
@@ -153,6 +164,12 @@ class TrainingFinished(Event, tag="training_finished", kw_only=True):
     epochs: int
     final_accuracy: float
     best_accuracy: float
+
+
+class TrainingFailed(Event, tag="training_failed", kw_only=True):
+    """The training loop died with an error (the engine stops too): the snapshot's status says FAILED."""
+
+    error: str
 
 
 class TrainingPaused(Event, tag="training_paused", kw_only=True):
@@ -192,6 +209,7 @@ AnyEvent = (
     | SeedsReport
     | ControllerDecision
     | TrainingFinished
+    | TrainingFailed
     | TrainingPaused
     | MetricsReport
     | LogLine

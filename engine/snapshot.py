@@ -9,7 +9,19 @@ from __future__ import annotations
 import msgspec
 
 from esper_tui.engine.contracts import Metric
-from esper_tui.engine.vocabulary import SCHEMA_VERSION, BreakerState, JobStatus, Level, SeedStage, Strategy, Struct
+from esper_tui.engine.vocabulary import (
+    SCHEMA_VERSION,
+    BreakerState,
+    GradientHealth,
+    JobStatus,
+    Level,
+    SeedStage,
+    Strategy,
+    Struct,
+    Subsystem,
+    TrainingStatus,
+    kernels_label,
+)
 
 
 class Infrastructure(Struct, kw_only=True):
@@ -19,6 +31,11 @@ class Infrastructure(Struct, kw_only=True):
     bus: str = "embedded"
     device: str = "cpu"
     torch_version: str = ""
+
+    @property
+    def kernels(self) -> str:
+        """What the run's kernels are ("inductor:default" or EAGER), worded as everywhere else."""
+        return kernels_label(self.compile_enabled, self.compile_backend, self.compile_mode)
 
 
 class BreakerView(Struct, kw_only=True):
@@ -84,11 +101,11 @@ class SeedView(Struct, kw_only=True):
     acc_delta: float | None = None
     epochs_in_stage: int = 0
     kernel: str = "-"
-    health: str = "-"  # ok | vanishing | exploding | -
+    health: GradientHealth = GradientHealth.NONE
 
 
 class TrainingView(Struct, kw_only=True):
-    status: str = "waiting"  # waiting | running | paused | finished | failed
+    status: TrainingStatus = TrainingStatus.WAITING
     epoch: int = 0
     epochs_total: int | None = None
     loss: float | None = None
@@ -104,7 +121,7 @@ class TrainingView(Struct, kw_only=True):
 
 class EventLine(Struct, kw_only=True):
     ts: float
-    source: str
+    source: Subsystem
     level: Level
     text: str
 

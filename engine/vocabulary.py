@@ -1,4 +1,4 @@
-"""The words every engine part shares: schema version, the Struct base, ids, and the closed enums.
+"""The words every engine part shares: schema version, the Struct base, ids, the closed enums, labels.
 
 Leyline's lowest layer: contracts, snapshot, config and the library's metadata all build on it, and it
 builds on nothing of ours.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from typing import dataclass_transform
 
 import msgspec
 
@@ -24,8 +25,13 @@ def now() -> float:
     return time.time()
 
 
+@dataclass_transform(field_specifiers=(msgspec.field,), frozen_default=True, kw_only_default=True)
 class Struct(msgspec.Struct, frozen=True, kw_only=True):
-    """Base of every contract: immutable and keyword-only."""
+    """Base of every contract: immutable and keyword-only.
+
+    msgspec subclasses inherit both settings at run time; the decorator tells type checkers so too
+    (without it mypy takes every subclass for a mutable dataclass deriving from a frozen one).
+    """
 
 
 class Strategy(enum.StrEnum):
@@ -65,3 +71,59 @@ class Level(enum.StrEnum):
     INFO = "info"
     WARNING = "warning"
     ERROR = "error"
+
+
+class Subsystem(enum.StrEnum):
+    """Which Esper part said something (`Event.source`): the event log's second column."""
+
+    ENGINE = "engine"  # the runtime itself
+    TEZZERET = "tezzeret"  # the forge
+    URZA = "urza"  # the library
+    TOLARIA = "tolaria"  # the training loop
+    KASMINA = "kasmina"  # the seed slots
+    TAMIYO = "tamiyo"  # the controller
+
+
+class TrainingStatus(enum.StrEnum):
+    WAITING = "waiting"  # no TrainingStarted yet
+    RUNNING = "running"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class GradientHealth(enum.StrEnum):
+    """A seed's gradients over its last epoch; NONE for an empty slot, which has none."""
+
+    OK = "ok"
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    NONE = "-"
+
+
+class Action(enum.StrEnum):
+    """Tamiyo's decisions (ControllerDecision.action)."""
+
+    GERMINATE = "germinate"
+    ADVANCE = "advance"
+    FOSSILIZE = "fossilize"
+    PRUNE = "prune"
+    WAIT = "wait"
+
+
+EAGER_KERNELS = "EAGER"
+"""What runs when compilation is off (seed 002: the banner must say so, never name a backend)."""
+
+
+def compile_label(backend: str | None, mode: str | None) -> str:
+    """`backend:mode` as every surface writes it ("inductor:default"); a None mode is torch's default.
+
+    The one place the label is built, so the banner, the event log, the status line, the seeds column
+    and the library's loaded kernels can never disagree about what runs.
+    """
+    return f"{backend or '?'}:{mode or 'default'}"
+
+
+def kernels_label(compile_enabled: bool, backend: str | None, mode: str | None) -> str:
+    """What the run's kernels are: the compile label when compiling, EAGER otherwise."""
+    return compile_label(backend, mode) if compile_enabled else EAGER_KERNELS

@@ -9,22 +9,21 @@ slow link and two quick key presses reach the engine in the order they were made
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Iterable
 from functools import partial
-from typing import ClassVar, cast
+from typing import Any, ClassVar
 
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import Strategy
-from esper_tui.help import HelpScreen
+from esper_tui.engine.vocabulary import Strategy, TrainingStatus
+from esper_tui.help import HelpScreen, strategy_notes
 from esper_tui.link import EngineLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
 from esper_tui.widgets.breakers import BreakersPanel
@@ -34,7 +33,7 @@ from esper_tui.widgets.forge_health import ForgeHealthLine
 from esper_tui.widgets.panel import SnapshotPanel
 from esper_tui.widgets.seeds import SeedsPanel
 from esper_tui.widgets.status_banner import StatusBanner
-from esper_tui.widgets.strategy_picker import STRATEGY_HELP, StrategyPicker
+from esper_tui.widgets.strategy_picker import StrategyPicker
 from esper_tui.widgets.training import TrainingPanel
 from esper_tui.widgets.wal_panel import WalPanel
 
@@ -178,56 +177,10 @@ def command_note(command: AnyCommand) -> str:
     return type(command).__name__
 
 
-class EsperCommands(Provider):
-    """Command palette entries: the dashboard's commands, each strategy, and Esper's themes."""
-
-    def _commands(self) -> list[tuple[str, str, Callable[[], object]]]:
-        app = cast(EsperApp, self.app)
-        commands: list[tuple[str, str, Callable[[], object]]] = [
-            ("Recompile selected", "Recompile the blueprint under the cursor (Standard)", app.action_recompile),
-            (
-                "Recompile selected with strategy…",
-                "Choose Fast, Standard, Aggressive or Emergency",
-                app.action_pick_strategy,
-            ),
-        ]
-        commands += [
-            (
-                f"Recompile selected: {strategy.value.capitalize()}",
-                STRATEGY_HELP[strategy],
-                partial(app.recompile_selected, strategy),
-            )
-            for strategy in Strategy
-        ]
-        commands += [
-            ("Recompile all", "Queue every blueprint of the catalog again", app.action_recompile_all),
-            ("Toggle conservative mode", "Concurrency 1, Fast pipeline, no Aggressive", app.action_toggle_conservative),
-            ("Pause / resume training", "Hold the training loop between batches", app.action_toggle_pause),
-            ("Help", "Keys and colour legend", app.action_help),
-        ]
-        commands += [
-            (f"Theme: {theme.name}", "Switch the dashboard's colours", partial(setattr, app, "theme", theme.name))
-            for theme in THEMES
-        ]
-        return commands
-
-    async def discover(self) -> Hits:
-        for name, help_text, callback in self._commands():
-            yield DiscoveryHit(name, callback, help=help_text)
-
-    async def search(self, query: str) -> Hits:
-        matcher = self.matcher(query)
-        for name, help_text, callback in self._commands():
-            score = matcher.match(name)
-            if score > 0:
-                yield Hit(score, matcher.highlight(name), callback, help=help_text)
-
-
 class EsperApp(App[None]):
     """The Esper control room: one dashboard over an `EngineLink`."""
 
     CSS_PATH = CSS_PATH
-    COMMANDS = App.COMMANDS | {EsperCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit the control room", id="esper.quit", priority=True),
         Binding("f1,question_mark", "help", "Help", tooltip="This help", key_display="?", id="esper.help"),
@@ -335,7 +288,7 @@ class EsperApp(App[None]):
             if strategy is not None:
                 self.send_command(Recompile(blueprint_id=blueprint_id, strategy=strategy))
 
-        self.push_screen(StrategyPicker(blueprint_id, conservative=conservative), chosen)
+        self.push_screen(StrategyPicker(blueprint_id, strategy_notes(), conservative=conservative), chosen)
 
     def action_recompile_all(self) -> None:
         self.send_command(RecompileAll())
@@ -346,7 +299,36 @@ class EsperApp(App[None]):
 
     def action_toggle_pause(self) -> None:
         if (snapshot := self._require_snapshot()) is not None:
-            self.send_command(PauseTraining(paused=snapshot.training.status != "paused"))
+            self.send_command(PauseTraining(paused=snapshot.training.status is not TrainingStatus.PAUSED))
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Textual's own commands (theme, keys, screenshot, quit) and the dashboard's, in one palette."""
+        yield from super().get_system_commands(screen)
+        yield SystemCommand(
+            "Recompile selected", "Recompile the blueprint under the cursor (Standard)", self.action_recompile
+        )
+        yield SystemCommand(
+            "Recompile selected with strategy…",
+            "Choose Fast, Standard, Aggressive or Emergency",
+            self.action_pick_strategy,
+        )
+        for strategy, note in strategy_notes().items():
+            title = f"Recompile selected: {strategy.value.capitalize()}"
+            yield SystemCommand(title, note, partial(self.recompile_selected, strategy))
+        yield SystemCommand("Recompile all", "Queue every blueprint of the catalog again", self.action_recompile_all)
+        yield SystemCommand(
+            "Toggle conservative mode", "Concurrency 1, Fast pipeline, no Aggressive", self.action_toggle_conservative
+        )
+        yield SystemCommand(
+            "Pause / resume training", "Hold the training loop between batches", self.action_toggle_pause
+        )
+        yield SystemCommand("Help", "Keys, strategies and colour legend", self.action_help)
+        for theme in THEMES:
+            yield SystemCommand(
+                f"Theme: {theme.name}", "Switch the dashboard's colours", partial(setattr, self, "theme", theme.name)
+            )
 
     # ------------------------------------------------------------------ help
 

@@ -1,7 +1,9 @@
-"""The help modal (F1 or `?`): every key the dashboard answers to, and what the colours mean.
+"""The help modal (F1 or `?`): every key the dashboard answers to, the strategies, what the colours mean.
 
 The key list is built from the live bindings, so a user's keymap shows up here as remapped; the
-colour legend uses the same theme variables as the panels, so it is right in every theme.
+strategy notes are read from the engine's pipelines (what each strategy compiles with, and when it is
+used), so they cannot drift from the code; the colour legend uses the same theme variables as the
+panels, so it is right in every theme.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
+from esper_tui.engine.kernels.pipelines import strategy_help
+from esper_tui.engine.vocabulary import Strategy
 from esper_tui.widgets import format as fmt
 
 KEY_WIDTH = 16
@@ -25,6 +29,16 @@ LEGEND: tuple[tuple[str, str, str], ...] = (
     ("$error", "●", "failed · breaker OPEN · seed hurts"),
     (fmt.DISABLED, "○", "unavailable (e.g. no GPU) · dormant slot"),
 )
+
+
+def strategy_notes() -> dict[Strategy, str]:
+    """Each strategy's `backend:mode · when it is used`, for the picker, the palette and this screen."""
+    return {strategy: strategy_help(strategy) for strategy in Strategy}
+
+
+def strategy_rows() -> list[tuple[str, str]]:
+    """(name, note) rows for the help screen's strategy table."""
+    return [(strategy.value.capitalize(), note) for strategy, note in strategy_notes().items()]
 
 
 def key_table(rows: Sequence[tuple[str, str]]) -> Content:
@@ -75,6 +89,8 @@ class HelpScreen(ModalScreen[None]):
             box.border_subtitle = "esc close"
             yield Static("Keys", classes="heading -first")
             yield Static(key_table(self.keys), id="help-keys")
+            yield Static("Strategies", classes="heading")
+            yield Static(key_table(strategy_rows()), id="help-strategies")
             yield Static("Colours", classes="heading")
             yield Static(legend(), id="help-legend")
             yield Static("Notes", classes="heading")

@@ -7,8 +7,7 @@ from esper_tui.engine.vocabulary import JobStatus, SeedStage
 
 
 def status_line(s: Snapshot) -> str:
-    t, f, infra = s.training, s.forge, s.infrastructure
-    kernels = f"{infra.compile_backend}:{infra.compile_mode}" if infra.compile_enabled else "EAGER"
+    t, f = s.training, s.forge
     epochs = f"{t.epoch}/{t.epochs_total}" if t.epochs_total else str(t.epoch)
     acc = f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
     loss = f"{t.loss:.3f}" if t.loss is not None else "-"
@@ -22,7 +21,7 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"[{t.status}] epoch {epochs} acc {acc} loss {loss} | kernels {kernels} | forge "
+        f"[{t.status}] epoch {epochs} acc {acc} loss {loss} | kernels {s.infrastructure.kernels} | forge "
         f"{count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
         f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"

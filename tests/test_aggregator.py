@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from esper_tui.engine.aggregator import Aggregator
-from esper_tui.engine.codec import decode_snapshot_json, encode_json
+from esper_tui.engine.codec import decode_event_json, decode_snapshot_json, encode_json
 from esper_tui.engine.contracts import (
     ArtifactQuarantined,
     BreakerChanged,
@@ -26,13 +26,25 @@ from esper_tui.engine.contracts import (
     MetricsReport,
     SeedHealth,
     SeedsReport,
+    TrainingFailed,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
     WalStatus,
 )
 from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage, Strategy
+from esper_tui.engine.vocabulary import (
+    Action,
+    BreakerState,
+    GradientHealth,
+    JobStatus,
+    Level,
+    SeedStage,
+    Strategy,
+    Subsystem,
+    TrainingStatus,
+)
+from esper_tui.status_line import status_line
 
 
 @pytest.fixture
@@ -280,7 +292,7 @@ def test_engine_and_training_events_fold(agg):
     snap = agg.snapshot()
     infra = snap.infrastructure
     assert (infra.compile_enabled, infra.compile_backend, infra.compile_mode) == (True, "inductor", "default")
-    assert (snap.training.status, snap.training.epochs_total) == ("running", 10)
+    assert (snap.training.status, snap.training.epochs_total) == (TrainingStatus.RUNNING, 10)
 
     for epoch, acc in enumerate([0.5, 0.7, 0.6], start=1):
         agg.apply(
@@ -308,14 +320,14 @@ def test_engine_and_training_events_fold(agg):
         ("slot-1", SeedStage.DORMANT, 0.0),
         ("slot-2", SeedStage.TRAINING, 0.25),
     ]
-    assert [s.health for s in seeds] == ["ok", "-", "exploding"]
+    assert [s.health for s in seeds] == [GradientHealth.OK, GradientHealth.NONE, GradientHealth.EXPLODING]
 
     agg.apply(TrainingPaused(paused=True))
-    assert agg.snapshot().training.status == "paused"
+    assert agg.snapshot().training.status is TrainingStatus.PAUSED
     agg.apply(TrainingPaused(paused=False))
-    assert agg.snapshot().training.status == "running"
+    assert agg.snapshot().training.status is TrainingStatus.RUNNING
     agg.apply(TrainingFinished(epochs=3, final_accuracy=0.6, best_accuracy=0.7))
-    assert agg.snapshot().training.status == "finished"
+    assert agg.snapshot().training.status is TrainingStatus.FINISHED
 
 
 def test_eager_training_shows_compile_disabled(agg):
@@ -348,12 +360,15 @@ def test_metrics_report_replaces_metrics(agg):
 
 
 def test_event_lines_describe_and_level(agg):
-    agg.apply(LogLine(level=Level.ERROR, message="disk on fire", source="tezzeret"))
+    agg.apply(LogLine(level=Level.ERROR, message="disk on fire", source=Subsystem.TEZZERET))
     agg.apply(ArtifactQuarantined(blueprint_id="mlp_block", artifact_id="b" * 64, reason="bad sig"))
-    agg.apply(ControllerDecision(action="germinate", slot="slot-0", blueprint_id="mlp_block", reason="plateau"))
+    agg.apply(ControllerDecision(action=Action.GERMINATE, slot="slot-0", blueprint_id="mlp_block", reason="plateau"))
     agg.apply(EngineStopping(reason="operator"))
     lines = agg.snapshot().events
-    assert [(line.level, line.source) for line in lines[:2]] == [(Level.ERROR, "tezzeret"), (Level.WARNING, "engine")]
+    assert [(line.level, line.source) for line in lines[:2]] == [
+        (Level.ERROR, Subsystem.TEZZERET),
+        (Level.WARNING, Subsystem.ENGINE),
+    ]
     assert "quarantined: bad sig" in lines[1].text
     assert lines[2].text == "germinate slot-0 <- mlp_block (plateau)"
     assert "engine stopping: operator" in lines[3].text
@@ -453,3 +468,120 @@ def test_snapshot_json_has_the_public_paths(agg):
 
     back = decode_snapshot_json(raw)
     assert isinstance(back, Snapshot) and back == agg.snapshot()
+
+
+# ---------------------------------------------------------------------------------- closed vocabularies
+
+
+def vocabulary_snapshot(agg: Aggregator) -> Snapshot:
+    """A snapshot that uses every closed-vocabulary field: status, seed health, event sources, an action."""
+    agg.apply(msgspec.structs.replace(training_started(), source=Subsystem.TOLARIA))
+    agg.apply(SeedsReport(source=Subsystem.KASMINA, epoch=1, seeds=[seed(vanishing=True), seed("slot-1", bid=None)]))
+    agg.apply(
+        ControllerDecision(
+            source=Subsystem.TAMIYO, action=Action.PRUNE, slot="slot-0", blueprint_id="mlp_block", reason="vanishing"
+        )
+    )
+    agg.apply(TrainingPaused(source=Subsystem.TOLARIA, paused=True))
+    return agg.snapshot()
+
+
+def test_enum_fields_encode_as_the_same_plain_strings(agg):
+    """The enums are StrEnums: `--json` and the bus carry exactly the strings they carried before."""
+    doc = json.loads(encode_json(vocabulary_snapshot(agg)))
+    training = doc["training"]
+    assert training["status"] == "paused" and type(training["status"]) is str
+    assert [s["health"] for s in training["seeds"]] == ["vanishing", "-"]
+    assert [(e["source"], e["text"].split()[0]) for e in doc["events"]] == [
+        ("tolaria", "training"),
+        ("tamiyo", "prune"),
+        ("tolaria", "training"),
+    ]
+    decision = json.loads(
+        encode_json(ControllerDecision(action=Action.GERMINATE, slot="s0", blueprint_id=None, reason=""))
+    )
+    assert (decision["action"], decision["source"]) == ("germinate", "engine")
+
+
+def test_decoded_values_are_the_enums(agg):
+    back = decode_snapshot_json(encode_json(vocabulary_snapshot(agg)))
+    assert back.training.status is TrainingStatus.PAUSED
+    assert [s.health for s in back.training.seeds] == [GradientHealth.VANISHING, GradientHealth.NONE]
+    assert {e.source for e in back.events} == {Subsystem.TOLARIA, Subsystem.TAMIYO}
+    event = decode_event_json(
+        encode_json(ControllerDecision(action=Action.ADVANCE, slot="s0", blueprint_id=None, reason=""))
+    )
+    assert isinstance(event, ControllerDecision) and event.action is Action.ADVANCE and event.source is Subsystem.ENGINE
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [
+        (("training", "status"), "exploded"),
+        (("training", "seeds", 0, "health"), "meh"),
+        (("events", 0, "source"), "nissa"),
+    ],
+)
+def test_snapshot_with_an_unknown_value_is_rejected(agg, path, bad):
+    doc = json.loads(encode_json(vocabulary_snapshot(agg)))
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = bad
+    with pytest.raises(msgspec.ValidationError, match=path[-1]):
+        decode_snapshot_json(json.dumps(doc))
+
+
+@pytest.mark.parametrize(("field", "bad"), [("action", "explode"), ("source", "nissa")])
+def test_event_with_an_unknown_value_is_rejected(field, bad):
+    doc = json.loads(encode_json(ControllerDecision(action=Action.WAIT, slot=None, blueprint_id=None, reason="")))
+    doc[field] = bad
+    with pytest.raises(msgspec.ValidationError, match=field):
+        decode_event_json(json.dumps(doc))
+
+
+def test_training_failure_shows_as_failed(agg):
+    """FAILED was in the status vocabulary but nothing ever set it: a dead loop still read "running"."""
+    agg.apply(training_started())
+    agg.apply(TrainingFailed(source=Subsystem.TOLARIA, error="RuntimeError: boom"))
+    snap = agg.snapshot()
+    assert snap.training.status is TrainingStatus.FAILED
+    line = snap.events[-1]
+    assert (line.level, line.source, line.text) == (
+        Level.ERROR,
+        Subsystem.TOLARIA,
+        "training failed: RuntimeError: boom",
+    )
+    assert status_line(snap).startswith("[failed]")
+
+
+# ---------------------------------------------------------------------------------- one compile label
+
+
+def test_compile_label_is_the_same_everywhere(agg):
+    """A run compiling with torch's default mode (mode None) reads `inductor:default` in the event log,
+    the infrastructure and the status line alike (the status line used to print `inductor:None`)."""
+    agg.apply(
+        TrainingStarted(
+            compile_enabled=True,
+            compile_backend="inductor",
+            compile_mode=None,
+            dataset="mnist1d",
+            host="mlp",
+            slots=2,
+            epochs=10,
+            device="cpu",
+        )
+    )
+    snap = agg.snapshot()
+    assert "| kernels inductor:default |" in status_line(snap)
+    assert snap.events[-1].text.endswith("(mlp, kernels compiled inductor:default)")
+    assert snap.infrastructure.kernels == "inductor:default"
+
+
+def test_eager_run_says_eager_everywhere(agg):
+    agg.apply(training_started(enabled=False))
+    snap = agg.snapshot()
+    assert snap.infrastructure.kernels == "EAGER"
+    assert snap.events[-1].text.endswith("kernels EAGER)")
+    assert "| kernels EAGER |" in status_line(snap)

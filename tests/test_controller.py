@@ -5,9 +5,9 @@ from __future__ import annotations
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.training.controller import Action, Controller, Decision, EpochState
+from esper_tui.engine.training.controller import Controller, Decision, EpochState
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
 CFG = TrainingConfig(plateau_epochs=3, plateau_delta=0.005, train_epochs=2, blend_epochs=5, holding_epochs=2)

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from esper_tui.engine.config import CompilationConfig
-from esper_tui.engine.kernels.pipelines import CompileSettings, choose_strategy, settings_for, timeout_for
-from esper_tui.engine.vocabulary import Strategy
+from esper_tui.engine.kernels.pipelines import (
+    STRATEGY_USE,
+    CompileSettings,
+    choose_strategy,
+    settings_for,
+    strategy_help,
+    timeout_for,
+)
+from esper_tui.engine.vocabulary import Strategy, compile_label
 
 S = Strategy
 ALL = list(Strategy)
@@ -106,3 +113,38 @@ def test_timeouts_per_strategy():
     assert (
         timeout_for(S.EMERGENCY, d) < timeout_for(S.FAST, d) < timeout_for(S.STANDARD, d) < timeout_for(S.AGGRESSIVE, d)
     )
+
+
+# ---------------------------------------------------------------------------------- labels and help
+
+
+def test_compile_label_is_backend_colon_mode():
+    assert compile_label("inductor", None) == compile_label("inductor", "default") == "inductor:default"
+    assert compile_label("inductor", "max-autotune") == "inductor:max-autotune"
+    assert compile_label(None, None) == "?:default"
+    for strategy in ALL:
+        s = settings_for(strategy)
+        assert s.label == compile_label(s.backend, s.mode)
+
+
+@pytest.mark.parametrize("strategy", ALL)
+def test_strategy_help_names_the_settings_the_forge_compiles_with(strategy):
+    """The help starts with the real backend:mode of the settings the forge uses (`settings_for(strategy)`,
+    CPU table): the hand-written text it replaces said "inductor dynamic shapes" for Aggressive, which
+    compiles with max-autotune-no-cudagraphs."""
+    label, _, use = strategy_help(strategy).partition(" · ")
+    assert label == settings_for(strategy).label
+    assert use == STRATEGY_USE[strategy]
+
+
+def test_strategy_use_claims_match_choose_strategy():
+    """Each "when it is used" claim, held against the chooser itself."""
+    default = CompilationConfig()
+    assert "conservative mode" in STRATEGY_USE[S.FAST] and choose(conservative=True) is S.FAST
+    assert "retries" in STRATEGY_USE[S.FAST] and choose(attempt=2, max_attempts=3) is S.FAST
+    assert STRATEGY_USE[S.STANDARD] == "the default" and choose() is default.default_strategy is S.STANDARD
+    assert STRATEGY_USE[S.AGGRESSIVE] == "opt-in" and not default.enable_aggressive_pipeline
+    assert choose(requested=S.AGGRESSIVE) is not S.AGGRESSIVE
+    assert choose(requested=S.AGGRESSIVE, enable_aggressive_pipeline=True) is S.AGGRESSIVE
+    assert "last attempt" in STRATEGY_USE[S.EMERGENCY] and choose(attempt=default.max_attempts) is S.EMERGENCY
+    assert set(STRATEGY_USE) == set(Strategy)

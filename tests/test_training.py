@@ -18,15 +18,16 @@ from esper_tui.engine.contracts import (
     EpochCompleted,
     LogLine,
     SeedsReport,
+    TrainingFailed,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
 )
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.training.controller import Action, Decision
+from esper_tui.engine.training.controller import Decision
 from esper_tui.engine.training.kernel_source import EagerKernelSource, Kernel, KernelOffer, KernelUnavailable
 from esper_tui.engine.training.loop import Trainer, TrainingControl
-from esper_tui.engine.vocabulary import Level, SeedStage
+from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
 
 CATALOG = Catalog()
 
@@ -68,7 +69,7 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
     finished = t.run()
     events = rec.events
     started = events[0]
-    assert isinstance(started, TrainingStarted) and started.source == "tolaria"
+    assert isinstance(started, TrainingStarted) and started.source is Subsystem.TOLARIA
     assert started.compile_enabled is False
     assert started.compile_backend is None and started.compile_mode is None
     assert (started.slots, started.epochs, started.device) == (2, 25, "cpu")
@@ -76,7 +77,7 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
 
     epochs = rec.of(EpochCompleted)
     assert [e.epoch for e in epochs] == list(range(1, 26))
-    assert all(e.source == "tolaria" and e.samples_per_s > 0 and e.epoch_s > 0 for e in epochs)
+    assert all(e.source is Subsystem.TOLARIA and e.samples_per_s > 0 and e.epoch_s > 0 for e in epochs)
     assert finished.final_accuracy == epochs[-1].val_accuracy > 0.40  # chance is 0.10
     assert finished.best_accuracy == max(e.val_accuracy for e in epochs)
 
@@ -85,14 +86,14 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
     for i, e in enumerate(body):
         if isinstance(e, EpochCompleted):
             report = body[i + 1]
-            assert isinstance(report, SeedsReport) and report.epoch == e.epoch and report.source == "kasmina"
+            assert isinstance(report, SeedsReport) and report.epoch == e.epoch and report.source is Subsystem.KASMINA
             assert [s.slot for s in report.seeds] == ["s0", "s1"]
         if isinstance(e, ControllerDecision):
-            assert isinstance(body[i - 1], (SeedsReport, ControllerDecision)) and e.source == "tamiyo"
-            assert e.action != "wait"
+            assert isinstance(body[i - 1], (SeedsReport, ControllerDecision)) and e.source is Subsystem.TAMIYO
+            assert e.action is not Action.WAIT
 
     decisions = rec.of(ControllerDecision)
-    assert decisions and decisions[0].action == "germinate" and "flat for" in decisions[0].reason
+    assert decisions and decisions[0].action is Action.GERMINATE and "flat for" in decisions[0].reason
     stages = {s.stage for r in rec.of(SeedsReport) for s in r.seeds}
     assert stages - {SeedStage.DORMANT, SeedStage.GERMINATED}, stages  # a seed got past germination
     live = [s for r in rec.of(SeedsReport) for s in r.seeds if s.stage is SeedStage.TRAINING]
@@ -198,7 +199,7 @@ def test_a_failing_compiled_kernel_falls_back_to_eager(cache_dir: Path) -> None:
     t, rec = trainer(cache_dir, kernels=lib, epochs=6, **FAST_LIFECYCLE)
     t.run()
     warnings = [e for e in rec.of(LogLine) if e.level is Level.WARNING]
-    assert len(warnings) == 1 and "running eagerly" in warnings[0].message and warnings[0].source == "kasmina"
+    assert len(warnings) == 1 and "running eagerly" in warnings[0].message and warnings[0].source is Subsystem.KASMINA
     last = rec.of(SeedsReport)[-1].seeds[0]
     assert last.kernel == "eager" and last.stage is not SeedStage.DORMANT
     assert len(rec.of(EpochCompleted)) == 6
@@ -236,6 +237,22 @@ def test_unavailable_kernel_is_logged_and_prune_releases_the_optimizer(cache_dir
     assert t._apply(Decision(Action.PRUNE, "s0", "mlp_block", "test"), 0.5)
     assert len(t.optimizer.param_groups) == 1 and not t.optimizer.state
     assert t.host.slot("s0").stage is SeedStage.PRUNED
+
+
+def test_a_dying_loop_reports_training_failed(cache_dir: Path) -> None:
+    """An error out of the loop is reported as TrainingFailed (the snapshot then says FAILED), then re-raised."""
+
+    class Exploding(EagerKernelSource):
+        def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+            raise RuntimeError("library exploded")
+
+    t, rec = trainer(cache_dir, kernels=Exploding(CATALOG), epochs=5, **FAST_LIFECYCLE)
+    with pytest.raises(RuntimeError, match="library exploded"):
+        t.run()
+    last = rec.events[-1]
+    assert isinstance(last, TrainingFailed) and last.source is Subsystem.TOLARIA
+    assert last.error == "RuntimeError: library exploded"
+    assert not rec.of(TrainingFinished)
 
 
 def test_importing_the_training_plane_loads_no_ui() -> None:

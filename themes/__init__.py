@@ -9,6 +9,7 @@ in progress / half-open / conservative, error = failed / open, accent = panel ti
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from textual.app import App
 from textual.theme import Theme
@@ -62,7 +63,7 @@ THEMES: tuple[Theme, ...] = (ESPER_DARK, ESPER_LIGHT)
 DEFAULT_THEME = ESPER_DARK.name
 
 
-def register_themes(app: App[object]) -> None:
+def register_themes(app: App[Any]) -> None:
     """Make Esper's themes selectable in `app` (and in its command palette)."""
     for theme in THEMES:
         app.register_theme(theme)

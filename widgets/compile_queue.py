@@ -145,15 +145,15 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         for key, row in part.rows:
             old = self._cells.get(key)
             if old is None:
-                self.add_row(*(self._render(cell) for cell in row), key=key)
+                self.add_row(*(self._cell_text(cell) for cell in row), key=key)
             else:
                 for (column, _), new, previous in zip(COLUMNS, row, old, strict=True):
                     if self._restyle or new != previous:
-                        self.update_cell(key, column, self._render(new), update_width=True)
+                        self.update_cell(key, column, self._cell_text(new), update_width=True)
             self._cells[key] = row
         self._restyle = False
 
-    def _render(self, cell: Cell) -> Text:
+    def _cell_text(self, cell: Cell) -> Text:
         """A cell as Rich Text (never parsed as markup: blueprint ids and errors are data)."""
         style = self.get_component_rich_style(cell.component, partial=True) if cell.component else ""
         return Text(cell.text, style=style, no_wrap=True, overflow="ellipsis")

@@ -10,11 +10,12 @@ from textual.content import Content
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import EventLine, Snapshot
-from esper_tui.engine.vocabulary import Level
+from esper_tui.engine.vocabulary import Level, Subsystem
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
-SOURCE_WIDTH = 9
+SOURCE_WIDTH = max(map(len, Subsystem)) + 1
+"""The source column fits the longest subsystem name and a space."""
 MAX_EVENTS = 50
 """More lines than any terminal shows in this panel; older ones are the aggregator's to keep."""
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 from textual.content import Content
 
-from esper_tui.engine.snapshot import ForgeView, Infrastructure
-from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage
+from esper_tui.engine.snapshot import ForgeView
+from esper_tui.engine.vocabulary import BreakerState, GradientHealth, JobStatus, Level, SeedStage, TrainingStatus
 
 DASH = "-"
 """What a cell shows when there is no value: quieter than "None", same width everywhere."""
@@ -50,6 +50,21 @@ SEED_STAGE_VAR: dict[SeedStage, str] = {
     SeedStage.PRUNED: "$error",
     SeedStage.EMBARGOED: "$error",
     SeedStage.RESETTING: MUTED,
+}
+
+TRAINING_STATUS_VAR: dict[TrainingStatus, str] = {
+    TrainingStatus.WAITING: MUTED,
+    TrainingStatus.RUNNING: "$success",
+    TrainingStatus.PAUSED: "$warning reverse",
+    TrainingStatus.FINISHED: "$primary",
+    TrainingStatus.FAILED: "$error",
+}
+
+GRADIENT_HEALTH_VAR: dict[GradientHealth, str] = {
+    GradientHealth.OK: "$success",
+    GradientHealth.VANISHING: "$error",
+    GradientHealth.EXPLODING: "$error",
+    GradientHealth.NONE: MUTED,
 }
 
 
@@ -139,13 +154,6 @@ def reading(value: float | None, threshold: float | None, unit: str) -> str:
         return ""
     suffix = f" {unit}" if unit else ""
     return f"{quantity(value)}/{quantity(threshold)}{suffix}"
-
-
-def compile_label(infra: Infrastructure) -> str:
-    """What is really running: "inductor:default" when compiled, "EAGER" otherwise (seed 002)."""
-    if not infra.compile_enabled:
-        return "EAGER"
-    return f"{infra.compile_backend or '?'}:{infra.compile_mode or 'default'}"
 
 
 def forge_summary(forge: ForgeView) -> str:

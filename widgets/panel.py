@@ -49,6 +49,9 @@ class SnapshotPanel(Generic[S]):
     PANEL_TITLE: ClassVar[str] = ""
     """Border title of the panel."""
 
+    DEFAULT_CSS: ClassVar[str]
+    """Declared for type checkers only: the drawing widget defines it, `__init_subclass__` extends it."""
+
     _drawn: Any = _NOTHING
     _pending: Any = _NOTHING
     redraws: int = 0

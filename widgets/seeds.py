@@ -29,8 +29,6 @@ panel gets on a 120-column terminal."""
 
 COMPILED = "compiled "
 
-HEALTH_VAR = {"ok": "$success", "vanishing": "$error", "exploding": "$error"}
-
 
 def kernel_label(kernel: str) -> str:
     """ "compiled inductor:default" -> "inductor:default": the colour already says compiled, and the
@@ -61,7 +59,7 @@ def seed_line(seed: SeedView) -> Content:
         (f"{seed.alpha:.2f}", "$warning" if 0 < seed.alpha < 1 else ""),
         (f"{seed.grad_norm:.2f}" if active else fmt.DASH, ""),
         (delta, delta_var(seed.acc_delta)),
-        (seed.health, HEALTH_VAR.get(seed.health, fmt.MUTED)),
+        (seed.health, fmt.GRADIENT_HEALTH_VAR[seed.health]),
         (str(seed.epochs_in_stage) if active else fmt.DASH, ""),
     ]
     cells = [

@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import Infrastructure, Snapshot
+from esper_tui.engine.vocabulary import TrainingStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -24,12 +25,15 @@ backslash and would show `[[compiled]]` verbatim.
 """
 TITLE_EAGER = "TAMIYO"
 
+ALARMING = frozenset({TrainingStatus.PAUSED, TrainingStatus.FAILED})
+"""Training states the banner shouts (bold): the operator must act on, or at least know about, them."""
+
 
 class BannerSlice(NamedTuple):
     """Everything the banner shows, and nothing else (so unrelated changes skip the redraw)."""
 
     infrastructure: Infrastructure
-    status: str
+    status: TrainingStatus
     epoch: int
     epochs_total: int | None
     accuracy: float | None
@@ -86,14 +90,13 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         self.border_title = banner_title(infra)
         self.set_class(infra.compile_enabled, "-compiled")
         self.set_class(part.conservative, "-conservative")
-        self.set_class(part.status == "paused", "-paused")
+        self.set_class(part.status is TrainingStatus.PAUSED, "-paused")
         self.update(Content("\n").join([self._run_line(part), self._mode_line(part), self._host_line(part)]))
 
     @staticmethod
     def _run_line(part: BannerSlice) -> Content:
         infra = part.infrastructure
-        label = fmt.compile_label(infra)
-        kernel = fmt.styled(label, "$success bold" if infra.compile_enabled else "$warning bold")
+        kernel = fmt.styled(infra.kernels, "$success bold" if infra.compile_enabled else "$warning bold")
         total = f"/{part.epochs_total}" if part.epochs_total else ""
         return fmt.join(
             [
@@ -120,6 +123,6 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             conservative = fmt.styled(f"CONSERVATIVE ON{reason}", "$warning bold reverse")
         else:
             conservative = Content("conservative off")
-        status_var = {"paused": "$warning bold reverse", "failed": "$error bold", "running": "$success"}
-        status = fmt.styled(f"training {part.status}", status_var.get(part.status, fmt.MUTED))
+        alarm = " bold" if part.status in ALARMING else ""
+        status = fmt.styled(f"training {part.status}", fmt.TRAINING_STATUS_VAR[part.status] + alarm)
         return fmt.join([status, conservative, part.forge_summary])

@@ -1,10 +1,14 @@
 """A small modal to choose the compile strategy for a recompile (key `s`, or the command palette).
 
-Each option says what it does on this kind of machine (guide section 4), so the operator does not need
-the runbook open; Aggressive is offered disabled in conservative mode, which forbids it.
+Each option says what it really does (backend:mode, and when the forge uses it), so the operator does not
+need the runbook open; Aggressive is offered disabled in conservative mode, which forbids it. The notes
+come from the caller (the app derives them from the engine's pipelines): widgets import only the engine's
+contracts, and a hand-written copy here had drifted from the code.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,13 +20,6 @@ from textual.widgets.option_list import Option
 
 from esper_tui.engine.vocabulary import Strategy
 from esper_tui.widgets import format as fmt
-
-STRATEGY_HELP: dict[Strategy, str] = {
-    Strategy.FAST: "aot_eager, fullgraph: quick, used in conservative mode",
-    Strategy.STANDARD: "inductor default, fullgraph: the default",
-    Strategy.AGGRESSIVE: "inductor dynamic shapes / max-autotune: opt-in",
-    Strategy.EMERGENCY: "eager: validate and package weights only",
-}
 
 
 class StrategyPicker(ModalScreen[Strategy | None]):
@@ -53,9 +50,10 @@ class StrategyPicker(ModalScreen[Strategy | None]):
     }
     """
 
-    def __init__(self, blueprint_id: str, *, conservative: bool = False) -> None:
+    def __init__(self, blueprint_id: str, notes: Mapping[Strategy, str], *, conservative: bool = False) -> None:
         super().__init__()
         self.blueprint_id = blueprint_id
+        self.notes = dict(notes)
         self.conservative = conservative
 
     def compose(self) -> ComposeResult:
@@ -69,17 +67,17 @@ class StrategyPicker(ModalScreen[Strategy | None]):
         self.query_one(OptionList).highlighted = list(Strategy).index(Strategy.STANDARD)
 
     def _options(self) -> list[Option]:
-        options = []
+        options: list[Option] = []
         for strategy in Strategy:
             blocked = self.conservative and strategy is Strategy.AGGRESSIVE
-            note = "off in conservative mode" if blocked else STRATEGY_HELP[strategy]
+            note = "off in conservative mode" if blocked else self.notes[strategy]
             prompt = fmt.styled(fmt.fit(strategy.value.capitalize(), 11), "bold") + Content.styled(note, fmt.MUTED)
             options.append(Option(prompt, id=strategy.value, disabled=blocked))
         return options
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
-        self.dismiss(Strategy(event.option.id))
+        self.dismiss(list(Strategy)[event.option_index])  # options are built in Strategy order
 
     def action_cancel(self) -> None:
         self.dismiss(None)

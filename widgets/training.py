@@ -16,13 +16,11 @@ from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
-STATUS_VAR = {"running": "$success", "paused": "$warning reverse", "failed": "$error", "finished": "$primary"}
-
 
 def training_line(view: TrainingView) -> Content:
     """Status, epoch and epoch time on one line."""
     total = f"/{view.epochs_total}" if view.epochs_total else ""
-    status = fmt.styled(view.status.upper(), STATUS_VAR.get(view.status, fmt.MUTED) + " bold")
+    status = fmt.styled(view.status.upper(), f"{fmt.TRAINING_STATUS_VAR[view.status]} bold")
     epoch_s = f"{fmt.number(view.epoch_s, 1)} s/epoch"
     # samples/s is in the banner already; this line must fit the narrow right-hand column.
     return fmt.join([status, f"epoch {view.epoch}{total}", epoch_s])

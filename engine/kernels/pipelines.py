@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esper_tui.engine.config import CompilationConfig
-from esper_tui.engine.vocabulary import Strategy
+from esper_tui.engine.vocabulary import Strategy, compile_label
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class CompileSettings:
 
     @property
     def label(self) -> str:
-        return f"{self.backend}:{self.mode or 'default'}"
+        return compile_label(self.backend, self.mode)
 
 
 _CPU = {
@@ -82,3 +82,19 @@ def choose_strategy(
     if config.default_strategy is Strategy.AGGRESSIVE and not config.enable_aggressive_pipeline:
         return Strategy.STANDARD
     return config.default_strategy
+
+
+STRATEGY_USE: dict[Strategy, str] = {
+    Strategy.FAST: "quick; conservative mode and retries",
+    Strategy.STANDARD: "the default",
+    Strategy.AGGRESSIVE: "opt-in",
+    Strategy.EMERGENCY: "the last attempt; weights only",
+}
+"""When `choose_strategy` picks each strategy, in a few words (tests/test_pipelines.py holds each claim
+against `choose_strategy` itself)."""
+
+
+def strategy_help(strategy: Strategy) -> str:
+    """`backend:mode · when it is used`, read from the table the forge compiles with, so the picker, the
+    command palette and the help screen cannot drift from what a recompile really does."""
+    return f"{settings_for(strategy).label} · {STRATEGY_USE[strategy]}"

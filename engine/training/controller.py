@@ -20,7 +20,6 @@ After a seed is judged, the plateau window restarts, so the host is measured afr
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -29,18 +28,10 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.training.kernel_source import KernelOffer
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
 _IN_FLIGHT = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING})
-
-
-class Action(enum.StrEnum):
-    GERMINATE = "germinate"
-    ADVANCE = "advance"
-    FOSSILIZE = "fossilize"
-    PRUNE = "prune"
-    WAIT = "wait"
 
 
 @dataclass(frozen=True)

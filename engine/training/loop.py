@@ -10,8 +10,9 @@ the UI and the forge's compiles need the same cores, so the default is half the 
 1 and at most 2 (1 on the 2-core reference box). The previous setting is restored when `run()` returns.
 
 Per epoch it emits EpochCompleted (tolaria), SeedsReport (kasmina) and one ControllerDecision (tamiyo)
-per decision other than WAIT; TrainingStarted comes first, TrainingFinished last. Accuracies are
-fractions in [0, 1]. The validation set is MNIST-1D's test split (the split the paper reports).
+per decision other than WAIT; TrainingStarted comes first, TrainingFinished last (TrainingFailed instead
+when the loop dies with an error). Accuracies are fractions in [0, 1]. The validation set is MNIST-1D's
+test split (the split the paper reports).
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from esper_tui.engine.contracts import (
     EpochCompleted,
     LogLine,
     SeedsReport,
+    TrainingFailed,
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
 )
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import kernel_threads
-from esper_tui.engine.training.controller import Action, Controller, Decision, EpochState
+from esper_tui.engine.training.controller import Controller, Decision, EpochState
 from esper_tui.engine.training.data import DEFAULT_DATA_SEED, load_mnist1d
 from esper_tui.engine.training.host import HostNetwork
 from esper_tui.engine.training.kernel_source import (
@@ -53,7 +55,7 @@ from esper_tui.engine.training.kernel_source import (
     eager_kernel,
 )
 from esper_tui.engine.training.seeds import BlendSchedule, SeedSlot, SlotPolicy
-from esper_tui.engine.vocabulary import Level
+from esper_tui.engine.vocabulary import Action, Level, Subsystem
 
 T = TypeVar("T")
 
@@ -153,7 +155,7 @@ class Trainer:
         try:
             return self._run()
         except Exception as exc:
-            self._log(Level.ERROR, f"training failed: {type(exc).__name__}: {exc}", "tolaria")
+            self.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             torch.set_num_threads(previous_threads)
@@ -164,7 +166,7 @@ class Trainer:
         self.x_val, self.y_val = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
         self.emit(
             TrainingStarted(
-                source="tolaria",
+                source=Subsystem.TOLARIA,
                 compile_enabled=self.kernels.compile_enabled,
                 compile_backend=self.kernels.backend,
                 compile_mode=self.kernels.mode,
@@ -177,10 +179,10 @@ class Trainer:
         )
         while self.cfg.epochs is None or self.epoch < self.cfg.epochs:
             if self.control.paused and not self.control.stopped:
-                self.emit(TrainingPaused(source="tolaria", paused=True))
+                self.emit(TrainingPaused(source=Subsystem.TOLARIA, paused=True))
                 self.control.wait_while_paused()
                 if not self.control.stopped:
-                    self.emit(TrainingPaused(source="tolaria", paused=False))
+                    self.emit(TrainingPaused(source=Subsystem.TOLARIA, paused=False))
             if self.control.stopped or not self._epoch():
                 break
             if self.cfg.epoch_delay_s > 0 and self.control.sleep(self.cfg.epoch_delay_s):
@@ -188,7 +190,7 @@ class Trainer:
         acc = self.accuracy_history
         final = acc[-1] if acc else 0.0
         finished = TrainingFinished(
-            source="tolaria", epochs=self.epoch, final_accuracy=final, best_accuracy=max(acc, default=0.0)
+            source=Subsystem.TOLARIA, epochs=self.epoch, final_accuracy=final, best_accuracy=max(acc, default=0.0)
         )
         self.emit(finished)
         return finished
@@ -217,7 +219,7 @@ class Trainer:
         self.accuracy_history.append(acc)
         self.emit(
             EpochCompleted(
-                source="tolaria",
+                source=Subsystem.TOLARIA,
                 epoch=self.epoch,
                 train_loss=loss_sum / max(steps, 1),
                 val_loss=val_loss,
@@ -227,14 +229,14 @@ class Trainer:
             )
         )
         health = [s.health(acc) for s in slots]
-        self.emit(SeedsReport(source="kasmina", epoch=self.epoch, seeds=health))
+        self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))
         state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()))
         for d in self.controller.decide(state):
             if d.action is not Action.WAIT and self._apply(d, acc):
                 self.emit(
                     ControllerDecision(
-                        source="tamiyo",
-                        action=d.action.value,
+                        source=Subsystem.TAMIYO,
+                        action=d.action,
                         slot=d.slot,
                         blueprint_id=d.blueprint_id,
                         reason=d.reason,
@@ -252,7 +254,7 @@ class Trainer:
         total = loss
         for shadow in aux.values():
             total = total + F.cross_entropy(shadow, yb)
-        total.backward()
+        torch.autograd.backward(total)  # Tensor.backward, but typed
         slots = self.host.seed_slots()
         for s in slots:
             s.record_gradients()
@@ -290,7 +292,7 @@ class Trainer:
                 self._log(
                     Level.WARNING,
                     f"{s.name} ({s.blueprint_id}): compiled kernel failed, running eagerly: {reason}",
-                    "kasmina",
+                    Subsystem.KASMINA,
                 )
                 s.fall_back_to_eager(reason)
             return fn()
@@ -301,7 +303,7 @@ class Trainer:
         try:
             return self.kernels.offers()
         except Exception as exc:  # the library being unreadable must not stop training
-            self._log(Level.WARNING, f"kernel offers unavailable: {type(exc).__name__}: {exc}", "kasmina")
+            self._log(Level.WARNING, f"kernel offers unavailable: {type(exc).__name__}: {exc}", Subsystem.KASMINA)
             return []
 
     def _apply(self, d: Decision, accuracy: float) -> bool:
@@ -323,7 +325,7 @@ class Trainer:
         try:
             kernel, offer = self.kernels.load(blueprint_id)
         except KernelUnavailable as exc:
-            self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", "kasmina")
+            self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", Subsystem.KASMINA)
             return False
         self._germinations += 1
         with torch.random.fork_rng(devices=[]):  # each seed's init depends only on cfg.seed and its ordinal
@@ -335,12 +337,14 @@ class Trainer:
             self._log(
                 Level.WARNING,
                 f"{slot.name} ({blueprint_id}): compiled kernel failed its probe, running eagerly: {error}",
-                "kasmina",
+                Subsystem.KASMINA,
             )
             kernel, label = eager_kernel, EAGER_LABEL
             error = self._probe(kernel, block)
         if error is not None:
-            self._log(Level.ERROR, f"germinate {slot.name} <- {blueprint_id} failed its probe: {error}", "kasmina")
+            self._log(
+                Level.ERROR, f"germinate {slot.name} <- {blueprint_id} failed its probe: {error}", Subsystem.KASMINA
+            )
             return False
         slot.germinate(blueprint_id, block, kernel, label, accuracy)
         self.optimizer.add_param_group({"params": list(block.parameters())})
@@ -369,5 +373,5 @@ class Trainer:
         for p in params:
             self.optimizer.state.pop(p, None)
 
-    def _log(self, level: Level, message: str, source: str) -> None:
+    def _log(self, level: Level, message: str, source: Subsystem) -> None:
         self.emit(LogLine(source=source, level=level, message=message))

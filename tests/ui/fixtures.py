@@ -25,7 +25,16 @@ from esper_tui.engine.snapshot import (
     TrainingView,
     WalView,
 )
-from esper_tui.engine.vocabulary import BreakerState, JobStatus, Level, SeedStage, Strategy
+from esper_tui.engine.vocabulary import (
+    BreakerState,
+    GradientHealth,
+    JobStatus,
+    Level,
+    SeedStage,
+    Strategy,
+    Subsystem,
+    TrainingStatus,
+)
 
 T0 = dt.datetime(2025, 6, 1, 12, 1, 15, tzinfo=dt.UTC).timestamp()
 """The snapshot's clock: 12:01:15 UTC."""
@@ -116,7 +125,7 @@ def seeds() -> list[SeedView]:
             acc_delta=0.012,
             epochs_in_stage=3,
             kernel="compiled inductor:default",
-            health="ok",
+            health=GradientHealth.OK,
         ),
         SeedView(slot="s1", stage=SeedStage.DORMANT, alpha=0.0),
     ]
@@ -135,14 +144,14 @@ def accuracy_history() -> list[float]:
 def events() -> list[EventLine]:
     """Eight lines, oldest first (the aggregator's order), at every level."""
     lines = [
-        (-302, "engine", Level.INFO, "engine started · bus embedded · device cpu · torch 2.13.0"),
-        (-300, "tolaria", Level.INFO, "training started: mnist1d, mlp host, 2 slots, compile inductor:default"),
-        (-120, "tezzeret", Level.ERROR, "gru_block failed (Aggressive), attempt 3: timeout after 300 s"),
-        (-95, "tezzeret", Level.INFO, "mlp_block compiled v2 (Standard) in 7.9 s · 0.41/0.47 ms"),
-        (-40, "tezzeret", Level.WARNING, "timeout breaker half-open after 2 failures"),
-        (-34, "tezzeret", Level.INFO, "res_block compiling (Standard), attempt 1"),
-        (-12, "tamiyo", Level.INFO, "germinate s0 <- conv1d_block (accuracy flat for 3 epochs at 68.2 %)"),
-        (-3, "kasmina", Level.INFO, "s0 blending alpha 0.45"),
+        (-302, Subsystem.ENGINE, Level.INFO, "engine started · bus embedded · device cpu · torch 2.13.0"),
+        (-300, Subsystem.TOLARIA, Level.INFO, "training started: mnist1d, mlp host, 2 slots, compile inductor:default"),
+        (-120, Subsystem.TEZZERET, Level.ERROR, "gru_block failed (Aggressive), attempt 3: timeout after 300 s"),
+        (-95, Subsystem.TEZZERET, Level.INFO, "mlp_block compiled v2 (Standard) in 7.9 s · 0.41/0.47 ms"),
+        (-40, Subsystem.TEZZERET, Level.WARNING, "timeout breaker half-open after 2 failures"),
+        (-34, Subsystem.TEZZERET, Level.INFO, "res_block compiling (Standard), attempt 1"),
+        (-12, Subsystem.TAMIYO, Level.INFO, "germinate s0 <- conv1d_block (accuracy flat for 3 epochs at 68.2 %)"),
+        (-3, Subsystem.KASMINA, Level.INFO, "s0 blending alpha 0.45"),
     ]
     return [EventLine(ts=T0 + offset, source=source, level=level, text=text) for offset, source, level, text in lines]
 
@@ -185,7 +194,7 @@ def rich_snapshot(seq: int = 42) -> Snapshot:
             ),
         ),
         training=TrainingView(
-            status="running",
+            status=TrainingStatus.RUNNING,
             epoch=17,
             epochs_total=30,
             loss=0.912,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from textual.app import App
 from textual.content import Content
-from textual.widgets import Sparkline
+from textual.widgets import OptionList, Sparkline
 
 from esper_tui.app import EsperApp
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
+from esper_tui.engine.kernels.pipelines import settings_for, strategy_help
 from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import JobStatus, Strategy
+from esper_tui.engine.vocabulary import JobStatus, Strategy, TrainingStatus
 from esper_tui.help import HelpScreen
 from esper_tui.link import StaticLink
 from esper_tui.widgets import format as fmt
@@ -97,7 +99,7 @@ async def test_banner_highlights_conservative_mode_and_pause(make_app, link) -> 
             forge=msgspec.structs.replace(
                 snapshot.forge, conservative_mode=True, conservative_reason="memory breaker open"
             ),
-            training=msgspec.structs.replace(snapshot.training, status="paused"),
+            training=msgspec.structs.replace(snapshot.training, status=TrainingStatus.PAUSED),
         )
     )
     app = make_app()
@@ -331,8 +333,8 @@ async def test_c_toggles_conservative_mode(make_app, link, active: bool, expecte
         assert command.active is expected
 
 
-@pytest.mark.parametrize(("status", "expected"), [("running", True), ("paused", False)])
-async def test_p_pauses_and_resumes_training(make_app, link, status: str, expected: bool) -> None:
+@pytest.mark.parametrize(("status", "expected"), [(TrainingStatus.RUNNING, True), (TrainingStatus.PAUSED, False)])
+async def test_p_pauses_and_resumes_training(make_app, link, status: TrainingStatus, expected: bool) -> None:
     snapshot = rich_snapshot()
     link.set(msgspec.structs.replace(snapshot, training=msgspec.structs.replace(snapshot.training, status=status)))
     app = make_app()
@@ -381,15 +383,20 @@ async def test_aggressive_is_disabled_in_conservative_mode(make_app, link) -> No
         assert [command.strategy for command in link.sent] == [Strategy.EMERGENCY]  # type: ignore[union-attr]
 
 
+async def run_palette(pilot, query: str) -> None:
+    """Open the command palette, type `query` and run the best match, as an operator would."""
+    await pilot.press("ctrl+p")
+    await pilot.press(*query)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause(0.1)
+
+
 async def test_palette_recompile_with_strategy(make_app, link) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("down", "down")  # conv1d_block
-        await pilot.press("ctrl+p")
-        await pilot.press(*"with strategy")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await pilot.pause(0.1)
+        await run_palette(pilot, "with strategy")
         assert isinstance(app.screen, StrategyPicker)
         await pilot.press("up", "enter")
         await settle(pilot)
@@ -401,12 +408,86 @@ async def test_palette_recompile_with_strategy(make_app, link) -> None:
 async def test_palette_switches_theme(make_app) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+p")
-        await pilot.press(*"theme: esper-light")
+        await run_palette(pilot, "theme: esper-light")
+        assert app.theme == "esper-light"
+
+
+def test_palette_is_textuals_system_commands(make_app) -> None:
+    """One palette source: Textual's SystemCommandsProvider over `get_system_commands`, whose built-ins
+    (theme picker, keys panel, screenshot, quit) sit beside the dashboard's commands."""
+    app = make_app()
+    assert App.COMMANDS == EsperApp.COMMANDS  # no hand-written Provider any more
+    commands = {command.title: command for command in app.get_system_commands(app.dashboard)}
+    assert {"Theme", "Keys", "Screenshot", "Quit"} <= set(commands)  # from super()
+    assert {
+        "Recompile selected",
+        "Recompile selected with strategy…",
+        "Recompile all",
+        "Toggle conservative mode",
+        "Pause / resume training",
+        "Help",
+        "Theme: esper-light",
+    } <= set(commands)
+    for strategy in Strategy:
+        assert commands[f"Recompile selected: {strategy.value.capitalize()}"].help == strategy_help(strategy)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("recompile all", {"type": "RecompileAll", "strategy": None}),
+        ("recompile selected: emergency", {"type": "Recompile", "blueprint_id": "mlp_block", "strategy": "emergency"}),
+        ("toggle conservative", {"type": "SetConservativeMode", "active": True}),
+        ("pause / resume", {"type": "PauseTraining", "paused": True}),
+    ],
+)
+async def test_palette_commands_are_sent(make_app, link, query: str, expected: dict[str, object]) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await run_palette(pilot, query)
+        await settle(pilot)
+        [command] = sent(link)
+        assert {key: command[key] for key in expected} == expected
+
+
+async def test_palette_opens_help_and_textuals_theme_picker(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await run_palette(pilot, "help")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await run_palette(pilot, "theme")  # the built-in: a second palette listing every theme
+        await pilot.press(*"esper-light")
         await pilot.pause(0.3)
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert app.theme == "esper-light"
+
+
+# --------------------------------------------------------------------------- strategy help, from pipelines
+
+
+async def test_strategy_picker_shows_each_strategys_real_settings(make_app) -> None:
+    """Every option names the backend:mode the forge compiles that strategy with, and when it is used."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        options = app.screen.query_one(OptionList)
+        for strategy in Strategy:
+            prompt = str(options.get_option(strategy.value).prompt)
+            assert prompt.split(maxsplit=1)[1].strip() == strategy_help(strategy)
+            assert settings_for(strategy).label in prompt
+
+
+async def test_help_screen_lists_each_strategy_from_pipelines(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f1")
+        rows = plain(app, "#help-strategies").splitlines()
+        assert [row.split(maxsplit=1)[0] for row in rows] == [s.value.capitalize() for s in Strategy]
+        for row, strategy in zip(rows, Strategy, strict=True):
+            assert row.split(maxsplit=1)[1] == strategy_help(strategy)
+            assert settings_for(strategy).label in row
 
 
 async def test_send_failure_is_reported_not_raised(make_app, link) -> None:
