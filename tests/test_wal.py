@@ -1,6 +1,6 @@
 """The forge WAL, one test per corruption / failure case (the list in GUIDE section 5).
 
-Layout facts used here are in engine/wal_format.py; the recovery policy is in engine/wal_recovery.py.
+Layout facts used here are in engine/wal/format.py; the recovery policy is in engine/wal/recovery.py.
 """
 
 from __future__ import annotations
@@ -12,15 +12,18 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from esper_tui.engine.config import DurabilityMode
 from esper_tui.engine.wal import format as fmt
+from esper_tui.engine.wal.recovery import TransactionInfo, TxState
 from esper_tui.engine.wal.writer import (
     RecoveryReport,
     WalError,
@@ -34,7 +37,7 @@ FSYNC = DurabilityMode.FSYNC
 O_DSYNC = DurabilityMode.O_DSYNC
 RT = fmt.RecordType
 
-# Offsets of each header field (see the layout in wal_format's docstring).
+# Offsets of each header field (see the layout in engine/wal/format.py's docstring).
 FIELDS = {
     "magic": 0,
     "version": 8,
@@ -47,10 +50,14 @@ FIELDS = {
     "length": 32,
     "payload_crc": 36,
     "txid": 40,
+    "wal_id": 104,
     "padding": 200,
     "header_crc": 252,
     "payload": 256,
 }
+
+
+TEST_ID = bytes(range(1, 17))  # the WAL id of the logs these tests build by hand
 
 
 class SimulatedCrash(BaseException):
@@ -116,16 +123,32 @@ def set_length(path: Path, record_offset: int, length: int) -> None:
 
 
 def raw_segment(directory: Path, records: list[tuple[RT, str, bytes]], *, salt: int = 0xABC) -> Path:
-    """A segment with exactly these records (valid CRCs, seq from 1): for illegal sequences."""
+    """A segment with exactly these records (valid CRCs, seq from 1, WAL id TEST_ID): for illegal sequences."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / fmt.IDENTITY_NAME).write_bytes(fmt.encode_identity(TEST_ID))
     path = directory / fmt.segment_name(1)
     path.write_bytes(
         b"".join(
-            fmt.encode_record(rtype, salt, seq, txid.encode(), payload)
+            fmt.encode_record(rtype, TEST_ID, salt, seq, txid.encode(), payload)
             for seq, (rtype, txid, payload) in enumerate(records, start=1)
         )
     )
     return path
+
+
+def legacy_record(rtype: RT, salt: int, seq: int, txid: str, payload: bytes) -> bytes:
+    """A record as format version 1 wrote it: no WAL id (zeros where version 2 keeps it)."""
+    record = bytearray(fmt.encode_record(rtype, bytes(16), salt, seq, txid.encode(), payload))
+    record[8:10] = fmt.LEGACY_VERSION.to_bytes(2, "little")
+    record[252:256] = bytes(4)
+    record[252:256] = zlib.crc32(bytes(record[: fmt.HEADER_SIZE]) + payload).to_bytes(4, "little")
+    return bytes(record)
+
+
+def wal_id_of(directory: Path) -> bytes:
+    wal_id = fmt.decode_identity((directory / fmt.IDENTITY_NAME).read_bytes())
+    assert wal_id is not None
+    return wal_id
 
 
 def multi_segment_log(directory: Path, transactions: int = 12) -> list[Path]:
@@ -183,7 +206,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_header_only(tmp_path: Path) -> None:
-    record = fmt.encode_record(RT.BEGIN, 7, 1, b"A", b"payload")
+    record = fmt.encode_record(RT.BEGIN, TEST_ID, 7, 1, b"A", b"payload")
     (tmp_path / fmt.segment_name(1)).write_bytes(record[: fmt.HEADER_SIZE])
     report = recover(tmp_path)
     assert (report.records, report.corrupt, report.truncated_bytes) == (0, [], fmt.HEADER_SIZE)
@@ -198,6 +221,7 @@ def test_truncation_at_every_byte_of_the_last_record(tmp_path: Path) -> None:
     for cut in range(last, len(data)):
         directory = tmp_path / f"cut-{cut}"
         directory.mkdir()
+        shutil.copy(tmp_path / "original" / fmt.IDENTITY_NAME, directory)
         (directory / segment.name).write_bytes(data[:cut])
         report = recover(directory)
         assert states(report) == {"A": "committed", "B": "open"}, cut
@@ -252,8 +276,8 @@ def test_bit_flip_in_a_middle_record_stops_replay_there(tmp_path: Path, field: s
 def test_bit_flip_in_the_last_record_drops_it_and_reports_it(tmp_path: Path, field: str) -> None:
     segment = two_transactions(tmp_path)
     last = record_offsets(segment)[-1]  # B's COMMIT, payload b"done1234" (length 8)
-    # For the length use bit 3 (8 -> 0): a CRC mismatch. A longer length would read as a torn
-    # write; that case has its own test.
+    # For the length use bit 3 (8 -> 0): a CRC mismatch. A longer length runs past EOF; that case has
+    # its own test.
     flip_bit(segment, last + FIELDS[field], bit=3 if field == "length" else 0)
     report = recover(tmp_path)
     assert states(report) == {"A": "committed", "B": "open"}
@@ -267,14 +291,70 @@ def test_bit_flip_in_the_last_record_drops_it_and_reports_it(tmp_path: Path, fie
 # --------------------------------------------------------------------------- lengths
 
 
-def test_length_past_eof_at_the_tail_is_a_torn_write(tmp_path: Path) -> None:
+def _damaged_length_is_reported_and_kept(directory: Path, segment: Path, last: int) -> None:
+    """Recovery of `directory`, whose last record (B's COMMIT, 264 bytes) is whole but for its length."""
+    original = segment.read_bytes()
+    (before,) = inspect(directory).damage
+    assert (before.kind, before.segment, before.offset, before.bytes) == ("tail", segment.name, last, 264)
+    assert "damaged length" in before.reason
+    report = recover(directory)
+    assert states(report) == {"A": "committed", "B": "open"}
+    assert len(report.corrupt) == 1 and f"{segment.name}@{last}" in report.corrupt[0]
+    assert "damaged length" in report.corrupt[0]
+    assert report.damage == [before]
+    assert segment.stat().st_size == last
+    assert (directory / before.kept).read_bytes() == original  # kept whole before the cut
+
+
+@pytest.mark.parametrize("bit", [b for b in range(32) if b != 3])  # bit 3 (8 -> 0) is the test above
+def test_bit_flip_in_the_last_records_length_is_reported_and_kept(tmp_path: Path, bit: int) -> None:
+    """A longer length runs past EOF like an unfinished append, but the record verifies with its true length."""
     segment = two_transactions(tmp_path)
     last = record_offsets(segment)[-1]
-    set_length(segment, last, 1000)
+    flip_bit(segment, last + FIELDS["length"] + bit // 8, bit % 8)
+    _damaged_length_is_reported_and_kept(tmp_path, segment, last)
+
+
+@pytest.mark.parametrize("length", [1000, 0xFFFF_FFFF])
+def test_length_past_eof_of_a_whole_last_record_is_reported_and_kept(tmp_path: Path, length: int) -> None:
+    segment = two_transactions(tmp_path)
+    last = record_offsets(segment)[-1]
+    set_length(segment, last, length)
+    _damaged_length_is_reported_and_kept(tmp_path, segment, last)
+
+
+@pytest.mark.parametrize("length", [1000, 0xFFFF_FFFF])
+def test_length_past_eof_of_a_torn_last_record_is_cut_with_a_copy_kept(tmp_path: Path, length: int) -> None:
+    """Bytes past the last good record that are neither zeros nor shorter than a header: a whole header
+    whose payload is missing. That may be an unfinished append or a damaged length, so it is not warned
+    about, but wal inspect lists it and recovery keeps the cut bytes before truncating."""
+    segment = two_transactions(tmp_path)
+    last = record_offsets(segment)[-1]
+    set_length(segment, last, length)
+    segment.write_bytes(segment.read_bytes()[: last + fmt.HEADER_SIZE + 3])  # 3 of 8 payload bytes
+    cut = segment.read_bytes()[last:]
+    (damage,) = inspect(tmp_path).damage
+    assert (damage.kind, damage.segment, damage.offset, damage.bytes) == ("partial", segment.name, last, len(cut))
+    assert "unfinished append or a damaged length" in damage.reason
     report = recover(tmp_path)
     assert states(report) == {"A": "committed", "B": "open"}
-    assert report.corrupt == []
+    assert (report.corrupt, report.damage) == ([], [damage])
     assert segment.stat().st_size == last
+    assert damage.kept is not None and damage.kept.startswith(f"{segment.name}.cut-{last}-")
+    assert (tmp_path / damage.kept).read_bytes() == cut
+    assert not list(tmp_path.glob("*.corrupt"))
+    again = recover(tmp_path)
+    assert (again.damage, again.repaired) == ([], False)
+
+
+def test_clean_torn_tails_leave_no_copy(tmp_path: Path) -> None:
+    """Zeros, or fewer bytes than a header: what a dead writer leaves. Cut without a copy."""
+    segment = two_transactions(tmp_path)
+    with segment.open("ab") as f:
+        f.write(b"\x01" * (fmt.HEADER_SIZE - 1))
+    report = recover(tmp_path)
+    assert report.corrupt == [] and [d.kind for d in report.damage] == ["torn"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["LOCK", fmt.IDENTITY_NAME, segment.name])
 
 
 def test_length_past_eof_in_the_middle_is_corruption(tmp_path: Path) -> None:
@@ -284,15 +364,6 @@ def test_length_past_eof_in_the_middle_is_corruption(tmp_path: Path) -> None:
     report = recover(tmp_path)
     assert states(report) == {"A": "open"}
     assert len(report.corrupt) == 1 and "runs past end of file" in report.corrupt[0]
-
-
-def test_absurd_length_at_the_tail_is_a_torn_write(tmp_path: Path) -> None:
-    segment = two_transactions(tmp_path)
-    last = record_offsets(segment)[-1]
-    set_length(segment, last, 0xFFFF_FFFF)
-    report = recover(tmp_path)
-    assert states(report) == {"A": "committed", "B": "open"}
-    assert report.corrupt == []
 
 
 def test_absurd_length_in_the_middle_is_corruption(tmp_path: Path) -> None:
@@ -470,20 +541,124 @@ def test_stale_bytes_from_a_reused_file_are_not_replayed(tmp_path: Path) -> None
 
 
 def test_an_old_segment_under_a_new_name_is_not_replayed(tmp_path: Path) -> None:
-    old = two_transactions(tmp_path / "old")
-    with WriteAheadLog(tmp_path / "new", durability=FSYNC) as wal:
+    with WriteAheadLog(tmp_path, durability=FSYNC) as wal:
         wal.begin("C", b"c")
-    shutil.copy(old, tmp_path / "new" / fmt.segment_name(2))
-    report = recover(tmp_path / "new")
+    shutil.copy(only_segment(tmp_path), tmp_path / fmt.segment_name(2))  # this log's own bytes, renamed
+    report = recover(tmp_path)
     assert states(report) == {"C": "open"}
     assert len(report.corrupt) == 1 and "renamed file" in report.corrupt[0]
+
+
+def _other_log_segment(directory: Path, *, checkpointed: bool) -> Path:
+    """Another log whose segment wal-...07 starts at seq 7, right where two_transactions' log ends."""
+    with WriteAheadLog(directory, durability=FSYNC, segment_bytes=6 * fmt.HEADER_SIZE) as other:
+        for i in range(3):  # seq 1..6, 256 bytes each: the segment is full
+            other.begin(f"x{i}", b"")
+            other.commit(f"x{i}")
+        if checkpointed:
+            other.checkpoint()  # seq 7: a CHECKPOINT
+        other.begin("ghost", b"boo")
+        other.commit("ghost")
+    segment = directory / fmt.segment_name(7)
+    assert fmt.scan_segment(segment.read_bytes()).records[0][2] == 7
+    return segment
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpoint"])
+def test_a_segment_of_another_wal_is_refused_even_when_its_seq_continues(tmp_path: Path, checkpointed: bool) -> None:
+    """Its name, salt and seqs all fit; only the WAL id tells. Unrefused, a foreign checkpoint would
+    even make this log's own segment obsolete."""
+    ours = two_transactions(tmp_path / "wal")  # seq 1..6
+    foreign = _other_log_segment(tmp_path / "other", checkpointed=checkpointed)
+    shutil.copy(foreign, tmp_path / "wal" / foreign.name)
+    info = inspect(tmp_path / "wal")
+    assert [(s.name, s.role) for s in info.segments] == [(ours.name, "live"), (foreign.name, "foreign")]
+    (damage,) = info.damage
+    assert (damage.kind, damage.segment, damage.offset, damage.bytes) == (
+        "foreign",
+        foreign.name,
+        None,
+        foreign.stat().st_size,
+    )
+    assert wal_id_of(tmp_path / "other").hex() in damage.reason and info.wal_id == wal_id_of(tmp_path / "wal").hex()
+
+    report = recover(tmp_path / "wal")
+    assert states(report) == {"A": "committed", "B": "committed"}
+    assert len(report.corrupt) == 1 and "another WAL" in report.corrupt[0]
+    assert segments(tmp_path / "wal") == [ours]
+    assert damage.kept is not None and (tmp_path / "wal" / damage.kept).read_bytes() == foreign.read_bytes()
+    # The name it held is free again: the log grows through seq 7 without colliding with it.
+    with WriteAheadLog(tmp_path / "wal", durability=FSYNC, segment_bytes=1000) as wal:
+        wal.begin("D", b"d")
+        wal.commit("D")
+    after = recover(tmp_path / "wal")
+    assert states(after) == {"A": "committed", "B": "committed", "D": "committed"}
+    assert after.corrupt == []
+
+
+def test_every_record_carries_the_wal_id_of_its_log(tmp_path: Path) -> None:
+    multi_segment_log(tmp_path, transactions=4)
+    wal_id = wal_id_of(tmp_path)
+    assert wal_id != bytes(16)
+    for path in segments(tmp_path):
+        data = path.read_bytes()
+        assert fmt.scan_segment(data).wal_id == wal_id
+        assert all(data[off + 104 : off + 120] == wal_id for off in record_offsets(path))
+    with WriteAheadLog(tmp_path / "second", durability=FSYNC):
+        pass
+    assert wal_id_of(tmp_path / "second") != wal_id
+
+
+def test_a_missing_identity_file_is_reported_and_the_logs_own_id_adopted(tmp_path: Path) -> None:
+    two_transactions(tmp_path)
+    wal_id = wal_id_of(tmp_path)
+    (tmp_path / fmt.IDENTITY_NAME).unlink()
+    report = recover(tmp_path)
+    assert states(report) == {"A": "committed", "B": "committed"}
+    assert [d.kind for d in report.damage] == ["identity"] and report.repaired
+    assert "adopted" in report.corrupt[0]
+    assert wal_id_of(tmp_path) == wal_id
+    assert recover(tmp_path).corrupt == []
+
+
+def test_a_version_1_log_recovers_and_continues_in_version_2(tmp_path: Path) -> None:
+    """Written before WAL ids: read as is, never appended to; the next record starts a version-2 segment."""
+    begin = json.dumps({"blueprint_id": "mlp_block", "strategy": "fast", "attempt": 1, "key": "k", "reason": "r"})
+    rows = [(RT.BEGIN, "J", begin.encode()), (RT.DATA, "J", b"d"), (RT.BEGIN, "K", b"k"), (RT.COMMIT, "K", b"")]
+    legacy = tmp_path / fmt.segment_name(1)
+    legacy.write_bytes(b"".join(legacy_record(rtype, 0x51, seq, t, p) for seq, (rtype, t, p) in enumerate(rows, 1)))
+    original = legacy.read_bytes()
+    wal, report = WriteAheadLog.open(tmp_path, durability=FSYNC)
+    assert (states(report), report.corrupt, report.repaired) == ({"J": "open", "K": "committed"}, [], False)
+    assert report.open[0].data == [b"d"]
+    wal.commit("J", b"done")
+    wal.begin("L", b"l")
+    wal.close()
+    assert legacy.read_bytes() == original
+    info = inspect(tmp_path)
+    assert [(s.name, s.version, s.wal_id) for s in info.segments] == [
+        (legacy.name, 1, None),
+        (fmt.segment_name(5), 2, wal_id_of(tmp_path).hex()),
+    ]
+    report = recover(tmp_path)
+    assert (states(report), report.corrupt) == ({"J": "committed", "K": "committed", "L": "open"}, [])
+
+
+def test_a_version_1_segment_after_version_2_ones_is_refused(tmp_path: Path) -> None:
+    ours = two_transactions(tmp_path)  # seq 1..6
+    stray = tmp_path / fmt.segment_name(7)
+    stray.write_bytes(legacy_record(RT.BEGIN, 0x52, 7, "ghost", b"") + legacy_record(RT.COMMIT, 0x52, 8, "ghost", b""))
+    report = recover(tmp_path)
+    assert states(report) == {"A": "committed", "B": "committed"}
+    assert [d.kind for d in report.damage] == ["foreign"] and "version-1" in report.corrupt[0]
+    assert segments(tmp_path) == [ours]
 
 
 def test_unknown_format_version_is_refused_and_left_untouched(tmp_path: Path) -> None:
     segment = two_transactions(tmp_path)
     data = bytearray(segment.read_bytes())
     for offset in record_offsets(segment):
-        data[offset + 8 : offset + 10] = (2).to_bytes(2, "little")
+        data[offset + 8 : offset + 10] = (fmt.FORMAT_VERSION + 1).to_bytes(2, "little")
     segment.write_bytes(bytes(data))
     with pytest.raises(WalFormatError):
         WriteAheadLog.open(tmp_path)
@@ -684,6 +859,116 @@ def test_crash_between_checkpoint_rename_and_deleting_old_segments(
     assert len(segments(tmp_path / "wal")) == 1  # recovery finished the checkpoint's deletions
 
 
+class PowerCut:
+    """A file system that may lose any unlink no directory fsync has made durable yet.
+
+    Wraps os.unlink (keeping each deleted segment's bytes) and os.fsync (a directory fsync makes the
+    unlinks before it durable). The `crash_at`-th of those events raises SimulatedCrash before it
+    happens; `survivors()` then gives every combination of the not-yet-durable unlinks that a power
+    cut could have undone: POSIX leaves the order in which they reach the disk to the file system.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, crash_at: int) -> None:
+        self.crash_at = crash_at
+        self.events = 0
+        self.pending: list[tuple[Path, bytes]] = []
+        real_unlink, real_fsync = os.unlink, os.fsync
+
+        def unlink(path, *args, **kwargs):
+            self._event()
+            path = Path(path)
+            data = path.read_bytes() if fmt.parse_segment_name(path.name) is not None else None
+            real_unlink(path, *args, **kwargs)
+            if data is not None:
+                self.pending.append((path, data))
+
+        def fsync(fd: int) -> None:
+            is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+            if is_dir:
+                self._event()
+            real_fsync(fd)
+            if is_dir:
+                self.pending.clear()
+
+        monkeypatch.setattr(os, "unlink", unlink)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def _event(self) -> None:
+        self.events += 1
+        if self.events == self.crash_at:
+            raise SimulatedCrash(f"power cut at event {self.crash_at}")
+
+    def survivors(self) -> list[list[tuple[Path, bytes]]]:
+        return [
+            [self.pending[i] for i in range(len(self.pending)) if mask >> i & 1]
+            for mask in range(1 << len(self.pending))
+        ]
+
+
+@pytest.mark.parametrize("deleter", ["checkpoint", "recovery"])
+def test_a_power_cut_while_obsolete_segments_are_deleted_never_replays_stale_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleter: str
+) -> None:
+    """Cut the power at every unlink and directory fsync of the deletions, undo every combination of
+    unlinks not yet made durable, and recover: always exactly the checkpoint's state (only C open)."""
+    crash_at = 0
+    while True:
+        crash_at += 1
+        directory = tmp_path / f"crash-{crash_at}"
+        wal = WriteAheadLog(directory, durability=FSYNC, segment_bytes=600)
+        _three_transactions(wal)
+        obsolete = len(segments(directory))
+        if deleter == "recovery":  # a checkpoint died before its first unlink; recovery deletes them
+            crash_on(monkeypatch, "unlink")
+            with pytest.raises(SimulatedCrash):
+                wal.checkpoint()
+            monkeypatch.undo()
+            wal.close()
+        cut = PowerCut(monkeypatch, crash_at)
+        try:
+            wal.checkpoint() if deleter == "checkpoint" else recover(directory)
+            crashed = False
+        except SimulatedCrash:
+            crashed = True
+        monkeypatch.undo()
+        wal.close()
+        if not crashed:
+            assert cut.events >= obsolete  # every unlink was a crash point in an earlier round
+            break
+        for n, survivors in enumerate(cut.survivors()):
+            copy = tmp_path / f"crash-{crash_at}-undo-{n}"
+            shutil.copytree(directory, copy)
+            for path, data in survivors:
+                (copy / path.name).write_bytes(data)
+            report = recover(copy)
+            assert (states(report), report.corrupt) == ({"C": "open"}, []), (crash_at, [p.name for p, _ in survivors])
+            assert report.open[0].data == [b"C1", b"C2"]
+    assert crash_at > obsolete
+
+
+def test_creating_the_wal_directory_fsyncs_its_parent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each new directory's name is durable only once its parent is fsynced (etcd's lesson)."""
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    WriteAheadLog(tmp_path / "state" / "wal", durability=FSYNC).close()
+    assert tmp_path in synced and tmp_path / "state" in synced
+    assert synced.index(tmp_path) < synced.index(tmp_path / "state")  # made top-down
+    assert tmp_path / "state" / "wal" in synced  # and the identity file written inside it
+
+
+@pytest.mark.parametrize("where", ["file/wal", "file"])
+def test_a_wal_directory_that_cannot_be_made_is_a_wal_error(tmp_path: Path, where: str) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(WalError, match="cannot open the WAL directory"):
+        WriteAheadLog(tmp_path / where)
+
+
 def test_a_stale_checkpoint_segment_never_makes_the_real_log_obsolete(tmp_path: Path) -> None:
     with WriteAheadLog(tmp_path / "other", durability=FSYNC) as wal:
         for i in range(10):
@@ -837,20 +1122,47 @@ def test_inspect_is_read_only_and_json_serialisable(tmp_path: Path) -> None:
     segment = two_transactions(tmp_path)
     with segment.open("ab") as f:
         f.write(b"torn")
-    flip_bit(segment, record_offsets(segment)[4] + 50)  # B's DATA: damage with a record after it
+    damaged_at = record_offsets(segment)[4]
+    flip_bit(segment, damaged_at + 50)  # B's DATA: damage with a record after it
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     info = inspect(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    json.dumps(info)
-    (seg,) = info["segments"]
-    assert (seg["name"], seg["records"], seg["role"]) == (segment.name, 4, "live")
-    assert seg["salt"] == f"{fmt.scan_segment(segment.read_bytes()).salt:016x}"
-    assert info["transactions"] == [
-        {"txid": "A", "state": "committed", "records": 3},
-        {"txid": "B", "state": "open", "records": 1},
+    as_json = json.loads(msgspec.json.encode(info))
+    assert as_json["open_transactions"] == ["B"]
+    assert as_json["damage"][0]["kind"] == "middle" and as_json["segments"][0]["role"] == "live"
+    (seg,) = info.segments
+    assert (seg.name, seg.records, seg.role, seg.version) == (segment.name, 4, "live", fmt.FORMAT_VERSION)
+    assert seg.salt == f"{fmt.scan_segment(segment.read_bytes()).salt:016x}"
+    assert seg.wal_id == info.wal_id == wal_id_of(tmp_path).hex()
+    assert info.transactions == [
+        TransactionInfo(txid="A", state=TxState.COMMITTED, records=3),
+        TransactionInfo(txid="B", state=TxState.OPEN, records=1),
     ]
-    assert info["open_transactions"] == ["B"]
-    assert len(info["corrupt"]) == 1
+    assert info.open_transactions == ["B"]
+    (damage,) = info.damage
+    assert (damage.kind, damage.segment, damage.offset) == ("middle", segment.name, damaged_at)
+    assert damage.bytes == len(before[segment.name]) - damaged_at
+    assert "replay stops here" in damage.reason
+
+
+def test_wal_inspect_tool_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper_tui.engine.config import EsperConfig, wal_directory
+    from esper_tui.tools import wal_inspect
+
+    config = EsperConfig()
+    directory = wal_directory(config, tmp_path)
+    segment = two_transactions(directory)
+    last = record_offsets(segment)[-1]
+    set_length(segment, last, 1000)
+    assert wal_inspect(tmp_path, config, as_json=True) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["open_transactions"] == ["B"]
+    assert [(d["kind"], d["segment"], d["offset"], d["bytes"]) for d in report["damage"]] == [
+        ("tail", segment.name, last, fmt.HEADER_SIZE + 8)
+    ]
+    assert wal_inspect(tmp_path, config, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert f"{segment.name}@{last}" in text and "damaged length" in text and "open: B" in text
 
 
 # --------------------------------------------------------------------------- SIGKILL loop
@@ -921,10 +1233,103 @@ def test_sigkill_loop(tmp_path: Path) -> None:
 
 def test_crc_helpers_agree_with_zlib(tmp_path: Path) -> None:
     """The header CRC is CRC-32 over the header with its CRC field zeroed, then the payload."""
-    record = fmt.encode_record(RT.DATA, 1, 2, b"tx", b"payload")
+    record = fmt.encode_record(RT.DATA, TEST_ID, 1, 2, b"tx", b"payload")
     header = bytearray(record[: fmt.HEADER_SIZE])
     stored = int.from_bytes(header[252:256], "little")
     header[252:256] = bytes(4)
     assert stored == zlib.crc32(bytes(header) + b"payload")
     assert int.from_bytes(record[36:40], "little") == zlib.crc32(b"payload")
     assert record[10:12] == b"\x02\x01"  # 0x0102 little-endian
+    assert record[104:120] == TEST_ID
+
+
+# --------------------------------------------------------------------------- the forge's payloads
+
+
+def test_journal_payloads_round_trip_per_record_type() -> None:
+    from esper_tui.engine.forge import journal
+    from esper_tui.engine.vocabulary import Strategy
+
+    entries = {
+        RT.BEGIN: journal.JobBegin(blueprint_id="mlp_block", strategy=Strategy.FAST, attempt=2, key="k", reason="r"),
+        RT.DATA: journal.JobStaged(staged="mlp_block-1", worker_pid=42, wall_s=1.5),
+        RT.COMMIT: journal.JobCommitted(artifact_id="k", version=3, reused=True),
+        RT.ABORT: journal.JobAborted(error="boom"),
+    }
+    for rtype, entry in entries.items():
+        assert journal.decode(rtype, journal.encode(entry)) == entry
+    assert journal.encode(journal.JobAborted(recovered=True)) == b'{"recovered":true}'
+
+
+def test_journal_decodes_the_json_an_older_forge_wrote() -> None:
+    """Before the Structs the forge wrote json.dumps of dicts with the same field names: a WAL it left
+    behind must still recover."""
+    from esper_tui.engine.forge import journal
+    from esper_tui.engine.vocabulary import Strategy
+
+    old = {
+        RT.BEGIN: {"blueprint_id": "mlp_block", "strategy": "standard", "attempt": 1, "key": "k", "reason": "scan"},
+        RT.DATA: {"staged": "mlp_block-abc", "worker_pid": 7, "wall_s": 0.25},
+        RT.COMMIT: {"artifact_id": "k", "version": 1},
+        RT.ABORT: {"error": "CompileTimeout: 900 s"},
+    }
+    decoded = {rtype: journal.decode(rtype, json.dumps(fields).encode()) for rtype, fields in old.items()}
+    assert decoded[RT.BEGIN] == journal.JobBegin(
+        blueprint_id="mlp_block", strategy=Strategy.STANDARD, attempt=1, key="k", reason="scan"
+    )
+    assert decoded[RT.DATA] == journal.JobStaged(staged="mlp_block-abc", worker_pid=7, wall_s=0.25)
+    assert decoded[RT.COMMIT] == journal.JobCommitted(artifact_id="k", version=1)
+    assert decoded[RT.ABORT] == journal.JobAborted(error="CompileTimeout: 900 s")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xff\xfe", b"[1, 2]", b'{"blueprint_id": 5}', b'{"blueprint_id": "x"}', b'{"strategy": "warp"}'],
+)
+def test_a_bad_journal_payload_is_a_journal_error(payload: bytes) -> None:
+    from esper_tui.engine.forge import journal
+
+    with pytest.raises(journal.JournalError) as caught:
+        journal.decode_begin(payload)
+    assert caught.value.record is RT.BEGIN and caught.value.reason
+    assert str(caught.value).startswith("unreadable BEGIN payload: ")
+
+
+def test_forge_recovery_reports_an_unreadable_begin_and_still_aborts_it(tmp_path: Path) -> None:
+    """A damaged BEGIN payload used to raise out of Forge.recover and stop the engine from starting."""
+    from esper_tui.engine.config import TezzeretConfig
+    from esper_tui.engine.contracts import JobQueued, LogLine
+    from esper_tui.engine.forge import journal
+    from esper_tui.engine.forge.forge import Forge
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.library.store import Identity, Library
+    from esper_tui.engine.vocabulary import Level, Strategy
+
+    good = journal.JobBegin(blueprint_id="mlp_block", strategy=Strategy.FAST, attempt=1, key="k", reason="r")
+    with WriteAheadLog(tmp_path / "wal", durability=FSYNC) as wal:
+        wal.begin("bad", b"\xff not json")
+        wal.begin("good", journal.encode(good))
+    wal, report = WriteAheadLog.open(tmp_path / "wal", durability=FSYNC)
+    events: list[object] = []
+    catalog = Catalog().subset(["mlp_block"])
+    forge = Forge(
+        config=TezzeretConfig(),
+        catalog=catalog,
+        library=Library(tmp_path / "library", bytes(range(32)), catalog),
+        wal=wal,
+        emit=events.append,
+        state_dir=tmp_path,
+        identity=Identity("torch", "3.11", "cpu", "isa", 1, "cc"),
+        in_features=40,
+        out_features=64,
+    )
+    forge.recover(report)
+    wal.close()
+    warnings = [e.message for e in events if isinstance(e, LogLine) and e.level is Level.WARNING]
+    assert len(warnings) == 1 and "transaction bad: unreadable BEGIN payload" in warnings[0]
+    assert [e.blueprint_id for e in events if isinstance(e, JobQueued)] == ["mlp_block"]
+    after = recover(tmp_path / "wal")
+    assert [(t.txid, journal.decode(RT.ABORT, t.end)) for t in after.aborted] == [
+        ("bad", journal.JobAborted(recovered=True)),
+        ("good", journal.JobAborted(recovered=True)),
+    ]

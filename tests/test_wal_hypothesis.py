@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from esper_tui.engine.config import DurabilityMode
-from esper_tui.engine.wal.writer import RecoveryReport, WalError, WriteAheadLog
+from esper_tui.engine.wal.writer import RecoveryReport, WalError, WriteAheadLog, inspect
 
 TXIDS = st.sampled_from(["a", "b", "c", "d", "blueprint-é"])
 PAYLOADS = st.binary(max_size=300)
@@ -30,6 +30,7 @@ class WalMachine(RuleBasedStateMachine):
         super().__init__()
         self.directory = Path(tempfile.mkdtemp(prefix="wal-hypothesis-"))
         self.wal = self._open()[0]
+        self.wal_id = inspect(self.directory).wal_id
         self.open: dict[str, tuple[bytes, list[bytes]]] = {}
         self.committed: list[tuple] = []
         self.aborted: list[tuple] = []
@@ -108,6 +109,10 @@ class WalMachine(RuleBasedStateMachine):
         assert [(t.txid, t.begin, t.data) for t in report.open] == [
             (txid, begin, data) for txid, (begin, data) in self.open.items()
         ]
+        # What inspect reads agrees, and the log keeps its identity across rotations and checkpoints.
+        info = inspect(self.directory)
+        assert (info.damage, info.open_transactions, info.wal_id) == ([], list(self.open), self.wal_id)
+        assert {s.wal_id for s in info.segments} <= {self.wal_id}
 
     @invariant()
     def open_transactions_match(self) -> None:

@@ -1,7 +1,7 @@
 """The forge's write-ahead log (Tezzeret WAL): transactions BEGIN -> DATA... -> COMMIT | ABORT.
 
-The byte layout is documented once, in ``wal_format.py``, and the recovery policy (what ``open``
-replays, reports and repairs, and what ``inspect`` shows) in ``wal_recovery.py``. This module holds the
+The byte layout is documented once, in ``format.py``, and the recovery policy (what ``open``
+replays, reports and repairs, and what ``inspect`` shows) in ``recovery.py``. This module holds the
 writer (a synchronous API and an asyncio API with group commit) and checkpoints; it re-exports the
 recovery side's public names so the WAL is imported from one place.
 
@@ -11,9 +11,10 @@ Durability
     are followed by ``os.fsync``. BEGIN and DATA are always written before the call returns (so they
     survive the process dying) but in ``fsync`` mode reach the disk only with the next barrier.
     ``commit`` and ``abort`` are durable when they return. The directory is fsynced after every file
-    creation, rename and deletion. A failed write or fsync is fatal (PostgreSQL's lesson: after a failed
-    fsync the page cache may have dropped the data, so a retry could report success for lost bytes):
-    the call raises ``WalFsyncError`` and the log refuses every later write until it is reopened.
+    creation, rename and deletion, and creating the directory fsyncs its parent. A failed write or
+    fsync is fatal (PostgreSQL's lesson: after a failed fsync the page cache may have dropped the data,
+    so a retry could report success for lost bytes): the call raises ``WalFsyncError`` and the log
+    refuses every later write until it is reopened.
 """
 
 from __future__ import annotations
@@ -33,34 +34,44 @@ from esper_tui.engine.config import DurabilityMode
 from esper_tui.engine.fsutil import fsync_dir, write_synced
 from esper_tui.engine.fsutil import write_all as _write_all
 from esper_tui.engine.wal.format import (
+    FORMAT_VERSION,
     HEADER_SIZE,
+    IDENTITY_NAME,
     MAX_PAYLOAD,
     MAX_TXID_BYTES,
     RecordType,
     WalError,
     WalFormatError,
     encode_checkpoint_payload,
+    encode_identity,
     encode_record,
+    new_wal_id,
     segment_name,
 )
 from esper_tui.engine.wal.recovery import (
     _LOCK_NAME,
     _TMP_SUFFIX,
+    InspectReport,
     RecoveryReport,
     Transaction,
     TxState,
+    WalDamage,
     _analyze,
     _no_gc,
     _repair,
     _report,
     _Tx,
     inspect,
+    unlink_oldest_first,
+    write_file_atomically,
 )
 
 __all__ = [
+    "InspectReport",
     "RecoveryReport",
     "Transaction",
     "TxState",
+    "WalDamage",
     "WalError",
     "WalFormatError",
     "WalFsyncError",
@@ -87,6 +98,26 @@ class WalStats:
     fsyncs_total: int = 0
 
 
+def _make_dirs(directory: Path) -> None:
+    """mkdir -p that fsyncs the parent of each directory it creates.
+
+    A new directory's name lives in its parent: until the parent is fsynced, a power cut can lose the
+    WAL directory together with every record fsynced inside it (etcd's lesson).
+    """
+    missing: list[Path] = []
+    path = directory
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # made meanwhile by another process: its name may not be durable yet
+            if not path.is_dir():
+                raise
+        fsync_dir(path.parent)
+
+
 # --------------------------------------------------------------------------- writer
 
 
@@ -100,7 +131,7 @@ class _Pending:
 class WriteAheadLog:
     """An append-only transaction log in one directory; one writer per directory (flock on LOCK).
 
-    Constructing it recovers the directory (the policy is in wal_recovery's docstring) and opens it for
+    Constructing it recovers the directory (the policy is in recovery.py's docstring) and opens it for
     appending, so no code path can append after an unrepaired tail; `open` also returns the
     RecoveryReport (kept as `self.recovery`). A new segment starts when the next record would push the
     current one past `segment_bytes` (a bigger record gets a segment of its own; a checkpoint segment
@@ -138,8 +169,11 @@ class WriteAheadLog:
         self._fd = -1
         self._unsynced = False
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _make_dirs(self.directory)
+            self._lock_fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise WalError(f"cannot open the WAL directory {self.directory}: {exc}") from exc
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -178,6 +212,10 @@ class WriteAheadLog:
         repaired = analysis.needs_repair()
         if repaired:
             _repair(analysis)
+        self._wal_id = analysis.wal_id or new_wal_id()
+        if not analysis.identity_stored:  # a new log (or one from before WAL ids): its identity, once
+            write_file_atomically(self.directory / IDENTITY_NAME, encode_identity(self._wal_id))
+            self._sync_dir()
         live = analysis.live()
         self._segments = [s.path for s in live]
         self._sealed_bytes = sum(s.kept_size() for s in live[:-1])
@@ -186,7 +224,8 @@ class WriteAheadLog:
         self.last_checkpoint_ts = analysis.last_checkpoint_ts
         if live:
             last = live[-1]
-            self._salt = last.scan.salt or 0
+            # A version-1 segment is never appended to: salt 0 makes the next record start a new segment.
+            self._salt = (last.scan.salt or 0) if last.scan.version == FORMAT_VERSION else 0
             self._size = self._logical_size = last.kept_size()
             self._fd = os.open(last.path, self._append_flags())
         else:
@@ -241,7 +280,8 @@ class WriteAheadLog:
             self._salt = secrets.randbits(64) | 1  # never 0: 0 means "no segment yet"
             self._logical_size = 0
         self._logical_size += size
-        self._pending.append(_Pending(seq, new_segment, encode_record(rtype, self._salt, seq, txid, payload)))
+        record = encode_record(rtype, self._wal_id, self._salt, seq, txid, payload)
+        self._pending.append(_Pending(seq, new_segment, record))
 
     # ------------------------------------------------------------------ flushing (I/O)
 
@@ -393,8 +433,9 @@ class WriteAheadLog:
         """Rewrite the log as one new segment holding only the open transactions (BEGIN + DATA).
 
         Written to a temp file and fsynced, renamed into place, directory fsynced, then the older
-        segments are deleted. A crash before the rename leaves the old log (plus a .tmp that recovery
-        deletes); after it, recovery starts at the new segment and deletes the older ones.
+        segments are deleted oldest first with a directory fsync after each (`unlink_oldest_first` says
+        why). A crash before the rename leaves the old log (plus a .tmp that recovery deletes); after
+        it, recovery starts at the new segment and deletes the older ones.
         A failure before the rename leaves the log unchanged and raises WalError; after it, it is fatal.
         """
         with self._io_lock, self._lock:
@@ -403,13 +444,13 @@ class WriteAheadLog:
             ts = time.time()
             seq = self._next_seq
             salt = secrets.randbits(64) | 1
-            parts = [encode_record(RecordType.CHECKPOINT, salt, seq, b"", encode_checkpoint_payload(ts))]
+            parts = [encode_record(RecordType.CHECKPOINT, self._wal_id, salt, seq, b"", encode_checkpoint_payload(ts))]
             for tx in self._open.values():
                 for rtype, payload in [
                     (RecordType.BEGIN, tx.begin),
                     *((RecordType.DATA, d) for d in tx.data),
                 ]:
-                    parts.append(encode_record(rtype, salt, seq + len(parts), tx.txid, payload))
+                    parts.append(encode_record(rtype, self._wal_id, salt, seq + len(parts), tx.txid, payload))
             blob = b"".join(parts)
             path = self.directory / segment_name(seq)
             tmp = path.with_name(path.name + _TMP_SUFFIX)
@@ -424,10 +465,8 @@ class WriteAheadLog:
                 self._close_fd()
                 os.replace(tmp, path)
                 self._sync_dir()
-                for old in self._segments:  # oldest first: see wal_recovery._chain_start
-                    if old != path:
-                        os.unlink(old)
-                self._sync_dir()
+                obsolete = [old for old in self._segments if old != path]  # oldest first
+                self.fsyncs_total += unlink_oldest_first(obsolete, self.directory)
                 self._fd = os.open(path, self._append_flags())
             except OSError as exc:
                 self._failed = exc
