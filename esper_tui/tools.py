@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from esper_tui.engine.config import EsperConfig, wal_directory
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
+from esper_tui.engine.library.signing import SigningKeyError, load_key
 from esper_tui.engine.library.store import Library
 
 
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
+    """Check every stored artifact. Read-only: a key made up here would fail every artifact, so none is made."""
     if not (state_dir / "library").is_dir():
         print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
         return 1
     try:
-        key = load_or_create_key(state_dir, config.library.signing_key)
+        key = load_key(state_dir, config.library.signing_key)
     except SigningKeyError as exc:
         print(f"esper-tui: {exc}", file=sys.stderr)
         return 1
@@ -37,6 +37,9 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
 
 
 def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
+    """Print what recovery would see in the forge's WAL (read-only); `--json` prints the InspectReport."""
+    import msgspec
+
     from esper_tui.engine.wal.writer import WalError, inspect
 
     directory = wal_directory(config, state_dir)
@@ -45,19 +48,19 @@ def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
         return 1
     try:
         report = inspect(directory)
-    except WalError as exc:
+    except (WalError, OSError) as exc:
         print(f"esper-tui: {directory}: {exc}", file=sys.stderr)
         return 1
     if as_json:
-        print(json.dumps(report, indent=2, default=str))
+        print(msgspec.json.format(msgspec.json.encode(report), indent=2).decode())
         return 0
-    print(f"WAL {directory}")
-    for seg in report.get("segments", []):
-        print(f"  segment {seg.get('name')}: {seg.get('size')} bytes, {seg.get('records')} records")
-    txs = report.get("transactions", [])
-    print(f"  transactions: {len(txs)}; open: {', '.join(report.get('open_transactions', [])) or 'none'}")
-    for problem in report.get("corrupt", []):
-        print(f"  damage: {problem}")
+    print(f"WAL {directory} (id {report.wal_id or 'none yet'})")
+    for seg in report.segments:
+        print(f"  segment {seg.name}: {seg.size} bytes, {seg.records} records, {seg.role}")
+    print(f"  transactions: {len(report.transactions)}; open: {', '.join(report.open_transactions) or 'none'}")
+    for damage in report.damage:
+        kept = f" (kept in {damage.kept})" if damage.kept else ""
+        print(f"  damage, {damage.kind}: {damage.describe()}; {damage.bytes} bytes{kept}")
     return 0
 
 

@@ -26,12 +26,14 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from esper_tui.engine.kernels.compiled import CompiledKernel
+from esper_tui.engine.library.meta import KernelBuild
 
 IN_FEATURES = 40
 OUT_FEATURES = 64
@@ -148,8 +150,8 @@ def compiled_kernel(tmp_path_factory: pytest.TempPathFactory) -> SessionKernel:
     return SessionKernel(blueprint_id=KERNEL_BLUEPRINT, strategy="standard", directory=out_dir, **r)
 
 
-def artifact_fields(kernel: SessionKernel, **overrides: object) -> dict[str, object]:
-    """The ArtifactMeta fields the forge passes to Library.commit, for the session kernel's files."""
+def kernel_build(kernel: SessionKernel, **overrides: object) -> KernelBuild:
+    """The KernelBuild the forge passes to Library.commit, for the session kernel's files."""
     import platform
 
     import torch
@@ -157,30 +159,25 @@ def artifact_fields(kernel: SessionKernel, **overrides: object) -> dict[str, obj
     from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
     from esper_tui.engine.vocabulary import Strategy
 
-    fields: dict[str, object] = {
-        "strategy": Strategy(kernel.strategy),
-        "backend": kernel.backend,
-        "mode": kernel.mode or "default",
-        "options": {
-            "fullgraph": True,
-            "dynamic_batch": True,
-            "num_threads": kernel_threads(),
-            "compiler": compiler_id(),
-        },
-        "torch_version": str(torch.__version__),
-        "python_version": platform.python_version(),
-        "device": "cpu",
-        "cpu_isa": kernel.cpu_isa,
-        "in_features": IN_FEATURES,
-        "batch_min": 2,
-        "batch_max": 65536,
-        "grad_modes": [True, False],
-        "compile_s": kernel.compile_s,
-        "step_ms_compiled": kernel.step_ms_compiled,
-        "step_ms_eager": kernel.step_ms_eager,
-    }
-    fields.update(overrides)
-    return fields
+    build = KernelBuild(
+        strategy=Strategy(kernel.strategy),
+        backend=kernel.backend,
+        mode=kernel.mode or "default",
+        threads=kernel_threads(),
+        compiler=compiler_id(),
+        torch_version=str(torch.__version__),
+        python_version=platform.python_version(),
+        device="cpu",
+        cpu_isa=kernel.cpu_isa,
+        in_features=IN_FEATURES,
+        batch_min=2,
+        batch_max=65536,
+        grad_modes=[True, False],
+        compile_s=kernel.compile_s,
+        step_ms_compiled=kernel.step_ms_compiled,
+        step_ms_eager=kernel.step_ms_eager,
+    )
+    return msgspec.structs.replace(build, **overrides)
 
 
 @pytest.fixture
@@ -194,7 +191,7 @@ def commit_artifact(compiled_kernel: SessionKernel):
     def commit(library, blueprint_id: str = KERNEL_BLUEPRINT, key: str = "k" * 64, **overrides: object):
         staged = compiled_kernel.copy_to(library.new_staging_dir(blueprint_id))
         return library.commit(
-            staged, blueprint_id=blueprint_id, key=key, fields=artifact_fields(compiled_kernel, **overrides)
+            staged, blueprint_id=blueprint_id, key=key, build=kernel_build(compiled_kernel, **overrides)
         )
 
     return commit

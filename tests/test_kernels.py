@@ -3,6 +3,7 @@
 The compile is the session's one inductor compile (conftest `compiled_kernel`). Loading happens in a
 brand new interpreter that gets nothing but the artifact's bytes; "no recompile" is checked on the
 directory listing of that process's private cache (and the processes it started), never on time.
+Weights go through the safetensors package; hostile weight files get one error type, KernelError.
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import struct
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import safetensors.torch
+import torch
 
-from esper_tui.engine.kernels.compiled import FN_FILES, KERNEL_DIR, WEIGHTS_FILE
+from esper_tui.engine.kernels.compiled import FN_FILES, KERNEL_DIR, WEIGHTS_FILE, KernelError, initial_weights
 
-pytestmark = pytest.mark.compile
+# Tests that use the session compile are marked `compile` by conftest; the others here compile nothing.
 
 _LOAD_SCRIPT = textwrap.dedent(
     """
@@ -172,6 +177,7 @@ def test_initial_weights_match_the_blueprint(compiled_kernel):
     module.load_state_dict(weights)  # shapes and dtypes fit
 
 
+@pytest.mark.compile
 def test_compile_kernel_emergency_in_process_writes_no_kernels(tmp_path):
     """Eager (Emergency) is the cheap, always-works path: function files and weights, no .so."""
     from esper_tui.engine.kernels.catalog import Catalog
@@ -184,3 +190,113 @@ def test_compile_kernel_emergency_in_process_writes_no_kernels(tmp_path):
     assert out.max_abs_error < 1e-3
     on_disk = sorted(str(p.relative_to(tmp_path / "k")) for p in (tmp_path / "k").rglob("*") if p.is_file())
     assert on_disk == sorted(out.files)
+
+
+# ----------------------------------------------------------------------------- weights: the safetensors package
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    """Reading a weights file must never unpickle anything."""
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def _weights(data: bytes) -> dict[str, torch.Tensor]:
+    return initial_weights({WEIGHTS_FILE: data})
+
+
+def test_session_weights_are_plain_safetensors(compiled_kernel, no_pickle):
+    data = compiled_kernel.read_files()[WEIGHTS_FILE]
+    by_package = safetensors.torch.load(data)
+    ours = _weights(data)
+    assert set(ours) == set(by_package) and all(torch.equal(ours[k], by_package[k]) for k in ours)
+
+
+def test_weights_written_by_the_old_tensorfile_still_load(no_pickle):
+    """Artifacts stored before the switch: tensorfile wrote this exact layout (sorted names, header padded to 8)."""
+    header = (
+        b'{"a":{"dtype":"I32","shape":[3],"data_offsets":[0,12]},"s":{"dtype":"F32","shape":[],"data_offsets":[12,16]}}'
+    )
+    header += b" " * (-len(header) % 8)
+    data = struct.pack("<Q", len(header)) + header + struct.pack("<3if", 0, 1, 2, 3.5)
+    back = _weights(data)
+    assert torch.equal(back["a"], torch.arange(3, dtype=torch.int32))
+    assert back["s"].shape == () and back["s"].item() == 3.5
+
+
+def test_zero_dim_and_empty_tensors_round_trip(no_pickle):
+    """e.g. BatchNorm's num_batches_tracked; loaded tensors are writable and share nothing with the bytes."""
+    tensors = {
+        "scalar": torch.tensor(3.5),
+        "count": torch.tensor(7, dtype=torch.int64),
+        "empty": torch.empty(0, 3),
+        "w": torch.randn(4, 6),
+    }
+    data = safetensors.torch.save(tensors)
+    back = _weights(data)
+    assert all(torch.equal(back[k], v) and back[k].shape == v.shape for k, v in tensors.items())
+    back["w"] += 1
+    assert torch.equal(_weights(data)["w"], tensors["w"])
+
+
+def _file(header: object, body: bytes = b"") -> bytes:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+def _entry(dtype: str, shape: list[int], start: int, end: int) -> dict[str, object]:
+    return {"dtype": dtype, "shape": shape, "data_offsets": [start, end]}
+
+
+GOOD = safetensors.torch.save({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(GOOD[:7], id="truncated-length-field"),
+        pytest.param(GOOD[:20], id="truncated-header"),
+        pytest.param(struct.pack("<Q", 1 << 60) + b"{}", id="absurd-header-length"),
+        pytest.param(struct.pack("<Q", 100) + b"{}", id="header-length-past-eof"),
+        pytest.param(_file(b"not json at all"), id="header-not-json"),
+        pytest.param(_file(b"\xff\xfe\xfd"), id="header-not-utf8"),
+        pytest.param(pickle.dumps({"w": [1, 2, 3]}), id="a-pickle"),
+        pytest.param(_file([1, 2, 3]), id="header-is-a-list"),
+        pytest.param(_file({"w": 5}), id="entry-not-an-object"),
+        pytest.param(_file({"w": {}}), id="entry-missing-fields"),
+        pytest.param(_file({"w": _entry("Q99", [1], 0, 4)}, bytes(4)), id="unknown-dtype"),
+        pytest.param(_file({"w": _entry("F8_E8M0", [2], 0, 2)}, bytes(2)), id="dtype-torch-lacks"),
+        pytest.param(_file({"w": _entry("F32", [2, 3], 0, 24)}, bytes(8)), id="data-truncated"),
+        pytest.param(_file({"w": _entry("F32", [1], 4, 0)}, bytes(4)), id="offsets-reversed"),
+        pytest.param(_file({"w": _entry("F32", [100], 0, 4)}, bytes(4)), id="shape-does-not-match-bytes"),
+        pytest.param(_file({"w": _entry("F32", [1], 0, 3)}, bytes(4)), id="bytes-not-a-multiple-of-itemsize"),
+        pytest.param(_file({"w": _entry("F32", [-1], 0, 4)}, bytes(4)), id="negative-shape"),
+        pytest.param(_file({"w": _entry("F32", [1 << 40, 1 << 40], 0, 4)}, bytes(4)), id="shape-overflows"),
+        pytest.param(_file({"w": _entry("F32", [], 0, 0)}), id="zero-dim-without-data"),
+        # What the hand-written reader accepted and safetensors does not:
+        pytest.param(_file({"a": _entry("F32", [1], 0, 4), "b": _entry("F32", [1], 8, 12)}, bytes(12)), id="gapped"),
+        pytest.param(_file({"a": _entry("F32", [2], 0, 8), "b": _entry("F32", [2], 4, 12)}, bytes(12)), id="overlap"),
+        pytest.param(_file({"a": _entry("F32", [1], 0, 4)}, bytes(8)), id="trailing-bytes"),
+    ],
+)
+def test_hostile_weights_are_refused_with_kernel_error(data, no_pickle):
+    with pytest.raises(KernelError, match=WEIGHTS_FILE):
+        _weights(data)
+
+
+def test_every_truncation_of_a_valid_weights_file_is_refused(no_pickle):
+    for cut in range(len(GOOD)):
+        with pytest.raises(KernelError):
+            _weights(GOOD[:cut])
+
+
+def test_missing_weights_file_is_a_kernel_error():
+    with pytest.raises(KernelError, match="is missing"):
+        initial_weights({})

@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import shutil
 import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -15,11 +21,14 @@ import pytest
 import torch
 
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library import store as library_mod
-from esper_tui.engine.library.meta import ArtifactMeta
-from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
-from esper_tui.engine.library.store import ArtifactInvalid, Library
+from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+from esper_tui.engine.library.signing import SigningKeyError, SigningKeyMissing, load_key, load_or_create_key
+from esper_tui.engine.library.store import ArtifactInvalid, Identity, Library
+from esper_tui.engine.training.kernel_source import KernelUnavailable
+from esper_tui.engine.training.library_source import LibraryKernelSource
 
 KEY = bytes(range(32))
 K1 = hashlib.sha256(b"one").hexdigest()
@@ -38,11 +47,25 @@ def quarantined() -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def lib(state_dir, fake_clock, quarantined) -> Library:
+def identity(compiled_kernel) -> Identity:
+    """This process, as the engine would describe it (the ISA is the session compile's: same machine)."""
+    return Identity(
+        str(torch.__version__),
+        platform.python_version(),
+        "cpu",
+        compiled_kernel.cpu_isa,
+        kernel_threads(),
+        compiler_id(),
+    )
+
+
+@pytest.fixture
+def lib(state_dir, fake_clock, quarantined, identity) -> Library:
     return Library(
         state_dir / "library",
         KEY,
         Catalog(),
+        identity=identity,
         cache_ttl_s=60.0,
         clock=fake_clock,
         on_quarantine=lambda *args: quarantined.append(args),
@@ -367,3 +390,264 @@ def test_sign_and_verify():
     assert signing.verify(KEY, b"data", sig + "\n")
     assert not signing.verify(KEY, b"datA", sig)
     assert not signing.verify(bytes(32), b"data", sig)
+
+
+# ---------------------------------------------------------------------------------- verified identity == location
+
+
+def _resign(d: Path, **changes: object) -> None:
+    """Rewrite a version's meta.json with `changes` and sign it with the test key: valid, just not what it was."""
+    meta = msgspec.json.decode((d / "meta.json").read_bytes(), type=ArtifactMeta)
+    raw = msgspec.json.format(msgspec.json.encode(msgspec.structs.replace(meta, **changes)))
+    (d / "meta.json").write_bytes(raw)
+    (d / "meta.sig").write_text(signing.sign(KEY, raw))
+
+
+def _quarantine_notes(lib: Library) -> list[str]:
+    return [(q / "QUARANTINED").read_text() for q in (lib.root / "quarantine").iterdir()]
+
+
+def test_a_signed_artifact_copied_under_another_blueprint_is_quarantined_not_loaded(lib, commit_artifact, quarantined):
+    """A valid attention_block artifact placed under artifacts/mlp_block/ must not load as mlp_block."""
+    attention = _dir(lib, commit_artifact(lib, "attention_block", K1))
+    copy = lib.root / "artifacts" / "mlp_block" / attention.name
+    copy.parent.mkdir()
+    shutil.copytree(attention, copy)
+    assert [m.blueprint_id for m in lib.all_current()] == ["attention_block"]  # listing ignores the copy too
+    with pytest.raises(ArtifactInvalid, match="signed as attention_block/"):
+        lib.load("mlp_block")
+    assert not copy.exists() and attention.is_dir()
+    assert [q[:2] for q in quarantined] == [("mlp_block", attention.name)]
+    assert "copied or renamed" in _quarantine_notes(lib)[0]
+    assert lib.current("attention_block").artifact_id == K1  # the original is untouched
+    assert lib.verify(attention) is None
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["re-signed", "unsigned"])
+def test_a_meta_whose_version_disagrees_with_its_directory_is_quarantined(lib, commit_artifact, quarantined, signed):
+    """Once raised FileNotFoundError out of quarantine (and so out of the trainer), on every load."""
+    m1 = commit_artifact(lib, key=K1)
+    d2 = _dir(lib, commit_artifact(lib, key=K2))
+    if signed:
+        _resign(d2, version=7)
+    else:
+        meta = msgspec.json.decode((d2 / "meta.json").read_bytes(), type=ArtifactMeta)
+        (d2 / "meta.json").write_bytes(msgspec.json.encode(msgspec.structs.replace(meta, version=7)))
+    source = LibraryKernelSource(lib, "inductor", "default")
+    with pytest.raises(KernelUnavailable, match="signed as mlp_block/v0007" if signed else "signature mismatch"):
+        source.load("mlp_block")
+    assert not d2.exists() and [q[1] for q in quarantined] == [d2.name]
+    assert lib.current("mlp_block") == m1  # the older version serves from here on
+    assert lib.verify(_dir(lib, m1)) is None
+
+
+def test_a_renamed_version_directory_is_refused(lib, commit_artifact):
+    d = _dir(lib, commit_artifact(lib, key=K1))
+    renamed = d.with_name("v0005-" + d.name.split("-", 1)[1])
+    d.rename(renamed)
+    assert "signed as mlp_block/v0001-" in lib.verify(renamed)
+
+
+def test_quarantine_of_a_vanished_version_is_a_no_op(lib, quarantined):
+    """Two threads may quarantine the same version; the second finds nothing to move and must not raise."""
+    assert lib.quarantine(lib.root / "artifacts" / "mlp_block" / "v0001-gone", "test") is None
+    assert lib.stats.quarantined == 0 and quarantined == []
+
+
+def test_load_of_an_unknown_blueprint_raises_artifact_invalid(lib):
+    with pytest.raises(ArtifactInvalid, match="no such blueprint"):
+        lib.load("no_such_block")
+
+
+def test_a_signed_meta_of_another_schema_is_invalid_not_a_crash(lib, commit_artifact):
+    d = _dir(lib, commit_artifact(lib, key=K1))
+    raw = b'{"artifact_id": 5}'
+    (d / "meta.json").write_bytes(raw)
+    (d / "meta.sig").write_text(signing.sign(KEY, raw))
+    assert "signed metadata does not decode" in lib.verify(d)
+
+
+def test_a_garbage_signature_file_is_a_mismatch_not_a_crash(lib, commit_artifact):
+    d = _dir(lib, commit_artifact(lib, key=K1))
+    (d / "meta.sig").write_bytes("é\udc80".encode(errors="surrogatepass") + b"\xff")
+    assert "signature mismatch" in lib.verify(d)
+    (d / "meta.sig").write_text("é" * 64)
+    assert "signature mismatch" in lib.verify(d)
+
+
+# ---------------------------------------------------------------------------------- built for this process
+
+
+def _other_options(**changes: object) -> Callable[[ArtifactMeta], dict[str, object]]:
+    return lambda meta: {"options": {**meta.options, **changes}}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        pytest.param(lambda _m: {"cpu_isa": "VecAVX512"}, "CPU ISA 'VecAVX512'", id="cpu-isa"),
+        pytest.param(lambda _m: {"torch_version": "2.0.0"}, "torch '2.0.0'", id="torch"),
+        pytest.param(lambda _m: {"python_version": "3.9.0"}, "Python '3.9.0'", id="python"),
+        pytest.param(lambda _m: {"device": "cuda"}, "device 'cuda'", id="device"),
+        pytest.param(_other_options(compiler="clang++ 0123456789abcdef"), "compiler 'clang++", id="compiler"),
+        pytest.param(_other_options(num_threads=97), "threads 97", id="threads"),
+        pytest.param(lambda _m: {"options": {}}, "threads None", id="no-threads-recorded"),
+        pytest.param(lambda _m: {"ir_hash": "0" * 64}, "another version of the blueprint's source", id="blueprint"),
+    ],
+)
+def test_load_quarantines_a_kernel_built_for_another_identity(lib, commit_artifact, quarantined, changes, reason):
+    """Validly signed, but not runnable here: quarantined with the reason (so the forge recompiles), never served."""
+    d = _dir(lib, commit_artifact(lib, key=K1))
+    meta = msgspec.json.decode((d / "meta.json").read_bytes(), type=ArtifactMeta)
+    _resign(d, **changes(meta))
+    assert lib.verify(d) is None  # the signature and files are fine: it is the identity that is wrong
+    with pytest.raises(ArtifactInvalid, match=f"built for .*{reason}" if "source" not in reason else reason):
+        lib.load("mlp_block")
+    assert not d.exists()
+    assert len(quarantined) == 1 and quarantined[0][:2] == ("mlp_block", d.name) and reason in quarantined[0][2]
+    assert reason in _quarantine_notes(lib)[0]
+    with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
+        lib.load("mlp_block")
+
+
+def test_commit_signs_what_the_typed_build_says(lib, commit_artifact, compiled_kernel):
+    meta = commit_artifact(lib, key=K1, threads=3, compiler="c++ feedface")
+    assert meta.options == {"fullgraph": True, "dynamic_batch": True, "num_threads": 3, "compiler": "c++ feedface"}
+    read, _ = lib.read_verified(_dir(lib, meta))
+    assert read == meta
+    with pytest.raises(TypeError, match="num_threads"):
+        KernelBuild(num_threads=2)  # type: ignore[call-arg]  # the dict era's spelling is no field
+
+
+# ---------------------------------------------------------------------------------- staging takes regular files only
+
+COMMIT_TIMEOUT_S = 60.0
+
+
+def _build_of(meta: ArtifactMeta) -> KernelBuild:
+    """The build a stored version was committed with (to commit the same files again)."""
+    extra = {"threads": meta.options["num_threads"], "compiler": meta.options["compiler"]}
+    return msgspec.convert({**msgspec.structs.asdict(meta), **extra}, KernelBuild)
+
+
+def _commit_in_thread(lib: Library, staged: Path, build: KernelBuild) -> BaseException | ArtifactMeta:
+    """Commit with a deadline: a commit that blocks (the old FIFO hang) fails the test instead of hanging it."""
+    result: list[BaseException | ArtifactMeta] = []
+
+    def run() -> None:
+        try:
+            result.append(lib.commit(staged, blueprint_id="mlp_block", key=K2, build=build))
+        except BaseException as exc:
+            result.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(COMMIT_TIMEOUT_S)
+    if worker.is_alive():
+        for fifo in (p for p in staged.rglob("*") if stat.S_ISFIFO(p.lstat().st_mode)):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # free the blocked reader
+        pytest.fail(f"commit blocked for {COMMIT_TIMEOUT_S:.0f} s on a staged special file")
+    return result[0]
+
+
+def _fifo(staged: Path) -> str:
+    target = next(staged.glob("kernels/*/*.so"))
+    os.mkfifo(target.with_name("evil.so"))
+    return "FIFO"
+
+
+def _link_to_file(staged: Path) -> str:
+    (staged / "kernels" / "outside.so").symlink_to("/etc/hostname")
+    return "symlink"
+
+
+def _link_to_dir(staged: Path) -> str:
+    (staged / "linked").symlink_to(staged / "kernels")
+    return "symlink, not a directory"
+
+
+def _reserved(staged: Path) -> str:
+    (staged / "meta.json").write_bytes(b"{}")
+    return "reserved"
+
+
+@pytest.mark.parametrize("plant", [_fifo, _link_to_file, _link_to_dir, _reserved])
+def test_commit_refuses_special_files_in_staging_without_holding_the_lock(lib, commit_artifact, compiled_kernel, plant):
+    """A FIFO named like a kernel once blocked fsync_tree with the lock held: every later commit, load and
+    quarantine hung. Now staging is refused (and removed) before the lock, and the library goes on."""
+    m1 = commit_artifact(lib, key=K1)
+    staged = compiled_kernel.copy_to(lib.new_staging_dir("mlp_block"))
+    what = plant(staged)
+    outcome = _commit_in_thread(lib, staged, _build_of(m1))
+    assert isinstance(outcome, ArtifactInvalid), outcome
+    assert str(outcome).startswith("staged ") and what in str(outcome)
+    assert not staged.exists()
+    assert lib.current("mlp_block") == m1  # nothing was committed, and the lock is free
+    assert commit_artifact(lib, key=K3).version == 2
+
+
+def test_load_does_not_block_on_a_fifo_in_a_stored_version(lib, commit_artifact, quarantined):
+    d = _dir(lib, commit_artifact(lib, key=K1))
+    (d / "infer.fn").unlink()
+    os.mkfifo(d / "infer.fn")
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            lib.load("mlp_block")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(COMMIT_TIMEOUT_S)
+    if worker.is_alive():
+        os.close(os.open(d / "infer.fn", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("load blocked on a FIFO in a stored version")
+    assert isinstance(outcome[0], ArtifactInvalid) and "infer.fn is a FIFO" in str(outcome[0])
+    assert [q[1] for q in quarantined] == [d.name]
+
+
+# ---------------------------------------------------------------------------------- read-only key loading
+
+
+def test_load_key_never_creates_a_key(state_dir):
+    with pytest.raises(SigningKeyMissing, match=r"no signing key at .*signing\.key; verify needs the key"):
+        load_key(state_dir)
+    assert not (state_dir / "keys").exists()
+    created = load_or_create_key(state_dir)
+    assert load_key(state_dir) == created
+    assert load_key(state_dir, configured="cd" * 16) == bytes.fromhex("cd" * 16)
+
+
+def test_an_unreadable_key_file_is_one_clear_error(state_dir):
+    (state_dir / "keys" / "signing.key").mkdir(parents=True, mode=0o700)  # not a file: reading it fails
+    with pytest.raises(SigningKeyError, match="cannot read the key file"):
+        load_key(state_dir)
+
+
+def test_library_verify_cli_without_a_key_creates_none(state_dir, tmp_path, commit_artifact, compiled_kernel):
+    """Once it created keys/signing.key, after which every artifact failed: a read-only tool makes no key."""
+    commit_artifact(Library(state_dir / "library", KEY, Catalog()), key=K1)
+    cli = Path(sys.executable).with_name("esper-tui")
+    env = {k: v for k, v in os.environ.items() if k != signing.ENV_VAR}
+
+    def verify(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(cli), "library", "verify", "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, **extra},
+            cwd=tmp_path,
+        )
+
+    proc = verify()
+    assert proc.returncode == 1, proc
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no signing key at" in proc.stderr and "verify needs the key that signed the library" in proc.stderr
+    assert proc.stdout == ""
+    assert not (state_dir / "keys").exists()
+    ok = verify(**{signing.ENV_VAR: KEY.hex()})
+    assert ok.returncode == 0 and "1 of 1 artifacts verify" in ok.stdout, ok
+    assert not (state_dir / "keys").exists()

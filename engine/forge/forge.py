@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -32,6 +31,7 @@ from esper_tui.engine.contracts import (
     MetricsReport,
     WalStatus,
 )
+from esper_tui.engine.forge import journal
 from esper_tui.engine.forge.board import BreakerBoard
 from esper_tui.engine.forge.breakers import BreakerTransition, Clock
 from esper_tui.engine.forge.conservative import ConservativeMode
@@ -40,9 +40,9 @@ from esper_tui.engine.forge.resources import GpuProbe, read_memory
 from esper_tui.engine.forge.sandbox import CompileTimeout, WorkerError, WorkerPool
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
-from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
 from esper_tui.engine.library.store import Identity, Library, artifact_key
-from esper_tui.engine.vocabulary import BreakerState, Level, Strategy
+from esper_tui.engine.vocabulary import BreakerState, Level, Strategy, Subsystem
 from esper_tui.engine.wal.writer import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
@@ -125,14 +125,18 @@ class Forge:
     def enqueue(self, blueprint_id: str, *, reason: str, strategy: Strategy | None = None, force: bool = False) -> bool:
         """Queue a blueprint unless it is already queued or compiling. Returns whether it was added."""
         if blueprint_id not in self.catalog:
-            self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"unknown blueprint {blueprint_id!r}"))
+            self.emit(
+                LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=f"unknown blueprint {blueprint_id!r}")
+            )
             return False
         if blueprint_id in self._running or any(j.blueprint_id == blueprint_id for j in self._queue):
             return False
         job = Job(blueprint_id, strategy, reason, force=force)
         self._queue.append(job)
         self._queue.sort(key=lambda j: -self.catalog.get(j.blueprint_id).priority)
-        self.emit(JobQueued(source="tezzeret", blueprint_id=blueprint_id, strategy=self._strategy(job), reason=reason))
+        self.emit(
+            JobQueued(source=Subsystem.TEZZERET, blueprint_id=blueprint_id, strategy=self._strategy(job), reason=reason)
+        )
         self._idle.clear()
         self._wake.set()
         return True
@@ -150,14 +154,19 @@ class Forge:
         """Abort what a crash left open and requeue it; report WAL damage. (The engine reaps stale workers
         before it starts new ones: see sandbox.reap_stale.)"""
         for text in report.corrupt:
-            self.emit(LogLine(source="tezzeret", level=Level.WARNING, message=f"WAL: {text}"))
+            self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=f"WAL: {text}"))
         for tx in report.open:
-            begin = json.loads(tx.begin or b"{}")
-            self.wal.abort(tx.txid, json.dumps({"recovered": True}).encode())
-            if bid := begin.get("blueprint_id"):
-                self.enqueue(bid, reason="resumed from WAL after a crash")
+            try:
+                begin: journal.JobBegin | None = journal.decode_begin(tx.begin)
+            except journal.JournalError as exc:
+                begin = None
+                message = f"WAL: transaction {tx.txid}: {exc}; aborted, not requeued"
+                self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=message))
+            self.wal.abort(tx.txid, journal.encode(journal.JobAborted(recovered=True)))
+            if begin is not None:
+                self.enqueue(begin.blueprint_id, reason="resumed from WAL after a crash")
         for name in self.library.clean_staging():
-            self.emit(LogLine(source="urza", level=Level.INFO, message=f"removed unfinished staging {name}"))
+            self.emit(LogLine(source=Subsystem.URZA, level=Level.INFO, message=f"removed unfinished staging {name}"))
 
     def discover(self) -> None:
         """Initial full scan: report verified kernels already stored, queue every blueprint without one."""
@@ -223,19 +232,19 @@ class Forge:
             # start finds no artifact and queues the blueprint again.
             if job.txid in self.wal.status().open_txids:
                 with contextlib.suppress(WalError):
-                    await self.wal.aabort(job.txid, json.dumps({"stopped": True}).encode())
+                    await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(stopped=True)))
             raise
         except WalFsyncError as exc:
             self.fatal = f"WAL write failed, forge stopped: {exc}"
-            self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
+            self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.ERROR, message=self.fatal))
         except Exception as exc:  # e.g. ENOSPC while committing to the library: fail the job, not the forge
             error = f"{type(exc).__name__}: {exc}"
             if job.txid in self.wal.status().open_txids:
                 try:
-                    await self.wal.aabort(job.txid, json.dumps({"error": error}).encode())
+                    await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(error=error)))
                 except WalFsyncError as wal_exc:
                     self.fatal = f"WAL write failed, forge stopped: {wal_exc}"
-                    self.emit(LogLine(source="tezzeret", level=Level.ERROR, message=self.fatal))
+                    self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.ERROR, message=self.fatal))
                     return
             self._failed(job, self._strategy(job), error)
         finally:
@@ -247,18 +256,14 @@ class Forge:
         strategy = self._strategy(job)
         settings = settings_for(strategy)
         key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, self.in_features, self.out_features)
-        begin = {
-            "blueprint_id": bp.blueprint_id,
-            "strategy": strategy.value,
-            "attempt": job.attempt,
-            "key": key,
-            "reason": job.reason,
-        }
-        await self.wal.abegin(job.txid, json.dumps(begin).encode())
+        begin = journal.JobBegin(
+            blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt, key=key, reason=job.reason
+        )
+        await self.wal.abegin(job.txid, journal.encode(begin))
         existing = None if job.force else self.library.current(bp.blueprint_id, key)
         if existing is not None:
             await self.wal.acommit(
-                job.txid, json.dumps({"artifact_id": key, "version": existing.version, "reused": True}).encode()
+                job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=existing.version, reused=True))
             )
             self._compiled(existing, strategy, reused=True)
             return
@@ -275,7 +280,9 @@ class Forge:
             out_dir=str(staged),
         )
         timeout = self.conservative.timeout_s(timeout_for(strategy, self.config.compilation))
-        self.emit(JobStarted(source="tezzeret", blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt))
+        self.emit(
+            JobStarted(source=Subsystem.TEZZERET, blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt)
+        )
         t0 = time.monotonic()
         try:
             response, pid = await self.pool.compile(request, timeout)
@@ -287,42 +294,39 @@ class Forge:
             response, pid, error = None, 0, str(exc)
         if response is None or error is not None:
             shutil.rmtree(staged, ignore_errors=True)
-            await self.wal.aabort(job.txid, json.dumps({"error": error}).encode())
+            await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(error=error)))
             self._failed(job, strategy, error or "unknown error")
             return
         self.board.timeout.record_success()
         await self.wal.adata(
-            job.txid, json.dumps({"staged": staged.name, "worker_pid": pid, "wall_s": time.monotonic() - t0}).encode()
+            job.txid,
+            journal.encode(journal.JobStaged(staged=staged.name, worker_pid=pid, wall_s=time.monotonic() - t0)),
         )
         meta = await asyncio.to_thread(
             self.library.commit,
             staged,
             blueprint_id=bp.blueprint_id,
             key=key,
-            fields={
-                "strategy": strategy,
-                "backend": settings.backend,
-                "mode": settings.mode or "default",
-                "options": {
-                    "fullgraph": True,
-                    "dynamic_batch": True,
-                    "num_threads": self.identity.threads,
-                    "compiler": self.identity.compiler,
-                },
-                "torch_version": self.identity.torch_version,
-                "python_version": self.identity.python_version,
-                "device": settings.device,
-                "cpu_isa": response.cpu_isa,
-                "in_features": self.in_features,
-                "batch_min": 2,
-                "batch_max": 65536,
-                "grad_modes": [True, False],
-                "compile_s": response.compile_s,
-                "step_ms_compiled": response.step_ms_compiled,
-                "step_ms_eager": response.step_ms_eager,
-            },
+            build=KernelBuild(
+                strategy=strategy,
+                backend=settings.backend,
+                mode=settings.mode or "default",
+                device=settings.device,
+                torch_version=self.identity.torch_version,
+                python_version=self.identity.python_version,
+                cpu_isa=response.cpu_isa,
+                threads=self.identity.threads,
+                compiler=self.identity.compiler,
+                in_features=self.in_features,
+                batch_min=2,
+                batch_max=65536,
+                grad_modes=[True, False],
+                compile_s=response.compile_s,
+                step_ms_compiled=response.step_ms_compiled,
+                step_ms_eager=response.step_ms_eager,
+            ),
         )
-        await self.wal.acommit(job.txid, json.dumps({"artifact_id": key, "version": meta.version}).encode())
+        await self.wal.acommit(job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=meta.version)))
         self._compiled(meta, strategy, reused=False)
 
     def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool) -> None:
@@ -331,7 +335,7 @@ class Forge:
             self._durations_ms[strategy] = (count + 1, total + meta.compile_s * 1000)
         self.emit(
             JobCompiled(
-                source="tezzeret",
+                source=Subsystem.TEZZERET,
                 blueprint_id=meta.blueprint_id,
                 strategy=strategy,
                 artifact_id=meta.artifact_id,
@@ -350,7 +354,7 @@ class Forge:
         retry = job.attempt < self.config.compilation.max_attempts
         self.emit(
             JobFailed(
-                source="tezzeret",
+                source=Subsystem.TEZZERET,
                 blueprint_id=job.blueprint_id,
                 strategy=strategy,
                 error=error,
@@ -370,7 +374,7 @@ class Forge:
         s = self.wal.status()
         self.emit(
             WalStatus(
-                source="tezzeret",
+                source=Subsystem.TEZZERET,
                 path=str(s.path),
                 segments=s.segments,
                 size_bytes=s.size_bytes,
@@ -385,7 +389,12 @@ class Forge:
         """Breaker transitions are telemetry, and an opening breaker puts the forge in conservative mode."""
         self.emit(
             BreakerChanged(
-                source="tezzeret", name=t.name, state=t.state, previous=t.previous, transition=True, detail=t.reason
+                source=Subsystem.TEZZERET,
+                name=t.name,
+                state=t.state,
+                previous=t.previous,
+                transition=True,
+                detail=t.reason,
             )
         )
         if t.state is BreakerState.OPEN:
@@ -394,7 +403,7 @@ class Forge:
                 self.library.drop_cache()  # forced cleanup when over the memory budget
 
     def on_conservative(self, active: bool, reason: str) -> None:
-        self.emit(ConservativeModeChanged(source="tezzeret", active=active, reason=reason))
+        self.emit(ConservativeModeChanged(source=Subsystem.TEZZERET, active=active, reason=reason))
         self._wake.set()
 
     def metrics(self) -> list[Metric]:
@@ -437,7 +446,7 @@ class Forge:
                     last[view.name] = shown
                     self.emit(
                         BreakerChanged(
-                            source="tezzeret",
+                            source=Subsystem.TEZZERET,
                             name=view.name,
                             state=view.state,
                             previous=view.state,
@@ -452,7 +461,7 @@ class Forge:
             metrics = self.metrics()
             if metrics != last.get("metrics"):
                 last["metrics"] = metrics
-                self.emit(MetricsReport(source="tezzeret", metrics=metrics))
+                self.emit(MetricsReport(source=Subsystem.TEZZERET, metrics=metrics))
             await asyncio.sleep(interval_s)
 
     async def maintain(self) -> None:

@@ -23,11 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import nn
 
-from esper_tui.engine.kernels import tensorfile as tensorfile
 from esper_tui.engine.kernels.catalog import Blueprint
 from esper_tui.engine.kernels.pipelines import CompileSettings
 
@@ -102,7 +105,7 @@ def _step_ms(step: Callable[[], None], repeats: int = 15) -> float:
 
 def _train_step(module: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
     module.zero_grad(set_to_none=True)
-    fn(module, x).square().mean().backward()
+    torch.autograd.backward(fn(module, x).square().mean())
 
 
 def _grads(module: nn.Module, fn: Callable[..., torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
@@ -137,7 +140,8 @@ def compile_kernel(
             x = torch.randn(EXAMPLE_BATCH, in_features)
             torch._dynamo.mark_dynamic(x, 0)
             with torch.set_grad_enabled(grad):
-                fn = torch.compile(forward, fullgraph=True, backend=settings.backend, mode=settings.mode)
+                # Any: torch.compile's declared return type does not include the precompile API
+                fn: Any = torch.compile(forward, fullgraph=True, backend=settings.backend, mode=settings.mode)
                 aot = fn.aot_compile(((module, x), {}))
             aot.save_compiled_function(str(out_dir / FN_FILES[grad]))
             compiled[grad] = aot
@@ -164,7 +168,7 @@ def compile_kernel(
     step_e = _step_ms(lambda: _train_step(module, lambda m, t: m(t), xb))
 
     module.zero_grad(set_to_none=True)
-    (out_dir / WEIGHTS_FILE).write_bytes(tensorfile.dumps(dict(module.state_dict())))
+    (out_dir / WEIGHTS_FILE).write_bytes(save_tensors({k: v.contiguous() for k, v in module.state_dict().items()}))
     files.append(WEIGHTS_FILE)
     return CompiledKernel(files, compile_s, step_c, step_e, cpu_isa(), err)
 
@@ -226,13 +230,27 @@ def load_kernel(blueprint: Blueprint, files: dict[str, bytes], label: str) -> Lo
     for name, data in files.items():
         if name.startswith(KERNEL_DIR + "/"):
             target = cache_dir / name[len(KERNEL_DIR) + 1 :]
-            if not target.exists() or target.read_bytes() != data:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_suffix(".tmp")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+            try:
+                if not target.exists() or target.read_bytes() != data:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_suffix(".tmp")
+                    tmp.write_bytes(data)
+                    os.replace(tmp, target)
+            except OSError as exc:  # e.g. a full disk: the trainer goes on eager, it does not die
+                raise KernelError(f"{blueprint.blueprint_id}: cannot place {name} in {cache_dir}: {exc}") from None
     return LoadedKernel(blueprint, files, label)
 
 
 def initial_weights(files: dict[str, bytes]) -> dict[str, torch.Tensor]:
-    return tensorfile.loads(files[WEIGHTS_FILE])
+    """The weights a kernel was validated with, read by the safetensors package (never a pickle).
+
+    Whatever the bytes hold, the only error is KernelError: safetensors refuses gapped, overlapping or
+    out-of-range offsets, absurd headers and bad JSON, and a dtype it knows but torch lacks is refused too.
+    """
+    data = files.get(WEIGHTS_FILE)
+    if data is None:
+        raise KernelError(f"{WEIGHTS_FILE} is missing")
+    try:
+        return load_tensors(data)
+    except (SafetensorError, KeyError, ValueError, RuntimeError) as exc:
+        raise KernelError(f"{WEIGHTS_FILE}: not a usable safetensors file ({exc})") from None

@@ -1,4 +1,8 @@
-"""ArtifactMeta: the signed description of one stored kernel (what it is, what it needs, how fast it is)."""
+"""ArtifactMeta: the signed description of one stored kernel (what it is, what it needs, how fast it is).
+
+`KernelBuild` is what the forge knows about a finished compile; the library adds what only it knows
+(key, version, files, blueprint IR hash) and signs the result as `ArtifactMeta`.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,33 @@ class ArtifactFile(Struct, kw_only=True):
     size: int
 
 
+class KernelBuild(Struct, kw_only=True):
+    """One compile's outcome, as `Library.commit` takes it: typed, so a misspelt field fails at the call."""
+
+    strategy: Strategy
+    backend: str
+    mode: str
+    device: str
+    torch_version: str
+    python_version: str
+    cpu_isa: str  # what the worker's inductor picked: the kernels' vector instructions
+    threads: int  # compiled guards pin torch.get_num_threads()
+    compiler: str  # the C++ compiler's identity (compiled.compiler_id)
+    in_features: int
+    batch_min: int
+    batch_max: int
+    grad_modes: list[bool]
+    compile_s: float
+    step_ms_compiled: float
+    step_ms_eager: float
+
+
 class ArtifactMeta(Struct, kw_only=True):
-    """Everything needed to decide whether a stored kernel may be loaded here, and how fast it is."""
+    """Everything needed to decide whether a stored kernel may be loaded here, and how fast it is.
+
+    The on-disk layout predates `KernelBuild`: threads and compiler live in `options`, so artifacts
+    already stored still decode (and verify) unchanged.
+    """
 
     schema_version: int = SCHEMA_VERSION
     artifact_id: str  # the key: hash of blueprint IR, options and torch/system identity
@@ -38,3 +67,45 @@ class ArtifactMeta(Struct, kw_only=True):
     step_ms_eager: float
     created_ts: float
     files: list[ArtifactFile]
+
+    @classmethod
+    def signed_form(
+        cls,
+        build: KernelBuild,
+        *,
+        artifact_id: str,
+        blueprint_id: str,
+        version: int,
+        ir_hash: str,
+        files: list[ArtifactFile],
+        created_ts: float,
+    ) -> ArtifactMeta:
+        """The metadata the library signs for a compile the forge describes."""
+        return cls(
+            artifact_id=artifact_id,
+            blueprint_id=blueprint_id,
+            version=version,
+            ir_hash=ir_hash,
+            strategy=build.strategy,
+            backend=build.backend,
+            mode=build.mode,
+            options={
+                "fullgraph": True,
+                "dynamic_batch": True,
+                "num_threads": build.threads,
+                "compiler": build.compiler,
+            },
+            torch_version=build.torch_version,
+            python_version=build.python_version,
+            device=build.device,
+            cpu_isa=build.cpu_isa,
+            in_features=build.in_features,
+            batch_min=build.batch_min,
+            batch_max=build.batch_max,
+            grad_modes=build.grad_modes,
+            compile_s=build.compile_s,
+            step_ms_compiled=build.step_ms_compiled,
+            step_ms_eager=build.step_ms_eager,
+            created_ts=created_ts,
+            files=files,
+        )

@@ -3,48 +3,54 @@
 Layout: `artifacts/<blueprint>/v0003-<key12>/` holds the compiled functions, weights, kernels,
 `meta.json` (with a sha256 of every file) and `meta.sig` (HMAC-SHA256 of meta.json). A version
 becomes visible only by an atomic directory rename after everything below it is fsynced; a crash
-leaves at most a directory in `staging/`, removed at start. Loading checks the signature, then
-every file's hash, *then* deserialises; any mismatch moves the version to `quarantine/`.
+leaves at most a directory in `staging/`, removed at start. Loading picks a version by its directory,
+checks the signature, that the signed blueprint/version/key are the directory's, every file's hash and
+that the kernel was built for this process (torch, Python, CPU ISA, compiler, threads), *then*
+deserialises; any mismatch moves the version to `quarantine/`, and the forge recompiles it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
 import re
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple, NoReturn
 
 import msgspec
 
-from esper_tui.engine.fsutil import fsync_dir, fsync_tree, write_durable
+from esper_tui.engine.fsutil import fsync_dir, write_all
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import (
-    KernelError,
     LoadedKernel,
     compiler_id,
+    cpu_isa,
     kernel_threads,
     load_kernel,
 )
 from esper_tui.engine.kernels.pipelines import CompileSettings
 from esper_tui.engine.library import signing as signing
-from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta
-from esper_tui.engine.vocabulary import Strategy
+from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta, KernelBuild
+from esper_tui.engine.vocabulary import Strategy, compile_label
 
 _VERSION = re.compile(r"v(\d+)-")
 META = "meta.json"
 SIG = "meta.sig"
+QUARANTINE_NOTE = "QUARANTINED"
 
 
 class ArtifactInvalid(Exception):
-    """An artifact failed verification; it must never be loaded."""
+    """An artifact failed verification (or staging); it must never be loaded."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,23 @@ class Identity:
         import torch
 
         return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(), compiler_id())
+
+    def mismatch(self, meta: ArtifactMeta) -> str | None:
+        """What in a kernel's signed metadata this process cannot run, or None.
+
+        A kernel built for another ISA may execute instructions this CPU lacks; another torch, Python or
+        compiler may not deserialise it, and another thread count fails every guard.
+        """
+        pairs: dict[str, tuple[object, object]] = {
+            "torch": (meta.torch_version, self.torch_version),
+            "Python": (meta.python_version, self.python_version),
+            "device": (meta.device, self.device),
+            "CPU ISA": (meta.cpu_isa, self.cpu_isa),
+            "threads": (meta.options.get("num_threads"), self.threads),
+            "compiler": (meta.options.get("compiler"), self.compiler),
+        }
+        diffs = [f"{what} {built!r} (here {here!r})" for what, (built, here) in pairs.items() if built != here]
+        return "built for " + ", ".join(diffs) if diffs else None
 
 
 def artifact_key(
@@ -89,6 +112,99 @@ def artifact_key(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def version_dir_name(meta: ArtifactMeta) -> str:
+    return f"v{meta.version:04d}-{meta.artifact_id[:12]}"
+
+
+def _misplaced(meta: ArtifactMeta, path: Path) -> str | None:
+    """Why signed metadata does not belong where it was found (copied to another blueprint, renamed), or None."""
+    here = f"{path.parent.name}/{path.name}"
+    signed = f"{meta.blueprint_id}/{version_dir_name(meta)}"
+    return None if here == signed else f"{here}: signed as {signed} (copied or renamed)"
+
+
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def _read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
+    """A regular file's bytes; anything else raises ArtifactInvalid without being opened or waited on.
+
+    lstat first (a device is never opened, a symlink never followed), then O_NOFOLLOW | O_NONBLOCK and
+    fstat on the descriptor, so a file swapped for a FIFO in between is refused too, not blocked on.
+    OSError (missing, unreadable) is the caller's to report.
+    """
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            mode = stat.S_IFLNK
+        else:
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISREG(mode):
+                    with open(fd, "rb", closefd=False) as f:
+                        data = f.read()
+                    if sync:
+                        os.fsync(fd)
+                    return data
+            finally:
+                os.close(fd)
+    raise ArtifactInvalid(f"{label} is a {_kind(mode)}, not a regular file")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Create or replace a file and fsync it, refusing (not blocking on) a FIFO or symlink put in its place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise(exc: OSError) -> NoReturn:
+    raise exc
+
+
+def _stage(staged: Path) -> list[ArtifactFile]:
+    """Hash and fsync every staged file, refusing anything but directories and regular files.
+
+    Runs before the library lock: a FIFO named like a kernel would otherwise block the fsync with the lock
+    held, and every later commit, load and quarantine with it. meta.json and meta.sig are the library's.
+    """
+    if not stat.S_ISDIR(os.lstat(staged).st_mode):
+        raise ArtifactInvalid(f"staged {staged.name}: not a directory")
+    files: list[ArtifactFile] = []
+    for dirpath, dirnames, filenames in os.walk(staged, onerror=_raise):
+        base = Path(dirpath)
+        for name in dirnames:  # a symlink to a directory is listed here (and never descended)
+            mode = os.lstat(base / name).st_mode
+            if not stat.S_ISDIR(mode):
+                raise ArtifactInvalid(f"staged {(base / name).relative_to(staged)} is a {_kind(mode)}, not a directory")
+        for name in filenames:
+            rel = str((base / name).relative_to(staged))
+            if rel in (META, SIG):
+                raise ArtifactInvalid(f"staged {rel}: the name is reserved for the library's signed metadata")
+            data = _read_regular(base / name, f"staged {rel}", sync=True)
+            files.append(ArtifactFile(name=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+        fsync_dir(base)
+    return sorted(files, key=lambda f: f.name)
+
+
 @dataclass
 class LibraryStats:
     artifacts: int = 0
@@ -102,13 +218,22 @@ class LibraryStats:
         return self.cache_hits / total if total else 0.0
 
 
+class _Cached(NamedTuple):
+    expires: float
+    kernel: LoadedKernel
+    meta: ArtifactMeta  # verified when the kernel was loaded
+
+
 class Library:
+    """The store: commit staged compiles as signed versions, serve verified kernels, quarantine bad ones."""
+
     def __init__(
         self,
         root: Path,
         key: bytes,
         catalog: Catalog,
         *,
+        identity: Identity | None = None,
         cache_ttl_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         on_quarantine: Callable[[str, str, str], None] | None = None,
@@ -117,13 +242,21 @@ class Library:
         self.on_quarantine = on_quarantine  # (blueprint_id, version dir, reason); may run on any thread
         self._key = key
         self.catalog = catalog
+        self._identity = identity
         self._ttl = cache_ttl_s
         self._clock = clock
         self._lock = threading.Lock()  # the trainer thread loads while the loop commits
-        self._cache: dict[str, tuple[float, LoadedKernel]] = {}
+        self._cache: dict[Path, _Cached] = {}
         self.stats = LibraryStats()
         for sub in ("artifacts", "staging", "quarantine"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def identity(self) -> Identity:
+        """What a kernel must have been built for to load in this process (probed on first use unless given;
+        the engine probes the CPU ISA at start, so the probe here is its in-process cached answer)."""
+        if self._identity is None:
+            self._identity = Identity.here(cpu_isa())
+        return self._identity
 
     # ------------------------------------------------------------------ writing
 
@@ -143,36 +276,36 @@ class Library:
         path.mkdir(parents=True)
         return path
 
-    def commit(self, staged: Path, *, blueprint_id: str, key: str, fields: dict[str, Any]) -> ArtifactMeta:
-        """Hash every staged file, sign, and rename the directory into place as the next version."""
-        files = []
-        for p in sorted(staged.rglob("*")):
-            if p.is_file():
-                data = p.read_bytes()
-                files.append(
-                    ArtifactFile(
-                        name=str(p.relative_to(staged)), sha256=hashlib.sha256(data).hexdigest(), size=len(data)
-                    )
-                )
+    def commit(self, staged: Path, *, blueprint_id: str, key: str, build: KernelBuild) -> ArtifactMeta:
+        """Hash every staged file, sign, and rename the directory into place as the next version.
+
+        A staged tree holding anything but directories and regular files is refused (ArtifactInvalid)
+        and removed, before the lock is taken.
+        """
         bp = self.catalog.get(blueprint_id)
+        try:
+            files = _stage(staged)
+        except ArtifactInvalid:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         with self._lock:
             version = self._next_version(blueprint_id)
-            meta = ArtifactMeta(
+            meta = ArtifactMeta.signed_form(
+                build,
                 artifact_id=key,
                 blueprint_id=blueprint_id,
                 version=version,
                 ir_hash=bp.ir_hash(),
                 files=files,
                 created_ts=time.time(),
-                **fields,
             )
             raw = msgspec.json.format(msgspec.json.encode(meta))
-            write_durable(staged / META, raw)
-            write_durable(staged / SIG, signing.sign(self._key, raw).encode())
-            fsync_tree(staged)
+            _write_file(staged / META, raw)
+            _write_file(staged / SIG, signing.sign(self._key, raw).encode())
+            fsync_dir(staged)
             parent = self.root / "artifacts" / blueprint_id
             parent.mkdir(exist_ok=True)
-            os.rename(staged, parent / f"v{version:04d}-{key[:12]}")
+            os.rename(staged, parent / version_dir_name(meta))
             fsync_dir(parent)
             fsync_dir(staged.parent)
         return meta
@@ -186,39 +319,58 @@ class Library:
 
     # ------------------------------------------------------------------ reading
 
-    def _scan(self, blueprint_id: str) -> list[ArtifactMeta]:
-        """Unverified metadata of every version, newest first (for listing; never for loading)."""
-        out = []
-        for d in (self.root / "artifacts" / blueprint_id).glob("v*"):
-            try:
-                out.append(msgspec.json.decode((d / META).read_bytes(), type=ArtifactMeta))
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-                continue
-        return sorted(out, key=lambda m: m.version, reverse=True)
+    def _versions(self, blueprint_id: str) -> list[Path]:
+        """A blueprint's version directories, highest number first.
 
-    def _dir(self, meta: ArtifactMeta) -> Path:
-        return self.root / "artifacts" / meta.blueprint_id / f"v{meta.version:04d}-{meta.artifact_id[:12]}"
+        Chosen by directory name, never by the unverified meta.json inside; anything but a real
+        directory named vNNNN-... is no version.
+        """
+        found = []
+        for p in (self.root / "artifacts" / blueprint_id).glob("v*"):
+            with contextlib.suppress(OSError):  # gone since the listing: quarantined by another thread
+                if (m := _VERSION.match(p.name)) and stat.S_ISDIR(p.lstat().st_mode):
+                    found.append((int(m.group(1)), p))
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def _scan(self, blueprint_id: str) -> list[ArtifactMeta]:
+        """Unverified metadata of every version that claims its own place, newest first (for listing;
+        never for loading)."""
+        out = []
+        for d in self._versions(blueprint_id):
+            try:
+                meta = msgspec.json.decode(_read_regular(d / META, META), type=ArtifactMeta)
+            except (OSError, ArtifactInvalid, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            if _misplaced(meta, d) is None:
+                out.append(meta)
+        return out
 
     def version_dirs(self) -> list[Path]:
         return sorted((self.root / "artifacts").glob("*/v*"))
 
     def read_verified(self, path: Path) -> tuple[ArtifactMeta, dict[str, bytes]]:
-        """Signature first, then each file's hash; only then is anything decoded. Raises ArtifactInvalid."""
+        """Signature first, then that the signed blueprint/version/key are this directory's, then each
+        file's hash; only then is anything decoded beyond the metadata. Raises ArtifactInvalid."""
         try:
-            raw = (path / META).read_bytes()
-            sig = (path / SIG).read_text()
+            raw = _read_regular(path / META, f"{path.name}: {META}")
+            sig = _read_regular(path / SIG, f"{path.name}: {SIG}").decode(errors="replace")
         except OSError as exc:
             raise ArtifactInvalid(f"{path.name}: missing metadata or signature ({exc.strerror})") from None
         if not signing.verify(self._key, raw, sig):
             raise ArtifactInvalid(f"{path.name}: signature mismatch (meta.json altered or signed with another key)")
-        meta = msgspec.json.decode(raw, type=ArtifactMeta)
+        try:
+            meta = msgspec.json.decode(raw, type=ArtifactMeta)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ArtifactInvalid(f"{path.name}: signed metadata does not decode ({exc})") from None
+        if (where := _misplaced(meta, path)) is not None:
+            raise ArtifactInvalid(where)
         blobs: dict[str, bytes] = {}
         for f in meta.files:
             target = (path / f.name).resolve()
             if path.resolve() not in target.parents:
                 raise ArtifactInvalid(f"{path.name}: file {f.name!r} escapes the artifact directory")
             try:
-                data = target.read_bytes()
+                data = _read_regular(target, f"{path.name}: {f.name}")
             except OSError:
                 raise ArtifactInvalid(f"{path.name}: {f.name} is missing") from None
             if hashlib.sha256(data).hexdigest() != f.sha256:
@@ -234,14 +386,25 @@ class Library:
             return str(exc)
         return None
 
-    def quarantine(self, path: Path, reason: str) -> Path:
+    def quarantine(self, path: Path, reason: str) -> Path | None:
+        """Move a bad version out of reach (kept whole for inspection, with the reason beside it).
+
+        None when it could not be moved, typically because another thread quarantined it first: a loader
+        must never die of that.
+        """
         dest = self.root / "quarantine" / f"{path.parent.name}-{path.name}-{os.urandom(4).hex()}"
-        os.rename(path, dest)
-        (dest / "QUARANTINED").write_text(reason + "\n")
-        fsync_dir(path.parent)
         with self._lock:
+            try:
+                os.rename(path, dest)
+            except OSError:
+                return None
             self.stats.quarantined += 1
             self._cache.clear()
+        # The move is what protects; the note and the fsync are best effort, never a loader's crash.
+        with contextlib.suppress(OSError):
+            _write_file(dest / QUARANTINE_NOTE, (reason + "\n").encode())
+        with contextlib.suppress(OSError):
+            fsync_dir(path.parent)
         if self.on_quarantine is not None:
             self.on_quarantine(path.parent.name, path.name, reason)
         return dest
@@ -252,12 +415,7 @@ class Library:
         Walks the version directories, not their decoded metadata, so a version whose meta.json no
         longer even decodes is found and quarantined too.
         """
-        versions = sorted(
-            (self.root / "artifacts" / blueprint_id).glob("v*"),
-            key=lambda p: int(m.group(1)) if (m := _VERSION.match(p.name)) else -1,
-            reverse=True,
-        )
-        for path in versions:
+        for path in self._versions(blueprint_id):
             try:
                 meta, _ = self.read_verified(path)
             except ArtifactInvalid as exc:
@@ -285,40 +443,45 @@ class Library:
         return self.ranked(tag)
 
     def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
-        """The newest verified kernel of a blueprint, through a TTL cache. Raises ArtifactInvalid."""
-        versions = self._scan(blueprint_id)
+        """The newest kernel of a blueprint, verified and built for this process, through a TTL cache.
+
+        Raises ArtifactInvalid (the version is quarantined, so the forge recompiles it) or KernelError;
+        nothing else, so the trainer can fall back to eager and go on.
+        """
+        if blueprint_id not in self.catalog:
+            raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
+        bp = self.catalog.get(blueprint_id)
+        versions = self._versions(blueprint_id)
         if not versions:
             raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel in the library")
-        meta = versions[0]
+        path = versions[0]
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(meta.artifact_id + str(meta.version))
-            if hit is not None and hit[0] > now:
+            hit = self._cache.get(path)
+            if hit is not None and hit.expires > now:
                 self.stats.cache_hits += 1
-                return hit[1], meta
+                return hit.kernel, hit.meta
             self.stats.cache_misses += 1
-        path = self._dir(meta)
         try:
             meta, blobs = self.read_verified(path)
+            unfit = self.identity().mismatch(meta)
+            if unfit is None and meta.ir_hash != bp.ir_hash():
+                unfit = "built from another version of the blueprint's source"
+            if unfit is not None:
+                raise ArtifactInvalid(f"{blueprint_id}/{path.name}: {unfit}")
         except ArtifactInvalid as exc:
             self.quarantine(path, str(exc))
             raise
-        threads = meta.options.get("num_threads")
-        if threads is not None and threads != kernel_threads():
-            raise KernelError(
-                f"{blueprint_id}: kernel compiled for {threads} threads, this process runs "
-                f"{kernel_threads()} (its guards would reject every call)"
-            )
-        kernel = load_kernel(self.catalog.get(blueprint_id), blobs, f"{meta.backend}:{meta.mode}")
+        kernel = load_kernel(bp, blobs, compile_label(meta.backend, meta.mode))
         with self._lock:
-            self._cache[meta.artifact_id + str(meta.version)] = (now + self._ttl, kernel)
+            self._cache[path] = _Cached(now + self._ttl, kernel, meta)
         return kernel, meta
 
     def expire(self) -> int:
         """TTL cleanup: drop cache entries past their time. Returns how many were dropped."""
         now = self._clock()
         with self._lock:
-            stale = [k for k, (exp, _) in self._cache.items() if exp <= now]
+            stale = [k for k, entry in self._cache.items() if entry.expires <= now]
             for k in stale:
                 del self._cache[k]
         return len(stale)

@@ -6,6 +6,7 @@ from esper_tui.engine.kernels.compiled import KernelError
 from esper_tui.engine.library.meta import ArtifactMeta
 from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import Kernel, KernelOffer, KernelUnavailable
+from esper_tui.engine.vocabulary import compile_label
 
 
 class LibraryKernelSource:
@@ -25,7 +26,7 @@ class LibraryKernelSource:
             artifact_id=meta.artifact_id,
             tags=bp.tags,
             risk=bp.risk,
-            label=f"{meta.backend}:{meta.mode}",
+            label=compile_label(meta.backend, meta.mode),
             step_ms_compiled=meta.step_ms_compiled,
             step_ms_eager=meta.step_ms_eager,
         )
@@ -34,8 +35,9 @@ class LibraryKernelSource:
         return [self._offer(m) for m in self._library.ranked()]
 
     def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+        """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash."""
         try:
             kernel, meta = self._library.load(blueprint_id)
-        except (ArtifactInvalid, KernelError, KeyError) as exc:
+        except (ArtifactInvalid, KernelError) as exc:  # all Library.load raises
             raise KernelUnavailable(str(exc)) from exc
         return kernel, self._offer(meta)
