@@ -41,6 +41,7 @@ Tries = Annotated[int, Meta(ge=1, le=100)]  # attempts or failures: 0 would give
 Epochs = Annotated[int, Meta(ge=0, le=10_000)]  # a seed lifecycle stage; 0 skips the stage
 Entries = Annotated[int, Meta(ge=1, le=10_000_000)]  # stream entries, held in memory or in Redis
 Name = Annotated[str, Meta(min_length=1)]
+HexKey = Annotated[str, Meta(pattern=r"^([0-9a-fA-F]{32,})?$")]  # empty, or at least 16 bytes of hex
 
 
 # --------------------------------------------------------------------------- sections
@@ -234,6 +235,36 @@ class BusConfig(Section, frozen=True, kw_only=True):
     ] = 8000
     max_deliveries: Annotated[Tries, Meta(description="deliveries of a failing message before it is dead-lettered")] = 5
     maxlen: Annotated[Entries, Meta(description="entries kept per stream (trimmed approximately)")] = 100_000
+    operator_key: Annotated[
+        HexKey,
+        Meta(
+            description="hex HMAC key that signs operator commands; ESPER_OPERATOR_KEY overrides; "
+            "empty: <state>/keys/operator.key (the engine creates it)"
+        ),
+    ] = ""
+    frame_key: Annotated[
+        HexKey,
+        Meta(
+            description="hex secret the engine signs control-room frames with (Ed25519 seed); ESPER_FRAME_KEY "
+            "overrides; empty: <state>/keys/frames.key (the engine creates it)"
+        ),
+    ] = ""
+    engine_key: Annotated[
+        str,
+        Meta(
+            pattern=r"^([0-9a-fA-F]{64})?$",
+            description="a control room's pinned Ed25519 public key of the engine (64 hex digits, printed by "
+            "the engine at start); empty: derived from <state>/keys/frames.key when that is readable",
+        ),
+    ] = ""
+    command_skew_s: Annotated[
+        float,
+        Meta(
+            ge=1,
+            le=3600,
+            description="commands older (or newer) than this are rejected as stale; the window of the replay cache",
+        ),
+    ] = 30.0
 
 
 class UiConfig(Section, frozen=True, kw_only=True):

@@ -220,10 +220,14 @@ AnyEvent = (
 
 
 class Command(Struct, tag_field="type", kw_only=True):
+    """An operator's instruction. Signed (bus/auth.py) over every field but `signature`."""
+
     schema_version: int = SCHEMA_VERSION
     command_id: str = msgspec.field(default_factory=new_id)
     ts: float = msgspec.field(default_factory=now)
-    issued_by: str = "operator"
+    issued_by: str = "operator"  # who: user@host of the control room that sent it
+    target: str = ""  # the run id it is meant for; empty: whichever engine reads it
+    signature: str = ""  # hex HMAC-SHA256 with the operator key
 
 
 class Recompile(Command, tag="recompile", kw_only=True):

@@ -15,6 +15,7 @@ from esper_tui.engine.vocabulary import (
     GradientHealth,
     JobStatus,
     Level,
+    LinkState,
     SeedStage,
     Strategy,
     Struct,
@@ -126,6 +127,50 @@ class EventLine(Struct, kw_only=True):
     text: str
 
 
+class StreamBacklog(Struct, kw_only=True):
+    stream: str
+    backlog: int  # entries the slowest live group has not acknowledged
+
+
+class BusNote(Struct, kw_only=True):
+    """A dead letter or a rejected command, as the operator needs to see it."""
+
+    ts: float
+    stream: str
+    reason: str
+
+
+class BusView(Struct, kw_only=True):
+    """Oona as the engine sees it: backend, link, rates, backlogs, dead letters, rejections, rooms."""
+
+    backend: str = "embedded"  # or the Redis URL without its password
+    connected: bool = True
+    published: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    dead_lettered: int = 0
+    rejected: int = 0
+    rate_out: float = 0.0  # messages/s published, over the last few seconds
+    rate_in: float = 0.0  # messages/s handled
+    backlogs: list[StreamBacklog] = msgspec.field(default_factory=list)
+    dead_letters: list[BusNote] = msgspec.field(default_factory=list)  # newest last
+    rejections: list[BusNote] = msgspec.field(default_factory=list)  # newest last
+    server_errors: dict[str, int] = msgspec.field(default_factory=dict)  # by class: oom, readonly, ...
+    last_error: str = ""
+    control_rooms: int = 0  # attached control rooms, from their heartbeats
+
+
+class LinkView(Struct, kw_only=True):
+    """Filled by the client, never by the engine: how old this picture is and whether it can be trusted."""
+
+    state: LinkState = LinkState.LOCAL
+    run_id: str = ""
+    age_s: float = 0.0  # since the engine published the frame shown
+    read_only: bool = False
+    frames_rejected: int = 0  # frames that failed the signature check (ignored)
+    detail: str = ""  # why commands are unavailable, or what went wrong
+
+
 class Snapshot(Struct, kw_only=True):
     """What every client sees: the dashboard, `--json`, and a remote control room."""
 
@@ -139,3 +184,5 @@ class Snapshot(Struct, kw_only=True):
     training: TrainingView = msgspec.field(default_factory=TrainingView)
     metrics: list[Metric] = msgspec.field(default_factory=list)
     events: list[EventLine] = msgspec.field(default_factory=list)
+    bus: BusView = msgspec.field(default_factory=BusView)
+    link: LinkView = msgspec.field(default_factory=LinkView)

@@ -92,6 +92,24 @@ class TrainingStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+class EngineState(enum.StrEnum):
+    """An engine's lifecycle as its heartbeat announces it."""
+
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class LinkState(enum.StrEnum):
+    """How a control room's picture relates to the engine: never show a stale picture as live."""
+
+    LOCAL = "local"  # the engine runs in this process: the snapshot is always current
+    WAITING = "waiting"  # attached, no verified frame yet
+    LIVE = "live"  # frames arrive on time
+    SILENT = "silent"  # no frame for longer than the silence limit: the picture is old
+    STOPPED = "stopped"  # the engine said it stopped; this is its final picture
+
+
 class GradientHealth(enum.StrEnum):
     """A seed's gradients over its last epoch; NONE for an empty slot, which has none."""
 

@@ -1,0 +1,139 @@
+"""Frames: how snapshots travel to control rooms elsewhere, so that a client that misses any converges.
+
+The engine publishes a frame every refresh period. A keyframe carries every field of the snapshot; a
+delta carries only the top-level fields whose encoding changed since the previous frame, and names that
+frame (`base_seq`). A client applies a delta only on top of exactly that frame: after any gap it waits for
+the next keyframe, which comes at least every `keyframe_every_s` (and first thing on attach, since the
+client starts from the newest keyframe in the stream). Every frame carries run_id, seq and ts, so a
+client always knows which engine it shows and how old the picture is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from esper_tui.engine.codec import SchemaMismatch, encode_msgpack
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import SCHEMA_VERSION, EngineState, Struct
+
+FRAME_FIELD = b"f"
+SIGNATURE_FIELD = b"s"
+_FIELDS = tuple(f.name for f in msgspec.structs.fields(Snapshot) if f.name not in ("link",))
+"""What a frame carries: the whole snapshot except `link`, which each client fills for itself."""
+
+
+class Frame(Struct, kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    seq: int
+    ts: float  # wall clock at publication (time.time): clients measure staleness against it
+    base_seq: int | None = None  # None: a keyframe; else the seq of the frame this delta applies to
+    sections: dict[str, msgspec.Raw]  # msgpack of the snapshot fields carried
+
+
+_frame_decoder = msgspec.msgpack.Decoder(Frame)
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+class FrameEncoder:
+    """The engine's side: snapshot in, frame bytes out (a keyframe when due, else a delta)."""
+
+    def __init__(self, keyframe_every_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._every = keyframe_every_s
+        self._clock = clock
+        self._last: dict[str, bytes] = {}
+        self._last_seq: int | None = None
+        self._last_key_at = float("-inf")
+
+    def encode(self, snapshot: Snapshot, *, keyframe: bool = False) -> tuple[bytes, bool]:
+        """The frame for `snapshot` and whether it is a keyframe."""
+        fields = {name: encode_msgpack(getattr(snapshot, name)) for name in _FIELDS}
+        now = self._clock()
+        key = keyframe or self._last_seq is None or now - self._last_key_at >= self._every
+        if key:
+            carried = fields
+            self._last_key_at = now
+        else:
+            carried = {name: raw for name, raw in fields.items() if self._last.get(name) != raw}
+        frame = Frame(
+            run_id=snapshot.run_id,
+            seq=snapshot.seq,
+            ts=time.time(),
+            base_seq=None if key else self._last_seq,
+            sections={name: msgspec.Raw(raw) for name, raw in carried.items()},
+        )
+        self._last, self._last_seq = fields, snapshot.seq
+        return encode_msgpack(frame), key
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Raises msgspec.DecodeError/ValidationError or SchemaMismatch for anything that is not a frame."""
+    frame = _frame_decoder.decode(data)
+    if frame.schema_version != SCHEMA_VERSION:
+        raise SchemaMismatch(f"frame schema version {frame.schema_version}, expected {SCHEMA_VERSION}")
+    unknown = set(frame.sections) - set(_FIELDS)
+    if unknown:
+        raise msgspec.ValidationError(f"frame carries unknown sections {sorted(unknown)}")
+    return frame
+
+
+class FrameDecoder:
+    """The client's side: folds frames into snapshots; a delta only lands on the frame it was made for."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, bytes] = {}
+        self._seq: int | None = None
+        self._run_id = ""
+        self.gaps = 0  # deltas skipped because their base was missed: the next keyframe heals them
+
+    @property
+    def seq(self) -> int | None:
+        return self._seq
+
+    def apply(self, frame: Frame) -> Snapshot | None:
+        """The snapshot after `frame`, or None when it cannot be applied (waiting for a keyframe)."""
+        if frame.base_seq is None:
+            fields = {name: bytes(raw) for name, raw in frame.sections.items()}
+            if set(fields) != set(_FIELDS):
+                raise msgspec.ValidationError("keyframe does not carry every snapshot field")
+        elif frame.base_seq == self._seq and frame.run_id == self._run_id:
+            fields = {**self._fields, **{name: bytes(raw) for name, raw in frame.sections.items()}}
+        else:
+            self.gaps += 1
+            return None
+        snapshot = _snapshot_decoder.decode(encode_msgpack({name: msgspec.Raw(raw) for name, raw in fields.items()}))
+        if snapshot.seq != frame.seq or snapshot.run_id != frame.run_id:
+            raise msgspec.ValidationError("frame header disagrees with the snapshot it carries")
+        self._fields, self._seq, self._run_id = fields, frame.seq, frame.run_id
+        return snapshot
+
+
+class EngineHeartbeat(Struct, kw_only=True):
+    """An engine's presence on a Redis: what `attach --list` shows and how a control room learns it stopped.
+
+    Stored (signed like frames) under `heartbeat_key(prefix, run_id)` with an expiry a few times its refresh
+    period, so an engine that dies without a word simply disappears from the list.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    host: str
+    pid: int
+    started_ts: float
+    ts: float
+    state_dir: str
+    state: EngineState
+    engine_key: str  # the engine's frame public key (hex): shown so an operator can check what they pinned
+
+
+def heartbeat_key(prefix: str, run_id: str = "") -> str:
+    """The presence key of an engine; with no run id, the prefix that lists every engine."""
+    return f"{prefix}.engine.{run_id}"
+
+
+def room_key(prefix: str, run_id: str, room_id: str = "") -> str:
+    """The presence key of one control room attached to a run; with no room id, the prefix that lists them."""
+    return f"{prefix}.room.{run_id}.{room_id}"

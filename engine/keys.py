@@ -1,0 +1,94 @@
+"""Where the engine's secret keys come from: one rule for every purpose, one key per purpose.
+
+Artifact signing, operator commands and control-room frames each have their own key, so that holding
+one grants nothing else (an operator key cannot sign a kernel; a frame key cannot steer the engine).
+Each is looked up in the same order: its environment variable (hex), its config key (hex), then its file
+under `<state>/keys/` (hex, mode 0600). Only the engine creates a missing key file; read-only tools and
+control rooms call `load_key`, which never does: a key made on the spot would match nothing already signed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_KEY_BYTES = 16
+
+
+class BadKey(ValueError):
+    """A key is missing, unreadable or malformed: one line naming where it came from."""
+
+
+class KeyMissing(BadKey):
+    """No key in the environment, the config or the key file."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """One purpose's key: its file under `<state>/keys/`, its environment variable and its config key."""
+
+    purpose: str
+    file: str
+    env: str
+    config_key: str
+
+    def path(self, state_dir: Path) -> Path:
+        return state_dir / "keys" / self.file
+
+
+SIGNING_KEY = KeySpec("artifact signing", "signing.key", "ESPER_SIGNING_KEY", "library.signing_key")
+OPERATOR_KEY = KeySpec("operator commands", "operator.key", "ESPER_OPERATOR_KEY", "bus.operator_key")
+FRAME_KEY = KeySpec("control-room frames", "frames.key", "ESPER_FRAME_KEY", "bus.frame_key")
+
+
+def from_hex(value: str, origin: str) -> bytes:
+    try:
+        key = bytes.fromhex(value.strip())
+    except ValueError:
+        raise BadKey(f"{origin}: key must be hex") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise BadKey(f"{origin}: key must be at least {MIN_KEY_BYTES} bytes ({2 * MIN_KEY_BYTES} hex digits)")
+    return key
+
+
+def load_key(spec: KeySpec, state_dir: Path | None, configured: str = "") -> bytes:
+    """The key for `spec`, from the environment, the config or the key file; never creates one."""
+    if os.environ.get(spec.env):
+        return from_hex(os.environ[spec.env], spec.env)
+    if configured:
+        return from_hex(configured, spec.config_key)
+    if state_dir is None:
+        raise KeyMissing(f"no {spec.purpose} key: set {spec.env} or {spec.config_key}")
+    path = spec.path(state_dir)
+    if not path.exists():
+        raise KeyMissing(
+            f"no {spec.purpose} key at {path} (nor {spec.env} or {spec.config_key}); "
+            "copy the engine's key file, or set the variable"
+        )
+    try:
+        if path.stat().st_mode & 0o077:
+            raise BadKey(f"{path}: key file is readable by others; chmod 600 it")
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadKey(f"{path}: cannot read the key file ({exc})") from None
+    return from_hex(text, str(path))
+
+
+def load_or_create_key(spec: KeySpec, state_dir: Path, configured: str = "") -> bytes:
+    """As load_key, but a state directory without the key file gets a fresh one (32 random bytes, 0600)."""
+    try:
+        return load_key(spec, state_dir, configured)
+    except KeyMissing:
+        pass
+    path = spec.path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return load_key(spec, state_dir, configured)
