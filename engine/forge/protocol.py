@@ -8,6 +8,10 @@ from esper_tui.engine.vocabulary import Strategy, Struct
 
 
 class CompileRequest(Struct, kw_only=True):
+    """One compile. `out_dir` given to the pool is where the files end up (the library's staging
+    directory); the worker itself is sent a fresh directory in its own scratch instead, and the pool
+    copies what it reports from there (sandbox.take_files). The reply must carry the same job_id."""
+
     job_id: str
     blueprint_id: str
     in_features: int
@@ -23,7 +27,7 @@ class CompileResponse(Struct, kw_only=True):
     job_id: str
     ok: bool
     error: str = ""
-    files: list[str] = msgspec.field(default_factory=list)
+    files: list[str] = msgspec.field(default_factory=list)  # relative to out_dir; regular files only
     compile_s: float = 0.0
     step_ms_compiled: float = 0.0
     step_ms_eager: float = 0.0

@@ -1,9 +1,8 @@
 """Resource probes the memory and gpu breakers read, and the "sustained above threshold" rule.
 
-Memory is read straight from /proc (Linux) rather than through psutil: the forge's compile workers
-are child processes, so the budget must cover the whole tree, and walking /proc for one tree is a
-few dozen lines. The GPU is read through NVML (`pynvml`, package nvidia-ml-py); on a machine
-without a GPU or driver every reading says so plainly instead of raising.
+Memory comes from psutil: the forge's compile workers are child processes, so the budget covers the
+engine and every descendant. The GPU is read through NVML (`pynvml`, package nvidia-ml-py); on a
+machine without a GPU or driver every reading says so plainly instead of raising.
 """
 
 from __future__ import annotations
@@ -11,15 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+import psutil
+
 from esper_tui.engine.forge.breakers import Clock
-
-PROC = Path("/proc")
-
 
 # --------------------------------------------------------------------------- memory
 
@@ -27,67 +23,36 @@ PROC = Path("/proc")
 @dataclass(frozen=True, slots=True)
 class MemoryReading:
     rss_bytes: int  # resident size of the root process and all its descendants
-    system_available_bytes: int  # /proc/meminfo MemAvailable
-    system_total_bytes: int  # /proc/meminfo MemTotal
+    system_available_bytes: int  # MemAvailable: what can be allocated without swapping
+    system_total_bytes: int
     processes: int = 1  # how many processes rss_bytes covers (engine + workers)
 
 
 def read_memory(root_pid: int | None = None) -> MemoryReading:
     """RSS of `root_pid` (default: this process) plus every descendant, and the system totals.
 
-    Processes may exit while we walk /proc; they are simply skipped. Linux only.
+    A process that exits while the tree is walked adds no memory; a root that is gone reads as an
+    empty tree, not an error.
     """
-    root = os.getpid() if root_pid is None else root_pid
-    pids = _descendants(root)
-    rss = sum(_rss_bytes(pid) for pid in pids)
-    meminfo = _meminfo()
+    try:
+        root = psutil.Process(os.getpid() if root_pid is None else root_pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    system = psutil.virtual_memory()
     return MemoryReading(
-        rss_bytes=rss,
-        system_available_bytes=meminfo.get("MemAvailable", 0),
-        system_total_bytes=meminfo.get("MemTotal", 0),
-        processes=len(pids),
+        rss_bytes=sum(_rss_bytes(p) for p in tree),
+        system_available_bytes=system.available,
+        system_total_bytes=system.total,
+        processes=len(tree),
     )
 
 
-def _descendants(root: int) -> list[int]:
-    """`root` and all processes below it, found through the ppid field of /proc/<pid>/stat."""
-    children: defaultdict[int, list[int]] = defaultdict(list)
-    for entry in PROC.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'.
-        fields = stat.rpartition(")")[2].split()
-        if len(fields) >= 2:
-            children[int(fields[1])].append(int(entry.name))
-    found = [root]
-    for pid in found:  # breadth-first; `found` grows while we iterate
-        found.extend(children.get(pid, ()))
-    return found
-
-
-def _rss_bytes(pid: int) -> int:
+def _rss_bytes(process: psutil.Process) -> int:
     try:
-        status = (PROC / str(pid) / "status").read_text()
-    except OSError:
+        return int(process.memory_info().rss)
+    except psutil.Error:  # exited meanwhile, a zombie, or not ours to read
         return 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0  # zombies and kernel threads have no VmRSS
-
-
-def _meminfo() -> dict[str, int]:
-    values: dict[str, int] = {}
-    for line in (PROC / "meminfo").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts:
-            values[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return values
 
 
 # --------------------------------------------------------------------------- GPU

@@ -1,9 +1,13 @@
 """The sandboxed compile worker: `python -m esper_tui.engine.forge.worker`, spawned by the forge's pool.
 
 It reads CompileRequests on stdin and answers CompileResponses on the original stdout (fd 1 is then
-pointed at stderr, so anything torch or g++ prints can never corrupt the protocol). It holds no
-signing key and writes only into the staging directory it is given. Reused for several jobs: each
-new process pays ~3-4 s of inductor start-up.
+pointed at stderr, so anything torch or g++ prints can never corrupt the protocol). Reused for several
+jobs: each new process pays ~3-4 s of inductor start-up.
+
+It is untrusted (see sandbox.py): it starts with an allow-listed environment (no signing key, no
+engine cache pointers), as an unprivileged account when the engine is root, and writes only under
+its own scratch directory (HOME, TMPDIR and each job's out_dir). The engine copies the files it
+reports out of there; it never writes into the library itself.
 """
 
 from __future__ import annotations
