@@ -29,18 +29,25 @@ class KeyMissing(BadKey):
 class KeySpec:
     """One purpose's key: its file under `<state>/keys/`, its environment variable and its config key."""
 
-    purpose: str
+    name: str  # "signing", "operator", "frame": as messages say it
     file: str
     env: str
     config_key: str
+    needed_for: str  # what a missing key stops, for the message
 
     def path(self, state_dir: Path) -> Path:
         return state_dir / "keys" / self.file
 
 
-SIGNING_KEY = KeySpec("artifact signing", "signing.key", "ESPER_SIGNING_KEY", "library.signing_key")
-OPERATOR_KEY = KeySpec("operator commands", "operator.key", "ESPER_OPERATOR_KEY", "bus.operator_key")
-FRAME_KEY = KeySpec("control-room frames", "frames.key", "ESPER_FRAME_KEY", "bus.frame_key")
+SIGNING_KEY = KeySpec(
+    "signing", "signing.key", "ESPER_SIGNING_KEY", "library.signing_key", "verify needs the key that signed the library"
+)
+OPERATOR_KEY = KeySpec(
+    "operator", "operator.key", "ESPER_OPERATOR_KEY", "bus.operator_key", "commands need the engine's operator key"
+)
+FRAME_KEY = KeySpec(
+    "frame", "frames.key", "ESPER_FRAME_KEY", "bus.frame_key", "frames are signed with the engine's frame key"
+)
 
 
 def from_hex(value: str, origin: str) -> bytes:
@@ -60,13 +67,11 @@ def load_key(spec: KeySpec, state_dir: Path | None, configured: str = "") -> byt
     if configured:
         return from_hex(configured, spec.config_key)
     if state_dir is None:
-        raise KeyMissing(f"no {spec.purpose} key: set {spec.env} or {spec.config_key}")
+        raise KeyMissing(f"no {spec.name} key; {spec.needed_for} ({spec.env} or {spec.config_key})")
     path = spec.path(state_dir)
     if not path.exists():
-        raise KeyMissing(
-            f"no {spec.purpose} key at {path} (nor {spec.env} or {spec.config_key}); "
-            "copy the engine's key file, or set the variable"
-        )
+        where = f"the key file, {spec.env} or {spec.config_key}"
+        raise KeyMissing(f"no {spec.name} key at {path}; {spec.needed_for} ({where})")
     try:
         if path.stat().st_mode & 0o077:
             raise BadKey(f"{path}: key file is readable by others; chmod 600 it")

@@ -1,7 +1,7 @@
-"""HMAC-SHA256 signing of artifacts, and where the key comes from.
+"""HMAC-SHA256 signing of artifacts, with the signing key (engine/keys.py says where keys come from).
 
 Key order: ESPER_SIGNING_KEY (hex), then `library.signing_key` from config (hex), then
-`<state>/keys/signing.key`, generated (32 random bytes, mode 0600) when absent.
+`<state>/keys/signing.key`, which only the engine generates (32 random bytes, mode 0600) when absent.
 
 Only the engine signs. Compile workers get no ESPER_* variable (forge.sandbox scrubs their
 environment), and where the engine runs as root they run as an unprivileged account that cannot
@@ -17,75 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from pathlib import Path
 
-ENV_VAR = "ESPER_SIGNING_KEY"
+from esper_tui.engine.keys import SIGNING_KEY, BadKey, KeyMissing
+from esper_tui.engine.keys import load_key as _load
+from esper_tui.engine.keys import load_or_create_key as _load_or_create
 
-
-class SigningKeyError(ValueError):
-    """The key is missing, unreadable or malformed: one line that names where it came from."""
-
-
-class SigningKeyMissing(SigningKeyError):
-    """No key configured and no key file: only the engine may create one (load_or_create_key)."""
-
-
-def _from_hex(value: str, origin: str) -> bytes:
-    try:
-        key = bytes.fromhex(value.strip())
-    except ValueError:
-        raise SigningKeyError(f"{origin}: signing key must be hex") from None
-    if len(key) < 16:
-        raise SigningKeyError(f"{origin}: signing key must be at least 16 bytes (32 hex digits)")
-    return key
-
-
-def key_path(state_dir: Path) -> Path:
-    return state_dir / "keys" / "signing.key"
+ENV_VAR = SIGNING_KEY.env
+SigningKeyError = BadKey
+SigningKeyMissing = KeyMissing
 
 
 def load_key(state_dir: Path, configured: str = "") -> bytes:
-    """The signing key, from the environment, the config or the key file; never creates one.
-
-    For read-only tools: a key created on the spot signed nothing, so every stored artifact would fail.
-    """
-    if os.environ.get(ENV_VAR):
-        return _from_hex(os.environ[ENV_VAR], ENV_VAR)
-    if configured:
-        return _from_hex(configured, "library.signing_key")
-    path = key_path(state_dir)
-    if not path.exists():
-        raise SigningKeyMissing(
-            f"no signing key at {path}; verify needs the key that signed the library "
-            f"(the key file, {ENV_VAR} or library.signing_key)"
-        )
-    try:
-        if path.stat().st_mode & 0o077:
-            raise SigningKeyError(f"{path}: key file is readable by others; chmod 600 it")
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SigningKeyError(f"{path}: cannot read the key file ({exc})") from None
-    return _from_hex(text, str(path))
+    """The signing key; never creates one: a key made on the spot would match no stored artifact."""
+    return _load(SIGNING_KEY, state_dir, configured)
 
 
 def load_or_create_key(state_dir: Path, configured: str = "") -> bytes:
-    """The engine's key: as load_key, but a state directory without one gets a fresh key file (mode 0600)."""
-    try:
-        return load_key(state_dir, configured)
-    except SigningKeyMissing:
-        pass
-    path = key_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return load_key(state_dir, configured)
+    """The engine's signing key: a state directory without one gets a fresh key file (mode 0600)."""
+    return _load_or_create(SIGNING_KEY, state_dir, configured)
 
 
 def sign(key: bytes, data: bytes) -> str:
