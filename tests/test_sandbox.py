@@ -582,3 +582,26 @@ async def test_files_the_engine_will_not_take(tmp_path, shared_dir, mode):
         assert pool.pids() == [] and list((tmp_path / "workers").iterdir()) == []
     finally:
         await pool.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop (and so its fallback) exists only for a root engine")
+async def test_a_weakened_sandbox_is_reported_to_the_operator(tmp_path):
+    """An interpreter the worker account cannot reach: the worker runs as root, and the pool says so once."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python"
+    python.symlink_to(sys.executable)
+    warnings: list[str] = []
+    pool = WorkerPool(
+        tmp_path / "logs",
+        memory_limit_mb=MEMORY_MB,
+        jobs_per_worker=8,
+        command=[str(python), "-c", FAKE_WORKER, "garbage"],
+        on_warning=warnings.append,
+    )
+    try:
+        await pool.prestart(2)
+    finally:
+        await pool.close()
+    assert len(warnings) == 1, warnings
+    assert "could read the signing key" in warnings[0] and str(python) in warnings[0]

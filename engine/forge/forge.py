@@ -58,12 +58,13 @@ class Job:
     txid: str = field(default_factory=lambda: os.urandom(8).hex())
 
 
-def worker_pool(config: TezzeretConfig, state_dir: Path) -> WorkerPool:
+def worker_pool(config: TezzeretConfig, state_dir: Path, on_warning: Callable[[str], None] | None = None) -> WorkerPool:
     return WorkerPool(
         state_dir / "logs",
         memory_limit_mb=config.compilation.worker_memory_limit_mb,
         jobs_per_worker=config.compilation.jobs_per_worker,
         registry=state_dir / "workers",
+        on_warning=on_warning,
     )
 
 

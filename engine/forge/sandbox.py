@@ -329,6 +329,7 @@ class Worker:
         self._registry = registry
         self.jobs_done = 0
         self.job_dir: Path | None = None  # the running job's directory in scratch, while there is one
+        self.fallback = ""  # why it runs as the engine's user although the engine is root, if it does
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(CompileResponse)
 
@@ -345,6 +346,7 @@ class Worker:
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"worker-{os.getpid()}-{os.urandom(3).hex()}.log"
         account = await asyncio.to_thread(worker_account)
+        fallback = ""
         with open(log_path, "ab") as stderr:
             try:
                 try:
@@ -352,11 +354,12 @@ class Worker:
                 except PermissionError as exc:
                     if not account.drop or exc.filename is None:
                         raise
-                    account = _fall_back(account, exc)
+                    account, fallback = _fall_back(account, exc)
                     proc, scratch = await _launch(command, account, stderr, memory_limit_mb)
             except OSError as exc:
                 raise WorkerError(f"cannot start a compile worker as {account.name}: {exc}") from None
         worker = cls(proc, log_path, account, scratch, registry)
+        worker.fallback = fallback
         if registry is not None:
             registry.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(psutil.NoSuchProcess):  # died at once: nothing to reap later
@@ -448,22 +451,19 @@ class Worker:
         await self.reap()  # also kills any g++ the worker left in its group
 
 
-def _fall_back(account: Account, exc: PermissionError) -> Account:
-    """The unprivileged account cannot execute the interpreter: run as the engine's user, and say so once."""
+def _fall_back(account: Account, exc: PermissionError) -> tuple[Account, str]:
+    """The unprivileged account cannot execute the interpreter: run as the engine's user, and say why."""
     engine = engine_account()
+    why = (
+        f"compile workers run as {engine.name}: {account.name} cannot execute {exc.filename} ({exc.strerror}), "
+        f"so a worker could read the signing key; let {account.name} reach the Python installation "
+        f"(e.g. setfacl -m u:{account.name}:x on the directory that blocks it)"
+    )
     key = f"{account.name}:{exc.filename}"
     if key not in _fallback_warned:
         _fallback_warned.add(key)
-        log.warning(
-            "compile workers run as %s: %s cannot execute %s (%s), so a worker could read the signing key; "
-            "make the Python installation readable by %s",
-            engine.name,
-            account.name,
-            exc.filename,
-            exc.strerror,
-            account.name,
-        )
-    return engine
+        log.warning("%s", why)
+    return engine, why
 
 
 class WorkerPool:
@@ -477,8 +477,11 @@ class WorkerPool:
         jobs_per_worker: int,
         registry: Path | None = None,
         command: Sequence[str] = WORKER_COMMAND,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self._log_dir = log_dir
+        self._on_warning = on_warning  # the operator must see a weakened sandbox, not only a log file
+        self._warned: set[str] = set()
         self._registry = registry
         self._memory_limit_mb = memory_limit_mb
         self._jobs_per_worker = jobs_per_worker
@@ -487,7 +490,12 @@ class WorkerPool:
         self._busy: set[Worker] = set()
 
     async def _spawn(self) -> Worker:
-        return await Worker.spawn(self._log_dir, self._memory_limit_mb, self._registry, command=self._command)
+        worker = await Worker.spawn(self._log_dir, self._memory_limit_mb, self._registry, command=self._command)
+        if worker.fallback and worker.fallback not in self._warned:
+            self._warned.add(worker.fallback)
+            if self._on_warning is not None:
+                self._on_warning(worker.fallback)
+        return worker
 
     async def compile(self, request: CompileRequest, timeout_s: float) -> tuple[CompileResponse, int]:
         """Run one job on a reused or fresh worker; returns the response and the worker's pid.
