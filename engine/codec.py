@@ -5,7 +5,7 @@ A well-formed message of another schema version raises SchemaMismatch: never gue
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -15,10 +15,10 @@ from esper_tui.engine.vocabulary import SCHEMA_VERSION
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
-_event_json = msgspec.json.Decoder(AnyEvent)
-_event_msgpack = msgspec.msgpack.Decoder(AnyEvent)
-_command_json = msgspec.json.Decoder(AnyCommand)
-_command_msgpack = msgspec.msgpack.Decoder(AnyCommand)
+_event_json: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
+_event_msgpack: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)
+_command_json: msgspec.json.Decoder[AnyCommand] = msgspec.json.Decoder(AnyCommand)
+_command_msgpack: msgspec.msgpack.Decoder[AnyCommand] = msgspec.msgpack.Decoder(AnyCommand)
 _snapshot_json = msgspec.json.Decoder(Snapshot)
 
 
@@ -26,7 +26,16 @@ class SchemaMismatch(ValueError):
     """Raised for a well-formed message of another schema version: never guess at its meaning."""
 
 
-def _checked(msg: Any) -> Any:
+class _Versioned(Protocol):
+    @property
+    def schema_version(self) -> int: ...
+
+
+V = TypeVar("V", bound=_Versioned)
+
+
+def checked(msg: V) -> V:
+    """`msg` if it speaks this schema version; else SchemaMismatch."""
     if msg.schema_version != SCHEMA_VERSION:
         raise SchemaMismatch(f"schema version {msg.schema_version}, expected {SCHEMA_VERSION}")
     return msg
@@ -41,20 +50,20 @@ def encode_msgpack(obj: Any) -> bytes:
 
 
 def decode_event(data: bytes) -> AnyEvent:
-    return _checked(_event_msgpack.decode(data))
+    return checked(_event_msgpack.decode(data))
 
 
 def decode_event_json(data: bytes | str) -> AnyEvent:
-    return _checked(_event_json.decode(data))
+    return checked(_event_json.decode(data))
 
 
 def decode_command(data: bytes) -> AnyCommand:
-    return _checked(_command_msgpack.decode(data))
+    return checked(_command_msgpack.decode(data))
 
 
 def decode_command_json(data: bytes | str) -> AnyCommand:
-    return _checked(_command_json.decode(data))
+    return checked(_command_json.decode(data))
 
 
 def decode_snapshot_json(data: bytes | str) -> Snapshot:
-    return _checked(_snapshot_json.decode(data))
+    return checked(_snapshot_json.decode(data))
