@@ -2,7 +2,9 @@
 
 Pure and synchronous: `apply(event)` updates mutable working state, `snapshot()` freezes it into a
 new Snapshot whose `seq` moves only when something changed, so clients skip identical frames.
-Events are deduplicated by id because the bus delivers at least once.
+The engine feeds it in-process, in emission order, never through the bus: telemetry on Redis is best
+effort and may be lost or forged, and the engine's own picture must be neither. Events are still
+deduplicated by id, so a consumer fed at least once (a bus, a replayed log) folds each event once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from esper_tui.engine.contracts import (
     AnyEvent,
     ArtifactQuarantined,
     BreakerChanged,
+    CommandObeyed,
+    CommandRefused,
     ConservativeModeChanged,
     ControllerDecision,
     EngineStarted,
@@ -39,6 +43,7 @@ from esper_tui.engine.contracts import (
 )
 from esper_tui.engine.snapshot import (
     BreakerView,
+    BusView,
     EventLine,
     ForgeHealth,
     ForgeView,
@@ -93,6 +98,7 @@ class Aggregator:
         self.accuracy: deque[float] = deque(maxlen=history)
         self.events: deque[EventLine] = deque(maxlen=max_events)
         self.metrics: list[Metric] = []
+        self.bus = BusView()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
         self._seq = 0
@@ -116,6 +122,13 @@ class Aggregator:
             self.events.append(EventLine(ts=event.ts, source=event.source, level=self._level(event), text=line))
         return True
 
+    def set_bus(self, view: BusView) -> None:
+        """The bus as the engine measured it (not an event: the engine polls its bus). Equal views leave the
+        snapshot as it was, so an idle bus does not move `seq` and clients skip nothing they need."""
+        if view != self.bus:
+            self.bus = view
+            self._dirty = True
+
     @staticmethod
     def _level(event: AnyEvent) -> Level:
         """How loud an event line is: errors that end something, warnings that may heal, else info."""
@@ -123,7 +136,7 @@ class Aggregator:
             return event.level
         if isinstance(event, TrainingFailed) or (isinstance(event, JobFailed) and not event.will_retry):
             return Level.ERROR
-        if isinstance(event, JobFailed | ArtifactQuarantined):
+        if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused):
             return Level.WARNING
         return Level.INFO
 
@@ -143,13 +156,14 @@ class Aggregator:
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
         self.accuracy.append(round(e.val_accuracy, 5))
-        best = max(self.training.best_accuracy or 0.0, e.val_accuracy)
+        best = max(self.training.best_val_accuracy or 0.0, e.val_accuracy)
         self._training(
             epoch=e.epoch,
             loss=e.train_loss,
             val_loss=e.val_loss,
-            accuracy=e.val_accuracy,
-            best_accuracy=best,
+            val_accuracy=e.val_accuracy,
+            best_val_accuracy=best,
+            test_accuracy=e.test_accuracy,
             samples_per_s=e.samples_per_s,
             epoch_s=e.epoch_s,
         )
@@ -175,7 +189,8 @@ class Aggregator:
         self._training(status=TrainingStatus.PAUSED if e.paused else TrainingStatus.RUNNING)
 
     def _on_TrainingFinished(self, e: TrainingFinished) -> None:
-        self._training(status=TrainingStatus.FINISHED)
+        # the weights the run ends with (after an early stop: the best epoch's, restored)
+        self._training(status=TrainingStatus.FINISHED, val_accuracy=e.val_accuracy, test_accuracy=e.test_accuracy)
 
     def _on_TrainingFailed(self, e: TrainingFailed) -> None:
         self._training(status=TrainingStatus.FAILED)
@@ -293,13 +308,22 @@ class Aggregator:
             case TrainingFailed():
                 return f"training failed: {e.error}"
             case TrainingFinished():
-                return f"training finished after {e.epochs} epochs, best accuracy {e.best_accuracy:.1%}"
+                test = f", test accuracy {e.test_accuracy:.1%}" if e.test_accuracy is not None else ""
+                why = f" ({e.reason})" if e.reason else ""
+                return (
+                    f"training finished after {e.epochs} epochs, best validation accuracy "
+                    f"{e.best_val_accuracy:.1%}{test}{why}"
+                )
             case EngineStarted():
                 return f"engine started (bus {e.bus}, state {e.state_dir})"
             case EngineStopping():
                 return f"engine stopping: {e.reason}"
             case LogLine():
                 return e.message
+            case CommandObeyed():
+                return f"{e.command_type} from {e.issued_by}"
+            case CommandRefused():
+                return f"rejected {e.command_type} from {e.issued_by}: {e.reason}"
         return None
 
     # ------------------------------------------------------------------ freezing
@@ -324,7 +348,7 @@ class Aggregator:
             self.breakers.values(), key=lambda b: BREAKER_ORDER.index(b.name) if b.name in BREAKER_ORDER else 99
         )
         training = msgspec.structs.replace(
-            self.training, loss_history=list(self.loss), accuracy_history=list(self.accuracy)
+            self.training, loss_history=list(self.loss), val_accuracy_history=list(self.accuracy)
         )
         now = self._clock()
         self._last = Snapshot(
@@ -344,5 +368,6 @@ class Aggregator:
             training=training,
             metrics=self.metrics,
             events=list(self.events)[-50:],
+            bus=self.bus,
         )
         return self._last

@@ -127,12 +127,16 @@ class TrainingStarted(Event, tag="training_started", kw_only=True):
 
 
 class EpochCompleted(Event, tag="epoch_completed", kw_only=True):
+    """One epoch's numbers. `val_*` is the validation split carved from the training samples, the only
+    split Tamiyo decides on; `test_accuracy` is MNIST-1D's test split, only ever reported."""
+
     epoch: int
     train_loss: float
     val_loss: float
     val_accuracy: float
     samples_per_s: float
     epoch_s: float
+    test_accuracy: float | None = None
 
 
 class SeedHealth(Struct, kw_only=True):
@@ -161,9 +165,15 @@ class ControllerDecision(Event, tag="controller_decision", kw_only=True):
 
 
 class TrainingFinished(Event, tag="training_finished", kw_only=True):
+    """The run's end: `val_accuracy` and `test_accuracy` are those of the weights it ends with (the best
+    epoch's, restored, after an early stop); `reason` says why it ended."""
+
     epochs: int
-    final_accuracy: float
-    best_accuracy: float
+    val_accuracy: float
+    best_val_accuracy: float
+    best_epoch: int
+    test_accuracy: float | None = None
+    reason: str = ""
 
 
 class TrainingFailed(Event, tag="training_failed", kw_only=True):
@@ -193,6 +203,24 @@ class LogLine(Event, tag="log", kw_only=True):
     message: str
 
 
+class CommandObeyed(Event, tag="command_obeyed", kw_only=True):
+    """A command passed the engine's checks and was carried out: who steered the engine, and with what."""
+
+    command_type: str  # the command's class name, e.g. "Shutdown"
+    command_id: str
+    issued_by: str
+
+
+class CommandRefused(Event, tag="command_refused", kw_only=True):
+    """A command the engine refused (unsigned, badly signed, stale, replayed, another run's): a warning in the
+    event log, so an operator sees that someone tried to steer the engine and why it did not listen."""
+
+    command_type: str
+    command_id: str
+    issued_by: str
+    reason: str
+
+
 AnyEvent = (
     EngineStarted
     | EngineStopping
@@ -213,6 +241,8 @@ AnyEvent = (
     | TrainingPaused
     | MetricsReport
     | LogLine
+    | CommandObeyed
+    | CommandRefused
 )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from esper_tui.engine.codec import SchemaMismatch, encode_msgpack
+from esper_tui.engine.codec import checked, encode_msgpack
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.vocabulary import SCHEMA_VERSION, EngineState, Struct
 
@@ -71,9 +71,7 @@ class FrameEncoder:
 
 def decode_frame(data: bytes) -> Frame:
     """Raises msgspec.DecodeError/ValidationError or SchemaMismatch for anything that is not a frame."""
-    frame = _frame_decoder.decode(data)
-    if frame.schema_version != SCHEMA_VERSION:
-        raise SchemaMismatch(f"frame schema version {frame.schema_version}, expected {SCHEMA_VERSION}")
+    frame = checked(_frame_decoder.decode(data))
     unknown = set(frame.sections) - set(_FIELDS)
     if unknown:
         raise msgspec.ValidationError(f"frame carries unknown sections {sorted(unknown)}")
@@ -127,6 +125,38 @@ class EngineHeartbeat(Struct, kw_only=True):
     state_dir: str
     state: EngineState
     engine_key: str  # the engine's frame public key (hex): shown so an operator can check what they pinned
+
+
+class SignedHeartbeat(Struct, kw_only=True):
+    """The value stored under `heartbeat_key`: msgpack map {"h": heartbeat bytes, "s": signature}.
+
+    `h` is the msgpack of an EngineHeartbeat and `s` the engine's Ed25519 signature over exactly those bytes
+    (auth.FrameSigner, the frame key), so a control room checks the bytes it decodes, never a re-encoding.
+    """
+
+    h: bytes
+    s: bytes
+
+
+_signed_heartbeat_decoder = msgspec.msgpack.Decoder(SignedHeartbeat)
+_heartbeat_decoder = msgspec.msgpack.Decoder(EngineHeartbeat)
+
+
+def seal_heartbeat(heartbeat: EngineHeartbeat, sign: Callable[[bytes], bytes]) -> bytes:
+    """The presence value for `heartbeat`, signed with `sign` (auth.FrameSigner.sign)."""
+    payload = encode_msgpack(heartbeat)
+    return encode_msgpack(SignedHeartbeat(h=payload, s=sign(payload)))
+
+
+def open_heartbeat(value: bytes) -> tuple[EngineHeartbeat, bytes, bytes]:
+    """(heartbeat, payload, signature) from a presence value; trust it only once
+    `FrameVerifier(engine_key).verify(payload, signature)` says so.
+
+    Raises msgspec.DecodeError/ValidationError or SchemaMismatch for anything that is not a heartbeat.
+    """
+    sealed = _signed_heartbeat_decoder.decode(value)
+    heartbeat = checked(_heartbeat_decoder.decode(sealed.h))
+    return heartbeat, sealed.h, sealed.s
 
 
 def heartbeat_key(prefix: str, run_id: str = "") -> str:

@@ -1,8 +1,12 @@
 """The engine: one asyncio loop running the forge, the library, the training loop and the bus.
 
 Clients (the dashboard, the headless runner, tests) see it through two calls: `latest()` for the
-newest snapshot and `send(command)` for commands, which travel over the bus like telemetry does.
-Events flow one way: components emit -> bus (telemetry stream) -> aggregator -> snapshot.
+newest snapshot and `send(command)` for commands, which travel over the bus signed with the operator
+key, like any control room's. Events flow one way: components emit -> aggregator (in-process, in order,
+so the engine's own picture is complete whatever Redis does) -> snapshot; a copy of each event goes to
+the telemetry stream, best effort, for outside consumers. Control rooms elsewhere get signed frames and
+a heartbeat (broadcast.py). Every command is checked (signature, freshness, replay, target) before it
+is obeyed; a refused one is dead-lettered by the bus and shown in the event log.
 """
 
 from __future__ import annotations
@@ -11,19 +15,30 @@ import asyncio
 import contextlib
 import fcntl
 import gc
+import getpass
+import logging
 import os
+import socket
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from esper_tui.engine import keys
 from esper_tui.engine.aggregator import Aggregator
-from esper_tui.engine.bus import Bus, create_bus
+from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity
+from esper_tui.engine.bus import Bus, BusError, create_bus
+from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, sign_command
 from esper_tui.engine.config import EsperConfig, wal_directory
 from esper_tui.engine.contracts import (
     AnyCommand,
     AnyEvent,
     ArtifactQuarantined,
+    CommandObeyed,
+    CommandRefused,
     EngineStarted,
     EngineStopping,
     LogLine,
@@ -45,14 +60,38 @@ from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer, TrainingControl
-from esper_tui.engine.vocabulary import Level, Strategy, Subsystem, new_id
+from esper_tui.engine.vocabulary import EngineState, Level, Strategy, Subsystem, new_id
 from esper_tui.engine.wal.writer import WalError, WriteAheadLog
 
+log = logging.getLogger(__name__)
+
 IN_FEATURES = 40  # MNIST-1D sequences; seeds map the host input to a hidden layer
+OUTBOX_LIMIT = 50_000
+"""Events waiting for the telemetry stream; beyond this the oldest copies are dropped (and counted), never
+the engine's own view, which was updated before an event ever reached the outbox."""
+DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus reading and the last frame may take
 
 
 class EngineError(RuntimeError):
     """Start-up or runtime failure worth one clear line to the operator (exit code 1)."""
+
+
+def operator_name() -> str:
+    """user@host: who sent a command, as the event log shows it."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def key_origin(spec: keys.KeySpec, state_dir: Path, configured: str) -> str:
+    """Where `keys.load_key` finds the key for `spec` (same order): what an operator must copy or set."""
+    if os.environ.get(spec.env):
+        return f"${spec.env}"
+    if configured:
+        return spec.config_key
+    return str(spec.path(state_dir))
 
 
 class Engine:
@@ -70,18 +109,28 @@ class Engine:
         self.forge_only = forge_only
         self.recompile_all = recompile_all
         self.run_id = new_id()[:12]
-        self.bus: Bus = create_bus(config.bus, redis_url)
+        self.bus: Bus = create_bus(config.bus, redis_url, run_id=self.run_id)
         self.catalog = Catalog()
         self.aggregator = Aggregator(max_concurrency=config.tezzeret.compilation.max_concurrent_jobs)
         self.control = TrainingControl()
         self.stopped = asyncio.Event()
         self.stop_reason = ""
         self.failure: str | None = None
+        self.operator = operator_name()
+        self.started_ts = 0.0  # wall clock at start(): commands issued earlier are refused
+        self.frame_public_key = ""  # hex Ed25519 key control rooms pin to check frames
+        self.operator_key_origin = ""  # where the operator key lives (a file, a variable, a config key)
+        self.telemetry_dropped = 0  # event copies the outbox had no room for (the engine's view kept them)
+        self._operator_key: bytes | None = None
+        self._verifier: CommandVerifier | None = None
+        self.broadcaster: Broadcaster | None = None
+        self._watch: BusWatch | None = None
         self._snapshot: Snapshot | None = None
-        self._events: asyncio.Queue[AnyEvent] = asyncio.Queue()
-        self._last_event_id: str | None = None
-        self._drained = asyncio.Event()
+        self._outbox: asyncio.Queue[AnyEvent] = asyncio.Queue(maxsize=OUTBOX_LIMIT)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._broadcast_tasks: list[asyncio.Task[Any]] = []
+        self._pump_task: asyncio.Task[Any] | None = None
+        self._shut_down = False
         self._trainer_task: asyncio.Task[Any] | None = None
         self._forge_tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,17 +147,43 @@ class Engine:
         return self._snapshot
 
     async def send(self, command: AnyCommand) -> None:
-        await self.bus.publish_command(command)
+        """The local dashboard's path: stamped and signed like any control room's command, checked the same."""
+        key = self._operator_key
+        if key is None:
+            raise EngineError("the engine is not started: no operator key to sign commands with")
+        stamped = msgspec.structs.replace(command, ts=time.time(), issued_by=self.operator, target=self.run_id)
+        await self.bus.publish_command(sign_command(key, stamped))
 
     def emit(self, event: AnyEvent) -> None:
-        """Thread-safe: the training thread emits too."""
+        """Thread-safe: the training thread emits too. Its events are applied on the loop, in emission order."""
         loop = self._loop
         if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._events.put_nowait(event)
+            self._ingest(event)
         else:
-            loop.call_soon_threadsafe(self._events.put_nowait, event)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the engine is gone, nobody to tell
+                loop.call_soon_threadsafe(self._ingest, event)
+
+    def _ingest(self, event: AnyEvent) -> None:
+        """The engine's own view first, synchronously; then a copy for the telemetry stream, best effort.
+
+        A fault in folding one event is logged, not raised: it must not fail the forge or the trainer that
+        emitted it (the training thread's events already arrive as loop callbacks, where nothing could catch it).
+        """
+        try:
+            self.aggregator.apply(event)
+        except Exception:
+            log.exception("engine %s: the aggregator failed on %s", self.run_id, type(event).__name__)
+        if self._outbox.full():
+            self._outbox.get_nowait()
+            self._outbox.task_done()
+            self.telemetry_dropped += 1
+        self._outbox.put_nowait(event)
+
+    def identity_line(self) -> str:
+        """What an operator needs to attach elsewhere: the run, the key to pin, the key to share."""
+        return f"engine {self.run_id} frames signed by {self.frame_public_key}; operator key {self.operator_key_origin}"
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -133,14 +208,23 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._lock_state_dir()
+        self.started_ts = time.time()
         cfg = self.config
         try:
             key = load_or_create_key(self.state_dir, cfg.library.signing_key)
-        except SigningKeyError as exc:
+            self._operator_key = keys.load_or_create_key(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
+            frame_key = keys.load_or_create_key(keys.FRAME_KEY, self.state_dir, cfg.bus.frame_key)
+        except (SigningKeyError, keys.BadKey) as exc:
             raise EngineError(str(exc)) from None
+        except OSError as exc:
+            raise EngineError(f"keys in {self.state_dir / 'keys'}: {exc.strerror or exc}") from None
+        self._verifier = CommandVerifier(self._operator_key, skew_s=cfg.bus.command_skew_s, not_before=self.started_ts)
+        signer = FrameSigner(frame_key)
+        self.frame_public_key = signer.public_key
+        self.operator_key_origin = key_origin(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
         # Stale workers of a crashed run go first; then fresh ones start while this process probes the CPU.
         stale = reap_stale(self.state_dir / "workers")
-        self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir)
+        self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir, lambda why: self.log(Level.WARNING, why))
         prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
         isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
         private_cache_dir()
@@ -165,10 +249,10 @@ class Engine:
             await self.bus.start()
         except Exception as exc:
             raise EngineError(f"bus {self.bus.name}: cannot start: {exc}") from None
-        self._spawn(self._pump())
-        self._spawn(self.bus.consume_events("aggregator", f"agg-{self.run_id}", self._apply))
-        self._spawn(self.bus.consume_commands("engine", f"engine-{self.run_id}", self.handle_command))
+        self._pump_task = self._spawn(self._pump())
+        self._spawn(self.bus.consume_commands("engine", f"engine-{self.run_id}", self._obey))
         self._spawn(self._publish_snapshots())
+        self._start_broadcast(signer)
         import torch
 
         self.emit(
@@ -180,6 +264,7 @@ class Engine:
                 torch_version=str(torch.__version__),
             )
         )
+        self.log(Level.INFO, self.identity_line())
         self.forge = Forge(
             config=cfg.tezzeret,
             catalog=self.catalog,
@@ -229,20 +314,46 @@ class Engine:
             self.request_stop(f"failure: {self.failure}")
 
     async def _pump(self) -> None:
+        """Copies of the events for the telemetry stream. Best effort by design: publish_event drops (and counts)
+        what the bus cannot take, and never raises for backend trouble."""
         while True:
-            event = await self._events.get()
-            await self.bus.publish_event(event)
-
-    async def _apply(self, event: AnyEvent) -> None:
-        self.aggregator.apply(event)
-        if event.event_id == self._last_event_id:
-            self._drained.set()
+            event = await self._outbox.get()
+            try:
+                await self.bus.publish_event(event)
+            finally:
+                self._outbox.task_done()
 
     async def _publish_snapshots(self) -> None:
         period = 1.0 / self.config.ui.refresh_hz
         while True:
             self._snapshot = self.aggregator.snapshot()
             await asyncio.sleep(period)
+
+    def _start_broadcast(self, signer: FrameSigner) -> None:
+        """Frames and heartbeat for control rooms elsewhere, and the bus's vital signs for every snapshot."""
+        identity = EngineIdentity(
+            run_id=self.run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started_ts=self.started_ts,
+            state_dir=str(self.state_dir),
+        )
+        self.broadcaster = broadcaster = Broadcaster(
+            self.bus,
+            signer,
+            identity,
+            latest=self.latest,
+            state=lambda: EngineState.STOPPING if self.stopped.is_set() else EngineState.RUNNING,
+            refresh_hz=self.config.ui.refresh_hz,
+        )
+        self._watch = watch = BusWatch(
+            self.bus, self.run_id, on_view=self.aggregator.set_bus, extra_dropped=lambda: self.telemetry_dropped
+        )
+        self._broadcast_tasks = [
+            self._spawn(broadcaster.frames()),
+            self._spawn(broadcaster.heartbeats()),
+            self._spawn(watch.run()),
+        ]
 
     def _kernel_source(self) -> KernelSource:
         if not self.config.training.compile:
@@ -279,7 +390,28 @@ class Engine:
 
     # ------------------------------------------------------------------ commands
 
+    async def _obey(self, command: AnyCommand) -> None:
+        """The bus's handler: check the command, then carry it out. A refused command raises
+        CommandRejected, which the bus dead-letters and counts; the event log says who and why."""
+        kind, cid, who = type(command).__name__, command.command_id, command.issued_by
+        try:
+            self._check(command)
+        except CommandRejected as exc:
+            self.emit(CommandRefused(command_type=kind, command_id=cid, issued_by=who, reason=str(exc)))
+            raise
+        self.emit(CommandObeyed(command_type=kind, command_id=cid, issued_by=who))
+        await self.handle_command(command)
+
+    def _check(self, command: AnyCommand) -> None:
+        """One rule for every backend: signed with the operator key, fresh, not replayed, for this run."""
+        verifier = self._verifier
+        assert verifier is not None  # set by start() before any consumer runs
+        verifier.check(command)
+        if command.target and command.target != self.run_id:
+            raise CommandRejected(f"meant for run {command.target}, this is {self.run_id}")
+
     async def handle_command(self, command: AnyCommand) -> None:
+        """Carry out a command that passed the checks."""
         forge = self.forge
         assert forge is not None
         match command:
@@ -330,7 +462,10 @@ class Engine:
         await self.forge.wait_idle()
 
     async def stop(self) -> None:
-        """Stop training and the forge, leave the WAL consistent, drain telemetry, close the bus."""
+        """Stop training and the forge, leave the WAL consistent, drain telemetry, close the bus. Once."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.control.stop()
         if self._trainer_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -347,14 +482,15 @@ class Engine:
                 self.emit(MetricsReport(source=Subsystem.TEZZERET, metrics=self.forge.metrics()))
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
-        last = EngineStopping(reason=self.stop_reason or "stopped")
-        self._last_event_id = last.event_id
-        self.emit(last)
-        # The telemetry stream is ordered: once the aggregator applied the last event, it has applied all.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self._drained.wait()
+        # Applied at once, after every earlier event (the trainer's arrived before its thread was seen to end):
+        # the aggregator now holds the whole run, whatever became of the telemetry copies.
+        self.emit(EngineStopping(reason=self.stop_reason or "stopped"))
+        await self._drain()
         self._snapshot = self.aggregator.snapshot()
+        if self.broadcaster is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_S):
+                    await self.broadcaster.finish(self._snapshot)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -363,6 +499,21 @@ class Engine:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def _drain(self) -> None:
+        """Bounded, and only for outside consumers: the last telemetry copies out, a final bus reading in."""
+        for task in self._broadcast_tasks:  # the final frame and heartbeat come from finish(), nothing after
+            task.cancel()
+        await asyncio.gather(*self._broadcast_tasks, return_exceptions=True)
+        if self._pump_task is not None:
+            with contextlib.suppress(TimeoutError, BusError):
+                async with asyncio.timeout(DRAIN_S):
+                    await self._outbox.join()
+                    await self.bus.flush()
+        if self._watch is not None:
+            with contextlib.suppress(TimeoutError, BusError):
+                async with asyncio.timeout(DRAIN_S):
+                    self.aggregator.set_bus(await self._watch.measure())
 
     def log(self, level: Level, message: str) -> None:
         self.emit(LogLine(level=level, message=message))

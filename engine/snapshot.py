@@ -106,17 +106,21 @@ class SeedView(Struct, kw_only=True):
 
 
 class TrainingView(Struct, kw_only=True):
+    """Tolaria's run. `val_*` is the validation split carved from the training samples (what Tamiyo
+    decides on); `test_accuracy` is MNIST-1D's test split, only ever reported."""
+
     status: TrainingStatus = TrainingStatus.WAITING
     epoch: int = 0
     epochs_total: int | None = None
     loss: float | None = None
     val_loss: float | None = None
-    accuracy: float | None = None
-    best_accuracy: float | None = None
+    val_accuracy: float | None = None
+    best_val_accuracy: float | None = None
+    test_accuracy: float | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None
     loss_history: list[float] = msgspec.field(default_factory=list)
-    accuracy_history: list[float] = msgspec.field(default_factory=list)
+    val_accuracy_history: list[float] = msgspec.field(default_factory=list)
     seeds: list[SeedView] = msgspec.field(default_factory=list)
 
 

@@ -3,7 +3,8 @@
 Data flows one way (guide section 2): the app polls `EngineLink.latest()` at `refresh_hz`, skips a
 snapshot it has already drawn, and hands new ones to the panels, each of which redraws only when its own
 slice changed. Commands go back through a single ordered outbox worker, so the UI never blocks on a
-slow link and two quick key presses reach the engine in the order they were made.
+slow link and two quick key presses reach the engine in the order they were made. A control room that
+may not send (attached read-only, no operator key) says why when a command key is pressed.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
-from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import Strategy, TrainingStatus
 from esper_tui.help import HelpScreen, strategy_notes
-from esper_tui.link import EngineLink
+from esper_tui.link import CommandUnavailable, EngineLink, ReportsLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
 from esper_tui.widgets.breakers import BreakersPanel
+from esper_tui.widgets.bus_panel import BusPanel
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.forge_health import ForgeHealthLine
@@ -42,6 +45,20 @@ WAITING_TEXT = (
     "[$foreground-muted]No snapshot has arrived yet. The panels appear with the first one;\n"
     "F1 shows the keys, ctrl+q quits.[/]"
 )
+
+
+def waiting_text(view: LinkView | None) -> Content:
+    """The placeholder before the first snapshot; for a remote link, also what it is waiting on."""
+    text = Content.from_markup(WAITING_TEXT)
+    if view is None:
+        return text
+    facts = [f"run {view.run_id or '-'}", f"state {view.state.value}"]
+    if view.frames_rejected:
+        facts.append(f"{view.frames_rejected} forged frames ignored")
+    if view.detail:
+        facts.append(view.detail)
+    return text + Content.styled("\n\n" + " · ".join(facts), "$warning")
+
 
 HELP_ORDER: tuple[str, ...] = (
     "esper.recompile",
@@ -108,6 +125,7 @@ class DashboardScreen(Screen[None]):
         self._pending: Snapshot | None = None
         self._composed = False
         self._panels: list[SnapshotPanel[object]] = []
+        self._waiting_view: LinkView | None = None
         self.has_snapshot = False
 
     def compose(self) -> ComposeResult:
@@ -124,13 +142,17 @@ class DashboardScreen(Screen[None]):
             with Horizontal(id="growth-row"):
                 yield SeedsPanel(id="seeds")
                 yield TrainingPanel(id="training")
-            yield EventsPanel(id="events")
+            with Horizontal(id="log-row"):
+                yield EventsPanel(id="events")
+                yield BusPanel(id="bus")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#body").display = False
         self._panels = [widget for widget in self.query("*") if isinstance(widget, SnapshotPanel)]
         self._composed = True
+        if self._waiting_view is not None:
+            self.query_one("#waiting", Static).update(waiting_text(self._waiting_view))
         if self._pending is not None:
             self.show_snapshot(self._pending)
 
@@ -157,6 +179,14 @@ class DashboardScreen(Screen[None]):
                 self.compile_queue.focus()  # arrow keys move the selection straight away
         for panel in self._panels:
             panel.update_snapshot(snapshot)
+
+    def show_waiting(self, view: LinkView) -> None:
+        """Before the first snapshot: say what a remote link is waiting on (kept until mounted)."""
+        if self.has_snapshot or view == self._waiting_view:
+            return
+        self._waiting_view = view
+        if self._composed:
+            self.query_one("#waiting", Static).update(waiting_text(view))
 
     def on_screen_resume(self) -> None:
         """Catch up with what arrived while a modal covered the dashboard."""
@@ -205,7 +235,7 @@ class EsperApp(App[None]):
         self.snapshot: Snapshot | None = None
         """The newest snapshot drawn (None until the engine has sent one)."""
         self.dashboard = DashboardScreen()
-        self._drawn_key: tuple[str, int] | None = None
+        self._drawn_key: tuple[str, int, LinkView] | None = None
         self._outbox: asyncio.Queue[AnyCommand] = asyncio.Queue()
 
     def get_default_screen(self) -> Screen[None]:
@@ -219,11 +249,17 @@ class EsperApp(App[None]):
     # ------------------------------------------------------------------ snapshots in
 
     def poll_link(self) -> None:
-        """Draw the link's newest snapshot unless it is the one already drawn (never queue)."""
+        """Draw the link's newest snapshot unless it is the one already drawn (never queue).
+
+        The link view is part of what was drawn: a remote picture that grows old or whose engine stops
+        keeps its seq, and the banner must still say so.
+        """
         snapshot = self.link.latest()
         if snapshot is None:
+            if isinstance(self.link, ReportsLink):
+                self.dashboard.show_waiting(self.link.link_view())
             return
-        key = (snapshot.run_id, snapshot.seq)
+        key = (snapshot.run_id, snapshot.seq, snapshot.link)
         if key == self._drawn_key:
             return
         self._drawn_key = key
@@ -248,6 +284,8 @@ class EsperApp(App[None]):
             note = command_note(command)
             try:
                 await self.link.send(command)
+            except CommandUnavailable as why:
+                self.notify(f"{note} not sent: {why}", title="Read-only control room", severity="warning", markup=False)
             except Exception as error:
                 self.notify(f"{note} failed: {error}", title="Command not sent", severity="error", markup=False)
             else:

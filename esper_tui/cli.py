@@ -1,4 +1,4 @@
-"""The `esper-tui` command: the control room (default), `--no-ui`, and the operator sub-commands.
+"""The `esper-tui` command: the control room (default), `--no-ui`, `attach`, and the operator sub-commands.
 
 Exit codes: 0 success, 1 runtime failure (or artifacts that fail verification), 2 usage/config errors.
 """
@@ -18,6 +18,8 @@ EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
   esper-tui --no-ui --epochs 30 --json        headless, one JSON snapshot per line
   esper-tui --redis-url redis://127.0.0.1:6379/0   telemetry and commands over Redis Streams
+  esper-tui attach --redis-url redis://box:6379/0  the dashboard of an engine running elsewhere
+  esper-tui attach --list --redis-url URL          the engines live on that Redis
   esper-tui library verify                    check every stored kernel's signature
   esper-tui wal inspect --json                the forge's write-ahead log
   esper-tui config reference                  every config key with its default and range (markdown)
@@ -100,6 +102,69 @@ def _tool_parser() -> argparse.ArgumentParser:
     return p
 
 
+ATTACH_EPILOG = """examples:
+  esper-tui attach --redis-url redis://box:6379/0              the only engine there, in the dashboard
+  esper-tui attach --redis-url URL --run 3f2a9c81d0aa --read-only   watch one run, never steer it
+  esper-tui attach --redis-url URL --no-ui --json               one JSON snapshot per line until it stops
+  esper-tui attach --redis-url URL --list                       run id, host, pid, uptime, state of each
+
+keys: frames are checked against the engine's public key (--engine-key, bus.engine_key, or derived from
+<state>/keys/frames.key when readable); commands are signed with the operator key (ESPER_OPERATOR_KEY,
+bus.operator_key or <state>/keys/operator.key); without it the room is read-only.
+"""
+
+
+def _attach_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="esper-tui attach",
+        description="Watch, and with the operator key steer, an engine running in another process or on another "
+        "machine, over Redis alone. Attaching and detaching never disturb the engine.",
+        epilog=ATTACH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--redis-url", metavar="URL", help="the engine's Redis (default: bus.redis_url of the config)")
+    p.add_argument("--run", metavar="RUN_ID", help="the engine's run id (default: the only live engine)")
+    p.add_argument("--list", action="store_true", help="list the engines on that Redis and prefix, then exit")
+    p.add_argument("--read-only", action="store_true", help="never send commands, even with an operator key")
+    p.add_argument("--no-ui", action="store_true", help="print snapshots instead of the dashboard")
+    p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line; with --list: JSON")
+    p.add_argument("--engine-key", metavar="HEX", help="the engine's frame public key (64 hex digits) to pin")
+    p.add_argument(
+        "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where key files are looked for (./var)"
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([bus] prefix, keys; [ui])")
+    p.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="with --no-ui: seconds between lines (default 1)",
+    )
+    return p
+
+
+def _redis_url_problem(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        return f"--redis-url: must start with redis://, rediss:// or unix:// (got {url!r})"
+    return None
+
+
+def _attach(argv: list[str]) -> int:
+    parser = _attach_parser()
+    args = parser.parse_args(argv)
+    if args.json and not (args.no_ui or args.list):
+        parser.error("--json needs --no-ui or --list")
+    if (problem := _redis_url_problem(args.redis_url)) is not None:
+        return _fail(problem, 2)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", 2)
+    from esper_tui.remote import attach_main
+
+    return attach_main(args, config)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"esper-tui: {message}", file=sys.stderr)
     return code
@@ -116,6 +181,8 @@ def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "attach":
+        return _attach(argv[1:])
     if argv and argv[0] in ("library", "wal", "config"):
         args = _tool_parser().parse_args(argv)
         if args.area == "config":
@@ -136,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         config = _apply_flags(load_config(args.config), args)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", 2)
-    if args.redis_url is not None and not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        return _fail(f"--redis-url: must start with redis://, rediss:// or unix:// (got {args.redis_url!r})", 2)
+    if (problem := _redis_url_problem(args.redis_url)) is not None:
+        return _fail(problem, 2)
 
     from esper_tui.engine.runtime import Engine, EngineError
 

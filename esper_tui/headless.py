@@ -33,6 +33,7 @@ async def run_headless(engine: Engine, *, epochs: int | None, as_json: bool, int
         loop.add_signal_handler(sig, engine.request_stop, f"signal {signal.Signals(sig).name}")
     try:
         await engine.start()
+        print(f"esper-tui: {engine.identity_line()}", file=sys.stderr, flush=True)
         reporter = asyncio.create_task(_report(engine, as_json, interval_s))
         await engine.run_until_done(epochs)
         reporter.cancel()

@@ -7,10 +7,15 @@ testable with a fixed snapshot and lets the same App drive an in-process engine 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from esper_tui.engine.contracts import AnyCommand
-from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.snapshot import LinkView, Snapshot
+
+
+class CommandUnavailable(Exception):
+    """This control room cannot send commands (no operator key, or attached read-only); the message says
+    why and how to get the key, and the dashboard shows it instead of sending."""
 
 
 class EngineLink(Protocol):
@@ -19,14 +24,27 @@ class EngineLink(Protocol):
     def latest(self) -> Snapshot | None:
         """The newest snapshot, or None before the first one.
 
-        The UI polls this at its refresh rate and skips a snapshot whose seq it has already drawn; it
-        never queues snapshots, so a slow terminal only ever lags, never falls further behind.
+        The UI polls this at its refresh rate and skips a snapshot it has already drawn (same seq, same
+        `link` view); it never queues snapshots, so a slow terminal only ever lags, never falls further
+        behind. A remote link fills `Snapshot.link` at call time, so the age it shows is current.
         """
         ...
 
     async def send(self, command: AnyCommand) -> None:
-        """Deliver an operator command to the engine (raises if it cannot be delivered)."""
+        """Deliver an operator command to the engine (raises if it cannot be delivered; CommandUnavailable
+        when this control room may not send any)."""
         ...
+
+
+@runtime_checkable
+class ReportsLink(Protocol):
+    """A link that can say how it stands before the first snapshot arrives (a remote one).
+
+    Once snapshots flow, `Snapshot.link` carries the same view; before that the dashboard asks here, so
+    "waiting for engine…" can say what it waits for (no frame yet, frames rejected, Redis away).
+    """
+
+    def link_view(self) -> LinkView: ...
 
 
 class StaticLink:

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import JobStatus, SeedStage
+from esper_tui.engine.codec import encode_json
+from esper_tui.engine.snapshot import LinkView, Snapshot
+from esper_tui.engine.vocabulary import JobStatus, LinkState, SeedStage
+
+
+def link_tag(link: LinkView) -> str:
+    """A prefix such as `[live 0.3 s] ` for a picture from elsewhere, so a log never passes an old picture
+    off as current; empty for the engine's own process."""
+    if link.state is LinkState.LOCAL:
+        return ""
+    age = f" {link.age_s:.1f} s" if link.state in (LinkState.LIVE, LinkState.SILENT) else ""
+    forged = f", {link.frames_rejected} forged frames ignored" if link.frames_rejected else ""
+    return f"[{link.state}{age}{forged}] "
 
 
 def status_line(s: Snapshot) -> str:
     t, f = s.training, s.forge
     epochs = f"{t.epoch}/{t.epochs_total}" if t.epochs_total else str(t.epoch)
-    acc = f"{t.accuracy:.1%}" if t.accuracy is not None else "-"
+    acc = f"{t.val_accuracy:.1%}" if t.val_accuracy is not None else "-"
+    test = f"{t.test_accuracy:.1%}" if t.test_accuracy is not None else "-"
     loss = f"{t.loss:.3f}" if t.loss is not None else "-"
     count = {st: sum(j.status is st for j in f.jobs) for st in JobStatus}
     seeds = (
@@ -21,8 +33,13 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"[{t.status}] epoch {epochs} acc {acc} loss {loss} | kernels {s.infrastructure.kernels} | forge "
-        f"{count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
+        f"{link_tag(s.link)}[{t.status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | kernels {s.infrastructure.kernels} | "
+        f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
         f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"
     )
+
+
+def report_line(snapshot: Snapshot, as_json: bool) -> str:
+    """What a headless client prints per snapshot: the JSON of the whole snapshot, or the status line."""
+    return encode_json(snapshot).decode() if as_json else status_line(snapshot)

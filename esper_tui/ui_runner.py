@@ -1,20 +1,33 @@
-"""`esper-tui` with the dashboard: the engine and the Textual app share one asyncio loop."""
+"""`esper-tui` with the dashboard: the engine and the Textual app share one asyncio loop.
+
+`attach` runs the same app over a RemoteLink instead of an engine: nothing to start or stop but the app.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from esper_tui.engine.config import EsperConfig
-from esper_tui.engine.runtime import Engine
+from esper_tui.link import EngineLink
+
+if TYPE_CHECKING:  # an attached control room must not pay for importing the engine (torch)
+    from esper_tui.app import EsperApp
+    from esper_tui.engine.runtime import Engine
+
+
+def _app(link: EngineLink, config: EsperConfig, **title: str) -> EsperApp:
+    """The dashboard with the configured refresh rate and theme (Textual is imported only when needed)."""
+    from esper_tui.app import EsperApp
+
+    return EsperApp(link, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme, **title)
 
 
 async def run_ui(engine: Engine, config: EsperConfig) -> int:
-    from esper_tui.app import EsperApp
-
     await engine.start()
-    app = EsperApp(engine, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme)
+    app = _app(engine, config)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, engine.request_stop, "signal SIGTERM")
     ui = asyncio.create_task(app.run_async())
@@ -31,4 +44,17 @@ async def run_ui(engine: Engine, config: EsperConfig) -> int:
     if engine.failure:
         print(f"esper-tui: {engine.failure}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def run_remote_ui(link: EngineLink, config: EsperConfig, run_id: str) -> int:
+    """The dashboard over a link to an engine elsewhere; it stays open after the engine stops (showing so)
+    until the operator quits. Quitting never touches the engine."""
+    app = _app(link, config, title=f"Esper control room · attached to {run_id}")
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, app.exit)
+    try:
+        await app.run_async()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
     return 0

@@ -12,6 +12,8 @@ from esper_tui.engine.codec import decode_event_json, decode_snapshot_json, enco
 from esper_tui.engine.contracts import (
     ArtifactQuarantined,
     BreakerChanged,
+    CommandObeyed,
+    CommandRefused,
     ConservativeModeChanged,
     ControllerDecision,
     EngineStarted,
@@ -32,7 +34,7 @@ from esper_tui.engine.contracts import (
     TrainingStarted,
     WalStatus,
 )
-from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog
 from esper_tui.engine.vocabulary import (
     Action,
     BreakerState,
@@ -306,8 +308,8 @@ def test_engine_and_training_events_fold(agg):
             )
         )
     t = agg.snapshot().training
-    assert (t.epoch, t.accuracy, t.best_accuracy, t.loss) == (3, 0.6, 0.7, 1.0 / 3)
-    assert t.accuracy_history == [0.5, 0.7, 0.6] and len(t.loss_history) == 3
+    assert (t.epoch, t.val_accuracy, t.best_val_accuracy, t.loss) == (3, 0.6, 0.7, 1.0 / 3)
+    assert t.val_accuracy_history == [0.5, 0.7, 0.6] and len(t.loss_history) == 3
 
     agg.apply(
         SeedsReport(
@@ -326,8 +328,10 @@ def test_engine_and_training_events_fold(agg):
     assert agg.snapshot().training.status is TrainingStatus.PAUSED
     agg.apply(TrainingPaused(paused=False))
     assert agg.snapshot().training.status is TrainingStatus.RUNNING
-    agg.apply(TrainingFinished(epochs=3, final_accuracy=0.6, best_accuracy=0.7))
-    assert agg.snapshot().training.status is TrainingStatus.FINISHED
+    agg.apply(TrainingFinished(epochs=3, val_accuracy=0.6, best_val_accuracy=0.7, best_epoch=2))
+    snap = agg.snapshot()
+    assert snap.training.status is TrainingStatus.FINISHED
+    assert snap.events[-1].text == "training finished after 3 epochs, best validation accuracy 70.0%"
 
 
 def test_eager_training_shows_compile_disabled(agg):
@@ -462,7 +466,7 @@ def test_snapshot_json_has_the_public_paths(agg):
     assert [(j["blueprint_id"], j["strategy"], j["status"]) for j in forge["jobs"]] == [("mlp_block", "fast", "queued")]
     assert isinstance(forge["wal"], dict) and forge["wal"]["commits"] == 3
     training = doc["training"]
-    assert training["epoch"] == 4 and training["accuracy"] == 0.81
+    assert training["epoch"] == 4 and training["val_accuracy"] == 0.81
     assert [(s["slot"], s["stage"], s["alpha"]) for s in training["seeds"]] == [("slot-0", "blending", 0.5)]
     assert isinstance(doc["events"], list) and doc["seq"] >= 1
 
@@ -585,3 +589,40 @@ def test_eager_run_says_eager_everywhere(agg):
     assert snap.infrastructure.kernels == "EAGER"
     assert snap.events[-1].text.endswith("kernels EAGER)")
     assert "| kernels EAGER |" in status_line(snap)
+
+
+# ---------------------------------------------------------------------------------- commands and the bus
+
+
+def test_refused_commands_are_warnings_naming_who_and_why(agg):
+    agg.apply(CommandObeyed(command_type="PauseTraining", command_id="c1", issued_by="bob@box"))
+    agg.apply(CommandRefused(command_type="Shutdown", command_id="c2", issued_by="alice@host", reason="bad signature"))
+    first, second = agg.snapshot().events
+    assert (first.level, first.text) == (Level.INFO, "PauseTraining from bob@box")
+    assert (second.level, second.source) == (Level.WARNING, Subsystem.ENGINE)
+    assert second.text == "rejected Shutdown from alice@host: bad signature"
+
+
+def test_bus_view_moves_seq_only_when_it_changes(agg):
+    first = agg.snapshot()
+    assert first.bus == BusView()
+    view = BusView(
+        backend="redis://127.0.0.1:6379/0",
+        connected=False,
+        rejected=2,
+        backlogs=[StreamBacklog(stream="oona.normal.r1", backlog=3)],
+        rejections=[BusNote(ts=1.0, stream="oona.emergency.r1", reason="rejected: unsigned")],
+        server_errors={"oom": 1},
+        last_error="OOM command not allowed",
+        control_rooms=2,
+    )
+    agg.set_bus(view)
+    second = agg.snapshot()
+    assert second.seq == first.seq + 1 and second.bus == view
+    agg.set_bus(msgspec.structs.replace(view))  # an equal reading is no news: the same snapshot again
+    assert agg.snapshot() is second
+    agg.set_bus(msgspec.structs.replace(view, control_rooms=3))
+    third = agg.snapshot()
+    assert third.seq == second.seq + 1 and third.bus.control_rooms == 3
+    assert second.bus.control_rooms == 2  # earlier snapshots keep their reading
+    assert decode_snapshot_json(encode_json(third)).bus == third.bus

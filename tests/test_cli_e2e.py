@@ -10,10 +10,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from headless_engine import HeadlessEngine
 
+from esper_tui.engine.bus import StreamNames
+from esper_tui.engine.bus.auth import sign_command
+from esper_tui.engine.bus.types import PAYLOAD
+from esper_tui.engine.codec import encode_msgpack
+from esper_tui.engine.contracts import AnyCommand, LogLine, PauseTraining, Shutdown
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.keys import OPERATOR_KEY, load_key
+from esper_tui.engine.vocabulary import Level
 
 CLI = [sys.executable, "-m", "esper_tui"]
 
@@ -45,7 +55,7 @@ def test_headless_run_compiles_everything_and_grows_a_seed(full_run) -> None:
     assert set(jobs) == set(Catalog().ids())
     assert all(j["status"] == "compiled" for j in jobs.values()), jobs
     assert last["training"]["epoch"] == 30
-    assert last["training"]["accuracy"] > 0.3
+    assert last["training"]["val_accuracy"] > 0.3 and last["training"]["test_accuracy"] > 0.3
     assert any(s["stage"] != "dormant" for s in last["training"]["seeds"]), last["training"]["seeds"]
     assert {b["name"] for b in last["forge"]["breakers"]} == {"memory", "gpu", "timeout"}
     assert last["forge"]["wal"]["open_transactions"] == []
@@ -186,3 +196,82 @@ def test_headless_over_redis_streams(tmp_path: Path, redis_url: str) -> None:
     assert last["infrastructure"]["bus"].startswith("redis://")
     assert last["training"]["epoch"] == 12
     assert all(j["status"] == "compiled" for j in last["forge"]["jobs"])
+
+
+@pytest.mark.redis
+def test_forged_commands_are_refused_and_a_signed_shutdown_is_obeyed(tmp_path: Path, redis_url: str) -> None:
+    """Anyone who can reach the Redis can write to an engine's command streams: only operator-signed, fresh,
+    never-seen commands for this run are obeyed; the rest are dead-lettered, counted and shown."""
+    prefix = f"forged-{os.getpid()}-{time.time_ns()}"
+    config = tmp_path / "run.toml"  # eager training and nothing to compile: the engine runs light until stopped
+    config.write_text(
+        "[tezzeret.polling]\ninitial_full_scan = false\n[training]\ncompile = false\nepoch_delay_s = 0.5\n"
+        f'[bus]\nstream_prefix = "{prefix}"\n'
+    )
+    state = tmp_path / "state"
+    client = redis.Redis.from_url(redis_url)
+    args = ["--interval", "0.3", "--config", str(config), "--redis-url", redis_url, "--state-dir", str(state)]
+    try:
+        with HeadlessEngine(tmp_path, *args) as engine:
+            run_id, _public = engine.identity()
+            key = load_key(OPERATOR_KEY, state)
+            streams = StreamNames.for_prefix(prefix, run_id)
+
+            def xadd(command: AnyCommand) -> None:  # a plain Redis client, straight onto the engine's stream
+                client.xadd(streams.emergency, {PAYLOAD: encode_msgpack(command)})
+
+            def training(status: str) -> bool:
+                return engine.snapshots()[-1]["training"]["status"] == status if engine.snapshots() else False
+
+            engine.wait_for(lambda: training("running"), "training to run")
+            pause = sign_command(key, PauseTraining(paused=True, target=run_id, issued_by="ops@here"))
+            xadd(pause)
+            engine.wait_for(lambda: training("paused"), "the signed pause obeyed")
+            xadd(sign_command(key, PauseTraining(paused=False, target=run_id, issued_by="ops@here")))
+            engine.wait_for(lambda: training("running"), "the signed resume obeyed")
+
+            def shutdown(**fields: Any) -> Shutdown:
+                return Shutdown(**{"issued_by": "mallory@nowhere", "target": run_id, **fields})
+
+            forged = [  # (the reason the engine gives, the command)
+                ("unsigned", shutdown()),
+                ("bad signature", sign_command(b"\x07" * 32, shutdown())),
+                ("stale: issued ", sign_command(key, shutdown(ts=time.time() - 120))),
+                (f"meant for run elsewhere, this is {run_id}", sign_command(key, shutdown(target="elsewhere"))),
+            ]
+            for _reason, command in forged:
+                xadd(command)
+            xadd(pause)  # a replay of a command the engine obeyed: it must not pause again
+            forged.append(("replayed", pause))
+            fake = LogLine(level=Level.ERROR, message="forged: reactor on fire")  # telemetry never feeds the engine
+            client.xadd(streams.telemetry, {PAYLOAD: encode_msgpack(fake)})
+
+            def refusals() -> list[str]:
+                events = engine.snapshots()[-1]["events"] if engine.snapshots() else []
+                return [e["text"] for e in events if e["text"].startswith("rejected ")]
+
+            engine.wait_for(lambda: len(refusals()) == len(forged), "every forged command refused")
+            for text, (reason, command) in zip(refusals(), forged, strict=True):
+                assert text.startswith(f"rejected {type(command).__name__} from {command.issued_by}: {reason}"), text
+            letters = [fields[b"reason"].decode() for _id, fields in client.xrange(streams.deadletter)]
+            assert len(letters) == len(forged), letters
+            for letter, (reason, _command) in zip(letters, forged, strict=True):
+                assert letter.startswith(f"rejected: {reason}"), letter
+            engine.wait_for(lambda: engine.snapshots()[-1]["bus"]["rejected"] == len(forged), "rejections counted")
+            shown = engine.snapshots()[-1]["bus"]["rejections"]
+            assert [n["reason"] for n in shown][:2] == ["rejected: unsigned", "rejected: bad signature"]
+            assert engine.alive() and training("running")  # not stopped, and the replayed pause did nothing
+
+            xadd(sign_command(key, Shutdown(target=run_id, issued_by="ops@here", reason="test over")))
+            assert engine.finish() == 0, engine.stderr()[-3000:]
+        final = engine.snapshots()[-1]
+        texts = [e["text"] for e in final["events"]]
+        assert "Shutdown from ops@here" in texts
+        assert texts[-1] == "engine stopping: shutdown command (test over)"
+        assert sum(t == "PauseTraining from ops@here" for t in texts) == 2  # pause and resume, never the replay
+        assert not any("reactor on fire" in e["text"] for snap in engine.snapshots() for e in snap["events"])
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}.*"))
+        if keys:
+            client.delete(*keys)
+        client.close()

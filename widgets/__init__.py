@@ -12,5 +12,6 @@ they share and `format` the formatting they share.
     seeds           SeedsPanel        Kasmina seed slots
     training        TrainingPanel     Tolaria training line and loss / accuracy sparklines
     events          EventsPanel       the event log, newest first
+    bus_panel       BusPanel          Oona: backend, link, rates, backlogs, rooms, dead letters, rejections
     strategy_picker StrategyPicker    modal to choose a compile strategy
 """

@@ -102,11 +102,14 @@ def round_age(then: float | None, now: float) -> int | None:
     return None if then is None else max(int(now - then), 0)
 
 
-def age(seconds: int | None) -> str:
+def whole_seconds(whole: int) -> str:
+    """Whole seconds as "12 s" or "3m05s": for ages, which tenths would only make flicker."""
+    return f"{whole} s" if whole < 60 else duration(whole)
+
+
+def age(whole: int | None) -> str:
     """A whole-second age as "12 s ago", "3m05s ago", or "never"."""
-    if seconds is None:
-        return "never"
-    return f"{seconds} s ago" if seconds < 60 else f"{duration(seconds)} ago"
+    return "never" if whole is None else f"{whole_seconds(whole)} ago"
 
 
 def size(num_bytes: int) -> str:

@@ -3,17 +3,23 @@
 Seed 002 (TELE-760): the border title says `TAMIYO [compiled]` when the run compiles its kernels and
 plain `TAMIYO` when it does not, and the body names the backend:mode honestly (guide section 4: on CPU a
 compiled block can be slower than eager, so the operator must see which one runs).
+
+A control room attached from elsewhere (guide section 12) must never show a stale picture as live, so
+for a remote link the bottom border says how old the picture is ("attached · 0.3 s"), shouts when the
+engine has gone quiet ("no word from engine for 12 s", in the warning colour) or stopped, and marks
+forged frames that were ignored.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.snapshot import Infrastructure, Snapshot
-from esper_tui.engine.vocabulary import TrainingStatus
+from esper_tui.engine.snapshot import Infrastructure, LinkView, Snapshot
+from esper_tui.engine.vocabulary import LinkState, TrainingStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -36,14 +42,45 @@ class BannerSlice(NamedTuple):
     status: TrainingStatus
     epoch: int
     epochs_total: int | None
-    accuracy: float | None
-    best_accuracy: float | None
+    val_accuracy: float | None  # the validation split (what Tamiyo decides on)
+    best_val_accuracy: float | None
     samples_per_s: float | None
     conservative: bool
     conservative_reason: str
     forge_summary: str
     run_id: str
     uptime_s: int
+    link: LinkView
+    """With its age rounded (tenths while live, whole seconds after), so the banner redraws only as it reads."""
+
+
+def link_age(view: LinkView) -> float:
+    """The age as the banner shows it: tenths of a second while frames flow, whole seconds once silent,
+    none otherwise (a stopped engine's picture needs no ticking clock)."""
+    if view.state is LinkState.LIVE:
+        return round(view.age_s, 1)
+    return float(int(view.age_s)) if view.state is LinkState.SILENT else 0.0
+
+
+def link_words(view: LinkView) -> Content | None:
+    """What the bottom border says about a remote link; None for the engine's own process."""
+    if view.state is LinkState.LOCAL:
+        return None
+    if view.state is LinkState.WAITING:
+        words = fmt.styled("waiting for a verified frame", f"{fmt.MUTED} italic")
+    elif view.state is LinkState.LIVE:
+        words = fmt.styled(f"attached · {view.age_s:.1f} s", "$success")
+    elif view.state is LinkState.SILENT:
+        words = fmt.styled(f" no word from engine for {fmt.whole_seconds(int(view.age_s))} ", "$warning bold reverse")
+    else:
+        words = fmt.styled(" engine stopped ", "$error bold reverse")
+    facts = [words]
+    if view.read_only:
+        facts.append(fmt.styled("read-only", fmt.MUTED))
+    if view.frames_rejected:
+        plural = "" if view.frames_rejected == 1 else "s"
+        facts.append(fmt.styled(f"{view.frames_rejected} forged frame{plural} ignored", "$error bold"))
+    return fmt.join(facts)
 
 
 def banner_title(infra: Infrastructure) -> str:
@@ -61,6 +98,8 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         border-title-color: $primary;
         &.-compiled { border-title-color: $success; }
         &.-conservative { border: round $warning; }
+        &.-silent { border: heavy $warning; }
+        &.-stopped { border: heavy $error; }
     }
     """
 
@@ -75,14 +114,15 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             status=training.status,
             epoch=training.epoch,
             epochs_total=training.epochs_total,
-            accuracy=training.accuracy,
-            best_accuracy=training.best_accuracy,
+            val_accuracy=training.val_accuracy,
+            best_val_accuracy=training.best_val_accuracy,
             samples_per_s=training.samples_per_s,
             conservative=forge.conservative_mode,
             conservative_reason=forge.conservative_reason,
             forge_summary=fmt.forge_summary(forge),
             run_id=snapshot.run_id,
             uptime_s=int(snapshot.uptime_s),
+            link=msgspec.structs.replace(snapshot.link, age_s=link_age(snapshot.link)),
         )
 
     def draw(self, part: BannerSlice) -> None:
@@ -91,6 +131,9 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         self.set_class(infra.compile_enabled, "-compiled")
         self.set_class(part.conservative, "-conservative")
         self.set_class(part.status is TrainingStatus.PAUSED, "-paused")
+        self.set_class(part.link.state is LinkState.SILENT, "-silent")
+        self.set_class(part.link.state is LinkState.STOPPED, "-stopped")
+        self.border_subtitle = link_words(part.link)
         self.update(Content("\n").join([self._run_line(part), self._mode_line(part), self._host_line(part)]))
 
     @staticmethod
@@ -102,7 +145,7 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             [
                 kernel,
                 f"epoch {part.epoch}{total}",
-                f"acc {fmt.percent(part.accuracy)} (best {fmt.percent(part.best_accuracy)})",
+                f"val acc {fmt.percent(part.val_accuracy)} (best {fmt.percent(part.best_val_accuracy)})",
                 f"{fmt.number(part.samples_per_s, 0)} samples/s",
                 f"bus {infra.bus}",
             ]

@@ -68,13 +68,13 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
         )
         accuracy = Content("\n").join(
             [
-                fmt.styled(f"val acc {fmt.percent(part.accuracy)}", "bold"),
-                fmt.styled(f"best {fmt.percent(part.best_accuracy)}", fmt.MUTED),
+                fmt.styled(f"val acc {fmt.percent(part.val_accuracy)}", "bold"),
+                fmt.styled(f"test {fmt.percent(part.test_accuracy)}", fmt.MUTED),  # reported, never decided on
             ]
         )
         self.query_one("#loss-label", Static).update(loss)
         self.query_one("#accuracy-label", Static).update(accuracy)
-        for curve_id, history in (("#loss-curve", part.loss_history), ("#accuracy-curve", part.accuracy_history)):
+        for curve_id, history in (("#loss-curve", part.loss_history), ("#accuracy-curve", part.val_accuracy_history)):
             curve = self.query_one(curve_id, Sparkline)
             curve.display = bool(history)  # no flat baseline pretending to be data before epoch 1
             if list(curve.data or []) != history:

@@ -1,8 +1,9 @@
 """The in-process Oona bus: Redis Streams bookkeeping kept in memory, asyncio only.
 
-Each stream is a bounded log (maxlen entries) with consumer groups that hold a delivery cursor and
-a pending-entries list, exactly the state Redis keeps, so redelivery, reclaiming and dead-lettering
-behave the same on both backends. Entry ids look like Redis ids ("0-<seq>").
+Each stream is a log of entries trimmed to the MAXLEN each XADD asks for, with consumer groups that
+hold a delivery cursor and a pending-entries list, exactly the state Redis keeps, so redelivery,
+reclaiming and dead-lettering behave the same on both backends. Entry ids look like Redis ids
+("0-<seq>"). Presence keys expire like Redis keys with a PX expiry.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from esper_tui.engine.bus.base import START, Bus, Delivery, GroupLoad
-from esper_tui.engine.bus.types import PAYLOAD, BusOptions, GroupMissing
+from esper_tui.engine.bus.base import START, Bus, Delivery, Entries, GroupLoad
+from esper_tui.engine.bus.types import BusOptions, GroupMissing
 from esper_tui.engine.config import BusConfig
+
+R = TypeVar("R")
 
 
 def _entry_id(seq: int) -> str:
@@ -43,10 +47,10 @@ class _Group:
 
 
 class _Stream:
-    """A bounded log of entries numbered 1, 2, ...; trimming drops the oldest."""
+    """A log of entries numbered 1, 2, ...; trimming drops the oldest."""
 
-    def __init__(self, maxlen: int) -> None:
-        self.entries: deque[dict[bytes, bytes]] = deque(maxlen=max(1, maxlen))
+    def __init__(self) -> None:
+        self.entries: deque[dict[bytes, bytes]] = deque()
         self.last_seq = 0
         self.groups: dict[str, _Group] = {}
 
@@ -54,13 +58,22 @@ class _Stream:
     def first_seq(self) -> int:
         return self.last_seq - len(self.entries) + 1
 
-    def append(self, fields: Mapping[bytes, bytes]) -> None:
+    def append(self, fields: Mapping[bytes, bytes], maxlen: int) -> int:
         self.entries.append(dict(fields))
         self.last_seq += 1
+        while len(self.entries) > max(1, maxlen):
+            self.entries.popleft()
+        return self.last_seq
 
     def get(self, seq: int) -> dict[bytes, bytes] | None:
         index = seq - self.first_seq
         return self.entries[index] if 0 <= index < len(self.entries) else None
+
+    def after(self, seq: int, count: int) -> Entries:
+        """Up to `count` entries with a number above `seq`, oldest first (XREAD/XRANGE)."""
+        first = max(seq + 1, self.first_seq)
+        last = min(self.last_seq, first + count - 1)
+        return [(_entry_id(n), dict(self.get(n) or {})) for n in range(first, last + 1)]
 
     def group(self, name: str, consumer: str) -> _Group:
         """The group, with `consumer` marked active now (as Redis does on XREADGROUP/XAUTOCLAIM)."""
@@ -72,30 +85,41 @@ class _Stream:
         return group
 
 
-def _delivery(stream: str, seq: int, fields: dict[bytes, bytes] | None, deliveries: int) -> Delivery:
-    data = None if fields is None else fields.get(PAYLOAD, b"")
-    return Delivery(stream, _entry_id(seq), data, deliveries)
-
-
 class EmbeddedBus(Bus):
     """The default bus: no server, no threads; memory bounded by `config.maxlen` per stream."""
 
-    def __init__(self, config: BusConfig, options: BusOptions | None = None) -> None:
-        super().__init__(config, options)
+    def __init__(self, config: BusConfig, options: BusOptions | None = None, *, run_id: str = "") -> None:
+        super().__init__(config, options, run_id=run_id)
         self.name = "embedded"
         self._streams: dict[str, _Stream] = {}
+        self._keys: dict[str, tuple[bytes, float]] = {}  # presence key -> (value, monotonic expiry)
         self._wakeup = asyncio.Event()
 
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
         if stream is None:
-            stream = self._streams[name] = _Stream(self.config.maxlen)
+            stream = self._streams[name] = _Stream()
         return stream
 
     def _notify(self) -> None:
         """Wake every blocked reader: set the current event and start a fresh one for the next wait."""
         self._wakeup.set()
         self._wakeup = asyncio.Event()
+
+    async def _blocking(self, fetch: Callable[[], list[R]], block_ms: int | None) -> list[R]:
+        """Call `fetch` until it returns something, the bus closes, or `block_ms` has passed
+        (None or 0: once), waking up whenever an entry is added."""
+        deadline = time.monotonic() + block_ms / 1000 if block_ms else None
+        while True:
+            wakeup = self._wakeup
+            found = fetch()
+            remaining = 0.0 if deadline is None else deadline - time.monotonic()
+            if found or remaining <= 0 or self._closed:
+                return found
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
 
     async def _open(self) -> None:
         return None
@@ -106,9 +130,10 @@ class EmbeddedBus(Bus):
     def _wake_consumers(self) -> None:
         self._notify()
 
-    async def _add(self, stream: str, fields: Mapping[bytes, bytes]) -> None:
-        self._stream(stream).append(fields)
+    async def _add(self, stream: str, fields: Mapping[bytes, bytes], maxlen: int) -> str:
+        seq = self._stream(stream).append(fields, maxlen)
         self._notify()
+        return _entry_id(seq)
 
     async def _ensure_group(self, stream: str, group: str) -> None:
         s = self._stream(stream)
@@ -117,22 +142,16 @@ class EmbeddedBus(Bus):
     async def _read(
         self, starts: Mapping[str, str], group: str, consumer: str, count: int, block_ms: int | None
     ) -> list[Delivery]:
-        deadline = time.monotonic() + block_ms / 1000 if block_ms else None
-        while True:
-            wakeup = self._wakeup
+        def fetch() -> list[Delivery]:
             batch: list[Delivery] = []
             for stream, start in starts.items():
                 if start == ">":
                     batch += self._take_new(stream, group, consumer, count)
                 else:
                     batch += self._take_own_pending(stream, group, consumer, _seq(start), count)
-            remaining = 0.0 if deadline is None else deadline - time.monotonic()
-            if batch or remaining <= 0 or self._closed:
-                return batch
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
+            return batch
+
+        return await self._blocking(fetch, block_ms)
 
     def _take_new(self, stream: str, group: str, consumer: str, count: int) -> list[Delivery]:
         s = self._stream(stream)
@@ -143,7 +162,7 @@ class EmbeddedBus(Bus):
         batch = []
         for seq in range(first, last + 1):
             g.pending[seq] = _Pending(consumer, 1, now)
-            batch.append(_delivery(stream, seq, s.get(seq), 1))
+            batch.append(Delivery.of(stream, _entry_id(seq), s.get(seq), 1))
         g.next_seq = max(g.next_seq, last + 1)
         return batch
 
@@ -157,7 +176,7 @@ class EmbeddedBus(Bus):
             entry = g.pending[seq]
             entry.deliveries += 1
             entry.delivered_at = now
-            batch.append(_delivery(stream, seq, s.get(seq), entry.deliveries))
+            batch.append(Delivery.of(stream, _entry_id(seq), s.get(seq), entry.deliveries))
         return batch
 
     async def _claim(
@@ -180,13 +199,16 @@ class EmbeddedBus(Bus):
             entry.consumer = consumer
             entry.deliveries += 1
             entry.delivered_at = now
-            batch.append(_delivery(stream, seq, fields, entry.deliveries))
+            batch.append(Delivery.of(stream, _entry_id(seq), fields, entry.deliveries))
         return START, batch
 
-    async def _ack(self, stream: str, group: str, entry_id: str) -> None:
-        g = self._stream(stream).groups.get(group)
-        if g is not None:
-            g.pending.pop(_seq(entry_id), None)
+    async def _ack(self, group: str, entry_ids: Mapping[str, Sequence[str]]) -> None:
+        for stream, ids in entry_ids.items():
+            s = self._streams.get(stream)
+            g = None if s is None else s.groups.get(group)
+            if g is not None:
+                for entry_id in ids:
+                    g.pending.pop(_seq(entry_id), None)
 
     async def _loads(self, stream: str) -> list[GroupLoad]:
         s = self._streams.get(stream)
@@ -202,9 +224,40 @@ class EmbeddedBus(Bus):
             for name, g in s.groups.items()
         ]
 
-    async def _tail(self, stream: str, limit: int) -> list[tuple[str, dict[bytes, bytes]]]:
+    async def _tail(self, stream: str, limit: int) -> Entries:
         s = self._streams.get(stream)
         if s is None or limit <= 0:
             return []
-        first = max(s.first_seq, s.last_seq - limit + 1)
-        return [(_entry_id(seq), dict(s.get(seq) or {})) for seq in range(first, s.last_seq + 1)]
+        return s.after(s.last_seq - limit, limit)
+
+    async def _read_plain(self, stream: str, after: str, count: int, block_ms: int | None) -> Entries:
+        s = self._stream(stream)
+        seq = s.last_seq if after == "$" else _seq(after)
+        return await self._blocking(lambda: s.after(seq, count), block_ms)
+
+    # ------------------------------------------------------------------ presence keys
+
+    def _live(self, key: str) -> bytes | None:
+        """The value of a presence key, or None once it expired (then it is forgotten)."""
+        item = self._keys.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if time.monotonic() >= expires:
+            del self._keys[key]
+            return None
+        return value
+
+    async def _put_presence(self, key: str, value: bytes, ttl_s: float) -> None:
+        self._keys[key] = (bytes(value), time.monotonic() + max(0.001, ttl_s))
+
+    async def _presence(self, prefix: str) -> dict[str, bytes]:
+        found = {}
+        for key in [k for k in self._keys if k.startswith(prefix)]:
+            value = self._live(key)
+            if value is not None:
+                found[key] = value
+        return found
+
+    async def _drop_presence(self, key: str) -> None:
+        self._keys.pop(key, None)

@@ -1,8 +1,11 @@
 """The Oona bus on Redis Streams, for a control room or forge workers on other machines.
 
-A thin mapping of the primitives in base.py onto redis.asyncio (RESP2). Redis errors become the
-bus's own: NOGROUP (and a blocked read whose stream was deleted) -> GroupMissing, so the consumer
-loop recreates the group; connection trouble -> BusUnavailable, so it backs off and reconnects.
+A thin mapping of the primitives in base.py onto redis.asyncio (RESP2, hiredis parser when
+installed). Redis errors become the bus's own, which the shared loop knows how to ride out:
+NOGROUP (and a blocked read whose stream was deleted) -> GroupMissing, so the consumer loop recreates
+the group; no connection or no reply in time -> BusUnavailable (kind disconnected / timeout); any
+error reply (OOM, READONLY, WRONGTYPE, MISCONF, LOADING, BUSY, ...) -> BusServerError with its kind.
+Nothing from redis-py escapes.
 """
 
 from __future__ import annotations
@@ -10,25 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
-from esper_tui.engine.bus.base import START, Bus, Delivery, GroupLoad
-from esper_tui.engine.bus.types import PAYLOAD, BusError, BusOptions, BusUnavailable, GroupMissing
+from esper_tui.engine.bus.base import START, Bus, Delivery, Entries, GroupLoad
+from esper_tui.engine.bus.types import BusError, BusOptions, BusServerError, BusUnavailable, GroupMissing
 from esper_tui.engine.config import BusConfig
 
 MIN_REDIS_MAJOR = 7  # XINFO GROUPS lag, and XAUTOCLAIM dropping trimmed entries from the pending list
 _GROUP_GONE = ("NOGROUP", "UNBLOCKED")  # UNBLOCKED: the stream was deleted under a blocked XREADGROUP
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_KIND_OF_CODE = {
+    "OOM": "oom",
+    "READONLY": "readonly",
+    "WRONGTYPE": "wrongtype",
+    "MISCONF": "misconf",
+    "LOADING": "loading",
+    "BUSY": "busy",
+}
+_SCAN_COUNT = 1000
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "\\*?[]"})
 
 
 def redact_url(url: str) -> str:
@@ -44,6 +56,19 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port or 6379}/{db}"
 
 
+def server_reply(exc: RedisError) -> str:
+    """The server's error line as it sent it: redis-py strips the code (OOM, READONLY, ...) off the
+    errors it has classes for, and keeps it in `status_code`."""
+    code = getattr(exc, "status_code", None)
+    text = str(exc)
+    return f"{code} {text}" if code and not text.startswith(code) else text
+
+
+def error_kind(reply: str) -> str:
+    """The kind of an error reply, by its code (the first word): oom, readonly, ..., other."""
+    return _KIND_OF_CODE.get(reply.split(" ", 1)[0], "other")
+
+
 # redis-py's stubs type stream replies loosely; with decode_responses off they are these shapes.
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
 _StreamsReply = list[tuple[bytes, _Entries]] | None
@@ -53,17 +78,20 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _entries(entries: _Entries) -> Entries:
+    return [(_text(entry_id), fields) for entry_id, fields in entries]
+
+
 class RedisStreamsBus(Bus):
     """Oona on Redis Streams: XADD MAXLEN ~, consumer groups, XACK after success, XAUTOCLAIM."""
 
     DEFAULT_DEPTH_REFRESH_S = 0.1  # one XINFO round trip per 100 ms at most while under the limits
 
-    def __init__(self, config: BusConfig, url: str, options: BusOptions | None = None) -> None:
-        super().__init__(config, options)
+    def __init__(self, config: BusConfig, url: str, options: BusOptions | None = None, *, run_id: str = "") -> None:
+        super().__init__(config, options, run_id=run_id)
         self.name = redact_url(url)
         self._url = url
         self._client: aioredis.Redis | None = None
-        self._request_timeout_s = self._poll_ms / 1000 + 5.0  # longer than a blocking XREADGROUP
 
     @property
     def _redis(self) -> aioredis.Redis:
@@ -72,23 +100,32 @@ class RedisStreamsBus(Bus):
         return self._client
 
     @contextlib.asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        """Bound one request in time and translate redis-py errors into the bus's own, which the
-        shared loop knows how to handle.
+    async def _errors(self, block_ms: int | None = None) -> AsyncIterator[None]:
+        """Bound one request in time (request_timeout_s, plus the time a blocking read may wait) and
+        translate every redis-py error into the bus's own.
 
         The bound is asyncio.timeout, not redis-py's socket_timeout: with a socket timeout redis-py
         sends through asyncio.wait_for, which on Python 3.11 can swallow a cancellation that lands
-        as the send completes, and a consumer would then ignore its task being cancelled.
+        as the send completes, and a consumer would then ignore its task being cancelled. A request
+        cut off by the bound has its connection closed by redis-py, so no late reply is misread.
         """
+        limit = self.options.request_timeout_s + (block_ms or 0) / 1000
         try:
-            async with asyncio.timeout(self._request_timeout_s):
+            async with asyncio.timeout(limit):
                 yield
         except ResponseError as exc:
-            if str(exc).startswith(_GROUP_GONE):
-                raise GroupMissing(str(exc)) from exc
-            raise
-        except _UNREACHABLE as exc:
+            reply = server_reply(exc)
+            if reply.startswith(_GROUP_GONE):
+                raise GroupMissing(reply) from exc
+            raise BusServerError(f"{self.name}: {reply}", kind=error_kind(reply)) from exc
+        except BusyLoadingError as exc:  # a ConnectionError to redis-py, but the server did answer
+            raise BusServerError(f"{self.name}: {server_reply(exc)}", kind="loading") from exc
+        except (RedisTimeoutError, TimeoutError) as exc:
+            raise BusUnavailable(f"{self.name}: no reply within {limit:g} s", kind="timeout") from exc
+        except (RedisConnectionError, OSError) as exc:
             raise BusUnavailable(f"{self.name}: {exc or type(exc).__name__}") from exc
+        except RedisError as exc:  # a garbled reply, or anything redis-py adds later
+            raise BusServerError(f"{self.name}: {type(exc).__name__}: {exc}", kind="other") from exc
 
     async def _open(self) -> None:
         if self._client is not None:
@@ -118,30 +155,31 @@ class RedisStreamsBus(Bus):
     async def _close(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
 
     def _wake_consumers(self) -> None:
         """Nothing to do: a blocked XREADGROUP returns within one poll interval (BLOCK <= 1 s)."""
 
-    async def _add(self, stream: str, fields: Mapping[bytes, bytes]) -> None:
+    async def _add(self, stream: str, fields: Mapping[bytes, bytes], maxlen: int) -> str:
+        entry: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
         async with self._errors():
-            entry: dict[FieldT, EncodableT] = {k: v for k, v in fields.items()}
-            await self._redis.xadd(stream, entry, maxlen=self.config.maxlen, approximate=True)
+            entry_id = await self._redis.xadd(stream, entry, maxlen=maxlen, approximate=True)
+        return _text(entry_id)
 
     async def _ensure_group(self, stream: str, group: str) -> None:
-        try:
-            async with self._errors():
+        async with self._errors():
+            try:
                 await self._redis.xgroup_create(stream, group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
+            except ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
 
     async def _read(
         self, starts: Mapping[str, str], group: str, consumer: str, count: int, block_ms: int | None
     ) -> list[Delivery]:
-        async with self._errors():
-            wanted: dict[KeyT, StreamIdT] = {k: v for k, v in starts.items()}
+        wanted: dict[KeyT, StreamIdT] = {k: v for k, v in starts.items()}
+        async with self._errors(block_ms):
             reply = cast(
                 _StreamsReply,
                 await self._redis.xreadgroup(group, consumer, streams=wanted, count=count, block=block_ms or None),
@@ -151,7 +189,7 @@ class RedisStreamsBus(Bus):
         for stream, start in starts.items():
             entries = received.get(stream) or []
             if start == ">":
-                batch += [Delivery(stream, _text(i), fields.get(PAYLOAD, b""), 1) for i, fields in entries]
+                batch += [Delivery.of(stream, _text(i), fields, 1) for i, fields in entries]
             elif entries:
                 batch += await self._with_counts(stream, group, consumer, entries)
         return batch
@@ -177,33 +215,40 @@ class RedisStreamsBus(Bus):
         async with self._errors():
             rows = await pipe.execute()
         counts = {row[0]["message_id"]: int(row[0]["times_delivered"]) for row in rows if row}
-        return [
-            Delivery(stream, _text(i), fields.get(PAYLOAD, b"") if fields else None, counts.get(i, 1))
-            for i, fields in entries
-        ]
+        return [Delivery.of(stream, _text(i), fields or None, counts.get(i, 1)) for i, fields in entries]
 
-    async def _ack(self, stream: str, group: str, entry_id: str) -> None:
+    async def _ack(self, group: str, entry_ids: Mapping[str, Sequence[str]]) -> None:
         async with self._errors():
-            await self._redis.xack(stream, group, entry_id)
+            if len(entry_ids) == 1:
+                [(stream, ids)] = entry_ids.items()
+                await self._redis.xack(stream, group, *ids)
+                return
+            pipe = self._redis.pipeline(transaction=False)
+            for stream, ids in entry_ids.items():
+                pipe.xack(stream, group, *ids)
+            await pipe.execute()
 
     async def _loads(self, stream: str) -> list[GroupLoad]:
         """XINFO GROUPS + XLEN, then XINFO CONSUMERS of the groups that have consumers: two round
         trips, paid at most every depth_refresh_s by publishers."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xinfo_groups(stream)
-        pipe.xlen(stream)
         async with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
             groups, length = await pipe.execute(raise_on_error=False)
-        if isinstance(groups, ResponseError):
-            if "no such key" in str(groups):
-                return []
-            raise groups
-        with_consumers = [info["name"] for info in groups if info["consumers"]]
-        pipe = self._redis.pipeline(transaction=False)
-        for name in with_consumers:
-            pipe.xinfo_consumers(stream, name)
-        async with self._errors():
-            consumer_lists = await pipe.execute(raise_on_error=False) if with_consumers else []
+            if isinstance(groups, ResponseError):
+                if "no such key" in str(groups):
+                    return []
+                raise groups
+            if isinstance(length, ResponseError):
+                raise length
+            with_consumers = [info["name"] for info in groups if info["consumers"]]
+            consumer_lists: list[Any] = []
+            if with_consumers:
+                pipe = self._redis.pipeline(transaction=False)
+                for name in with_consumers:
+                    pipe.xinfo_consumers(stream, name)
+                consumer_lists = await pipe.execute(raise_on_error=False)
         idle_ms = {
             name: min(int(c["idle"]) for c in consumers)
             for name, consumers in zip(with_consumers, consumer_lists, strict=True)
@@ -225,7 +270,33 @@ class RedisStreamsBus(Bus):
             )
         return loads
 
-    async def _tail(self, stream: str, limit: int) -> list[tuple[str, dict[bytes, bytes]]]:
+    async def _tail(self, stream: str, limit: int) -> Entries:
+        if limit <= 0:
+            return []
         async with self._errors():
-            entries = cast(_Entries, await self._redis.xrevrange(stream, count=limit)) if limit > 0 else []
-        return [(_text(entry_id), fields) for entry_id, fields in reversed(entries)]
+            entries = cast(_Entries, await self._redis.xrevrange(stream, count=limit))
+        return _entries(entries[::-1])
+
+    async def _read_plain(self, stream: str, after: str, count: int, block_ms: int | None) -> Entries:
+        async with self._errors(block_ms):
+            reply = cast(_StreamsReply, await self._redis.xread({stream: after}, count=count, block=block_ms or None))
+        return [entry for _, entries in reply or [] for entry in _entries(entries)]
+
+    async def _put_presence(self, key: str, value: bytes, ttl_s: float) -> None:
+        async with self._errors():
+            await self._redis.set(key, value, px=max(1, round(ttl_s * 1000)))
+
+    async def _presence(self, prefix: str) -> dict[str, bytes]:
+        """SCAN MATCH prefix* (glob characters in the prefix escaped), then MGET; a key that expired
+        between the two is skipped."""
+        async with self._errors():
+            keys = [
+                key
+                async for key in self._redis.scan_iter(match=prefix.translate(_GLOB_SPECIAL) + "*", count=_SCAN_COUNT)
+            ]
+            values = cast(list[bytes | None], await self._redis.mget(keys)) if keys else []
+        return {_text(key): value for key, value in zip(keys, values, strict=True) if value is not None}
+
+    async def _drop_presence(self, key: str) -> None:
+        async with self._errors():
+            await self._redis.delete(key)

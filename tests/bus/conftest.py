@@ -1,7 +1,8 @@
 """Fixtures for the Oona bus tests.
 
 Redis tests talk to a real redis-server through tests/conftest.py's `redis_url` (they fail, never skip,
-when none answers). Every test gets its own stream prefix and its keys are deleted afterwards.
+when none answers). Every test gets its own stream prefix and its keys are deleted afterwards. Tests
+that disturb a server start their own (`private_redis`, benchmarks.bus.RedisServer).
 Waits are bounded (asyncio.wait_for) and poll briefly; nothing asserts on timing.
 """
 
@@ -12,13 +13,15 @@ import contextlib
 import inspect
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis.asyncio as aioredis
 
+from benchmarks.bus import RedisServer
 from esper_tui.engine.bus import Bus, BusOptions, EmbeddedBus, RedisStreamsBus
 from esper_tui.engine.config import BusConfig
 
@@ -58,16 +61,21 @@ async def redis_client(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Re
 
 
 @contextlib.asynccontextmanager
-async def _factory(default_url: str | None, prefix: str) -> AsyncIterator[BusFactory]:
-    """make(options=None, url=None, **bus_config): a started bus on this test's prefix; all are closed
-    (and their Redis keys deleted) at the end."""
+async def _factory(default_url: str | None, prefix: str, *, cleanup: bool = True) -> AsyncIterator[BusFactory]:
+    """make(options=None, url=None, run_id="", start=True, **bus_config): a bus on this test's prefix
+    (started unless start=False); all are closed (and their Redis keys deleted, with `cleanup`) at the end."""
     buses: list[Bus] = []
 
-    async def make(options: BusOptions | None = None, url: str | None = None, **config: Any) -> Bus:
+    async def make(
+        options: BusOptions | None = None, url: str | None = None, run_id: str = "", start: bool = True, **config: Any
+    ) -> Bus:
         cfg = BusConfig(stream_prefix=prefix, **config)
         target = url or default_url
-        bus: Bus = RedisStreamsBus(cfg, target, options) if target else EmbeddedBus(cfg, options)
-        await bus.start()
+        bus: Bus = (
+            RedisStreamsBus(cfg, target, options, run_id=run_id) if target else EmbeddedBus(cfg, options, run_id=run_id)
+        )
+        if start:
+            await bus.start()
         buses.append(bus)
         return bus
 
@@ -76,7 +84,7 @@ async def _factory(default_url: str | None, prefix: str) -> AsyncIterator[BusFac
     finally:
         for bus in buses:
             await bus.close()
-        if default_url:
+        if default_url and cleanup:
             await _delete_keys(default_url, prefix)
 
 
@@ -104,6 +112,23 @@ async def make_redis_bus(redis_url: str, prefix: str) -> AsyncIterator[BusFactor
 @pytest.fixture
 async def make_embedded_bus(prefix: str) -> AsyncIterator[BusFactory]:
     async with _factory(None, prefix) as make:
+        yield make
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free port, for tests that fill its memory, make it a
+    replica, pause, break or kill it: the shared server is never disturbed. Discarded afterwards."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    with RedisServer(workdir=workdir) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_private_bus(private_redis: RedisServer, prefix: str) -> AsyncIterator[BusFactory]:
+    """Buses on `private_redis`; its keys are not cleaned up (the server is discarded, maybe broken)."""
+    async with _factory(private_redis.url, prefix, cleanup=False) as make:
         yield make
 
 
@@ -155,6 +180,20 @@ class Inbox:
 @pytest.fixture
 def inbox() -> type[Inbox]:
     return Inbox
+
+
+async def _publish_apart(bus: Bus, events: Any) -> None:
+    for event in events:
+        await bus.publish_event(event)
+        await bus.flush()
+
+
+@pytest.fixture
+def publish_apart() -> Callable[[Bus, Any], Awaitable[None]]:
+    """publish_apart(bus, events): telemetry one entry per event (flushing after each), for tests that
+    count entries: competition inside a group, backlogs, trimming. Left alone, the flusher batches
+    neighbours into one entry."""
+    return _publish_apart
 
 
 async def _eventually(check: Callable[[], Any], timeout: float = WAIT_S, interval: float = 0.01) -> Any:

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from esper_tui.engine.bus import BusOptions, BusUnavailable, RedisStreamsBus, create_bus
+from esper_tui.engine.bus.helpers import unpack_batch
 from esper_tui.engine.codec import decode_command, decode_event, encode_msgpack
 from esper_tui.engine.config import BusConfig
 from esper_tui.engine.contracts import EpochCompleted, Recompile, Shutdown
@@ -35,6 +36,7 @@ async def test_entries_are_msgpack_in_one_field(make_redis_bus, redis_client):
     bus = await make_redis_bus()
     event, command = epoch(1), Recompile(blueprint_id="mlp_block")
     await bus.publish_event(event)
+    await bus.flush()
     await bus.publish_command(command)
     await bus.publish_command(Shutdown())
     [(_, fields)] = await redis_client.xrange(bus.streams.telemetry)
@@ -183,6 +185,7 @@ async def test_reconnects_after_losing_the_connection(make_redis_bus, redis_prox
         await redis_proxy.cut()
         await eventually(lambda: not remote.metrics().connected)
         await remote.publish_event(epoch(2))
+        await remote.flush()
         assert remote.metrics().dropped == 1
         with pytest.raises(BusUnavailable):
             await remote.publish_command(Recompile(blueprint_id="lost"))
@@ -215,8 +218,71 @@ def test_name_never_shows_the_password():
 
 
 async def test_streams_are_trimmed_to_about_maxlen(make_redis_bus, redis_client):
+    """maxlen counts messages, however the telemetry was batched: here 10 events per entry."""
     bus = await make_redis_bus(maxlen=100)
-    for n in range(1000):
-        await bus.publish_event(epoch(n))
+    for first in range(0, 1000, 10):
+        for n in range(first, first + 10):
+            await bus.publish_event(epoch(n))
+        await bus.flush()
     assert bus.metrics().published == 1000
-    assert 100 <= await redis_client.xlen(bus.streams.telemetry) < 1000  # MAXLEN ~ trims whole nodes
+    entries = await redis_client.xrange(bus.streams.telemetry)
+    kept = [e.epoch for _, fields in entries for e in map(decode_event, unpack_batch(fields[b"b"]))]
+    assert 100 <= len(kept) < 1000  # MAXLEN ~ trims whole nodes
+    assert kept == list(range(1000 - len(kept), 1000))
+
+
+async def test_a_control_room_steers_one_engine_without_touching_its_groups(
+    make_redis_bus, redis_client, inbox, consuming, eventually, prefix
+):
+    """A control room (no run id, create_groups=False) sends a command to one engine of two sharing
+    the Redis; it creates no group and no stream of its own on the engines' keys."""
+    room = await make_redis_bus(start=False)
+    await room.start(create_groups=False)
+    assert await redis_client.keys(f"{prefix}.*") == []
+    first, second = await make_redis_bus(run_id="r1"), await make_redis_bus(run_id="r2")
+    box1, box2 = inbox(), inbox()
+    async with (
+        consuming(first.consume_commands("engine", "e1", box1)),
+        consuming(second.consume_commands("engine", "e2", box2)),
+    ):
+        await room.publish_command(Recompile(blueprint_id="for r2", target="r2"))
+        await eventually(lambda: second.metrics().acked == 1)
+    assert [c.blueprint_id for c in box2.items] == ["for r2"]
+    assert box1.attempts == []
+    groups = await redis_client.xinfo_groups(f"{prefix}.normal.r2")
+    assert sorted(g["name"] for g in groups) == [b"engine", b"esper"]  # the engine's own, nothing from the room
+
+
+async def test_close_writes_buffered_telemetry(make_redis_bus, redis_client):
+    bus = await make_redis_bus()
+    stream = bus.streams.telemetry
+    sent = [epoch(n) for n in range(50)]
+    for event in sent:
+        await bus.publish_event(event)
+    await bus.close()
+    entries = await redis_client.xrange(stream)
+    written = [
+        decode_event(item)
+        for _, fields in entries
+        for item in (unpack_batch(fields[b"b"]) if b"b" in fields else [fields[b"m"]])
+    ]
+    assert written == sent
+
+
+async def test_one_xack_per_read(make_private_bus, private_redis, inbox, consuming, eventually, publish_apart):
+    """Consumers acknowledge a whole read in one XACK, not one per entry (INFO commandstats of a
+    server of this test's own)."""
+    bus = await make_private_bus(options=BusOptions(batch_size=100))
+    await publish_apart(bus, [epoch(n) for n in range(300)])  # 300 entries
+    box = inbox()
+    async with consuming(bus.consume_events("ui", "c1", box)):
+        await eventually(lambda: bus.metrics().acked == 300)
+    stats = private_redis.client().info("commandstats")
+    assert 3 <= stats["cmdstat_xack"]["calls"] <= 10
+    assert [e.epoch for e in box.items] == list(range(300))
+
+
+def test_hiredis_parses_replies():
+    from redis.utils import HIREDIS_AVAILABLE
+
+    assert HIREDIS_AVAILABLE, "hiredis is a dependency: without it reply parsing is pure Python"

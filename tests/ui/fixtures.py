@@ -3,7 +3,8 @@
 Every value is fixed (timestamps included), so the rendered dashboard is identical on every run and
 machine: the SVG snapshot tests depend on it. The rich snapshot exercises every state each panel can
 show: six jobs in all four states, a breaker of each kind (one with no GPU), an open WAL transaction,
-a blending seed next to a dormant one, 20 epochs of history and events at every level.
+a blending seed next to a dormant one, 20 epochs of history and events at every level. The bus and
+remote-link variants show Oona in trouble and a control room attached from elsewhere.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import msgspec
 
 from esper_tui.engine.snapshot import (
     BreakerView,
+    BusNote,
+    BusView,
     EventLine,
     ForgeHealth,
     ForgeView,
     Infrastructure,
     JobView,
+    LinkView,
     SeedView,
     Snapshot,
+    StreamBacklog,
     TrainingView,
     WalView,
 )
@@ -30,6 +35,7 @@ from esper_tui.engine.vocabulary import (
     GradientHealth,
     JobStatus,
     Level,
+    LinkState,
     SeedStage,
     Strategy,
     Subsystem,
@@ -199,16 +205,66 @@ def rich_snapshot(seq: int = 42) -> Snapshot:
             epochs_total=30,
             loss=0.912,
             val_loss=0.95,
-            accuracy=0.714,
-            best_accuracy=0.72,
+            val_accuracy=0.714,
+            best_val_accuracy=0.72,
+            test_accuracy=0.702,
             samples_per_s=412.0,
             epoch_s=9.7,
             loss_history=loss_history(),
-            accuracy_history=accuracy_history(),
+            val_accuracy_history=accuracy_history(),
             seeds=seeds(),
         ),
         events=events(),
+        bus=BusView(
+            backend="embedded",
+            published=48211,
+            delivered=48190,
+            rate_out=412.0,
+            rate_in=409.8,
+            backlogs=[
+                StreamBacklog(stream="oona.telemetry.run-0001", backlog=21),
+                StreamBacklog(stream="oona.normal.run-0001", backlog=0),
+                StreamBacklog(stream="oona.emergency.run-0001", backlog=0),
+            ],
+        ),
     )
+
+
+def bus_trouble_snapshot(seq: int = 42) -> Snapshot:
+    """Oona over Redis having a bad day: link down, dead letters, forged commands rejected, server errors."""
+    bus = BusView(
+        backend="redis://10.0.0.7:6379/0",
+        connected=False,
+        published=48211,
+        delivered=48190,
+        dropped=317,
+        dead_lettered=1,
+        rejected=2,
+        rate_out=0.0,
+        rate_in=12.5,
+        backlogs=[
+            StreamBacklog(stream="oona.telemetry.run-0001", backlog=2450),
+            StreamBacklog(stream="oona.normal.run-0001", backlog=0),
+            StreamBacklog(stream="oona.emergency.run-0001", backlog=1),
+        ],
+        dead_letters=[
+            BusNote(ts=T0 - 50, stream="oona.telemetry.run-0001", reason="decode error: unexpected end of data")
+        ],
+        rejections=[
+            BusNote(ts=T0 - 30, stream="oona.emergency.run-0001", reason="Shutdown from eve@lab-3: unsigned"),
+            BusNote(ts=T0 - 8, stream="oona.normal.run-0001", reason="Recompile from bob@lab-1: bad signature"),
+        ],
+        server_errors={"oom": 3, "wrongtype": 1},
+        last_error="OOM command not allowed when used memory > 'maxmemory'",
+        control_rooms=2,
+    )
+    return msgspec.structs.replace(rich_snapshot(seq), bus=bus)
+
+
+def remote_snapshot(state: LinkState, age_s: float, *, seq: int = 42, **link: object) -> Snapshot:
+    """The rich snapshot as a control room attached from elsewhere sees it."""
+    view = LinkView(state=state, run_id="run-0001", age_s=age_s, **link)  # type: ignore[arg-type]
+    return msgspec.structs.replace(rich_snapshot(seq), link=view)
 
 
 def compile_disabled_snapshot(seq: int = 42) -> Snapshot:
@@ -233,3 +289,18 @@ def with_job(snapshot: Snapshot, blueprint_id: str, **changes: object) -> Snapsh
     return msgspec.structs.replace(
         snapshot, seq=snapshot.seq + 1, forge=msgspec.structs.replace(snapshot.forge, jobs=new_jobs)
     )
+
+
+def silent_snapshot() -> Snapshot:
+    """Attached from elsewhere, the engine quiet for 12 s, three forged frames ignored, read-only."""
+    return remote_snapshot(LinkState.SILENT, 12.4, read_only=True, frames_rejected=3)
+
+
+def stopped_snapshot() -> Snapshot:
+    """Attached from elsewhere, the engine's final picture."""
+    return remote_snapshot(LinkState.STOPPED, 4.2)
+
+
+def live_snapshot() -> Snapshot:
+    """Attached from elsewhere, frames arriving on time."""
+    return remote_snapshot(LinkState.LIVE, 0.34)

@@ -6,17 +6,18 @@ import msgspec
 import pytest
 from textual.app import App
 from textual.content import Content
-from textual.widgets import OptionList, Sparkline
+from textual.widgets import OptionList, Sparkline, Static
 
 from esper_tui.app import EsperApp
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.kernels.pipelines import settings_for, strategy_help
-from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import JobStatus, Strategy, TrainingStatus
+from esper_tui.engine.snapshot import LinkView, Snapshot
+from esper_tui.engine.vocabulary import JobStatus, LinkState, Strategy, TrainingStatus
 from esper_tui.help import HelpScreen
-from esper_tui.link import StaticLink
+from esper_tui.link import CommandUnavailable, StaticLink
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.breakers import BreakersPanel
+from esper_tui.widgets.bus_panel import BusPanel, short_stream
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.seeds import SeedsPanel
@@ -26,7 +27,17 @@ from esper_tui.widgets.training import TrainingPanel
 from esper_tui.widgets.wal_panel import WalPanel
 
 from .conftest import SIZE, settle
-from .fixtures import T0, compile_disabled_snapshot, rich_snapshot, with_job
+from .fixtures import (
+    T0,
+    bus_trouble_snapshot,
+    compile_disabled_snapshot,
+    live_snapshot,
+    remote_snapshot,
+    rich_snapshot,
+    silent_snapshot,
+    stopped_snapshot,
+    with_job,
+)
 
 
 def plain(app: EsperApp, selector: str | type) -> str:
@@ -36,9 +47,9 @@ def plain(app: EsperApp, selector: str | type) -> str:
 
 
 def payload(command: AnyCommand) -> dict[str, object]:
-    """A command without its envelope (id, timestamp), for comparison."""
+    """A command without its envelope (id, timestamp, target, signature: the link's to fill), for comparison."""
     fields = msgspec.structs.asdict(command)
-    for key in ("command_id", "ts"):
+    for key in ("command_id", "ts", "target", "signature"):
         fields.pop(key)
     return {"type": type(command).__name__, **fields}
 
@@ -583,3 +594,156 @@ def test_formatting_is_deterministic() -> None:
     assert [fmt.metric(v) for v in (0.912, 0.000123, 12.34, None)] == ["0.912", "0.000123", "12.3", "-"]
     assert fmt.reading(312.0, 300.0, "s") == "312/300 s"
     assert fmt.clip("a long error\nwith a traceback", 8) == "a long …"
+
+
+# --------------------------------------------------------------------------- Oona (bus panel)
+
+
+async def test_bus_panel_shows_the_bus_in_trouble(make_app, link) -> None:
+    link.set(bus_trouble_snapshot())
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        panel = app.screen.query_one(BusPanel)
+        lines = plain(app, BusPanel).splitlines()
+        assert panel.border_title == "Oona"
+        assert panel.has_class("-down")
+        assert lines[:8] == [
+            "redis://10.0.0.7:6379/0",
+            "○ disconnected · 2 control rooms",
+            "out 0.0/s · in 12.5/s · dropped 317",
+            "backlog telemetry 2450 · normal 0 · emergency 1",
+            "dead letters 1: decode error: unexpected end of data",
+            "rejected 2: Recompile from bob@lab-1: bad signature",
+            "server errors: oom 3, wrongtype 1",
+            "last error: OOM command not allowed when used memory > 'maxmemory'",
+        ]
+        # then every note, newest first, with its stream
+        assert lines[9].startswith("12:01:07 rejected normal Recompile from bob@lab-1")
+        assert lines[10].startswith("12:00:45 rejected emergency Shutdown from eve@lab-3: unsigned")
+        assert lines[11].startswith("12:00:25 dead letter telemetry decode error")
+
+
+async def test_bus_panel_healthy_and_quiet(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        lines = plain(app, BusPanel).splitlines()
+        assert not app.screen.query_one(BusPanel).has_class("-down")
+        assert lines == [
+            "embedded",
+            "● connected · 0 control rooms",
+            "out 412/s · in 410/s · dropped 0",
+            "backlog telemetry 21 · normal 0 · emergency 0",
+            "dead letters 0",
+            "rejected 0",
+            "no server errors",
+        ]
+
+
+def test_short_stream_names() -> None:
+    assert short_stream("oona.emergency.3f2a9c", "3f2a9c") == "emergency"
+    assert short_stream("oona.deadletter", "3f2a9c") == "deadletter"
+    assert short_stream("lab.oona.normal", "") == "normal"
+
+
+# --------------------------------------------------------------------------- remote links in the banner
+
+
+def subtitle(app: EsperApp) -> str:
+    """The banner's bottom border as plain words (the padding around a highlighted state squeezed)."""
+    banner = app.screen.query_one(StatusBanner)
+    return " ".join(Content.from_markup(banner.border_subtitle or "").plain.split())
+
+
+async def test_local_banner_has_no_link_line(make_app) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert banner.border_subtitle is None
+        assert not banner.has_class("-silent") and not banner.has_class("-stopped")
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "words", "css_class"),
+    [
+        (live_snapshot, "attached · 0.3 s", None),
+        (silent_snapshot, "no word from engine for 12 s · read-only · 3 forged frames ignored", "-silent"),
+        (stopped_snapshot, "engine stopped", "-stopped"),
+    ],
+)
+async def test_banner_says_how_the_link_stands(make_app, link, snapshot, words: str, css_class: str | None) -> None:
+    link.set(snapshot())
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert subtitle(app) == words
+        for name in ("-silent", "-stopped"):
+            assert banner.has_class(name) is (name == css_class)
+
+
+async def test_link_going_silent_redraws_without_a_new_seq(make_app, link) -> None:
+    """The engine's seq freezes when it goes quiet: the picture must still be redrawn as SILENT."""
+    link.set(live_snapshot())
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.screen.query_one(StatusBanner)
+        draws, table_draws = banner.redraws, app.screen.query_one(CompileQueue).redraws
+        link.set(remote_snapshot(LinkState.LIVE, 0.31))  # same seq, same tenth: nothing to redraw
+        app.poll_link()
+        await pilot.pause()
+        assert banner.redraws == draws
+        link.set(remote_snapshot(LinkState.SILENT, 4.0))
+        app.poll_link()
+        await pilot.pause()
+        assert banner.redraws == draws + 1
+        assert banner.has_class("-silent")
+        assert "no word from engine for 4 s" in subtitle(app)
+        assert app.screen.query_one(CompileQueue).redraws == table_draws  # only the banner's slice changed
+
+
+class ReadOnlyLink(StaticLink):
+    """A control room without the operator key: every send is refused with the reason."""
+
+    REASON = "read-only: no operator commands key at var/keys/operator.key; copy the engine's key file"
+
+    async def send(self, command: AnyCommand) -> None:
+        raise CommandUnavailable(self.REASON)
+
+
+async def test_read_only_key_press_says_why() -> None:
+    link = ReadOnlyLink(live_snapshot())
+    app = EsperApp(link)
+    from .conftest import NotificationSpy
+
+    spy = NotificationSpy(app)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await settle(pilot)
+        assert spy.messages == [(f"Pause training not sent: {ReadOnlyLink.REASON}", "warning")]
+        await pilot.press("c")  # the outbox carries on after a refusal
+        await settle(pilot)
+        assert len(spy.messages) == 2 and spy.messages[1][0].startswith("Conservative mode on not sent: read-only")
+
+
+class WaitingLink(StaticLink):
+    """A remote link before its first verified frame."""
+
+    def __init__(self, view: LinkView) -> None:
+        super().__init__(None)
+        self.view = view
+
+    def link_view(self) -> LinkView:
+        return self.view
+
+
+async def test_waiting_says_what_a_remote_link_waits_for() -> None:
+    view = LinkView(state=LinkState.WAITING, run_id="3f2a9c81d0aa", frames_rejected=2, detail="bus: connection refused")
+    link = WaitingLink(view)
+    app = EsperApp(link)
+    async with app.run_test(size=SIZE) as pilot:
+        text = str(app.screen.query_one("#waiting", Static).render())
+        assert "waiting for engine" in text
+        assert "run 3f2a9c81d0aa · state waiting · 2 forged frames ignored · bus: connection refused" in text
+        link.set(live_snapshot())
+        app.poll_link()
+        await pilot.pause()
+        assert not app.screen.query_one("#waiting").display

@@ -12,7 +12,18 @@ from esper_tui.app import EsperApp
 from esper_tui.link import StaticLink
 
 from .conftest import SIZE
-from .fixtures import compile_disabled_snapshot, rich_snapshot
+from .fixtures import (
+    bus_trouble_snapshot,
+    compile_disabled_snapshot,
+    live_snapshot,
+    rich_snapshot,
+    silent_snapshot,
+    stopped_snapshot,
+)
+from .test_app import ReadOnlyLink
+
+SMALL = (120, 36)
+"""The smallest terminal the layout is checked at: every panel must still read."""
 
 
 async def _steady(pilot: Pilot[object]) -> None:
@@ -43,3 +54,43 @@ def test_help_screen(snap_compare) -> None:
 
 def test_strategy_picker(snap_compare) -> None:
     assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=SIZE, press=["s"])
+
+
+def test_dashboard_small_terminal(snap_compare) -> None:
+    assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=SMALL, run_before=_steady)
+
+
+def test_bus_panel_in_trouble(snap_compare) -> None:
+    """Oona down: disconnected, dead letters, rejected commands, server errors, the last error."""
+    assert snap_compare(EsperApp(StaticLink(bus_trouble_snapshot())), terminal_size=SIZE, run_before=_steady)
+
+
+def test_bus_panel_in_trouble_small(snap_compare) -> None:
+    assert snap_compare(EsperApp(StaticLink(bus_trouble_snapshot())), terminal_size=SMALL, run_before=_steady)
+
+
+def test_banner_attached_live(snap_compare) -> None:
+    assert snap_compare(EsperApp(StaticLink(live_snapshot())), terminal_size=SIZE, run_before=_steady)
+
+
+def test_banner_silent(snap_compare) -> None:
+    """No word from the engine for 12 s: the banner turns to the warning colour and says so."""
+    assert snap_compare(EsperApp(StaticLink(silent_snapshot())), terminal_size=SIZE, run_before=_steady)
+
+
+def test_banner_stopped(snap_compare) -> None:
+    assert snap_compare(EsperApp(StaticLink(stopped_snapshot())), terminal_size=SIZE, run_before=_steady)
+
+
+def test_read_only_key_press(snap_compare) -> None:
+    """A command key in a read-only room: the toast says why and how to get the key."""
+
+    async def press_pause(pilot: Pilot[object]) -> None:
+        await pilot.pause()
+        await pilot.press("p")
+        app = pilot.app
+        assert isinstance(app, EsperApp)
+        await app.wait_for_commands()
+        await pilot.pause()
+
+    assert snap_compare(EsperApp(ReadOnlyLink(live_snapshot())), terminal_size=SIZE, run_before=press_pause)

@@ -1,0 +1,278 @@
+"""What the engine tells the world besides telemetry: signed frames, a signed heartbeat, and the bus's vital signs.
+
+Control rooms elsewhere never see the engine's objects, only what it publishes on the bus:
+
+- **Frames** (`Broadcaster.frames`): every refresh period the newest snapshot goes out as a frame
+  (frames.FrameEncoder: a keyframe at least every second, per-field deltas between), signed with the
+  engine's Ed25519 frame key, on the run's `frames` stream trimmed to a few seconds of frames.
+  Unchanged snapshots are not repeated between keyframes; the keyframe every second is what tells a
+  control room the engine is alive and how old its picture is.
+- **Heartbeat** (`Broadcaster.heartbeats`): a signed EngineHeartbeat under `frames.heartbeat_key` with
+  an expiry of a few periods, so an engine that dies without a word drops off `attach --list`. On
+  stop, a final keyframe and a STOPPED heartbeat that lingers for a minute (`Broadcaster.finish`).
+- **Bus vital signs** (`BusWatch`): counters, rates, backlogs, dead letters, rejections, server errors
+  and attached control rooms, measured off the hot path and handed to the aggregator as a BusView.
+
+Nothing here may stop the engine: a failed publication (Redis away, a server error) is counted by the
+bus and retried on the next tick. The engine's own snapshot never depends on any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from esper_tui.engine.bus import Bus, BusError
+from esper_tui.engine.bus.auth import FrameSigner
+from esper_tui.engine.frames import (
+    FRAME_FIELD,
+    SIGNATURE_FIELD,
+    EngineHeartbeat,
+    FrameEncoder,
+    heartbeat_key,
+    room_key,
+    seal_heartbeat,
+)
+from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog
+from esper_tui.engine.vocabulary import EngineState
+
+log = logging.getLogger(__name__)
+
+KEYFRAME_EVERY_S = 1.0
+"""A control room that missed anything (or just attached) has a full picture again within this."""
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_TTL_S = 5 * HEARTBEAT_EVERY_S
+"""Presence outlives a few missed beats (a slow tick, a Redis blip) but not a dead engine."""
+FINAL_HEARTBEAT_TTL_S = 60.0
+"""How long a stopped engine stays listed, so control rooms can say "engine stopped" rather than guess."""
+FRAMES_KEPT_S = 3.0
+"""Seconds of frames the stream keeps: always at least two keyframes for an attaching control room."""
+ROOMS_EVERY_S = 2.0
+BACKLOG_EVERY_S = 2.0
+WATCH_EVERY_S = 1.0
+RATE_WINDOW_S = 5.0
+NOTES_SHOWN = 10
+
+
+def frames_maxlen(refresh_hz: float) -> int:
+    """Entries the frames stream keeps at `refresh_hz`: FRAMES_KEPT_S of frames, never fewer than 8."""
+    return max(8, math.ceil(refresh_hz * FRAMES_KEPT_S))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIdentity:
+    """The parts of the heartbeat that never change during a run."""
+
+    run_id: str
+    host: str
+    pid: int
+    started_ts: float
+    state_dir: str
+
+
+class Broadcaster:
+    """Publishes the engine's snapshots as signed frames and its presence as a signed heartbeat."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        signer: FrameSigner,
+        identity: EngineIdentity,
+        *,
+        latest: Callable[[], Snapshot | None],
+        state: Callable[[], EngineState],
+        refresh_hz: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bus = bus
+        self._signer = signer
+        self._identity = identity
+        self._latest = latest
+        self._state = state
+        self._period_s = 1.0 / refresh_hz
+        self._maxlen = frames_maxlen(refresh_hz)
+        self._encoder = FrameEncoder(KEYFRAME_EVERY_S, clock)
+        self._last_seq: int | None = None
+        self._resync = False  # the last frame was lost: the next one must be a keyframe
+        self._failing = False  # the last publication of any kind failed (logged once per streak)
+
+    @property
+    def stream(self) -> str:
+        return self._bus.streams.frames
+
+    @property
+    def heartbeat_key(self) -> str:
+        return heartbeat_key(self._bus.config.stream_prefix, self._identity.run_id)
+
+    # ------------------------------------------------------------------ frames
+
+    async def frames(self) -> None:
+        """Until cancelled: one frame per refresh period (or none, when nothing changed and no keyframe is due)."""
+        while True:
+            snapshot = self._latest()
+            if snapshot is not None:
+                await self.publish(snapshot)
+            await asyncio.sleep(self._period_s)
+
+    async def publish(self, snapshot: Snapshot, *, keyframe: bool = False) -> bool:
+        """Encode, sign and add one frame; False when it was not needed or did not go through.
+
+        After a failed publication the next frame is a keyframe: a control room that lost frames while
+        Redis was away converges on the first frame that arrives once it is back.
+        """
+        frame, is_key = self._encoder.encode(snapshot, keyframe=keyframe or self._resync)
+        if not is_key and snapshot.seq == self._last_seq:
+            return False
+        self._last_seq = snapshot.seq
+        fields = {FRAME_FIELD: frame, SIGNATURE_FIELD: self._signer.sign(frame)}
+        sent = await self._attempt("frame", self._bus.add_entry(self.stream, fields, maxlen=self._maxlen))
+        self._resync = not sent
+        return sent
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def heartbeats(self) -> None:
+        """Until cancelled: the engine's signed presence, renewed every HEARTBEAT_EVERY_S."""
+        while True:
+            await self.beat(self._state(), HEARTBEAT_TTL_S)
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    def heartbeat(self, state: EngineState) -> EngineHeartbeat:
+        i = self._identity
+        return EngineHeartbeat(
+            run_id=i.run_id,
+            host=i.host,
+            pid=i.pid,
+            started_ts=i.started_ts,
+            ts=time.time(),
+            state_dir=i.state_dir,
+            state=state,
+            engine_key=self._signer.public_key,
+        )
+
+    async def beat(self, state: EngineState, ttl_s: float) -> bool:
+        value = seal_heartbeat(self.heartbeat(state), self._signer.sign)
+        return await self._attempt("heartbeat", self._bus.put_presence(self.heartbeat_key, value, ttl_s))
+
+    async def finish(self, snapshot: Snapshot | None) -> None:
+        """The last word: a keyframe of the final snapshot, then a STOPPED heartbeat that lingers."""
+        if snapshot is not None:
+            await self.publish(snapshot, keyframe=True)
+        await self.beat(EngineState.STOPPED, FINAL_HEARTBEAT_TTL_S)
+
+    async def _attempt(self, what: str, request: Awaitable[object]) -> bool:
+        """Run one publication; the bus counts failures (metrics), this only notes them and carries on."""
+        try:
+            await request
+        except BusError as exc:
+            if not self._failing:
+                log.warning("engine %s: %s not published: %s", self._identity.run_id, what, exc)
+            self._failing = True
+            return False
+        self._failing = False
+        return True
+
+
+class RateMeter:
+    """Messages per second over the last `window_s`, from monotonically growing counters."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def add(self, t: float, published: int, delivered: int) -> tuple[float, float]:
+        """Record a reading; returns (rate out, rate in)."""
+        self._samples.append((t, published, delivered))
+        while len(self._samples) > 2 and t - self._samples[1][0] >= self._window_s:
+            self._samples.popleft()
+        t0, out0, in0 = self._samples[0]
+        span = t - t0
+        if span <= 0:
+            return 0.0, 0.0
+        return round((published - out0) / span, 1), round((delivered - in0) / span, 1)
+
+
+class BusWatch:
+    """Measures the bus for the snapshot's `bus` section, at most once a second and never on the hot path."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        run_id: str,
+        *,
+        on_view: Callable[[BusView], None],
+        extra_dropped: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._bus = bus
+        self._run_id = run_id
+        self._on_view = on_view
+        self._extra_dropped = extra_dropped
+        self._clock = clock
+        self._rates = RateMeter()
+        self._backlogs: list[StreamBacklog] = []
+        self._backlogs_at = -math.inf
+        self._rooms = 0
+        self._rooms_at = -math.inf
+
+    async def run(self) -> None:
+        """Until cancelled: a fresh BusView every WATCH_EVERY_S."""
+        while True:
+            self._on_view(await self.measure())
+            await asyncio.sleep(WATCH_EVERY_S)
+
+    async def measure(self) -> BusView:
+        now = self._clock()
+        bus = self._bus
+        if now - self._backlogs_at >= BACKLOG_EVERY_S:
+            self._backlogs_at = now
+            self._backlogs = await self._read_backlogs()
+        if now - self._rooms_at >= ROOMS_EVERY_S:
+            self._rooms_at = now
+            self._rooms = await self._count_rooms()
+        m = bus.metrics()
+        rate_out, rate_in = self._rates.add(now, m.published, m.delivered)
+        return BusView(
+            backend=bus.name,
+            connected=m.connected,
+            published=m.published,
+            delivered=m.delivered,
+            dropped=m.dropped + self._extra_dropped(),
+            dead_lettered=m.dead_lettered,
+            rejected=m.rejected,
+            rate_out=rate_out,
+            rate_in=rate_in,
+            backlogs=self._backlogs,
+            dead_letters=_notes(bus.recent_dead_letters()),
+            rejections=_notes(bus.recent_rejections()),
+            server_errors=dict(m.server_errors),
+            last_error=m.last_error,
+            control_rooms=self._rooms,
+        )
+
+    async def _read_backlogs(self) -> list[StreamBacklog]:
+        """Backlog of the streams consumers read; the last reading is kept while the bus cannot answer."""
+        streams = self._bus.streams
+        readings = []
+        for stream in (streams.emergency, streams.normal, streams.telemetry):
+            try:
+                readings.append(StreamBacklog(stream=stream, backlog=await self._bus.backlog(stream)))
+            except BusError:
+                return self._backlogs
+        return readings
+
+    async def _count_rooms(self) -> int:
+        try:
+            rooms = await self._bus.presence(room_key(self._bus.config.stream_prefix, self._run_id))
+        except BusError:
+            return self._rooms
+        return len(rooms)
+
+
+def _notes(notes: Sequence[BusNote]) -> list[BusNote]:
+    return list(notes[-NOTES_SHOWN:])

@@ -1,0 +1,379 @@
+"""The engine's side of many control rooms, on the embedded bus: frames, heartbeats, the bus view, and
+signed commands checked by a real engine (one rule for every backend; the Redis side runs in
+test_cli_e2e.py and test_outage.py).
+
+Nothing here asserts on time: clocks are fake where a period matters, and waits only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from esper_tui.engine.aggregator import Aggregator
+from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity, frames_maxlen
+from esper_tui.engine.bus import Bus, BusUnavailable, EmbeddedBus, create_bus
+from esper_tui.engine.bus.auth import CommandRejected, FrameSigner, FrameVerifier, sign_command
+from esper_tui.engine.bus.types import PAYLOAD
+from esper_tui.engine.codec import encode_msgpack
+from esper_tui.engine.config import BusConfig, parse_config
+from esper_tui.engine.contracts import AnyCommand, EpochCompleted, LogLine, PauseTraining, Shutdown
+from esper_tui.engine.frames import (
+    FRAME_FIELD,
+    SIGNATURE_FIELD,
+    Frame,
+    FrameDecoder,
+    decode_frame,
+    heartbeat_key,
+    open_heartbeat,
+    room_key,
+)
+from esper_tui.engine.keys import FRAME_KEY as FRAME_KEY_SPEC
+from esper_tui.engine.keys import OPERATOR_KEY, load_key
+from esper_tui.engine.runtime import Engine
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import EngineState, Level
+
+PREFIX = "unit"
+RUN = "run-1"
+FRAME_KEY = bytes(range(32))
+WAIT_S = 30.0
+
+
+def epoch(n: int) -> EpochCompleted:
+    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=0.1)
+
+
+async def eventually(condition: Callable[[], Any], what: str) -> Any:
+    """Poll `condition` until it is truthy; the deadline only keeps a broken build from hanging."""
+    async with asyncio.timeout(WAIT_S):
+        while not (result := condition()):
+            await asyncio.sleep(0.02)
+    assert result, what
+    return result
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[Bus]:
+    b = create_bus(BusConfig(stream_prefix=PREFIX), None, run_id=RUN)
+    await b.start()
+    yield b
+    await b.close()
+
+
+def broadcaster(bus: Bus, agg: Aggregator, clock: Callable[[], float], state: EngineState = EngineState.RUNNING):
+    identity = EngineIdentity(run_id=RUN, host="box", pid=4242, started_ts=1.0, state_dir="/srv/esper")
+    return Broadcaster(
+        bus, FrameSigner(FRAME_KEY), identity, latest=agg.snapshot, state=lambda: state, refresh_hz=4, clock=clock
+    )
+
+
+async def frames_of(bus: Bus) -> list[tuple[Frame, bytes, bytes]]:
+    """Every frame in the run's stream, oldest first, with the bytes and signature it travelled with."""
+    entries = await bus.tail(bus.streams.frames, 100)
+    return [(decode_frame(f[FRAME_FIELD]), f[FRAME_FIELD], f[SIGNATURE_FIELD]) for _id, f in entries]
+
+
+# ---------------------------------------------------------------------------------- frames
+
+
+async def test_frames_are_signed_keyframes_then_deltas_and_a_late_client_converges(bus, fake_clock):
+    agg = Aggregator(clock=fake_clock)
+    agg.apply(epoch(1))
+    b = broadcaster(bus, agg, fake_clock)
+    first = agg.snapshot()
+    assert await b.publish(first) is True
+    assert await b.publish(agg.snapshot()) is False  # nothing new and no keyframe due: nothing sent
+    agg.apply(epoch(2))
+    second = agg.snapshot()
+    assert await b.publish(second) is True
+    fake_clock.advance(1.0)
+    assert await b.publish(agg.snapshot()) is True  # unchanged, but a keyframe is due every second
+
+    sent = await frames_of(bus)
+    verifier = FrameVerifier(FrameSigner(FRAME_KEY).public_key)
+    assert all(verifier.verify(data, sig) for _f, data, sig in sent)
+    frames = [f for f, _data, _sig in sent]
+    assert [(f.seq, f.base_seq) for f in frames] == [(first.seq, None), (second.seq, first.seq), (second.seq, None)]
+    assert all(f.run_id == agg.run_id for f in frames)
+    assert set(frames[1].sections) < set(frames[0].sections)  # a delta carries only what changed
+    assert "training" in frames[1].sections and "forge" not in frames[1].sections
+
+    whole = FrameDecoder()
+    assert [whole.apply(f) for f in frames] == [first, second, second]
+    late = FrameDecoder()  # attached after the first keyframe: the delta has no base, the next keyframe heals
+    assert late.apply(frames[1]) is None and late.gaps == 1
+    assert late.apply(frames[2]) == second
+
+
+async def test_the_frames_stream_is_trimmed_but_keeps_a_keyframe(bus, fake_clock):
+    agg = Aggregator(clock=fake_clock)
+    b = broadcaster(bus, agg, fake_clock)
+    for n in range(200):  # 50 s of frames at 4 Hz, every one of them news
+        agg.apply(epoch(n))
+        await b.publish(agg.snapshot())
+        fake_clock.advance(0.25)
+    frames = [f for f, _d, _s in await frames_of(bus)]
+    assert frames_maxlen(4) <= len(frames) < 200
+    assert sum(f.base_seq is None for f in frames) >= 2
+
+
+class FlakyBus(EmbeddedBus):
+    """The embedded bus with a switch that makes every frame and presence request fail as if Redis were away."""
+
+    down = False
+
+    async def add_entry(self, stream: str, fields: Any, *, maxlen: int) -> str:
+        if self.down:
+            raise BusUnavailable("redis away")
+        return await super().add_entry(stream, fields, maxlen=maxlen)
+
+    async def put_presence(self, key: str, value: bytes, ttl_s: float) -> None:
+        if self.down:
+            raise BusUnavailable("redis away")
+        await super().put_presence(key, value, ttl_s)
+
+
+async def test_a_failed_publication_never_raises_and_the_next_frame_is_a_keyframe(fake_clock):
+    flaky = FlakyBus(BusConfig(stream_prefix=PREFIX), run_id=RUN)
+    await flaky.start()
+    try:
+        agg = Aggregator(clock=fake_clock)
+        b = broadcaster(flaky, agg, fake_clock)
+        agg.apply(epoch(1))
+        assert await b.publish(agg.snapshot())
+        flaky.down = True
+        agg.apply(epoch(2))
+        assert await b.publish(agg.snapshot()) is False
+        assert await b.beat(EngineState.RUNNING, 5.0) is False
+        flaky.down = False
+        agg.apply(epoch(3))  # within the second: it would have been a delta on a frame nobody received
+        third = agg.snapshot()
+        assert await b.publish(third)
+        frames = [f for f, _d, _s in await frames_of(flaky)]
+        assert [(f.seq, f.base_seq) for f in frames][-1] == (third.seq, None)
+        assert FrameDecoder().apply(frames[-1]) == third
+    finally:
+        await flaky.close()
+
+
+# ---------------------------------------------------------------------------------- heartbeat
+
+
+async def test_heartbeat_is_signed_and_the_last_one_says_stopped(bus, fake_clock):
+    agg = Aggregator(clock=fake_clock)
+    agg.apply(epoch(1))
+    b = broadcaster(bus, agg, fake_clock)
+    assert await b.beat(EngineState.RUNNING, 5.0)
+    present = await bus.presence(heartbeat_key(PREFIX))
+    assert list(present) == [heartbeat_key(PREFIX, RUN)]
+    beat, payload, signature = open_heartbeat(present[heartbeat_key(PREFIX, RUN)])
+    assert FrameVerifier(FrameSigner(FRAME_KEY).public_key).verify(payload, signature)
+    assert not FrameVerifier(FrameSigner(b"\x01" * 32).public_key).verify(payload, signature)
+    assert (beat.run_id, beat.host, beat.pid, beat.state_dir, beat.state) == (
+        RUN,
+        "box",
+        4242,
+        "/srv/esper",
+        EngineState.RUNNING,
+    )
+    assert beat.engine_key == FrameSigner(FRAME_KEY).public_key
+
+    final = agg.snapshot()
+    await b.finish(final)
+    last = (await frames_of(bus))[-1][0]
+    assert last.base_seq is None and FrameDecoder().apply(last) == final
+    stopped = open_heartbeat((await bus.presence(heartbeat_key(PREFIX, RUN)))[heartbeat_key(PREFIX, RUN)])[0]
+    assert stopped.state is EngineState.STOPPED
+
+
+# ---------------------------------------------------------------------------------- the bus view
+
+
+async def test_bus_watch_reports_rooms_backlog_rates_and_rejections(bus, fake_clock):
+    rooms = room_key(PREFIX, RUN)
+    await bus.put_presence(room_key(PREFIX, RUN, "alice"), b"x", 10)
+    await bus.put_presence(room_key(PREFIX, RUN, "bob"), b"x", 10)
+    await bus.put_presence(room_key(PREFIX, "another-run", "carol"), b"x", 10)  # watching someone else
+    assert len(await bus.presence(rooms)) == 2
+
+    release = asyncio.Event()
+
+    async def handler(command: AnyCommand) -> None:
+        if command.issued_by == "mallory":
+            raise CommandRejected("unsigned")
+        await release.wait()  # hold the first good command: the rest wait behind it
+
+    views = []
+    watch = BusWatch(bus, RUN, on_view=views.append, clock=fake_clock)
+    consumer = asyncio.create_task(bus.consume_commands("engine", "engine-1", handler))
+    try:
+        await bus.publish_command(PauseTraining(paused=True, issued_by="mallory"))
+        await eventually(lambda: bus.metrics().rejected == 1, "the rejection")
+        for _ in range(3):
+            await bus.publish_command(PauseTraining(paused=True, issued_by="alice"))
+        await eventually(lambda: bus.metrics().delivered == 2, "the first good command in the handler")
+        view = await watch.measure()
+        assert view.backend == "embedded" and view.connected
+        assert view.control_rooms == 2
+        assert view.rejected == 1 and view.dead_lettered == 1
+        assert [n.reason for n in view.rejections] == ["rejected: unsigned"]
+        assert [n.stream for n in view.rejections] == [bus.streams.normal]
+        assert [n.reason for n in view.dead_letters] == ["rejected: unsigned"]
+        backlogs = {b.stream: b.backlog for b in view.backlogs}
+        assert backlogs[bus.streams.normal] == 3  # one held by the handler, two waiting behind it
+        assert backlogs[bus.streams.emergency] == 0
+
+        for n in range(10):
+            await bus.publish_event(epoch(n))
+        await bus.flush()
+        fake_clock.advance(2.0)
+        later = await watch.measure()
+        assert later.rate_out == 5.0  # 10 events in 2 s
+        assert later.published == view.published + 10
+    finally:
+        release.set()
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------------- a real engine
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    """A real engine on the embedded bus, without training or compiles (nothing queued), stopped afterwards."""
+    quiet = {"tezzeret": {"polling": {"initial_full_scan": False}}, "training": {"enabled": False}}
+    config = parse_config({**quiet, "ui": {"refresh_hz": 10}})
+    e = Engine(config, tmp_path / "state")
+    await e.start()
+    try:
+        yield e
+    finally:
+        await e.stop()
+
+
+def event_texts(engine: Engine) -> list[str]:
+    return [line.text for line in engine.aggregator.events]
+
+
+async def test_engine_obeys_its_own_signed_commands_and_refuses_forged_ones(engine):
+    """The embedded bus gets the same gate as Redis: the engine checks every command it consumes."""
+    key = load_key(OPERATOR_KEY, engine.state_dir)
+    await engine.send(PauseTraining(paused=True))  # the local dashboard's path: signed like anyone's
+    await eventually(lambda: engine.control.paused, "the pause obeyed")
+    assert f"PauseTraining from {engine.operator}" in event_texts(engine)
+
+    def shutdown(**fields: Any) -> Shutdown:
+        return Shutdown(issued_by="mallory@nowhere", **fields)
+
+    forged = [  # (the reason the engine gives, the command)
+        ("unsigned", shutdown()),
+        ("bad signature", sign_command(b"\x07" * 32, shutdown())),
+        ("stale: issued ", sign_command(key, shutdown(ts=engine.started_ts - 120))),
+        ("issued before this engine started", sign_command(key, shutdown(ts=engine.started_ts - 1))),
+        (f"meant for run elsewhere, this is {engine.run_id}", sign_command(key, shutdown(target="elsewhere"))),
+    ]
+    for _reason, command in forged:  # written straight onto the engine's stream, as anyone on the bus could
+        await engine.bus.add_entry(engine.bus.streams.emergency, {PAYLOAD: encode_msgpack(command)}, maxlen=100)
+    await eventually(lambda: engine.bus.metrics().rejected == len(forged), "every forged command rejected")
+    refused = [line for line in engine.aggregator.events if line.text.startswith("rejected ")]
+    assert len(refused) == len(forged)
+    for line, (reason, _command) in zip(refused, forged, strict=True):
+        assert line.text.startswith(f"rejected Shutdown from mallory@nowhere: {reason}"), line.text
+        assert line.level is Level.WARNING
+    letters = await engine.bus.dead_letters()
+    assert len(letters) == len(forged)
+    for letter, (reason, _command) in zip(letters, forged, strict=True):
+        assert letter.reason.startswith(f"rejected: {reason}"), letter.reason
+    assert not engine.stopped.is_set()
+
+    await engine.send(Shutdown(reason="test over"))
+    await eventually(engine.stopped.is_set, "the signed shutdown obeyed")
+    assert engine.stop_reason == "shutdown command (test over)"
+
+
+async def test_engine_view_ignores_telemetry_injected_on_the_bus(engine):
+    await engine.bus.publish_event(LogLine(level=Level.ERROR, message="forged: reactor on fire"))
+    await engine.bus.flush()
+    engine.log(Level.INFO, "a real line")
+    await eventually(lambda: "a real line" in event_texts(engine), "the real line")
+    assert "forged: reactor on fire" not in event_texts(engine)
+
+
+async def test_every_event_reaches_the_final_snapshot_in_order(engine):
+    """Events from another thread (the trainer's) are applied in emission order; stop() loses none of them."""
+
+    def trainer() -> None:
+        for n in range(1, 501):
+            engine.emit(epoch(n))
+
+    thread = threading.Thread(target=trainer)
+    thread.start()
+    await asyncio.to_thread(thread.join)
+    await engine.stop()
+    final = engine.latest()
+    assert final is not None
+    assert final.training.epoch == 500 and final.training.loss_history[-1] == 1.0
+    assert final.events[-1].text.startswith("engine stopping")
+
+
+async def test_a_fault_in_the_aggregator_never_reaches_the_emitter(engine, monkeypatch, caplog):
+    """The forge and the trainer emit synchronously into the aggregator now: a folding bug is logged, not theirs."""
+
+    def broken(event: Any) -> bool:
+        raise RuntimeError("folding bug")
+
+    monkeypatch.setattr(engine.aggregator, "apply", broken)
+    engine.log(Level.INFO, "the forge carries on")
+    assert "the aggregator failed on LogLine" in caplog.text and "folding bug" in caplog.text
+    assert not engine.stopped.is_set()
+
+
+async def test_engine_publishes_frames_and_a_heartbeat_that_ends_stopped(engine, monkeypatch):
+    bus = engine.bus
+    close = bus.close
+
+    async def keep_open() -> None:  # the embedded bus lives in the engine: read its last words before it goes
+        pass
+
+    monkeypatch.setattr(bus, "close", keep_open)
+    verifier = FrameVerifier(engine.frame_public_key)
+
+    async def newest_keyframe() -> Snapshot | None:
+        for _f, data, sig in reversed(await frames_of(bus)):
+            frame = decode_frame(data)
+            if frame.base_seq is None and verifier.verify(data, sig):
+                return FrameDecoder().apply(frame)
+        return None
+
+    async with asyncio.timeout(WAIT_S):
+        while (snap := await newest_keyframe()) is None or snap.run_id != engine.run_id:
+            await asyncio.sleep(0.05)
+    key = heartbeat_key(bus.config.stream_prefix, engine.run_id)
+    beat = open_heartbeat((await bus.presence(key))[key])[0]
+    assert beat.state is EngineState.RUNNING and beat.engine_key == engine.frame_public_key
+    assert beat.state_dir == str(engine.state_dir) and beat.started_ts == engine.started_ts
+    engine.log(Level.INFO, "last words")
+    await engine.stop()
+    final = await newest_keyframe()
+    latest = engine.latest()
+    assert final is not None and latest is not None
+    assert final == msgspec.structs.replace(latest, link=final.link) and final.events[-1].text.startswith("engine")
+    assert open_heartbeat((await bus.presence(key))[key])[0].state is EngineState.STOPPED
+    await close()
+
+
+def test_identity_line_names_the_run_and_both_keys(engine):
+    assert engine.identity_line() == (
+        f"engine {engine.run_id} frames signed by {engine.frame_public_key}; "
+        f"operator key {engine.state_dir / 'keys' / 'operator.key'}"
+    )
+    assert engine.frame_public_key == FrameSigner(load_key(FRAME_KEY_SPEC, engine.state_dir)).public_key
+    assert engine.identity_line() in event_texts(engine)  # the dashboard shows it too
