@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import fcntl
 import gc
-import getpass
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ from esper_tui.engine import keys
 from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity
 from esper_tui.engine.bus import Bus, BusError, create_bus
-from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, sign_command
+from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, operator_name, sign_command
 from esper_tui.engine.config import EsperConfig, wal_directory
 from esper_tui.engine.contracts import (
     AnyCommand,
@@ -74,15 +73,6 @@ DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus read
 
 class EngineError(RuntimeError):
     """Start-up or runtime failure worth one clear line to the operator (exit code 1)."""
-
-
-def operator_name() -> str:
-    """user@host: who sent a command, as the event log shows it."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name (a container without a passwd entry)
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 def key_origin(spec: keys.KeySpec, state_dir: Path, configured: str) -> str:

@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -35,7 +33,7 @@ import msgspec
 
 from esper_tui.engine import keys
 from esper_tui.engine.bus import Bus, BusError, StreamNames, create_bus, redact_url
-from esper_tui.engine.bus.auth import FrameVerifier, frame_public_key, sign_command
+from esper_tui.engine.bus.auth import FrameVerifier, frame_public_key, operator_name, sign_command
 from esper_tui.engine.bus.helpers import Backoff
 from esper_tui.engine.codec import SchemaMismatch, encode_json, encode_msgpack
 from esper_tui.engine.config import EsperConfig
@@ -81,15 +79,6 @@ class AttachError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
-
-
-def operator_name() -> str:
-    """user@host: who sent a command, as the engine's event log shows it."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name (a container without a passwd entry)
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
 
 
 class ControlRoom(Struct, kw_only=True):

@@ -13,8 +13,11 @@ engine nor paint a false picture for anybody else.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
+import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,6 +36,15 @@ _FRAME_SEED_DOMAIN = b"esper.frame-key.v1\0"
 REPLAY_CACHE_LIMIT = 100_000
 
 C = TypeVar("C", bound=AnyCommand)
+
+
+def operator_name() -> str:
+    """user@host: who sent a command, as the engine's event log shows it."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name (a container without a passwd entry)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 class CommandRejected(Exception):
