@@ -9,6 +9,13 @@ One function per figure, collected by main() into one dict, so more figures slot
   the median of three runs, with the CPU spent per message beside it.
 - redis_benchmark_xadd_per_s_{1,50}_clients: `redis-benchmark ... XADD benchstream '*' f v` against
   the same server: the ceiling of one-entry-per-request publishing.
+- a real headless engine (eager training, nothing to compile) in a subprocess, and control rooms
+  attached to it from this process over the same server:
+  - command_roundtrip_ms_p50/p95: a signed PauseTraining sent through RemoteLink.send until the engine's
+    CommandObeyed for that command id is read back from its telemetry stream;
+  - attach_converge_ms: a new RemoteLink started until it shows a verified picture at least as new as
+    the engine's newest frame at that moment (median of several attaches);
+  - keyframe_bytes: the newest keyframe's stream entry (frame and signature).
 
 `RedisServer` (a private redis-server on a free port, killable and restartable) is shared with the tests
 that must disturb a server (tests/bus): never the shared one.
@@ -26,12 +33,13 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -39,13 +47,23 @@ from urllib.parse import urlsplit
 import redis
 
 from esper_tui.engine.bus import BusOptions, RedisStreamsBus
+from esper_tui.engine.bus.auth import frame_public_key
+from esper_tui.engine.bus.helpers import unpack_batch
+from esper_tui.engine.bus.types import BATCH, PAYLOAD
+from esper_tui.engine.codec import decode_event
 from esper_tui.engine.config import BusConfig
-from esper_tui.engine.contracts import AnyEvent, EpochCompleted
+from esper_tui.engine.contracts import AnyEvent, CommandObeyed, EpochCompleted, PauseTraining
+from esper_tui.engine.frames import FRAME_FIELD, SIGNATURE_FIELD, decode_frame
+from esper_tui.engine.keys import FRAME_KEY, OPERATOR_KEY, load_key
+from esper_tui.remote import RemoteLink
 
 TELEMETRY_MESSAGES = 50_000
 TELEMETRY_REPEATS = 3
 REDIS_BENCHMARK_REQUESTS = 50_000
 TARGETS = {"telemetry_msgs_per_s": 50_000.0}
+TARGETS_BELOW = {"command_roundtrip_ms_p95": 50.0}
+COMMANDS = 200
+ATTACHES = 7
 START_TIMEOUT_S = 10.0
 
 
@@ -246,6 +264,154 @@ def redis_benchmark_xadd(url: str, clients: int, n: int = REDIS_BENCHMARK_REQUES
     return float(rates[-1])
 
 
+ENGINE = (sys.executable, "-m", "esper_tui", "--no-ui", "--interval", "5")
+
+
+def _caught_up(link: RemoteLink, seq: int) -> Callable[[], bool]:
+    """Whether `link` shows a picture at least as new as frame `seq`."""
+
+    def check() -> bool:
+        snapshot = link.latest()
+        return snapshot is not None and snapshot.seq >= seq
+
+    return check
+
+
+class _Engine:
+    """`esper-tui --no-ui` on `url` in a subprocess: eager training slowed to a steady 20 epochs/s, no compiles."""
+
+    def __init__(self, url: str, workdir: Path) -> None:
+        self.prefix = f"benchroom-{uuid.uuid4().hex[:8]}"
+        self.state = workdir / "state"
+        config = workdir / "engine.toml"
+        config.write_text(
+            "[tezzeret.polling]\ninitial_full_scan = false\n[training]\ncompile = false\nepoch_delay_s = 0.05\n"
+            f'[bus]\nstream_prefix = "{self.prefix}"\n'
+        )
+        self._err = workdir / "engine.err"
+        with self._err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [*ENGINE, "--config", str(config), "--redis-url", url, "--state-dir", str(self.state)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self.config = BusConfig(stream_prefix=self.prefix)
+
+    def run_id(self) -> str:
+        """From the identity line the engine prints once it has started."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = re.search(r"engine (\w+)", self._err.read_text())
+            if found:
+                return found.group(1)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the engine exited: {self._err.read_text()[-500:]}")
+            time.sleep(0.2)
+        raise RuntimeError("the engine did not start within 120 s")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _link(url: str, engine: _Engine, run_id: str) -> tuple[RemoteLink, RedisStreamsBus]:
+    bus = RedisStreamsBus(engine.config, url, run_id=run_id)
+    await bus.start(create_groups=False)
+    public = frame_public_key(load_key(FRAME_KEY, engine.state))
+    link = RemoteLink(bus, run_id, public, operator_key=load_key(OPERATOR_KEY, engine.state))
+    await link.start()
+    return link, bus
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def _newest_frame(bus: RedisStreamsBus, stream: str) -> tuple[int, int]:
+    """(seq of the newest frame, bytes of the newest keyframe entry) in the stream."""
+    newest, key_bytes = -1, 0
+    for _entry_id, fields in reversed(await bus.tail(stream, 64)):
+        frame = decode_frame(fields[FRAME_FIELD])
+        newest = max(newest, frame.seq)
+        if frame.base_seq is None and not key_bytes:
+            key_bytes = len(fields[FRAME_FIELD]) + len(fields[SIGNATURE_FIELD])
+    return newest, key_bytes
+
+
+async def _obeyed(bus: RedisStreamsBus, stream: str, after: str, command_id: str) -> str:
+    """Read the run's telemetry from `after` until the engine says it obeyed `command_id`; the last id read."""
+    while True:
+        for entry_id, fields in await bus.read_entries(stream, after, count=500, block_ms=1000):
+            after = entry_id
+            messages = unpack_batch(fields[BATCH]) if BATCH in fields else [fields.get(PAYLOAD, b"")]
+            for data in messages:
+                event = decode_event(data)
+                if isinstance(event, CommandObeyed) and event.command_id == command_id:
+                    return after
+
+
+async def _control_room(url: str, engine: _Engine, commands: int, attaches: int) -> dict[str, float]:
+    run_id = await asyncio.to_thread(engine.run_id)
+    link, bus = await _link(url, engine, run_id)
+    try:
+        await _until(lambda: (shown := link.latest()) is not None and shown.training.epoch >= 20, 120)
+        newest, key_bytes = await _newest_frame(bus, bus.streams.frames)
+        telemetry = bus.streams.telemetry
+        after = (await bus.tail(telemetry, 1) or [("0-0", {})])[-1][0]
+        trips: list[float] = []
+        for i in range(commands):
+            command = PauseTraining(paused=i % 2 == 0)
+            t0 = time.perf_counter()
+            await link.send(command)
+            after = await asyncio.wait_for(_obeyed(bus, telemetry, after, command.command_id), 30)
+            trips.append((time.perf_counter() - t0) * 1000)
+        await link.send(PauseTraining(paused=False))
+        converge: list[float] = []
+        for _ in range(attaches):
+            target, _ = await _newest_frame(bus, bus.streams.frames)
+            t0 = time.perf_counter()
+            room, room_bus = await _link(url, engine, run_id)
+            try:
+                await _until(_caught_up(room, target))
+                converge.append((time.perf_counter() - t0) * 1000)
+            finally:
+                await room.close()
+                await room_bus.close()
+    finally:
+        await link.close()
+        await bus.close()
+    trips.sort()
+    return {
+        "command_roundtrip_ms_p50": round(statistics.median(trips), 2),
+        "command_roundtrip_ms_p95": round(trips[min(len(trips) - 1, int(0.95 * len(trips)))], 2),
+        "commands": commands,
+        "attach_converge_ms": round(statistics.median(converge), 1),
+        "attach_converge_ms_max": round(max(converge), 1),
+        "keyframe_bytes": key_bytes,
+        "frame_seq_at_measure": newest,
+    }
+
+
+def control_room(url: str, commands: int = COMMANDS, attaches: int = ATTACHES) -> dict[str, float]:
+    """Command round trips and attach convergence against a real engine subprocess on `url`."""
+    with tempfile.TemporaryDirectory(prefix="esper-bench-") as tmp:
+        engine = _Engine(url, Path(tmp))
+        try:
+            return asyncio.run(_control_room(url, engine, commands, attaches))
+        finally:
+            engine.stop()
+            with redis.Redis.from_url(url) as client:
+                keys = list(client.scan_iter(match=f"{engine.prefix}.*"))
+                if keys:
+                    client.delete(*keys)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -254,10 +420,12 @@ def print_table(results: dict[str, object]) -> None:
     for key, value in results.items():
         if key == "machine":
             continue
-        goal = TARGETS.get(key)
+        goal, below = TARGETS.get(key), TARGETS_BELOW.get(key)
         verdict = ""
         if goal is not None and isinstance(value, int | float):
             verdict = f">= {goal:g} {'ok' if value >= goal else 'MISSED'}"
+        elif below is not None and isinstance(value, int | float):
+            verdict = f"< {below:g} {'ok' if value < below else 'MISSED'}"
         print(f"{key:<42} {value!s:>12}  {verdict}")
     print(f"machine: {results['machine']}")
 
@@ -278,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"redis_benchmark_xadd_per_s_{clients}_client{'s' if clients > 1 else ''}"] = (
                     redis_benchmark_xadd(url, clients)
                 )
+            print("a real engine and control rooms attached to it ...", flush=True)
+            results.update(control_room(url))
     except (RuntimeError, redis.RedisError, OSError) as exc:
         print(f"benchmarks.bus: {exc}", file=sys.stderr)
         return 1
