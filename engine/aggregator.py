@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from esper_tui.engine.contracts import (
+    AlertChanged,
     AnyEvent,
     ArtifactQuarantined,
     BreakerChanged,
@@ -42,6 +43,7 @@ from esper_tui.engine.contracts import (
     WalStatus,
 )
 from esper_tui.engine.snapshot import (
+    AlertView,
     BreakerView,
     BusView,
     EventLine,
@@ -99,6 +101,7 @@ class Aggregator:
         self.events: deque[EventLine] = deque(maxlen=max_events)
         self.metrics: list[Metric] = []
         self.bus = BusView()
+        self.alerts: dict[str, AlertView] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
         self._seq = 0
@@ -136,7 +139,9 @@ class Aggregator:
             return event.level
         if isinstance(event, TrainingFailed) or (isinstance(event, JobFailed) and not event.will_retry):
             return Level.ERROR
-        if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused):
+        if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused) or (
+            isinstance(event, AlertChanged) and event.active
+        ):
             return Level.WARNING
         return Level.INFO
 
@@ -258,6 +263,14 @@ class Aggregator:
     def _on_MetricsReport(self, e: MetricsReport) -> None:
         self.metrics = list(e.metrics)
 
+    def _on_AlertChanged(self, e: AlertChanged) -> None:
+        if e.active:
+            self.alerts[e.alertname] = AlertView(
+                alertname=e.alertname, severity=e.severity, summary=e.summary, since_ts=e.ts
+            )
+        else:
+            self.alerts.pop(e.alertname, None)
+
     def _on_WalStatus(self, e: WalStatus) -> None:
         self.wal = WalView(
             path=e.path,
@@ -324,6 +337,10 @@ class Aggregator:
                 return f"{e.command_type} from {e.issued_by}"
             case CommandRefused():
                 return f"rejected {e.command_type} from {e.issued_by}: {e.reason}"
+            case AlertChanged(active=True):
+                return f"alert {e.alertname} firing: {e.summary}"
+            case AlertChanged():
+                return f"alert {e.alertname} resolved"
         return None
 
     # ------------------------------------------------------------------ freezing
@@ -369,5 +386,6 @@ class Aggregator:
             metrics=self.metrics,
             events=list(self.events)[-50:],
             bus=self.bus,
+            alerts=list(self.alerts.values()),
         )
         return self._last

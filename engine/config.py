@@ -191,13 +191,27 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
         | None
     ) = None
     batch_size: Annotated[
-        int, Meta(ge=2, le=TRAIN_SAMPLES, description="samples per step, at most the 4000-sample training split")
+        int,
+        Meta(
+            ge=2,
+            le=TRAIN_SAMPLES,
+            description="samples per step; one above the training split (4000 less val_samples) takes the whole split",
+        ),
     ] = 100
     learning_rate: Annotated[float, Meta(gt=0, le=1, description="Adam's learning rate for the host network")] = 3e-3
     hidden: Annotated[
         int, Meta(ge=1, le=4096, description="width of the host's hidden layer, and so of every seed kernel")
     ] = 64
     slots: Annotated[int, Meta(ge=1, le=8, description="seed slots in the host network")] = 2
+    dropout: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=0.9,
+            description="dropout on the host's hidden activations while training; keeps the host from "
+            "memorising its samples, which would leave grafted seeds no gradient",
+        ),
+    ] = 0.3
     seed: Annotated[
         int, Meta(ge=0, le=2**32 - 1, description="RNG seed of the weights, the shuffling and each seed's init")
     ] = 0
@@ -206,12 +220,41 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
     ] = 3
     plateau_delta: Annotated[Fraction, Meta(description="validation accuracy gain that counts as progress")] = 0.005
     fossilize_margin: Annotated[
-        Fraction, Meta(description="accuracy gain a held seed must show to be kept; the 1000-sample val set is noisy")
+        Fraction,
+        Meta(
+            description="validation accuracy gain a held seed must show to be kept (the validation split is "
+            "small and noisy)"
+        ),
     ] = 0.015
     blend_epochs: Annotated[Epochs, Meta(description="epochs over which a seed's output is blended in")] = 5
     train_epochs: Annotated[Epochs, Meta(description="epochs a seed trains in isolation before blending")] = 2
     holding_epochs: Annotated[Epochs, Meta(description="epochs a blended seed is watched before it is judged")] = 2
     embargo_epochs: Annotated[Epochs, Meta(description="epochs a slot stays closed after its seed was pruned")] = 3
+    val_samples: Annotated[
+        int,
+        Meta(
+            ge=100,
+            le=2000,
+            description="training samples held out (fixed seed) as the validation split every decision reads; "
+            "the test split is only reported",
+        ),
+    ] = 500
+    early_stop_epochs: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100_000,
+            description="without `epochs`: stop once validation accuracy has not improved for this many epochs, "
+            "restoring the best weights",
+        ),
+    ] = 40
+    give_up_after: Annotated[
+        Tries,
+        Meta(
+            description="failed seeds in a row after which Tamiyo stops growing for the run; each failure "
+            "doubles the wait before the next try"
+        ),
+    ] = 4
     epoch_delay_s: Annotated[SecondsOrZero, Meta(description="pause after each epoch, to slow demos down")] = 0.0
 
 
@@ -274,12 +317,57 @@ class UiConfig(Section, frozen=True, kw_only=True):
     theme: Annotated[Name, Meta(description="colour theme (esper-dark, esper-light, ...)")] = "esper-dark"
 
 
+class RecordingConfig(Section, frozen=True, kw_only=True):
+    """Every run's snapshots in <state>/runs/<run_id>.esrec, for `esper-tui replay`, `runs` and `plot`."""
+
+    enabled: Annotated[bool, Meta(description="record each run's snapshot stream (off: nothing is written)")] = True
+    keep_runs: Annotated[
+        int, Meta(ge=1, le=100_000, description="recordings kept; the oldest go first when a run starts")
+    ] = 50
+    max_total_mb: Annotated[
+        int, Meta(ge=1, le=TIB_MB, description="total size of the recordings kept, in MB (the oldest go first)")
+    ] = 1024
+    compression_level: Annotated[
+        int, Meta(ge=1, le=22, description="zstd level of each recorded snapshot (higher: smaller, slower)")
+    ] = 3
+
+
+class NissaConfig(Section, frozen=True, kw_only=True):
+    """Nissa, observability: the Prometheus endpoints (off unless a port is given) and the four alerts,
+    which the engine evaluates whether or not anything scrapes it."""
+
+    port: Annotated[
+        int,
+        Meta(ge=0, le=65_535, description="serve /metrics, /healthz and /api/v1/status on this TCP port; 0: off"),
+    ] = 0
+    host: Annotated[Name, Meta(description="address the endpoints listen on (0.0.0.0 for every interface)")] = (
+        "127.0.0.1"
+    )
+    epoch_latency_s: Annotated[
+        Seconds, Meta(description="training_latency_high fires after three consecutive epochs slower than this")
+    ] = 60.0
+    queue_depth: Annotated[
+        Entries, Meta(description="oona_queue_depth fires while a stream's unacknowledged backlog exceeds this")
+    ] = 4000
+    compile_retries: Annotated[
+        Tries, Meta(description="tezzeret_compile_retry_high fires at this many compile retries within the window")
+    ] = 3
+    retry_window_s: Annotated[
+        Seconds, Meta(description="the sliding window of tezzeret_compile_retry_high, in seconds")
+    ] = 600.0
+    isolation_window_s: Annotated[
+        Seconds, Meta(description="kasmina_isolation_violation stays active this long after the last violation")
+    ] = 300.0
+
+
 class EsperConfig(Section, frozen=True, kw_only=True):
     tezzeret: TezzeretConfig = msgspec.field(default_factory=TezzeretConfig)
     library: LibraryConfig = msgspec.field(default_factory=LibraryConfig)
     training: TrainingConfig = msgspec.field(default_factory=TrainingConfig)
     bus: BusConfig = msgspec.field(default_factory=BusConfig)
     ui: UiConfig = msgspec.field(default_factory=UiConfig)
+    nissa: NissaConfig = msgspec.field(default_factory=NissaConfig)
+    recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
 
 
 # --------------------------------------------------------------------------- rules across keys

@@ -221,6 +221,16 @@ class CommandRefused(Event, tag="command_refused", kw_only=True):
     reason: str
 
 
+class AlertChanged(Event, tag="alert_changed", kw_only=True):
+    """One of Nissa's alerts fired (`active`) or resolved: the dashboard's alert strip and the event log
+    follow it, and so can any consumer of the telemetry stream. The source is the engine, which evaluates it."""
+
+    alertname: str
+    active: bool
+    severity: str
+    summary: str
+
+
 AnyEvent = (
     EngineStarted
     | EngineStopping
@@ -243,6 +253,7 @@ AnyEvent = (
     | LogLine
     | CommandObeyed
     | CommandRefused
+    | AlertChanged
 )
 
 

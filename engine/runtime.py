@@ -55,6 +55,8 @@ from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
 from esper_tui.engine.library.store import Identity, Library
+from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
+from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
@@ -73,6 +75,14 @@ DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus read
 
 class EngineError(RuntimeError):
     """Start-up or runtime failure worth one clear line to the operator (exit code 1)."""
+
+    exit_code = 1
+
+
+class EngineUsageError(EngineError):
+    """A start-up failure the operator's arguments caused (a metrics port in use): exit code 2."""
+
+    exit_code = 2
 
 
 def key_origin(spec: keys.KeySpec, state_dir: Path, configured: str) -> str:
@@ -129,7 +139,14 @@ class Engine:
         self.wal: WriteAheadLog | None = None
         self.library: Library | None = None
         self._pool: WorkerPool | None = None
+        self.recorder: Recorder | None = None
+        self._recorder_task: asyncio.Task[Any] | None = None
         self._loop_thread: int | None = None
+        self.forge_fatal: str | None = None
+        self.wal_recovery_s: float | None = None
+        self.alerts = AlertEvaluator(config.nissa)
+        self.nissa = NissaMetrics(self.alerts, self.latest, self.facts)
+        self._metrics_server: MetricsServer | None = None
 
     # ------------------------------------------------------------------ the client seam
 
@@ -163,8 +180,16 @@ class Engine:
         """
         try:
             self.aggregator.apply(event)
+            self.nissa.observe(event)
+            changes = self.alerts.observe(event)
         except Exception:
             log.exception("engine %s: the aggregator failed on %s", self.run_id, type(event).__name__)
+            changes = []
+        self._queue_telemetry(event)
+        for change in changes:  # after the event that caused them, and folded like any other event
+            self._ingest(change)
+
+    def _queue_telemetry(self, event: AnyEvent) -> None:
         if self._outbox.full():
             self._outbox.get_nowait()
             self._outbox.task_done()
@@ -212,6 +237,13 @@ class Engine:
         signer = FrameSigner(frame_key)
         self.frame_public_key = signer.public_key
         self.operator_key_origin = key_origin(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
+        if cfg.nissa.port:  # first of the services: a port in use fails the start before any worker is spawned
+            server = MetricsServer(self.nissa, self.latest, self.facts, cfg.nissa.host, cfg.nissa.port)
+            try:
+                await server.start()
+            except PortInUse as exc:
+                raise EngineUsageError(str(exc)) from None
+            self._metrics_server = server
         # Stale workers of a crashed run go first; then fresh ones start while this process probes the CPU.
         stale = reap_stale(self.state_dir / "workers")
         self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir, lambda why: self.log(Level.WARNING, why))
@@ -228,6 +260,7 @@ class Engine:
         )
         self.library = library
         wal_dir = wal_directory(cfg, self.state_dir)
+        opened = time.monotonic()
         try:
             wal, report = await asyncio.to_thread(
                 WriteAheadLog.open, wal_dir, durability=cfg.tezzeret.wal.durability_mode
@@ -235,6 +268,7 @@ class Engine:
         except (WalError, OSError) as exc:
             raise EngineError(f"WAL {wal_dir}: {exc}") from None
         self.wal = wal
+        self.wal_recovery_s = time.monotonic() - opened
         try:
             await self.bus.start()
         except Exception as exc:
@@ -242,6 +276,8 @@ class Engine:
         self._pump_task = self._spawn(self._pump())
         self._spawn(self.bus.consume_commands("engine", f"engine-{self.run_id}", self._obey))
         self._spawn(self._publish_snapshots())
+        self._spawn(self._evaluate_alerts())
+        await self._start_recorder()
         self._start_broadcast(signer)
         import torch
 
@@ -301,6 +337,8 @@ class Engine:
         exc = task.exception()
         if exc is not None:
             self.failure = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ForgeFatal) else str(exc)
+            if isinstance(exc, ForgeFatal):
+                self.forge_fatal = str(exc)
             self.request_stop(f"failure: {self.failure}")
 
     async def _pump(self) -> None:
@@ -313,11 +351,48 @@ class Engine:
             finally:
                 self._outbox.task_done()
 
+    async def _start_recorder(self) -> None:
+        """Record this run's snapshots to <state>/runs/<run_id>.esrec (config [recording])."""
+        rec = self.config.recording
+        if not rec.enabled:
+            return
+        self.recorder = recorder = Recorder(
+            recording_path(self.state_dir, self.run_id),
+            self.latest,
+            hz=self.config.ui.refresh_hz,
+            level=rec.compression_level,
+            keep=rec.keep_runs,
+            max_bytes=rec.max_total_mb * 2**20,
+            on_error=lambda why: self.log(Level.WARNING, why),
+        )
+        for old in await recorder.open():
+            self.log(Level.INFO, f"recording {old.name} deleted (retention)")
+        self._recorder_task = self._spawn(recorder.run())
+
     async def _publish_snapshots(self) -> None:
         period = 1.0 / self.config.ui.refresh_hz
         while True:
             self._snapshot = self.aggregator.snapshot()
             await asyncio.sleep(period)
+
+    async def _evaluate_alerts(self) -> None:
+        """Nissa's time-based rules (windows that expire, the bus backlog), once a second."""
+        while True:
+            for change in self.alerts.tick(self._snapshot, time.time()):
+                self.emit(change)
+            await asyncio.sleep(1.0)
+
+    def facts(self) -> EngineFacts:
+        """What /metrics and /healthz need beyond the snapshot."""
+        stats = self.library.stats if self.library is not None else None
+        return EngineFacts(
+            run_id=self.run_id,
+            cache_hits=stats.cache_hits if stats else 0,
+            cache_misses=stats.cache_misses if stats else 0,
+            wal_recovery_s=self.wal_recovery_s,
+            forge_fatal=self.forge_fatal,
+            failure=self.failure,
+        )
 
     def _start_broadcast(self, signer: FrameSigner) -> None:
         """Frames and heartbeat for control rooms elsewhere, and the bus's vital signs for every snapshot."""
@@ -477,6 +552,10 @@ class Engine:
         self.emit(EngineStopping(reason=self.stop_reason or "stopped"))
         await self._drain()
         self._snapshot = self.aggregator.snapshot()
+        if self.recorder is not None:
+            await self.recorder.close(self._snapshot)  # the last record is this final snapshot
+            if self._recorder_task is not None:
+                await asyncio.gather(self._recorder_task, return_exceptions=True)
         if self.broadcaster is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_S):
@@ -486,6 +565,8 @@ class Engine:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.bus.close()
+        if self._metrics_server is not None:  # last: a scrape during shutdown still gets the final picture
+            await self._metrics_server.stop()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

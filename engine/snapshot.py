@@ -164,6 +164,15 @@ class BusView(Struct, kw_only=True):
     control_rooms: int = 0  # attached control rooms, from their heartbeats
 
 
+class AlertView(Struct, kw_only=True):
+    """A Nissa alert that is firing now (resolved ones leave the list): what the alert strip shows."""
+
+    alertname: str
+    severity: str
+    summary: str
+    since_ts: float
+
+
 class LinkView(Struct, kw_only=True):
     """Filled by the client, never by the engine: how old this picture is and whether it can be trusted."""
 
@@ -190,3 +199,4 @@ class Snapshot(Struct, kw_only=True):
     events: list[EventLine] = msgspec.field(default_factory=list)
     bus: BusView = msgspec.field(default_factory=BusView)
     link: LinkView = msgspec.field(default_factory=LinkView)
+    alerts: list[AlertView] = msgspec.field(default_factory=list)  # firing now, oldest first

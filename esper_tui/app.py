@@ -14,13 +14,15 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any, ClassVar
 
-from textual import work
+from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
+from textual.geometry import Size
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widget import Widget
+from textual.widgets import Footer, Static, Tab, Tabs
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.snapshot import LinkView, Snapshot
@@ -28,12 +30,14 @@ from esper_tui.engine.vocabulary import Strategy, TrainingStatus
 from esper_tui.help import HelpScreen, strategy_notes
 from esper_tui.link import CommandUnavailable, EngineLink, ReportsLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
+from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.forge_health import ForgeHealthLine
 from esper_tui.widgets.panel import SnapshotPanel
+from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.seeds import SeedsPanel
 from esper_tui.widgets.status_banner import StatusBanner
 from esper_tui.widgets.strategy_picker import StrategyPicker
@@ -66,10 +70,29 @@ HELP_ORDER: tuple[str, ...] = (
     "esper.recompile_all",
     "esper.toggle_conservative",
     "esper.toggle_pause",
+    "esper.plot",
+    "esper.next_view",
     "esper.help",
     "esper.quit",
 )
 """Binding ids listed on the help screen, in this order (their keys come from the live keymap)."""
+
+VIEWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("forge", "Forge", ("compile-queue", "breakers", "wal")),
+    ("training", "Training", ("seeds", "training", "plot")),
+    ("events", "Events", ("events",)),
+    ("oona", "Oona", ("bus",)),
+)
+"""The compact layout's tabs: (key, label, ids of the panels the tab shows), in cycling order."""
+
+COMPACT_BELOW = Size(100, 32)
+"""Narrower or shorter than this, the panels cannot all fit side by side: show them one tab at a time."""
+
+
+def is_compact(size: Size) -> bool:
+    """Whether a terminal of `size` gets the tabbed layout (80x24 does; 120x36 and up keep every panel)."""
+    return size.width < COMPACT_BELOW.width or size.height < COMPACT_BELOW.height
+
 
 EXTRA_HELP: tuple[tuple[str, str], ...] = (
     ("^p", "Command palette: every command above, strategies, themes"),
@@ -118,10 +141,27 @@ class DashboardScreen(Screen[None]):
             tooltip="Pause or resume the training loop",
             id="esper.toggle_pause",
         ),
+        Binding(
+            "v",
+            "toggle_plot",
+            "Curves",
+            tooltip="Show or hide the loss and accuracy curves (G/F/P/R mark decisions)",
+            show=False,  # listed in the help; the footer stays as wide as an 80-column terminal allows
+            id="esper.plot",
+        ),
+        Binding(
+            "t",
+            "next_view",
+            "Next view",
+            tooltip="Small terminal: next tab (Forge, Training, Events, Oona)",
+            show=False,  # the tab bar itself says "t next"
+            id="esper.next_view",
+        ),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, extras: tuple[Widget, ...] = ()) -> None:
         super().__init__(id="dashboard")
+        self._extras = extras  # mounted above the footer (a replay's position bar)
         self._pending: Snapshot | None = None
         self._composed = False
         self._panels: list[SnapshotPanel[object]] = []
@@ -132,22 +172,84 @@ class DashboardScreen(Screen[None]):
         with Horizontal(id="top"):
             yield StatusBanner(id="banner")
             yield ForgeHealthLine(id="forge-health")
+        yield AlertStrip(id="alerts")
         yield Static(WAITING_TEXT, id="waiting")
         with Vertical(id="body"):
+            with Horizontal(id="views-bar"):  # shown only in the compact layout
+                tabs = Tabs(*(Tab(label, id=f"view-{key}") for key, label, _ in VIEWS), id="views")
+                tabs.can_focus = False  # focus stays on the queue, whose arrow keys move the selection
+                yield tabs
+                yield Static("t next", id="views-hint")
             with Horizontal(id="main-row"):
                 yield CompileQueue(id="compile-queue")
                 with Vertical(id="side"):
                     yield BreakersPanel(id="breakers")
                     yield WalPanel(id="wal")
-            with Horizontal(id="growth-row"):
-                yield SeedsPanel(id="seeds")
-                yield TrainingPanel(id="training")
+            with Vertical(id="training-view"):
+                with Horizontal(id="growth-row"):
+                    yield SeedsPanel(id="seeds")
+                    yield TrainingPanel(id="training")
+                yield PlotPanel(id="plot")
             with Horizontal(id="log-row"):
                 yield EventsPanel(id="events")
                 yield BusPanel(id="bus")
+        yield from self._extras
         yield Footer()
 
+    def action_toggle_plot(self) -> None:
+        """Show or hide the curves; hidden, the panel still gathers points, so it opens up to date.
+
+        In the compact layout the curves take the training summary's place on the Training tab, which
+        is brought forward so the key always shows what it opened.
+        """
+        plot = self.query_one(PlotPanel)
+        plot.display = not plot.display
+        self.set_class(plot.display, "-plot")
+        if plot.display and self.compact:
+            self.show_view("training")
+
+    # ------------------------------------------------------------------ compact layout (small terminals)
+
+    @property
+    def compact(self) -> bool:
+        """True while the terminal is too small for every panel: one tab of panels at a time."""
+        return self.has_class("-compact")
+
+    @property
+    def view(self) -> str:
+        """The compact layout's current tab ("forge", "training", "events" or "oona")."""
+        return next((key for key, _, _ in VIEWS if self.has_class(f"-view-{key}")), VIEWS[0][0])
+
+    def show_view(self, key: str) -> None:
+        """Bring tab `key` forward (CSS shows its panels); the tab bar follows, clicks come back here."""
+        for other, _, _ in VIEWS:
+            self.set_class(other == key, f"-view-{other}")
+        tabs = self.query_one("#views", Tabs)
+        if tabs.active != f"view-{key}":
+            tabs.active = f"view-{key}"
+        if key == "forge" and self.has_snapshot:
+            self.compile_queue.focus()  # the arrow keys move the selection again
+
+    def action_next_view(self) -> None:
+        """Cycle the tabs; with every panel on screen there is nothing to switch, so the key is quiet."""
+        keys = [key for key, _, _ in VIEWS]
+        self.show_view(keys[(keys.index(self.view) + 1) % len(keys)])
+
+    @on(Tabs.TabActivated, "#views")
+    def _tab_clicked(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id is not None:
+            self.show_view(event.tab.id.removeprefix("view-"))
+
+    def _fit_layout(self, size: Size) -> None:
+        """Tabs below `COMPACT_BELOW`, today's full layout above it."""
+        self.set_class(is_compact(size), "-compact")
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit_layout(event.size)
+
     def on_mount(self) -> None:
+        self.show_view(VIEWS[0][0])
+        self._fit_layout(self.app.size)
         self.query_one("#body").display = False
         self._panels = [widget for widget in self.query("*") if isinstance(widget, SnapshotPanel)]
         self._composed = True
@@ -189,7 +291,8 @@ class DashboardScreen(Screen[None]):
             self.query_one("#waiting", Static).update(waiting_text(view))
 
     def on_screen_resume(self) -> None:
-        """Catch up with what arrived while a modal covered the dashboard."""
+        """Catch up with what arrived while a modal covered the dashboard (the terminal may have resized)."""
+        self._fit_layout(self.app.size)
         if self._pending is not None:
             self.show_snapshot(self._pending)
 
@@ -234,9 +337,13 @@ class EsperApp(App[None]):
         self.refresh_hz = refresh_hz
         self.snapshot: Snapshot | None = None
         """The newest snapshot drawn (None until the engine has sent one)."""
-        self.dashboard = DashboardScreen()
+        self.dashboard = DashboardScreen(self.dashboard_extras())
         self._drawn_key: tuple[str, int, LinkView] | None = None
         self._outbox: asyncio.Queue[AnyCommand] = asyncio.Queue()
+
+    def dashboard_extras(self) -> tuple[Widget, ...]:
+        """Widgets a variant of the control room adds above the footer (none here; a replay's bar)."""
+        return ()
 
     def get_default_screen(self) -> Screen[None]:
         return self.dashboard

@@ -22,6 +22,9 @@ EPILOG = """examples:
   esper-tui attach --list --redis-url URL          the engines live on that Redis
   esper-tui library verify                    check every stored kernel's signature
   esper-tui wal inspect --json                the forge's write-ahead log
+  esper-tui runs                              the recorded runs in ./var/runs
+  esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
+  esper-tui plot var/runs/RUN.esrec --out run.png   loss and accuracy curves for a report
   esper-tui config reference                  every config key with its default and range (markdown)
 """
 
@@ -43,6 +46,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
     return value
 
 
@@ -83,6 +96,12 @@ def _run_parser() -> argparse.ArgumentParser:
         help="compile every blueprint again (new versions), e.g. after a compiler upgrade",
     )
     p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /api/v1/status on this port (Prometheus; default: nissa.port, 0 = off)",
+    )
     return p
 
 
@@ -165,6 +184,49 @@ def _attach(argv: list[str]) -> int:
     return attach_main(args, config)
 
 
+def _recordings_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="esper-tui", description="recorded runs (<state>/runs/<run_id>.esrec)")
+    sub = p.add_subparsers(dest="area", required=True)
+    replay = sub.add_parser(
+        "replay",
+        help="the dashboard over a recording, no engine needed",
+        description="Keys: space play/pause, left/right step, [ ] speed, g/G start/end. Commands are disabled.",
+    )
+    replay.add_argument("file", type=Path, metavar="FILE", help="a recording (.esrec)")
+    replay.add_argument("--no-ui", action="store_true", help="print the recorded snapshots instead")
+    replay.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line")
+    replay.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([ui] refresh rate, theme)")
+    runs = sub.add_parser("runs", help="list the recordings: run, start, duration, epochs, final accuracy")
+    runs.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
+    runs.add_argument("--json", action="store_true", help="one JSON object per recording")
+    plot = sub.add_parser("plot", help="a recording's loss and accuracy curves as an image (.png or .svg)")
+    plot.add_argument("file", type=Path, metavar="FILE", help="a recording (.esrec)")
+    plot.add_argument("--out", type=Path, required=True, metavar="IMAGE", help="run.png or run.svg")
+    return p
+
+
+def _recordings(argv: list[str]) -> int:
+    parser = _recordings_parser()
+    args = parser.parse_args(argv)
+    if args.area == "runs":
+        from esper_tui.replay import runs_main
+
+        return runs_main(args.state_dir, args.json)
+    if args.area == "plot":
+        from esper_tui.plot import plot_main
+
+        return plot_main(args.file, args.out)
+    if args.json and not args.no_ui:
+        parser.error("--json needs --no-ui")
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config error: {exc}", 2)
+    from esper_tui.replay import replay_main
+
+    return replay_main(args, config.ui.refresh_hz, config.ui.theme)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"esper-tui: {message}", file=sys.stderr)
     return code
@@ -176,13 +238,18 @@ def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
         training = msgspec.structs.replace(training, epochs=args.epochs)
     if args.eager:
         training = msgspec.structs.replace(training, compile=False)
-    return msgspec.structs.replace(config, training=training)
+    nissa = config.nissa
+    if args.metrics_port is not None:
+        nissa = msgspec.structs.replace(nissa, port=args.metrics_port)
+    return msgspec.structs.replace(config, training=training, nissa=nissa)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "attach":
         return _attach(argv[1:])
+    if argv and argv[0] in ("replay", "runs", "plot"):
+        return _recordings(argv)
     if argv and argv[0] in ("library", "wal", "config"):
         args = _tool_parser().parse_args(argv)
         if args.area == "config":
@@ -222,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_ui(engine, config))
     except EngineError as exc:
-        return _fail(str(exc), 1)
+        return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return 0
 

@@ -33,7 +33,8 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"{link_tag(s.link)}[{t.status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | kernels {s.infrastructure.kernels} | "
+        f"{link_tag(s.link)}[{t.status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | "
+        f"kernels {s.infrastructure.kernels} | "
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
         f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"

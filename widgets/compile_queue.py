@@ -3,13 +3,20 @@
 A DataTable repaint costs ~38 ms whatever changed (guide section 8), so rows are keyed by blueprint id
 and changed cells are rewritten with `update_cell`; rows are added and removed individually, never
 cleared and re-added, which also keeps the cursor (the operator's selection) where it was.
+
+A column is either shown whole or not at all: when the table is narrow (an 80-column terminal) the
+least useful columns give way (`column_plan`), and the note stretches over whatever width is left with
+an ellipsis, so no cell is ever cut mid-word at the table's edge.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
+from rich.cells import cell_len
 from rich.text import Text
+from textual import events
 from textual.coordinate import Coordinate
 from textual.theme import Theme
 from textual.widgets import DataTable
@@ -32,6 +39,40 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 
 NOTE_WIDTH = 48
 """Errors can be long tracebacks; the table shows their start (the event log has the rest)."""
+
+PRIORITY: tuple[str, ...] = ("blueprint", "state", "strategy", "time", "step", "note", "ver")
+"""Column keys, most useful first: a narrow table drops them from the end of this list."""
+
+KEPT: frozenset[str] = frozenset({"blueprint", "state"})
+"""Columns shown however narrow the table is: without them a row means nothing."""
+
+MIN_WIDTHS: Mapping[str, int] = {"strategy": len("Aggressive"), "state": len("● compiling"), "time": len("10.0 s")}
+"""Content widths reserved whatever the rows hold now, so a ticking clock does not reshuffle the columns."""
+
+NOTE_MIN = 16
+"""The note is shown only when this many cells are left for it (less would read as noise)."""
+
+
+Plan = tuple[tuple[str, int], ...]
+"""(column key, content width) of the columns shown, in display order."""
+
+
+def column_plan(widths: Mapping[str, int], available: int, padding: int = 1) -> Plan:
+    """Which columns fit in `available` cells: taken in `PRIORITY` order while they fit whole.
+
+    `widths` are the content widths of the fixed columns (the note's is ignored: it takes the rest,
+    at least `NOTE_MIN`). Each column also costs `padding` on both sides.
+    """
+    chosen: dict[str, int] = {}
+    used = 0
+    for key in PRIORITY:
+        width = NOTE_MIN if key == "note" else max(widths.get(key, 0), MIN_WIDTHS.get(key, 0))
+        if key in KEPT or used + width + 2 * padding <= available:
+            chosen[key] = width
+            used += width + 2 * padding
+    if "note" in chosen:
+        chosen["note"] += max(available - used, 0)
+    return tuple((key, chosen[key]) for key, _ in COLUMNS if key in chosen)
 
 
 class Cell(NamedTuple):
@@ -123,6 +164,8 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         super().__init__(id=id, cursor_type="row", zebra_stripes=False, cell_padding=1)
         self._cells: dict[str, Row] = {}
         self._restyle = False
+        self._plan: Plan = ()
+        """The columns shown; empty until the table knows its width (then every column, auto-sized)."""
         for key, label in COLUMNS:
             self.add_column(label, key=key)
 
@@ -142,16 +185,62 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         for key in [key for key in self._cells if key not in wanted]:
             self.remove_row(key)
             del self._cells[key]
+        shown = self._shown_columns()
         for key, row in part.rows:
             old = self._cells.get(key)
             if old is None:
-                self.add_row(*(self._cell_text(cell) for cell in row), key=key)
+                self.add_row(*self._row_texts(row), key=key)
             else:
                 for (column, _), new, previous in zip(COLUMNS, row, old, strict=True):
-                    if self._restyle or new != previous:
+                    if column in shown and (self._restyle or new != previous):
                         self.update_cell(key, column, self._cell_text(new), update_width=True)
             self._cells[key] = row
         self._restyle = False
+        self.call_after_refresh(self._fit_columns)  # wider cells or a new scrollbar may change the plan
+
+    def on_resize(self, _event: events.Resize) -> None:
+        self._fit_columns()
+
+    def _shown_columns(self) -> set[str]:
+        return {key for key, _ in self._plan} if self._plan else {key for key, _ in COLUMNS}
+
+    def _row_texts(self, row: Row) -> list[Text]:
+        shown = self._shown_columns()
+        return [self._cell_text(cell) for (column, _), cell in zip(COLUMNS, row, strict=True) if column in shown]
+
+    def content_widths(self) -> dict[str, int]:
+        """Each column's widest cell or header, in cells (what the column needs to show whole)."""
+        return {
+            key: max([cell_len(label), *(cell_len(row[index].text) for row in self._cells.values())])
+            for index, (key, label) in enumerate(COLUMNS)
+        }
+
+    def _fit_columns(self) -> None:
+        """Show the columns that fit the current width; rebuilt only when that set or a width changes.
+
+        A rebuild re-adds every row (the one full repaint this table allows itself) and puts the
+        cursor back on the blueprint it was on.
+        """
+        available = self.scrollable_content_region.width
+        if available <= 0 or not self.is_mounted:
+            return
+        plan = column_plan(self.content_widths(), available, self.cell_padding)
+        if plan == self._plan:
+            return
+        selected = self.selected_blueprint()
+        self._plan = plan
+        labels = dict(COLUMNS)
+        self.clear(columns=True)
+        for key, width in plan:
+            self.add_column(labels[key], key=key, width=width)
+        for key, row in self._cells.items():
+            self.add_row(*self._row_texts(row), key=key)
+        if selected is not None:
+            self.move_cursor(row=self.get_row_index(selected), animate=False)
+
+    def shown_columns(self) -> list[str]:
+        """Keys of the columns on screen, in display order (tests check nothing is cut)."""
+        return [str(column.key.value) for column in self.ordered_columns]
 
     def _cell_text(self, cell: Cell) -> Text:
         """A cell as Rich Text (never parsed as markup: blueprint ids and errors are data)."""

@@ -1,4 +1,7 @@
-"""SVG snapshots of the dashboard at 160x50 from fixed snapshots (no clocks, nothing that blinks).
+"""SVG snapshots of the dashboard from fixed snapshots (no clocks, nothing that blinks).
+
+Mostly at 160x50, the size the layout is designed for; the full layout is also kept at 120x36, and
+the compact, tabbed one at 80x24 with each tab brought forward by its keys.
 
 Regenerate after an intended visual change with `pytest tests/ui --snapshot-update`, then look at the
 report or the SVGs before committing them.
@@ -6,6 +9,7 @@ report or the SVGs before committing them.
 
 from __future__ import annotations
 
+import pytest
 from textual.pilot import Pilot
 
 from esper_tui.app import EsperApp
@@ -23,7 +27,10 @@ from .fixtures import (
 from .test_app import ReadOnlyLink
 
 SMALL = (120, 36)
-"""The smallest terminal the layout is checked at: every panel must still read."""
+"""The smallest terminal checked with the full layout: every panel must still read."""
+
+TINY = (80, 24)
+"""The compact layout: one tab of panels at a time under the banner."""
 
 
 async def _steady(pilot: Pilot[object]) -> None:
@@ -58,6 +65,23 @@ def test_strategy_picker(snap_compare) -> None:
 
 def test_dashboard_small_terminal(snap_compare) -> None:
     assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=SMALL, run_before=_steady)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    ["", "t", "v", "tt", "ttt"],
+    ids=["forge", "training", "training-curves", "events", "oona"],
+)
+def test_dashboard_80x24(snap_compare, keys: str) -> None:
+    """Each tab of the compact layout; at 80 columns the queue drops whole columns rather than cut one."""
+
+    async def show(pilot: Pilot[object]) -> None:
+        await pilot.pause()
+        for key in keys:
+            await pilot.press(key)
+        await pilot.pause()
+
+    assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=TINY, run_before=show)
 
 
 def test_bus_panel_in_trouble(snap_compare) -> None:

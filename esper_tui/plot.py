@@ -1,0 +1,166 @@
+"""Training curves: gathered from snapshots (a recording or the live stream), drawn as an image for a report.
+
+`Curves` is shared by `esper-tui plot` and the dashboard's plot panel, so both show the same points: one
+value per epoch and split (the last snapshot of that epoch wins) and the lifecycle decisions (germinate,
+fossilize, prune, rollback) at the epoch the event log first showed them. The snapshot's own histories are
+bounded (the newest 120 epochs); a recording keeps every epoch, so the image covers the whole run.
+matplotlib is imported only by `render`, so the dashboard never pays for it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgspec
+
+from esper_tui.engine.recorder import BadRecording, Recording
+from esper_tui.engine.snapshot import Snapshot
+
+MARKED: tuple[str, ...] = ("germinate", "fossilize", "prune", "rollback")
+"""Event-log words marked on the curves (a ControllerDecision line starts with its action)."""
+
+SERIES: tuple[tuple[str, str], ...] = (
+    ("loss", "train loss"),
+    ("val_loss", "validation loss"),
+    ("val_accuracy", "validation accuracy"),
+    ("test_accuracy", "test accuracy"),
+)
+"""(TrainingView field, label) of every curve; the first two are losses, the others accuracies."""
+
+
+class Marker(msgspec.Struct, frozen=True):
+    epoch: int
+    kind: str  # one of MARKED
+    text: str
+
+
+def marker_kind(text: str) -> str | None:
+    """Which MARKED word an event line is about, or None."""
+    lowered = text.lower()
+    first = lowered.split(" ", 1)[0]
+    if first in MARKED:
+        return first
+    return "rollback" if "rollback" in lowered else None
+
+
+class Curves:
+    """Per-epoch values of each series, and the markers; fed one snapshot at a time, in order."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[int, float]] = {name: {} for name, _ in SERIES}
+        self.markers: list[Marker] = []
+        self._seen: set[tuple[float, str]] = set()
+        self.run_id = ""
+
+    def add(self, snapshot: Snapshot) -> bool:
+        """Take what `snapshot` adds; True when a point or a marker was new."""
+        self.run_id = snapshot.run_id or self.run_id
+        training = snapshot.training
+        changed = False
+        if training.epoch > 0:
+            for name, history in (("loss", training.loss_history), ("val_accuracy", training.val_accuracy_history)):
+                # Snapshots this consumer never saw (attached mid-run, or skipped behind a modal): the
+                # snapshot's own bounded history fills their epochs, never overwriting a point seen.
+                for epoch, value in enumerate(history, start=training.epoch - len(history) + 1):
+                    if epoch > 0 and epoch not in self.values[name]:
+                        self.values[name][epoch] = float(value)
+                        changed = True
+            for name, _ in SERIES:
+                value = getattr(training, name)
+                if value is not None and self.values[name].get(training.epoch) != value:
+                    self.values[name][training.epoch] = float(value)
+                    changed = True
+        for line in snapshot.events:
+            key = (line.ts, line.text)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            if (kind := marker_kind(line.text)) is not None:
+                self.markers.append(Marker(training.epoch, kind, line.text))
+                changed = True
+        return changed
+
+    def series(self, name: str) -> list[tuple[int, float]]:
+        """(epoch, value) points of one series, by epoch."""
+        return sorted(self.values[name].items())
+
+    @property
+    def epochs(self) -> int:
+        return max((max(v) for v in self.values.values() if v), default=0)
+
+
+def curves_of(recording: Recording) -> Curves:
+    curves = Curves()
+    for snapshot in recording.frames():
+        curves.add(snapshot)
+    return curves
+
+
+MARKER_COLOURS = {"germinate": "tab:green", "fossilize": "tab:blue", "prune": "tab:red", "rollback": "tab:orange"}
+
+
+def render(curves: Curves, out: Path, title: str) -> None:
+    """Loss (top) and accuracy (bottom) over epochs, decisions as dashed verticals; PNG or SVG by suffix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5), constrained_layout=True)
+    try:
+        for (name, label), ax in zip(SERIES, (loss_ax, loss_ax, acc_ax, acc_ax), strict=True):
+            points = curves.series(name)
+            if points:
+                ax.plot(
+                    [e for e, _ in points],
+                    [v for _, v in points],
+                    label=label,
+                    marker="." if len(points) < 40 else None,
+                )
+        shown: set[str] = set()
+        for marker in curves.markers:
+            for ax in (loss_ax, acc_ax):
+                ax.axvline(
+                    marker.epoch,
+                    color=MARKER_COLOURS[marker.kind],
+                    linestyle="--",
+                    linewidth=0.9,
+                    alpha=0.8,
+                    label=marker.kind if ax is acc_ax and marker.kind not in shown else None,
+                )
+            shown.add(marker.kind)
+        loss_ax.set_ylabel("loss")
+        acc_ax.set_ylabel("accuracy")
+        acc_ax.set_xlabel("epoch")
+        loss_ax.set_title(title)
+        for ax in (loss_ax, acc_ax):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", fontsize="small")
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+
+
+def plot_main(file: Path, out: Path) -> int:
+    """`esper-tui plot FILE --out IMAGE`: exit 2 for an unknown image type, 1 for a bad recording or no epochs."""
+    if out.suffix.lower() not in (".png", ".svg"):
+        print(f"esper-tui: --out must end in .png or .svg (got {out.name!r})", file=sys.stderr)
+        return 2
+    try:
+        with Recording(file) as recording:
+            curves = curves_of(recording)
+    except BadRecording as exc:
+        print(f"esper-tui: {exc}", file=sys.stderr)
+        return 1
+    if curves.epochs == 0:
+        print(f"esper-tui: {file}: no training epoch was recorded, nothing to plot", file=sys.stderr)
+        return 1
+    try:
+        render(curves, out, f"run {curves.run_id or file.stem}: {curves.epochs} epochs")
+    except OSError as exc:
+        print(f"esper-tui: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"{out}: {curves.epochs} epochs, {len(curves.markers)} decisions marked")
+    return 0

@@ -1,0 +1,227 @@
+"""Recordings: a real engine run recorded and read back, torn tails, retention, `runs`, `replay --no-ui`, `plot`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper_tui.engine.config import parse_config
+from esper_tui.engine.recorder import (
+    EXTENSION,
+    MAGIC,
+    BadRecording,
+    Recording,
+    RecordingWriter,
+    apply_retention,
+    list_recordings,
+    recording_path,
+    summarize,
+)
+from esper_tui.engine.runtime import Engine
+from esper_tui.engine.snapshot import Snapshot, TrainingView
+
+CLI = [sys.executable, "-m", "esper_tui"]
+EPOCHS = 4
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+async def _run(engine: Engine) -> None:
+    await engine.start()
+    try:
+        await engine.run_until_done(EPOCHS)
+    finally:
+        await engine.stop()
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, Path]:
+    """A real engine: eager, a few epochs, nothing to compile; stopped, so its recording is complete."""
+    state = tmp_path_factory.mktemp("run") / "state"
+    config = parse_config(
+        {
+            "tezzeret": {"polling": {"initial_full_scan": False}},
+            "training": {"compile": False, "epochs": EPOCHS},
+            "ui": {"refresh_hz": 20},
+        }
+    )
+    engine = Engine(config, state)
+    asyncio.run(_run(engine))
+    return engine, recording_path(state, engine.run_id)
+
+
+def snapshots(count: int, start_ts: float = 1000.0) -> list[Snapshot]:
+    return [
+        Snapshot(seq=i + 1, ts=start_ts + i, run_id="r1", training=TrainingView(epoch=i, loss_history=[1.0] * i))
+        for i in range(count)
+    ]
+
+
+def write(path: Path, items: list[Snapshot], *, close: bool = True) -> RecordingWriter:
+    writer = RecordingWriter(path)
+    for snapshot in items:
+        writer.write(snapshot)
+    if close:
+        writer.close()
+    return writer
+
+
+# ------------------------------------------------------------------------------ a real run
+
+
+def test_record_then_replay_gives_the_runs_final_snapshot(recorded_run) -> None:
+    engine, path = recorded_run
+    final = engine.latest()
+    assert final is not None and final.training.epoch == EPOCHS
+    with Recording(path) as rec:
+        assert not rec.torn and rec.ignored_bytes == 0
+        last = rec.snapshot(-1)
+        seqs = [entry.seq for entry in rec.entries]
+        assert len(rec) >= 2
+    assert last.seq == final.seq
+    assert last == final
+    assert seqs == sorted(set(seqs)), "each snapshot recorded once, in order"
+
+
+def test_runs_lists_the_recording(recorded_run) -> None:
+    engine, path = recorded_run
+    summary = summarize(path)
+    assert (summary.run_id, summary.epochs, summary.complete) == (engine.run_id, EPOCHS, True)
+    proc = run_cli("runs", "--state-dir", str(path.parent.parent))
+    assert proc.returncode == 0, proc.stderr
+    assert engine.run_id in proc.stdout and "VAL ACC" in proc.stdout
+    proc = run_cli("runs", "--state-dir", str(path.parent.parent), "--json")
+    row = json.loads(proc.stdout.splitlines()[0])
+    assert row["run_id"] == engine.run_id and row["epochs"] == EPOCHS and row["test_accuracy"] is not None
+
+
+def test_replay_no_ui_json_prints_every_frame(recorded_run) -> None:
+    engine, path = recorded_run
+    proc = run_cli("replay", str(path), "--no-ui", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    with Recording(path) as rec:
+        assert len(lines) == len(rec)
+    assert lines[-1]["seq"] == engine.latest().seq
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_plot_writes_an_image(recorded_run, tmp_path: Path, suffix: str) -> None:
+    _, path = recorded_run
+    out = tmp_path / f"run{suffix}"
+    proc = run_cli("plot", str(path), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    head = out.read_bytes()[:200]
+    assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in out.read_bytes()
+
+
+# ------------------------------------------------------------------------------ torn and bad files
+
+
+def test_a_recording_cut_mid_frame_replays_up_to_the_cut(tmp_path: Path) -> None:
+    path = tmp_path / f"r1{EXTENSION}"
+    write(path, snapshots(5), close=False)  # a crash: no index footer
+    with Recording(path) as whole:
+        assert whole.torn and len(whole) == 5
+        cut_at = whole.entries[3].offset + 30  # inside the 4th record's payload
+    os.truncate(path, cut_at)
+    with Recording(path) as rec:
+        assert rec.torn and len(rec) == 3 and rec.ignored_bytes == 30
+        assert [s.seq for s in rec.frames()] == [1, 2, 3]
+    proc = run_cli("replay", str(path), "--no-ui", "--json")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
+    assert "torn tail ignored" in proc.stderr
+
+
+def test_a_corrupt_record_ends_the_readable_part(tmp_path: Path) -> None:
+    path = tmp_path / f"r1{EXTENSION}"
+    write(path, snapshots(4))
+    with Recording(path) as rec:
+        third = rec.entries[2].offset
+    data = bytearray(path.read_bytes())
+    data[third + 30] ^= 0xFF  # a flipped bit inside the third payload; the footer's CRC still holds
+    data[-15] ^= 0xFF  # and the footer's too, so the reader must scan
+    path.write_bytes(bytes(data))
+    with Recording(path) as rec:
+        assert rec.torn and [s.seq for s in rec.frames()] == [1, 2]
+
+
+def test_the_index_seeks_by_position_and_time(tmp_path: Path) -> None:
+    path = tmp_path / f"r1{EXTENSION}"
+    write(path, snapshots(10))
+    with Recording(path) as rec:
+        assert not rec.torn and len(rec) == 10
+        assert rec.snapshot(7).seq == 8
+        assert rec.position_at(1004.5) == 4 and rec.position_at(0) == 0
+        assert rec.duration_s == 9.0
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"", "bad magic"), (b"not a recording at all", "bad magic"), (MAGIC, "no complete snapshot")],
+)
+def test_bad_files_are_one_line_and_exit_1(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "bad.esrec"
+    path.write_bytes(content)
+    with pytest.raises(BadRecording, match=why):
+        Recording(path)
+    for args in (["replay", str(path), "--no-ui"], ["plot", str(path), "--out", str(tmp_path / "x.png")]):
+        proc = run_cli(*args)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and why in proc.stderr
+    missing = run_cli("replay", str(tmp_path / "missing.esrec"), "--no-ui")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+def test_plot_refuses_an_unknown_image_type(tmp_path: Path) -> None:
+    proc = run_cli("plot", str(tmp_path / "r.esrec"), "--out", str(tmp_path / "run.gif"))
+    assert proc.returncode == 2 and ".png or .svg" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+def test_retention_keeps_the_newest_by_count_and_bytes(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    paths = []
+    for i in range(5):
+        path = recording_path(tmp_path, f"run{i}")
+        write(path, snapshots(3))
+        os.utime(path, (1000 + i, 1000 + i))
+        paths.append(path)
+    current = paths[-1]
+    deleted = apply_retention(runs, keep=3, max_bytes=10**9, spare=current)
+    assert deleted == paths[:2] and list_recordings(runs) == paths[2:]
+    size = current.stat().st_size
+    deleted = apply_retention(runs, keep=10, max_bytes=2 * size, spare=current)
+    assert deleted == [paths[2]] and list_recordings(runs) == paths[3:]
+    apply_retention(runs, keep=1, max_bytes=1, spare=current)
+    assert list_recordings(runs) == [current], "the recording being written is never deleted"
+
+
+async def test_the_engine_applies_retention_when_a_run_starts(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    for i in range(3):
+        old = recording_path(state, f"old{i}")
+        old.parent.mkdir(parents=True, exist_ok=True)
+        write(old, snapshots(2))
+        os.utime(old, (1000 + i, 1000 + i))
+    config = parse_config(
+        {
+            "tezzeret": {"polling": {"initial_full_scan": False}},
+            "training": {"enabled": False},
+            "recording": {"keep_runs": 2},
+        }
+    )
+    engine = Engine(config, state)
+    await engine.start()
+    await engine.stop()
+    names = [p.stem for p in list_recordings(state / "runs")]
+    assert names == ["old2", engine.run_id]

@@ -1,0 +1,93 @@
+"""The replay dashboard driven through Pilot: play/pause, steps, speed, start/end, commands refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from esper_tui.engine.recorder import Recording, RecordingWriter
+from esper_tui.engine.snapshot import Snapshot, TrainingView
+from esper_tui.replay import ReplayApp, ReplayLink
+from esper_tui.widgets.replay_bar import ReplayBar, bar, clock
+from tests.ui.conftest import NotificationSpy, settle
+from tests.ui.fixtures import rich_snapshot
+
+FRAMES = 6
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Recording:
+    """Six frames of the dashboard's reference snapshot, one recorded second apart, epoch = position."""
+    base = rich_snapshot()
+    path = tmp_path / "run.esrec"
+    writer = RecordingWriter(path)
+    for i in range(FRAMES):
+        training = TrainingView(epoch=i, loss=1.0 / (i + 1), seeds=base.training.seeds)
+        writer.write(Snapshot(seq=10 + i, ts=5000.0 + i, run_id="rec1", forge=base.forge, training=training))
+    writer.close()
+    with Recording(path) as rec:
+        yield rec
+
+
+def test_link_plays_at_speed_and_stops_at_the_end(recording: Recording) -> None:
+    clock_ = FakeClock()
+    link = ReplayLink(recording, clock=clock_)
+    assert link.latest().seq == 10
+    clock_.now = 2.5
+    assert link.latest().seq == 12  # 2.5 recorded seconds at 1x
+    link.change_speed(+1)
+    assert link.speed == 2.0
+    clock_.now = 3.5
+    assert link.latest().seq == 14
+    clock_.now = 100.0
+    assert link.latest().seq == 15 and link.latest().seq == 15
+    assert not link.playing, "at the end the replay pauses"
+    assert link.latest().link.read_only
+
+
+async def test_replay_keys_through_pilot(recording: Recording) -> None:
+    clock_ = FakeClock()
+    app = ReplayApp(ReplayLink(recording, clock=clock_))
+    spy = NotificationSpy(app)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await settle(pilot)
+        link = app.replay
+        assert app.snapshot is not None and app.snapshot.seq == 10
+        await pilot.press("space")  # pause
+        assert not link.playing
+        await pilot.press("right", "right")
+        assert app.snapshot.seq == 12 and app.snapshot.training.epoch == 2
+        await pilot.press("left")
+        assert app.snapshot.seq == 11
+        await pilot.press("G")
+        assert app.snapshot.seq == 15
+        await pilot.press("g")
+        assert app.snapshot.seq == 10
+        await pilot.press("right_square_bracket", "right_square_bracket")
+        assert link.speed == 4.0
+        await pilot.press("left_square_bracket")
+        assert link.speed == 2.0
+        await pilot.press("space")  # play again: recorded time runs at 2x
+        assert link.playing
+        clock_.now += 1.0
+        app.poll_link()
+        assert app.snapshot.seq == 12
+        text = str(app.query_one(ReplayBar).render())
+        assert "playing" in text and "0:02 / 0:05" in text and "3/6" in text and "2x" in text
+        await pilot.press("p")  # a command key: refused with the reason, nothing sent
+        await settle(pilot)
+        assert any("not sent" in message and "replay" in message for message in spy.texts())
+
+
+def test_bar_and_clock() -> None:
+    assert clock(65.2) == "1:05" and clock(3725) == "1:02:05"
+    assert bar(0.0, 5) == "●────" and bar(1.0, 5) == "━━━━●" and bar(0.5, 5) == "━━●──"

@@ -1,0 +1,129 @@
+"""The plot panel (`v`): loss and accuracy over epochs for each split, with the lifecycle decisions marked.
+
+One row per series: a block-character curve, one column per epoch (or per group of epochs when the run is
+longer than the panel is wide), its own min-max scale, and the latest value. Under them a marker row puts
+G(erminate), F(ossilize), P(rune) and R(ollback) at the epoch each decision was logged. The points come
+from `esper_tui.plot.Curves`, the same ones `esper-tui plot` draws, gathered from every snapshot this
+panel is offered (hidden or not), so opening it shows the whole run seen so far.
+"""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import Struct
+from esper_tui.plot import SERIES, Curves
+from esper_tui.widgets import format as fmt
+from esper_tui.widgets.panel import SnapshotPanel
+
+BLOCKS = "▁▂▃▄▅▆▇█"
+LABEL_WIDTH = 10
+VALUE_WIDTH = 8
+MARK_LETTERS = {"germinate": "G", "fossilize": "F", "prune": "P", "rollback": "R"}
+MARK_STYLES = {"germinate": "$success", "fossilize": "$primary", "prune": "$error", "rollback": "$warning"}
+SHORT_LABELS = {"loss": "train loss", "val_loss": "val loss", "val_accuracy": "val acc", "test_accuracy": "test acc"}
+
+
+class PlotSlice(Struct, kw_only=True, frozen=True):
+    epoch: int
+    series: tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
+    markers: tuple[tuple[int, str], ...]
+
+
+def curve(points: list[tuple[int, float]], first: int, last: int, width: int) -> str:
+    """Block characters for `points` over epochs first..last in `width` columns (blank before the first)."""
+    if width < 1 or not points:
+        return " " * max(width, 0)
+    values = [v for _, v in points]
+    low, high = min(values), max(values)
+    span = (last - first + 1) / width
+    columns: list[list[float]] = [[] for _ in range(width)]
+    for epoch, value in points:
+        columns[min(int((epoch - first) / span), width - 1)].append(value)
+    out = []
+    held: float | None = None  # fewer epochs than columns: each value holds until the next epoch's
+    for column in columns:
+        if column:
+            held = column[-1]
+        if held is None:
+            out.append(" ")
+            continue
+        value = held
+        level = 0 if high == low else round((value - low) / (high - low) * (len(BLOCKS) - 1))
+        out.append(BLOCKS[level])
+    return "".join(out)
+
+
+class PlotPanel(SnapshotPanel[PlotSlice], Static):
+    """Curves of every split over the epochs seen, decisions marked beneath."""
+
+    PANEL_TITLE = "Curves (v hides)"
+    DEFAULT_CSS = """
+    PlotPanel {
+        height: 8;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__("", id=id)
+        self.curves = Curves()
+        self._last_seq = 0
+        self._run_id = ""
+        self._slice: PlotSlice | None = None
+
+    def select(self, snapshot: Snapshot) -> PlotSlice:
+        """Fold `snapshot` into the curves; a new run, or a replay that went back, starts them afresh."""
+        if snapshot.run_id != self._run_id or snapshot.seq < self._last_seq:
+            self.curves = Curves()
+            self._run_id = snapshot.run_id
+        self._last_seq = snapshot.seq
+        self.curves.add(snapshot)
+        epoch = snapshot.training.epoch
+        return PlotSlice(
+            epoch=epoch,
+            series=tuple((name, tuple(p for p in self.curves.series(name) if p[0] <= epoch)) for name, _ in SERIES),
+            markers=tuple((m.epoch, m.kind) for m in self.curves.markers if m.epoch <= epoch),
+        )
+
+    def draw(self, part: PlotSlice) -> None:
+        self._slice = part
+        self.refresh()
+
+    def on_resize(self) -> None:
+        self.refresh()
+
+    def render(self) -> Content:
+        """Drawn at render time, at the width the panel has then (it may have been hidden when the slice came)."""
+        if self._slice is None:
+            return Content("")
+        return self.render_slice(self._slice, self.content_size.width)
+
+    @staticmethod
+    def render_slice(part: PlotSlice, width: int) -> Content:
+        if part.epoch == 0:
+            return fmt.styled("no epoch finished yet", f"{fmt.MUTED} italic")
+        room = max(width - LABEL_WIDTH - VALUE_WIDTH, 1)
+        first, last = 1, max(part.epoch, 1)
+        lines: list[Content] = []
+        for name, points in part.series:
+            latest = points[-1][1] if points else None
+            shown = fmt.percent(latest) if "accuracy" in name else fmt.number(latest, 3)
+            style = "$success" if "accuracy" in name else "$error 80%"
+            lines.append(
+                Content(SHORT_LABELS[name].ljust(LABEL_WIDTH))
+                + fmt.styled(curve(list(points), first, last, room), style)
+                + Content(shown.rjust(VALUE_WIDTH))
+            )
+        marks = [" "] * room
+        styles: list[str] = [""] * room
+        span = (last - first + 1) / room
+        for epoch, kind in part.markers:
+            column = min(max(int((epoch - first) / span), 0), room - 1)
+            marks[column], styles[column] = MARK_LETTERS[kind], MARK_STYLES[kind]
+        row = Content("decisions".ljust(LABEL_WIDTH))
+        for mark, style in zip(marks, styles, strict=True):
+            row += fmt.styled(mark, style) if style else Content(mark)
+        lines.append(row + Content(f"epoch {part.epoch}".rjust(VALUE_WIDTH)))
+        return Content("\n").join(lines)
