@@ -9,10 +9,12 @@ report or the SVGs before committing them.
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 from textual.pilot import Pilot
 
 from esper_tui.app import EsperApp
+from esper_tui.engine.snapshot import AlertView
 from esper_tui.link import StaticLink
 
 from .conftest import SIZE
@@ -118,3 +120,15 @@ def test_read_only_key_press(snap_compare) -> None:
         await pilot.pause()
 
     assert snap_compare(EsperApp(ReadOnlyLink(live_snapshot())), terminal_size=SIZE, run_before=press_pause)
+
+
+def test_dashboard_with_alerts_firing(snap_compare) -> None:
+    """Nissa's strip appears above the panels while alerts fire, critical ones in the error colour."""
+    alerts = [
+        AlertView(alertname="oona_queue_depth", severity="warning", summary="telemetry backlog 4512", since_ts=0.0),
+        AlertView(
+            alertname="kasmina_isolation_violation", severity="critical", summary="s1 gradients exploding", since_ts=0.0
+        ),
+    ]
+    app = EsperApp(StaticLink(msgspec.structs.replace(rich_snapshot(), alerts=alerts)))
+    assert snap_compare(app, terminal_size=SIZE, run_before=_steady)
