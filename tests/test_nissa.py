@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import msgspec
 import pytest
+from prometheus_client import generate_latest
 
 from esper_tui.engine.config import NissaConfig, parse_config
 from esper_tui.engine.contracts import (
@@ -28,10 +29,11 @@ from esper_tui.engine.contracts import (
     SeedHealth,
     SeedsReport,
 )
-from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, health
+from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, NissaMetrics, health
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.snapshot import BusView, Snapshot, StreamBacklog, TrainingView
 from esper_tui.engine.vocabulary import SeedStage, Strategy, TrainingStatus
+from tests.ui.fixtures import bus_trouble_snapshot, rich_snapshot
 
 WAIT_S = 120.0
 CLI = [sys.executable, "-m", "esper_tui", "--no-ui", "--eager", "--epochs", "1"]
@@ -243,3 +245,13 @@ def test_queue_depth_reads_the_deepest_backlog() -> None:
     changes = alerts.tick(snap(5, 101), 1)
     assert names(changes) == [("oona_queue_depth", True)] and changes[0].summary == "oona.s1 backlog 101 > 100"
     assert names(alerts.tick(snap(0, 0), 2)) == [("oona_queue_depth", False)]
+
+
+def test_promtool_accepts_every_metric_family_of_a_busy_snapshot() -> None:
+    """The live test's short run has no seeds, breakers or jobs; a dashboard fixture has them all."""
+    for snap in (rich_snapshot(), bus_trouble_snapshot()):
+        metrics = NissaMetrics(AlertEvaluator(NissaConfig()), lambda s=snap: s, EngineFacts)
+        text = generate_latest(metrics.registry).decode()
+        assert "esper_seeds_active{" in text and "esper_breaker_state{" in text, text
+        check = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout + check.stderr

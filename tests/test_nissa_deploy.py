@@ -63,7 +63,7 @@ def test_grafana_dashboard_is_json_over_exported_metrics() -> None:
         "esper_training_loss",
         "esper_adaptations_total",
         "esper_kernel_cache_hits_total",
-        "esper_seed_active_count",
+        "esper_seeds_active",
         "esper_compilation_duration_seconds_bucket",
         "esper_alert_active",
     }

@@ -9,7 +9,7 @@ Prometheus asks, so they are never older than the snapshot.
 
 Names follow Prometheus conventions while keeping seed 003's recognisable: esper_training_loss,
 esper_adaptations_total (seed: esper_adaptation_count), esper_kernel_cache_hits_total (esper_kernel_cache_hits),
-esper_seed_active_count, esper_compilation_duration_seconds (esper_compilation_latency).
+esper_seeds_active (esper_seed_active_count), esper_compilation_duration_seconds (esper_compilation_latency).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ COMPILE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.
 """Compiles take 0.1 s (a library hit) to 10 min (max-autotune); the default buckets stop at 10 s."""
 EPOCH_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 IDLE_STAGES = frozenset({SeedStage.DORMANT, SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING})
-"""Stages in which a slot holds no working seed: not counted by esper_seed_active_count."""
+"""Stages in which a slot holds no working seed: not counted by esper_seeds_active."""
 
 
 @dataclass(frozen=True)
@@ -181,14 +181,14 @@ def _snapshot_metrics(snap: Snapshot) -> Iterator[PromMetric]:
     )
     yield GaugeMetricFamily("esper_training_epoch", "Epochs completed", value=t.epoch)
     seeds = GaugeMetricFamily(
-        "esper_seed_active_count", "Working seeds by layer (slot) and lifecycle stage", labels=["layer", "stage"]
+        "esper_seeds_active", "Working seeds by slot (each grafts into one host layer) and stage", labels=["slot", "stage"]
     )
     counts: dict[tuple[str, str], int] = {}
     for seed in t.seeds:
         if seed.stage not in IDLE_STAGES:
             counts[(seed.slot, seed.stage.value)] = counts.get((seed.slot, seed.stage.value), 0) + 1
-    for (layer, stage), n in sorted(counts.items()):
-        seeds.add_metric([layer, stage], n)
+    for (slot, stage), n in sorted(counts.items()):
+        seeds.add_metric([slot, stage], n)
     yield seeds
     health = forge.health
     yield GaugeMetricFamily("esper_compile_queue_depth", "Blueprints waiting to compile", value=health.queue_depth)
