@@ -134,7 +134,8 @@ class Recorder:
     """The engine's recorder: each new snapshot (a new seq), at most `hz` times a second, then the final one.
 
     Encoding, compressing and writing happen in a worker thread (asyncio.to_thread), one at a time, so the
-    event loop never waits on the disk and snapshots reach the file in order.
+    event loop never waits on the disk and snapshots reach the file in order. Not aiofiles (which the headless
+    output uses): zstd compression is CPU work too, and aiofiles would move only the write off the loop.
     """
 
     def __init__(
