@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	scripts/lint-view.sh
-	cd .lint && ../$(PY) -m mypy --config-file ../pyproject.toml -p esper_tui
+	cd .lint && ../$(PY) -m mypy --config-file ../pyproject.toml --cache-dir ../.mypy_cache -p esper_tui
 	cd .lint && PYTHONPATH=. ../$(VENV)/bin/lint-imports ../pyproject.toml
 
 bench: $(STAMP)
