@@ -256,6 +256,38 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
         ),
     ] = 4
     epoch_delay_s: Annotated[SecondsOrZero, Meta(description="pause after each epoch, to slow demos down")] = 0.0
+    checkpoint_every_epochs: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=100_000,
+            description="write a signed checkpoint (<state>/checkpoints) every this many epochs, and at a clean "
+            "stop; 0: only at a clean stop",
+        ),
+    ] = 5
+    keep_checkpoints: Annotated[
+        int,
+        Meta(ge=1, le=1000, description="newest checkpoints kept on disk (the best-validation one is kept too)"),
+    ] = 3
+    loss_spike_factor: Annotated[
+        float,
+        Meta(
+            gt=1,
+            le=1000,
+            description="a training loss above this multiple of its moving median is instability: roll back",
+        ),
+    ] = 3.0
+    loss_median_window: Annotated[
+        int, Meta(ge=3, le=1000, description="epochs of training loss in the moving median a spike is measured by")
+    ] = 10
+    report_after_epochs: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1000,
+            description="epochs after a Tamiyo decision at which its outcome is measured for the field reports",
+        ),
+    ] = 5
 
 
 class BusConfig(Section, frozen=True, kw_only=True):

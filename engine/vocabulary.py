@@ -127,6 +127,7 @@ class Action(enum.StrEnum):
     FOSSILIZE = "fossilize"
     PRUNE = "prune"
     WAIT = "wait"
+    ROLLBACK = "rollback"  # an emergency: training went unstable, the last good checkpoint is restored
 
 
 EAGER_KERNELS = "EAGER"

@@ -205,6 +205,20 @@ def _recordings_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _reports(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="esper-tui reports",
+        description="Tamiyo's field reports (<state>/tamiyo/field_reports.jsonl): every decision with its "
+        "measured outcome (validation accuracy change, seed kept or pruned)",
+    )
+    p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
+    p.add_argument("--json", action="store_true", help="one JSON object per report")
+    args = p.parse_args(argv)
+    from esper_tui.reports import reports_main
+
+    return reports_main(args.state_dir, args.json)
+
+
 def _recordings(argv: list[str]) -> int:
     parser = _recordings_parser()
     args = parser.parse_args(argv)
@@ -248,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "attach":
         return _attach(argv[1:])
+    if argv and argv[0] == "reports":
+        return _reports(argv[1:])
     if argv and argv[0] in ("replay", "runs", "plot"):
         return _recordings(argv)
     if argv and argv[0] in ("library", "wal", "config"):
@@ -272,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"config error: {exc}", 2)
     if (problem := _redis_url_problem(args.redis_url)) is not None:
         return _fail(problem, 2)
-
     from esper_tui.engine.runtime import Engine, EngineError
 
     engine = Engine(

@@ -46,16 +46,24 @@ def dormant() -> tuple[SeedHealth, ...]:
     return seed("s0"), seed("s1")
 
 
+_EPOCHS: dict[int, int] = {}  # per controller: the epochs it has been fed
+
+
+def next_epoch(ctl: Controller) -> int:
+    _EPOCHS[id(ctl)] = _EPOCHS.get(id(ctl), 0) + 1
+    return _EPOCHS[id(ctl)]
+
+
 def feed(
     ctl: Controller,
     accuracies: list[float],
     seeds: tuple[SeedHealth, ...] | None = None,
     offers: tuple[KernelOffer, ...] = OFFERS,
 ) -> list[Decision]:
-    """Feed epochs; return the last epoch's decisions."""
+    """Feed epochs (numbered on from the last one fed); return the last epoch's decisions."""
     out: list[Decision] = []
-    for i, acc in enumerate(accuracies):
-        out = ctl.decide(EpochState(len(ctl.history) + i, acc, seeds or dormant(), offers))
+    for acc in accuracies:
+        out = ctl.decide(EpochState(next_epoch(ctl), acc, seeds or dormant(), offers))
     return out
 
 
@@ -111,7 +119,7 @@ def test_rotation_and_prune_penalty() -> None:
 
     # the second blueprint gets pruned: it drops behind everything pruned fewer times
     holding = seed("s0", S.HOLDING, epochs=2, delta=-0.02, bp=second)
-    assert ctl.decide(EpochState(99, 0.6, (holding, seed("s1")), OFFERS))[0].action is Action.PRUNE
+    assert ctl.decide(EpochState(next_epoch(ctl), 0.6, (holding, seed("s1")), OFFERS))[0].action is Action.PRUNE
     picks = [feed(ctl, FLAT)[0].blueprint_id]
     picks += [feed(ctl, [0.6])[0].blueprint_id for _ in range(2 * len(CATALOG))]
     assert picks[:6] == [*RANK_ORDER[3:], first, third]

@@ -73,3 +73,24 @@ def test_damaged_cache_is_regenerated(tmp_path, generated, monkeypatch) -> None:
     assert len(calls) == 2
     assert np.array_equal(load_mnist1d(42, tmp_path).x_test, generated.x_test)  # the repaired file is used
     assert len(calls) == 2
+
+
+def test_validation_is_carved_from_training_samples_with_a_fixed_seed(generated: Dataset) -> None:
+    sp = data.carve(generated, 500)
+    assert (len(sp.y_train), len(sp.y_val), len(sp.y_test)) == (3500, 500, 1000)
+    assert sp.describe() == "3500 train / 500 val / 1000 test"
+    rows = lambda x: {r.tobytes() for r in x}  # noqa: E731
+    assert rows(sp.x_train) | rows(sp.x_val) == rows(generated.x_train)  # every training sample, once
+    assert not rows(sp.x_train) & rows(sp.x_val) and not rows(sp.x_val) & rows(generated.x_test)
+    assert np.array_equal(sp.x_test, generated.x_test) and np.array_equal(sp.y_test, generated.y_test)
+    again = data.carve(generated, 500)
+    assert np.array_equal(again.x_val, sp.x_val) and np.array_equal(again.y_train, sp.y_train)  # fixed seed
+    other = data.carve(generated, 500, seed=data.VAL_SPLIT_SEED + 1)
+    assert not np.array_equal(other.x_val, sp.x_val)
+    assert set(np.unique(sp.y_val)) == set(range(10))
+
+
+@pytest.mark.parametrize("size", [0, 4000])
+def test_carving_needs_samples_on_both_sides(generated: Dataset, size: int) -> None:
+    with pytest.raises(ValueError, match="val_samples must lie in"):
+        data.carve(generated, size)

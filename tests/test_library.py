@@ -248,17 +248,18 @@ def test_quarantine_twice_in_the_same_second(lib, commit_artifact, monkeypatch):
 # ---------------------------------------------------------------------------------- listing
 
 
-def test_ranked_orders_by_compiled_step_time_and_by_tag_filters(lib, commit_artifact):
-    commit_artifact(lib, "mlp_block", K1, step_ms_compiled=3.0)
-    commit_artifact(lib, "lowrank_adapter", K2, step_ms_compiled=1.0)
-    commit_artifact(lib, "depthwise_conv", K3, step_ms_compiled=2.0)
-    commit_artifact(lib, "mlp_block", K2, step_ms_compiled=0.5)  # newest mlp_block is now the fastest
+def test_ranked_orders_by_served_step_time_and_by_tag_filters(lib, commit_artifact):
+    commit_artifact(lib, "mlp_block", K1, step_ms_compiled=3.0, step_ms_eager=9.0)
+    commit_artifact(lib, "lowrank_adapter", K2, step_ms_compiled=1.0, step_ms_eager=9.0)
+    # compiled is slow here, but eager (served instead) is the second fastest step
+    commit_artifact(lib, "depthwise_conv", K3, step_ms_compiled=8.0, step_ms_eager=0.7)
+    commit_artifact(lib, "mlp_block", K2, step_ms_compiled=0.5, step_ms_eager=9.0)  # newest: now the fastest
     assert [(m.blueprint_id, m.step_ms_compiled) for m in lib.ranked()] == [
         ("mlp_block", 0.5),
+        ("depthwise_conv", 8.0),
         ("lowrank_adapter", 1.0),
-        ("depthwise_conv", 2.0),
     ]
-    assert [m.blueprint_id for m in lib.by_tag("cheap")] == ["lowrank_adapter", "depthwise_conv"]
+    assert [m.blueprint_id for m in lib.by_tag("cheap")] == ["depthwise_conv", "lowrank_adapter"]
     assert [m.blueprint_id for m in lib.ranked("conv")] == ["depthwise_conv"]
     assert lib.by_tag("attention") == []
     assert {m.blueprint_id: m.version for m in lib.all_current()} == {

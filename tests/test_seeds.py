@@ -254,3 +254,24 @@ def test_dormant_and_germinated_slots_are_not_flagged() -> None:
     assert not h.vanishing and h.acc_delta == 0.0 and h.epochs_in_stage == 0
     slot.end_epoch()
     assert slot.health(0.5).epochs_in_stage == 1
+
+
+def test_capture_and_restore_a_slot() -> None:
+    slot = to_stage(germinated(SeedSlot("s0", 1), accuracy=0.4), S.BLENDING)
+    slot.step(0.5)
+    saved = slot.capture()
+    assert saved.stage is S.BLENDING and saved.blend_progress == 0.5 and saved.acc_at_germination == 0.4
+    assert saved.weights is not None and set(saved.weights) == set(slot.block.state_dict())
+    with torch.no_grad():
+        for p in slot.block.parameters():
+            p.add_(1.0)  # training moved on
+    slot.prune()
+    fresh = MlpBlock(40, HIDDEN)
+    slot.restore(saved, fresh, eager_kernel, "eager")
+    assert (slot.stage, slot.blend_progress, slot.block) == (S.BLENDING, 0.5, fresh)
+    assert all(torch.equal(v, saved.weights[k]) for k, v in fresh.state_dict().items())
+    assert slot.alpha == blend_alpha(BlendSchedule.COSINE, 0.5 / 5)
+    empty = SeedSlot("s1", 2).capture()
+    assert empty.weights is None and empty.stage is S.DORMANT
+    with pytest.raises(ValueError, match="needs no module"):
+        SeedSlot("s1", 2).restore(empty, MlpBlock(40, HIDDEN), eager_kernel, "eager")

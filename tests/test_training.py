@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import platform
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import msgspec
+import numpy as np
 import pytest
 import torch
 
@@ -24,9 +27,11 @@ from esper_tui.engine.contracts import (
     TrainingStarted,
 )
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.training.controller import Decision
+from esper_tui.engine.training.controller import Decision, EpochState
+from esper_tui.engine.training.data import Splits, carve, load_mnist1d
 from esper_tui.engine.training.kernel_source import EagerKernelSource, Kernel, KernelOffer, KernelUnavailable
 from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.training.seeds import IN_FLIGHT
 from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
 
 CATALOG = Catalog()
@@ -58,10 +63,19 @@ class Recorder:
             assert self._cond.wait_for(lambda: predicate(self), timeout), "event never came"
 
 
-def trainer(cache_dir: Path, kernels=None, control: TrainingControl | None = None, **cfg) -> tuple[Trainer, Recorder]:
+def trainer(
+    cache_dir: Path,
+    kernels=None,
+    control: TrainingControl | None = None,
+    *,
+    splits: Splits | None = None,
+    early_stop: bool | None = None,
+    **cfg,
+) -> tuple[Trainer, Recorder]:
     rec = Recorder()
     config = msgspec.structs.replace(TrainingConfig(seed=0), **cfg)
-    return Trainer(config, CATALOG, kernels or EagerKernelSource(CATALOG), rec, control, cache_dir), rec
+    source = kernels or EagerKernelSource(CATALOG)
+    return Trainer(config, CATALOG, source, rec, control, cache_dir, splits=splits, early_stop=early_stop), rec
 
 
 def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) -> None:
@@ -78,8 +92,12 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
     epochs = rec.of(EpochCompleted)
     assert [e.epoch for e in epochs] == list(range(1, 26))
     assert all(e.source is Subsystem.TOLARIA and e.samples_per_s > 0 and e.epoch_s > 0 for e in epochs)
-    assert finished.final_accuracy == epochs[-1].val_accuracy > 0.40  # chance is 0.10
-    assert finished.best_accuracy == max(e.val_accuracy for e in epochs)
+    assert finished.val_accuracy == epochs[-1].val_accuracy > 0.40  # chance is 0.10
+    assert finished.best_val_accuracy == max(e.val_accuracy for e in epochs)
+    assert epochs[finished.best_epoch - 1].val_accuracy == finished.best_val_accuracy
+    assert finished.reason == "epoch budget reached (25 epochs)"  # a budget: no early stop, no restore
+    assert finished.test_accuracy == epochs[-1].test_accuracy and all(e.test_accuracy is not None for e in epochs)
+    assert "3500 train / 500 val / 1000 test" in started.dataset
 
     # per epoch: EpochCompleted, SeedsReport, then the decisions taken that epoch
     body = events[1:-1]
@@ -262,3 +280,218 @@ def test_importing_the_training_plane_loads_no_ui() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- split discipline
+
+
+def test_the_controller_input_has_no_test_split() -> None:
+    """Every decision reads an EpochState; the type has nowhere to put a test-split number."""
+    names = {f.name for f in dataclasses.fields(EpochState)}
+    assert names == {"epoch", "val_accuracy", "seeds", "offers", "train_loss"}
+    assert not any("test" in name for name in names)
+
+
+def poisoned(splits: Splits) -> Splits:
+    """The same splits with the test split replaced by noise and wrong labels."""
+    rng = np.random.default_rng(0)
+    noise = (rng.normal(size=splits.x_test.shape) * 100).astype(np.float32)
+    return dataclasses.replace(splits, x_test=noise, y_test=(splits.y_test + 1) % 10)
+
+
+def test_poisoning_the_test_split_changes_no_decision(cache_dir: Path) -> None:
+    splits = carve(load_mnist1d(42, cache_dir), 500)
+
+    def run(sp: Splits) -> tuple[list[tuple[object, ...]], list[tuple[float, ...]], list[float | None]]:
+        t, rec = trainer(cache_dir, epochs=12, splits=sp, **FAST_LIFECYCLE)
+        t.run()
+        decisions = [(d.action, d.slot, d.blueprint_id, d.reason) for d in rec.of(ControllerDecision)]
+        seen = [(e.val_accuracy, e.val_loss, e.train_loss) for e in rec.of(EpochCompleted)]
+        return decisions, seen, [e.test_accuracy for e in rec.of(EpochCompleted)]
+
+    clean, dirty = run(splits), run(poisoned(splits))
+    assert {d[0] for d in clean[0]} >= {Action.GERMINATE, Action.ADVANCE}  # decisions were taken
+    assert clean[0] == dirty[0]  # the same decisions for the same reasons, in the same epochs
+    assert clean[1] == dirty[1]  # and the same validation and training numbers
+    assert clean[2] != dirty[2] and max(a for a in dirty[2] if a is not None) < 0.3  # the poison did reach the report
+
+
+# ---------------------------------------------------------------- no churn
+
+
+class ZeroLibrary(FakeLibrary):
+    """Every seed it serves outputs zeros: its gradients vanish, exactly as under a memorising host."""
+
+    def offers(self) -> list[KernelOffer]:
+        return [
+            KernelOffer(bp, f"art-{bp}", ("dense",), 0.05, "inductor:default", 1.0, 1.2)
+            for bp in ("lowrank_adapter", "mlp_block")
+        ]
+
+    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+        offer = next(o for o in self.offers() if o.blueprint_id == blueprint_id)
+        return (lambda module, x: module(x) * 0.0), offer
+
+
+def test_failing_seeds_back_off_and_growth_stops_with_one_explanation(cache_dir: Path) -> None:
+    t, rec = trainer(cache_dir, kernels=ZeroLibrary(), epochs=40, give_up_after=3, embargo_epochs=2, **FAST_LIFECYCLE)
+    t.run()
+    epoch_of: dict[int, int] = {}
+    for i, e in enumerate(rec.events):
+        if isinstance(e, EpochCompleted):
+            epoch = e.epoch
+        epoch_of[i] = epoch if isinstance(e, ControllerDecision) else 0
+    decisions = [(epoch_of[i], e) for i, e in enumerate(rec.events) if isinstance(e, ControllerDecision)]
+    germinated = [(n, d.slot, d.blueprint_id) for n, d in decisions if d.action is Action.GERMINATE]
+    pruned = [(n, d.slot, d.blueprint_id) for n, d in decisions if d.action is Action.PRUNE]
+    assert len(germinated) == len(pruned) == 3  # then it stops trying, though slots and epochs remain
+    assert all("vanishing" in d.reason for _, d in decisions if d.action is Action.PRUNE)
+    # each wait before the next germination at least doubles: 2, then 4 epochs after the prune
+    waits = [g[0] - p[0] for p, g in zip(pruned, germinated[1:], strict=False)]
+    assert waits[0] >= 2 and waits[1] >= 4 and waits[1] >= 2 * waits[0]
+    # a blueprint that just failed in a slot is not the next one grown there
+    for (_, slot, bp), (_, next_slot, next_bp) in zip(pruned, germinated[1:], strict=False):
+        assert (slot, bp) != (next_slot, next_bp)
+    [note] = [d for _, d in decisions if d.action is Action.WAIT]
+    assert note.source is Subsystem.TAMIYO and note.reason.startswith("stopped growing for this run: 3 seeds failed")
+    assert "gradients vanishing" in note.reason
+    assert len(rec.of(EpochCompleted)) == 40
+
+
+# ---------------------------------------------------------------- stopping and restoring
+
+
+def test_capture_and_restore_put_back_the_whole_training_state(cache_dir: Path) -> None:
+    """Restored, a run continues exactly as it did from the captured epoch: weights, seeds, stages,
+    optimizer moments, controller memory and both RNGs all came back."""
+    t, rec = trainer(cache_dir, epochs=None, **FAST_LIFECYCLE)
+    t._load()
+    while not any(s.stage is SeedStage.TRAINING for s in t.host.seed_slots()):
+        t._epoch()
+    state = t.capture()
+    t._epoch()
+    first = rec.of(EpochCompleted)[-1]
+    assert t._epoch()
+    in_flight = [s for s in t.host.seed_slots() if s.stage in IN_FLIGHT]
+    assert in_flight
+    for s in in_flight:  # change the architecture too: restore must rebuild what it lost
+        assert t._apply(Decision(Action.PRUNE, s.name, s.blueprint_id, "test"), 0.0) and s.block is None
+
+    t.restore(state)
+    assert t.epoch == state.epoch
+    assert [(s.stage, s.blueprint_id) for s in t.host.seed_slots()] == [(s.stage, s.blueprint_id) for s in state.slots]
+    assert t.controller.state() == state.controller
+    t._epoch()
+    again = rec.of(EpochCompleted)[-1]
+    assert (again.epoch, again.train_loss, again.val_accuracy, again.val_loss) == (
+        first.epoch,
+        first.train_loss,
+        first.val_accuracy,
+        first.val_loss,
+    )
+
+
+def test_without_a_budget_the_run_stops_on_its_own_and_restores_the_best_epoch(cache_dir: Path) -> None:
+    t, rec = trainer(cache_dir, epochs=None, early_stop_epochs=3)
+    finished = t.run()
+    epochs = rec.of(EpochCompleted)
+    best = max(e.val_accuracy for e in epochs)
+    assert finished.epochs == len(epochs) == finished.best_epoch + 3
+    assert finished.best_val_accuracy == best == epochs[finished.best_epoch - 1].val_accuracy
+    assert finished.reason.startswith("early stop: validation accuracy has not improved for 3 epochs")
+    if epochs[-1].val_accuracy != best:
+        assert finished.reason.endswith(f"; the best epoch, {finished.best_epoch}, restored")
+    assert finished.val_accuracy == best  # the weights it ends with are the best epoch's
+    assert finished.test_accuracy is not None and rec.events[-1] is finished
+
+
+def test_a_budget_never_stops_early_unless_asked(cache_dir: Path) -> None:
+    t, _ = trainer(cache_dir, epochs=6, early_stop_epochs=1, learning_rate=1e-9)
+    assert t.run().epochs == 6  # validation is flat from epoch 1, but the budget rules
+    t, _ = trainer(cache_dir, epochs=6, early_stop_epochs=1, learning_rate=1e-9, early_stop=True)
+    finished = t.run()
+    assert finished.epochs == 2 and finished.best_epoch == 1
+
+
+def test_memory_stays_flat_over_many_epochs() -> None:
+    """The controller folds epochs into constant state: nothing grows with the epoch count."""
+    from esper_tui.engine.training.controller import Controller
+
+    def size_after(epochs: int) -> int:
+        ctl = Controller(TrainingConfig(), CATALOG)
+        for n in range(1, epochs + 1):
+            ctl.decide(EpochState(n, 0.5 + (n % 7) / 100, (), ()))
+        return len(msgspec.json.encode(dataclasses.asdict(ctl.state())))
+
+    assert size_after(10_000) - size_after(10) < 8  # a few more digits in the counters, nothing more
+
+
+# ---------------------------------------------------------------- the fastest variant
+
+
+def test_the_library_source_serves_the_faster_variant_and_says_why(tmp_path: Path, commit_artifact) -> None:
+    from esper_tui.engine.kernels.compiled import LoadedKernel, compiler_id, cpu_isa, kernel_threads
+    from esper_tui.engine.library.store import Identity, Library
+    from esper_tui.engine.training.kernel_source import eager_kernel
+    from esper_tui.engine.training.library_source import LibraryKernelSource
+
+    identity = Identity(
+        str(torch.__version__), platform.python_version(), "cpu", cpu_isa(), kernel_threads(), compiler_id()
+    )
+    lib = Library(tmp_path / "library", bytes(range(32)), CATALOG, identity=identity)
+    commit_artifact(lib, "mlp_block", "a" * 64, step_ms_compiled=2.39, step_ms_eager=2.06)
+    commit_artifact(lib, "depthwise_conv", "b" * 64, step_ms_compiled=2.92, step_ms_eager=3.66)
+    source = LibraryKernelSource(lib, "inductor", "default")
+    offers = {o.blueprint_id: o for o in source.offers()}
+    eager, compiled = offers["mlp_block"], offers["depthwise_conv"]
+    assert (eager.label, eager.eager_by_choice, eager.step_ms) == ("eager", True, 2.06)
+    assert eager.why == "eager: 2.06 ms < compiled 2.39 ms per step"
+    assert (compiled.label, compiled.eager_by_choice, compiled.step_ms) == ("inductor:default", False, 2.92)
+    assert compiled.why == "compiled: 2.92 ms <= eager 3.66 ms per step"
+    kernel, offer = source.load("mlp_block")
+    assert kernel is eager_kernel and offer == eager
+    # a trainer grafting it says which variant runs and why, in the event log and the seeds panel
+    t, rec = trainer(tmp_path, kernels=source, epochs=1)
+    assert t._apply(Decision(Action.GERMINATE, "s0", "mlp_block", "test"), 0.5)
+    [log] = rec.of(LogLine)
+    assert log.message == "s0 <- mlp_block runs eager: 2.06 ms < compiled 2.39 ms per step"
+    assert t.host.slot("s0").health(0.5).kernel == "eager (faster)" and not t.host.slot("s0").compiled
+    # the benchmark's switch: always compiled
+    always = LibraryKernelSource(lib, "inductor", "default", fastest=False)
+    kernel, offer = always.load("mlp_block")
+    assert isinstance(kernel, LoadedKernel) and offer.label == "inductor:default"
+
+
+async def test_the_engine_stays_up_after_training_stops_on_its_own(tmp_path: Path) -> None:
+    """Without --epochs the run ends by early stopping; the engine, its forge and its commands carry on."""
+    import asyncio
+
+    from esper_tui.engine.config import parse_config
+    from esper_tui.engine.contracts import SetConservativeMode
+    from esper_tui.engine.runtime import Engine
+    from esper_tui.engine.vocabulary import TrainingStatus
+
+    config = parse_config(
+        {
+            "tezzeret": {"polling": {"initial_full_scan": False}},
+            "training": {"compile": False, "early_stop_epochs": 2, "learning_rate": 1e-9},
+        }
+    )
+    engine = Engine(config, tmp_path / "state")
+    await engine.start()
+    try:
+        async with asyncio.timeout(120):  # only against a hang
+            while engine.aggregator.snapshot().training.status is not TrainingStatus.FINISHED:
+                await asyncio.sleep(0.05)
+        texts = [line.text for line in engine.aggregator.events]
+        [done] = [t for t in texts if t.startswith("training finished")]
+        assert "early stop: validation accuracy has not improved for 2 epochs" in done
+        assert engine.aggregator.snapshot().training.test_accuracy is not None
+        assert not engine.stopped.is_set()
+        await engine.send(SetConservativeMode(active=True))
+        async with asyncio.timeout(30):
+            while not engine.aggregator.snapshot().forge.conservative_mode:
+                await asyncio.sleep(0.05)
+        assert not engine.stopped.is_set()
+    finally:
+        await engine.stop()

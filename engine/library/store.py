@@ -112,6 +112,16 @@ def artifact_key(
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def eager_is_faster(meta: ArtifactMeta) -> bool:
+    """The forge timed both variants of this kernel's training step on this machine: eager won."""
+    return meta.step_ms_eager < meta.step_ms_compiled
+
+
+def served_step_ms(meta: ArtifactMeta) -> float:
+    """The step time a seed of this kernel runs at: the faster verified variant, eager included."""
+    return min(meta.step_ms_compiled, meta.step_ms_eager)
+
+
 def version_dir_name(meta: ArtifactMeta) -> str:
     return f"v{meta.version:04d}-{meta.artifact_id[:12]}"
 
@@ -435,9 +445,10 @@ class Library:
         return out
 
     def ranked(self, tag: str | None = None) -> list[ArtifactMeta]:
-        """Current kernels, fastest measured training step first; optionally only blueprints with a tag."""
+        """Current kernels, fastest served training step first (compiled or eager, whichever was measured
+        faster); optionally only blueprints with a tag."""
         metas = [m for m in self.all_current() if tag is None or tag in self.catalog.get(m.blueprint_id).tags]
-        return sorted(metas, key=lambda m: m.step_ms_compiled)
+        return sorted(metas, key=served_step_ms)
 
     def by_tag(self, tag: str) -> list[ArtifactMeta]:
         return self.ranked(tag)

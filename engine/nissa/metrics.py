@@ -181,7 +181,9 @@ def _snapshot_metrics(snap: Snapshot) -> Iterator[PromMetric]:
     )
     yield GaugeMetricFamily("esper_training_epoch", "Epochs completed", value=t.epoch)
     seeds = GaugeMetricFamily(
-        "esper_seeds_active", "Working seeds by slot (each grafts into one host layer) and stage", labels=["slot", "stage"]
+        "esper_seeds_active",
+        "Working seeds by slot (each grafts into one host layer) and stage",
+        labels=["slot", "stage"],
     )
     counts: dict[tuple[str, str], int] = {}
     for seed in t.seeds:

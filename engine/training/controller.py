@@ -3,26 +3,38 @@
 Pure decision logic over what the training loop reports each epoch (no tensors), so it is cheap to
 test and deterministic: the same sequence of epoch states always yields the same decisions.
 
+Split discipline: every decision reads `EpochState`, which carries the validation accuracy (a split
+carved from the training samples) and nothing of the test split, so no decision can be tuned on the
+number the run reports.
+
 The policy:
 - Germinate when validation accuracy has plateaued (no new best by `plateau_delta` within the last
   `plateau_epochs` epochs), a slot is DORMANT, kernels are offered, and no other seed is in flight.
   One seed at a time, because a seed is judged by the accuracy change since it germinated; two growing
   together would share (and blur) that signal.
-- Blueprint choice rotates through the offers ranked by (times pruned, times tried, risk, measured
-  step time): never-pruned first, then the least tried, the safest, the fastest.
+- Blueprint choice rotates through the offers ranked by (times pruned, times tried, catalog priority,
+  risk, measured step time): never-pruned first, then the least tried, the most promising, the safest,
+  the fastest.
 - Advance GERMINATED -> TRAINING -> BLENDING -> HOLDING by epochs in stage.
 - In HOLDING, after `holding_epochs`: fossilize on a gain of at least `fossilize_margin`, prune on a
   loss; an in-between result may hold as long again before it is pruned for bringing nothing.
 - Prune at once, at any in-flight stage, a seed whose gradients explode or vanish, or one that drags
   accuracy down by `collapse` or more while it is blended in.
 After a seed is judged, the plateau window restarts, so the host is measured afresh before the next one.
+
+No churn (a memorising host starves every seed of gradient, and the old rule re-grew one every epoch):
+- a blueprint that failed in a slot is not tried there again before `embargo_epochs * 2**(n-1)` epochs
+  have passed, n being its failures there;
+- failures in a row hold all growth back the same way (the wait doubles with each);
+- after `give_up_after` failures in a row Tamiyo stops growing for the run, and says why once.
+A seed that is kept resets the run of failures.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
@@ -32,6 +44,7 @@ from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
 _IN_FLIGHT = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING})
+MEMORISED_LOSS = 1e-3  # a mean training loss below this: the host fits its samples, seeds see no gradient
 
 
 @dataclass(frozen=True)
@@ -40,16 +53,39 @@ class Decision:
     slot: str | None = None
     blueprint_id: str | None = None
     reason: str = ""
+    notable: bool = False  # a WAIT worth one event (e.g. why growth stopped); other WAITs stay silent
 
 
 @dataclass(frozen=True)
 class EpochState:
-    """What the controller sees after an epoch: accuracy as a fraction in [0, 1]."""
+    """Everything a decision may read after an epoch; accuracies are fractions in [0, 1].
+
+    There is deliberately no test-split field: the controller cannot see the reported number.
+    `train_loss` is the mean loss over the epoch's training steps (it tells a memorising host)."""
 
     epoch: int
     val_accuracy: float
     seeds: tuple[SeedHealth, ...]
     offers: tuple[KernelOffer, ...]
+    train_loss: float | None = None
+
+
+@dataclass
+class ControllerState:
+    """The controller's memory as plain data (a checkpoint or a best-epoch restore carries it whole).
+
+    Keys of the per-slot maps are "slot/blueprint"."""
+
+    window_best: float | None = None  # best validation accuracy since the plateau window opened
+    flat_epochs: int = 0  # epochs since the window last gained plateau_delta
+    uses: dict[str, int] = field(default_factory=dict)
+    pruned: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    retry_after: dict[str, int] = field(default_factory=dict)  # epoch from which the pair may be tried again
+    failures_in_a_row: int = 0
+    growth_after: int = 0  # no germination anywhere before this epoch
+    last_failure: str = ""
+    gave_up: bool = False
 
 
 def _pct(fraction: float) -> str:
@@ -58,6 +94,10 @@ def _pct(fraction: float) -> str:
 
 def _points(delta: float) -> str:
     return f"{delta * 100:+.1f} points"
+
+
+def _pair(slot: str, blueprint_id: str) -> str:
+    return f"{slot}/{blueprint_id}"
 
 
 class Controller:
@@ -75,37 +115,50 @@ class Controller:
         self.fossilize_margin = cfg.fossilize_margin if fossilize_margin is None else fossilize_margin
         self.collapse = collapse
         self.germinated_epochs = germinated_epochs
-        self.history: list[float] = []
-        self._window_start = 0  # index into history where the current plateau window begins
-        self.uses: Counter[str] = Counter()
-        self.pruned: Counter[str] = Counter()
+        self.s = ControllerState()
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> ControllerState:
+        """A copy of the controller's memory (see ControllerState)."""
+        return copy.deepcopy(self.s)
+
+    def restore(self, state: ControllerState) -> None:
+        self.s = copy.deepcopy(state)
 
     # ------------------------------------------------------------------ plateau
 
+    def _observe(self, accuracy: float) -> None:
+        """Fold one epoch into the plateau window: constant memory, however long the run."""
+        s = self.s
+        if s.window_best is None:
+            s.window_best, s.flat_epochs = accuracy, 0
+            return
+        s.flat_epochs = 0 if accuracy - s.window_best >= self.cfg.plateau_delta else s.flat_epochs + 1
+        s.window_best = max(s.window_best, accuracy)
+
+    def _restart_window(self) -> None:
+        self.s.window_best, self.s.flat_epochs = None, 0
+
     def plateau(self) -> int | None:
         """Epochs since accuracy last beat its best by `plateau_delta`, once that is >= plateau_epochs."""
-        window = self.history[self._window_start :]
-        if not window:
+        if self.s.window_best is None:
             return None
-        best, last_gain = window[0], 0
-        for i, acc in enumerate(window[1:], start=1):
-            if acc - best >= self.cfg.plateau_delta:
-                last_gain = i
-            best = max(best, acc)
-        flat = len(window) - 1 - last_gain
+        flat = self.s.flat_epochs
         return flat if flat >= self.cfg.plateau_epochs else None
 
     def rank(self, offers: tuple[KernelOffer, ...] | list[KernelOffer]) -> list[KernelOffer]:
         """Offers best first: (times pruned, times tried, -catalog priority, risk, step time, id).
 
         Priority comes before risk: it is the catalog's judgement of which families are worth growing
-        first (on MNIST-1D the convolutional ones lift accuracy from ~60 % to ~85 %)."""
+        first (on MNIST-1D the convolutional ones lift accuracy from ~60 % to ~90 %)."""
         known = [o for o in offers if o.blueprint_id in self.catalog]
 
         def key(o: KernelOffer) -> tuple[int, int, int, float, float, str]:
             step = o.step_ms if o.step_ms is not None else math.inf
             priority = self.catalog.get(o.blueprint_id).priority
-            return self.pruned[o.blueprint_id], self.uses[o.blueprint_id], -priority, o.risk, step, o.blueprint_id
+            bp = o.blueprint_id
+            return self.s.pruned.get(bp, 0), self.s.uses.get(bp, 0), -priority, o.risk, step, bp
 
         return sorted(known, key=key)
 
@@ -145,33 +198,75 @@ class Controller:
                 return Decision(Action.PRUNE, name, bp, f"{verdict}: below the {bar} bar")
         return None
 
+    def _wait_epochs(self, failures: int) -> int:
+        """The back-off after `failures` failures: the embargo, doubled for each failure after the first."""
+        return max(1, self.cfg.embargo_epochs) << (max(1, failures) - 1)
+
+    def _failed(self, d: Decision, state: EpochState) -> Decision | None:
+        """Book a pruned seed; the one WAIT that explains why growth stops, when this failure ends it."""
+        s, bp = self.s, d.blueprint_id
+        if bp is None or d.slot is None:
+            return None
+        s.pruned[bp] = s.pruned.get(bp, 0) + 1
+        pair = _pair(d.slot, bp)
+        s.failures[pair] = s.failures.get(pair, 0) + 1
+        s.retry_after[pair] = state.epoch + self._wait_epochs(s.failures[pair])
+        s.failures_in_a_row += 1
+        s.growth_after = state.epoch + self._wait_epochs(s.failures_in_a_row)
+        s.last_failure = f"last: {bp} in {d.slot}, {d.reason}"
+        if s.failures_in_a_row < self.cfg.give_up_after or s.gave_up:
+            return None
+        s.gave_up = True
+        why = f"stopped growing for this run: {s.failures_in_a_row} seeds failed in a row ({s.last_failure})"
+        if state.train_loss is not None and state.train_loss < MEMORISED_LOSS:
+            why += (
+                f"; training loss {state.train_loss:.1e}: the network fits its training samples, "
+                "so a new seed gets almost no gradient"
+            )
+        return Decision(Action.WAIT, reason=why, notable=True)
+
     def _germinate(self, state: EpochState) -> Decision:
         """Germinate if everything lines up; otherwise a WAIT that says why not."""
-        if any(s.stage in _IN_FLIGHT for s in state.seeds):
+        s = self.s
+        if s.gave_up:
+            return Decision(Action.WAIT, reason="growth stopped for this run")
+        if any(seed.stage in _IN_FLIGHT for seed in state.seeds):
             return Decision(Action.WAIT, reason="a seed is in flight")
         flat = self.plateau()
         if flat is None:
             return Decision(Action.WAIT, reason=f"accuracy still improving ({_pct(state.val_accuracy)})")
         why = f"accuracy flat for {flat} epochs at {_pct(state.val_accuracy)}"
-        slot = next((s.slot for s in state.seeds if s.stage is S.DORMANT), None)
-        if slot is None:
+        if state.epoch < s.growth_after:
+            n = s.failures_in_a_row
+            return Decision(
+                Action.WAIT, reason=f"{why}, but {n} seeds failed in a row: waiting until epoch {s.growth_after}"
+            )
+        dormant = [seed.slot for seed in state.seeds if seed.stage is S.DORMANT]
+        if not dormant:
             return Decision(Action.WAIT, reason=f"{why}, but no dormant slot")
         ranked = self.rank(state.offers)
         if not ranked:
             return Decision(Action.WAIT, reason=f"{why}, but no kernels offered yet")
-        choice = ranked[0].blueprint_id
-        self.uses[choice] += 1
-        return Decision(Action.GERMINATE, slot, choice, why)
+        for offer in ranked:
+            for slot in dormant:
+                if state.epoch >= s.retry_after.get(_pair(slot, offer.blueprint_id), 0):
+                    s.uses[offer.blueprint_id] = s.uses.get(offer.blueprint_id, 0) + 1
+                    return Decision(Action.GERMINATE, slot, offer.blueprint_id, why)
+        return Decision(Action.WAIT, reason=f"{why}, but every offered blueprint failed recently in the free slots")
 
     def decide(self, state: EpochState) -> list[Decision]:
         """The decisions for this epoch (never empty: a lone WAIT says why nothing happens)."""
-        self.history.append(state.val_accuracy)
-        decisions = [d for s in state.seeds if (d := self._judge(s, state.val_accuracy)) is not None]
+        self._observe(state.val_accuracy)
+        decisions = [d for seed in state.seeds if (d := self._judge(seed, state.val_accuracy)) is not None]
+        notes: list[Decision] = []
         for d in decisions:
-            if d.action in (Action.FOSSILIZE, Action.PRUNE):
-                if d.action is Action.PRUNE and d.blueprint_id is not None:
-                    self.pruned[d.blueprint_id] += 1
-                self._window_start = len(self.history)
+            if d.action is Action.FOSSILIZE:
+                self.s.failures_in_a_row = 0
+                self._restart_window()
+            elif d.action is Action.PRUNE:
+                if (note := self._failed(d, state)) is not None:
+                    notes.append(note)
+                self._restart_window()
         if decisions:
-            return decisions
+            return decisions + notes
         return [self._germinate(state)]

@@ -1,43 +1,64 @@
-"""The compiled-kernel source: seeds germinate with signed kernels from the library (Urza -> Kasmina)."""
+"""The compiled-kernel source: seeds germinate with signed kernels from the library (Urza -> Kasmina).
+
+Compiled seeds must pay for themselves: the forge times a training step of every kernel against the same
+module run eagerly on this machine, and the source serves whichever variant was faster, eager included,
+saying why ("eager: 2.06 ms < compiled 2.39 ms per step").
+"""
 
 from __future__ import annotations
 
 from esper_tui.engine.kernels.compiled import KernelError
 from esper_tui.engine.library.meta import ArtifactMeta
-from esper_tui.engine.library.store import ArtifactInvalid, Library
-from esper_tui.engine.training.kernel_source import Kernel, KernelOffer, KernelUnavailable
+from esper_tui.engine.library.store import ArtifactInvalid, Library, eager_is_faster
+from esper_tui.engine.training.kernel_source import EAGER_LABEL, Kernel, KernelOffer, KernelUnavailable, eager_kernel
 from esper_tui.engine.vocabulary import compile_label
 
 
+def variant_reason(meta: ArtifactMeta) -> str:
+    """Which variant runs and the measurement that chose it, in one phrase."""
+    c, e = meta.step_ms_compiled, meta.step_ms_eager
+    if eager_is_faster(meta):
+        return f"eager: {e:.2f} ms < compiled {c:.2f} ms per step"
+    return f"compiled: {c:.2f} ms <= eager {e:.2f} ms per step"
+
+
 class LibraryKernelSource:
-    """Offers every blueprint with a stored kernel, fastest measured step first."""
+    """Offers every blueprint with a stored kernel, each as its faster verified variant on this machine."""
 
     compile_enabled = True
 
-    def __init__(self, library: Library, backend: str, mode: str) -> None:
+    def __init__(self, library: Library, backend: str, mode: str, *, fastest: bool = True) -> None:
         self._library = library
         self.backend: str | None = backend
         self.mode: str | None = mode
+        self.fastest = fastest  # False: always the compiled kernel (benchmarks compare the two)
 
     def _offer(self, meta: ArtifactMeta) -> KernelOffer:
         bp = self._library.catalog.get(meta.blueprint_id)
+        eager = self.fastest and eager_is_faster(meta)
         return KernelOffer(
             blueprint_id=meta.blueprint_id,
             artifact_id=meta.artifact_id,
             tags=bp.tags,
             risk=bp.risk,
-            label=compile_label(meta.backend, meta.mode),
+            label=EAGER_LABEL if eager else compile_label(meta.backend, meta.mode),
             step_ms_compiled=meta.step_ms_compiled,
             step_ms_eager=meta.step_ms_eager,
+            why=variant_reason(meta) if self.fastest else "compiled: always served (fastest off)",
+            eager_by_choice=eager,
         )
 
     def offers(self) -> list[KernelOffer]:
         return [self._offer(m) for m in self._library.ranked()]
 
     def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
-        """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash."""
+        """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash.
+
+        An eager-by-choice offer still verifies the stored artifact first: eager is served because it was
+        measured faster than a kernel that exists and is sound, not instead of a broken one."""
         try:
             kernel, meta = self._library.load(blueprint_id)
         except (ArtifactInvalid, KernelError) as exc:  # all Library.load raises
             raise KernelUnavailable(str(exc)) from exc
-        return kernel, self._offer(meta)
+        offer = self._offer(meta)
+        return (kernel if offer.compiled else eager_kernel), offer

@@ -10,20 +10,31 @@ the UI and the forge's compiles need the same cores, so the default is half the 
 1 and at most 2 (1 on the 2-core reference box). The previous setting is restored when `run()` returns.
 
 Per epoch it emits EpochCompleted (tolaria), SeedsReport (kasmina) and one ControllerDecision (tamiyo)
-per decision other than WAIT; TrainingStarted comes first, TrainingFinished last (TrainingFailed instead
-when the loop dies with an error). Accuracies are fractions in [0, 1]. The validation set is MNIST-1D's
-test split (the split the paper reports).
+per decision other than WAIT (and per WAIT that explains why growth stopped); TrainingStarted comes first,
+TrainingFinished last (TrainingFailed instead when the loop dies with an error). Accuracies are fractions
+in [0, 1].
+
+Splits: the weights train on 4000 - `val_samples` samples; Tamiyo and early stopping read only the
+validation split carved from the training samples (data.carve, fixed seed); MNIST-1D's test split is
+evaluated each epoch for the dashboard and never reaches a decision.
+
+Stopping: with `epochs` set the run takes exactly that many. Without, it stops on its own once validation
+accuracy has not improved for `early_stop_epochs` epochs and restores the best epoch's whole state
+(architecture, weights, optimizer, controller): a run that knows when it is done. `capture()` and
+`restore()` are that state as plain data, the seam a checkpoint writer serialises.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +54,8 @@ from esper_tui.engine.contracts import (
 )
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import kernel_threads
-from esper_tui.engine.training.controller import Controller, Decision, EpochState
-from esper_tui.engine.training.data import DEFAULT_DATA_SEED, load_mnist1d
+from esper_tui.engine.training.controller import Controller, ControllerState, Decision, EpochState
+from esper_tui.engine.training.data import DEFAULT_DATA_SEED, Splits, carve, load_mnist1d
 from esper_tui.engine.training.host import HostNetwork
 from esper_tui.engine.training.kernel_source import (
     EAGER_LABEL,
@@ -54,7 +65,7 @@ from esper_tui.engine.training.kernel_source import (
     KernelUnavailable,
     eager_kernel,
 )
-from esper_tui.engine.training.seeds import BlendSchedule, SeedSlot, SlotPolicy
+from esper_tui.engine.training.seeds import MAIN_LINE, BlendSchedule, SeedSlot, SlotPolicy, SlotState
 from esper_tui.engine.vocabulary import Action, Level, Subsystem
 
 T = TypeVar("T")
@@ -106,6 +117,29 @@ class TrainingControl:
             return self._cond.wait_for(lambda: self._stopped, timeout=max(0.0, seconds))
 
 
+STOP_REQUESTED = "stop requested"
+HOST_GROUP = ""
+"""The optimizer group of the host's own weights in TrainingState.groups (the others name their slot)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingState:
+    """The whole training state as plain data: what a best-epoch restore puts back, and what a checkpoint
+    would write (tensors for safetensors, the rest msgpack-able)."""
+
+    epoch: int
+    host: dict[str, torch.Tensor]
+    slots: tuple[SlotState, ...]
+    groups: tuple[str, ...]  # the optimizer's param groups in order: HOST_GROUP or a slot name
+    optimizer: dict[str, Any]  # torch.optim state_dict, deep-copied
+    controller: ControllerState
+    shuffle_rng: torch.Tensor
+    torch_rng: torch.Tensor  # the global CPU generator: dropout draws from it
+    germinations: int
+    best_val_accuracy: float
+    best_epoch: int
+
+
 class Trainer:
     """Trains the host on MNIST-1D, grows seeds as the controller decides, and reports every epoch."""
 
@@ -114,6 +148,8 @@ class Trainer:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
 
     def __init__(
         self,
@@ -127,7 +163,12 @@ class Trainer:
         threads: int | None = None,
         data_seed: int = DEFAULT_DATA_SEED,
         schedule: BlendSchedule = BlendSchedule.COSINE,
+        splits: Splits | None = None,
+        early_stop: bool | None = None,
     ) -> None:
+        """`splits` replaces the carved MNIST-1D splits (benchmarks load them once; tests poison them).
+        `early_stop`: None stops early only without an epoch budget; True also within one (then the best
+        epoch is restored at the budget's end too); False never."""
         self.cfg = cfg
         self.catalog = catalog
         self.kernels = kernels
@@ -136,64 +177,113 @@ class Trainer:
         self.cache_dir = cache_dir
         self.threads = threads if threads is not None else kernel_threads()
         self.data_seed = data_seed
+        self.splits = splits
+        self.early_stop = cfg.epochs is None if early_stop is None else early_stop
         self.controller = Controller(cfg, catalog)
         with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG
             torch.manual_seed(cfg.seed)
-            self.host = HostNetwork(hidden=cfg.hidden, slots=cfg.slots, policy=SlotPolicy.from_config(cfg, schedule))
+            self.host = HostNetwork(
+                hidden=cfg.hidden, slots=cfg.slots, policy=SlotPolicy.from_config(cfg, schedule), dropout=cfg.dropout
+            )
         self.optimizer = torch.optim.Adam(self.host.host_parameters(), lr=cfg.learning_rate)
         self._shuffle = torch.Generator().manual_seed(cfg.seed)
         self._germinations = 0
         self.epoch = 0
-        self.accuracy_history: list[float] = []
+        self.val_accuracy = 0.0  # the latest epoch's
+        self.best_val_accuracy = -1.0
+        self.best_epoch = 0
+        self._best: TrainingState | None = None  # kept only while early stopping is on
 
     # ------------------------------------------------------------------ run
 
     def run(self) -> TrainingFinished:
-        """Train until cfg.epochs are done or stop is requested; returns the TrainingFinished it emitted."""
+        """Train until the run is done (budget, early stop) or stop is requested; returns the TrainingFinished
+        it emitted. The global torch RNG (dropout's) is seeded from cfg.seed for the run and put back after,
+        so a run is reproducible and leaves the process's RNG as it found it."""
         previous_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            return self._run()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                return self._run()
         except Exception as exc:
             self.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"{type(exc).__name__}: {exc}"))
             raise
         finally:
             torch.set_num_threads(previous_threads)
 
+    def _load(self) -> Splits:
+        if self.splits is None:
+            self.splits = carve(load_mnist1d(self.data_seed, self.cache_dir), self.cfg.val_samples)
+        sp = self.splits
+        self.x_train, self.y_train = torch.from_numpy(sp.x_train), torch.from_numpy(sp.y_train)
+        self.x_val, self.y_val = torch.from_numpy(sp.x_val), torch.from_numpy(sp.y_val)
+        self.x_test, self.y_test = torch.from_numpy(sp.x_test), torch.from_numpy(sp.y_test)
+        return sp
+
     def _run(self) -> TrainingFinished:
-        ds = load_mnist1d(self.data_seed, self.cache_dir)
-        self.x_train, self.y_train = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-        self.x_val, self.y_val = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+        sp = self._load()
         self.emit(
             TrainingStarted(
                 source=Subsystem.TOLARIA,
                 compile_enabled=self.kernels.compile_enabled,
                 compile_backend=self.kernels.backend,
                 compile_mode=self.kernels.mode,
-                dataset=f"mnist1d ({len(ds.y_train)} train / {len(ds.y_test)} test, seed {self.data_seed})",
+                dataset=f"mnist1d ({sp.describe()}, seed {self.data_seed})",
                 host=self.host.describe(),
                 slots=self.cfg.slots,
                 epochs=self.cfg.epochs,
                 device="cpu",
             )
         )
-        while self.cfg.epochs is None or self.epoch < self.cfg.epochs:
+        reason = ""
+        while not reason:
+            if self.cfg.epochs is not None and self.epoch >= self.cfg.epochs:
+                reason = f"epoch budget reached ({self.cfg.epochs} epochs)"
+                break
             if self.control.paused and not self.control.stopped:
                 self.emit(TrainingPaused(source=Subsystem.TOLARIA, paused=True))
                 self.control.wait_while_paused()
                 if not self.control.stopped:
                     self.emit(TrainingPaused(source=Subsystem.TOLARIA, paused=False))
             if self.control.stopped or not self._epoch():
+                reason = STOP_REQUESTED
                 break
-            if self.cfg.epoch_delay_s > 0 and self.control.sleep(self.cfg.epoch_delay_s):
-                break
-        acc = self.accuracy_history
-        final = acc[-1] if acc else 0.0
+            reason = self._early_stop_reason()
+            if not reason and self.cfg.epoch_delay_s > 0 and self.control.sleep(self.cfg.epoch_delay_s):
+                reason = STOP_REQUESTED
+        ran = self.epoch
+        # a run that ended on its own ends on its best epoch; a stopped one stays as it was (a clean stop)
+        if reason != STOP_REQUESTED and self._best is not None and self._best.epoch != self.epoch:
+            self.restore(self._best)
+            reason += f"; the best epoch, {self._best.epoch}, restored"
+            self.val_accuracy = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))[1]
+        test = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1] if ran else None
         finished = TrainingFinished(
-            source=Subsystem.TOLARIA, epochs=self.epoch, final_accuracy=final, best_accuracy=max(acc, default=0.0)
+            source=Subsystem.TOLARIA,
+            epochs=ran,
+            val_accuracy=self.val_accuracy,
+            best_val_accuracy=max(self.best_val_accuracy, 0.0),
+            best_epoch=self.best_epoch,
+            test_accuracy=test,
+            reason=reason,
         )
         self.emit(finished)
         return finished
+
+    def _early_stop_reason(self) -> str:
+        """Why to stop now (validation has not improved for early_stop_epochs epochs), or ""."""
+        patience = self.cfg.early_stop_epochs
+        if not self.early_stop or self.epoch - self.best_epoch < patience:
+            return ""
+        return f"early stop: validation accuracy has not improved for {patience} epochs"
+
+    def _track_best(self) -> None:
+        """A strictly better validation accuracy is the new best; with early stopping on, keep its state."""
+        if self.val_accuracy > self.best_val_accuracy:
+            self.best_val_accuracy, self.best_epoch = self.val_accuracy, self.epoch
+            if self.early_stop:
+                self._best = self.capture()
 
     def _epoch(self) -> bool:
         """One epoch, its reports and decisions; False if a stop cut it short (nothing is reported)."""
@@ -202,37 +292,43 @@ class Trainer:
         for s in slots:
             s.begin_epoch()
         self.host.train()
-        bs = self.cfg.batch_size
-        n = len(self.y_train) // bs * bs  # full batches only: kernels see the batch size they were built for
-        order = torch.randperm(len(self.y_train), generator=self._shuffle)[:n]
+        n_train = len(self.y_train)
+        bs = min(self.cfg.batch_size, n_train)
+        n = n_train // bs * bs  # full batches only: kernels see the batch size they were built for
+        order = torch.randperm(n_train, generator=self._shuffle)[:n]
         steps, loss_sum = n // bs, 0.0
+        step, attached = self._step, [s for s in slots if s.block is not None]  # fixed within an epoch
         for i in range(steps):
             if self.control.stopped:
                 return False
             idx = order[i * bs : (i + 1) * bs]
-            loss_sum += self._with_fallback(partial(self._step, self.x_train[idx], self.y_train[idx], steps))
+            loss_sum += self._with_fallback(partial(step, self.x_train[idx], self.y_train[idx], steps, attached))
         train_s = time.perf_counter() - t0
-        val_loss, acc = self._with_fallback(self._evaluate)
+        val_loss, acc = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))
+        test_acc = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1]
         for s in slots:
             s.end_epoch()
         self.epoch += 1
-        self.accuracy_history.append(acc)
+        self.val_accuracy = acc
+        train_loss = loss_sum / max(steps, 1)
         self.emit(
             EpochCompleted(
                 source=Subsystem.TOLARIA,
                 epoch=self.epoch,
-                train_loss=loss_sum / max(steps, 1),
+                train_loss=train_loss,
                 val_loss=val_loss,
                 val_accuracy=acc,
+                test_accuracy=test_acc,
                 samples_per_s=n / max(train_s, 1e-9),
                 epoch_s=time.perf_counter() - t0,
             )
         )
         health = [s.health(acc) for s in slots]
         self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))
-        state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()))
+        # what Tamiyo sees: validation numbers and the training loss, never test_acc
+        state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()), train_loss=train_loss)
         for d in self.controller.decide(state):
-            if d.action is not Action.WAIT and self._apply(d, acc):
+            if (d.action is Action.WAIT and d.notable) or (d.action is not Action.WAIT and self._apply(d, acc)):
                 self.emit(
                     ControllerDecision(
                         source=Subsystem.TAMIYO,
@@ -242,12 +338,71 @@ class Trainer:
                         reason=d.reason,
                     )
                 )
+        self._track_best()
         return True
+
+    # ------------------------------------------------------------------ state
+
+    def capture(self) -> TrainingState:
+        """The whole training state as plain data (tensors cloned): restore() puts it back exactly."""
+        slots = self.host.seed_slots()
+        owner = {id(p): s.name for s in slots if s.block is not None for p in s.block.parameters()}
+        groups = tuple(owner.get(id(g["params"][0]), HOST_GROUP) for g in self.optimizer.param_groups)
+        return TrainingState(
+            epoch=self.epoch,
+            host=self.host.host_weights(),
+            slots=tuple(s.capture() for s in slots),
+            groups=groups,
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            controller=self.controller.state(),
+            shuffle_rng=self._shuffle.get_state(),
+            torch_rng=torch.get_rng_state(),
+            germinations=self._germinations,
+            best_val_accuracy=self.best_val_accuracy,
+            best_epoch=self.best_epoch,
+        )
+
+    def restore(self, state: TrainingState) -> None:
+        """Become `state`: host and seed weights, each slot's stage, the optimizer, the controller, the RNG.
+
+        Seeds are rebuilt from the catalog; a seed still attached keeps its kernel, another loads one
+        (eager when its compiled kernel can no longer be had, with a warning)."""
+        self.host.load_host_weights(state.host)
+        for slot, saved in zip(self.host.seed_slots(), state.slots, strict=True):
+            if saved.blueprint_id is None or saved.weights is None:
+                slot.restore(saved, None, None, "-")
+                continue
+            if slot.block is not None and slot.blueprint_id == saved.blueprint_id and slot.kernel is not None:
+                block, kernel, label = slot.block, slot.kernel, slot.kernel_label
+            else:
+                block = self.catalog.get(saved.blueprint_id).build(self.host.in_features, self.host.hidden)
+                loaded = self._kernel_for(slot, saved.blueprint_id, block)
+                if loaded is None:
+                    kernel, label = eager_kernel, EAGER_LABEL
+                else:
+                    kernel, label = loaded[0], loaded[1].label
+            slot.restore(saved, block, kernel, label)
+        by_name = {s.name: s for s in self.host.seed_slots()}
+        self.optimizer = torch.optim.Adam(self.host.host_parameters(), lr=self.cfg.learning_rate)
+        for name in state.groups:
+            if name == HOST_GROUP:
+                continue
+            seed = by_name[name].block
+            assert seed is not None, f"optimizer group for {name} without a seed"
+            self.optimizer.add_param_group({"params": list(seed.parameters())})
+        self.optimizer.load_state_dict(copy.deepcopy(state.optimizer))
+        self.controller.restore(state.controller)
+        self._shuffle.set_state(state.shuffle_rng)
+        torch.set_rng_state(state.torch_rng)
+        self._germinations = state.germinations
+        self.epoch = state.epoch
+        self.best_val_accuracy, self.best_epoch = state.best_val_accuracy, state.best_epoch
 
     # ------------------------------------------------------------------ steps
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor, steps_per_epoch: int) -> float:
-        """One optimizer step: host loss plus the TRAINING seeds' isolated auxiliary losses."""
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, steps_per_epoch: int, attached: list[SeedSlot]) -> float:
+        """One optimizer step: host loss plus the TRAINING seeds' isolated auxiliary losses. `attached` are
+        the slots holding a seed (the others have nothing to measure or ramp)."""
         self.optimizer.zero_grad(set_to_none=True)
         logits, aux = self.host.forward_train(xb)
         loss = F.cross_entropy(logits, yb)
@@ -255,28 +410,29 @@ class Trainer:
         for shadow in aux.values():
             total = total + F.cross_entropy(shadow, yb)
         torch.autograd.backward(total)  # Tensor.backward, but typed
-        slots = self.host.seed_slots()
-        for s in slots:
+        for s in attached:
             s.record_gradients()
         host_loss = float(loss.detach())
         if math.isfinite(host_loss):  # a non-finite host loss would poison Adam's moments: skip the step
             self.optimizer.step()
-        for s in slots:
+        for s in attached:
             s.step(1.0 / steps_per_epoch)
         return host_loss
 
     @torch.no_grad()
-    def _evaluate(self) -> tuple[float, float]:
-        """Validation loss and accuracy, in training-sized batches (the shapes compiled kernels know)."""
+    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, *, loss: bool = True) -> tuple[float, float]:
+        """Loss (NaN when not asked for) and accuracy on one split, in training-sized batches (the shapes
+        compiled kernels know)."""
         self.host.eval()
-        bs, total, loss_sum, correct = self.cfg.batch_size, len(self.y_val), 0.0, 0
+        bs, total, loss_sum, correct = self.cfg.batch_size, len(y), 0.0, 0
         for i in range(0, total, bs):
-            xb, yb = self.x_val[i : i + bs], self.y_val[i : i + bs]
+            xb, yb = x[i : i + bs], y[i : i + bs]
             logits = self.host(xb)
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+            if loss:
+                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
         self.host.train()
-        return loss_sum / total, correct / total
+        return (loss_sum / total if loss else math.nan), correct / total
 
     def _with_fallback(self, fn: Callable[[], T]) -> T:
         """Seed 003's kernel-failure path: if a step fails while compiled kernels run, switch those seeds
@@ -321,17 +477,14 @@ class Trainer:
             self._forget(slot.prune())
         return True
 
-    def _germinate(self, slot: SeedSlot, blueprint_id: str, accuracy: float) -> bool:
+    def _kernel_for(self, slot: SeedSlot, blueprint_id: str, block: nn.Module) -> tuple[Kernel, KernelOffer] | None:
+        """A probed kernel for a new seed module: the source's (compiled or eager by choice), eager when a
+        compiled one fails its probe; None (with the reason logged) when neither runs."""
         try:
             kernel, offer = self.kernels.load(blueprint_id)
         except KernelUnavailable as exc:
             self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", Subsystem.KASMINA)
-            return False
-        self._germinations += 1
-        with torch.random.fork_rng(devices=[]):  # each seed's init depends only on cfg.seed and its ordinal
-            torch.manual_seed(self.cfg.seed * 1_000_003 + self._germinations)
-            block = self.catalog.get(blueprint_id).build(self.host.in_features, self.host.hidden)
-        label = offer.label
+            return None
         error = self._probe(kernel, block)
         if error is not None and offer.compiled:
             self._log(
@@ -339,16 +492,58 @@ class Trainer:
                 f"{slot.name} ({blueprint_id}): compiled kernel failed its probe, running eagerly: {error}",
                 Subsystem.KASMINA,
             )
-            kernel, label = eager_kernel, EAGER_LABEL
+            kernel, offer = (
+                eager_kernel,
+                dataclasses.replace(offer, label=EAGER_LABEL, why=""),  # the warning says why,
+            )
             error = self._probe(kernel, block)
         if error is not None:
             self._log(
                 Level.ERROR, f"germinate {slot.name} <- {blueprint_id} failed its probe: {error}", Subsystem.KASMINA
             )
+            return None
+        return kernel, offer
+
+    def _germinate(self, slot: SeedSlot, blueprint_id: str, accuracy: float) -> bool:
+        if blueprint_id not in self.catalog:
+            self._log(
+                Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: not in the catalog", Subsystem.KASMINA
+            )
             return False
-        slot.germinate(blueprint_id, block, kernel, label, accuracy)
+        self._germinations += 1
+        with torch.random.fork_rng(devices=[]):  # each seed's init depends only on cfg.seed and its ordinal
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self._germinations)
+            block = self.catalog.get(blueprint_id).build(self.host.in_features, self.host.hidden)
+        loaded = self._kernel_for(slot, blueprint_id, block)
+        if loaded is None:
+            return False
+        kernel, offer = loaded
+        note = "faster" if offer.eager_by_choice else ""
+        slot.germinate(blueprint_id, block, kernel, offer.label, accuracy, note)
         self.optimizer.add_param_group({"params": list(block.parameters())})
+        if offer.why:
+            self._log(Level.INFO, f"{slot.name} <- {blueprint_id} runs {offer.why}", Subsystem.KASMINA)
         return True
+
+    def graft(self, slot_name: str, blueprint_id: str) -> None:
+        """Put a seed straight into FOSSILIZED before training starts (legal transitions only): how a
+        grown network's final architecture is built static, trained from epoch 0, for comparison."""
+        slot = self.host.slot(slot_name)
+        if not self._germinate(slot, blueprint_id, 0.0):
+            raise KernelUnavailable(f"{blueprint_id}: cannot graft into {slot_name} (see the log)")
+        while slot.stage in MAIN_LINE:
+            slot.advance()
+        slot.fossilize()
+
+    def parameter_count(self) -> int:
+        """Parameters of the network as it computes: the host and every seed whose output it adds."""
+        seeds = [s.block for s in self.host.seed_slots() if s.contributes and s.block is not None]
+        params = [*self.host.host_parameters(), *(p for m in seeds for p in m.parameters())]
+        return sum(p.numel() for p in params)
+
+    def architecture(self) -> list[tuple[str, str]]:
+        """(slot, blueprint) of every seed the network's output depends on."""
+        return [(s.name, s.blueprint_id) for s in self.host.seed_slots() if s.contributes and s.blueprint_id]
 
     def _probe(self, kernel: Kernel, block: nn.Module) -> str | None:
         """What GERMINATED certifies: one no-grad call at the training batch size gives [B, hidden], finite.

@@ -17,7 +17,8 @@ path: PRUNED -> EMBARGOED -> RESETTING -> DORMANT. What each stage means here:
   `embargo_epochs` so the controller cannot immediately re-grow into the spot that just failed.
 
 Lifecycle timers after a prune are mechanical and run in `end_epoch`; the main-line advances are the
-controller's decisions. Any other transition raises `IllegalTransition`.
+controller's decisions. Any other transition raises `IllegalTransition`. `capture()` / `restore()` take a
+slot's whole state out as plain data and put it back (a best-epoch restore, a checkpoint).
 """
 
 from __future__ import annotations
@@ -90,6 +91,21 @@ def blend_alpha(schedule: BlendSchedule, t: float) -> float:
 
 
 @dataclass(frozen=True)
+class SlotState:
+    """A slot's whole state as plain data (weights cloned): what a checkpoint or a best-epoch restore keeps."""
+
+    name: str
+    stage: SeedStage
+    blueprint_id: str | None
+    epochs_in_stage: int
+    blend_progress: float
+    acc_at_germination: float | None
+    kernel_label: str
+    kernel_note: str
+    weights: dict[str, torch.Tensor] | None  # the seed module's state_dict while one is attached
+
+
+@dataclass(frozen=True)
 class SlotPolicy:
     """The per-slot knobs, lifted out of TrainingConfig so a slot can be built and tested on its own."""
 
@@ -116,6 +132,7 @@ class SeedSlot(nn.Module):
         self.block: nn.Module | None = None
         self.kernel: Kernel | None = None
         self.kernel_label = "-"
+        self.kernel_note = ""  # why this variant runs when that is worth saying ("faster" for a chosen eager)
         self.blueprint_id: str | None = None
         self.epochs_in_stage = 0
         self.blend_progress = 0.0  # in epochs of BLENDING done, advanced per optimizer step
@@ -133,12 +150,15 @@ class SeedSlot(nn.Module):
         self.stage = to
         self.epochs_in_stage = 0
 
-    def germinate(self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str, accuracy: float) -> None:
+    def germinate(
+        self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str, accuracy: float, note: str = ""
+    ) -> None:
         """Attach a freshly built module and its kernel; `accuracy` is the baseline for acc_delta."""
         self._move(S.GERMINATED)
         self.block = block
         self.kernel = kernel
         self.kernel_label = label
+        self.kernel_note = note
         self.blueprint_id = blueprint_id
         self.acc_at_germination = accuracy
         self.blend_progress = 0.0
@@ -162,7 +182,47 @@ class SeedSlot(nn.Module):
         self.block = None
         self.kernel = None
         self.kernel_label = "-"
+        self.kernel_note = ""
         return params
+
+    def capture(self) -> SlotState:
+        """This slot as plain data, weights cloned (restore() takes it back)."""
+        weights = None
+        if self.block is not None:
+            weights = {k: v.detach().clone() for k, v in self.block.state_dict().items()}
+        return SlotState(
+            name=self.name,
+            stage=self.stage,
+            blueprint_id=self.blueprint_id,
+            epochs_in_stage=self.epochs_in_stage,
+            blend_progress=self.blend_progress,
+            acc_at_germination=self.acc_at_germination,
+            kernel_label=self.kernel_label,
+            kernel_note=self.kernel_note,
+            weights=weights,
+        )
+
+    def restore(self, state: SlotState, block: nn.Module | None, kernel: Kernel | None, label: str) -> None:
+        """Become `state` again: `block` (built by the caller for state.blueprint_id) gets the saved weights.
+
+        Not a lifecycle move: restoring puts back a state the machine was in, so no transition is checked.
+        `label` may differ from the saved one when a compiled kernel can no longer be loaded.
+        """
+        if (state.weights is None) != (block is None):
+            raise ValueError(f"slot {self.name}: restoring {state.stage} needs {'a' if state.weights else 'no'} module")
+        if block is not None and state.weights is not None:
+            block.load_state_dict(state.weights)
+        self.stage = state.stage
+        self.block = block
+        self.kernel = kernel
+        self.kernel_label = label if block is not None else "-"
+        self.kernel_note = state.kernel_note if label == state.kernel_label else ""
+        self.blueprint_id = state.blueprint_id
+        self.epochs_in_stage = state.epochs_in_stage
+        self.blend_progress = state.blend_progress
+        self.acc_at_germination = state.acc_at_germination
+        self.fallback_reason = None
+        self.begin_epoch()
 
     def end_epoch(self) -> None:
         """Count the epoch just completed and run the post-prune timers."""
@@ -217,6 +277,7 @@ class SeedSlot(nn.Module):
         """Seed 003's kernel-failure path: keep the seed, run its module eagerly (same maths)."""
         self.kernel = eager_kernel
         self.kernel_label = EAGER_LABEL
+        self.kernel_note = ""
         self.fallback_reason = reason
 
     # ------------------------------------------------------------------ health
@@ -258,7 +319,7 @@ class SeedSlot(nn.Module):
         if self.compiled:
             kernel = f"compiled {self.kernel_label}"
         elif self.block is not None:
-            kernel = EAGER_LABEL
+            kernel = f"{EAGER_LABEL} ({self.kernel_note})" if self.kernel_note else EAGER_LABEL
         else:
             kernel = "-"
         return SeedHealth(

@@ -1,0 +1,352 @@
+"""Tolaria's checkpoints: a TrainingState on disk, written atomically, signed, and found again after a crash.
+
+Layout: `<state>/checkpoints/epoch-NNNNNN/` holds
+- `tensors.safetensors`: host weights, seed weights, optimizer state tensors and the RNG states;
+- `state.msgpack`: everything else (slots, optimizer groups, controller memory), msgspec Structs: never pickle,
+  so loading a checkpoint can never run code;
+- `manifest.json`: epoch, validation accuracy, the sha256 of each file; `manifest.sig`: its HMAC-SHA256 with the
+  engine's signing key, exactly like a library artifact's meta.json / meta.sig.
+
+A checkpoint is staged in a hidden temp directory, every file and the directory fsynced, then renamed into place
+and the parent fsynced: a crash leaves either the whole checkpoint or none (a leftover stage is removed on the
+next write). `latest_valid` walks newest first and skips a torn or tampered checkpoint with a reason, so a run
+restarts from the newest one that verifies. Retention keeps the newest `keep` and the best-validation one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from esper_tui.engine.fsutil import fsync_dir, fsync_tree, write_durable
+from esper_tui.engine.library import signing
+from esper_tui.engine.training.controller import ControllerState
+from esper_tui.engine.training.loop import TrainingState
+from esper_tui.engine.training.seeds import SlotState
+from esper_tui.engine.vocabulary import SeedStage
+
+FORMAT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+TENSORS = "tensors.safetensors"
+STATE = "state.msgpack"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+_NAME = re.compile(r"^epoch-(\d{6,})$")
+_STAGE_PREFIX = ".staging-"
+
+
+class CheckpointInvalid(ValueError):
+    """A checkpoint that must not be loaded: one line saying which and why."""
+
+
+class SlotDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """A slot's state without its weights (those are in the safetensors file under `slot.<name>.`)."""
+
+    name: str
+    stage: SeedStage
+    blueprint_id: str | None
+    epochs_in_stage: int
+    blend_progress: float
+    acc_at_germination: float | None
+    kernel_label: str
+    kernel_note: str
+    has_weights: bool
+
+
+class StateDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """The non-tensor part of a TrainingState. Optimizer state scalars sit in `optimizer_scalars`
+    (param index -> key -> value); its tensors are in the safetensors file under `optim.<index>.<key>`."""
+
+    epoch: int
+    slots: tuple[SlotDoc, ...]
+    groups: tuple[str, ...]
+    param_groups: list[dict[str, Any]]
+    optimizer_scalars: dict[str, dict[str, Any]]
+    controller: ControllerState
+    germinations: int
+    best_val_accuracy: float
+    best_epoch: int
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    epoch: int
+    val_accuracy: float  # this epoch's validation accuracy: retention keeps the best one
+    files: dict[str, str]  # name -> sha256
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint on disk."""
+
+    path: Path
+    epoch: int
+    val_accuracy: float
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A checkpoint `latest_valid` passed over, and why (the engine warns once per skipped one)."""
+
+    path: Path
+    reason: str
+
+
+def checkpoints_dir(state_dir: Path) -> Path:
+    return state_dir / CHECKPOINTS_DIR
+
+
+def dir_name(epoch: int) -> str:
+    return f"epoch-{epoch:06d}"
+
+
+# ---------------------------------------------------------------------- encode / decode
+
+
+def _tensors(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Every tensor of the state under a flat name (safetensors wants contiguous, unshared storage), and the
+    optimizer state's non-tensor values."""
+    out: dict[str, torch.Tensor] = {f"host.{k}": v for k, v in state.host.items()}
+    for slot in state.slots:
+        for k, v in (slot.weights or {}).items():
+            out[f"slot.{slot.name}.{k}"] = v
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in state.optimizer.get("state", {}).items():
+        for k, v in entry.items():
+            if isinstance(v, torch.Tensor):
+                out[f"optim.{index}.{k}"] = v
+            else:
+                scalars.setdefault(str(index), {})[k] = v
+    out["rng.shuffle"] = state.shuffle_rng
+    out["rng.torch"] = state.torch_rng
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}, scalars
+
+
+def encode(state: TrainingState) -> tuple[bytes, bytes]:
+    """(safetensors bytes, msgpack bytes) of a TrainingState."""
+    tensors, scalars = _tensors(state)
+    doc = StateDoc(
+        epoch=state.epoch,
+        slots=tuple(
+            SlotDoc(
+                name=s.name,
+                stage=s.stage,
+                blueprint_id=s.blueprint_id,
+                epochs_in_stage=s.epochs_in_stage,
+                blend_progress=s.blend_progress,
+                acc_at_germination=s.acc_at_germination,
+                kernel_label=s.kernel_label,
+                kernel_note=s.kernel_note,
+                has_weights=s.weights is not None,
+            )
+            for s in state.slots
+        ),
+        groups=state.groups,
+        param_groups=list(state.optimizer.get("param_groups", [])),
+        optimizer_scalars=scalars,
+        controller=state.controller,
+        germinations=state.germinations,
+        best_val_accuracy=state.best_val_accuracy,
+        best_epoch=state.best_epoch,
+    )
+    return st_save(tensors), msgspec.msgpack.encode(doc)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _group(raw: dict[str, Any]) -> dict[str, Any]:
+    """msgpack has no tuples: torch's param groups hold them (Adam's betas) and a list only under `params`."""
+    return {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in raw.items()}
+
+
+def decode(tensor_bytes: bytes, state_bytes: bytes) -> TrainingState:
+    """A TrainingState from the two files' bytes; CheckpointInvalid if they do not decode or do not fit."""
+    try:
+        tensors = st_load(tensor_bytes)
+        doc = msgspec.msgpack.decode(state_bytes, type=StateDoc)
+    except (SafetensorError, msgspec.DecodeError, ValueError) as exc:
+        raise CheckpointInvalid(f"does not decode ({exc})") from None
+    try:
+        optim_state: dict[int, dict[str, Any]] = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                index, name = key[len("optim.") :].split(".", 1)
+                optim_state.setdefault(int(index), {})[name] = v
+        for index_text, values in doc.optimizer_scalars.items():
+            optim_state.setdefault(int(index_text), {}).update(values)
+        slots = tuple(
+            SlotState(
+                name=s.name,
+                stage=s.stage,
+                blueprint_id=s.blueprint_id,
+                epochs_in_stage=s.epochs_in_stage,
+                blend_progress=s.blend_progress,
+                acc_at_germination=s.acc_at_germination,
+                kernel_label=s.kernel_label,
+                kernel_note=s.kernel_note,
+                weights=_prefixed(tensors, f"slot.{s.name}.") if s.has_weights else None,
+            )
+            for s in doc.slots
+        )
+        return TrainingState(
+            epoch=doc.epoch,
+            host=_prefixed(tensors, "host."),
+            slots=slots,
+            groups=doc.groups,
+            optimizer={
+                "state": dict(sorted(optim_state.items())),
+                "param_groups": [_group(g) for g in doc.param_groups],
+            },
+            controller=doc.controller,
+            shuffle_rng=tensors["rng.shuffle"],
+            torch_rng=tensors["rng.torch"],
+            germinations=doc.germinations,
+            best_val_accuracy=doc.best_val_accuracy,
+            best_epoch=doc.best_epoch,
+        )
+    except (KeyError, ValueError) as exc:
+        raise CheckpointInvalid(f"state does not fit its tensors ({exc})") from None
+
+
+# ---------------------------------------------------------------------- write
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write(root: Path, state: TrainingState, key: bytes, val_accuracy: float) -> Checkpoint:
+    """Write `state` as `root/epoch-NNNNNN` atomically (stage, fsync, rename, fsync the parent).
+
+    An existing checkpoint of the same epoch is replaced (a rollback replays epochs)."""
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stages(root)
+    tensor_bytes, state_bytes = encode(state)
+    files = {TENSORS: tensor_bytes, STATE: state_bytes}
+    manifest = msgspec.json.encode(
+        Manifest(
+            version=FORMAT_VERSION,
+            epoch=state.epoch,
+            val_accuracy=val_accuracy,
+            files={name: _sha256(data) for name, data in files.items()},
+        )
+    )
+    files[MANIFEST] = manifest
+    files[SIGNATURE] = signing.sign(key, manifest).encode()
+    stage = root / f"{_STAGE_PREFIX}{dir_name(state.epoch)}.{os.getpid()}"
+    stage.mkdir()
+    for name, data in files.items():
+        write_durable(stage / name, data)
+    fsync_tree(stage)
+    final = root / dir_name(state.epoch)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(stage, final)
+    fsync_dir(root)
+    return Checkpoint(final, state.epoch, val_accuracy)
+
+
+def _remove_stages(root: Path) -> None:
+    """A stage left by a crash mid-write is not a checkpoint: remove it."""
+    for p in root.glob(f"{_STAGE_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- read
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return (path / name).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointInvalid(f"{path.name}: {name} is missing (torn write?)") from None
+    except OSError as exc:
+        raise CheckpointInvalid(f"{path.name}: cannot read {name} ({exc.strerror})") from None
+
+
+def verify(path: Path, key: bytes) -> Manifest:
+    """The signed manifest of a checkpoint whose every file matches it; CheckpointInvalid otherwise."""
+    raw = _read(path, MANIFEST)
+    if not signing.verify(key, raw, _read(path, SIGNATURE).decode(errors="replace")):
+        raise CheckpointInvalid(f"{path.name}: signature mismatch (manifest altered or signed with another key)")
+    try:
+        manifest = msgspec.json.decode(raw, type=Manifest)
+    except msgspec.DecodeError as exc:
+        raise CheckpointInvalid(f"{path.name}: signed manifest does not decode ({exc})") from None
+    if manifest.version != FORMAT_VERSION:
+        raise CheckpointInvalid(f"{path.name}: format version {manifest.version}, this engine reads {FORMAT_VERSION}")
+    if dir_name(manifest.epoch) != path.name:
+        raise CheckpointInvalid(f"{path.name}: signed as {dir_name(manifest.epoch)} (copied or renamed)")
+    for name, digest in manifest.files.items():
+        if _sha256(_read(path, name)) != digest:
+            raise CheckpointInvalid(f"{path.name}: {name} does not match its signed checksum")
+    return manifest
+
+
+def _load(path: Path, key: bytes) -> tuple[Manifest, TrainingState]:
+    manifest = verify(path, key)
+    try:
+        return manifest, decode(_read(path, TENSORS), _read(path, STATE))
+    except CheckpointInvalid as exc:
+        raise CheckpointInvalid(f"{path.name}: {exc}") from None
+
+
+def load(path: Path, key: bytes) -> TrainingState:
+    """Verify and decode one checkpoint directory."""
+    return _load(path, key)[1]
+
+
+def candidates(root: Path) -> list[Path]:
+    """Checkpoint directories by epoch, newest first (staging directories are not candidates)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_valid(root: Path, key: bytes) -> tuple[tuple[Checkpoint, TrainingState] | None, list[Skipped]]:
+    """The newest checkpoint that verifies and decodes, with its state, and every newer one skipped and why."""
+    skipped: list[Skipped] = []
+    for path in candidates(root):
+        try:
+            manifest, state = _load(path, key)
+        except CheckpointInvalid as exc:
+            skipped.append(Skipped(path, str(exc)))
+            continue
+        return (Checkpoint(path, manifest.epoch, manifest.val_accuracy), state), skipped
+    return None, skipped
+
+
+def prune(root: Path, key: bytes, keep: int) -> list[Path]:
+    """Keep the newest `keep` verified checkpoints and the best-validation one; delete the other verified
+    ones. Returns what was deleted. Invalid ones are left for an operator to inspect (they are never loaded)."""
+    valid: list[Checkpoint] = []
+    for path in candidates(root):
+        try:
+            m = verify(path, key)
+        except CheckpointInvalid:
+            continue
+        valid.append(Checkpoint(path, m.epoch, m.val_accuracy))
+    if not valid:
+        return []
+    best = max(valid, key=lambda c: (c.val_accuracy, c.epoch))
+    kept = {c.path for c in valid[:keep]} | {best.path}
+    removed = [c.path for c in valid if c.path not in kept]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        fsync_dir(root)
+    return removed

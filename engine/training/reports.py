@@ -1,0 +1,176 @@
+"""Tamiyo's field reports: every controller decision with its measured outcome, in `<state>/tamiyo/field_reports.jsonl`.
+
+Seed 004's runbook judges the controller by what its decisions did, not by what it meant: each decision is
+held until `after_epochs` epochs later, then written with the validation accuracy change since it was made and
+what became of its seed (kept, pruned, still in flight). One JSON object per line (a msgspec Struct), each line
+flushed and fsynced on its own, so a crash loses at most the line being written; `read` tolerates that torn
+last line, and the next writer cuts it off before appending. Decisions still pending when a rollback undoes
+their epochs are written at once with the outcome "rolled back".
+
+Only validation numbers appear here: like every decision, a report never reads the test split.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from esper_tui.engine.fsutil import write_all
+from esper_tui.engine.training.controller import Decision
+from esper_tui.engine.vocabulary import SeedStage
+
+S = SeedStage
+REPORTS_FILE = Path("tamiyo") / "field_reports.jsonl"
+ROLLED_BACK = "rolled back"
+_GONE = frozenset({S.PRUNED, S.EMBARGOED, S.RESETTING, S.DORMANT})
+
+
+class ReportsInvalid(ValueError):
+    """The reports file cannot be read: one line saying where and why."""
+
+
+class FieldReport(msgspec.Struct, frozen=True, kw_only=True):
+    """One decision and what it led to `epochs_later` epochs on (fewer when a rollback cut it short)."""
+
+    epoch: int  # the epoch the decision was made after
+    action: str
+    slot: str | None
+    blueprint_id: str | None
+    reason: str
+    val_accuracy: float  # at the decision
+    outcome_epoch: int
+    val_accuracy_after: float
+    val_delta: float  # val_accuracy_after - val_accuracy
+    seed: str  # "kept", "pruned", "in flight (training)", "rolled back", or "-" for a decision without a seed
+
+    @property
+    def epochs_later(self) -> int:
+        return self.outcome_epoch - self.epoch
+
+    def outcome(self) -> str:
+        """The outcome in words, as the table and the seeds panel show it."""
+        delta = f"{self.val_delta * 100:+.1f} pts after {self.epochs_later} ep"
+        return delta if self.seed == "-" else f"{delta}, {self.seed}"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    epoch: int
+    decision: Decision
+    val_accuracy: float
+
+
+def reports_path(state_dir: Path) -> Path:
+    return state_dir / REPORTS_FILE
+
+
+def seed_outcome(slot: str | None, stages: Mapping[str, SeedStage]) -> str:
+    """What became of a decision's seed, from its slot's stage now."""
+    if slot is None or slot not in stages:
+        return "-"
+    stage = stages[slot]
+    if stage is S.FOSSILIZED:
+        return "kept"
+    if stage in _GONE:
+        return "pruned"
+    return f"in flight ({stage.value})"
+
+
+class FieldReports:
+    """Holds decisions until their outcome is due, then appends them to `path` (one fsynced line each)."""
+
+    def __init__(self, path: Path, after_epochs: int) -> None:
+        self.path = path
+        self.after_epochs = after_epochs
+        self.pending: list[_Pending] = []
+        self.latest: dict[str, FieldReport] = {}  # slot -> its newest report (the seeds panel's column)
+        self._repaired = False
+
+    def decided(self, epoch: int, decision: Decision, val_accuracy: float) -> None:
+        """Tamiyo made `decision` after `epoch`, when validation accuracy was `val_accuracy`."""
+        self.pending.append(_Pending(epoch, decision, val_accuracy))
+
+    def epoch_done(self, epoch: int, val_accuracy: float, slot_stages: Mapping[str, SeedStage]) -> list[FieldReport]:
+        """Resolve the decisions whose outcome is due after `epoch`; returns (and appends) their reports."""
+        due = [p for p in self.pending if epoch - p.epoch >= self.after_epochs]
+        return self._resolve(due, epoch, val_accuracy, lambda p: seed_outcome(p.decision.slot, slot_stages))
+
+    def rolled_back(self, to_epoch: int, val_accuracy: float) -> list[FieldReport]:
+        """A rollback restored `to_epoch`: decisions made after it are undone, so report them now."""
+        undone = [p for p in self.pending if p.epoch > to_epoch]
+        return self._resolve(undone, to_epoch, val_accuracy, lambda p: ROLLED_BACK)
+
+    def _resolve(
+        self, chosen: list[_Pending], epoch: int, val_accuracy: float, seed: Callable[[_Pending], str]
+    ) -> list[FieldReport]:
+        if not chosen:
+            return []
+        reports = [
+            FieldReport(
+                epoch=p.epoch,
+                action=str(p.decision.action.value),
+                slot=p.decision.slot,
+                blueprint_id=p.decision.blueprint_id,
+                reason=p.decision.reason,
+                val_accuracy=p.val_accuracy,
+                outcome_epoch=epoch,
+                val_accuracy_after=val_accuracy,
+                val_delta=val_accuracy - p.val_accuracy,
+                seed=seed(p),
+            )
+            for p in chosen
+        ]
+        self.pending = [p for p in self.pending if p not in chosen]
+        self._append(reports)
+        for r in reports:
+            if r.slot is not None:
+                self.latest[r.slot] = r
+        return reports
+
+    def _append(self, reports: list[FieldReport]) -> None:
+        """One write and fsync per line: a crash tears at most the line in progress."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self._repaired:
+            _cut_torn_tail(self.path)
+            self._repaired = True
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            for r in reports:
+                write_all(fd, msgspec.json.encode(r) + b"\n")
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline (a write torn by a crash), so the next line starts clean."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    if data and not data.endswith(b"\n"):
+        os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def read(path: Path) -> list[FieldReport]:
+    """Every report in the file, oldest first; a torn last line is skipped, any other bad line is an error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ReportsInvalid(
+            f"no field reports at {path} (Tamiyo writes them once a run has decided something)"
+        ) from None
+    except OSError as exc:
+        raise ReportsInvalid(f"{path}: cannot read ({exc.strerror})") from None
+    lines = data.split(b"\n")[:-1]  # what follows the last newline is empty, or a line never finished
+    reports: list[FieldReport] = []
+    for number, line in enumerate(lines, 1):
+        try:
+            reports.append(msgspec.json.decode(line, type=FieldReport))
+        except msgspec.DecodeError as exc:
+            raise ReportsInvalid(f"{path}: line {number} is not a field report ({exc})") from None
+    return reports

@@ -1,0 +1,116 @@
+"""Tamiyo's field reports: outcomes measured N epochs on, durable lines, torn tails, and `esper-tui reports`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper_tui.engine.training.controller import Decision
+from esper_tui.engine.training.reports import ROLLED_BACK, FieldReports, ReportsInvalid, read, reports_path
+from esper_tui.engine.vocabulary import Action, SeedStage
+
+S = SeedStage
+GERMINATE = Decision(Action.GERMINATE, "s1", "conv1d_block", "accuracy flat for 3 epochs at 61.0 %")
+PRUNE = Decision(Action.PRUNE, "s2", "mlp_block", "gradients vanishing (norm 2.30e-08)")
+ROLLBACK = Decision(Action.ROLLBACK, None, None, "non-finite training loss (nan)")
+
+
+def test_a_decision_is_reported_with_its_outcome_after_n_epochs(tmp_path: Path) -> None:
+    path = reports_path(tmp_path)
+    reports = FieldReports(path, after_epochs=3)
+    reports.decided(10, GERMINATE, 0.61)
+    reports.decided(11, PRUNE, 0.62)
+    assert reports.epoch_done(12, 0.64, {"s1": S.TRAINING, "s2": S.EMBARGOED}) == []
+    assert not path.exists()  # nothing is written before its outcome is due
+    first = reports.epoch_done(13, 0.70, {"s1": S.FOSSILIZED, "s2": S.EMBARGOED})
+    assert [(r.slot, r.action, r.seed, r.epochs_later) for r in first] == [("s1", "germinate", "kept", 3)]
+    assert first[0].val_delta == pytest.approx(0.09)
+    second = reports.epoch_done(14, 0.71, {"s1": S.FOSSILIZED, "s2": S.DORMANT})
+    assert [(r.slot, r.seed) for r in second] == [("s2", "pruned")]
+    assert reports.pending == []
+    assert read(path) == first + second
+    assert {k: v.seed for k, v in reports.latest.items()} == {"s1": "kept", "s2": "pruned"}
+    assert first[0].outcome() == "+9.0 pts after 3 ep, kept"
+
+
+def test_a_seed_still_growing_and_a_decision_without_a_seed(tmp_path: Path) -> None:
+    reports = FieldReports(reports_path(tmp_path), after_epochs=2)
+    reports.decided(1, GERMINATE, 0.5)
+    reports.decided(1, ROLLBACK, 0.5)
+    out = reports.epoch_done(3, 0.45, {"s1": S.BLENDING})
+    assert [r.seed for r in out] == ["in flight (blending)", "-"]
+    assert out[1].outcome() == "-5.0 pts after 2 ep"
+
+
+def test_a_rollback_reports_the_decisions_it_undid(tmp_path: Path) -> None:
+    reports = FieldReports(reports_path(tmp_path), after_epochs=5)
+    reports.decided(4, PRUNE, 0.6)
+    reports.decided(7, GERMINATE, 0.62)
+    out = reports.rolled_back(5, 0.6)
+    assert [(r.epoch, r.seed, r.outcome_epoch) for r in out] == [(7, ROLLED_BACK, 5)]
+    assert [p.epoch for p in reports.pending] == [4]
+
+
+def test_a_torn_last_line_is_tolerated_and_cut_before_the_next_append(tmp_path: Path) -> None:
+    path = reports_path(tmp_path)
+    reports = FieldReports(path, after_epochs=1)
+    reports.decided(1, GERMINATE, 0.5)
+    reports.epoch_done(2, 0.6, {"s1": S.TRAINING})
+    whole = path.read_bytes()
+    with path.open("ab") as f:
+        f.write(whole[: len(whole) // 2])  # a crash mid-line
+    assert len(read(path)) == 1
+    later = FieldReports(path, after_epochs=1)  # the next run appends
+    later.decided(3, PRUNE, 0.6)
+    later.epoch_done(4, 0.6, {"s2": S.PRUNED})
+    assert [r.action for r in read(path)] == ["germinate", "prune"]
+
+
+def test_a_bad_line_in_the_middle_or_no_file_is_one_clear_error(tmp_path: Path) -> None:
+    path = reports_path(tmp_path)
+    with pytest.raises(ReportsInvalid, match="no field reports at"):
+        read(path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"not": "a report"}\n{"epoch": 1}\n')
+    with pytest.raises(ReportsInvalid, match="line 1 is not a field report"):
+        read(path)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "esper_tui", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_reports_command_prints_a_table_json_and_clear_errors(tmp_path: Path) -> None:
+    reports = FieldReports(reports_path(tmp_path), after_epochs=2)
+    reports.decided(10, GERMINATE, 0.61)
+    reports.decided(12, PRUNE, 0.66)
+    reports.epoch_done(12, 0.66, {"s1": S.TRAINING})
+    reports.epoch_done(14, 0.68, {"s1": S.FOSSILIZED, "s2": S.EMBARGOED})
+
+    table = cli("reports", "--state-dir", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["EPOCH", "SLOT", "ACTION", "BLUEPRINT", "REASON", "OUTCOME"]
+    assert lines[1].split()[:4] == ["10", "s1", "germinate", "conv1d_block"]
+    assert lines[1].endswith("+5.0 pts after 2 ep, in flight (training)")
+    assert lines[2].endswith("+2.0 pts after 2 ep, pruned")
+
+    as_json = cli("reports", "--state-dir", str(tmp_path), "--json")
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(r["epoch"], r["slot"], r["seed"]) for r in rows] == [
+        (10, "s1", "in flight (training)"),
+        (12, "s2", "pruned"),
+    ]
+
+    missing = cli("reports", "--state-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.startswith("esper-tui: no field reports at") and len(missing.stderr.splitlines()) == 1
+    reports_path(tmp_path).write_bytes(b"garbage\n")
+    bad = cli("reports", "--state-dir", str(tmp_path))
+    assert bad.returncode == 1 and "line 1 is not a field report" in bad.stderr and "Traceback" not in bad.stderr
