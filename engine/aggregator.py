@@ -35,6 +35,7 @@ from esper_tui.engine.contracts import (
     LogLine,
     Metric,
     MetricsReport,
+    Rollback,
     SeedsReport,
     TrainingFailed,
     TrainingFinished,
@@ -139,7 +140,7 @@ class Aggregator:
             return event.level
         if isinstance(event, TrainingFailed) or (isinstance(event, JobFailed) and not event.will_retry):
             return Level.ERROR
-        if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused) or (
+        if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused | Rollback) or (
             isinstance(event, AlertChanged) and event.active
         ):
             return Level.WARNING
@@ -156,7 +157,7 @@ class Aggregator:
             compile_backend=e.compile_backend,
             compile_mode=e.compile_mode,
         )
-        self._training(status=TrainingStatus.RUNNING, epochs_total=e.epochs)
+        self._training(status=TrainingStatus.RUNNING, epochs_total=e.epochs, resumed_from_epoch=e.resumed_from_epoch)
 
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
@@ -185,10 +186,14 @@ class Aggregator:
                 epochs_in_stage=s.epochs_in_stage,
                 kernel=s.kernel,
                 health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else GradientHealth.NONE,
+                outcome=s.outcome,
             )
             for s in e.seeds
         ]
         self._training(seeds=seeds)
+
+    def _on_Rollback(self, e: Rollback) -> None:
+        self._training(rollbacks=self.training.rollbacks + 1, epoch=e.to_epoch)
 
     def _on_TrainingPaused(self, e: TrainingPaused) -> None:
         self._training(status=TrainingStatus.PAUSED if e.paused else TrainingStatus.RUNNING)
@@ -311,11 +316,18 @@ class Aggregator:
             case TrainingStarted():
                 label = compile_label(e.compile_backend, e.compile_mode)
                 kind = f"compiled {label}" if e.compile_enabled else EAGER_KERNELS
-                return f"training started on {e.dataset} ({e.host}, kernels {kind})"
+                began = "started" if e.resumed_from_epoch is None else f"resumed at epoch {e.resumed_from_epoch}"
+                return f"training {began} on {e.dataset} ({e.host}, kernels {kind})"
             case ControllerDecision():
                 target = f" {e.slot}" if e.slot else ""
                 bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action is Action.GERMINATE else ""
                 return f"{e.action}{target}{bp} ({e.reason})"
+            case Rollback():
+                gone = f", pruned and embargoed {', '.join(e.pruned)}" if e.pruned else ""
+                return (
+                    f"rollback: {e.reason}; epoch {e.from_epoch} -> {e.to_epoch} restored in "
+                    f"{e.recovery_s * 1000:.0f} ms{gone}"
+                )
             case TrainingPaused():
                 return "training paused" if e.paused else "training resumed"
             case TrainingFailed():

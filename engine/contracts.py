@@ -124,6 +124,7 @@ class TrainingStarted(Event, tag="training_started", kw_only=True):
     slots: int
     epochs: int | None
     device: str
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch a restarted run continues from
 
 
 class EpochCompleted(Event, tag="epoch_completed", kw_only=True):
@@ -150,6 +151,7 @@ class SeedHealth(Struct, kw_only=True):
     kernel: str  # "compiled inductor:default", "eager", or "-"
     vanishing: bool = False
     exploding: bool = False
+    outcome: str = ""  # the slot's latest field report outcome (Tamiyo's decision, measured later)
 
 
 class SeedsReport(Event, tag="seeds_report", kw_only=True):
@@ -162,6 +164,17 @@ class ControllerDecision(Event, tag="controller_decision", kw_only=True):
     slot: str | None
     blueprint_id: str | None
     reason: str
+
+
+class Rollback(Event, tag="rollback", kw_only=True):
+    """Tamiyo's emergency: training went unstable, Tolaria restored `to_epoch`, the seeds grafted since were
+    pruned and embargoed (`pruned`: "slot/blueprint"), and the forge turns conservative."""
+
+    reason: str
+    from_epoch: int
+    to_epoch: int
+    recovery_s: float
+    pruned: list[str] = msgspec.field(default_factory=list)
 
 
 class TrainingFinished(Event, tag="training_finished", kw_only=True):
@@ -246,6 +259,7 @@ AnyEvent = (
     | EpochCompleted
     | SeedsReport
     | ControllerDecision
+    | Rollback
     | TrainingFinished
     | TrainingFailed
     | TrainingPaused

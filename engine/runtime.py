@@ -45,6 +45,7 @@ from esper_tui.engine.contracts import (
     PauseTraining,
     Recompile,
     RecompileAll,
+    Rollback,
     SetConservativeMode,
     Shutdown,
 )
@@ -58,6 +59,7 @@ from esper_tui.engine.library.store import Identity, Library
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.training.faults import FaultPlan
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer, TrainingControl
@@ -103,8 +105,10 @@ class Engine:
         redis_url: str | None = None,
         forge_only: bool = False,
         recompile_all: bool = False,
+        faults: FaultPlan | None = None,
     ) -> None:
         self.config = config
+        self.faults = faults or FaultPlan()
         self.state_dir = state_dir.resolve()
         self.forge_only = forge_only
         self.recompile_all = recompile_all
@@ -122,6 +126,7 @@ class Engine:
         self.operator_key_origin = ""  # where the operator key lives (a file, a variable, a config key)
         self.telemetry_dropped = 0  # event copies the outbox had no room for (the engine's view kept them)
         self._operator_key: bytes | None = None
+        self._signing_key: bytes | None = None  # the library's: it signs training checkpoints too
         self._verifier: CommandVerifier | None = None
         self.broadcaster: Broadcaster | None = None
         self._watch: BusWatch | None = None
@@ -185,6 +190,8 @@ class Engine:
         except Exception:
             log.exception("engine %s: the aggregator failed on %s", self.run_id, type(event).__name__)
             changes = []
+        if isinstance(event, Rollback) and self.forge is not None:  # Tamiyo's emergency: the forge plays safe
+            self.forge.conservative.enter(f"tamiyo emergency: {event.reason}", "breaker")
         self._queue_telemetry(event)
         for change in changes:  # after the event that caused them, and folded like any other event
             self._ingest(change)
@@ -227,6 +234,7 @@ class Engine:
         cfg = self.config
         try:
             key = load_or_create_key(self.state_dir, cfg.library.signing_key)
+            self._signing_key = key
             self._operator_key = keys.load_or_create_key(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
             frame_key = keys.load_or_create_key(keys.FRAME_KEY, self.state_dir, cfg.bus.frame_key)
         except (SigningKeyError, keys.BadKey) as exc:
@@ -434,7 +442,15 @@ class Engine:
             while not self.library.ranked() and not self.forge.is_idle():
                 await asyncio.sleep(0.5)
         trainer = Trainer(
-            self.config.training, self.catalog, self._kernel_source(), self.emit, self.control, self.state_dir / "data"
+            self.config.training,
+            self.catalog,
+            self._kernel_source(),
+            self.emit,
+            self.control,
+            self.state_dir / "data",
+            state_dir=self.state_dir,
+            signing_key=self._signing_key,
+            faults=self.faults,
         )
         await asyncio.to_thread(trainer.run)
 

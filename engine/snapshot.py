@@ -103,6 +103,7 @@ class SeedView(Struct, kw_only=True):
     epochs_in_stage: int = 0
     kernel: str = "-"
     health: GradientHealth = GradientHealth.NONE
+    outcome: str = ""  # the latest field report's outcome for this slot
 
 
 class TrainingView(Struct, kw_only=True):
@@ -122,6 +123,8 @@ class TrainingView(Struct, kw_only=True):
     loss_history: list[float] = msgspec.field(default_factory=list)
     val_accuracy_history: list[float] = msgspec.field(default_factory=list)
     seeds: list[SeedView] = msgspec.field(default_factory=list)
+    resumed_from_epoch: int | None = None  # the checkpoint this run resumed from, if it did
+    rollbacks: int = 0
 
 
 class EventLine(Struct, kw_only=True):

@@ -23,8 +23,10 @@ EPILOG = """examples:
   esper-tui library verify                    check every stored kernel's signature
   esper-tui wal inspect --json                the forge's write-ahead log
   esper-tui runs                              the recorded runs in ./var/runs
+  esper-tui reports                           Tamiyo's field reports: each decision and its outcome
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
   esper-tui plot var/runs/RUN.esrec --out run.png   loss and accuracy curves for a report
+  esper-tui --no-ui --eager --epochs 12 --inject-fault nan-loss@6   chaos test: watch a rollback
   esper-tui config reference                  every config key with its default and range (markdown)
 """
 
@@ -96,6 +98,14 @@ def _run_parser() -> argparse.ArgumentParser:
         help="compile every blueprint again (new versions), e.g. after a compiler upgrade",
     )
     p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
+    p.add_argument(
+        "--inject-fault",
+        action="append",
+        default=[],
+        metavar="KIND@EPOCH",
+        help="chaos testing, repeatable: nan-loss@E, seed-explode@E or kernel-crash@E makes epoch E unstable "
+        "once, so the rollback path runs (restore, prune and embargo, conservative mode, resume)",
+    )
     p.add_argument(
         "--metrics-port",
         type=_port,
@@ -288,10 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"config error: {exc}", 2)
     if (problem := _redis_url_problem(args.redis_url)) is not None:
         return _fail(problem, 2)
+    from esper_tui.engine.training.faults import FaultPlan, FaultSpecError
+
+    try:
+        faults = FaultPlan.parse(args.inject_fault)
+    except FaultSpecError as exc:
+        return _fail(f"--inject-fault: {exc}", 2)
     from esper_tui.engine.runtime import Engine, EngineError
 
     engine = Engine(
-        config, args.state_dir, redis_url=args.redis_url, forge_only=args.forge_only, recompile_all=args.recompile_all
+        config,
+        args.state_dir,
+        redis_url=args.redis_url,
+        forge_only=args.forge_only,
+        recompile_all=args.recompile_all,
+        faults=faults,
     )
     try:
         if args.no_ui or args.forge_only:

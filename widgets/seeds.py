@@ -68,6 +68,19 @@ def seed_line(seed: SeedView) -> Content:
     return Content(" ").join(cells)
 
 
+def outcome_note(seed: SeedView) -> Content | None:
+    """The slot's latest field report under its row: what Tamiyo's last decision there led to. A note, not
+    a column, because the row already fills the panel's width."""
+    if not seed.outcome:
+        return None
+    return fmt.styled(f"   {seed.slot} last decision: {seed.outcome}", fmt.MUTED)
+
+
+def seed_lines(seed: SeedView) -> list[Content]:
+    note = outcome_note(seed)
+    return [seed_line(seed)] if note is None else [seed_line(seed), note]
+
+
 class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
     """Every seed slot, dormant ones included (a free slot is information too)."""
 
@@ -86,4 +99,4 @@ class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
         if not part:
             self.update(fmt.styled("no seed slots reported", fmt.MUTED))
             return
-        self.update(Content("\n").join([seed_header(), *(seed_line(seed) for seed in part)]))
+        self.update(Content("\n").join([seed_header(), *(line for seed in part for line in seed_lines(seed))]))

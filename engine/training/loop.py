@@ -36,6 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +47,8 @@ from esper_tui.engine.contracts import (
     ControllerDecision,
     EpochCompleted,
     LogLine,
+    Rollback,
+    SeedHealth,
     SeedsReport,
     TrainingFailed,
     TrainingFinished,
@@ -56,6 +59,7 @@ from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import kernel_threads
 from esper_tui.engine.training.controller import Controller, ControllerState, Decision, EpochState
 from esper_tui.engine.training.data import DEFAULT_DATA_SEED, Splits, carve, load_mnist1d
+from esper_tui.engine.training.faults import Fault, FaultKind, FaultPlan, InjectedKernelCrash, InstabilityDetector
 from esper_tui.engine.training.host import HostNetwork
 from esper_tui.engine.training.kernel_source import (
     EAGER_LABEL,
@@ -65,8 +69,9 @@ from esper_tui.engine.training.kernel_source import (
     KernelUnavailable,
     eager_kernel,
 )
+from esper_tui.engine.training.reports import FieldReports, reports_path
 from esper_tui.engine.training.seeds import MAIN_LINE, BlendSchedule, SeedSlot, SlotPolicy, SlotState
-from esper_tui.engine.vocabulary import Action, Level, Subsystem
+from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
 
 T = TypeVar("T")
 
@@ -165,10 +170,15 @@ class Trainer:
         schedule: BlendSchedule = BlendSchedule.COSINE,
         splits: Splits | None = None,
         early_stop: bool | None = None,
+        state_dir: Path | None = None,
+        signing_key: bytes | None = None,
+        faults: FaultPlan | None = None,
     ) -> None:
         """`splits` replaces the carved MNIST-1D splits (benchmarks load them once; tests poison them).
         `early_stop`: None stops early only without an epoch budget; True also within one (then the best
-        epoch is restored at the budget's end too); False never."""
+        epoch is restored at the budget's end too); False never. With `state_dir` and `signing_key` the run
+        resumes from its newest valid checkpoint, writes signed ones, and Tamiyo's field reports go there.
+        `faults`: chaos testing (--inject-fault), each fault ending in a rollback."""
         self.cfg = cfg
         self.catalog = catalog
         self.kernels = kernels
@@ -193,6 +203,15 @@ class Trainer:
         self.best_val_accuracy = -1.0
         self.best_epoch = 0
         self._best: TrainingState | None = None  # kept only while early stopping is on
+        self.state_dir = state_dir
+        self.signing_key = signing_key
+        self.faults = faults or FaultPlan()
+        self.detector = InstabilityDetector(cfg.loss_spike_factor, cfg.loss_median_window)
+        self.reports = FieldReports(reports_path(state_dir), cfg.report_after_epochs) if state_dir is not None else None
+        self.resumed_from_epoch: int | None = None
+        self.rollbacks = 0
+        self._good: TrainingState | None = None  # the newest epoch that passed the instability check
+        self._last_rollback_to: int | None = None
 
     # ------------------------------------------------------------------ run
 
@@ -223,6 +242,8 @@ class Trainer:
 
     def _run(self) -> TrainingFinished:
         sp = self._load()
+        self._resume()
+        self._good = self.capture()
         self.emit(
             TrainingStarted(
                 source=Subsystem.TOLARIA,
@@ -234,6 +255,7 @@ class Trainer:
                 slots=self.cfg.slots,
                 epochs=self.cfg.epochs,
                 device="cpu",
+                resumed_from_epoch=self.resumed_from_epoch,
             )
         )
         reason = ""
@@ -258,6 +280,10 @@ class Trainer:
             self.restore(self._best)
             reason += f"; the best epoch, {self._best.epoch}, restored"
             self.val_accuracy = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))[1]
+        # a stop may cut an epoch short: the clean-stop checkpoint is the last whole epoch's state
+        final = self._good if reason == STOP_REQUESTED else self.capture()
+        if ran and final is not None:
+            self._checkpoint(final)
         test = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1] if ran else None
         finished = TrainingFinished(
             source=Subsystem.TOLARIA,
@@ -298,19 +324,42 @@ class Trainer:
         order = torch.randperm(n_train, generator=self._shuffle)[:n]
         steps, loss_sum = n // bs, 0.0
         step, attached = self._step, [s for s in slots if s.block is not None]  # fixed within an epoch
-        for i in range(steps):
-            if self.control.stopped:
-                return False
-            idx = order[i * bs : (i + 1) * bs]
-            loss_sum += self._with_fallback(partial(step, self.x_train[idx], self.y_train[idx], steps, attached))
+        crash = self._due(FaultKind.KERNEL_CRASH)
+        try:
+            for i in range(steps):
+                if self.control.stopped:
+                    return False
+                if crash is not None and i == steps // 2:
+                    self.faults.fire(crash)
+                    raise InjectedKernelCrash(f"injected fault {crash}")
+                idx = order[i * bs : (i + 1) * bs]
+                loss_sum += self._with_fallback(partial(step, self.x_train[idx], self.y_train[idx], steps, attached))
+        except InjectedKernelCrash as exc:
+            self._roll_back(f"kernel crash in epoch {self.epoch + 1}: {exc}")
+            return True
         train_s = time.perf_counter() - t0
         val_loss, acc = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))
         test_acc = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1]
         for s in slots:
             s.end_epoch()
+        train_loss = loss_sum / max(steps, 1)
+        if (nan := self._due(FaultKind.NAN_LOSS)) is not None:
+            self.faults.fire(nan)
+            train_loss = math.nan
+        health = self._inject_explosion([s.health(acc) for s in slots])
+        unstable = self.detector.check(train_loss, health)
+        if unstable is not None:  # the epoch is undone: nothing of it is reported
+            self._roll_back(unstable)
+            return True
         self.epoch += 1
         self.val_accuracy = acc
-        train_loss = loss_sum / max(steps, 1)
+        stages = {s.name: s.stage for s in slots}
+        if self.reports is not None:
+            self.reports.epoch_done(self.epoch, acc, stages)
+            latest = self.reports.latest
+            health = [
+                msgspec.structs.replace(h, outcome=latest[h.slot].outcome()) if h.slot in latest else h for h in health
+            ]
         self.emit(
             EpochCompleted(
                 source=Subsystem.TOLARIA,
@@ -323,7 +372,6 @@ class Trainer:
                 epoch_s=time.perf_counter() - t0,
             )
         )
-        health = [s.health(acc) for s in slots]
         self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))
         # what Tamiyo sees: validation numbers and the training loss, never test_acc
         state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()), train_loss=train_loss)
@@ -338,8 +386,108 @@ class Trainer:
                         reason=d.reason,
                     )
                 )
+                if self.reports is not None:
+                    self.reports.decided(self.epoch, d, acc)
         self._track_best()
+        self._good = self.capture()
+        every = self.cfg.checkpoint_every_epochs
+        if every and self.epoch % every == 0:
+            self._checkpoint(self._good)
         return True
+
+    # ------------------------------------------------------------------ checkpoints and rollback
+
+    def _resume(self) -> None:
+        """Continue from the newest checkpoint that verifies; each newer torn or tampered one is a warning."""
+        if self.state_dir is None or self.signing_key is None:
+            return
+        from esper_tui.engine.training import checkpoint as ckpt  # checkpoint.py imports this module
+
+        found, skipped = ckpt.latest_valid(ckpt.checkpoints_dir(self.state_dir), self.signing_key)
+        for bad in skipped:
+            self._log(Level.WARNING, f"checkpoint skipped: {bad.reason}", Subsystem.TOLARIA)
+        if found is None:
+            return
+        saved, state = found
+        self.restore(state)
+        self.resumed_from_epoch, self.val_accuracy = saved.epoch, saved.val_accuracy
+
+    def _checkpoint(self, state: TrainingState) -> None:
+        """Write `state` as a signed checkpoint and prune old ones; a full disk is a warning, not a dead run."""
+        if self.state_dir is None or self.signing_key is None:
+            return
+        from esper_tui.engine.training import checkpoint as ckpt  # checkpoint.py imports this module
+
+        root = ckpt.checkpoints_dir(self.state_dir)
+        try:
+            ckpt.write(root, state, self.signing_key, self.val_accuracy)
+            ckpt.prune(root, self.signing_key, self.cfg.keep_checkpoints)
+        except OSError as exc:
+            self._log(Level.WARNING, f"checkpoint of epoch {state.epoch} failed: {exc}", Subsystem.TOLARIA)
+
+    def _due(self, kind: FaultKind) -> Fault | None:
+        """The injected fault of `kind` due in the epoch about to finish, if any."""
+        return next((f for f in self.faults.due(self.epoch + 1) if f.kind is kind), None)
+
+    def _inject_explosion(self, health: list[SeedHealth]) -> list[SeedHealth]:
+        """A due seed-explode fault marks the first training seed's gradients as exploding (it waits for one)."""
+        fault = self._due(FaultKind.SEED_EXPLODE)
+        target = next((i for i, h in enumerate(health) if h.stage is SeedStage.TRAINING), None)
+        if fault is None or target is None:
+            return health
+        self.faults.fire(fault)
+        health = list(health)
+        health[target] = msgspec.structs.replace(health[target], exploding=True, grad_norm=1e6)
+        return health
+
+    def _roll_back(self, reason: str) -> None:
+        """Tamiyo's emergency: restore the last good epoch, prune and embargo the seeds grafted since, say so.
+
+        The data order is reshuffled so the replay is not the same epoch again; instability that persists
+        right after a rollback to the same epoch is let through (with a warning) rather than looped on."""
+        good = self._good
+        assert good is not None, "a rollback before the first capture"
+        failed = self.epoch + 1
+        if self._last_rollback_to == good.epoch:
+            self._log(
+                Level.WARNING,
+                f"epoch {failed} unstable again after a rollback to {good.epoch} ({reason}): continuing",
+                Subsystem.TOLARIA,
+            )
+            self._last_rollback_to = None
+            return
+        t0 = time.perf_counter()
+        before = {s.name: s.blueprint_id for s in self.host.seed_slots()}
+        self.restore(good)
+        grafted = [
+            (s.name, bp) for s in self.host.seed_slots() if (bp := before[s.name]) is not None and bp != s.blueprint_id
+        ]
+        memory = self.controller.s
+        for slot, bp in grafted:
+            pair = f"{slot}/{bp}"
+            memory.failures[pair] = memory.failures.get(pair, 0) + 1
+            memory.retry_after[pair] = good.epoch + (max(1, self.cfg.embargo_epochs) << (memory.failures[pair] - 1))
+        self.rollbacks += 1
+        self._last_rollback_to = good.epoch
+        self._shuffle.manual_seed(self.cfg.seed + self.rollbacks)
+        if self.reports is not None:
+            self.reports.rolled_back(good.epoch, self.val_accuracy)
+        recovery_s = time.perf_counter() - t0
+        self.emit(
+            ControllerDecision(
+                source=Subsystem.TAMIYO, action=Action.ROLLBACK, slot=None, blueprint_id=None, reason=reason
+            )
+        )
+        self.emit(
+            Rollback(
+                source=Subsystem.TOLARIA,
+                reason=reason,
+                from_epoch=failed,
+                to_epoch=good.epoch,
+                recovery_s=recovery_s,
+                pruned=[f"{slot}/{bp}" for slot, bp in grafted],
+            )
+        )
 
     # ------------------------------------------------------------------ state
 
