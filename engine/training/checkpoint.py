@@ -64,6 +64,14 @@ class SlotDoc(msgspec.Struct, frozen=True, kw_only=True):
     has_weights: bool
 
 
+_SLOT_FIELDS = tuple(f.name for f in msgspec.structs.fields(SlotDoc) if f.name != "has_weights")
+
+
+def _slot_fields(slot: SlotState | SlotDoc) -> dict[str, Any]:
+    """The fields a slot's state and its document share: one mapping for both directions."""
+    return {name: getattr(slot, name) for name in _SLOT_FIELDS}
+
+
 class StateDoc(msgspec.Struct, frozen=True, kw_only=True):
     """The non-tensor part of a TrainingState. Optimizer state scalars sit in `optimizer_scalars`
     (param index -> key -> value); its tensors are in the safetensors file under `optim.<index>.<key>`."""
@@ -138,20 +146,7 @@ def encode(state: TrainingState) -> tuple[bytes, bytes]:
     tensors, scalars = _tensors(state)
     doc = StateDoc(
         epoch=state.epoch,
-        slots=tuple(
-            SlotDoc(
-                name=s.name,
-                stage=s.stage,
-                blueprint_id=s.blueprint_id,
-                epochs_in_stage=s.epochs_in_stage,
-                blend_progress=s.blend_progress,
-                acc_at_germination=s.acc_at_germination,
-                kernel_label=s.kernel_label,
-                kernel_note=s.kernel_note,
-                has_weights=s.weights is not None,
-            )
-            for s in state.slots
-        ),
+        slots=tuple(SlotDoc(**_slot_fields(s), has_weights=s.weights is not None) for s in state.slots),
         groups=state.groups,
         param_groups=list(state.optimizer.get("param_groups", [])),
         optimizer_scalars=scalars,
@@ -188,17 +183,7 @@ def decode(tensor_bytes: bytes, state_bytes: bytes) -> TrainingState:
         for index_text, values in doc.optimizer_scalars.items():
             optim_state.setdefault(int(index_text), {}).update(values)
         slots = tuple(
-            SlotState(
-                name=s.name,
-                stage=s.stage,
-                blueprint_id=s.blueprint_id,
-                epochs_in_stage=s.epochs_in_stage,
-                blend_progress=s.blend_progress,
-                acc_at_germination=s.acc_at_germination,
-                kernel_label=s.kernel_label,
-                kernel_note=s.kernel_note,
-                weights=_prefixed(tensors, f"slot.{s.name}.") if s.has_weights else None,
-            )
+            SlotState(**_slot_fields(s), weights=_prefixed(tensors, f"slot.{s.name}.") if s.has_weights else None)
             for s in doc.slots
         )
         return TrainingState(
