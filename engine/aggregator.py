@@ -50,6 +50,7 @@ from esper_tui.engine.snapshot import (
     EventLine,
     ForgeHealth,
     ForgeView,
+    ForgeWorkerView,
     Infrastructure,
     JobView,
     SeedView,
@@ -102,6 +103,7 @@ class Aggregator:
         self.events: deque[EventLine] = deque(maxlen=max_events)
         self.metrics: list[Metric] = []
         self.bus = BusView()
+        self.forge_workers: list[ForgeWorkerView] = []
         self.alerts: dict[str, AlertView] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
@@ -131,6 +133,12 @@ class Aggregator:
         snapshot as it was, so an idle bus does not move `seq` and clients skip nothing they need."""
         if view != self.bus:
             self.bus = view
+            self._dirty = True
+
+    def set_forge_workers(self, views: list[ForgeWorkerView]) -> None:
+        """The remote forge workers as their heartbeats say (polled by the engine, like the bus)."""
+        if views != self.forge_workers:
+            self.forge_workers = views
             self._dirty = True
 
     @staticmethod
@@ -218,7 +226,14 @@ class Aggregator:
         self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED)
 
     def _on_JobStarted(self, e: JobStarted) -> None:
-        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.COMPILING, attempt=e.attempt, started_ts=e.ts)
+        self._job(
+            e.blueprint_id,
+            strategy=e.strategy,
+            status=JobStatus.COMPILING,
+            attempt=e.attempt,
+            started_ts=e.ts,
+            worker=e.worker,
+        )
 
     def _on_JobCompiled(self, e: JobCompiled) -> None:
         prev = self.jobs.get(e.blueprint_id)
@@ -234,6 +249,7 @@ class Aggregator:
             step_ms_compiled=e.step_ms_compiled,
             step_ms_eager=e.step_ms_eager,
             reused=e.reused,
+            worker=e.worker,
         )
 
     def _on_JobFailed(self, e: JobFailed) -> None:
@@ -393,6 +409,7 @@ class Aggregator:
                 jobs=jobs,
                 wal=self.wal,
                 health=health,
+                workers=self.forge_workers,
             ),
             training=training,
             metrics=self.metrics,

@@ -61,7 +61,13 @@ class CompilationConfig(Section, frozen=True, kw_only=True):
     """The forge (Tezzeret): how many compiles run, how often one is retried, how each worker is bounded."""
 
     max_concurrent_jobs: Annotated[
-        Parallel, Meta(description="compiles at once, one sandboxed worker each (1 in conservative mode)")
+        int,
+        Meta(
+            ge=0,
+            le=64,
+            description="compiles at once in this engine, one sandboxed worker each (1 in conservative mode); "
+            "0: none here, `esper-tui forge-worker`s take the jobs (needs library.catalog_url and a Redis bus)",
+        ),
     ] = 2
     default_strategy: Annotated[
         Strategy, Meta(description="pipeline of a first attempt; `aggressive` also needs enable_aggressive_pipeline")
@@ -175,6 +181,39 @@ class LibraryConfig(Section, frozen=True, kw_only=True):
     cache_ttl_seconds: Annotated[SecondsOrZero, Meta(description="how long a loaded kernel stays cached in memory")] = (
         600.0
     )
+    catalog_url: Annotated[
+        str,
+        Meta(
+            pattern=r"^((postgresql|postgres)://.*)?$",
+            description="postgresql://… : a shared catalog (with artifacts_url); empty: the folder under the state dir",
+        ),
+    ] = ""
+    artifacts_url: Annotated[
+        str,
+        Meta(
+            pattern=r"^((s3://|file:///).*)?$",
+            description="where a shared library keeps kernel bytes: s3://bucket/prefix or file:///shared/dir",
+        ),
+    ] = ""
+    artifacts_endpoint: Annotated[
+        str,
+        Meta(pattern=r"^(https?://.*)?$", description="endpoint of an S3-compatible server (MinIO, SeaweedFS, moto)"),
+    ] = ""
+
+
+class ForgeWorkerConfig(Section, frozen=True, kw_only=True):
+    """`esper-tui forge-worker`: compile capacity on other machines, taking jobs from the Oona job stream."""
+
+    concurrency: Annotated[Parallel, Meta(description="compiles at once in this worker (1 in conservative mode)")] = 1
+    claim_idle_s: Annotated[
+        Seconds, Meta(description="a job idle this long in a silent worker's hands is taken over (XAUTOCLAIM)")
+    ] = 15.0
+    keepalive_s: Annotated[Seconds, Meta(description="how often a live worker re-claims the jobs it compiles")] = 3.0
+    heartbeat_s: Annotated[Seconds, Meta(description="how often a worker announces itself")] = 1.0
+    heartbeat_ttl_s: Annotated[Seconds, Meta(description="a worker silent this long is no longer listed")] = 5.0
+    max_deliveries: Annotated[
+        Tries, Meta(description="deliveries of a job (each a worker that died on it) before it is failed")
+    ] = 3
 
 
 class TrainingConfig(Section, frozen=True, kw_only=True):
@@ -400,6 +439,7 @@ class EsperConfig(Section, frozen=True, kw_only=True):
     ui: UiConfig = msgspec.field(default_factory=UiConfig)
     nissa: NissaConfig = msgspec.field(default_factory=NissaConfig)
     recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
+    forge_worker: ForgeWorkerConfig = msgspec.field(default_factory=ForgeWorkerConfig)
 
 
 # --------------------------------------------------------------------------- rules across keys
@@ -426,6 +466,16 @@ _RULES = (
         "bus.drop_threshold",
         "bus.maxlen",
         "streams are trimmed to maxlen, so with a larger threshold unhandled entries are trimmed away, never refused",
+    ),
+    _Below(
+        "forge_worker.keepalive_s",
+        "forge_worker.claim_idle_s",
+        "a live worker must re-claim its job before others may take it over",
+    ),
+    _Below(
+        "forge_worker.heartbeat_s",
+        "forge_worker.heartbeat_ttl_s",
+        "a heartbeat must be renewed before it expires, or a live worker flickers out of the list",
     ),
 )
 
@@ -488,6 +538,19 @@ def parse_config(raw: dict[str, Any]) -> EsperConfig:
         raise ConfigError(f"{key}: {why}") from None
     _check_rules(config)
     return config
+
+
+def override(config: EsperConfig, values: dict[str, Any]) -> EsperConfig:
+    """The config with dotted keys replaced (command-line flags), validated exactly like the file's values:
+    the same ranges, the same rules, the same one-line error naming the key."""
+    raw = msgspec.to_builtins(config)
+    for dotted, value in values.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return parse_config(raw)
 
 
 def wal_directory(config: EsperConfig, state_dir: Path) -> Path:

@@ -55,6 +55,7 @@ class JobStarted(Event, tag="job_started", kw_only=True):
     blueprint_id: str
     strategy: Strategy
     attempt: int
+    worker: str = ""  # a forge worker elsewhere ("host:pid"); "" for this engine's own sandbox
 
 
 class JobCompiled(Event, tag="job_compiled", kw_only=True):
@@ -68,6 +69,7 @@ class JobCompiled(Event, tag="job_compiled", kw_only=True):
     step_ms_compiled: float
     step_ms_eager: float
     reused: bool = False  # an identical artifact already existed (same key); nothing was compiled
+    worker: str = ""  # the forge worker that compiled it, when not this engine
 
 
 class JobFailed(Event, tag="job_failed", kw_only=True):

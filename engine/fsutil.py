@@ -7,7 +7,9 @@ each barrier instead of private copies.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import stat
 from pathlib import Path
 
 
@@ -65,3 +67,74 @@ def fsync_tree(root: Path) -> None:
         for name in files:
             fsync_path(Path(dirpath) / name)
         fsync_dir(Path(dirpath))
+
+
+class StateDirBusy(OSError):
+    """Another esper-tui process holds the state directory (its engine or forge worker)."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold `<state>/engine.lock` (flock) for this process's lifetime and write its pid; returns the fd.
+
+    One process per state directory: its compile workers are registered (and reaped) there, so an engine
+    and a forge worker, or two of either, must never share one. Raises StateDirBusy, or OSError.
+    """
+    if state_dir.exists() and not state_dir.is_dir():
+        raise NotADirectoryError(f"state directory {state_dir} is not a directory")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirBusy(f"another esper-tui engine or forge worker is using {state_dir}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class NotRegularFile(Exception):
+    """A path that should hold a regular file holds a directory, symlink, FIFO, device or socket."""
+
+
+_KINDS = (
+    (stat.S_ISDIR, "directory"),
+    (stat.S_ISLNK, "symlink"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
+
+
+def read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
+    """A regular file's bytes; anything else raises NotRegularFile without being opened or waited on.
+
+    lstat first (a device is never opened, a symlink never followed), then O_NOFOLLOW | O_NONBLOCK and
+    fstat on the descriptor, so a file swapped for a FIFO in between is refused too, not blocked on.
+    OSError (missing, unreadable) is the caller's to report.
+    """
+    mode = os.lstat(path).st_mode
+    if stat.S_ISREG(mode):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            mode = stat.S_IFLNK
+        else:
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISREG(mode):
+                    with open(fd, "rb", closefd=False) as f:
+                        data = f.read()
+                    if sync:
+                        os.fsync(fd)
+                    return data
+            finally:
+                os.close(fd)
+    raise NotRegularFile(f"{label} is a {kind_of(mode)}, not a regular file")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import gc
 import logging
 import os
@@ -49,13 +48,19 @@ from esper_tui.engine.contracts import (
     SetConservativeMode,
     Shutdown,
 )
+from esper_tui.engine.forge.builders import RemoteBuilder
+from esper_tui.engine.forge.cluster import ForgeCluster, open_breakers
 from esper_tui.engine.forge.forge import Forge, ForgeFatal, worker_pool
+from esper_tui.engine.forge.jobqueue import ForgeChannel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
+from esper_tui.engine.fsutil import StateDirBusy, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.library.base import KernelLibrary
+from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
-from esper_tui.engine.library.store import Identity, Library
+from esper_tui.engine.library.store import Identity
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
@@ -114,6 +119,7 @@ class Engine:
         self.recompile_all = recompile_all
         self.run_id = new_id()[:12]
         self.bus: Bus = create_bus(config.bus, redis_url, run_id=self.run_id)
+        self.redis_url = redis_url
         self.catalog = Catalog()
         self.aggregator = Aggregator(max_concurrency=config.tezzeret.compilation.max_concurrent_jobs)
         self.control = TrainingControl()
@@ -138,11 +144,13 @@ class Engine:
         self._shut_down = False
         self._trainer_task: asyncio.Task[Any] | None = None
         self._forge_tasks: list[asyncio.Task[Any]] = []
+        self._forge_channel: ForgeChannel | None = None
+        self._remote: RemoteBuilder | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_fd: int | None = None
         self.forge: Forge | None = None
         self.wal: WriteAheadLog | None = None
-        self.library: Library | None = None
+        self.library: KernelLibrary | None = None
         self._pool: WorkerPool | None = None
         self.recorder: Recorder | None = None
         self._recorder_task: asyncio.Task[Any] | None = None
@@ -210,21 +218,12 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
 
     def _lock_state_dir(self) -> None:
-        if self.state_dir.exists() and not self.state_dir.is_dir():
-            raise EngineError(f"state directory {self.state_dir} is not a directory")
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_fd = lock_state_dir(self.state_dir)
+        except (StateDirBusy, NotADirectoryError) as exc:
+            raise EngineError(str(exc)) from None
         except OSError as exc:
             raise EngineError(f"state directory {self.state_dir}: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise EngineError(f"another esper-tui engine is using {self.state_dir}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -259,13 +258,13 @@ class Engine:
         isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
         private_cache_dir()
         identity = Identity.here(isa)
-        library = Library(
-            self.state_dir / "library",
-            key,
-            self.catalog,
-            cache_ttl_s=cfg.library.cache_ttl_seconds,
-            on_quarantine=self._quarantined,
-        )
+        try:
+            library = await asyncio.to_thread(
+                open_library, cfg.library, self.state_dir, key, self.catalog, on_quarantine=self._quarantined
+            )
+        except LibraryUnavailable as exc:
+            await pool.close()
+            raise EngineError(f"library: {exc}") from None
         self.library = library
         wal_dir = wal_directory(cfg, self.state_dir)
         opened = time.monotonic()
@@ -310,6 +309,7 @@ class Engine:
             in_features=IN_FEATURES,
             out_features=cfg.training.hidden,
             pool=pool,
+            builder=self._remote_builder(library, identity),
         )
         await prestart
         for pgid in stale:
@@ -324,6 +324,7 @@ class Engine:
             self._spawn(self.forge.run()),
             self._spawn(self.forge.monitor()),
             self._spawn(self.forge.maintain()),
+            *self._cluster_tasks(self.forge, identity),
         ]
         if cfg.training.enabled and not self.forge_only:
             self._trainer_task = self._spawn(self._train())
@@ -331,6 +332,47 @@ class Engine:
         # collections triggered by the event loop's churn stop rescanning them (measured: WAL group commit
         # 37-51k -> 47-53k commits/s, 10k-transaction recovery without 200 ms outliers).
         gc.freeze()
+
+    def _channel(self, identity: Identity) -> ForgeChannel | None:
+        """The forge job queue on the bus's Redis, when the library is shared (else there is no one to share with)."""
+        if self.redis_url is None or not is_shared(self.config.library):
+            return None
+        assert self._signing_key is not None
+        if self._forge_channel is None:
+            prefix = self.config.bus.stream_prefix
+            self._forge_channel = ForgeChannel(self.redis_url, prefix, self._signing_key, identity.fingerprint())
+        return self._forge_channel
+
+    def _remote_builder(self, library: KernelLibrary, identity: Identity) -> RemoteBuilder | None:
+        """With no compile workers of its own (`--forge-workers 0`), the engine queues jobs for forge workers."""
+        if self.config.tezzeret.compilation.max_concurrent_jobs > 0:
+            return None
+        channel = self._channel(identity)
+        if channel is None:
+            raise EngineUsageError(
+                "--forge-workers 0 needs a shared library (--library, --artifacts) and a Redis bus (--redis-url): "
+                "forge workers take the jobs from there"
+            )
+        self._remote = RemoteBuilder(channel, library, self.run_id)
+        return self._remote
+
+    def _cluster_tasks(self, forge: Forge, identity: Identity) -> list[asyncio.Task[Any]]:
+        """Publish the forge's bounds to workers and list them, whenever a shared library meets a Redis bus."""
+        channel = self._channel(identity)
+        if channel is None:
+            return []
+
+        def bounds() -> tuple[bool, str, list[str]]:
+            view = forge.conservative
+            return view.active, view.reason, open_breakers({b.name: b.state for b in forge.board.views()})
+
+        cluster = ForgeCluster(
+            channel, self.run_id, bounds, self.aggregator.set_forge_workers, lambda line: self.log(Level.INFO, line)
+        )
+        tasks = [self._spawn(cluster.publish_control()), self._spawn(cluster.watch_workers())]
+        if self._remote is not None:
+            tasks.append(self._spawn(self._remote.follow()))
+        return tasks
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -563,6 +605,8 @@ class Engine:
                 self.emit(MetricsReport(source=Subsystem.TEZZERET, metrics=self.forge.metrics()))
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
+        if self.library is not None:
+            self.library.close()
         # Applied at once, after every earlier event (the trainer's arrived before its thread was seen to end):
         # the aggregator now holds the whole run, whatever became of the telemetry copies.
         self.emit(EngineStopping(reason=self.stop_reason or "stopped"))

@@ -63,6 +63,21 @@ class JobView(Struct, kw_only=True):
     step_ms_eager: float | None = None
     error: str | None = None
     reused: bool = False  # served from the library (already compiled), not compiled in this run
+    worker: str = ""  # the forge worker compiling (or that compiled) it, when not this engine
+
+
+class ForgeWorkerView(Struct, kw_only=True):
+    """A forge worker elsewhere, as its last heartbeat described it."""
+
+    worker_id: str
+    host: str
+    pid: int
+    jobs: list[str] = msgspec.field(default_factory=list)  # blueprints compiling now
+    holding: str = ""  # why it takes no job now ("" when it does)
+    concurrency: int = 1
+    done: int = 0
+    failed: int = 0
+    last_beat_ts: float
 
 
 class WalView(Struct, kw_only=True):
@@ -91,6 +106,7 @@ class ForgeView(Struct, kw_only=True):
     jobs: list[JobView] = msgspec.field(default_factory=list)
     wal: WalView = msgspec.field(default_factory=WalView)
     health: ForgeHealth = msgspec.field(default_factory=ForgeHealth)
+    workers: list[ForgeWorkerView] = msgspec.field(default_factory=list)  # remote forge workers (shared library)
 
 
 class SeedView(Struct, kw_only=True):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.config import ConfigError, EsperConfig, config_reference, load_config
+from esper_tui.engine.config import ConfigError, EsperConfig, config_reference, load_config, override
+from esper_tui.library_flags import add_library_flags, library_flags
 
 EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
@@ -27,6 +28,10 @@ EPILOG = """examples:
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
   esper-tui plot var/runs/RUN.esrec --out run.png   loss and accuracy curves for a report
   esper-tui --no-ui --eager --epochs 12 --inject-fault nan-loss@6   chaos test: watch a rollback
+  esper-tui library migrate --library postgresql://db/esper   create or upgrade a shared catalog
+  esper-tui --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper --forge-workers 0
+                                              an engine whose compiles run on forge workers elsewhere
+  esper-tui forge-worker --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper
   esper-tui config reference                  every config key with its default and range (markdown)
 """
 
@@ -106,6 +111,14 @@ def _run_parser() -> argparse.ArgumentParser:
         help="chaos testing, repeatable: nan-loss@E, seed-explode@E or kernel-crash@E makes epoch E unstable "
         "once, so the rollback path runs (restore, prune and embargo, conservative mode, resume)",
     )
+    add_library_flags(p)
+    p.add_argument(
+        "--forge-workers",
+        type=int,
+        metavar="N",
+        help="compiles at once in this engine's own sandbox (tezzeret.compilation.max_concurrent_jobs); "
+        "0: none, forge workers elsewhere take the jobs (needs --library, --artifacts and --redis-url)",
+    )
     p.add_argument(
         "--metrics-port",
         type=_port,
@@ -120,6 +133,10 @@ def _tool_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="area", required=True)
     lib = sub.add_parser("library", help="the kernel library (Urza)").add_subparsers(dest="action", required=True)
     verify = lib.add_parser("verify", help="check every stored artifact; exit 1 listing failures")
+    add_library_flags(verify)
+    migrate = lib.add_parser("migrate", help="apply the shared catalog's pending schema migrations")
+    migrate.add_argument("--library", required=True, metavar="URL", help="the shared catalog, postgresql://…")
+    migrate.add_argument("--config", type=Path, metavar="FILE")
     wal = sub.add_parser("wal", help="the forge's write-ahead log").add_subparsers(dest="action", required=True)
     inspect = wal.add_parser("inspect", help="segments, transactions, open ones (read-only)")
     inspect.add_argument("--json", action="store_true")
@@ -265,7 +282,11 @@ def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
     nissa = config.nissa
     if args.metrics_port is not None:
         nissa = msgspec.structs.replace(nissa, port=args.metrics_port)
-    return msgspec.structs.replace(config, training=training, nissa=nissa)
+    config = msgspec.structs.replace(config, training=training, nissa=nissa)
+    flags = library_flags(args)
+    if args.forge_workers is not None:
+        flags["tezzeret.compilation.max_concurrent_jobs"] = args.forge_workers
+    return override(config, flags) if flags else config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         return _reports(argv[1:])
     if argv and argv[0] in ("replay", "runs", "plot"):
         return _recordings(argv)
+    if argv and argv[0] == "forge-worker":
+        from esper_tui.forge_worker import forge_worker_main
+
+        return forge_worker_main(argv[1:])
     if argv and argv[0] in ("library", "wal", "config"):
         args = _tool_parser().parse_args(argv)
         if args.area == "config":
@@ -284,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         from esper_tui.tools import run_tool
 
         try:
-            config = load_config(args.config)
+            config = override(load_config(args.config), library_flags(args))
         except ConfigError as exc:
             return _fail(f"config error: {exc}", 2)
         return run_tool(args, config)

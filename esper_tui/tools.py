@@ -8,32 +8,52 @@ from pathlib import Path
 
 from esper_tui.engine.config import EsperConfig, wal_directory
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_key
-from esper_tui.engine.library.store import Library
 
 
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
-    """Check every stored artifact. Read-only: a key made up here would fail every artifact, so none is made."""
-    if not (state_dir / "library").is_dir():
+    """Check every stored artifact, in the file library or the shared one (signature, then every file's
+    bytes, from the shared store itself). Read-only: a key made up here would fail every artifact, so
+    none is made."""
+    shared = is_shared(config.library)
+    if not shared and not (state_dir / "library").is_dir():
         print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
         return 1
     try:
         key = load_key(state_dir, config.library.signing_key)
-    except SigningKeyError as exc:
+        library = open_library(config.library, state_dir, key, Catalog())
+    except (SigningKeyError, LibraryUnavailable) as exc:
         print(f"esper-tui: {exc}", file=sys.stderr)
         return 1
-    library = Library(state_dir / "library", key, Catalog())
-    bad = 0
-    dirs = library.version_dirs()
-    for path in dirs:
-        reason = library.verify(path)
-        print(
-            f"{'ok  ' if reason is None else 'FAIL'} {path.parent.name}/{path.name}"
-            + ("" if reason is None else f": {reason}")
-        )
-        bad += reason is not None
-    print(f"{len(dirs) - bad} of {len(dirs)} artifacts verify")
+    try:
+        results = library.verify_all()
+    finally:
+        library.close()
+    for label, reason in results:
+        print(f"{'ok  ' if reason is None else 'FAIL'} {label}" + ("" if reason is None else f": {reason}"))
+    bad = sum(reason is not None for _, reason in results)
+    print(f"{len(results) - bad} of {len(results)} artifacts verify ({library.location})")
     return 1 if bad else 0
+
+
+def library_migrate(config: EsperConfig) -> int:
+    """Bring a shared catalog's schema up to this version of esper-tui (idempotent; safe to run twice)."""
+    from esper_tui.engine.library.catalog_db import CatalogError, PgCatalog
+
+    try:
+        db = PgCatalog(config.library.catalog_url)
+        try:
+            applied = db.migrate()
+            version = db.schema_version()
+        finally:
+            db.close()
+    except CatalogError as exc:
+        print(f"esper-tui: {exc}", file=sys.stderr)
+        return 1
+    done = f"applied {', '.join(f'{v:04d}' for v in applied)}" if applied else "nothing to apply"
+    print(f"catalog {db.url_for_display}: schema version {version} ({done})")
+    return 0
 
 
 def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
@@ -65,7 +85,8 @@ def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
 
 
 def run_tool(args: argparse.Namespace, config: EsperConfig) -> int:
-    state_dir: Path = args.state_dir
+    if args.area == "library" and args.action == "migrate":
+        return library_migrate(config)
     if args.area == "library":
-        return library_verify(state_dir, config)
-    return wal_inspect(state_dir, config, args.json)
+        return library_verify(args.state_dir, config)
+    return wal_inspect(args.state_dir, config, args.json)

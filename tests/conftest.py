@@ -41,6 +41,9 @@ KERNEL_BLUEPRINT = "mlp_block"
 COMPILE_TIMEOUT_S = 420
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
+# Real PostgreSQL (a fresh database per test) and a real S3-compatible server (moto) for the shared library.
+pytest_plugins = ["tests.pg", "tests.s3"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Whatever uses the session's real compile is a compile test, wherever it lives."""

@@ -101,10 +101,11 @@ def job_state(job: JobView) -> str:
 
 
 def job_note(job: JobView) -> Cell:
-    """Why it failed, or which backend produced the kernel."""
+    """Why it failed, or which backend produced the kernel, and on which forge worker when not this engine."""
     if job.error:
         return Cell(fmt.clip(job.error, NOTE_WIDTH), "compile-queue--failed")
-    return Cell(job.backend or "", "compile-queue--muted")
+    where = f"on {job.worker}" if job.worker else ""
+    return Cell(" ".join(part for part in (job.backend or "", where) if part), "compile-queue--muted")
 
 
 def job_row(job: JobView, now: float) -> Row:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,18 +33,20 @@ from esper_tui.engine.contracts import (
 from esper_tui.engine.forge import journal
 from esper_tui.engine.forge.board import BreakerBoard
 from esper_tui.engine.forge.breakers import BreakerTransition, Clock
+from esper_tui.engine.forge.builders import Builder, BuildFailed, BuildSpec, LocalBuilder
 from esper_tui.engine.forge.conservative import ConservativeMode
-from esper_tui.engine.forge.protocol import CompileRequest
 from esper_tui.engine.forge.resources import GpuProbe, read_memory
-from esper_tui.engine.forge.sandbox import CompileTimeout, WorkerError, WorkerPool
+from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
-from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
-from esper_tui.engine.library.store import Identity, Library, artifact_key
+from esper_tui.engine.library.base import KernelLibrary
+from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.store import Identity, artifact_key
 from esper_tui.engine.vocabulary import BreakerState, Level, Strategy, Subsystem
 from esper_tui.engine.wal.writer import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
 
 Emit = Callable[[AnyEvent], None]
+REMOTE_IN_FLIGHT = 64  # jobs queued for forge workers at once (the catalog is smaller)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Forge:
         *,
         config: TezzeretConfig,
         catalog: Catalog,
-        library: Library,
+        library: KernelLibrary,
         wal: WriteAheadLog,
         emit: Emit,
         state_dir: Path,
@@ -88,6 +89,7 @@ class Forge:
         gpu: GpuProbe | None = None,
         clock: Clock = time.monotonic,
         pool: WorkerPool | None = None,
+        builder: Builder | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
@@ -103,6 +105,7 @@ class Forge:
         self.out_features = out_features
         self.gpu = gpu or GpuProbe()
         self.pool = pool or worker_pool(config, state_dir)
+        self.builder: Builder = builder or LocalBuilder(library, self.pool, identity)
         self._queue: list[Job] = []
         self._running: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -195,8 +198,12 @@ class Forge:
     # ------------------------------------------------------------------ running
 
     def max_concurrency(self) -> int:
-        """Configured jobs, 1 in conservative mode, and only the probes while the timeout breaker is half-open."""
-        limit = self.conservative.max_concurrency(self.config.compilation.max_concurrent_jobs)
+        """Configured jobs, 1 in conservative mode, and only the probes while the timeout breaker is half-open.
+
+        With no compile workers of its own (0), jobs go to the queue for forge workers: then this bounds
+        the jobs in flight on the queue, which workers take as their own concurrency allows.
+        """
+        limit = self.conservative.max_concurrency(self.config.compilation.max_concurrent_jobs or REMOTE_IN_FLIGHT)
         if self.board.timeout.state is BreakerState.HALF_OPEN:
             limit = min(limit, self.config.breakers.half_open_probes)
         return limit
@@ -261,76 +268,56 @@ class Forge:
             blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt, key=key, reason=job.reason
         )
         await self.wal.abegin(job.txid, journal.encode(begin))
-        existing = None if job.force else self.library.current(bp.blueprint_id, key)
+        existing = None if job.force else await asyncio.to_thread(self.library.current, bp.blueprint_id, key)
         if existing is not None:
             await self.wal.acommit(
                 job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=existing.version, reused=True))
             )
             self._compiled(existing, strategy, reused=True)
             return
-        staged = self.library.new_staging_dir(bp.blueprint_id)
-        request = CompileRequest(
+        spec = BuildSpec(
             job_id=job.txid,
             blueprint_id=bp.blueprint_id,
+            strategy=strategy,
+            key=key,
             in_features=self.in_features,
             out_features=self.out_features,
-            strategy=strategy,
-            backend=settings.backend,
-            mode=settings.mode,
-            device=settings.device,
-            out_dir=str(staged),
+            timeout_s=self.conservative.timeout_s(timeout_for(strategy, self.config.compilation)),
+            force=job.force,
+            attempt=job.attempt,
+            reason=job.reason,
         )
-        timeout = self.conservative.timeout_s(timeout_for(strategy, self.config.compilation))
-        self.emit(
-            JobStarted(source=Subsystem.TEZZERET, blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt)
-        )
-        t0 = time.monotonic()
+
+        def started(where: str) -> None:
+            self.emit(
+                JobStarted(
+                    source=Subsystem.TEZZERET,
+                    blueprint_id=bp.blueprint_id,
+                    strategy=strategy,
+                    attempt=job.attempt,
+                    worker=where,
+                )
+            )
+
+        async def staged(record: journal.JobStaged) -> None:
+            await self.wal.adata(job.txid, journal.encode(record))
+
         try:
-            response, pid = await self.pool.compile(request, timeout)
-            error = None if response.ok else response.error
-        except CompileTimeout as exc:
-            self.board.timeout.record_slow(str(exc))
-            response, pid, error = None, 0, str(exc)
-        except WorkerError as exc:
-            response, pid, error = None, 0, str(exc)
-        if response is None or error is not None:
-            shutil.rmtree(staged, ignore_errors=True)
-            await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(error=error)))
-            self._failed(job, strategy, error or "unknown error")
+            built = await self.builder.build(spec, started=started, staged=staged)
+        except BuildFailed as exc:
+            if exc.timed_out:
+                self.board.timeout.record_slow(str(exc))
+            await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(error=str(exc))))
+            self._failed(job, strategy, str(exc))
             return
         self.board.timeout.record_success()
-        await self.wal.adata(
-            job.txid,
-            journal.encode(journal.JobStaged(staged=staged.name, worker_pid=pid, wall_s=time.monotonic() - t0)),
+        meta = built.meta
+        await self.wal.acommit(
+            job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=meta.version, reused=built.reused))
         )
-        meta = await asyncio.to_thread(
-            self.library.commit,
-            staged,
-            blueprint_id=bp.blueprint_id,
-            key=key,
-            build=KernelBuild(
-                strategy=strategy,
-                backend=settings.backend,
-                mode=settings.mode or "default",
-                device=settings.device,
-                torch_version=self.identity.torch_version,
-                python_version=self.identity.python_version,
-                cpu_isa=response.cpu_isa,
-                threads=self.identity.threads,
-                compiler=self.identity.compiler,
-                in_features=self.in_features,
-                batch_min=2,
-                batch_max=65536,
-                grad_modes=[True, False],
-                compile_s=response.compile_s,
-                step_ms_compiled=response.step_ms_compiled,
-                step_ms_eager=response.step_ms_eager,
-            ),
-        )
-        await self.wal.acommit(job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=meta.version)))
-        self._compiled(meta, strategy, reused=False)
+        self._compiled(meta, strategy, reused=built.reused, worker=built.worker)
 
-    def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool) -> None:
+    def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool, worker: str = "") -> None:
         if not reused:
             count, total = self._durations_ms.get(strategy, (0, 0.0))
             self._durations_ms[strategy] = (count + 1, total + meta.compile_s * 1000)
@@ -347,6 +334,7 @@ class Forge:
                 step_ms_compiled=meta.step_ms_compiled,
                 step_ms_eager=meta.step_ms_eager,
                 reused=reused,
+                worker=worker,
             )
         )
         self.emit_wal_status()
@@ -479,4 +467,5 @@ class Forge:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self.builder.close()
         await self.pool.close()

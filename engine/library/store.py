@@ -12,7 +12,6 @@ deserialises; any mismatch moves the version to `quarantine/`, and the forge rec
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -25,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 import msgspec
 
-from esper_tui.engine.fsutil import fsync_dir, write_all
+from esper_tui.engine import fsutil
+from esper_tui.engine.fsutil import fsync_dir, kind_of, write_all
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import (
     LoadedKernel,
@@ -40,6 +40,7 @@ from esper_tui.engine.kernels.compiled import (
 )
 from esper_tui.engine.kernels.pipelines import CompileSettings
 from esper_tui.engine.library import signing as signing
+from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta, KernelBuild
 from esper_tui.engine.vocabulary import Strategy, compile_label
 
@@ -87,6 +88,15 @@ class Identity:
         diffs = [f"{what} {built!r} (here {here!r})" for what, (built, here) in pairs.items() if built != here]
         return "built for " + ", ".join(diffs) if diffs else None
 
+    def fingerprint(self) -> str:
+        """A short name for everything a kernel is tied to: machines with equal fingerprints can share
+        kernels, so a shared library and the forge's job streams are partitioned by it."""
+        blob = json.dumps(
+            [self.torch_version, self.python_version, self.device, self.cpu_isa, self.threads, self.compiler],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
 
 def artifact_key(
     ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity, in_features: int, out_features: int
@@ -122,6 +132,14 @@ def served_step_ms(meta: ArtifactMeta) -> float:
     return min(meta.step_ms_compiled, meta.step_ms_eager)
 
 
+def unfit_reason(identity: Identity, blueprint_ir_hash: str, meta: ArtifactMeta) -> str | None:
+    """Why a verified kernel must not run in this process (built elsewhere, or from other source), or None."""
+    unfit = identity.mismatch(meta)
+    if unfit is None and meta.ir_hash != blueprint_ir_hash:
+        unfit = "built from another version of the blueprint's source"
+    return unfit
+
+
 def version_dir_name(meta: ArtifactMeta) -> str:
     return f"v{meta.version:04d}-{meta.artifact_id[:12]}"
 
@@ -133,47 +151,13 @@ def _misplaced(meta: ArtifactMeta, path: Path) -> str | None:
     return None if here == signed else f"{here}: signed as {signed} (copied or renamed)"
 
 
-_KINDS = (
-    (stat.S_ISDIR, "directory"),
-    (stat.S_ISLNK, "symlink"),
-    (stat.S_ISFIFO, "FIFO"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-    (stat.S_ISSOCK, "socket"),
-)
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "special file")
-
-
-def _read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
-    """A regular file's bytes; anything else raises ArtifactInvalid without being opened or waited on.
-
-    lstat first (a device is never opened, a symlink never followed), then O_NOFOLLOW | O_NONBLOCK and
-    fstat on the descriptor, so a file swapped for a FIFO in between is refused too, not blocked on.
-    OSError (missing, unreadable) is the caller's to report.
-    """
-    mode = os.lstat(path).st_mode
-    if stat.S_ISREG(mode):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            mode = stat.S_IFLNK
-        else:
-            try:
-                mode = os.fstat(fd).st_mode
-                if stat.S_ISREG(mode):
-                    with open(fd, "rb", closefd=False) as f:
-                        data = f.read()
-                    if sync:
-                        os.fsync(fd)
-                    return data
-            finally:
-                os.close(fd)
-    raise ArtifactInvalid(f"{label} is a {_kind(mode)}, not a regular file")
+def read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
+    """fsutil.read_regular, with anything but a regular file refused as ArtifactInvalid (never opened or
+    waited on). OSError (missing, unreadable) is the caller's to report."""
+    try:
+        return fsutil.read_regular(path, label, sync=sync)
+    except fsutil.NotRegularFile as exc:
+        raise ArtifactInvalid(str(exc)) from None
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -190,7 +174,7 @@ def _raise(exc: OSError) -> NoReturn:
     raise exc
 
 
-def _stage(staged: Path) -> list[ArtifactFile]:
+def stage_files(staged: Path) -> list[ArtifactFile]:
     """Hash and fsync every staged file, refusing anything but directories and regular files.
 
     Runs before the library lock: a FIFO named like a kernel would otherwise block the fsync with the lock
@@ -204,34 +188,17 @@ def _stage(staged: Path) -> list[ArtifactFile]:
         for name in dirnames:  # a symlink to a directory is listed here (and never descended)
             mode = os.lstat(base / name).st_mode
             if not stat.S_ISDIR(mode):
-                raise ArtifactInvalid(f"staged {(base / name).relative_to(staged)} is a {_kind(mode)}, not a directory")
+                raise ArtifactInvalid(
+                    f"staged {(base / name).relative_to(staged)} is a {kind_of(mode)}, not a directory"
+                )
         for name in filenames:
             rel = str((base / name).relative_to(staged))
             if rel in (META, SIG):
                 raise ArtifactInvalid(f"staged {rel}: the name is reserved for the library's signed metadata")
-            data = _read_regular(base / name, f"staged {rel}", sync=True)
+            data = read_regular(base / name, f"staged {rel}", sync=True)
             files.append(ArtifactFile(name=rel, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
         fsync_dir(base)
     return sorted(files, key=lambda f: f.name)
-
-
-@dataclass
-class LibraryStats:
-    artifacts: int = 0
-    cache_hits: int = 0
-    cache_misses: int = 0
-    quarantined: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.cache_hits + self.cache_misses
-        return self.cache_hits / total if total else 0.0
-
-
-class _Cached(NamedTuple):
-    expires: float
-    kernel: LoadedKernel
-    meta: ArtifactMeta  # verified when the kernel was loaded
 
 
 class Library:
@@ -253,13 +220,18 @@ class Library:
         self._key = key
         self.catalog = catalog
         self._identity = identity
-        self._ttl = cache_ttl_s
-        self._clock = clock
         self._lock = threading.Lock()  # the trainer thread loads while the loop commits
-        self._cache: dict[Path, _Cached] = {}
         self.stats = LibraryStats()
+        self._cache = KernelCache(cache_ttl_s, clock, self.stats)
         for sub in ("artifacts", "staging", "quarantine"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def close(self) -> None:
+        """Nothing to release: every operation opens and closes its own files."""
 
     def identity(self) -> Identity:
         """What a kernel must have been built for to load in this process (probed on first use unless given;
@@ -286,15 +258,19 @@ class Library:
         path.mkdir(parents=True)
         return path
 
-    def commit(self, staged: Path, *, blueprint_id: str, key: str, build: KernelBuild) -> ArtifactMeta:
+    def commit(
+        self, staged: Path, *, blueprint_id: str, key: str, build: KernelBuild, job_id: str = "", force: bool = False
+    ) -> ArtifactMeta:
         """Hash every staged file, sign, and rename the directory into place as the next version.
 
-        A staged tree holding anything but directories and regular files is refused (ArtifactInvalid)
+        One engine owns this folder and its forge asks `current` before compiling, so `job_id` and
+        `force` (which a shared library needs for reclaimed jobs) change nothing here. A staged tree
+        holding anything but directories and regular files is refused (ArtifactInvalid)
         and removed, before the lock is taken.
         """
         bp = self.catalog.get(blueprint_id)
         try:
-            files = _stage(staged)
+            files = stage_files(staged)
         except ArtifactInvalid:
             shutil.rmtree(staged, ignore_errors=True)
             raise
@@ -348,7 +324,7 @@ class Library:
         out = []
         for d in self._versions(blueprint_id):
             try:
-                meta = msgspec.json.decode(_read_regular(d / META, META), type=ArtifactMeta)
+                meta = msgspec.json.decode(read_regular(d / META, META), type=ArtifactMeta)
             except (OSError, ArtifactInvalid, msgspec.DecodeError, msgspec.ValidationError):
                 continue
             if _misplaced(meta, d) is None:
@@ -362,8 +338,8 @@ class Library:
         """Signature first, then that the signed blueprint/version/key are this directory's, then each
         file's hash; only then is anything decoded beyond the metadata. Raises ArtifactInvalid."""
         try:
-            raw = _read_regular(path / META, f"{path.name}: {META}")
-            sig = _read_regular(path / SIG, f"{path.name}: {SIG}").decode(errors="replace")
+            raw = read_regular(path / META, f"{path.name}: {META}")
+            sig = read_regular(path / SIG, f"{path.name}: {SIG}").decode(errors="replace")
         except OSError as exc:
             raise ArtifactInvalid(f"{path.name}: missing metadata or signature ({exc.strerror})") from None
         if not signing.verify(self._key, raw, sig):
@@ -380,7 +356,7 @@ class Library:
             if path.resolve() not in target.parents:
                 raise ArtifactInvalid(f"{path.name}: file {f.name!r} escapes the artifact directory")
             try:
-                data = _read_regular(target, f"{path.name}: {f.name}")
+                data = read_regular(target, f"{path.name}: {f.name}")
             except OSError:
                 raise ArtifactInvalid(f"{path.name}: {f.name} is missing") from None
             if hashlib.sha256(data).hexdigest() != f.sha256:
@@ -396,6 +372,9 @@ class Library:
             return str(exc)
         return None
 
+    def verify_all(self) -> list[tuple[str, str | None]]:
+        return [(f"{p.parent.name}/{p.name}", self.verify(p)) for p in self.version_dirs()]
+
     def quarantine(self, path: Path, reason: str) -> Path | None:
         """Move a bad version out of reach (kept whole for inspection, with the reason beside it).
 
@@ -409,7 +388,7 @@ class Library:
             except OSError:
                 return None
             self.stats.quarantined += 1
-            self._cache.clear()
+        self._cache.clear()
         # The move is what protects; the note and the fsync are best effort, never a loader's crash.
         with contextlib.suppress(OSError):
             _write_file(dest / QUARANTINE_NOTE, (reason + "\n").encode())
@@ -466,39 +445,22 @@ class Library:
         if not versions:
             raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel in the library")
         path = versions[0]
-        now = self._clock()
-        with self._lock:
-            hit = self._cache.get(path)
-            if hit is not None and hit.expires > now:
-                self.stats.cache_hits += 1
-                return hit.kernel, hit.meta
-            self.stats.cache_misses += 1
+        if (hit := self._cache.get(path)) is not None:
+            return hit
         try:
             meta, blobs = self.read_verified(path)
-            unfit = self.identity().mismatch(meta)
-            if unfit is None and meta.ir_hash != bp.ir_hash():
-                unfit = "built from another version of the blueprint's source"
-            if unfit is not None:
+            if (unfit := unfit_reason(self.identity(), bp.ir_hash(), meta)) is not None:
                 raise ArtifactInvalid(f"{blueprint_id}/{path.name}: {unfit}")
         except ArtifactInvalid as exc:
             self.quarantine(path, str(exc))
             raise
         kernel = load_kernel(bp, blobs, compile_label(meta.backend, meta.mode))
-        with self._lock:
-            self._cache[path] = _Cached(now + self._ttl, kernel, meta)
+        self._cache.put(path, kernel, meta)
         return kernel, meta
 
     def expire(self) -> int:
         """TTL cleanup: drop cache entries past their time. Returns how many were dropped."""
-        now = self._clock()
-        with self._lock:
-            stale = [k for k, entry in self._cache.items() if entry.expires <= now]
-            for k in stale:
-                del self._cache[k]
-        return len(stale)
+        return self._cache.expire()
 
     def drop_cache(self) -> int:
-        with self._lock:
-            n = len(self._cache)
-            self._cache.clear()
-        return n
+        return self._cache.clear()

@@ -8,8 +8,9 @@ saying why ("eager: 2.06 ms < compiled 2.39 ms per step").
 from __future__ import annotations
 
 from esper_tui.engine.kernels.compiled import KernelError
+from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta
-from esper_tui.engine.library.store import ArtifactInvalid, Library, eager_is_faster
+from esper_tui.engine.library.store import ArtifactInvalid, eager_is_faster
 from esper_tui.engine.training.kernel_source import EAGER_LABEL, Kernel, KernelOffer, KernelUnavailable, eager_kernel
 from esper_tui.engine.vocabulary import compile_label
 
@@ -27,7 +28,7 @@ class LibraryKernelSource:
 
     compile_enabled = True
 
-    def __init__(self, library: Library, backend: str, mode: str, *, fastest: bool = True) -> None:
+    def __init__(self, library: KernelLibrary, backend: str, mode: str, *, fastest: bool = True) -> None:
         self._library = library
         self.backend: str | None = backend
         self.mode: str | None = mode

@@ -1,0 +1,120 @@
+"""What the forge, the trainer and the operator tools need of a library, whichever backend holds it.
+
+Two backends: `store.Library` (a folder under the state directory, the embedded default) and
+`shared.SharedLibrary` (a PostgreSQL catalog plus an S3-compatible object store, shared by several
+engines and forge workers). Both sign the same `ArtifactMeta`, verify it before anything is deserialised,
+and quarantine what fails.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import LoadedKernel
+from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+
+
+@dataclass
+class LibraryStats:
+    artifacts: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    quarantined: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else 0.0
+
+
+class KernelLibrary(Protocol):
+    """Commit staged compiles as signed versions; serve verified kernels; quarantine bad ones."""
+
+    catalog: Catalog
+    stats: LibraryStats
+    on_quarantine: Callable[[str, str, str], None] | None  # (blueprint_id, version label, reason)
+
+    @property
+    def location(self) -> str:
+        """Where the library lives, for the operator (a path, or catalog + artifacts URLs)."""
+        ...
+
+    def clean_staging(self) -> list[str]: ...
+
+    def new_staging_dir(self, blueprint_id: str) -> Path: ...
+
+    def commit(
+        self, staged: Path, *, blueprint_id: str, key: str, build: KernelBuild, job_id: str = "", force: bool = False
+    ) -> ArtifactMeta:
+        """Store a staged compile as the next version. With a job id, committing the same job twice
+        (a reclaimed job) returns the first version; unless forced, so does an already stored key."""
+        ...
+
+    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None: ...
+
+    def ranked(self, tag: str | None = None) -> list[ArtifactMeta]: ...
+
+    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]: ...
+
+    def verify_all(self) -> list[tuple[str, str | None]]:
+        """Every stored version checked in full: (label, None when it verifies, else the reason)."""
+        ...
+
+    def expire(self) -> int: ...
+
+    def drop_cache(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class _Cached(NamedTuple):
+    expires: float
+    kernel: LoadedKernel
+    meta: ArtifactMeta  # verified when the kernel was loaded
+
+
+class KernelCache:
+    """Loaded kernels kept for a TTL, keyed by the stored version they came from; counts hits and misses.
+
+    Thread-safe: the trainer thread loads while the event loop's threads commit and quarantine.
+    """
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float], stats: LibraryStats) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, _Cached] = {}
+
+    def get(self, key: Hashable) -> tuple[LoadedKernel, ArtifactMeta] | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit.expires > self._clock():
+                self._stats.cache_hits += 1
+                return hit.kernel, hit.meta
+            self._stats.cache_misses += 1
+            return None
+
+    def put(self, key: Hashable, kernel: LoadedKernel, meta: ArtifactMeta) -> None:
+        with self._lock:
+            self._entries[key] = _Cached(self._clock() + self._ttl, kernel, meta)
+
+    def expire(self) -> int:
+        """TTL cleanup: drop entries past their time. Returns how many were dropped."""
+        now = self._clock()
+        with self._lock:
+            stale = [k for k, entry in self._entries.items() if entry.expires <= now]
+            for k in stale:
+                del self._entries[k]
+        return len(stale)
+
+    def clear(self) -> int:
+        with self._lock:
+            n = len(self._entries)
+            self._entries.clear()
+        return n

@@ -1,0 +1,68 @@
+"""The shared catalog's schema, as versioned migrations applied in order (`PgCatalog.migrate`).
+
+A migration, once released, is never edited: a database records which versions it has applied
+(`schema_migrations`), so a change to the schema is always a new, higher version. Versions run 1..N
+without gaps (a test checks), and each runs in its own transaction.
+"""
+
+from __future__ import annotations
+
+from typing import LiteralString, NamedTuple
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    sql: LiteralString  # one or more statements, no parameters
+
+
+_0001_CATALOG: LiteralString = """
+CREATE TABLE blueprints (
+    blueprint_id TEXT PRIMARY KEY CONSTRAINT blueprint_id_not_empty CHECK (blueprint_id <> ''),
+    ir_hash TEXT NOT NULL DEFAULT '',  -- '' until sync_blueprints: register may create the row first
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+CREATE TABLE blueprint_tags (
+    blueprint_id TEXT NOT NULL REFERENCES blueprints ON DELETE CASCADE,
+    position INTEGER NOT NULL,  -- the catalog's order
+    tag TEXT NOT NULL,
+    PRIMARY KEY (blueprint_id, position),
+    UNIQUE (blueprint_id, tag)
+);
+
+CREATE TABLE kernel_versions (
+    blueprint_id TEXT NOT NULL REFERENCES blueprints,
+    version INTEGER NOT NULL CONSTRAINT version_from_one CHECK (version >= 1),
+    artifact_key TEXT NOT NULL CONSTRAINT artifact_key_is_sha256_hex CHECK (artifact_key ~ '^[0-9a-f]{64}$'),
+    job_id TEXT NOT NULL CONSTRAINT job_id_not_empty CHECK (job_id <> ''),
+    identity TEXT NOT NULL,
+    meta BYTEA NOT NULL,  -- the signed metadata document, verbatim
+    signature TEXT NOT NULL,
+    -- >= 0 and finite: NaN compares greater than every number in PostgreSQL, so `>= 0` alone admits it
+    step_ms_compiled DOUBLE PRECISION NOT NULL
+        CONSTRAINT step_ms_compiled_finite_not_negative CHECK (step_ms_compiled >= 0 AND step_ms_compiled < 'Infinity'),
+    step_ms_eager DOUBLE PRECISION NOT NULL
+        CONSTRAINT step_ms_eager_finite_not_negative CHECK (step_ms_eager >= 0 AND step_ms_eager < 'Infinity'),
+    compiled_by TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    quarantined BOOLEAN NOT NULL DEFAULT false,
+    quarantine_reason TEXT NOT NULL DEFAULT '',
+    quarantined_at TIMESTAMPTZ,
+    CONSTRAINT quarantine_has_reason CHECK (NOT quarantined OR quarantine_reason <> ''),
+    PRIMARY KEY (blueprint_id, version),  -- version numbers are unique per blueprint
+    CONSTRAINT job_registered_once UNIQUE (job_id)
+);
+
+-- current(): newest live version of a blueprint for an identity (and key); all_current(): per identity.
+CREATE INDEX kernel_versions_live_by_identity
+    ON kernel_versions (blueprint_id, identity, version DESC) WHERE NOT quarantined;
+CREATE INDEX kernel_versions_live_by_key
+    ON kernel_versions (blueprint_id, artifact_key, version DESC) WHERE NOT quarantined;
+CREATE INDEX kernel_versions_live_per_identity
+    ON kernel_versions (identity, blueprint_id, version DESC) WHERE NOT quarantined;
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),)
+
+LATEST = MIGRATIONS[-1].version

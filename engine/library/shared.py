@@ -1,0 +1,262 @@
+"""Urza shared by several machines: a PostgreSQL catalog and an S3-compatible store of artifact bytes.
+
+The signed `ArtifactMeta` is the same document the file library writes; it lives in the catalog row, and
+each file it lists lives in the object store under its sha256 (content-addressed, so an upload is
+idempotent and an object never changes). Order of a commit: upload every file and let the store confirm
+the bytes, then register the version in one catalog transaction, which also allocates its number and
+signs the metadata. A version is therefore never visible before its bytes are stored, and a worker that
+dies in between leaves only unreferenced objects behind.
+
+Loading verifies the row's signature, that the signed blueprint/version/key are the row's, then every
+file's hash (from this machine's verified blob cache, or downloaded into it), then that the kernel was
+built for this process; any failure quarantines the version in the catalog, which every engine sees.
+Versions are partitioned by the identity fingerprint: an engine only ever considers kernels built for
+a machine like its own, so a heterogeneous fleet shares one catalog without quarantining each other's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel, cpu_isa, load_kernel
+from esper_tui.engine.library import signing
+from esper_tui.engine.library.base import KernelCache, LibraryStats
+from esper_tui.engine.library.blobcache import BlobCache
+from esper_tui.engine.library.catalog_db import CatalogError, KernelRow, PgCatalog
+from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+from esper_tui.engine.library.objects import ObjectStore, StoreError
+from esper_tui.engine.library.store import (
+    ArtifactInvalid,
+    Identity,
+    read_regular,
+    served_step_ms,
+    stage_files,
+    unfit_reason,
+)
+from esper_tui.engine.vocabulary import compile_label
+
+
+def version_label(row: KernelRow) -> str:
+    return f"{row.blueprint_id}/v{row.version:04d}-{row.artifact_key[:12]}"
+
+
+class SharedLibrary:
+    """The `KernelLibrary` of a team: catalog rows in PostgreSQL, bytes in an object store, a local cache."""
+
+    def __init__(
+        self,
+        db: PgCatalog,
+        store: ObjectStore,
+        cache_dir: Path,
+        key: bytes,
+        catalog: Catalog,
+        *,
+        identity: Identity | None = None,
+        cache_ttl_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_quarantine: Callable[[str, str, str], None] | None = None,
+        compiled_by: str = "",
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.catalog = catalog
+        self.on_quarantine = on_quarantine
+        self.compiled_by = compiled_by or f"{socket.gethostname()}:{os.getpid()}"
+        self.blobs = BlobCache(cache_dir / "blobs")
+        self._staging = cache_dir / "staging"
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._key = key
+        self._identity = identity
+        self.stats = LibraryStats()
+        self._cache = KernelCache(cache_ttl_s, clock, self.stats)
+        db.sync_blueprints((bp.blueprint_id, bp.ir_hash(), bp.tags) for bp in catalog)
+
+    @property
+    def location(self) -> str:
+        return f"catalog {self.db.url_for_display}, artifacts {self.store.url}"
+
+    def identity(self) -> Identity:
+        if self._identity is None:
+            self._identity = Identity.here(cpu_isa())
+        return self._identity
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def clean_staging(self) -> list[str]:
+        removed = []
+        for p in self._staging.iterdir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+        return removed
+
+    def new_staging_dir(self, blueprint_id: str) -> Path:
+        path = self._staging / f"{blueprint_id}-{os.urandom(6).hex()}"
+        path.mkdir(parents=True)
+        return path
+
+    def commit(
+        self, staged: Path, *, blueprint_id: str, key: str, build: KernelBuild, job_id: str = "", force: bool = False
+    ) -> ArtifactMeta:
+        """Upload every staged file (verified by the store), then register the version in one transaction.
+
+        Idempotent: the same job id, or (unless forced) the same artifact key, returns the version already
+        registered instead of adding one. Raises ArtifactInvalid for a bad staged tree, StoreError or
+        CatalogError when the shared services fail (the staged files are removed either way).
+        """
+        bp = self.catalog.get(blueprint_id)
+        try:
+            files = stage_files(staged)
+            for f in files:
+                data = read_regular(staged / f.name, f"staged {f.name}")
+                self.store.put(f.sha256, data)
+                self.blobs.put(f.sha256, data)  # this machine may graft it next: no download for that
+
+            def sign(version: int) -> tuple[bytes, str]:
+                meta = ArtifactMeta.signed_form(
+                    build,
+                    artifact_id=key,
+                    blueprint_id=blueprint_id,
+                    version=version,
+                    ir_hash=bp.ir_hash(),
+                    files=files,
+                    created_ts=time.time(),
+                )
+                raw = msgspec.json.encode(meta)
+                return raw, signing.sign(self._key, raw)
+
+            row, _created = self.db.register(
+                blueprint_id=blueprint_id,
+                artifact_key=key,
+                job_id=job_id or os.urandom(8).hex(),
+                identity=self.identity().fingerprint(),
+                step_ms_compiled=build.step_ms_compiled,
+                step_ms_eager=build.step_ms_eager,
+                compiled_by=self.compiled_by,
+                force=force,
+                sign=sign,
+            )
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        return self._verified_meta(row)
+
+    # ------------------------------------------------------------------ reading
+
+    def _verified_meta(self, row: KernelRow) -> ArtifactMeta:
+        """The row's metadata after its signature, and its claim to be this row, are checked."""
+        label = version_label(row)
+        if not signing.verify(self._key, row.meta, row.signature):
+            raise ArtifactInvalid(f"{label}: signature mismatch (metadata altered or signed with another key)")
+        try:
+            meta = msgspec.json.decode(row.meta, type=ArtifactMeta)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ArtifactInvalid(f"{label}: signed metadata does not decode ({exc})") from None
+        signed = (meta.blueprint_id, meta.version, meta.artifact_id)
+        if signed != (row.blueprint_id, row.version, row.artifact_key):
+            raise ArtifactInvalid(f"{label}: signed as {meta.blueprint_id} v{meta.version} {meta.artifact_id[:12]}")
+        return meta
+
+    def _files(self, row: KernelRow, meta: ArtifactMeta, *, from_store: bool = False) -> dict[str, bytes]:
+        """Every file of a version, each checked against its signed hash (the cache and the store both verify)."""
+        blobs: dict[str, bytes] = {}
+        for f in meta.files:
+            try:
+                data = self.store.get(f.sha256) if from_store else self.blobs.fetch(f.sha256, self.store)[0]
+            except StoreError as exc:
+                raise ArtifactInvalid(f"{version_label(row)}: {f.name}: {exc}") from None
+            blobs[f.name] = data
+        return blobs
+
+    def quarantine_row(self, row: KernelRow, reason: str) -> None:
+        """Hide a bad version from every engine (the catalog keeps the row, its number and the reason)."""
+        if self.db.quarantine(row.blueprint_id, row.version, reason):
+            self.stats.quarantined += 1
+        self._cache.clear()
+        if self.on_quarantine is not None:
+            self.on_quarantine(row.blueprint_id, version_label(row).split("/", 1)[1], reason)
+
+    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None:
+        """The newest version for this identity whose signed metadata verifies; bad ones are quarantined."""
+        fp = self.identity().fingerprint()
+        while (row := self.db.current(blueprint_id, fp, key)) is not None:
+            try:
+                return self._verified_meta(row)
+            except ArtifactInvalid as exc:
+                self.quarantine_row(row, str(exc))
+        return None
+
+    def ranked(self, tag: str | None = None) -> list[ArtifactMeta]:
+        """Current kernels for this identity, fastest served step first (rows that fail their signature are
+        left out here and quarantined when loaded)."""
+        metas = []
+        for row in self.db.all_current(self.identity().fingerprint()):
+            if row.blueprint_id not in self.catalog:
+                continue
+            if tag is not None and tag not in self.catalog.get(row.blueprint_id).tags:
+                continue
+            try:
+                metas.append(self._verified_meta(row))
+            except ArtifactInvalid:
+                continue
+        return sorted(metas, key=served_step_ms)
+
+    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
+        """The newest kernel of a blueprint for this identity, verified, through the TTL and blob caches.
+
+        Raises ArtifactInvalid (the version is quarantined cluster-wide) or KernelError only, so the
+        trainer can fall back to eager and go on; an unreachable catalog is a KernelError.
+        """
+        if blueprint_id not in self.catalog:
+            raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
+        bp = self.catalog.get(blueprint_id)
+        try:
+            row = self.db.current(blueprint_id, self.identity().fingerprint())
+        except CatalogError as exc:
+            raise KernelError(str(exc)) from None
+        if row is None:
+            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel for this machine in the shared library")
+        cache_key = (row.blueprint_id, row.version, row.artifact_key)
+        if (hit := self._cache.get(cache_key)) is not None:
+            return hit
+        try:
+            meta = self._verified_meta(row)
+            blobs = self._files(row, meta)
+            if (unfit := unfit_reason(self.identity(), bp.ir_hash(), meta)) is not None:
+                raise ArtifactInvalid(f"{version_label(row)}: {unfit}")
+        except ArtifactInvalid as exc:
+            self.quarantine_row(row, str(exc))
+            raise
+        kernel = load_kernel(bp, blobs, compile_label(meta.backend, meta.mode))
+        self._cache.put(cache_key, kernel, meta)
+        return kernel, meta
+
+    def verify_all(self) -> list[tuple[str, str | None]]:
+        """Every live version, signature and bytes, read from the shared store itself (not this machine's
+        cache): what another machine would download. Quarantined versions are not listed."""
+        out: list[tuple[str, str | None]] = []
+        for row in self.db.versions():
+            if row.quarantined:
+                continue
+            try:
+                self._files(row, self._verified_meta(row), from_store=True)
+            except ArtifactInvalid as exc:
+                out.append((version_label(row), str(exc)))
+            else:
+                out.append((version_label(row), None))
+        return out
+
+    def expire(self) -> int:
+        return self._cache.expire()
+
+    def drop_cache(self) -> int:
+        return self._cache.clear()

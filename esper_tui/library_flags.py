@@ -1,0 +1,23 @@
+"""The three flags that name a shared library, taken alike by the engine, `forge-worker` and `library …`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_library_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--library", metavar="URL", help="a shared catalog, postgresql://… (default: the folder in the state dir)"
+    )
+    p.add_argument("--artifacts", metavar="URL", help="the shared library's bytes: s3://bucket/prefix or file:///dir")
+    p.add_argument("--artifacts-endpoint", metavar="URL", help="an S3-compatible server's endpoint (MinIO, moto)")
+
+
+def library_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The library flags given, as config keys for `config.override` (validated like the file's values)."""
+    given = {
+        "library.catalog_url": getattr(args, "library", None),
+        "library.artifacts_url": getattr(args, "artifacts", None),
+        "library.artifacts_endpoint": getattr(args, "artifacts_endpoint", None),
+    }
+    return {k: v for k, v in given.items() if v is not None}
