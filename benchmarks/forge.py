@@ -2,6 +2,8 @@
 
     python -m benchmarks.forge --quick --json out.json     (a few minutes)
     python -m benchmarks.forge --json out.json             (full: 50 chaos rounds, more repeats)
+    python -m benchmarks.forge --workers 1,2 --json out.json   the shared library and forge workers
+                                                           (benchmarks/forge_cluster.py; PostgreSQL, moto, Redis)
 
 Every figure is measured in this run on this machine; ratios are only meaningful within one run.
 """
@@ -150,12 +152,38 @@ def wal_recovery_ms(directory: Path, transactions: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected worker counts like 1,2, got {text!r}") from None
+    if not counts or any(not 1 <= n <= 16 for n in counts):
+        raise argparse.ArgumentTypeError(f"worker counts must be 1-16, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and 3 chaos rounds (a few minutes)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures as JSON")
     ap.add_argument("--chaos-rounds", type=int, help="override the chaos round count (quick 3, full 50)")
+    ap.add_argument(
+        "--workers",
+        type=_counts,
+        metavar="N,M",
+        help="measure the shared library and forge workers instead: cold throughput with each worker count, "
+        "first and cached loads, and exactly-once under worker kills (quick 1 chaos round, full 3)",
+    )
     args = ap.parse_args(argv)
+    if args.workers is not None:
+        from benchmarks.forge_cluster import print_table, run
+
+        shared = run(args.workers, quick=args.quick, rounds=args.chaos_rounds)
+        print_table(shared)
+        if args.json:
+            args.json.write_text(json.dumps(shared, indent=2))
+            print(f"wrote {args.json}")
+        return 1 if shared["exactly_once_violations"] else 0
     quick = args.quick
     rounds = args.chaos_rounds if args.chaos_rounds is not None else (3 if quick else 50)
     results: dict[str, object] = {

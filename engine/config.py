@@ -553,6 +553,25 @@ def override(config: EsperConfig, values: dict[str, Any]) -> EsperConfig:
     return parse_config(raw)
 
 
+def shared_forge_problem(config: EsperConfig, redis_url: str | None) -> str | None:
+    """Why this config cannot run as given, for the shared library and remote forge (None when it can).
+
+    A shared library needs both of its URLs; an engine without compile workers of its own needs one, and a
+    Redis bus, because forge workers take the jobs from there.
+    """
+    lib = config.library
+    if bool(lib.catalog_url) != bool(lib.artifacts_url):
+        return (
+            "a shared library needs both --library postgresql://… and --artifacts s3://bucket/prefix (or file:///dir)"
+        )
+    if config.tezzeret.compilation.max_concurrent_jobs == 0 and not (lib.catalog_url and redis_url):
+        return (
+            "--forge-workers 0 needs a shared library (--library, --artifacts) and a Redis bus (--redis-url): "
+            "forge workers take the jobs from there"
+        )
+    return None
+
+
 def wal_directory(config: EsperConfig, state_dir: Path) -> Path:
     """tezzeret.wal.path, relative to the state directory unless absolute."""
     path = Path(config.tezzeret.wal.path)

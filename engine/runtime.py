@@ -30,7 +30,7 @@ from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity
 from esper_tui.engine.bus import Bus, BusError, create_bus
 from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, operator_name, sign_command
-from esper_tui.engine.config import EsperConfig, wal_directory
+from esper_tui.engine.config import EsperConfig, shared_forge_problem, wal_directory
 from esper_tui.engine.contracts import (
     AnyCommand,
     AnyEvent,
@@ -349,10 +349,7 @@ class Engine:
             return None
         channel = self._channel(identity)
         if channel is None:
-            raise EngineUsageError(
-                "--forge-workers 0 needs a shared library (--library, --artifacts) and a Redis bus (--redis-url): "
-                "forge workers take the jobs from there"
-            )
+            raise EngineUsageError(shared_forge_problem(self.config, self.redis_url) or "no forge job queue")
         self._remote = RemoteBuilder(channel, library, self.run_id)
         return self._remote
 

@@ -36,6 +36,7 @@ from esper_tui.widgets.bus_panel import BusPanel
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.forge_health import ForgeHealthLine
+from esper_tui.widgets.forge_workers import ForgeWorkersPanel
 from esper_tui.widgets.panel import SnapshotPanel
 from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.seeds import SeedsPanel
@@ -78,7 +79,7 @@ HELP_ORDER: tuple[str, ...] = (
 """Binding ids listed on the help screen, in this order (their keys come from the live keymap)."""
 
 VIEWS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("forge", "Forge", ("compile-queue", "breakers", "wal")),
+    ("forge", "Forge", ("compile-queue", "breakers", "forge-workers", "wal")),
     ("training", "Training", ("seeds", "training", "plot")),
     ("events", "Events", ("events",)),
     ("oona", "Oona", ("bus",)),
@@ -184,6 +185,7 @@ class DashboardScreen(Screen[None]):
                 yield CompileQueue(id="compile-queue")
                 with Vertical(id="side"):
                     yield BreakersPanel(id="breakers")
+                    yield ForgeWorkersPanel(id="forge-workers")
                     yield WalPanel(id="wal")
             with Vertical(id="training-view"):
                 with Horizontal(id="growth-row"):

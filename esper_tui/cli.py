@@ -12,7 +12,14 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.config import ConfigError, EsperConfig, config_reference, load_config, override
+from esper_tui.engine.config import (
+    ConfigError,
+    EsperConfig,
+    config_reference,
+    load_config,
+    override,
+    shared_forge_problem,
+)
 from esper_tui.library_flags import add_library_flags, library_flags
 
 EPILOG = """examples:
@@ -321,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         config = _apply_flags(load_config(args.config), args)
     except ConfigError as exc:
         return _fail(f"config error: {exc}", 2)
-    if (problem := _redis_url_problem(args.redis_url)) is not None:
+    if (problem := _redis_url_problem(args.redis_url) or shared_forge_problem(config, args.redis_url)) is not None:
         return _fail(problem, 2)
     from esper_tui.engine.training.faults import FaultPlan, FaultSpecError
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -75,7 +76,7 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
         return 1
     for pgid in reap_stale(state_dir / "workers"):
         _say(f"killed stale compile worker group {pgid} from a previous run")
-    pool = worker_pool(config.tezzeret, state_dir, _say)
+    pool = worker_pool(config.tezzeret, state_dir)  # a weakened sandbox is logged (to stderr, see main)
     w = config.forge_worker
     service = ForgeWorkerService(
         channel,
@@ -112,6 +113,7 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
 
 def forge_worker_main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s forge-worker: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
         return _fail(f"--redis-url: must start with redis://, rediss:// or unix:// (got {args.redis_url!r})", 2)
     try:

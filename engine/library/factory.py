@@ -49,9 +49,7 @@ def open_library(
             on_quarantine=on_quarantine,
         )
     if not (config.catalog_url and config.artifacts_url):
-        raise LibraryUnavailable(
-            "a shared library needs both --library postgresql://… and --artifacts s3://bucket/prefix (or file:///dir)"
-        )
+        raise LibraryUnavailable("a shared library needs both a catalog URL and an artifacts URL")
     from esper_tui.engine.library.catalog_db import CatalogError, PgCatalog
     from esper_tui.engine.library.objects import StoreError, open_store
     from esper_tui.engine.library.shared import SharedLibrary

@@ -109,3 +109,25 @@ class ArtifactMeta(Struct, kw_only=True):
             created_ts=created_ts,
             files=files,
         )
+
+    def build(self) -> KernelBuild:
+        """The compile this metadata describes (the inverse of `signed_form`): what copying a kernel from
+        one library into another commits again."""
+        return KernelBuild(
+            strategy=self.strategy,
+            backend=self.backend,
+            mode=self.mode,
+            device=self.device,
+            torch_version=self.torch_version,
+            python_version=self.python_version,
+            cpu_isa=self.cpu_isa,
+            threads=int(self.options.get("num_threads", 0)),
+            compiler=str(self.options.get("compiler", "")),
+            in_features=self.in_features,
+            batch_min=self.batch_min,
+            batch_max=self.batch_max,
+            grad_modes=self.grad_modes,
+            compile_s=self.compile_s,
+            step_ms_compiled=self.step_ms_compiled,
+            step_ms_eager=self.step_ms_eager,
+        )

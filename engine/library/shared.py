@@ -166,7 +166,7 @@ class SharedLibrary:
             raise ArtifactInvalid(f"{label}: signed as {meta.blueprint_id} v{meta.version} {meta.artifact_id[:12]}")
         return meta
 
-    def _files(self, row: KernelRow, meta: ArtifactMeta, *, from_store: bool = False) -> dict[str, bytes]:
+    def files(self, row: KernelRow, meta: ArtifactMeta, *, from_store: bool = False) -> dict[str, bytes]:
         """Every file of a version, each checked against its signed hash (the cache and the store both verify)."""
         blobs: dict[str, bytes] = {}
         for f in meta.files:
@@ -230,7 +230,7 @@ class SharedLibrary:
             return hit
         try:
             meta = self._verified_meta(row)
-            blobs = self._files(row, meta)
+            blobs = self.files(row, meta)
             if (unfit := unfit_reason(self.identity(), bp.ir_hash(), meta)) is not None:
                 raise ArtifactInvalid(f"{version_label(row)}: {unfit}")
         except ArtifactInvalid as exc:
@@ -248,7 +248,7 @@ class SharedLibrary:
             if row.quarantined:
                 continue
             try:
-                self._files(row, self._verified_meta(row), from_store=True)
+                self.files(row, self._verified_meta(row), from_store=True)
             except ArtifactInvalid as exc:
                 out.append((version_label(row), str(exc)))
             else:

@@ -21,6 +21,7 @@ from esper_tui.engine.snapshot import (
     EventLine,
     ForgeHealth,
     ForgeView,
+    ForgeWorkerView,
     Infrastructure,
     JobView,
     LinkView,
@@ -289,6 +290,27 @@ def with_job(snapshot: Snapshot, blueprint_id: str, **changes: object) -> Snapsh
     return msgspec.structs.replace(
         snapshot, seq=snapshot.seq + 1, forge=msgspec.structs.replace(snapshot.forge, jobs=new_jobs)
     )
+
+
+def forge_workers_snapshot(seq: int = 42) -> Snapshot:
+    """An engine with --forge-workers 0: two forge workers elsewhere compile, one is quiet for 4 s."""
+    snapshot = rich_snapshot(seq)
+    jobs = [
+        msgspec.structs.replace(job, worker="gpu-box-2:4117")
+        if job.status is JobStatus.COMPILING
+        else msgspec.structs.replace(job, worker="gpu-box-1:2203")
+        if job.status is JobStatus.COMPILED and not job.reused
+        else job
+        for job in snapshot.forge.jobs
+    ]
+    workers = [
+        ForgeWorkerView(worker_id="w1", host="gpu-box-1", pid=2203, done=4, last_beat_ts=T0 - 0.4),
+        ForgeWorkerView(
+            worker_id="w2", host="gpu-box-2", pid=4117, jobs=["res_block"], done=2, last_beat_ts=T0 - 4.2
+        ),
+    ]
+    forge = msgspec.structs.replace(snapshot.forge, jobs=jobs, workers=workers)
+    return msgspec.structs.replace(snapshot, forge=forge)
 
 
 def silent_snapshot() -> Snapshot:

@@ -21,7 +21,7 @@ from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.training import TrainingPanel
 
 from .conftest import SIZE
-from .fixtures import rich_snapshot
+from .fixtures import forge_workers_snapshot, rich_snapshot
 
 TINY = (80, 24)
 """What k9s and htop users live in: the compact, tabbed layout."""
@@ -60,7 +60,7 @@ def test_compact_threshold() -> None:
 
 
 async def test_every_panel_is_reachable_by_keys_at_80x24() -> None:
-    app = EsperApp(StaticLink(rich_snapshot()))
+    app = EsperApp(StaticLink(forge_workers_snapshot()))  # every panel has something to show
     async with app.run_test(size=TINY) as pilot:
         await pilot.pause()
         screen = app.dashboard
@@ -105,7 +105,7 @@ async def test_banner_and_alerts_stay_above_the_tabs_at_80x24() -> None:
 
 @pytest.mark.parametrize("size", [SMALL, SIZE], ids=["120x36", "160x50"])
 async def test_full_layout_shows_every_panel_at_once(size: tuple[int, int]) -> None:
-    app = EsperApp(StaticLink(rich_snapshot()))
+    app = EsperApp(StaticLink(forge_workers_snapshot()))  # every panel has something to show
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
         assert not app.dashboard.compact
@@ -115,6 +115,17 @@ async def test_full_layout_shows_every_panel_at_once(size: tuple[int, int]) -> N
         await pilot.press("t")  # nothing to switch: the full layout stays as it is
         await pilot.pause()
         assert {panel_id for panel_id, panel in panels(app).items() if not reachable(panel)} == {"plot"}
+
+
+async def test_the_forge_workers_panel_appears_only_with_workers() -> None:
+    app = EsperApp(StaticLink(rich_snapshot()))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert not reachable(panels(app)["forge-workers"])  # one engine, its own sandbox: nothing to list
+    app = EsperApp(StaticLink(forge_workers_snapshot()))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert reachable(panels(app)["forge-workers"])
 
 
 async def test_resizing_switches_layouts_and_keeps_the_selection() -> None:

@@ -21,6 +21,7 @@ from .conftest import SIZE
 from .fixtures import (
     bus_trouble_snapshot,
     compile_disabled_snapshot,
+    forge_workers_snapshot,
     live_snapshot,
     rich_snapshot,
     silent_snapshot,
@@ -84,6 +85,11 @@ def test_dashboard_80x24(snap_compare, keys: str) -> None:
         await pilot.pause()
 
     assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=TINY, run_before=show)
+
+
+def test_forge_workers_elsewhere(snap_compare) -> None:
+    """--forge-workers 0: the Tezzeret panel lists the workers, the queue says where each job ran."""
+    assert snap_compare(EsperApp(StaticLink(forge_workers_snapshot())), terminal_size=SIZE, run_before=_steady)
 
 
 def test_bus_panel_in_trouble(snap_compare) -> None:
