@@ -381,9 +381,11 @@ class Aggregator:
         self._seq += 1
         jobs = list(self.jobs.values())
         compiling = sum(j.status is JobStatus.COMPILING for j in jobs)
+        # Without compile workers of its own, the forge's capacity is what the forge workers announce.
+        capacity = self._configured_concurrency or sum(w.concurrency for w in self.forge_workers)
         health = ForgeHealth(
             concurrency=compiling,
-            max_concurrency=1 if self.conservative else self._configured_concurrency,
+            max_concurrency=min(1, capacity) if self.conservative else capacity,
             queue_depth=sum(j.status is JobStatus.QUEUED for j in jobs),
             compiled=sum(j.status is JobStatus.COMPILED for j in jobs),
             failed=sum(j.status is JobStatus.FAILED for j in jobs),

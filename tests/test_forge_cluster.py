@@ -73,4 +73,11 @@ def test_a_worker_killed_mid_compile_loses_nothing_and_compiles_nothing_twice(
         assert by_bp[victim]["worker"].endswith(f":{b.proc.pid}")  # the queue showed where it ran
         listed = {w["pid"] for s in seen for w in s["forge"]["workers"]}
         assert b.proc.pid in listed  # the forge panel listed worker B from its heartbeats
+
+        # What `R` does (every blueprint compiled again, forced), through the queue: one new version each.
+        again = c.engine("--forge-only", "--recompile-all")
+        assert again.proc.wait(timeout=DEADLINE_S) == 0, again.stderr()[-3000:]
+        versions = sorted((r[0], r[1]) for r in c.rows() if not r[4])
+        assert versions == sorted((bp, v) for bp in blueprints for v in (1, 2))
+        assert c.queue() == (0, 0)
         assert b.stop() == 0

@@ -25,7 +25,6 @@ from esper_tui.engine.forge.builders import BuildFailed, BuildSpec, LocalBuilder
 from esper_tui.engine.forge.jobqueue import (
     Delivery,
     ForgeChannel,
-    ForgeControl,
     JobNews,
     NewsKind,
     QueueError,
@@ -47,7 +46,6 @@ class WorkerSettings:
     beat_s: float = 1.0
     beat_ttl_s: float = 5.0  # a heartbeat older than this is gone: the engine lists the worker no more
     max_deliveries: int = 3
-    conservative_timeout_factor: float = 1.5
 
 
 class ForgeWorkerService:
@@ -74,7 +72,6 @@ class ForgeWorkerService:
         self.done = 0
         self.failed = 0
         self.holding = ""
-        self._control: ForgeControl | None = None
         self._slots_free = asyncio.Event()
         self._slots_free.set()
 
@@ -118,7 +115,6 @@ class ForgeWorkerService:
             control = await self.channel.control()
         except QueueError:
             control = None
-        self._control = control
         if control is not None and control.open_breakers:
             self.holding = f"breaker open at the engine: {', '.join(control.open_breakers)}"
             return 0
@@ -164,17 +160,19 @@ class ForgeWorkerService:
         self.active[delivery.entry_id] = job.blueprint_id
         keepalive = asyncio.create_task(self._keepalive(delivery.entry_id))
         try:
-            news = await self._compile(delivery)
-        finally:
-            keepalive.cancel()
-            await asyncio.gather(keepalive, return_exceptions=True)
-        if news.kind is NewsKind.FAILED:
-            self.failed += 1
-        else:
-            self.done += 1
-        await self._finish(delivery, news)
-        del self.active[delivery.entry_id]
-        self._slots_free.set()
+            try:
+                news = await self._compile(delivery)
+            finally:
+                keepalive.cancel()
+                await asyncio.gather(keepalive, return_exceptions=True)
+            if news.kind is NewsKind.FAILED:
+                self.failed += 1
+            else:
+                self.done += 1
+            await self._finish(delivery, news)
+        finally:  # a cancelled job stays pending in the group for another worker; its slot frees either way
+            self.active.pop(delivery.entry_id, None)
+            self._slots_free.set()
 
     async def _compile(self, delivery: Delivery) -> JobNews:
         job = delivery.job
@@ -194,13 +192,13 @@ class ForgeWorkerService:
             error = "this worker would build another key (a different blueprint source, torch or machine)"
             return self._news(delivery, NewsKind.FAILED, error=error)
         if not job.force:
-            existing = await asyncio.to_thread(self.library.current, job.blueprint_id, job.artifact_key)
+            try:
+                existing = await asyncio.to_thread(self.library.current, job.blueprint_id, job.artifact_key)
+            except Exception as exc:  # the catalog does not answer: report it, the engine retries the job
+                return self._news(delivery, NewsKind.FAILED, error=f"{type(exc).__name__}: {exc}")
             if existing is not None:
                 return self._news(delivery, NewsKind.COMPILED, version=existing.version, reused=True)
         await self._publish(self._news(delivery, NewsKind.STARTED))
-        timeout = job.timeout_s
-        if self._control is not None and self._control.conservative:
-            timeout *= self.settings.conservative_timeout_factor
         spec = BuildSpec(
             job_id=job.job_id,
             blueprint_id=job.blueprint_id,
@@ -208,7 +206,7 @@ class ForgeWorkerService:
             key=job.artifact_key,
             in_features=job.in_features,
             out_features=job.out_features,
-            timeout_s=timeout,
+            timeout_s=job.timeout_s,  # conservative mode's longer timeout is already in it
             force=job.force,
             attempt=job.attempt,
             reason=job.reason,

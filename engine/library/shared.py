@@ -32,7 +32,7 @@ from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.blobcache import BlobCache
 from esper_tui.engine.library.catalog_db import CatalogError, KernelRow, PgCatalog
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
-from esper_tui.engine.library.objects import ObjectStore, StoreError
+from esper_tui.engine.library.objects import ObjectCorrupt, ObjectMissing, ObjectStore, StoreError
 from esper_tui.engine.library.store import (
     ArtifactInvalid,
     Identity,
@@ -167,13 +167,18 @@ class SharedLibrary:
         return meta
 
     def files(self, row: KernelRow, meta: ArtifactMeta, *, from_store: bool = False) -> dict[str, bytes]:
-        """Every file of a version, each checked against its signed hash (the cache and the store both verify)."""
+        """Every file of a version, each checked against its signed hash (the cache and the store both verify).
+
+        ArtifactInvalid when a file is corrupt or gone from the store; KernelError when the store does not
+        answer (an outage here must not quarantine a kernel every other machine can load)."""
         blobs: dict[str, bytes] = {}
         for f in meta.files:
             try:
                 data = self.store.get(f.sha256) if from_store else self.blobs.fetch(f.sha256, self.store)[0]
-            except StoreError as exc:
+            except (ObjectCorrupt, ObjectMissing) as exc:  # the version is broken for everybody
                 raise ArtifactInvalid(f"{version_label(row)}: {f.name}: {exc}") from None
+            except StoreError as exc:  # this machine cannot reach the store: never a reason to quarantine
+                raise KernelError(f"{version_label(row)}: {f.name}: {exc}") from None
             blobs[f.name] = data
         return blobs
 
@@ -249,7 +254,7 @@ class SharedLibrary:
                 continue
             try:
                 self.files(row, self._verified_meta(row), from_store=True)
-            except ArtifactInvalid as exc:
+            except (ArtifactInvalid, KernelError) as exc:
                 out.append((version_label(row), str(exc)))
             else:
                 out.append((version_label(row), None))

@@ -1,0 +1,425 @@
+"""The forge job queue (ForgeChannel) on a real Redis, and a forge worker's gatekeeping (ForgeWorkerService).
+
+Each test uses a stream prefix of its own on the test database and deletes its keys after. The worker
+tests run the real service loop with a real channel and a real SharedLibrary (PostgreSQL + moto S3), and a
+real WorkerPool that must never be asked for a compile: every job here is decided before one would start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+import torch
+
+from esper_tui.engine.forge.builders import LocalBuilder
+from esper_tui.engine.forge.jobqueue import (
+    Delivery,
+    ForgeChannel,
+    ForgeControl,
+    ForgeJob,
+    JobNews,
+    NewsKind,
+    WorkerBeat,
+    seal,
+)
+from esper_tui.engine.forge.sandbox import WorkerPool
+from esper_tui.engine.forge.service import ForgeWorkerService, WorkerSettings
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.library.catalog_db import PgCatalog
+from esper_tui.engine.library.objects import open_store
+from esper_tui.engine.library.shared import SharedLibrary
+from esper_tui.engine.library.store import Identity, artifact_key
+from esper_tui.engine.vocabulary import Strategy
+from tests.conftest import IN_FEATURES, KERNEL_BLUEPRINT, OUT_FEATURES
+from tests.test_shared_library import catalog_outage
+
+pytestmark = pytest.mark.redis
+
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+# A worker's identity: no probe of this machine is needed, nothing here loads or compiles a kernel.
+IDENTITY = Identity(str(torch.__version__), platform.python_version(), "cpu", "test-isa", 1, "test-compiler")
+NOT_MINE = "0" * 64  # an artifact key no worker of IDENTITY would produce
+DEADLINE_S = 5.0
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    """A stream prefix of this test's own; its keys are deleted after."""
+    name = f"t{os.urandom(4).hex()}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{name}.*", count=500))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client: what anyone who can write to Redis, key or not, can do."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def open_channel(redis_url: str, prefix: str) -> AsyncIterator[Callable[..., ForgeChannel]]:
+    """open_channel(key=KEY) -> a ForgeChannel on this test's prefix (closed after the test)."""
+    channels: list[ForgeChannel] = []
+
+    def make(key: bytes = KEY) -> ForgeChannel:
+        channels.append(ForgeChannel(redis_url, prefix, key, IDENTITY.fingerprint()))
+        return channels[-1]
+
+    yield make
+    for ch in channels:
+        await ch.close()
+
+
+@pytest.fixture
+def channel(open_channel: Callable[..., ForgeChannel]) -> ForgeChannel:
+    """The engine's end of the queue."""
+    return open_channel()
+
+
+def job(n: int = 1, *, key: str = NOT_MINE, blueprint_id: str = KERNEL_BLUEPRINT, force: bool = False) -> ForgeJob:
+    return ForgeJob(
+        job_id=f"job-{n}-{os.urandom(3).hex()}",
+        blueprint_id=blueprint_id,
+        strategy=Strategy.STANDARD,
+        artifact_key=key,
+        in_features=IN_FEATURES,
+        out_features=OUT_FEATURES,
+        force=force,
+        timeout_s=60.0,
+        issued_ts=time.time(),
+        issuer="engine-run-1",
+    )
+
+
+def news(j: ForgeJob, kind: NewsKind = NewsKind.COMPILED) -> JobNews:
+    return JobNews(job_id=j.job_id, blueprint_id=j.blueprint_id, kind=kind, worker="host:1", version=1, ts=time.time())
+
+
+def control(*open_breakers: str, conservative: bool = False) -> ForgeControl:
+    return ForgeControl(
+        issuer="engine-run-1", conservative=conservative, open_breakers=list(open_breakers), ts=time.time()
+    )
+
+
+def beat(worker_id: str = "w1", holding: str = "") -> WorkerBeat:
+    return WorkerBeat(
+        worker_id=worker_id,
+        host="host",
+        pid=42,
+        identity=IDENTITY.fingerprint(),
+        concurrency=1,
+        jobs=[],
+        done=0,
+        failed=0,
+        holding=holding,
+        started_ts=time.time(),
+        ts=time.time(),
+    )
+
+
+async def drained(ch: ForgeChannel) -> bool:
+    return await ch.backlog() == 0 and await ch.pending() == 0
+
+
+async def eventually(condition: Callable[[], Any], what: str, timeout_s: float = DEADLINE_S) -> Any:
+    """Poll an async condition until it is truthy; its value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if result := await condition():
+            return result
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+async def outcome(ch: ForgeChannel, job_id: str, timeout_s: float = DEADLINE_S) -> list[JobNews]:
+    """Every report about a job, up to and including its outcome (COMPILED or FAILED)."""
+    seen: list[JobNews] = []
+    last = "0-0"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for entry_id, item in await ch.news_after(last, block_ms=200):
+            last = entry_id
+            if item is not None and item.job_id == job_id:
+                seen.append(item)
+                if item.kind is not NewsKind.STARTED:
+                    return seen
+    raise AssertionError(f"no outcome for {job_id} within {timeout_s} s (reports: {seen})")
+
+
+# ---------------------------------------------------------------------------------- the channel
+
+
+async def test_submit_take_finish_reaches_the_news_and_empties_the_stream(channel):
+    j = job()
+    assert await channel.last_news_id() == "0-0"
+    entry = await channel.submit(j)
+    assert await channel.backlog() == 1 and await channel.pending() == 0
+
+    delivery = await channel.take("worker-a", block_ms=100, claim_idle_s=60)
+    assert delivery == Delivery(entry, j, 1)
+    assert await channel.pending() == 1
+    assert await channel.take("worker-b", block_ms=50, claim_idle_s=60) is None  # handed out once only
+
+    report = news(j)
+    await channel.finish(entry, report)
+    [(news_id, got)] = await channel.news_after("0-0", block_ms=100)
+    assert got == report and await channel.last_news_id() == news_id
+    assert await channel.news_after(news_id, block_ms=50) == []
+    assert await drained(channel)
+    assert channel.forged == 0
+
+
+async def test_a_job_left_by_a_dead_consumer_is_claimed_after_the_idle_time(channel):
+    entry = await channel.submit(j := job())
+    assert (await channel.take("worker-a", block_ms=100, claim_idle_s=0.5)) == Delivery(entry, j, 1)
+    assert await channel.take("worker-b", block_ms=50, claim_idle_s=0.5) is None  # not idle long enough yet
+    await asyncio.sleep(0.6)  # worker-a died: nobody keeps the job alive
+    assert await channel.take("worker-b", block_ms=50, claim_idle_s=0.5) == Delivery(entry, j, 2)
+    assert await channel.pending() == 1  # now worker-b's, until it finishes
+    await channel.finish(entry, None)
+    assert await drained(channel)
+
+
+async def test_keepalive_keeps_a_job_from_being_claimed(channel):
+    entry = await channel.submit(j := job())
+    await channel.take("worker-a", block_ms=100, claim_idle_s=0.5)
+    until = time.monotonic() + 1.5  # three claim windows
+    while time.monotonic() < until:
+        await channel.keepalive("worker-a", entry)
+        assert await channel.take("worker-b", block_ms=1, claim_idle_s=0.5) is None
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)  # worker-a stops beating on it
+    assert await channel.take("worker-b", block_ms=50, claim_idle_s=0.5) == Delivery(entry, j, 2)
+
+
+# ---------------------------------------------------------------------------------- forged messages
+
+
+async def test_a_job_sealed_with_another_key_is_delivered_as_none_and_counted(channel, open_channel, raw):
+    intruder = open_channel(OTHER_KEY)
+    await intruder.submit(job())
+    await raw.xadd(channel.jobs, {"m": b"not even msgpack"})
+    await raw.xadd(channel.jobs, {"m": seal(KEY, news(job()))})  # the right key, another kind of message
+    await raw.xadd(channel.jobs, {"other": b"field"})
+    taken = [await channel.take("worker-a", block_ms=100, claim_idle_s=60) for _ in range(4)]
+    assert all(d is not None and d.job is None and d.deliveries == 1 for d in taken)
+    assert channel.forged == 4
+    genuine = await channel.submit(j := job())
+    assert await channel.take("worker-a", block_ms=100, claim_idle_s=60) == Delivery(genuine, j, 1)
+    assert channel.forged == 4
+
+
+async def test_forged_news_reads_as_none_and_is_counted(channel, open_channel, raw):
+    await open_channel(OTHER_KEY).publish(news(job()))
+    await raw.xadd(channel.news, {"m": seal(KEY, beat())})  # right key, wrong kind
+    await channel.publish(real := news(job(), NewsKind.FAILED))
+    got = [item for _id, item in await channel.news_after("0-0", block_ms=100)]
+    assert got == [None, None, real]
+    assert channel.forged == 2
+
+
+async def test_a_forged_control_reads_as_none(channel, open_channel, raw):
+    await open_channel(OTHER_KEY).set_control(control("memory"), ttl_s=30)
+    assert await channel.control() is None and channel.forged == 1
+    await raw.set(channel.control_key, seal(KEY, beat()))  # a heartbeat replayed as the engine's bounds
+    assert await channel.control() is None and channel.forged == 2
+
+
+async def test_a_forged_heartbeat_is_not_listed(channel, open_channel, raw, prefix):
+    await open_channel(OTHER_KEY).beat(beat("intruder"), ttl_s=30)
+    await raw.set(f"{prefix}.forge.worker.replayed", seal(KEY, control()), px=30_000)
+    await channel.beat(genuine := beat("w1"), ttl_s=30)
+    assert await channel.workers() == [genuine]
+    assert channel.forged == 2
+
+
+async def test_control_round_trip_and_expiry(channel):
+    assert await channel.control() is None  # no engine publishes
+    published = control("timeout", "memory", conservative=True)
+    await channel.set_control(published, ttl_s=0.3)
+    assert await channel.control() == published
+    await asyncio.sleep(0.45)
+    assert await channel.control() is None and channel.forged == 0
+
+
+async def test_heartbeats_expire_and_a_stopped_worker_is_forgotten(channel):
+    await channel.beat(beat("w1"), ttl_s=0.3)
+    await channel.beat(lasting := beat("w2"), ttl_s=30)
+    assert {b.worker_id for b in await channel.workers()} == {"w1", "w2"}
+    await asyncio.sleep(0.45)
+    assert await channel.workers() == [lasting]
+    await channel.forget_worker(lasting.worker_id)
+    assert await channel.workers() == []
+
+
+# ---------------------------------------------------------------------------------- the worker's gatekeeping
+
+
+@pytest.fixture
+def library(pg_url: str, s3_url: tuple[str, str], tmp_path: Path) -> Iterator[SharedLibrary]:
+    """The shared library the worker registers kernels in, built for IDENTITY."""
+    db = PgCatalog(pg_url)
+    db.migrate()
+    url, endpoint = s3_url
+    store = open_store(url, endpoint_url=endpoint)
+    lib = SharedLibrary(db, store, tmp_path / "worker-cache", KEY, Catalog(), identity=IDENTITY)
+    yield lib
+    lib.close()
+
+
+@dataclass
+class Running:
+    service: ForgeWorkerService
+    pool: WorkerPool
+    said: list[str]
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@pytest.fixture
+async def start_worker(
+    open_channel: Callable[..., ForgeChannel], library: SharedLibrary, tmp_path: Path
+) -> AsyncIterator[Callable[..., Running]]:
+    """start_worker(**WorkerSettings fields) -> a forge worker's service loop running as a task (stopped after)."""
+    running: list[Running] = []
+
+    def start(**settings: Any) -> Running:
+        pool = WorkerPool(tmp_path / "worker-logs", memory_limit_mb=2048, jobs_per_worker=1)
+        said: list[str] = []
+        service = ForgeWorkerService(
+            open_channel(),
+            LocalBuilder(library, pool, IDENTITY),
+            Catalog(),
+            IDENTITY,
+            WorkerSettings(**{"beat_s": 0.1, **settings}),
+            said.append,
+        )
+        stop = asyncio.Event()
+        running.append(Running(service, pool, said, stop, asyncio.create_task(service.run(stop))))
+        return running[-1]
+
+    yield start
+    for r in running:
+        r.stop.set()
+    for r in running:
+        await asyncio.wait_for(r.task, 10)
+        await r.pool.close()
+
+
+def my_key() -> str:
+    """The artifact key a worker of IDENTITY computes for the test blueprint."""
+    bp = Catalog().get(KERNEL_BLUEPRINT)
+    strategy = Strategy.STANDARD
+    return artifact_key(bp.ir_hash(), settings_for(strategy), strategy, IDENTITY, IN_FEATURES, OUT_FEATURES)
+
+
+async def test_a_job_for_another_key_fails_with_the_reason_and_is_acked(channel, start_worker):
+    worker = start_worker()
+    await channel.submit(j := job(key=NOT_MINE))
+    [report] = await outcome(channel, j.job_id)
+    assert report.kind is NewsKind.FAILED and "would build another key" in report.error
+    assert report.worker == worker.service.name and not report.reused
+    assert await eventually(lambda: drained(channel), "the job acknowledged and deleted")
+    assert worker.pool.pids() == [] and worker.service.failed == 1 and worker.service.done == 0
+    assert not worker.task.done()
+
+
+async def test_an_unsealed_job_is_dropped_and_acked_without_news(channel, start_worker, raw):
+    worker = start_worker()
+    await channel.ensure_group()
+    await raw.xadd(channel.jobs, {"m": seal(OTHER_KEY, job())})
+    await channel.submit(j := job())  # a genuine one after it: its outcome says the forged one was passed
+    await outcome(channel, j.job_id)
+    assert await eventually(lambda: drained(channel), "both entries acknowledged and deleted")
+    reports = [item for _id, item in await channel.news_after("0-0", block_ms=50)]
+    assert [r.job_id for r in reports if r is not None] == [j.job_id]
+    assert worker.service.channel.forged == 1 and any("not a validly signed job" in s for s in worker.said)
+
+
+async def test_a_key_already_in_the_library_is_reused_without_compiling(
+    channel, start_worker, library, commit_artifact
+):
+    key = my_key()
+    stored = commit_artifact(library, key=key)
+    worker = start_worker()
+    await channel.submit(j := job(key=key))
+    [report] = await outcome(channel, j.job_id)  # no STARTED: nothing was compiled
+    assert report.kind is NewsKind.COMPILED and report.reused and report.version == stored.version == 1
+    assert await eventually(lambda: drained(channel), "the job acknowledged and deleted")
+    assert worker.pool.pids() == [] and not any(s.startswith("compiling") for s in worker.said)
+    assert [r.version for r in library.db.versions()] == [1]
+    assert worker.service.done == 1
+
+
+async def test_an_open_breaker_at_the_engine_holds_every_worker(channel, start_worker):
+    await channel.set_control(control("memory"), ttl_s=30)
+    worker = start_worker()
+    await channel.submit(j := job())
+
+    async def holding() -> bool:
+        return any(b.holding == "breaker open at the engine: memory" for b in await channel.workers())
+
+    await eventually(holding, "a heartbeat that says the worker holds")
+    await asyncio.sleep(1.2)  # more than one turn of the worker's loop
+    assert await channel.backlog() == 1 and await channel.pending() == 0  # not taken
+    assert worker.service.active == {}
+
+    await channel.set_control(control(), ttl_s=30)  # the breaker closes: work resumes
+    [report] = await outcome(channel, j.job_id)
+    assert report.kind is NewsKind.FAILED  # taken and judged (the key is not this worker's)
+
+    async def not_holding() -> bool:
+        beats = await channel.workers()
+        return bool(beats) and all(b.holding == "" for b in beats)
+
+    await eventually(not_holding, "a heartbeat without the hold")
+
+
+async def test_a_job_delivered_more_than_max_deliveries_is_given_up(channel, start_worker):
+    entry = await channel.submit(j := job())
+    first = await channel.take("died-on-it", block_ms=100, claim_idle_s=60)  # that worker never finishes
+    assert first == Delivery(entry, j, 1)
+    worker = start_worker(max_deliveries=1, claim_idle_s=0.3)
+    [report] = await outcome(channel, j.job_id)
+    assert report.kind is NewsKind.FAILED and "delivered 2 times" in report.error and "given up" in report.error
+    assert await eventually(lambda: drained(channel), "the job acknowledged and deleted")
+    assert worker.pool.pids() == [] and worker.service.failed == 1
+
+
+async def test_a_catalog_outage_fails_the_job_and_the_worker_goes_on(channel, start_worker, library, pg_url):
+    """The reuse check reads the catalog before anything compiles: when it fails, the job must get an outcome
+    and the worker's slot must come back (concurrency 1: otherwise it never takes another job)."""
+    worker = start_worker(concurrency=1)
+    catalog_outage(pg_url)
+    await channel.submit(first := job(key=my_key()))
+    [report] = await outcome(channel, first.job_id)
+    assert report.kind is NewsKind.FAILED and "catalog" in report.error
+    await channel.submit(second := job(key=NOT_MINE))
+    [report] = await outcome(channel, second.job_id)
+    assert report.kind is NewsKind.FAILED and "would build another key" in report.error
+
+    async def slot_free() -> bool:  # the news is published just before the job is acknowledged and let go
+        return worker.service.active == {}
+
+    await eventually(slot_free, "the worker's slot to come back")
+    assert worker.pool.pids() == []
