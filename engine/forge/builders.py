@@ -45,6 +45,40 @@ class BuildSpec:
     reason: str = ""
 
 
+def job_for(spec: BuildSpec, issuer: str) -> ForgeJob:
+    """The queued form of a build (what `RemoteBuilder` puts on the stream)."""
+    return ForgeJob(
+        job_id=spec.job_id,
+        blueprint_id=spec.blueprint_id,
+        strategy=spec.strategy,
+        artifact_key=spec.key,
+        in_features=spec.in_features,
+        out_features=spec.out_features,
+        force=spec.force,
+        attempt=spec.attempt,
+        reason=spec.reason,
+        timeout_s=spec.timeout_s,
+        issued_ts=time.time(),
+        issuer=issuer,
+    )
+
+
+def spec_for(job: ForgeJob) -> BuildSpec:
+    """The build a queued job asks for (what a forge worker hands its `LocalBuilder`); the inverse of `job_for`."""
+    return BuildSpec(
+        job_id=job.job_id,
+        blueprint_id=job.blueprint_id,
+        strategy=job.strategy,
+        key=job.artifact_key,
+        in_features=job.in_features,
+        out_features=job.out_features,
+        timeout_s=job.timeout_s,  # conservative mode's longer timeout is already in it
+        force=job.force,
+        attempt=job.attempt,
+        reason=job.reason,
+    )
+
+
 @dataclass(frozen=True)
 class Built:
     meta: ArtifactMeta
@@ -146,20 +180,7 @@ class RemoteBuilder:
         self.news_errors = 0
 
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
-        job = ForgeJob(
-            job_id=spec.job_id,
-            blueprint_id=spec.blueprint_id,
-            strategy=spec.strategy,
-            artifact_key=spec.key,
-            in_features=spec.in_features,
-            out_features=spec.out_features,
-            force=spec.force,
-            attempt=spec.attempt,
-            reason=spec.reason,
-            timeout_s=spec.timeout_s,
-            issued_ts=time.time(),
-            issuer=self.issuer,
-        )
+        job = job_for(spec, self.issuer)
         inbox: asyncio.Queue[JobNews] = asyncio.Queue()
         self._waiting[spec.job_id] = inbox
         try:

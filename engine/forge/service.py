@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from esper_tui.engine.forge import journal
-from esper_tui.engine.forge.builders import BuildFailed, BuildSpec, LocalBuilder
+from esper_tui.engine.forge.builders import BuildFailed, LocalBuilder, spec_for
 from esper_tui.engine.forge.jobqueue import (
     Delivery,
     ForgeChannel,
@@ -199,21 +199,9 @@ class ForgeWorkerService:
             if existing is not None:
                 return self._news(delivery, NewsKind.COMPILED, version=existing.version, reused=True)
         await self._publish(self._news(delivery, NewsKind.STARTED))
-        spec = BuildSpec(
-            job_id=job.job_id,
-            blueprint_id=job.blueprint_id,
-            strategy=job.strategy,
-            key=job.artifact_key,
-            in_features=job.in_features,
-            out_features=job.out_features,
-            timeout_s=job.timeout_s,  # conservative mode's longer timeout is already in it
-            force=job.force,
-            attempt=job.attempt,
-            reason=job.reason,
-        )
         self.say(f"compiling {job.blueprint_id} ({job.strategy}, attempt {job.attempt}) for {job.issuer}")
         try:
-            built = await self.builder.build(spec, started=lambda _where: None, staged=_no_journal)
+            built = await self.builder.build(spec_for(job), started=lambda _where: None, staged=_no_journal)
         except BuildFailed as exc:
             self.say(f"{job.blueprint_id}: failed: {exc}")
             return self._news(delivery, NewsKind.FAILED, error=str(exc), timed_out=exc.timed_out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels.catalog import Catalog
@@ -38,16 +39,14 @@ def open_library(
 ) -> KernelLibrary:
     """The file library by default; with catalog and artifacts URLs, the shared one (schema checked,
     store reachable). Blocking (it connects): call it from a thread in async code."""
+    common: dict[str, Any] = {
+        "identity": identity,
+        "cache_ttl_s": config.cache_ttl_seconds,
+        "clock": clock,
+        "on_quarantine": on_quarantine,
+    }
     if not is_shared(config):
-        return Library(
-            state_dir / "library",
-            key,
-            catalog,
-            identity=identity,
-            cache_ttl_s=config.cache_ttl_seconds,
-            clock=clock,
-            on_quarantine=on_quarantine,
-        )
+        return Library(state_dir / "library", key, catalog, **common)
     if not (config.catalog_url and config.artifacts_url):
         raise LibraryUnavailable("a shared library needs both a catalog URL and an artifacts URL")
     from esper_tui.engine.library.catalog_db import CatalogError, PgCatalog
@@ -62,17 +61,7 @@ def open_library(
         db.check_schema()
         store = open_store(config.artifacts_url, endpoint_url=config.artifacts_endpoint or None)
         store.check()
-        return SharedLibrary(
-            db,
-            store,
-            state_dir / CACHE_DIR,
-            key,
-            catalog,
-            identity=identity,
-            cache_ttl_s=config.cache_ttl_seconds,
-            clock=clock,
-            on_quarantine=on_quarantine,
-        )
+        return SharedLibrary(db, store, state_dir / CACHE_DIR, key, catalog, **common)
     except (CatalogError, StoreError) as exc:
         db.close()
         raise LibraryUnavailable(str(exc)) from None
