@@ -6,10 +6,12 @@ import argparse
 
 
 def add_library_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", metavar="URL", help="a shared catalog, postgresql://… (default: library.catalog_url)")
     p.add_argument(
-        "--library", metavar="URL", help="a shared catalog, postgresql://… (default: the folder in the state dir)"
+        "--artifacts",
+        metavar="URL",
+        help="the shared library's bytes: s3://bucket/prefix or file:///dir (library.artifacts_url)",
     )
-    p.add_argument("--artifacts", metavar="URL", help="the shared library's bytes: s3://bucket/prefix or file:///dir")
     p.add_argument("--artifacts-endpoint", metavar="URL", help="an S3-compatible server's endpoint (MinIO, moto)")
 
 
