@@ -344,38 +344,30 @@ def _folder(aggregator: Aggregator) -> Callable[[AnyEvent], None]:
     return fold
 
 
-def bare_loop_ratio(
-    base: TrainingConfig, catalog: Catalog, splits: Splits, epochs: int, repeats: int
-) -> dict[str, float]:
-    """Host-only epochs, the engine's loop (its events folded by the engine's aggregator, as in the engine)
-    against a bare loop doing the same per-epoch work (train, validation loss and accuracy, test accuracy), with the
-    same optimizer and thread count. The two alternate `repeats` times in one process; each pair gives a
-    ratio, and the median pair is reported, so a burst of load from elsewhere skews one pair, not the figure."""
-    cfg = msgspec.structs.replace(base, epochs=epochs)
+def bare_host_epochs(cfg: TrainingConfig, splits: Splits, epochs: int, seed: int) -> float:
+    """Milliseconds per epoch of the bare loop: the engine's host MLP in plain PyTorch doing the engine's
+    per-epoch work (train, validation loss and accuracy, test accuracy), with its optimizer and thread count."""
     xt, yt, xv, yv, xs, ys = _tensors(splits)
-    threads = kernels.kernel_threads()
-    pairs: list[tuple[float, float]] = []  # (engine, bare) ms per epoch
-    for r in range(repeats):
-        trainer = Trainer(cfg, catalog, NoSeeds(catalog), _folder(Aggregator()), splits=splits, early_stop=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(kernels.kernel_threads())
+    try:
+        torch.manual_seed(seed)
+        model = bare_host(cfg)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
-        trainer.run()
-        engine_ms = (time.perf_counter() - t0) * 1000 / epochs
+        for _ in range(epochs):
+            _bare_epoch(model, opt, xt, yt, cfg.batch_size, g)
+            _evaluate(model, xv, yv, cfg.batch_size, loss=True)  # the engine reports validation loss too
+            _accuracy(model, xs, ys, cfg.batch_size)
+        return (time.perf_counter() - t0) * 1000 / epochs
+    finally:
+        torch.set_num_threads(previous)
 
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            torch.manual_seed(r)
-            model = bare_host(cfg)
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-            g = torch.Generator().manual_seed(r)
-            t0 = time.perf_counter()
-            for _ in range(epochs):
-                _bare_epoch(model, opt, xt, yt, cfg.batch_size, g)
-                _evaluate(model, xv, yv, cfg.batch_size, loss=True)  # the engine reports validation loss too
-                _accuracy(model, xs, ys, cfg.batch_size)
-            pairs.append((engine_ms, (time.perf_counter() - t0) * 1000 / epochs))
-        finally:
-            torch.set_num_threads(previous)
+
+def paired_ratio(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """The median of bare/engine over (engine, bare) ms-per-epoch pairs, its range and the median times: a burst
+    of load from elsewhere skews one pair, not the figure."""
     ratios = sorted(bare / engine for engine, bare in pairs)
     return {
         "bare_loop_ratio": statistics.median(ratios),
@@ -383,7 +375,25 @@ def bare_loop_ratio(
         "ratio_max": ratios[-1],
         "engine_epoch_ms": statistics.median(e for e, _ in pairs),
         "bare_epoch_ms": statistics.median(b for _, b in pairs),
+        "pairs": len(pairs),
     }
+
+
+def bare_loop_ratio(
+    base: TrainingConfig, catalog: Catalog, splits: Splits, epochs: int, repeats: int
+) -> dict[str, float]:
+    """Host-only epochs, the engine's loop (its events folded by the engine's aggregator, as in the engine)
+    against the bare loop (`bare_host_epochs`), headless. The two alternate `repeats` times in one process;
+    each pair gives a ratio (`paired_ratio`). benchmarks.dashboard measures the same with the dashboard open."""
+    cfg = msgspec.structs.replace(base, epochs=epochs)
+    pairs: list[tuple[float, float]] = []  # (engine, bare) ms per epoch
+    for r in range(repeats):
+        trainer = Trainer(cfg, catalog, NoSeeds(catalog), _folder(Aggregator()), splits=splits, early_stop=False)
+        t0 = time.perf_counter()
+        trainer.run()
+        engine_ms = (time.perf_counter() - t0) * 1000 / epochs
+        pairs.append((engine_ms, bare_host_epochs(cfg, splits, epochs, seed=r)))
+    return paired_ratio(pairs)
 
 
 # ------------------------------------------------------------------------------------------- kernels

@@ -17,8 +17,9 @@ from esper_tui.engine.training import checkpoint as ckpt
 from esper_tui.engine.training.controller import ControllerState
 from esper_tui.engine.training.kernel_source import EagerKernelSource
 from esper_tui.engine.training.loop import HOST_GROUP, Trainer, TrainingState
+from esper_tui.engine.training.reports import PendingDecision, read, reports_path
 from esper_tui.engine.training.seeds import SlotState
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import Action, SeedStage
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -58,6 +59,19 @@ def synthetic_state(epoch: int = 7) -> TrainingState:
         germinations=2,
         best_val_accuracy=0.64,
         best_epoch=5,
+        pending_reports=(
+            PendingDecision(
+                epoch=epoch - 1,
+                action=Action.GERMINATE,
+                slot="s1",
+                blueprint_id="mlp_block",
+                reason="accuracy flat",
+                val_accuracy=0.61,
+            ),
+            PendingDecision(
+                epoch=epoch, action=Action.ROLLBACK, slot=None, blueprint_id=None, reason="nan", val_accuracy=0.6
+            ),
+        ),
     )
 
 
@@ -70,6 +84,7 @@ def assert_same_state(a: TrainingState, b: TrainingState) -> None:
         b.best_epoch,
     )
     assert a.controller == b.controller
+    assert a.pending_reports == b.pending_reports
     assert a.host.keys() == b.host.keys() and all(torch.equal(a.host[k], b.host[k]) for k in a.host)
     for sa, sb in zip(a.slots, b.slots, strict=True):
         fields = ("name", "stage", "blueprint_id", "epochs_in_stage", "blend_progress", "acc_at_germination")
@@ -102,6 +117,17 @@ def test_round_trip_of_a_synthetic_state(tmp_path: Path) -> None:
     assert found is not None and skipped == []
     assert (found[0].epoch, found[0].val_accuracy) == (7, 0.63)
     assert_same_state(found[1], state)
+
+
+def test_a_checkpoint_written_before_pending_reports_still_loads(tmp_path: Path) -> None:
+    """Checkpoints from before the field existed have no `pending_reports`: they load with none pending."""
+    state = synthetic_state()
+    path = ckpt.write(tmp_path, state, KEY, 0.5).path
+    doc = msgspec.msgpack.decode((path / ckpt.STATE).read_bytes())
+    assert len(doc.pop("pending_reports")) == 2
+    old = ckpt.decode((path / ckpt.TENSORS).read_bytes(), msgspec.msgpack.encode(doc))
+    assert old.pending_reports == ()
+    assert_same_state(old, dataclasses.replace(state, pending_reports=()))
 
 
 def test_no_pickle_anywhere(tmp_path: Path) -> None:
@@ -187,6 +213,32 @@ def test_a_rewritten_epoch_replaces_the_old_checkpoint(tmp_path: Path) -> None:
 FAST_LIFECYCLE = {"plateau_epochs": 1, "plateau_delta": 1.0, "train_epochs": 1, "blend_epochs": 1, "holding_epochs": 1}
 
 
+def test_the_writer_thread_writes_prunes_and_flushes(tmp_path: Path) -> None:
+    errors: list[tuple[int, Exception]] = []
+    writer = ckpt.Writer(tmp_path, KEY, keep=2, on_error=lambda epoch, exc: errors.append((epoch, exc)))
+    for epoch in (1, 2, 3):
+        writer.submit(synthetic_state(epoch), val_accuracy=0.5 + epoch / 100)
+        writer.flush()
+    assert [p.name for p in ckpt.candidates(tmp_path)] == ["epoch-000003", "epoch-000002"]
+    writer.submit(synthetic_state(4), val_accuracy=0.9)
+    writer.close()  # writes what was handed over before it ends
+    assert ckpt.candidates(tmp_path)[0].name == "epoch-000004" and errors == []
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.submit(synthetic_state(5), val_accuracy=0.5)
+
+
+def test_a_failed_write_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    errors: list[tuple[int, Exception]] = []
+    writer = ckpt.Writer(not_a_dir, KEY, keep=2, on_error=lambda epoch, exc: errors.append((epoch, exc)))
+    writer.submit(synthetic_state(3), val_accuracy=0.5)
+    writer.flush()
+    writer.submit(synthetic_state(4), val_accuracy=0.5)
+    writer.close()
+    assert [(epoch, type(exc)) for epoch, exc in errors] == [(3, FileExistsError), (4, FileExistsError)]
+
+
 def test_a_real_trainer_resumes_exactly_from_disk(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """capture -> write -> read -> restore into a fresh Trainer: the next epoch is bit for bit the same."""
     catalog = Catalog()
@@ -220,3 +272,38 @@ def test_a_real_trainer_resumes_exactly_from_disk(tmp_path: Path, tmp_path_facto
         first.val_accuracy,
         first.val_loss,
     )
+
+
+def test_a_resumed_run_reports_each_decision_exactly_once(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run killed after its epoch-4 checkpoint (its reports written up to epoch 6) and resumed writes the same
+    field reports as an uninterrupted run: the decisions pending at the checkpoint are reported after it, and the
+    lines of the replayed epochs are not doubled."""
+    catalog = Catalog()
+    cache = tmp_path_factory.mktemp("mnist1d")
+    base = msgspec.structs.replace(
+        TrainingConfig(seed=0), report_after_epochs=3, checkpoint_every_epochs=4, **FAST_LIFECYCLE
+    )
+
+    def run(state: Path, epochs: int) -> Trainer:
+        cfg = msgspec.structs.replace(base, epochs=epochs)
+        kernels = EagerKernelSource(catalog)
+        t = Trainer(cfg, catalog, kernels, lambda e: None, cache_dir=cache, threads=1, state_dir=state, signing_key=KEY)
+        t.run()
+        return t
+
+    run(tmp_path / "straight", 9)
+    straight = read(reports_path(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    run(killed, 6)
+    shutil.rmtree(ckpt.checkpoints_dir(killed) / ckpt.dir_name(6))  # kill -9 after epoch 6: no clean-stop checkpoint
+    before = read(reports_path(killed))
+    assert max(r.outcome_epoch for r in before) == 6  # reports of epochs 5 and 6 were written before the "kill"
+    resumed = run(killed, 9)
+    assert resumed.resumed_from_epoch == 4
+    reports = read(reports_path(killed))
+    assert reports == straight
+    keys = [(r.epoch, r.action, r.slot) for r in reports]
+    assert len(keys) == len(set(keys))
+    assert any(r.epoch <= 4 < r.outcome_epoch for r in reports)  # pending at the checkpoint, due after it

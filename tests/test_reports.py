@@ -7,10 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from esper_tui.engine.training.controller import Decision
-from esper_tui.engine.training.reports import ROLLED_BACK, FieldReports, ReportsInvalid, read, reports_path
+from esper_tui.engine.training.reports import (
+    ROLLED_BACK,
+    FieldReports,
+    PendingDecision,
+    ReportsInvalid,
+    read,
+    reports_path,
+)
 from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
@@ -53,6 +61,46 @@ def test_a_rollback_reports_the_decisions_it_undid(tmp_path: Path) -> None:
     out = reports.rolled_back(5, 0.6)
     assert [(r.epoch, r.seed, r.outcome_epoch) for r in out] == [(7, ROLLED_BACK, 5)]
     assert [p.epoch for p in reports.pending] == [4]
+
+
+def test_pending_decisions_survive_a_restart_and_are_reported_once(tmp_path: Path) -> None:
+    """The checkpoint of epoch 5 holds two pending decisions; the run reports one at epoch 7 and dies. Resumed
+    from epoch 5 (the pending list through msgpack, as a checkpoint carries it), the file ends with one line each."""
+    path = reports_path(tmp_path)
+    first = FieldReports(path, after_epochs=3)
+    first.decided(4, GERMINATE, 0.61)
+    first.decided(5, PRUNE, 0.62)
+    saved = msgspec.msgpack.encode(first.pending)  # the checkpoint of epoch 5
+    first.epoch_done(6, 0.63, {"s1": S.TRAINING})
+    assert [r.epoch for r in first.epoch_done(7, 0.64, {"s1": S.BLENDING})] == [4]
+    first.decided(7, ROLLBACK, 0.64)  # a decision after the checkpoint, lost with the crash
+    with path.open("ab") as f:
+        f.write(b'{"epoch": 7, "act')  # torn by the crash
+    again = FieldReports(path, after_epochs=3)
+    again.resumed(5, msgspec.msgpack.decode(saved, type=list[PendingDecision]))
+    assert read(path) == [] and [p.epoch for p in again.pending] == [4, 5]
+    again.epoch_done(6, 0.63, {"s1": S.TRAINING})
+    again.epoch_done(7, 0.65, {"s1": S.BLENDING})
+    again.epoch_done(8, 0.66, {"s1": S.BLENDING, "s2": S.EMBARGOED})
+    assert [(r.epoch, r.action, r.outcome_epoch, r.seed) for r in read(path)] == [
+        (4, "germinate", 7, "in flight (blending)"),
+        (5, "prune", 8, "pruned"),
+    ]
+
+
+def test_a_resume_keeps_earlier_reports_and_drops_decisions_after_its_epoch(tmp_path: Path) -> None:
+    path = reports_path(tmp_path)
+    first = FieldReports(path, after_epochs=1)
+    first.decided(1, GERMINATE, 0.5)
+    first.epoch_done(2, 0.6, {"s1": S.TRAINING})
+    first.decided(3, PRUNE, 0.6)
+    first.epoch_done(4, 0.6, {"s2": S.PRUNED})
+    again = FieldReports(path, after_epochs=1)
+    late = PendingDecision(epoch=3, action=Action.PRUNE, slot="s2", blueprint_id=None, reason="", val_accuracy=0.6)
+    again.resumed(2, [late])  # an early-stopped run's checkpoint: its best epoch, with later decisions pending
+    assert again.pending == []
+    assert [r.epoch for r in read(path)] == [1]
+    assert again.latest["s1"].seed == "in flight (training)"  # the seeds panel's column survives the restart
 
 
 def test_a_torn_last_line_is_tolerated_and_cut_before_the_next_append(tmp_path: Path) -> None:

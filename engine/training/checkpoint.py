@@ -2,8 +2,8 @@
 
 Layout: `<state>/checkpoints/epoch-NNNNNN/` holds
 - `tensors.safetensors`: host weights, seed weights, optimizer state tensors and the RNG states;
-- `state.msgpack`: everything else (slots, optimizer groups, controller memory), msgspec Structs: never pickle,
-  so loading a checkpoint can never run code;
+- `state.msgpack`: everything else (slots, optimizer groups, controller memory, the decisions awaiting their field
+  report), msgspec Structs: never pickle, so loading a checkpoint can never run code;
 - `manifest.json`: epoch, validation accuracy, the sha256 of each file; `manifest.sig`: its HMAC-SHA256 with the
   engine's signing key, exactly like a library artifact's meta.json / meta.sig.
 
@@ -11,6 +11,10 @@ A checkpoint is staged in a hidden temp directory, every file and the directory 
 and the parent fsynced: a crash leaves either the whole checkpoint or none (a leftover stage is removed on the
 next write). `latest_valid` walks newest first and skips a torn or tampered checkpoint with a reason, so a run
 restarts from the newest one that verifies. Retention keeps the newest `keep` and the best-validation one.
+
+`Writer` does the writing and the retention on a thread of its own: a checkpoint's fsyncs (about 10 ms here)
+would otherwise stall the training thread every K epochs. The training thread hands it a captured state (its
+tensors already cloned, never changed after) and goes on; `flush` waits for what was handed over.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import hashlib
 import os
 import re
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +35,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from esper_tui.engine.fsutil import fsync_dir, fsync_tree, write_durable
+from esper_tui.engine.fsutil import fsync_dir, write_durable
 from esper_tui.engine.library import signing
 from esper_tui.engine.training.controller import ControllerState
 from esper_tui.engine.training.loop import TrainingState
+from esper_tui.engine.training.reports import PendingDecision
 from esper_tui.engine.training.seeds import SlotState
 from esper_tui.engine.vocabulary import SeedStage
 
@@ -85,6 +92,7 @@ class StateDoc(msgspec.Struct, frozen=True, kw_only=True):
     germinations: int
     best_val_accuracy: float
     best_epoch: int
+    pending_reports: tuple[PendingDecision, ...] = ()  # absent from checkpoints written before it: none pending
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +162,7 @@ def encode(state: TrainingState) -> tuple[bytes, bytes]:
         germinations=state.germinations,
         best_val_accuracy=state.best_val_accuracy,
         best_epoch=state.best_epoch,
+        pending_reports=state.pending_reports,
     )
     return st_save(tensors), msgspec.msgpack.encode(doc)
 
@@ -201,6 +210,7 @@ def decode(tensor_bytes: bytes, state_bytes: bytes) -> TrainingState:
             germinations=doc.germinations,
             best_val_accuracy=doc.best_val_accuracy,
             best_epoch=doc.best_epoch,
+            pending_reports=doc.pending_reports,
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointInvalid(f"state does not fit its tensors ({exc})") from None
@@ -234,8 +244,8 @@ def write(root: Path, state: TrainingState, key: bytes, val_accuracy: float) -> 
     stage = root / f"{_STAGE_PREFIX}{dir_name(state.epoch)}.{os.getpid()}"
     stage.mkdir()
     for name, data in files.items():
-        write_durable(stage / name, data)
-    fsync_tree(stage)
+        write_durable(stage / name, data)  # each file fsynced as it is written: the directory is what is left
+    fsync_dir(stage)
     final = root / dir_name(state.epoch)
     if final.exists():
         shutil.rmtree(final)
@@ -335,3 +345,57 @@ def prune(root: Path, key: bytes, keep: int) -> list[Path]:
     if removed:
         fsync_dir(root)
     return removed
+
+
+class Writer:
+    """Writes and prunes checkpoints on its own thread, newest first: a state handed over while an older one
+    still waits replaces it (the newer one is what a restart wants). A failed write (a full disk) goes to
+    `on_error` with the epoch, and the run goes on; so does any other error, so the thread never dies and
+    `flush` never waits on it forever."""
+
+    def __init__(self, root: Path, key: bytes, keep: int, on_error: Callable[[int, Exception], None]) -> None:
+        self.root, self.key, self.keep, self.on_error = root, key, keep, on_error
+        self._cond = threading.Condition()
+        self._next: tuple[TrainingState, float] | None = None
+        self._busy = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="esper-checkpoints", daemon=True)
+        self._thread.start()
+
+    def submit(self, state: TrainingState, val_accuracy: float) -> None:
+        """Write `state` (with this epoch's validation accuracy, for retention) as soon as the thread is free."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("checkpoint writer closed")
+            self._next = (state, val_accuracy)
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Return once everything handed over is on disk (or has failed)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._next is None and not self._busy)
+
+    def close(self) -> None:
+        """Flush, then end the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._next is not None or self._closed)
+                if self._next is None:
+                    return
+                (state, val_accuracy), self._next = self._next, None
+                self._busy = True
+            try:
+                write(self.root, state, self.key, val_accuracy)
+                prune(self.root, self.key, self.keep)
+            except Exception as exc:
+                self.on_error(state.epoch, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import torch
@@ -69,9 +69,12 @@ from esper_tui.engine.training.kernel_source import (
     KernelUnavailable,
     eager_kernel,
 )
-from esper_tui.engine.training.reports import FieldReports, reports_path
+from esper_tui.engine.training.reports import FieldReports, PendingDecision, reports_path
 from esper_tui.engine.training.seeds import MAIN_LINE, BlendSchedule, SeedSlot, SlotPolicy, SlotState
 from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
+
+if TYPE_CHECKING:  # checkpoint.py imports this module
+    from esper_tui.engine.training.checkpoint import Writer
 
 T = TypeVar("T")
 
@@ -143,6 +146,22 @@ class TrainingState:
     germinations: int
     best_val_accuracy: float
     best_epoch: int
+    # decisions awaiting their field report: a resume awaits them again; restore() leaves the reports alone
+    # (a rollback reports what it undid, and an early stop ends the run)
+    pending_reports: tuple[PendingDecision, ...] = ()
+
+
+def _cloned(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state_dict with its tensors cloned and its lists copied: what copy.deepcopy gives, at an
+    eighth of its cost (measured: 0.06 against 0.45 ms for the host's Adam), and capture() runs every epoch."""
+
+    def copied(value: Any) -> Any:
+        return value.clone() if isinstance(value, torch.Tensor) else list(value) if isinstance(value, list) else value
+
+    return {
+        "state": {i: {k: copied(v) for k, v in entry.items()} for i, entry in state_dict["state"].items()},
+        "param_groups": [{k: copied(v) for k, v in group.items()} for group in state_dict["param_groups"]],
+    }
 
 
 class Trainer:
@@ -212,6 +231,7 @@ class Trainer:
         self.rollbacks = 0
         self._good: TrainingState | None = None  # the newest epoch that passed the instability check
         self._last_rollback_to: int | None = None
+        self._writer: Writer | None = None  # started with the first checkpoint, closed when run() returns
 
     # ------------------------------------------------------------------ run
 
@@ -229,6 +249,7 @@ class Trainer:
             self.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"{type(exc).__name__}: {exc}"))
             raise
         finally:
+            self._close_writer()
             torch.set_num_threads(previous_threads)
 
     def _load(self) -> Splits:
@@ -284,6 +305,7 @@ class Trainer:
         final = self._good if reason == STOP_REQUESTED else self.capture()
         if ran and final is not None:
             self._checkpoint(final)
+        self._close_writer()  # every checkpoint on disk before the run says it has finished
         test = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1] if ran else None
         finished = TrainingFinished(
             source=Subsystem.TOLARIA,
@@ -304,12 +326,17 @@ class Trainer:
             return ""
         return f"early stop: validation accuracy has not improved for {patience} epochs"
 
-    def _track_best(self) -> None:
-        """A strictly better validation accuracy is the new best; with early stopping on, keep its state."""
-        if self.val_accuracy > self.best_val_accuracy:
+    def _keep_epoch(self) -> TrainingState:
+        """The epoch passed: capture it once, as the last good state (a rollback's target) and, with early
+        stopping on, as the best state when its validation accuracy is strictly better (a TrainingState is never
+        changed once taken, so the two may share it)."""
+        improved = self.val_accuracy > self.best_val_accuracy
+        if improved:
             self.best_val_accuracy, self.best_epoch = self.val_accuracy, self.epoch
-            if self.early_stop:
-                self._best = self.capture()
+        self._good = good = self.capture()
+        if improved and self.early_stop:
+            self._best = good
+        return good
 
     def _epoch(self) -> bool:
         """One epoch, its reports and decisions; False if a stop cut it short (nothing is reported)."""
@@ -388,11 +415,10 @@ class Trainer:
                 )
                 if self.reports is not None:
                     self.reports.decided(self.epoch, d, acc)
-        self._track_best()
-        self._good = self.capture()
+        good = self._keep_epoch()
         every = self.cfg.checkpoint_every_epochs
         if every and self.epoch % every == 0:
-            self._checkpoint(self._good)
+            self._checkpoint(good)
         return True
 
     # ------------------------------------------------------------------ checkpoints and rollback
@@ -411,19 +437,31 @@ class Trainer:
         saved, state = found
         self.restore(state)
         self.resumed_from_epoch, self.val_accuracy = saved.epoch, saved.val_accuracy
+        if self.reports is not None:
+            self.reports.resumed(state.epoch, state.pending_reports)
 
     def _checkpoint(self, state: TrainingState) -> None:
-        """Write `state` as a signed checkpoint and prune old ones; a full disk is a warning, not a dead run."""
+        """Hand `state` to the checkpoint writer's thread (signed, written atomically, old ones pruned there); a
+        full disk is a warning, not a dead run."""
         if self.state_dir is None or self.signing_key is None:
             return
-        from esper_tui.engine.training import checkpoint as ckpt  # checkpoint.py imports this module
+        if self._writer is None:
+            from esper_tui.engine.training import checkpoint as ckpt  # checkpoint.py imports this module
 
-        root = ckpt.checkpoints_dir(self.state_dir)
-        try:
-            ckpt.write(root, state, self.signing_key, self.val_accuracy)
-            ckpt.prune(root, self.signing_key, self.cfg.keep_checkpoints)
-        except OSError as exc:
-            self._log(Level.WARNING, f"checkpoint of epoch {state.epoch} failed: {exc}", Subsystem.TOLARIA)
+            self._writer = ckpt.Writer(
+                ckpt.checkpoints_dir(self.state_dir), self.signing_key, self.cfg.keep_checkpoints, self._write_failed
+            )
+        self._writer.submit(state, self.val_accuracy)
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _write_failed(self, epoch: int, exc: Exception) -> None:
+        """From the writer's thread (emit is thread-safe)."""
+        what = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        self._log(Level.WARNING, f"checkpoint of epoch {epoch} failed: {what}", Subsystem.TOLARIA)
 
     def _due(self, kind: FaultKind) -> Fault | None:
         """The injected fault of `kind` due in the epoch about to finish, if any."""
@@ -501,13 +539,14 @@ class Trainer:
             host=self.host.host_weights(),
             slots=tuple(s.capture() for s in slots),
             groups=groups,
-            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            optimizer=_cloned(self.optimizer.state_dict()),
             controller=self.controller.state(),
             shuffle_rng=self._shuffle.get_state(),
             torch_rng=torch.get_rng_state(),
             germinations=self._germinations,
             best_val_accuracy=self.best_val_accuracy,
             best_epoch=self.best_epoch,
+            pending_reports=tuple(self.reports.pending) if self.reports is not None else (),
         )
 
     def restore(self, state: TrainingState) -> None:

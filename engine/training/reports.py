@@ -7,21 +7,24 @@ flushed and fsynced on its own, so a crash loses at most the line being written;
 last line, and the next writer cuts it off before appending. Decisions still pending when a rollback undoes
 their epochs are written at once with the outcome "rolled back".
 
+Pending decisions are plain data (`PendingDecision`), so each checkpoint carries them. A run resumed from the
+checkpoint of epoch E awaits them again and cuts from the file every line of a later epoch (written before a
+crash, of epochs the resumed run replays and reports again): each decision of the run is reported exactly once.
+
 Only validation numbers appear here: like every decision, a report never reads the test split.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.fsutil import write_all
+from esper_tui.engine.fsutil import fsync_dir, write_all, write_synced
 from esper_tui.engine.training.controller import Decision
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
 REPORTS_FILE = Path("tamiyo") / "field_reports.jsonl"
@@ -57,11 +60,15 @@ class FieldReport(msgspec.Struct, frozen=True, kw_only=True):
         return delta if self.seed == "-" else f"{delta}, {self.seed}"
 
 
-@dataclass(frozen=True)
-class _Pending:
-    epoch: int
-    decision: Decision
-    val_accuracy: float
+class PendingDecision(msgspec.Struct, frozen=True, kw_only=True):
+    """A decision awaiting its outcome: plain data, so a checkpoint carries it across a restart (msgpack)."""
+
+    epoch: int  # the epoch the decision was made after
+    action: Action
+    slot: str | None
+    blueprint_id: str | None
+    reason: str
+    val_accuracy: float  # at the decision
 
 
 def reports_path(state_dir: Path) -> Path:
@@ -86,18 +93,38 @@ class FieldReports:
     def __init__(self, path: Path, after_epochs: int) -> None:
         self.path = path
         self.after_epochs = after_epochs
-        self.pending: list[_Pending] = []
+        self.pending: list[PendingDecision] = []
         self.latest: dict[str, FieldReport] = {}  # slot -> its newest report (the seeds panel's column)
         self._repaired = False
 
     def decided(self, epoch: int, decision: Decision, val_accuracy: float) -> None:
         """Tamiyo made `decision` after `epoch`, when validation accuracy was `val_accuracy`."""
-        self.pending.append(_Pending(epoch, decision, val_accuracy))
+        self.pending.append(
+            PendingDecision(
+                epoch=epoch,
+                action=decision.action,
+                slot=decision.slot,
+                blueprint_id=decision.blueprint_id,
+                reason=decision.reason,
+                val_accuracy=val_accuracy,
+            )
+        )
+
+    def resumed(self, epoch: int, pending: Sequence[PendingDecision]) -> None:
+        """The run resumed from the checkpoint of `epoch`, which held `pending`: await those again, and cut
+        the lines of later epochs from the file (the resumed run replays those epochs and reports them anew).
+
+        A pending decision made after `epoch` (an early-stopped run checkpoints its restored best epoch with
+        the later decisions still pending) belongs to the epochs replayed, so it is dropped too."""
+        self.pending = [p for p in pending if p.epoch <= epoch]
+        kept = _cut_after(self.path, epoch)
+        self._repaired = True
+        self.latest = {r.slot: r for r in kept if r.slot is not None}
 
     def epoch_done(self, epoch: int, val_accuracy: float, slot_stages: Mapping[str, SeedStage]) -> list[FieldReport]:
         """Resolve the decisions whose outcome is due after `epoch`; returns (and appends) their reports."""
         due = [p for p in self.pending if epoch - p.epoch >= self.after_epochs]
-        return self._resolve(due, epoch, val_accuracy, lambda p: seed_outcome(p.decision.slot, slot_stages))
+        return self._resolve(due, epoch, val_accuracy, lambda p: seed_outcome(p.slot, slot_stages))
 
     def rolled_back(self, to_epoch: int, val_accuracy: float) -> list[FieldReport]:
         """A rollback restored `to_epoch`: decisions made after it are undone, so report them now."""
@@ -105,17 +132,17 @@ class FieldReports:
         return self._resolve(undone, to_epoch, val_accuracy, lambda p: ROLLED_BACK)
 
     def _resolve(
-        self, chosen: list[_Pending], epoch: int, val_accuracy: float, seed: Callable[[_Pending], str]
+        self, chosen: list[PendingDecision], epoch: int, val_accuracy: float, seed: Callable[[PendingDecision], str]
     ) -> list[FieldReport]:
         if not chosen:
             return []
         reports = [
             FieldReport(
                 epoch=p.epoch,
-                action=str(p.decision.action.value),
-                slot=p.decision.slot,
-                blueprint_id=p.decision.blueprint_id,
-                reason=p.decision.reason,
+                action=str(p.action.value),
+                slot=p.slot,
+                blueprint_id=p.blueprint_id,
+                reason=p.reason,
                 val_accuracy=p.val_accuracy,
                 outcome_epoch=epoch,
                 val_accuracy_after=val_accuracy,
@@ -154,6 +181,33 @@ def _cut_torn_tail(path: Path) -> None:
         return
     if data and not data.endswith(b"\n"):
         os.truncate(path, data.rfind(b"\n") + 1)
+
+
+def _cut_after(path: Path, epoch: int) -> list[FieldReport]:
+    """Rewrite `path` (atomically) without the reports of a decision or an outcome after `epoch`, and without a
+    torn last line; returns the reports kept. A line that does not decode is kept as it is, for `read` to name."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")[:-1]
+    kept_lines: list[bytes] = []
+    kept: list[FieldReport] = []
+    for line in lines:
+        try:
+            report = msgspec.json.decode(line, type=FieldReport)
+        except msgspec.DecodeError:
+            kept_lines.append(line)
+            continue
+        if report.epoch <= epoch and report.outcome_epoch <= epoch:
+            kept_lines.append(line)
+            kept.append(report)
+    if len(kept_lines) < len(lines) or not data.endswith(b"\n"):
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        write_synced(staged, b"".join(line + b"\n" for line in kept_lines))
+        os.replace(staged, path)
+        fsync_dir(path.parent)
+    return kept
 
 
 def read(path: Path) -> list[FieldReport]:
