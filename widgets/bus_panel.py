@@ -78,7 +78,7 @@ class BusPanel(SnapshotPanel[BusSlice], Static):
 
     def draw(self, part: BusSlice) -> None:
         self.set_class(not part.bus.connected, "-down")
-        self.update(Content("\n").join(self._summary(part) + self._notes(part)))
+        self.update(Content("\n").join(self._summary(part) + self._notes(part)), layout=False)
 
     @staticmethod
     def _summary(part: BusSlice) -> list[Content]:

@@ -52,6 +52,6 @@ class EventsPanel(SnapshotPanel[tuple[EventLine, ...]], Static):
 
     def draw(self, part: tuple[EventLine, ...]) -> None:
         if not part:
-            self.update(fmt.styled("no events yet", fmt.MUTED))
+            self.update(fmt.styled("no events yet", fmt.MUTED), layout=False)
             return
-        self.update(Content("\n").join(event_line(event) for event in reversed(part)))
+        self.update(Content("\n").join(event_line(event) for event in reversed(part)), layout=False)

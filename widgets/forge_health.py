@@ -50,5 +50,6 @@ class ForgeHealthLine(SnapshotPanel[HealthSlice], Static):
                     fmt.join([f"{health.compiled} compiled", failed]),
                     checkpoint,
                 ]
-            )
+            ),
+            layout=False,  # height 5 and the width are the CSS's: no layout pass (widgets/panel.py)
         )

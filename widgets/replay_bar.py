@@ -76,4 +76,4 @@ class ReplayBar(Static):
         room = width - len(state.plain) - len(times) - len(tail)
         fraction = position.position / (position.count - 1) if position.count > 1 else 1.0
         track = fmt.styled(bar(fraction, room), "$accent") if room >= 5 else Content("")
-        self.update(fmt.join([state, Content(times), track, Content(tail)], separator=""))
+        self.update(fmt.join([state, Content(times), track, Content(tail)], separator=""), layout=False)

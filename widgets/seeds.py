@@ -97,6 +97,8 @@ class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
 
     def draw(self, part: tuple[SeedView, ...]) -> None:
         if not part:
-            self.update(fmt.styled("no seed slots reported", fmt.MUTED))
+            self.update(fmt.styled("no seed slots reported", fmt.MUTED), layout=False)
             return
-        self.update(Content("\n").join([seed_header(), *(line for seed in part for line in seed_lines(seed))]))
+        self.update(
+            Content("\n").join([seed_header(), *(line for seed in part for line in seed_lines(seed))]), layout=False
+        )

@@ -134,7 +134,8 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         self.set_class(part.link.state is LinkState.SILENT, "-silent")
         self.set_class(part.link.state is LinkState.STOPPED, "-stopped")
         self.border_subtitle = link_words(part.link)
-        self.update(Content("\n").join([self._run_line(part), self._mode_line(part), self._host_line(part)]))
+        lines = [self._run_line(part), self._mode_line(part), self._host_line(part)]
+        self.update(Content("\n").join(lines), layout=False)
 
     @staticmethod
     def _run_line(part: BannerSlice) -> Content:

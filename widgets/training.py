@@ -59,7 +59,8 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
         return msgspec.structs.replace(snapshot.training, seeds=[])
 
     def draw(self, part: TrainingView) -> None:
-        self.query_one("#training-status", Static).update(training_line(part))
+        # Sizes here are the CSS's, never the text's: redraw without a layout pass (see widgets/panel.py).
+        self.query_one("#training-status", Static).update(training_line(part), layout=False)
         loss = Content("\n").join(
             [
                 fmt.styled(f"loss {fmt.metric(part.loss)}", "bold"),
@@ -72,12 +73,19 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
                 fmt.styled(f"test {fmt.percent(part.test_accuracy)}", fmt.MUTED),  # reported, never decided on
             ]
         )
-        self.query_one("#loss-label", Static).update(loss)
-        self.query_one("#accuracy-label", Static).update(accuracy)
+        self.query_one("#loss-label", Static).update(loss, layout=False)
+        self.query_one("#accuracy-label", Static).update(accuracy, layout=False)
         for curve_id, history in (("#loss-curve", part.loss_history), ("#accuracy-curve", part.val_accuracy_history)):
             curve = self.query_one(curve_id, Sparkline)
-            curve.display = bool(history)  # no flat baseline pretending to be data before epoch 1
+            shown = bool(history)  # no flat baseline pretending to be data before epoch 1
+            if curve.display != shown:
+                curve.display = shown
             if list(curve.data or []) != history:
                 curve.data = list(history)
-                # One column per epoch until the history outgrows the panel, then buckets.
-                curve.styles.max_width = max(len(history), 1)
+                # One column per epoch until the history outgrows the panel, then buckets. Width is a
+                # layout change: made only while it still changes what is drawn.
+                width = max(len(history), 1)
+                if self.size.width:  # laid out: beyond the panel's width more columns change nothing
+                    width = min(width, self.size.width)
+                if curve.styles.max_width is None or curve.styles.max_width.value != width:
+                    curve.styles.max_width = width

@@ -61,5 +61,6 @@ class WalPanel(SnapshotPanel[WalSlice], Static):
                     fmt.join([open_transactions(wal.open_transactions), checkpoint]),
                     fmt.styled(f"durability {wal.durability_mode or fmt.DASH}", fmt.MUTED),
                 ]
-            )
+            ),
+            layout=False,
         )
