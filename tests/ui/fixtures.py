@@ -305,9 +305,7 @@ def forge_workers_snapshot(seq: int = 42) -> Snapshot:
     ]
     workers = [
         ForgeWorkerView(worker_id="w1", host="gpu-box-1", pid=2203, done=4, last_beat_ts=T0 - 0.4),
-        ForgeWorkerView(
-            worker_id="w2", host="gpu-box-2", pid=4117, jobs=["res_block"], done=2, last_beat_ts=T0 - 4.2
-        ),
+        ForgeWorkerView(worker_id="w2", host="gpu-box-2", pid=4117, jobs=["res_block"], done=2, last_beat_ts=T0 - 4.2),
     ]
     forge = msgspec.structs.replace(snapshot.forge, jobs=jobs, workers=workers)
     return msgspec.structs.replace(snapshot, forge=forge)
