@@ -177,12 +177,14 @@ class RemoteBuilder:
         self.library = library
         self.issuer = issuer
         self._waiting: dict[str, asyncio.Queue[JobNews]] = {}
+        self._following = asyncio.Event()  # set once `follow` knows where the news stream stands
         self.news_errors = 0
 
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
         job = job_for(spec, self.issuer)
         inbox: asyncio.Queue[JobNews] = asyncio.Queue()
         self._waiting[spec.job_id] = inbox
+        await self._following.wait()  # news of this job must come after the point `follow` reads from
         try:
             try:
                 await self.channel.submit(job)
@@ -218,6 +220,7 @@ class RemoteBuilder:
             try:
                 if last == "$":
                     last = await self.channel.last_news_id()
+                    self._following.set()
                 for entry_id, news in await self.channel.news_after(last, block_ms=1000):
                     last = entry_id
                     if news is not None and (inbox := self._waiting.get(news.job_id)) is not None:
