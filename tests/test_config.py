@@ -186,7 +186,7 @@ def test_bad_keys_and_types_name_the_dotted_key(tmp_path, text, key, why):
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("[tezzeret.compilation]\nmax_concurrent_jobs = 0\n", "tezzeret.compilation.max_concurrent_jobs"),
+        ("[tezzeret.compilation]\nmax_concurrent_jobs = 65\n", "tezzeret.compilation.max_concurrent_jobs"),
         ("[tezzeret.compilation]\nmax_attempts = 0\n", "tezzeret.compilation.max_attempts"),
         ("[tezzeret.compilation]\nworker_memory_limit_mb = 1024\n", "tezzeret.compilation.worker_memory_limit_mb"),
         (
