@@ -133,7 +133,7 @@ def test_state_dir_problems_are_one_line_and_exit_1(tmp_path: Path) -> None:
     with open(state / "engine.lock", "w") as lock:  # another engine holds this state directory
         fcntl.flock(lock, fcntl.LOCK_EX)
         proc = run_cli("--no-ui", "--epochs", "1", "--state-dir", str(state))
-    assert proc.returncode == 1 and "another esper-tui engine is using" in proc.stderr, proc.stderr
+    assert proc.returncode == 1 and "another esper-tui engine or forge worker is using" in proc.stderr, proc.stderr
 
 
 def test_tools_on_a_missing_state_dir_exit_1(tmp_path: Path) -> None:
