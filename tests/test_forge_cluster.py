@@ -75,7 +75,10 @@ def test_a_worker_killed_mid_compile_loses_nothing_and_compiles_nothing_twice(
         assert b.proc.pid in listed  # the forge panel listed worker B from its heartbeats
 
         # What `R` does (every blueprint compiled again, forced), through the queue: one new version each.
-        again = c.engine("--forge-only", "--recompile-all")
+        # With the Fast pipeline (aot_eager, under a second each): the queue is under test here, not inductor.
+        fast = tmp_path / "fast.toml"
+        fast.write_text(c.config.read_text() + '\n[tezzeret.compilation]\ndefault_strategy = "fast"\n')
+        again = c.engine("--forge-only", "--recompile-all", "--config", str(fast))
         assert again.proc.wait(timeout=DEADLINE_S) == 0, again.stderr()[-3000:]
         versions = sorted((r[0], r[1]) for r in c.rows() if not r[4])
         assert versions == sorted((bp, v) for bp in blueprints for v in (1, 2))
