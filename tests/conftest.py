@@ -34,6 +34,7 @@ from redis.retry import Retry
 
 from esper_tui.engine.kernels.compiled import CompiledKernel
 from esper_tui.engine.library.meta import KernelBuild
+from esper_tui.engine.library.store import Identity
 
 IN_FEATURES = 40
 OUT_FEATURES = 64
@@ -151,6 +152,13 @@ def compiled_kernel(tmp_path_factory: pytest.TempPathFactory) -> SessionKernel:
     assert proc.returncode == 0 and lines, f"session compile failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     r = json.loads(lines[-1][len("RESULT ") :])
     return SessionKernel(blueprint_id=KERNEL_BLUEPRINT, strategy="standard", directory=out_dir, **r)
+
+
+@pytest.fixture
+def identity(compiled_kernel: SessionKernel) -> Identity:
+    """This process, as the engine describes it; the ISA is the one the session's compile (in a fresh
+    process, like a worker) reported, on this same machine."""
+    return Identity.here(compiled_kernel.cpu_isa)
 
 
 def kernel_build(kernel: SessionKernel, **overrides: object) -> KernelBuild:

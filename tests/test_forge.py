@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from esper_tui.engine.config import BreakersConfig, CompilationConfig, DurabilityMode, TezzeretConfig
 from esper_tui.engine.contracts import (
@@ -31,7 +29,6 @@ from esper_tui.engine.contracts import (
 from esper_tui.engine.forge.forge import Forge, ForgeFatal
 from esper_tui.engine.forge.protocol import CompileResponse
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.store import Identity, Library, artifact_key
 from esper_tui.engine.vocabulary import BreakerState, Level, Strategy
@@ -68,19 +65,6 @@ class Recorder:
 
     def clear(self) -> None:
         self.events.clear()
-
-
-@pytest.fixture
-def identity(compiled_kernel) -> Identity:
-    # The ISA the workers report (the session compile ran compile_kernel in a fresh process, like a worker).
-    return Identity(
-        str(torch.__version__),
-        platform.python_version(),
-        "cpu",
-        compiled_kernel.cpu_isa,
-        kernel_threads(),
-        compiler_id(),
-    )
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import stat
 import subprocess
@@ -21,12 +20,11 @@ import pytest
 import torch
 
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import compiler_id, kernel_threads
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library import store as library_mod
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
 from esper_tui.engine.library.signing import SigningKeyError, SigningKeyMissing, load_key, load_or_create_key
-from esper_tui.engine.library.store import ArtifactInvalid, Identity, Library
+from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import KernelUnavailable
 from esper_tui.engine.training.library_source import LibraryKernelSource
 
@@ -44,19 +42,6 @@ def no_env_key(monkeypatch):
 @pytest.fixture
 def quarantined() -> list[tuple[str, str, str]]:
     return []
-
-
-@pytest.fixture
-def identity(compiled_kernel) -> Identity:
-    """This process, as the engine would describe it (the ISA is the session compile's: same machine)."""
-    return Identity(
-        str(torch.__version__),
-        platform.python_version(),
-        "cpu",
-        compiled_kernel.cpu_isa,
-        kernel_threads(),
-        compiler_id(),
-    )
 
 
 @pytest.fixture

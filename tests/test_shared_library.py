@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from psycopg import sql
 
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel, compiler_id, kernel_threads
+from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel
 from esper_tui.engine.library.catalog_db import APPLICATION_NAME, KernelRow, PgCatalog
 from esper_tui.engine.library.factory import CACHE_DIR, LibraryUnavailable, open_library
 from esper_tui.engine.library.meta import ArtifactMeta
@@ -62,19 +61,6 @@ class Machine:
     def s3(self) -> S3Store:
         assert isinstance(self.lib.store, S3Store)
         return self.lib.store
-
-
-@pytest.fixture
-def identity(compiled_kernel: SessionKernel) -> Identity:
-    """This process, as the engine describes it (the ISA is the session compile's: same machine)."""
-    return Identity(
-        str(torch.__version__),
-        platform.python_version(),
-        "cpu",
-        compiled_kernel.cpu_isa,
-        kernel_threads(),
-        compiler_id(),
-    )
 
 
 @pytest.fixture
