@@ -69,25 +69,29 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-class StateDirBusy(OSError):
-    """Another esper-tui process holds the state directory (its engine or forge worker)."""
+class StateDirError(Exception):
+    """The state directory cannot be held: another esper-tui process has it, or it cannot be created or
+    opened. The message is one line for the operator."""
 
 
 def lock_state_dir(state_dir: Path) -> int:
     """Hold `<state>/engine.lock` (flock) for this process's lifetime and write its pid; returns the fd.
 
     One process per state directory: its compile workers are registered (and reaped) there, so an engine
-    and a forge worker, or two of either, must never share one. Raises StateDirBusy, or OSError.
+    and a forge worker, or two of either, must never share one. Raises StateDirError.
     """
     if state_dir.exists() and not state_dir.is_dir():
-        raise NotADirectoryError(f"state directory {state_dir} is not a directory")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        raise StateDirError(f"state directory {state_dir} is not a directory")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "engine.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StateDirError(f"state directory {state_dir}: {exc.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StateDirBusy(f"another esper-tui engine or forge worker is using {state_dir}") from None
+        raise StateDirError(f"another esper-tui engine or forge worker is using {state_dir}") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd

@@ -53,7 +53,7 @@ from esper_tui.engine.forge.cluster import ForgeCluster, open_breakers
 from esper_tui.engine.forge.forge import Forge, ForgeFatal, worker_pool
 from esper_tui.engine.forge.jobqueue import ForgeChannel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
-from esper_tui.engine.fsutil import StateDirBusy, lock_state_dir
+from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
 from esper_tui.engine.kernels.pipelines import settings_for
@@ -220,10 +220,8 @@ class Engine:
     def _lock_state_dir(self) -> None:
         try:
             self._lock_fd = lock_state_dir(self.state_dir)
-        except (StateDirBusy, NotADirectoryError) as exc:
+        except StateDirError as exc:
             raise EngineError(str(exc)) from None
-        except OSError as exc:
-            raise EngineError(f"state directory {self.state_dir}: {exc.strerror}") from None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()

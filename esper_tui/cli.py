@@ -196,7 +196,7 @@ def _attach_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _redis_url_problem(url: str | None) -> str | None:
+def redis_url_problem(url: str | None) -> str | None:
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         return f"--redis-url: must start with redis://, rediss:// or unix:// (got {url!r})"
     return None
@@ -207,12 +207,12 @@ def _attach(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.json and not (args.no_ui or args.list):
         parser.error("--json needs --no-ui or --list")
-    if (problem := _redis_url_problem(args.redis_url)) is not None:
-        return _fail(problem, 2)
+    if (problem := redis_url_problem(args.redis_url)) is not None:
+        return fail(problem, 2)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _fail(f"config error: {exc}", 2)
+        return fail(f"config error: {exc}", 2)
     from esper_tui.remote import attach_main
 
     return attach_main(args, config)
@@ -269,13 +269,14 @@ def _recordings(argv: list[str]) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        return _fail(f"config error: {exc}", 2)
+        return fail(f"config error: {exc}", 2)
     from esper_tui.replay import replay_main
 
     return replay_main(args, config.ui.refresh_hz, config.ui.theme)
 
 
-def _fail(message: str, code: int) -> int:
+def fail(message: str, code: int) -> int:
+    """One line on stderr, prefixed like every esper-tui error; returns the exit code to give."""
     print(f"esper-tui: {message}", file=sys.stderr)
     return code
 
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = override(load_config(args.config), library_flags(args))
         except ConfigError as exc:
-            return _fail(f"config error: {exc}", 2)
+            return fail(f"config error: {exc}", 2)
         return run_tool(args, config)
     parser = _run_parser()
     args = parser.parse_args(argv)
@@ -327,15 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _apply_flags(load_config(args.config), args)
     except ConfigError as exc:
-        return _fail(f"config error: {exc}", 2)
-    if (problem := _redis_url_problem(args.redis_url) or shared_forge_problem(config, args.redis_url)) is not None:
-        return _fail(problem, 2)
+        return fail(f"config error: {exc}", 2)
+    if (problem := redis_url_problem(args.redis_url) or shared_forge_problem(config, args.redis_url)) is not None:
+        return fail(problem, 2)
     from esper_tui.engine.training.faults import FaultPlan, FaultSpecError
 
     try:
         faults = FaultPlan.parse(args.inject_fault)
     except FaultSpecError as exc:
-        return _fail(f"--inject-fault: {exc}", 2)
+        return fail(f"--inject-fault: {exc}", 2)
     from esper_tui.engine.runtime import Engine, EngineError
 
     engine = Engine(
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_ui(engine, config))
     except EngineError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return 0
 

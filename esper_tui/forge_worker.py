@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from esper_tui.cli import fail, redis_url_problem
 from esper_tui.engine.config import ConfigError, EsperConfig, load_config, override
 from esper_tui.library_flags import add_library_flags, library_flags
 
@@ -114,39 +115,32 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
 def forge_worker_main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s forge-worker: %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
-    if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        return _fail(f"--redis-url: must start with redis://, rediss:// or unix:// (got {args.redis_url!r})", 2)
+    if (problem := redis_url_problem(args.redis_url)) is not None:
+        return fail(problem, 2)
     try:
         flags = library_flags(args)
         if args.concurrency is not None:
             flags["forge_worker.concurrency"] = args.concurrency
         config = override(load_config(args.config), flags)
     except ConfigError as exc:
-        return _fail(f"config error: {exc}", 2)
+        return fail(f"config error: {exc}", 2)
     if not (config.library.catalog_url and config.library.artifacts_url):
-        return _fail("forge-worker needs a shared library: --library postgresql://… and --artifacts s3://…", 2)
-    from esper_tui.engine.fsutil import StateDirBusy, lock_state_dir
+        return fail("forge-worker needs a shared library: --library postgresql://… and --artifacts s3://…", 2)
+    from esper_tui.engine.fsutil import StateDirError, lock_state_dir
     from esper_tui.engine.library.signing import SigningKeyError, load_key
 
     state_dir = args.state_dir.resolve()
     try:
         lock = lock_state_dir(state_dir)
-    except (StateDirBusy, NotADirectoryError) as exc:
-        return _fail(str(exc), 1)
-    except OSError as exc:
-        return _fail(f"state directory {state_dir}: {exc.strerror}", 1)
+    except StateDirError as exc:
+        return fail(str(exc), 1)
     try:
         key = load_key(state_dir, config.library.signing_key)
     except SigningKeyError as exc:
-        return _fail(f"{exc} (a worker signs with the engine's library key: set ESPER_SIGNING_KEY)", 1)
+        return fail(f"{exc} (a worker signs with the engine's library key: set ESPER_SIGNING_KEY)", 1)
     try:
         return asyncio.run(_serve(config, state_dir, args.redis_url, key))
     except KeyboardInterrupt:
         return 0
     finally:
         os.close(lock)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"esper-tui: {message}", file=sys.stderr)
-    return code

@@ -20,6 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.widget import Widget
 
 from esper_tui.app import EsperApp
+from esper_tui.cli import fail
 from esper_tui.engine.contracts import AnyCommand
 from esper_tui.engine.recorder import (
     BadRecording,
@@ -163,17 +164,12 @@ class ReplayApp(EsperApp):
 # --------------------------------------------------------------------------- the commands
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"esper-tui: {message}", file=sys.stderr)
-    return code
-
-
 def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
     """`esper-tui replay FILE [--no-ui [--json]]`: exit 1 for a file that is not a readable recording."""
     try:
         recording = Recording(args.file)
     except BadRecording as exc:
-        return _fail(str(exc), 1)
+        return fail(str(exc), 1)
     with recording:
         if recording.torn:
             print(
@@ -188,7 +184,7 @@ def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
                 return 0
             ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme).run()
         except BadRecording as exc:
-            return _fail(str(exc), 1)
+            return fail(str(exc), 1)
         except BrokenPipeError:
             return 0
     return 0

@@ -178,7 +178,6 @@ class RemoteBuilder:
         self.issuer = issuer
         self._waiting: dict[str, asyncio.Queue[JobNews]] = {}
         self._following = asyncio.Event()  # set once `follow` knows where the news stream stands
-        self.news_errors = 0
 
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
         job = job_for(spec, self.issuer)
@@ -227,7 +226,6 @@ class RemoteBuilder:
                         inbox.put_nowait(news)
                 delay = 0.1
             except QueueError:
-                self.news_errors += 1
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
