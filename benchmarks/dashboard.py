@@ -3,17 +3,18 @@
     python -m benchmarks.dashboard [--pairs 7] [--epochs 40] [--warmup 20] [--headless] [--json FILE]
 
 What runs: the engine itself (`esper_tui.engine.runtime.Engine`, as `esper-tui` starts it: bus, forge and its
-idle workers, recorder, broadcaster, alerts, signed checkpoints every `checkpoint_every_epochs`), training the
-host alone (growth off: `plateau_epochs` at its maximum; eager; no forge scan, so nothing compiles), with the
-real dashboard open on it. `EsperApp.run_test()` is the real Textual app with its real refresh loop: it polls
-the engine's snapshots at `ui.refresh_hz` and redraws every panel whose slice changed, exactly as on a terminal,
-except that Textual's headless driver writes the composed frames to no terminal (a terminal's own cost is not
-counted). `snapshots_drawn` says how many snapshots the dashboard drew while the engine was timed.
+idle workers, recorder, broadcaster, alerts, and the training process with its signed checkpoints), training
+the host alone (growth off: `plateau_epochs` at its maximum; eager; no forge scan, so nothing compiles), with
+the real dashboard open on it. `EsperApp.run_test()` is the real Textual app with its real refresh loop: it
+polls the engine's snapshots at `ui.refresh_hz` and redraws every panel whose slice changed, exactly as on a
+terminal, except that Textual's headless driver writes the composed frames to no terminal (a terminal's own
+cost is not counted). `snapshots_drawn` says how many snapshots the dashboard drew while the engine was timed.
 
 Pairing: after `--warmup` epochs, `--pairs` times: `--epochs` engine epochs with the dashboard drawing (timed from
-one EpochCompleted to the one `--epochs` later, so neither a start nor a pause is counted); then training pauses
-and the bare loop (benchmarks.growth.bare_host_epochs: the same MLP, data, optimizer, threads and per-epoch work)
-runs as many epochs on the event loop's thread, which holds the dashboard and the engine's tasks still meanwhile.
+one EpochCompleted's time stamp to that of the one `--epochs` later, both taken in the training process as it
+emits them, so neither a start, a pause nor the pipe's latency is counted); then training pauses and the bare
+loop (benchmarks.growth.bare_host_epochs: the same MLP, data, optimizer, threads and per-epoch work) runs as
+many epochs on the event loop's thread, which holds the dashboard and the engine's tasks still meanwhile.
 Each pair gives bare/engine; the median is `bare_loop_ratio_dashboard` (issue 7's target: >= 0.95).
 `--headless` times the same engine with no dashboard (`bare_loop_ratio_engine`): the dashboard's own share is
 the difference.
@@ -57,12 +58,12 @@ class TimedEngine(Engine):
 
     def __init__(self, config: EsperConfig, state_dir: Path) -> None:
         super().__init__(config, state_dir)
-        self.epoch_ends: list[float] = []  # perf_counter() as each EpochCompleted is emitted
+        self.epoch_ends: list[float] = []  # each EpochCompleted's own time stamp, taken in the training process
         self.paused = threading.Event()
 
     def emit(self, event: AnyEvent) -> None:
         if isinstance(event, EpochCompleted):
-            self.epoch_ends.append(time.perf_counter())
+            self.epoch_ends.append(event.ts)
         elif isinstance(event, TrainingPaused):
             (self.paused.set if event.paused else self.paused.clear)()
         super().emit(event)

@@ -304,6 +304,13 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
             "stop; 0: only at a clean stop",
         ),
     ] = 5
+    checkpoint_min_interval_s: Annotated[
+        SecondsOrZero,
+        Meta(
+            description="and at most one checkpoint this often (the clean stop's is always written): fast epochs "
+            "are not fsynced several times a second; 0: every checkpoint_every_epochs epochs, whatever their pace"
+        ),
+    ] = 2.0
     keep_checkpoints: Annotated[
         int,
         Meta(ge=1, le=1000, description="newest checkpoints kept on disk (the best-validation one is kept too)"),

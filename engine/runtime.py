@@ -56,8 +56,7 @@ from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
-from esper_tui.engine.kernels.pipelines import settings_for
-from esper_tui.engine.library.base import KernelLibrary
+from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
 from esper_tui.engine.library.store import Identity
@@ -65,9 +64,8 @@ from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, N
 from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.faults import FaultPlan
-from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
-from esper_tui.engine.training.library_source import LibraryKernelSource
-from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.training.loop import TrainingControl
+from esper_tui.engine.training.process import Start, TrainerProcess
 from esper_tui.engine.vocabulary import EngineState, Level, Strategy, Subsystem, new_id
 from esper_tui.engine.wal.writer import WalError, WriteAheadLog
 
@@ -78,6 +76,7 @@ OUTBOX_LIMIT = 50_000
 """Events waiting for the telemetry stream; beyond this the oldest copies are dropped (and counted), never
 the engine's own view, which was updated before an event ever reached the outbox."""
 DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus reading and the last frame may take
+TRAINER_STOP_S = 30.0  # at stop: how long the training process may take to finish its epoch and checkpoint
 
 
 class EngineError(RuntimeError):
@@ -143,6 +142,7 @@ class Engine:
         self._pump_task: asyncio.Task[Any] | None = None
         self._shut_down = False
         self._trainer_task: asyncio.Task[Any] | None = None
+        self.trainer: TrainerProcess | None = None
         self._forge_tasks: list[asyncio.Task[Any]] = []
         self._forge_channel: ForgeChannel | None = None
         self._remote: RemoteBuilder | None = None
@@ -429,11 +429,12 @@ class Engine:
 
     def facts(self) -> EngineFacts:
         """What /metrics and /healthz need beyond the snapshot."""
-        stats = self.library.stats if self.library is not None else None
-        return EngineFacts(
+        stats = self.library.stats if self.library is not None else LibraryStats()
+        trainer = self.trainer
+        return EngineFacts(  # the forge's loads here, the trainer's in its own process
             run_id=self.run_id,
-            cache_hits=stats.cache_hits if stats else 0,
-            cache_misses=stats.cache_misses if stats else 0,
+            cache_hits=stats.cache_hits + (trainer.cache_hits if trainer else 0),
+            cache_misses=stats.cache_misses + (trainer.cache_misses if trainer else 0),
             wal_recovery_s=self.wal_recovery_s,
             forge_fatal=self.forge_fatal,
             failure=self.failure,
@@ -465,31 +466,22 @@ class Engine:
             self._spawn(watch.run()),
         ]
 
-    def _kernel_source(self) -> KernelSource:
-        if not self.config.training.compile:
-            return EagerKernelSource(self.catalog)
-        s = settings_for(self.config.tezzeret.compilation.default_strategy)
-        assert self.library is not None
-        return LibraryKernelSource(self.library, s.backend, s.mode or "default")
-
     async def _train(self) -> None:
-        """Start once the forge has a first kernel (or is idle): seeds need something to graft."""
-        assert self.forge is not None and self.library is not None
+        """Start once the forge has a first kernel (or is idle): seeds need something to graft. The trainer runs
+        in a process of its own (training/process.py), mirroring `self.control`; its events arrive as this
+        process's own."""
+        assert self.forge is not None and self.library is not None and self._signing_key is not None
         if self.config.training.compile:
             while not self.library.ranked() and not self.forge.is_idle():
                 await asyncio.sleep(0.5)
-        trainer = Trainer(
-            self.config.training,
-            self.catalog,
-            self._kernel_source(),
-            self.emit,
-            self.control,
-            self.state_dir / "data",
-            state_dir=self.state_dir,
+        start = Start(
+            config=self.config,
+            state_dir=str(self.state_dir),
             signing_key=self._signing_key,
-            faults=self.faults,
+            faults=[str(f) for f in self.faults.faults],
         )
-        await asyncio.to_thread(trainer.run)
+        self.trainer = TrainerProcess(start, self.control, self.emit, self._quarantined, self.log)
+        await self.trainer.run()
 
     def _quarantined(self, blueprint_id: str, version_dir: str, reason: str) -> None:
         """A stored kernel failed verification (at start, in the forge or in the trainer): recompile it."""
@@ -587,7 +579,11 @@ class Engine:
         self.control.stop()
         if self._trainer_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._trainer_task), 30)
+                await asyncio.wait_for(asyncio.shield(self._trainer_task), TRAINER_STOP_S)
+            if not self._trainer_task.done() and self.trainer is not None:
+                self.log(Level.ERROR, f"training did not stop within {TRAINER_STOP_S:g} s: killed")
+                self.trainer.kill()
+                await asyncio.gather(self._trainer_task, return_exceptions=True)
         for task in self._forge_tasks:
             task.cancel()
         await asyncio.gather(*self._forge_tasks, return_exceptions=True)

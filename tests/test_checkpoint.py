@@ -307,3 +307,25 @@ def test_a_resumed_run_reports_each_decision_exactly_once(
     keys = [(r.epoch, r.action, r.slot) for r in reports]
     assert len(keys) == len(set(keys))
     assert any(r.epoch <= 4 < r.outcome_epoch for r in reports)  # pending at the checkpoint, due after it
+
+
+@pytest.mark.parametrize(("interval_s", "written"), [(0.0, [4, 3, 2, 1]), (3600.0, [4, 1])])
+def test_periodic_checkpoints_wait_for_their_minimum_interval(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, interval_s: float, written: list[int]
+) -> None:
+    """Every epoch is due (checkpoint_every_epochs = 1); with an hour's interval only the first periodic one and the
+    end of the run's are written, without one every epoch is."""
+    catalog = Catalog()
+    cfg = msgspec.structs.replace(
+        TrainingConfig(seed=0),
+        epochs=4,
+        checkpoint_every_epochs=1,
+        checkpoint_min_interval_s=interval_s,
+        keep_checkpoints=10,
+    )
+    cache = tmp_path_factory.mktemp("mnist1d")
+    state = tmp_path / "s"
+    Trainer(
+        cfg, catalog, EagerKernelSource(catalog), lambda e: None, cache_dir=cache, state_dir=state, signing_key=KEY
+    ).run()
+    assert [ckpt.verify(p, KEY).epoch for p in ckpt.candidates(ckpt.checkpoints_dir(state))] == written

@@ -22,6 +22,7 @@ plateau_delta = 0.5
 train_epochs = 3
 report_after_epochs = 1
 checkpoint_every_epochs = 2
+checkpoint_min_interval_s = 0
 """
 """No forge scan (eager seeds need no compiles) and a controller that grows a seed within a few epochs."""
 
