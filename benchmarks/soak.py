@@ -4,7 +4,7 @@
 
 Starts `esper-tui --no-ui` on the built-in defaults (no --epochs: the run trains, stops early on its own and the
 engine stays up), or on `--config FILE` (e.g. training.early_stop_epochs at its maximum, so that training itself
-runs for the whole soak), in a subprocess, samples the resident memory of the engine and its compile workers every
+runs for the whole soak), in a subprocess, samples the resident memory of the engine and its children every
 `--every` seconds, and reports RSS after warm-up, at the end, the drift between them (issue 7's bound: within 5 %)
 and the slope in MB per minute. The engine is stopped with SIGTERM at the end, as an operator would.
 """
@@ -26,7 +26,7 @@ BOUND = 0.05
 
 
 def rss_mb(proc: psutil.Process) -> float:
-    """The engine's resident memory plus its children's (the compile workers), in MB."""
+    """The engine's resident memory plus its children's (the compile workers and the training process), in MB."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:

@@ -472,8 +472,10 @@ class Engine:
         process's own."""
         assert self.forge is not None and self.library is not None and self._signing_key is not None
         if self.config.training.compile:
-            while not self.library.ranked() and not self.forge.is_idle():
+            while not self.library.ranked() and not self.forge.is_idle() and not self.control.stopped:
                 await asyncio.sleep(0.5)
+        if self.control.stopped:  # stopped before a first kernel: no process to start only to stop it
+            return
         start = Start(
             config=self.config,
             state_dir=str(self.state_dir),

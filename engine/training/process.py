@@ -12,10 +12,11 @@ chaos faults) and then a `Control` whenever pause or stop changes; the child wri
 cache's counters (`CacheCounts`, for /metrics). The channel is a duplicate of the child's stdout, and fd 1 is
 pointed at stderr, so a stray print can never corrupt it; stderr lines become warnings in the engine's log.
 
-The child lives and dies with the engine: it ignores SIGINT (the engine decides when training stops, and a
-stop from the engine lets it write its clean-stop checkpoint), it asks the kernel for SIGKILL when its parent
-dies, and end-of-file on its stdin (the engine is gone) ends it at once. A killed engine therefore never
-leaves a trainer behind it still writing checkpoints into a state directory the next engine resumes from.
+The child lives and dies with the engine: it ignores SIGINT and SIGTERM (Ctrl-C in a terminal and a service
+manager's stop reach the whole process group; the engine decides when training stops, and a stop from the
+engine lets it write its clean-stop checkpoint), it asks the kernel for SIGKILL when its parent dies, and
+end-of-file on its stdin (the engine is gone) ends it at once. A killed engine therefore never leaves a trainer
+behind it still writing checkpoints into a state directory the next engine resumes from.
 """
 
 from __future__ import annotations
@@ -283,7 +284,8 @@ def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelS
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the engine, which stops training cleanly
+    for signum in (signal.SIGINT, signal.SIGTERM):  # meant for the engine, which stops training cleanly
+        signal.signal(signum, signal.SIG_IGN)
     _die_with_parent()
     channel = _Channel(os.fdopen(os.dup(1), "wb"))
     os.dup2(2, 1)  # anything printed goes to stderr, never into the channel
