@@ -11,9 +11,8 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import msgspec
@@ -34,8 +33,8 @@ from esper_tui.engine.runtime import Engine
 from esper_tui.engine.snapshot import BusView, Snapshot, StreamBacklog, TrainingView
 from esper_tui.engine.vocabulary import SeedStage, Strategy, TrainingStatus
 from tests.ui.fixtures import bus_trouble_snapshot, rich_snapshot
+from tests.waits import eventually
 
-WAIT_S = 120.0
 CLI = [sys.executable, "-m", "esper_tui", "--no-ui", "--eager", "--epochs", "1"]
 
 
@@ -50,14 +49,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> Any:
-    async with asyncio.timeout(WAIT_S):
-        while not (result := condition()):
-            await asyncio.sleep(0.05)
-    assert result, what
-    return result
 
 
 def epoch(n: int, epoch_s: float) -> EpochCompleted:

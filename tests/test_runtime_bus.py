@@ -39,6 +39,7 @@ from esper_tui.engine.keys import OPERATOR_KEY, load_key
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.vocabulary import EngineState, Level
+from tests.waits import eventually
 
 PREFIX = "unit"
 RUN = "run-1"
@@ -48,15 +49,6 @@ WAIT_S = 30.0
 
 def epoch(n: int) -> EpochCompleted:
     return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=0.1)
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> Any:
-    """Poll `condition` until it is truthy; the deadline only keeps a broken build from hanging."""
-    async with asyncio.timeout(WAIT_S):
-        while not (result := condition()):
-            await asyncio.sleep(0.02)
-    assert result, what
-    return result
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,12 @@ from esper_tui.engine.training import checkpoint as ckpt
 from esper_tui.engine.training import process
 from esper_tui.engine.vocabulary import TrainingStatus
 from tests.headless_engine import HeadlessEngine, wait_for
+from tests.waits import eventually
 
-WAIT_S = 120.0
 QUIET = {
     "tezzeret": {"polling": {"initial_full_scan": False}},  # nothing to compile: eager seeds, an idle forge
     "training": {"compile": False, "plateau_epochs": 10_000, "early_stop_epochs": 100_000, "epoch_delay_s": 0.05},
 }
-
-
-async def eventually(condition: Callable[[], Any], what: str) -> Any:
-    """Poll `condition` until it is truthy; the deadline only keeps a broken build from hanging."""
-    async with asyncio.timeout(WAIT_S):
-        while not (result := condition()):
-            await asyncio.sleep(0.02)
-    assert result, what
-    return result
 
 
 @pytest.fixture
