@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import re
@@ -46,6 +45,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from benchmarks.report import write_json
 from esper_tui.engine.bus import BusOptions, RedisStreamsBus
 from esper_tui.engine.bus.auth import frame_public_key
 from esper_tui.engine.bus.helpers import unpack_batch
@@ -453,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print()
     print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

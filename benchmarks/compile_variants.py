@@ -15,13 +15,14 @@ process-wide and dynamo caches compiled code per function. The table gives the m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.report import write_json
 
 DEFAULT_BLUEPRINTS = "conv1d_block,depthwise_conv,attention_block"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -117,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
 
     blueprints = [b for b in args.blueprints.split(",") if b]
     unknown = [b for b in blueprints if b not in Catalog()]
-    if unknown or min(args.repeats, args.steps) < 1:
-        print(f"benchmarks.compile_variants: unknown blueprints {unknown} or a count below 1", file=sys.stderr)
+    problem = (
+        f"no blueprint {', '.join(unknown)} in the catalog (known: {', '.join(b.blueprint_id for b in Catalog())})"
+        if unknown
+        else "--repeats and --steps must be at least 1"
+        if min(args.repeats, args.steps) < 1
+        else ""
+    )
+    if problem:
+        print(f"benchmarks.compile_variants: {problem}", file=sys.stderr)
         return 2
     timings = run(blueprints, args.repeats, args.steps)
     print(f"\n{'blueprint':16s} {'variant':40s} {'ms/step':>8s} {'/eager':>7s}")
@@ -132,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if best is not None:
             verdict = "faster" if rel[best] < 1 else "slower"
             print(f"{bid:16s} best compiled: {best} ({rel[best]:.2f}x eager, {verdict})\n")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.growth import bare_host_epochs, paired_ratio
+from benchmarks.report import write_json
 from esper_tui.app import EsperApp
 from esper_tui.engine.config import EsperConfig, load_config
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingPaused
@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['snapshots_drawn']} snapshots drawn at {result['refresh_hz']:g} Hz)"
     )
     print(f"target >= 0.95: {'ok' if ratio >= 0.95 else 'MISSED'}")
-    if args.json:
-        args.json.write_text(json.dumps({name: ratio, "measurement": result}, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, {name: ratio, "measurement": result})
     return 0
 
 

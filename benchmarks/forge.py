@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.chaos import run_chaos
+from benchmarks.report import write_json
 from esper_tui.engine.config import DurabilityMode
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
@@ -180,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shared = run(args.workers, quick=args.quick, rounds=args.chaos_rounds)
         print_table(shared)
-        if args.json:
-            args.json.write_text(json.dumps(shared, indent=2))
-            print(f"wrote {args.json}")
+        write_json(args.json, shared)
         return 1 if shared["exactly_once_violations"] else 0
     quick = args.quick
     rounds = args.chaos_rounds if args.chaos_rounds is not None else (3 if quick else 50)
@@ -236,9 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = "" if not op else ("ok" if _COMPARE[op](value, goal) else "MISSED")
         print(f"{key:<28} {value!s:>12}  {op} {goal} {ok}")
     print(f"machine: {results['machine']}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, results)
     return 0
 
 

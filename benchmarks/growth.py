@@ -32,7 +32,6 @@ per-epoch work, alternated in one run; >= 0.95 is the target).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.report import write_json
 from benchmarks.training import compile_library
 from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.config import TrainingConfig
@@ -578,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s": wall,
             "torch": str(torch.__version__),
         }
-        args.json.write_text(json.dumps(report, indent=2))
+        write_json(args.json, report)
     return 0
 
 

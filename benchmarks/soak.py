@@ -12,7 +12,6 @@ and the slope in MB per minute. The engine is stopped with SIGTERM at the end, a
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from benchmarks.report import write_json
 
 BOUND = 0.05
 
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<22} {result[key]}")
     verdict = "ok" if result["within_bound"] else "MISSED"
     print(f"{'within 5 %':<22} {verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    write_json(args.json, result)
     return 0
 
 

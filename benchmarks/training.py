@@ -11,7 +11,6 @@ the end (reported only). The fair comparison with static networks is benchmarks/
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import msgspec
 import torch
 
+from benchmarks.report import write_json
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted, TrainingFinished
 from esper_tui.engine.kernels import compiled as kernels
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.epochs} epochs, seeds {args.seeds}, torch {torch.__version__}, {kernels.kernel_threads()} thread(s)")
     if args.json:
         per_run = {name: [asdict(r) for r in rs] for name, rs in results.items()}
-        args.json.write_text(json.dumps({"epochs": args.epochs, "summary": summary, "runs": per_run}, indent=2))
+        write_json(args.json, {"epochs": args.epochs, "summary": summary, "runs": per_run})
     return 0
 
 
