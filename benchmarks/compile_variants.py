@@ -5,16 +5,21 @@
 
 Each blueprint's module (40 -> 64, as the trainer builds seeds) is timed for a training step as the forge times it
 (forward, a scalar loss, backward; batch 100; `kernel_threads()` intra-op threads unless the variant says
-otherwise) eagerly and under each compile variant: the Fast, Standard and Aggressive pipelines' settings, and the
-knobs issue 7 names (a static batch instead of a dynamic one, inductor's C++ wrapper, 1x1 convolutions as
-matmuls, more threads). Every (blueprint, variant) runs in a fresh interpreter, because inductor's settings are
-process-wide and dynamo caches compiled code per function. The table gives the median ms per step over
-`--repeats` runs of `--steps` steps, and each variant over eager at the same thread count (below 1: faster).
+otherwise) and for a no-grad forward (validation's), eagerly and under each compile variant: the Fast, Standard
+and Aggressive pipelines' settings, and the knobs issue 7 names (a static batch instead of a dynamic one,
+inductor's C++ wrapper, 1x1 convolutions as matmuls, freezing for the no-grad forward, more threads). Every
+(blueprint, variant) runs in a fresh interpreter, because inductor's settings are process-wide and dynamo caches
+compiled code per function. The table gives the median ms per call over `--repeats` runs of `--steps` calls,
+and each variant over eager at the same thread count (below 1: faster).
+
+Freezing folds the weights into the kernel as constants, so its kernel is only timed without grad: a seed that
+trains changes its weights every step, and the forge's kernels take the module as an argument for that reason.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -25,6 +30,7 @@ from typing import Any
 from benchmarks.report import write_json
 
 DEFAULT_BLUEPRINTS = "conv1d_block,depthwise_conv,attention_block"
+MODES = ("train", "no_grad")
 VARIANTS: dict[str, dict[str, Any]] = {
     "eager": {},
     "fast: aot_eager": {"backend": "aot_eager"},
@@ -33,13 +39,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "inductor, static, C++ wrapper": {"backend": "inductor", "static": True, "inductor": {"cpp_wrapper": True}},
     "inductor, 1x1 conv as matmul": {"backend": "inductor", "inductor": {"conv_1x1_as_mm": True}},
     "aggressive: max-autotune-no-cudagraphs": {"backend": "inductor", "mode": "max-autotune-no-cudagraphs"},
+    "inductor, frozen weights": {"backend": "inductor", "frozen": True, "inductor": {"freezing": True}},
     "eager, 2 threads": {"threads": 2},
     "standard, 2 threads": {"backend": "inductor", "threads": 2},
 }
 
 
-def time_one(blueprint_id: str, variant: str, repeats: int, steps: int) -> float:
-    """Median ms per training step of one variant, in this process (called in a fresh interpreter)."""
+def time_one(blueprint_id: str, variant: str, repeats: int, steps: int) -> dict[str, float]:
+    """Median ms of one variant per mode: a training step, and a no-grad forward (validation's), in this process
+    (called in a fresh interpreter)."""
     import torch
     import torch._inductor.config as inductor_config
 
@@ -53,32 +61,42 @@ def time_one(blueprint_id: str, variant: str, repeats: int, steps: int) -> float
     torch.manual_seed(0)
     module = Catalog().get(blueprint_id).build(40, 64)
     x = torch.randn(EXAMPLE_BATCH, 40)
-    if "backend" in spec:
-        if not spec.get("static"):
-            torch._dynamo.mark_dynamic(x, 0)
-        forward = torch.compile(
-            type(module).forward, fullgraph=True, backend=spec["backend"], mode=spec.get("mode"), dynamic=None
-        )
+    if "backend" in spec and not spec.get("static"):
+        torch._dynamo.mark_dynamic(x, 0)
+    if spec.get("frozen"):  # the module itself, so its weights are attributes to fold, not graph inputs
+        frozen = torch.compile(module, backend=spec["backend"])
+        forward: Any = lambda m, t: frozen(t)  # noqa: E731
+    elif "backend" in spec:
+        forward = torch.compile(type(module).forward, fullgraph=True, backend=spec["backend"], mode=spec.get("mode"))
     else:
         forward = type(module).forward
 
-    def step() -> None:
+    def train() -> None:
         module.zero_grad(set_to_none=True)
         torch.autograd.backward(forward(module, x).square().mean())
 
-    for _ in range(20):  # warm-up: compiles, and places the kernels
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append((time.perf_counter() - t0) * 1000 / steps)
-    return statistics.median(times)
+    @torch.no_grad()
+    def no_grad() -> None:
+        forward(module, x)
+
+    out = {}
+    for mode, fn in (("train", train), ("no_grad", no_grad)):
+        if mode == "train" and spec.get("frozen"):
+            continue
+        for _ in range(20):  # warm-up: compiles, and places the kernels
+            fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            times.append((time.perf_counter() - t0) * 1000 / steps)
+        out[mode] = statistics.median(times)
+    return out
 
 
-def run(blueprints: list[str], repeats: int, steps: int) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+def run(blueprints: list[str], repeats: int, steps: int) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
     for bid in blueprints:
         out[bid] = {}
         for variant in VARIANTS:
@@ -88,19 +106,23 @@ def run(blueprints: list[str], repeats: int, steps: int) -> dict[str, dict[str, 
             if proc.returncode != 0:
                 print(f"  {bid} / {variant}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
-            out[bid][variant] = float(proc.stdout.strip().splitlines()[-1])
-            print(f"  {bid:16s} {variant:40s} {out[bid][variant]:7.3f} ms/step", flush=True)
+            out[bid][variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            shown = "  ".join(f"{m} {ms:.3f} ms" for m, ms in out[bid][variant].items())
+            print(f"  {bid:16s} {variant:40s} {shown}", flush=True)
     return out
 
 
-def ratios(timings: dict[str, float]) -> dict[str, float]:
-    """Each variant over eager at the same thread count."""
-    out = {}
-    for variant, ms in timings.items():
-        base = timings.get("eager, 2 threads" if VARIANTS[variant].get("threads") == 2 else "eager")
-        if base:
-            out[variant] = ms / base
+def ratios(timings: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each variant over eager at the same thread count, per mode."""
+    out: dict[str, dict[str, float]] = {}
+    for variant, modes in timings.items():
+        base = timings.get("eager, 2 threads" if VARIANTS[variant].get("threads") == 2 else "eager", {})
+        out[variant] = {m: ms / base[m] for m, ms in modes.items() if base.get(m)}
     return out
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return format(value, fmt) if value is not None else "-".rjust(len(format(0.0, fmt)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", nargs=2, metavar=("BLUEPRINT", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(time_one(args.one[0], args.one[1], args.repeats, args.steps))
+        print(json.dumps(time_one(args.one[0], args.one[1], args.repeats, args.steps)))
         return 0
     from esper_tui.engine.kernels.catalog import Catalog
 
@@ -129,17 +151,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks.compile_variants: {problem}", file=sys.stderr)
         return 2
     timings = run(blueprints, args.repeats, args.steps)
-    print(f"\n{'blueprint':16s} {'variant':40s} {'ms/step':>8s} {'/eager':>7s}")
+    print(f"\n{'blueprint':16s} {'variant':40s} {'train ms':>8s} {'/eager':>7s} {'no-grad ms':>10s} {'/eager':>7s}")
     result: dict[str, Any] = {"blueprints": {}}
     for bid, times in timings.items():
         rel = ratios(times)
-        best = min((v for v in rel if v not in ("eager", "eager, 2 threads")), key=rel.__getitem__, default=None)
-        result["blueprints"][bid] = {"ms_per_step": times, "over_eager": rel, "best_compiled": best}
-        for variant, ms in times.items():
-            print(f"{bid:16s} {variant:40s} {ms:8.3f} {rel.get(variant, float('nan')):7.2f}")
-        if best is not None:
-            verdict = "faster" if rel[best] < 1 else "slower"
-            print(f"{bid:16s} best compiled: {best} ({rel[best]:.2f}x eager, {verdict})\n")
+        compiled = [v for v in times if "backend" in VARIANTS[v]]
+        best = {m: min((v for v in compiled if m in rel[v]), key=lambda v: rel[v][m], default=None) for m in MODES}
+        result["blueprints"][bid] = {"ms": times, "over_eager": rel, "best_compiled": best}
+        for variant, modes in times.items():
+            t, n = modes.get("train"), modes.get("no_grad")
+            rt, rn = rel[variant].get("train"), rel[variant].get("no_grad")
+            row = f"{_cell(t, '8.3f')} {_cell(rt, '7.2f')} {_cell(n, '10.3f')} {_cell(rn, '7.2f')}"
+            print(f"{bid:16s} {variant:40s} {row}")
+        for mode, variant in best.items():
+            if variant is not None:
+                r = rel[variant][mode]
+                print(f"{bid:16s} best compiled, {mode}: {variant} ({r:.2f}x eager, {'faster' if r < 1 else 'slower'})")
+        print()
     write_json(args.json, result)
     return 0
 

@@ -81,6 +81,17 @@ async def test_a_killed_training_process_fails_the_run_in_one_line(engine: Engin
     assert training(engine).status is TrainingStatus.FAILED
 
 
+async def test_an_engine_that_stops_watching_its_trainer_kills_it(engine: Engine) -> None:
+    await eventually(lambda: training(engine).epoch >= 1, "a first epoch")
+    pid = trainer_pid(engine)
+    task = engine._trainer_task
+    assert task is not None
+    task.cancel()
+    async with asyncio.timeout(60):  # without the kill, the watch would wait on a child that trains on forever
+        await asyncio.gather(task, return_exceptions=True)
+    assert not psutil.pid_exists(pid)  # killed and reaped: no trainer runs on unwatched
+
+
 def test_a_killed_engine_takes_its_training_process_with_it(tmp_path: Path) -> None:
     """kill -9 of the engine alone (not its process group): the child must not live on writing checkpoints into
     the state directory the next engine resumes from."""

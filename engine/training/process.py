@@ -159,6 +159,9 @@ class TrainerProcess:
         ended: AnyEvent | None = None
         try:
             ended = await self._read(proc.stdout)
+        except asyncio.CancelledError:  # the engine gave up on it: it must not train on unwatched
+            self.kill()
+            raise
         finally:
             code = await proc.wait()
             await relay
