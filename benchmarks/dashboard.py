@@ -129,6 +129,7 @@ async def measure(state_dir: Path, pairs: int, epochs: int, warmup: int, *, head
         "snapshots_drawn": drawn,
         "refresh_hz": config.ui.refresh_hz,
         "checkpoint_every_epochs": config.training.checkpoint_every_epochs,
+        "checkpoint_min_interval_s": config.training.checkpoint_min_interval_s,
         "per_pair": [{"engine_epoch_ms": e, "bare_epoch_ms": b} for e, b in timed],
     }
 
