@@ -300,3 +300,16 @@ def test_every_truncation_of_a_valid_weights_file_is_refused(no_pickle):
 def test_missing_weights_file_is_a_kernel_error():
     with pytest.raises(KernelError, match="is missing"):
         initial_weights({})
+
+
+def test_a_process_private_kernel_cache_is_removed_when_the_process_ends(tmp_path):
+    """Both ways a process ends here: a normal exit (atexit), and os._exit after release_private_cache (the
+    training process's way)."""
+    for ending in ("", "compiled.release_private_cache(); os._exit(0)"):
+        code = (
+            "import os\nfrom esper_tui.engine.kernels import compiled\n"
+            f"d = compiled.private_cache_dir(); (d / 'k.so').write_bytes(b'x'); print(d, flush=True)\n{ending}"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        cache = out.stdout.strip()
+        assert cache and not os.path.exists(cache), ending

@@ -12,10 +12,12 @@ signed, and nothing is recompiled.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,8 +176,6 @@ def compile_kernel(
 
 
 def _rmtree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -192,7 +192,16 @@ def private_cache_dir() -> Path:
     if _private_cache is None:
         _private_cache = Path(tempfile.mkdtemp(prefix="esper-kernels-"))
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(_private_cache)
+        atexit.register(release_private_cache)
     return _private_cache
+
+
+def release_private_cache() -> None:
+    """Remove this process's cache at exit (registered by private_cache_dir; a process that ends with os._exit,
+    like the training process, calls it itself). Nothing in it outlives the process: it is rebuilt from the
+    library's verified files."""
+    if _private_cache is not None:
+        _rmtree(_private_cache)
 
 
 class LoadedKernel:

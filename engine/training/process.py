@@ -40,7 +40,7 @@ from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingFailed, TrainingFinished
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import private_cache_dir
+from esper_tui.engine.kernels.compiled import private_cache_dir, release_private_cache
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, open_library
@@ -330,5 +330,6 @@ def main() -> int:
 
 if __name__ == "__main__":
     code = main()
+    release_private_cache()  # os._exit runs no atexit handlers
     sys.stderr.flush()
     os._exit(code)  # every frame is flushed as sent; no finalisation racing the thread still reading stdin
