@@ -262,15 +262,16 @@ def _follow(inbox: IO[bytes], control: TrainingControl) -> None:
         try:
             header = inbox.read(HEADER.size)
             if len(header) < HEADER.size:
-                os._exit(0)
-            n = _length(header)
-            message = _decode(_to_trainer, inbox.read(n))
+                break
+            message = _decode(_to_trainer, inbox.read(_length(header)))
         except (ChannelBroken, OSError):
-            os._exit(0)
+            break
         if isinstance(message, Control):
             control.set_paused(message.paused)
             if message.stopped:
                 control.stop()
+    release_private_cache()  # os._exit runs no atexit handlers
+    os._exit(0)
 
 
 def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelSource:
@@ -296,9 +297,12 @@ def main() -> int:
     header = inbox.read(HEADER.size)
     if len(header) < HEADER.size:
         return 0  # the engine went away before it said anything
-    start = _decode(_to_trainer, inbox.read(_length(header)))
+    try:
+        start = _decode(_to_trainer, inbox.read(_length(header)))
+    except ChannelBroken as exc:
+        start = exc
     if not isinstance(start, Start):
-        print("training process: the first frame must be Start", file=sys.stderr)
+        print(f"training process: the first frame must be Start, not {start}", file=sys.stderr)
         return 2
     control = TrainingControl()
     threading.Thread(target=_follow, args=(inbox, control), name="esper-control", daemon=True).start()
