@@ -63,9 +63,13 @@ def time_one(blueprint_id: str, variant: str, repeats: int, steps: int) -> dict[
     x = torch.randn(EXAMPLE_BATCH, 40)
     if "backend" in spec and not spec.get("static"):
         torch._dynamo.mark_dynamic(x, 0)
+    forward: Any
     if spec.get("frozen"):  # the module itself, so its weights are attributes to fold, not graph inputs
         frozen = torch.compile(module, backend=spec["backend"])
-        forward: Any = lambda m, t: frozen(t)  # noqa: E731
+
+        def forward(_module: Any, t: Any) -> Any:
+            return frozen(t)
+
     elif "backend" in spec:
         forward = torch.compile(type(module).forward, fullgraph=True, backend=spec["backend"], mode=spec.get("mode"))
     else:
