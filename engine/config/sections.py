@@ -1,51 +1,34 @@
-"""Loading the optional TOML config into the typed EsperConfig (keys of seed 000 plus our sections).
+"""The config's sections: the TOML file mirrors these structs, keys follow seed 000.
 
-Every numeric key declares its range on the field (msgspec `Meta`), so a bad value is refused while the
-file is read, as one ConfigError line naming the key, e.g. `bus.max_deliveries: expected int >= 1`; the
-CLI prints it as `config error: ...` and exits 2. The same declarations render the config reference
-(`esper-tui config reference`, committed as docs/CONFIG.md), so the documented ranges are the enforced ones.
+Unknown keys are errors (forbid_unknown_fields). Each numeric key declares its range on the field, from the
+shared ranges in ranges.py, so a value outside it is refused while the file is read.
 """
 
 from __future__ import annotations
 
 import enum
-import json
-import re
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-import msgspec.inspect as mi
 from msgspec import Meta
 
+from esper_tui.engine.config.ranges import (
+    TIB_MB,
+    TRAIN_SAMPLES,
+    Entries,
+    Epochs,
+    Fraction,
+    HexKey,
+    Minutes,
+    Name,
+    Parallel,
+    Percent,
+    Seconds,
+    SecondsOrZero,
+    Tries,
+)
 from esper_tui.engine.vocabulary import Strategy
-
-# --------------------------------------------------------------------------- ranges
-# Declared once and reused. msgspec's bounds reject NaN; every float also has an upper bound `le`, which
-# rejects infinity. Every int has an upper bound too: TOML integers are unbounded, and a huge one would
-# otherwise reach setrlimit, torch.manual_seed or a deque as an OverflowError instead of a config error.
-
-DAY_S = 86_400
-TIB_MB = 1_048_576  # 1 TiB in MB: bytes = MB * 2**20 stays far inside RLIMIT_AS's 64 bits
-TRAIN_SAMPLES = 4000  # MNIST-1D's training split (training/data.py TRAIN_SIZE): a bigger batch never fills
-
-Seconds = Annotated[float, Meta(gt=0, le=DAY_S)]  # a duration that must pass: 0 would time out or spin at once
-SecondsOrZero = Annotated[float, Meta(ge=0, le=DAY_S)]  # a wait where 0 means "no wait"
-Minutes = Annotated[float, Meta(ge=0, le=1440)]  # up to a day; 0 means "off" or "at once" (see the key)
-Percent = Annotated[float, Meta(gt=0, le=100)]
-Fraction = Annotated[float, Meta(ge=0, le=1)]  # an accuracy difference: accuracy lies in [0, 1]
-Parallel = Annotated[int, Meta(ge=1, le=64)]  # things at once; each compile holds a worker of up to a few GB
-Tries = Annotated[int, Meta(ge=1, le=100)]  # attempts or failures: 0 would give up (or trip) before any try
-Epochs = Annotated[int, Meta(ge=0, le=10_000)]  # a seed lifecycle stage; 0 skips the stage
-Entries = Annotated[int, Meta(ge=1, le=10_000_000)]  # stream entries, held in memory or in Redis
-Name = Annotated[str, Meta(min_length=1)]
-HexKey = Annotated[str, Meta(pattern=r"^([0-9a-fA-F]{32,})?$")]  # empty, or at least 16 bytes of hex
-
-
-# --------------------------------------------------------------------------- sections
-# The TOML file mirrors these sections; keys follow seed 000. Unknown keys are errors (forbid_unknown_fields).
 
 
 class DurabilityMode(enum.StrEnum):
@@ -449,248 +432,7 @@ class EsperConfig(Section, frozen=True, kw_only=True):
     forge_worker: ForgeWorkerConfig = msgspec.field(default_factory=ForgeWorkerConfig)
 
 
-# --------------------------------------------------------------------------- rules across keys
-# A field's Meta sees only its own value; these few rules relate two keys, so they are checked after
-# conversion. They are data, so the reference lists exactly the rules that are enforced.
-
-
-@dataclass(frozen=True)
-class _Below:
-    """`key` must be strictly below `other`, because of `why`."""
-
-    key: str
-    other: str
-    why: str
-
-
-_RULES = (
-    _Below(
-        "bus.emergency_threshold",
-        "bus.drop_threshold",
-        "commands must reroute to the emergency stream before the normal stream refuses them",
-    ),
-    _Below(
-        "bus.drop_threshold",
-        "bus.maxlen",
-        "streams are trimmed to maxlen, so with a larger threshold unhandled entries are trimmed away, never refused",
-    ),
-    _Below(
-        "forge_worker.keepalive_s",
-        "forge_worker.claim_idle_s",
-        "a live worker must re-claim its job before others may take it over",
-    ),
-    _Below(
-        "forge_worker.heartbeat_s",
-        "forge_worker.heartbeat_ttl_s",
-        "a heartbeat must be renewed before it expires, or a live worker flickers out of the list",
-    ),
-)
-
-
-def _value(config: EsperConfig, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def _check_rules(config: EsperConfig) -> None:
-    for rule in _RULES:
-        value, limit = _value(config, rule.key), _value(config, rule.other)
-        if not value < limit:
-            raise ConfigError(f"{rule.key}: must be below {rule.other} (got {value} and {limit}): {rule.why}")
-
-
-# --------------------------------------------------------------------------- loading
-
-# Seed 000 writes enum values in upper case (STANDARD, O_DSYNC); accept either spelling.
-_ENUM_KEYS = {("tezzeret", "compilation", "default_strategy"), ("tezzeret", "wal", "durability_mode")}
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
-    for path in _ENUM_KEYS:
-        node: Any = raw
-        for part in path[:-1]:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(path[-1]), str):
-            node[path[-1]] = node[path[-1]].lower()
-    return raw
-
-
-def _key_of(message: str) -> tuple[str, str]:
-    """Turn msgspec's 'Expected `int` >= 1 - at `$.bus.max_deliveries`' into
-    ('bus.max_deliveries', 'expected int >= 1'), and an unknown or missing field into its dotted key."""
-    at = re.search(r" - at `\$\.?([^`]*)`", message)
-    where = at.group(1) if at else ""
-    text = message[: at.start()] if at else message
-    unknown = re.match(r"Object contains unknown field `([^`]+)`", text)
-    if unknown:
-        return ".".join(p for p in (where, unknown.group(1)) if p), "unknown key"
-    missing = re.match(r"Object missing required field `([^`]+)`", text)
-    if missing:
-        return ".".join(p for p in (where, missing.group(1)) if p), "missing key"
-    text = text.replace("`", "")
-    return where or "(top level)", text[0].lower() + text[1:] if text else "invalid"
-
-
-def parse_config(raw: dict[str, Any]) -> EsperConfig:
-    try:
-        config = msgspec.convert(_normalise(raw), EsperConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        key, why = _key_of(str(exc))
-        raise ConfigError(f"{key}: {why}") from None
-    _check_rules(config)
-    return config
-
-
-def override(config: EsperConfig, values: dict[str, Any]) -> EsperConfig:
-    """The config with dotted keys replaced (command-line flags), validated exactly like the file's values:
-    the same ranges, the same rules, the same one-line error naming the key."""
-    raw = msgspec.to_builtins(config)
-    for dotted, value in values.items():
-        *parents, leaf = dotted.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return parse_config(raw)
-
-
-def shared_forge_problem(config: EsperConfig, redis_url: str | None) -> str | None:
-    """Why this config cannot run as given, for the shared library and remote forge (None when it can).
-
-    A shared library needs both of its URLs; an engine without compile workers of its own needs one, and a
-    Redis bus, because forge workers take the jobs from there.
-    """
-    lib = config.library
-    if bool(lib.catalog_url) != bool(lib.artifacts_url):
-        return (
-            "a shared library needs both --library postgresql://… and --artifacts s3://bucket/prefix (or file:///dir)"
-        )
-    if config.tezzeret.compilation.max_concurrent_jobs == 0 and not (lib.catalog_url and redis_url):
-        return (
-            "--forge-workers 0 needs a shared library (--library, --artifacts) and a Redis bus (--redis-url): "
-            "forge workers take the jobs from there"
-        )
-    return None
-
-
 def wal_directory(config: EsperConfig, state_dir: Path) -> Path:
     """tezzeret.wal.path, relative to the state directory unless absolute."""
     path = Path(config.tezzeret.wal.path)
     return path if path.is_absolute() else state_dir / path
-
-
-def load_config(path: Path | None) -> EsperConfig:
-    """Built-in defaults when path is None; otherwise the file, validated."""
-    if path is None:
-        return EsperConfig()
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(raw)
-
-
-# --------------------------------------------------------------------------- the reference
-
-_REFERENCE_HEAD = """\
-# Configuration reference
-
-<!-- Generated by `esper-tui config reference` from engine/config.py; do not edit (a test compares them). -->
-
-Every key is optional and has the default shown. Pass the file with `--config FILE`. An unknown key, a
-wrong type or a value outside its range stops the program with one line naming the key (exit 2), e.g.
-`esper-tui: config error: bus.max_deliveries: expected int >= 1`.
-
-Ranges use interval notation: `[1, 64]` includes both ends, `(0, 86400]` excludes 0. No number key accepts
-`nan`, and none accepts `inf`. A float key also accepts an integer (`300` for `300.0`). Enum values are
-accepted in any case (`STANDARD` or `standard`).
-"""
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _bounds(t: mi.IntType | mi.FloatType) -> str:
-    low = f"[{_number(t.ge)}" if t.ge is not None else f"({_number(t.gt)}" if t.gt is not None else "(-inf"
-    high = f"{_number(t.le)}]" if t.le is not None else f"{_number(t.lt)})" if t.lt is not None else "inf)"
-    return f"{low}, {high}"
-
-
-def _describe(t: mi.Type) -> tuple[str, str, str]:
-    """(type, range, description) of one key's msgspec type."""
-    description = ""
-    if isinstance(t, mi.Metadata):
-        description = (t.extra_json_schema or {}).get("description", "")
-        t = t.type
-    if isinstance(t, mi.UnionType):
-        inner = [u for u in t.types if not isinstance(u, mi.NoneType)]
-        kind, limits, inner_description = _describe(inner[0])
-        return f"{kind} (optional)", limits, description or inner_description
-    if isinstance(t, mi.IntType | mi.FloatType):
-        return ("int" if isinstance(t, mi.IntType) else "float"), _bounds(t), description
-    if isinstance(t, mi.EnumType):
-        return "enum", ", ".join(f"`{m.value}`" for m in t.cls), description
-    if isinstance(t, mi.StrType):
-        if t.pattern is not None:
-            return "string", f"matches `{t.pattern}`", description
-        return "string", "non-empty" if t.min_length else "", description
-    if isinstance(t, mi.BoolType):
-        return "bool", "", description
-    raise TypeError(f"config reference: no rendering for {t!r}")  # a new kind of key: teach _describe about it
-
-
-def _default(value: Any) -> str:
-    if value is None:
-        return "unset"
-    if isinstance(value, enum.Enum):
-        value = value.value
-    if isinstance(value, bool | str):
-        return f"`{json.dumps(value)}`"
-    return f"`{value!r}`"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def _section(path: tuple[str, ...], struct: mi.StructType, out: list[str]) -> None:
-    rows: list[str] = []
-    subsections: list[tuple[tuple[str, ...], mi.StructType]] = []
-    for f in struct.fields:
-        if isinstance(f.type, mi.StructType):
-            subsections.append(((*path, f.name), f.type))
-            continue
-        kind, limits, description = _describe(f.type)
-        default = f.default_factory() if f.default_factory is not msgspec.NODEFAULT else f.default
-        cells = (f"`{f.name}`", kind, _default(default), limits, description)
-        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    if rows:
-        doc = (struct.cls.__doc__ or "").strip()
-        out += ["", f"## [{'.'.join(path)}]", "", *([doc, ""] if doc else [])]
-        out += ["| key | type | default | range | description |", "|---|---|---|---|---|", *rows]
-    for sub_path, sub in subsections:
-        _section(sub_path, sub, out)
-
-
-def config_reference() -> str:
-    """Markdown for every section and key: type, default, range and description, then the rules across keys.
-
-    Walks EsperConfig with msgspec.inspect, so the reference can only show the ranges that are enforced."""
-    info = mi.type_info(EsperConfig)
-    assert isinstance(info, mi.StructType)
-    out = [_REFERENCE_HEAD.rstrip("\n")]
-    _section((), info, out)
-    out += ["", "## Rules across keys", ""]
-    out += [f"- `{r.key}` must be below `{r.other}`: {r.why}." for r in _RULES]
-    return "\n".join(out) + "\n"
