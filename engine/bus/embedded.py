@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from esper_tui.engine.bus.base import START, Bus, Delivery, Entries, GroupLoad
+from esper_tui.engine.bus.base import Bus
+from esper_tui.engine.bus.core import START, Delivery, Entries, GroupLoad
 from esper_tui.engine.bus.types import BusOptions, GroupMissing
 from esper_tui.engine.config import BusConfig
 

@@ -25,7 +25,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
-from esper_tui.engine.bus.base import START, Bus, Delivery, Entries, GroupLoad
+from esper_tui.engine.bus.base import Bus
+from esper_tui.engine.bus.core import START, Delivery, Entries, GroupLoad
 from esper_tui.engine.bus.types import BusError, BusOptions, BusServerError, BusUnavailable, GroupMissing
 from esper_tui.engine.config import BusConfig
 
