@@ -1,6 +1,6 @@
 """The forge WAL, one test per corruption / failure case (the list in GUIDE section 5).
 
-Layout facts used here are in engine/wal/format.py; the recovery policy is in engine/wal/recovery.py.
+Layout facts used here are in engine/wal/format.py; the recovery policy is in engine/wal/recovery/__init__.py.
 """
 
 from __future__ import annotations

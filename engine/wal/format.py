@@ -35,10 +35,10 @@ creation time as an f64 Unix timestamp) is only ever the first record of a segme
 checkpoint; it means "everything older is summarised by the records that follow".
 
 Version 1 is version 2 with the WAL id field left as padding, so reading it costs one more comparison;
-recovery accepts version-1 segments only before the log's first version-2 segment (see recovery.py).
+recovery accepts version-1 segments only before the log's first version-2 segment (see recovery/).
 
 This module is pure: encoding, decoding and classifying the bytes of one segment. The recovery policy
-lives in ``recovery.py``, the writer and its file handling in ``writer.py``.
+lives in ``recovery/__init__.py``, the writer and its file handling in ``writer.py``.
 """
 
 from __future__ import annotations

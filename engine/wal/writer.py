@@ -1,7 +1,7 @@
 """The forge's write-ahead log (Tezzeret WAL): transactions BEGIN -> DATA... -> COMMIT | ABORT.
 
 The byte layout is documented once, in ``format.py``, and the recovery policy (what ``open``
-replays, reports and repairs, and what ``inspect`` shows) in ``recovery.py``. This module holds the
+replays, reports and repairs, and what ``inspect`` shows) in ``recovery/__init__.py``. This module holds the
 writer (a synchronous API and an asyncio API with group commit) and checkpoints; it re-exports the
 recovery side's public names so the WAL is imported from one place.
 
@@ -48,23 +48,10 @@ from esper_tui.engine.wal.format import (
     new_wal_id,
     segment_name,
 )
-from esper_tui.engine.wal.recovery import (
-    _LOCK_NAME,
-    _TMP_SUFFIX,
-    InspectReport,
-    RecoveryReport,
-    Transaction,
-    TxState,
-    WalDamage,
-    _analyze,
-    _no_gc,
-    _repair,
-    _report,
-    _Tx,
-    inspect,
-    unlink_oldest_first,
-    write_file_atomically,
-)
+from esper_tui.engine.wal.recovery import RecoveryReport, recover, report
+from esper_tui.engine.wal.recovery.analysis import LOCK_NAME, TMP_SUFFIX, Transaction, Tx, TxState, WalDamage
+from esper_tui.engine.wal.recovery.inspection import InspectReport, inspect
+from esper_tui.engine.wal.recovery.repair import unlink_oldest_first, write_file_atomically
 
 __all__ = [
     "InspectReport",
@@ -131,7 +118,7 @@ class _Pending:
 class WriteAheadLog:
     """An append-only transaction log in one directory; one writer per directory (flock on LOCK).
 
-    Constructing it recovers the directory (the policy is in recovery.py's docstring) and opens it for
+    Constructing it recovers the directory (the policy is in the recovery package's docstring) and opens it for
     appending, so no code path can append after an unrepaired tail; `open` also returns the
     RecoveryReport (kept as `self.recovery`). A new segment starts when the next record would push the
     current one past `segment_bytes` (a bigger record gets a segment of its own; a checkpoint segment
@@ -171,7 +158,7 @@ class WriteAheadLog:
 
         try:
             _make_dirs(self.directory)
-            self._lock_fd = os.open(self.directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._lock_fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise WalError(f"cannot open the WAL directory {self.directory}: {exc}") from exc
         try:
@@ -207,11 +194,7 @@ class WriteAheadLog:
         return wal, wal.recovery
 
     def _recover(self) -> RecoveryReport:
-        with _no_gc():  # a bulk load of ~3 objects per record and no cycles: collections would only cost
-            analysis = _analyze(self.directory)
-        repaired = analysis.needs_repair()
-        if repaired:
-            _repair(analysis)
+        analysis, repaired = recover(self.directory)
         self._wal_id = analysis.wal_id or new_wal_id()
         if not analysis.identity_stored:  # a new log (or one from before WAL ids): its identity, once
             write_file_atomically(self.directory / IDENTITY_NAME, encode_identity(self._wal_id))
@@ -219,7 +202,7 @@ class WriteAheadLog:
         live = analysis.live()
         self._segments = [s.path for s in live]
         self._sealed_bytes = sum(s.kept_size() for s in live[:-1])
-        self._open: dict[str, _Tx] = {t.txid.decode("utf-8", "replace"): t for t in analysis.replay.open.values()}
+        self._open: dict[str, Tx] = {t.txid.decode("utf-8", "replace"): t for t in analysis.replay.open.values()}
         self._next_seq = analysis.next_seq
         self.last_checkpoint_ts = analysis.last_checkpoint_ts
         if live:
@@ -231,7 +214,7 @@ class WriteAheadLog:
         else:
             self._salt = 0
             self._size = self._logical_size = 0
-        return _report(analysis, repaired)
+        return report(analysis, repaired)
 
     def _append_flags(self) -> int:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
@@ -262,7 +245,7 @@ class WriteAheadLog:
             if rtype == RecordType.BEGIN:
                 if tx is not None:
                     raise WalError(f"BEGIN of transaction {txid!r} which is already open")
-                self._open[txid] = _Tx(raw, payload)
+                self._open[txid] = Tx(raw, payload)
             elif tx is None:
                 raise WalError(f"{rtype.name} of transaction {txid!r} which is not open")
             elif rtype == RecordType.DATA:
@@ -453,7 +436,7 @@ class WriteAheadLog:
                     parts.append(encode_record(rtype, self._wal_id, salt, seq + len(parts), tx.txid, payload))
             blob = b"".join(parts)
             path = self.directory / segment_name(seq)
-            tmp = path.with_name(path.name + _TMP_SUFFIX)
+            tmp = path.with_name(path.name + TMP_SUFFIX)
             try:
                 write_synced(tmp, blob)
                 self.fsyncs_total += 1

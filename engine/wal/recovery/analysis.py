@@ -1,72 +1,21 @@
-"""Reading a write-ahead log back: scan analysis, replay, repair, the recovery report and ``inspect``.
+"""Reading a write-ahead log back: the analysis that decides what is replayed and what repair would do.
 
-A module of its own because reading is a separate concern from appending: the writer (``writer.py``)
-runs this once when it opens a directory, and ``inspect`` runs the same analysis without the writer,
-its lock or any repair. The byte layout is in ``format.py``; ``writer.py`` re-exports the public names.
-
-Recovery policy (``WriteAheadLog.open``; ``inspect`` applies the same analysis without repairing)
-    0. Identity: the log's WAL id is in its ``IDENTITY`` file. A segment whose records carry another id
-       belongs to another log: it is never replayed, even when its sequence numbers continue this log's,
-       and repair moves it aside as ``<segment>.<crc32>.foreign``. Version-1 segments (written before
-       WAL ids) are read only before the log's first version-2 segment. A missing or unreadable
-       ``IDENTITY`` while segments exist is reported, and the id of the oldest segment is adopted.
-    1. Start: the newest segment whose first record is a valid CHECKPOINT and whose seq continues the
-       segment before it; older segments are obsolete (a checkpoint that crashed before deleting them)
-       and repair deletes them. ``*.tmp`` files are unfinished checkpoints or copies and are deleted.
-    2. Replay is the longest *gap-free* prefix of the record sequence. Within a segment, records are
-       read until EOF or the first damage. The next segment is read only if its name and its first
-       record's seq continue the sequence exactly; otherwise it and everything after it are not
-       replayed.
-    3. Damage, by kind:
-       - torn tail: a short header or zero bytes to EOF, with no valid record after it. What a writer
-         that died mid-append leaves (LevelDB: "the writer died"; etcd: zeroed sectors are a torn
-         write). At the end of the last segment it is silently truncated (counted in
-         ``truncated_bytes``, listed in ``damage`` only).
-       - partial tail: a whole header whose payload runs past EOF (or whose length is absurd) and that
-         no shorter length makes verify: an unfinished append, or a damaged length that cannot be told
-         from one. At the end of the last segment it is truncated after a copy of the cut bytes is kept
-         as ``<segment>.cut-<offset>-<crc32>``; listed in ``damage``, not warned about in ``corrupt``.
-       - damaged tail: complete bytes that fail a check (CRC, magic, type, a stale salt: bytes left
-         over from an older file, or a length field that is wrong although the record verifies with
-         the length it really has) with nothing valid after them. Reported in ``corrupt`` and truncated.
-       - damage in the middle: bad bytes followed by valid records of the same segment. Reported in
-         ``corrupt``; replay STOPS there, and the rest of that segment and all later segments are not
-         replayed. Why not skip ahead like LevelDB: our transactions span records, so the hole may have
-         held a DATA whose COMMIT follows it (replaying would commit incomplete data) or an ABORT or
-         COMMIT (replaying would misstate the outcome). Sequence numbers cannot prove that nothing was
-         lost in the hole, and two halves of different records are never joined.
-       A seq that jumps inside a segment is damage too. A torn or damaged tail of a segment that is not
-       the last is reported (the writer makes a segment durable before starting the next), and the
-       next segment is still replayed if its seq continues: then nothing was lost.
-    4. Repair makes the directory equal to the replayed prefix, so the log can be appended to and a
-       second recovery gives the same transactions: damaged bytes are cut off, and segments that were
-       not replayed are renamed aside. Anything removed that is not a torn or partial tail is
-       preserved first, whole, as ``<segment>.<crc32 of its bytes>.corrupt`` (never read again, listed by
-       ``inspect``). Order: delete temp files, preserve copies, rename segments aside, fsync the
-       directory, truncate, delete obsolete segments (oldest first, an fsync of the directory after
-       each: see ``unlink_oldest_first``), fsync the directory. A crash at any point leaves a directory
-       that recovers to the same transactions (idempotent).
-    5. Valid records in an illegal order (DATA/COMMIT/ABORT of a transaction that is not open, BEGIN of
-       an open one, a CHECKPOINT that is not a segment's first record) are reported in ``corrupt`` and
-       ignored; they do not stop replay. A txid may be reused once its transaction has finished.
-    6. A segment whose first record is of another format version or byte order (and holds nothing we
-       can read) makes ``open`` raise ``WalFormatError``: never truncate a newer writer's log.
+One pass over the directory reads every segment once, checks identity, continuity and damage, and replays
+the transaction state machine; it touches nothing on disk. Recovery (the package, whose docstring holds the
+policy) runs it and then ``repair``; ``inspect`` (``inspection``) runs it alone, without the
+writer, its lock or any repair. The byte layout is in ``format.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import gc
 import os
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.fsutil import fsync_dir, fsync_path, write_synced
 from esper_tui.engine.wal.format import (
     FORMAT_VERSION,
     HEADER_SIZE,
@@ -82,23 +31,10 @@ from esper_tui.engine.wal.format import (
     scan_segment,
 )
 
-__all__ = [
-    "InspectReport",
-    "RecoveryReport",
-    "SegmentInfo",
-    "SegmentRole",
-    "Transaction",
-    "TransactionInfo",
-    "TxState",
-    "WalDamage",
-    "inspect",
-    "unlink_oldest_first",
-]
-
-_LOCK_NAME = "LOCK"
-_TMP_SUFFIX = ".tmp"
-_CORRUPT_SUFFIX = ".corrupt"
-_FOREIGN_SUFFIX = ".foreign"
+LOCK_NAME = "LOCK"
+TMP_SUFFIX = ".tmp"
+CORRUPT_SUFFIX = ".corrupt"
+FOREIGN_SUFFIX = ".foreign"
 _END_OF_LOG = (DamageKind.TORN, DamageKind.PARTIAL)  # the normal end of a crashed log: not warned about
 
 
@@ -141,53 +77,7 @@ class WalDamage(msgspec.Struct, frozen=True, kw_only=True):
         return f"{where}: {self.reason}"
 
 
-@dataclass(frozen=True)
-class RecoveryReport:
-    committed: list[Transaction]  # in COMMIT order
-    aborted: list[Transaction]  # in ABORT order
-    open: list[Transaction]  # in BEGIN order: in-flight jobs to resume or requeue
-    records: int  # records replayed
-    segments: int  # segment files read
-    truncated_bytes: int  # bytes cut off the end of segments (torn and damaged tails)
-    corrupt: list[str]  # one line per entry of `damage` worth a warning (all but a torn or partial end)
-    repaired: bool  # whether recovery changed anything on disk
-    damage: list[WalDamage] = field(default_factory=list)  # everything cut, moved aside or ignored
-
-
-class SegmentInfo(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    size: int
-    records: int
-    version: int | None  # None: no valid record
-    wal_id: str | None  # hex; None: no valid record, or version 1
-    salt: str | None  # hex
-    first_seq: int | None
-    last_seq: int | None
-    role: SegmentRole
-
-
-class TransactionInfo(msgspec.Struct, frozen=True, kw_only=True):
-    txid: str
-    state: TxState
-    records: int
-
-
-class InspectReport(msgspec.Struct, frozen=True, kw_only=True):
-    """What recovery would see in a WAL directory, without changing it: `esper-tui wal inspect`."""
-
-    directory: str
-    wal_id: str | None  # hex; None: no IDENTITY file and no segment to take it from
-    segments: list[SegmentInfo]
-    transactions: list[TransactionInfo]
-    open_transactions: list[str]
-    damage: list[WalDamage]
-    records: int
-    truncatable_bytes: int
-    last_checkpoint_ts: float | None
-    other_files: list[str]
-
-
-class _Tx:
+class Tx:
     """A transaction being replayed or written (mutable; the public Transaction is frozen)."""
 
     __slots__ = ("begin", "data", "end", "records", "state", "txid")
@@ -216,11 +106,11 @@ class _Replay:
     """The transaction state machine applied to the replayed records, in order."""
 
     def __init__(self) -> None:
-        self.open: dict[bytes, _Tx] = {}
+        self.open: dict[bytes, Tx] = {}
         self.finished_as: dict[bytes, TxState] = {}
-        self.all: list[_Tx] = []
-        self.committed: list[_Tx] = []
-        self.aborted: list[_Tx] = []
+        self.all: list[Tx] = []
+        self.committed: list[Tx] = []
+        self.aborted: list[Tx] = []
         self.illegal: list[WalDamage] = []
         self.records = 0
         self.last_seq: int | None = None
@@ -247,7 +137,7 @@ class _Replay:
                     finished[txid] = tx.state
                     continue
             elif rtype == _BEGIN:
-                tx = open_[txid] = _Tx(txid, payload)
+                tx = open_[txid] = Tx(txid, payload)
                 all_.append(tx)
                 continue
             self.illegal.append(
@@ -300,7 +190,7 @@ class _Segment:
 
 
 @dataclass(slots=True)
-class _Analysis:
+class Analysis:
     directory: Path
     wal_id: bytes | None  # None: a new or version-1 log, the writer draws one
     identity_stored: bool  # IDENTITY holds wal_id (else the writer writes it)
@@ -349,36 +239,6 @@ def _chain_start(segments: list[_Segment]) -> int:
     return 0
 
 
-def unlink_oldest_first(paths: list[Path], directory: Path) -> int:
-    """Delete obsolete segments oldest first with a directory fsync after each; returns the fsyncs.
-
-    Recovery trusts a checkpoint segment only while the segment just before it survives (`_chain_start`),
-    so that one must go last. Oldest first alone is not enough: a file system may persist unlinks that
-    no fsync has ordered in any order, so a power cut after several unlinks can keep the newest obsolete
-    segment's unlink and undo older ones. Recovery would then see a gap before the checkpoint, start at
-    the oldest surviving segment and replay its stale transactions instead of the checkpoint. With an
-    fsync after each unlink, whatever a crash leaves is the newest obsolete segments in a row, which
-    the next recovery deletes. (Newest first would break the continuity check at its first unlink.)
-    Checkpoints are rare and delete a few segments, so the extra fsyncs cost nothing that shows.
-    """
-    for path in paths:
-        os.unlink(path)
-        fsync_dir(directory)
-    return len(paths)
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """Pause the cyclic GC: in a process holding torch, gen-2 passes tripled 10k-transaction recovery."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _read_identity(directory: Path) -> tuple[bytes | None, int | None]:
     """(the WAL id IDENTITY holds or None, the file's size or None when there is no such file)."""
     try:
@@ -412,7 +272,7 @@ def _foreign_reason(seg: _Segment, wal_id: bytes | None, after_current: bool) ->
     return None
 
 
-def _analyze(directory: Path) -> _Analysis:
+def analyze(directory: Path) -> Analysis:
     """Read every segment once and decide what is replayed and what repair would do. Touches nothing."""
     segments: list[_Segment] = []
     tmp_files: list[Path] = []
@@ -427,9 +287,9 @@ def _analyze(directory: Path) -> _Analysis:
             except FileNotFoundError:  # inspect racing a live writer's checkpoint
                 continue
             segments.append(_Segment(path, seq, data, scan_segment(data)))
-        elif name.endswith(_TMP_SUFFIX):
+        elif name.endswith(TMP_SUFFIX):
             tmp_files.append(path)
-        elif name not in (_LOCK_NAME, IDENTITY_NAME):
+        elif name not in (LOCK_NAME, IDENTITY_NAME):
             other.append(name)
     segments.sort(key=lambda s: s.seq)
 
@@ -455,7 +315,7 @@ def _analyze(directory: Path) -> _Analysis:
                 offset=None,
                 bytes=len(seg.data),
                 reason=f"not replayed ({why})",
-                kept=seg.aside(_FOREIGN_SUFFIX).name,
+                kept=seg.aside(FOREIGN_SUFFIX).name,
             )
         )
 
@@ -486,7 +346,7 @@ def _analyze(directory: Path) -> _Analysis:
                     offset=None,
                     bytes=len(seg.data),
                     reason=f"not replayed ({stopped})",
-                    kept=seg.aside(_CORRUPT_SUFFIX).name,
+                    kept=seg.aside(CORRUPT_SUFFIX).name,
                 )
             )
             continue
@@ -526,7 +386,7 @@ def _analyze(directory: Path) -> _Analysis:
                 offset=found.offset,
                 bytes=cut,
                 reason=reason,
-                kept=seg.aside(_CORRUPT_SUFFIX).name,
+                kept=seg.aside(CORRUPT_SUFFIX).name,
             )
         )
     damage.extend(replay.illegal)
@@ -535,7 +395,7 @@ def _analyze(directory: Path) -> _Analysis:
         next_seq = replay.last_seq + 1
     else:
         next_seq = max((s.seq for s in chain if s.role is SegmentRole.LIVE), default=1)
-    return _Analysis(
+    return Analysis(
         directory,
         wal_id,
         identity_stored,
@@ -547,92 +407,4 @@ def _analyze(directory: Path) -> _Analysis:
         truncated,
         checkpoint_ts,
         next_seq,
-    )
-
-
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """temp file + fsync + rename; the caller fsyncs the directory."""
-    tmp = path.with_name(path.name + _TMP_SUFFIX)
-    write_synced(tmp, data)
-    os.replace(tmp, path)
-
-
-def _repair(analysis: _Analysis) -> None:
-    """Make the directory equal the replayed prefix. Order matters for crash safety (module docstring)."""
-    directory = analysis.directory
-    for tmp in analysis.tmp_files:  # first: a crashed preserve copy leaves a .tmp this run rewrites
-        os.unlink(tmp)
-    for seg in analysis.segments:
-        if seg.role is SegmentRole.LIVE and seg.cut_to is not None:
-            if seg.preserve:
-                write_file_atomically(seg.aside(_CORRUPT_SUFFIX), seg.data)
-            elif seg.keep_cut:
-                write_file_atomically(seg.cut_copy(), seg.data[seg.cut_to :])
-    for seg in analysis.segments:
-        if seg.role is SegmentRole.NOT_REPLAYED:
-            os.replace(seg.path, seg.aside(_CORRUPT_SUFFIX))
-        elif seg.role is SegmentRole.FOREIGN:
-            os.replace(seg.path, seg.aside(_FOREIGN_SUFFIX))
-    fsync_dir(directory)
-    for seg in analysis.segments:
-        if seg.role is not SegmentRole.LIVE or seg.cut_to is None:
-            continue
-        if seg.cut_to == 0:
-            os.unlink(seg.path)
-            continue
-        os.truncate(seg.path, seg.cut_to)
-        fsync_path(seg.path, os.O_WRONLY)
-    unlink_oldest_first([s.path for s in analysis.segments if s.role is SegmentRole.OBSOLETE], directory)
-    fsync_dir(directory)
-
-
-def _report(analysis: _Analysis, repaired: bool) -> RecoveryReport:
-    replay = analysis.replay
-    return RecoveryReport(
-        committed=[t.public() for t in replay.committed],
-        aborted=[t.public() for t in replay.aborted],
-        open=[t.public() for t in replay.open.values()],
-        records=replay.records,
-        segments=len(analysis.segments),
-        truncated_bytes=analysis.truncated_bytes,
-        corrupt=analysis.corrupt(),
-        repaired=repaired,
-        damage=list(analysis.damage),
-    )
-
-
-def inspect(directory: Path) -> InspectReport:
-    """What recovery would see, for `esper-tui wal inspect`. READ-ONLY: never repairs, never locks."""
-    analysis = _analyze(Path(directory))
-    segments = []
-    for seg in analysis.segments:
-        recs, scan = seg.scan.records, seg.scan
-        segments.append(
-            SegmentInfo(
-                name=seg.path.name,
-                size=len(seg.data),
-                records=len(recs),
-                version=scan.version,
-                wal_id=None if scan.wal_id is None else scan.wal_id.hex(),
-                salt=None if scan.salt is None else f"{scan.salt:016x}",
-                first_seq=recs[0][2] if recs else None,
-                last_seq=recs[-1][2] if recs else None,
-                role=seg.role,
-            )
-        )
-    replay = analysis.replay
-    return InspectReport(
-        directory=str(analysis.directory),
-        wal_id=None if analysis.wal_id is None else analysis.wal_id.hex(),
-        segments=segments,
-        transactions=[
-            TransactionInfo(txid=t.txid.decode("utf-8", "replace"), state=t.state, records=t.records)
-            for t in replay.all
-        ],
-        open_transactions=[t.decode("utf-8", "replace") for t in replay.open],
-        damage=list(analysis.damage),
-        records=replay.records,
-        truncatable_bytes=analysis.truncated_bytes,
-        last_checkpoint_ts=analysis.last_checkpoint_ts,
-        other_files=[p.name for p in analysis.tmp_files] + analysis.other_files,
     )
