@@ -243,7 +243,7 @@ class Engine:
         self.frame_public_key = signer.public_key
         self.operator_key_origin = key_origin(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
         if cfg.nissa.port:  # first of the services: a port in use fails the start before any worker is spawned
-            server = MetricsServer(self.nissa, self.latest, self.facts, cfg.nissa.host, cfg.nissa.port)
+            server = MetricsServer(self.nissa, self.latest, self.facts, cfg.nissa)
             try:
                 await server.start()
             except PortInUse as exc:
@@ -376,11 +376,12 @@ class Engine:
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        """Any engine task dying with an error stops the engine with that error (exit code 1)."""
+        """Any engine task dying with an error stops the engine with that error (exit code 1). The first one is
+        the cause: later ones (a trainer killed by the stop it started) do not replace it."""
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if exc is not None and self.failure is None:
             self.failure = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ForgeFatal) else str(exc)
             if isinstance(exc, ForgeFatal):
                 self.forge_fatal = str(exc)

@@ -404,6 +404,21 @@ class NissaConfig(Section, frozen=True, kw_only=True):
     host: Annotated[Name, Meta(description="address the endpoints listen on (0.0.0.0 for every interface)")] = (
         "127.0.0.1"
     )
+    max_connections: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1024,
+            description="open connections the endpoints keep at most; past it the one quiet longest is closed, so"
+            " idle clients can never take the engine's file descriptors",
+        ),
+    ] = 32
+    header_timeout_s: Annotated[
+        Seconds, Meta(description="a connection that has not sent a whole request within this time is closed")
+    ] = 5.0
+    idle_timeout_s: Annotated[
+        Seconds, Meta(description="a kept-alive connection waiting this long for its next request is closed")
+    ] = 15.0
     epoch_latency_s: Annotated[
         Seconds, Meta(description="training_latency_high fires after three consecutive epochs slower than this")
     ] = 60.0

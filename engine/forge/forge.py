@@ -42,6 +42,7 @@ from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, ti
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta
 from esper_tui.engine.library.store import Identity, artifact_key
+from esper_tui.engine.streaks import FailureStreak
 from esper_tui.engine.vocabulary import BreakerState, Level, Strategy, Subsystem
 from esper_tui.engine.wal.writer import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
 
@@ -424,8 +425,15 @@ class Forge:
     async def monitor(self, interval_s: float = 1.0) -> None:
         """Poll memory and GPU into the breakers; emit readings so the dashboard shows them live."""
         last: dict[str, object] = {}
+        reading = FailureStreak("memory reading", self._say)
         while True:
-            mem = await asyncio.to_thread(read_memory, os.getpid())
+            try:  # /proc is files: with no descriptor left the reading fails, and the engine must not
+                mem = await asyncio.to_thread(read_memory, os.getpid())
+            except OSError as exc:
+                reading.failed(exc, "the memory breaker keeps its last reading")
+                await asyncio.sleep(interval_s)
+                continue
+            reading.succeeded()
             gpu = await asyncio.to_thread(self.gpu.read)
             self.board.poll(mem, gpu)
             self.conservative.tick(self.board.any_open)
@@ -456,12 +464,23 @@ class Forge:
     async def maintain(self) -> None:
         """TTL memory manager: expire cached kernels and checkpoint the WAL every cleanup interval."""
         interval = self.config.memory_management.cleanup_interval_seconds
+        checkpoint = FailureStreak("WAL checkpoint", self._say)
         while True:
             await asyncio.sleep(interval)
             self.library.expire()
             if not self.wal.status().open_txids:
-                await asyncio.to_thread(self.wal.checkpoint)
+                try:
+                    await asyncio.to_thread(self.wal.checkpoint)
+                except WalFsyncError:
+                    raise
+                except WalError as exc:  # failed before the new segment was installed: the log is unchanged
+                    checkpoint.failed(exc, f"the log grows until the next try in {interval:g} s")
+                    continue
+                checkpoint.succeeded()
                 self.emit_wal_status()
+
+    def _say(self, level: Level, message: str) -> None:
+        self.emit(LogLine(source=Subsystem.TEZZERET, level=level, message=message))
 
     async def close(self) -> None:
         for task in list(self._running.values()):
