@@ -39,7 +39,12 @@ TRAILER_MAGIC = b"ESRECEND"
 _RECORD = struct.Struct("<IIQd")  # payload length, crc32 of (seq, ts, payload), seq, ts
 _ENTRY = struct.Struct("<QdQ")  # seq, ts, offset of the record
 _TRAILER = struct.Struct("<QI8s")  # index offset, crc32 of the index, TRAILER_MAGIC
-MAX_PAYLOAD = 64 * 2**20  # a compressed snapshot is a few kB; a bigger length is a torn or foreign header
+MAX_SNAPSHOT_BYTES = 16 * 2**20
+"""What one snapshot may take decompressed. Real ones are 5-50 kB (bounded histories and event log); the bound
+is what keeps a hostile file from inflating: zstd allocates whatever size a frame header declares, and a
+65 kB frame of zeros inflates to 2 GB."""
+MAX_PAYLOAD = MAX_SNAPSHOT_BYTES  # compressed; zstd never makes data bigger by more than a few bytes per block
+_CHUNK = 2**20
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
@@ -316,11 +321,30 @@ class Recording:
         self._file.seek(entry.offset + _RECORD.size)
         payload = self._file.read(entry.length)
         try:
-            return checked(_decoder.decode(self._decompressor.decompress(payload)))
+            return checked(_decoder.decode(self._inflate(payload, position)))
         except SchemaMismatch as exc:
             raise BadRecording(f"{self.path}: recorded by another version ({exc})") from None
         except (zstandard.ZstdError, msgspec.DecodeError) as exc:
             raise BadRecording(f"{self.path}: snapshot {position} cannot be decoded: {exc}") from None
+
+    def _inflate(self, payload: bytes, position: int) -> bytes:
+        """The snapshot's msgpack bytes, never more than MAX_SNAPSHOT_BYTES whatever the frame declares: a size
+        over the bound is refused before anything is allocated, and a frame that does not declare one is read
+        a chunk at a time until it ends or passes the bound."""
+        declared = zstandard.frame_content_size(payload)
+        if declared > MAX_SNAPSHOT_BYTES:
+            raise self._too_big(position, f"declares {_size(declared)}")
+        out = bytearray()
+        with self._decompressor.stream_reader(payload) as reader:
+            while chunk := reader.read(_CHUNK):
+                out += chunk
+                if len(out) > MAX_SNAPSHOT_BYTES:
+                    raise self._too_big(position, "inflates")
+        return bytes(out)
+
+    def _too_big(self, position: int, how: str) -> BadRecording:
+        bound = _size(MAX_SNAPSHOT_BYTES)
+        return BadRecording(f"{self.path}: snapshot {position} {how} over the {bound} a snapshot may take")
 
     def frames(self) -> Iterator[Snapshot]:
         for position in range(len(self.entries)):
@@ -339,6 +363,14 @@ class Recording:
         return self.entries[-1].ts - self.entries[0].ts
 
 
+def _size(n: int) -> str:
+    """Bytes as an operator reads them: 64 GiB, 16 MiB, 812 bytes."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
 class RunSummary(msgspec.Struct, kw_only=True):
     """One line of `esper-tui runs`."""
 
@@ -353,6 +385,25 @@ class RunSummary(msgspec.Struct, kw_only=True):
     test_accuracy: float | None
     status: str
     complete: bool  # the footer was there: the run stopped cleanly
+    problem: str | None = None  # why the file could not be read; then only `path` and `run_id` mean anything
+
+    @classmethod
+    def unreadable(cls, path: Path, problem: str) -> RunSummary:
+        """The line for a file `runs` could not read: named, marked, and not in the way of the others."""
+        return cls(
+            path=str(path),
+            run_id=path.stem,
+            start_ts=0.0,
+            duration_s=0.0,
+            snapshots=0,
+            epochs=0,
+            val_accuracy=None,
+            best_val_accuracy=None,
+            test_accuracy=None,
+            status="unreadable",
+            complete=False,
+            problem=problem,
+        )
 
 
 def summarize(path: Path) -> RunSummary:

@@ -134,13 +134,19 @@ class ReplayApp(EsperApp):
     def __init__(self, link: ReplayLink, **kwargs: object) -> None:
         self.replay = link
         self.replay_bar = ReplayBar(id="replay-bar")
+        self.failure: str | None = None  # why the replay ended early: a snapshot that could not be read
         super().__init__(link, title=f"Esper replay · {link.recording.path.name}", **kwargs)  # type: ignore[arg-type]
 
     def dashboard_extras(self) -> tuple[Widget, ...]:
         return (self.replay_bar,)
 
     def poll_link(self) -> None:
-        super().poll_link()
+        try:
+            super().poll_link()
+        except BadRecording as exc:  # the frames before it were shown; this one ends the replay, in one line
+            self.failure = str(exc)
+            self.exit(return_code=1)
+            return
         self.replay_bar.show(self.replay.where())
 
     def action_replay_toggle(self) -> None:
@@ -182,7 +188,10 @@ def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
                 for snapshot in recording.frames():
                     print(report_line(snapshot, args.json), flush=True)
                 return 0
-            ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme).run()
+            app = ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme)
+            app.run()
+            if app.failure is not None:
+                return fail(app.failure, 1)
         except BadRecording as exc:
             return fail(str(exc), 1)
         except BrokenPipeError:
@@ -208,6 +217,8 @@ def runs_table(summaries: list[RunSummary]) -> str:
             s.status if s.complete else f"{s.status} (torn)",
             str(s.snapshots),
         )
+        if s.problem is None
+        else (s.run_id, "-", "-", "-", "-", "-", "unreadable (see above)", "-")
         for s in summaries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
@@ -215,14 +226,16 @@ def runs_table(summaries: list[RunSummary]) -> str:
 
 
 def runs_main(state_dir: Path, as_json: bool) -> int:
-    """`esper-tui runs`: the recordings under <state>/runs; unreadable ones are named on stderr, not fatal."""
+    """`esper-tui runs`: the recordings under <state>/runs. An unreadable one is listed, marked, with its reason
+    in one line on stderr (and `problem` in JSON); it never keeps the others from being listed."""
     runs_dir = runs_directory(state_dir)
     summaries: list[RunSummary] = []
     for path in list_recordings(runs_dir):
         try:
             summaries.append(summarize(path))
         except BadRecording as exc:
-            print(f"esper-tui: skipped {exc}", file=sys.stderr)
+            print(f"esper-tui: {exc}", file=sys.stderr)
+            summaries.append(RunSummary.unreadable(path, str(exc)))
     if as_json:
         for summary in summaries:
             print(msgspec.json.encode(summary).decode())

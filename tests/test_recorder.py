@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from esper_tui.engine.config import parse_config
 from esper_tui.engine.recorder import (
     EXTENSION,
     MAGIC,
+    MAX_SNAPSHOT_BYTES,
     BadRecording,
     Recording,
     RecordingWriter,
@@ -178,6 +182,81 @@ def test_bad_files_are_one_line_and_exit_1(tmp_path: Path, content: bytes, why: 
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and why in proc.stderr
     missing = run_cli("replay", str(tmp_path / "missing.esrec"), "--no-ui")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+# ------------------------------------------------------------------------------ decompression bombs
+
+
+def record(seq: int, ts: float, payload: bytes) -> bytes:
+    """One record as the format says: <I length><I crc32 of (seq, ts, payload)><Q seq><d ts> payload."""
+    head = struct.pack("<Qd", seq, ts)
+    return struct.pack("<II", len(payload), zlib.crc32(payload, zlib.crc32(head))) + head + payload
+
+
+def declaring(size: int) -> bytes:
+    """A 16-byte zstd frame whose header declares `size` decompressed bytes and holds none."""
+    return struct.pack("<IBQ", 0xFD2FB528, 0xE0, size) + b"\x01\x00\x00"  # single segment, 8-byte size; empty block
+
+
+def zeros_over_the_bound(*, declared: bool) -> bytes:
+    """A real frame of zeros one byte over the bound: a few kB that would inflate to 16 MiB."""
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=declared)
+    return compressor.compress(bytes(MAX_SNAPSHOT_BYTES + 1))
+
+
+def bomb_after_good_frames(path: Path, payload: bytes) -> None:
+    """Three good snapshots, then one record whose payload is the bomb (no footer: read by scanning)."""
+    write(path, snapshots(3), close=False)
+    with path.open("ab") as f:
+        f.write(record(4, 1003.0, payload))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [declaring(64 << 30), zeros_over_the_bound(declared=True), zeros_over_the_bound(declared=False)],
+    ids=["declares-64-GiB", "inflates-past-the-bound", "inflates-past-the-bound-undeclared"],
+)
+def test_a_snapshot_inflating_past_the_bound_is_refused(tmp_path: Path, payload: bytes) -> None:
+    path = tmp_path / f"r1{EXTENSION}"
+    bomb_after_good_frames(path, payload)
+    with Recording(path) as rec:
+        assert len(rec) == 4 and rec.snapshot(2).seq == 3
+        with pytest.raises(BadRecording, match="over the 16 MiB a snapshot may take"):
+            rec.snapshot(3)
+    proc = run_cli("replay", str(path), "--no-ui", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stdout.splitlines()) == 3  # the good frames before it
+    assert proc.stderr.splitlines()[-1].startswith("esper-tui: ") and "16 MiB" in proc.stderr
+
+
+def test_a_48_byte_file_declaring_64_gib_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / f"r1{EXTENSION}"
+    path.write_bytes(MAGIC + record(1, 1000.0, declaring(64 << 30)))
+    assert path.stat().st_size == 48
+    plot = run_cli("plot", str(path), "--out", str(tmp_path / "x.png"))
+    assert plot.returncode == 1 and plot.stderr.count("\n") == 1 and "declares 64 GiB" in plot.stderr, plot.stderr
+    replay = run_cli("replay", str(path), "--no-ui")  # after its note that the file has no index
+    assert replay.returncode == 1 and "Traceback" not in replay.stderr, replay.stderr
+    assert replay.stderr.splitlines()[-1].startswith("esper-tui: ") and "declares 64 GiB" in replay.stderr
+
+
+def test_runs_lists_the_rest_and_marks_the_bad_file(tmp_path: Path) -> None:
+    runs = tmp_path / "state" / "runs"
+    runs.mkdir(parents=True)
+    write(runs / f"good{EXTENSION}", snapshots(3))
+    (runs / f"bomb{EXTENSION}").write_bytes(MAGIC + record(1, 1000.0, declaring(64 << 30)))
+    proc = run_cli("runs", "--state-dir", str(tmp_path / "state"))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+    assert set(rows) == {"r1", "bomb"}, proc.stdout  # the good run by its id, the bad file by its name
+    assert "unreadable" in rows["bomb"] and "unreadable" not in rows["r1"]
+    assert proc.stderr.count("\n") == 1 and "bomb.esrec" in proc.stderr and "declares 64 GiB" in proc.stderr
+    listed = [
+        json.loads(line)
+        for line in run_cli("runs", "--state-dir", str(tmp_path / "state"), "--json").stdout.splitlines()
+    ]
+    problems = {row["run_id"]: row["problem"] for row in listed}
+    assert problems["r1"] is None and "declares 64 GiB" in problems["bomb"]
 
 
 def test_plot_refuses_an_unknown_image_type(tmp_path: Path) -> None:

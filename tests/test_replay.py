@@ -88,6 +88,27 @@ async def test_replay_keys_through_pilot(recording: Recording) -> None:
         assert any("not sent" in message and "replay" in message for message in spy.texts())
 
 
+async def test_a_snapshot_that_cannot_be_read_ends_the_replay_with_its_reason(tmp_path: Path) -> None:
+    """A decompression bomb after two good frames: the dashboard shows them, then exits 1 with the reason."""
+    from tests.test_recorder import declaring, record
+
+    path = tmp_path / "run.esrec"
+    writer = RecordingWriter(path)
+    for i in range(2):
+        writer.write(Snapshot(seq=10 + i, ts=5000.0 + i, run_id="rec1"))
+    with path.open("ab") as f:  # no footer: the reader scans, and finds the bomb whole
+        f.write(record(12, 5002.0, declaring(64 << 30)))
+    with Recording(path) as rec:
+        app = ReplayApp(ReplayLink(rec, clock=FakeClock()))
+        async with app.run_test(size=(160, 50)) as pilot:
+            await settle(pilot)
+            assert app.snapshot is not None and app.snapshot.seq == 10
+            await pilot.press("G")
+            await settle(pilot)
+        assert app.return_code == 1
+        assert app.failure is not None and "snapshot 2 declares 64 GiB" in app.failure
+
+
 def test_bar_and_clock() -> None:
     assert clock(65.2) == "1:05" and clock(3725) == "1:02:05"
     assert bar(0.0, 5) == "●────" and bar(1.0, 5) == "━━━━●" and bar(0.5, 5) == "━━●──"
