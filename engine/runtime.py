@@ -63,8 +63,8 @@ from esper_tui.engine.library.store import Identity
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
-from esper_tui.engine.training.loop import TrainingControl
 from esper_tui.engine.training.process import Start, TrainerProcess
 from esper_tui.engine.vocabulary import EngineState, Level, Strategy, Subsystem, new_id
 from esper_tui.engine.wal.writer import WalError, WriteAheadLog

@@ -16,9 +16,10 @@ from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.training import checkpoint as ckpt
 from esper_tui.engine.training.controller import ControllerState
 from esper_tui.engine.training.kernel_source import EagerKernelSource
-from esper_tui.engine.training.loop import HOST_GROUP, Trainer, TrainingState
+from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.training.reports import PendingDecision, read, reports_path
 from esper_tui.engine.training.seeds import SlotState
+from esper_tui.engine.training.state import HOST_GROUP, TrainingState
 from esper_tui.engine.vocabulary import Action, SeedStage
 
 KEY = bytes(range(32))

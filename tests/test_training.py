@@ -27,10 +27,11 @@ from esper_tui.engine.contracts import (
     TrainingStarted,
 )
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.controller import Decision, EpochState
 from esper_tui.engine.training.data import Splits, carve, load_mnist1d
 from esper_tui.engine.training.kernel_source import EagerKernelSource, Kernel, KernelOffer, KernelUnavailable
-from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.training.seeds import IN_FLIGHT
 from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
 

@@ -38,9 +38,9 @@ from safetensors.torch import save as st_save
 from esper_tui.engine.fsutil import fsync_dir, write_durable
 from esper_tui.engine.library import signing
 from esper_tui.engine.training.controller import ControllerState
-from esper_tui.engine.training.loop import TrainingState
 from esper_tui.engine.training.reports import PendingDecision
 from esper_tui.engine.training.seeds import SlotState
+from esper_tui.engine.training.state import TrainingState
 from esper_tui.engine.vocabulary import SeedStage
 
 FORMAT_VERSION = 1

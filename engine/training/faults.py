@@ -5,7 +5,8 @@
 - `seed-explode@E`: a seed's gradients explode in epoch E (or in the first later epoch with a seed training);
 - `kernel-crash@E`: a kernel raises in the middle of epoch E.
 Each fault fires once: a rollback replays the epochs since its checkpoint, and a fault that fired again there
-would roll the run back forever.
+would roll the run back forever. `FaultPlan` is also where the trainer asks which fault strikes the epoch
+about to finish, and where a seed-explode fault marks a seed's health.
 
 `InstabilityDetector` is what notices, fault or not: a non-finite loss, a loss above `spike_factor` times its
 moving median over the last `window` epochs, or a seed whose gradients explode.
@@ -20,7 +21,10 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
 from esper_tui.engine.contracts import SeedHealth
+from esper_tui.engine.vocabulary import SeedStage
 
 MIN_SPIKE_LOSS = 0.1
 """A loss below this is never a spike, whatever its ratio: a host that fits its samples (loss ~1e-8) doubles
@@ -84,6 +88,21 @@ class FaultPlan:
 
     def fire(self, fault: Fault) -> None:
         self.fired.add(fault)
+
+    def due_of(self, kind: FaultKind, epoch: int) -> Fault | None:
+        """The injected fault of `kind` due in `epoch` (the one about to finish), if any."""
+        return next((f for f in self.due(epoch) if f.kind is kind), None)
+
+    def explode_seed(self, epoch: int, health: list[SeedHealth]) -> list[SeedHealth]:
+        """A due seed-explode fault marks the first training seed's gradients as exploding (it waits for one)."""
+        fault = self.due_of(FaultKind.SEED_EXPLODE, epoch)
+        target = next((i for i, h in enumerate(health) if h.stage is SeedStage.TRAINING), None)
+        if fault is None or target is None:
+            return health
+        self.fire(fault)
+        health = list(health)
+        health[target] = msgspec.structs.replace(health[target], exploding=True, grad_norm=1e6)
+        return health
 
     def __bool__(self) -> bool:
         return bool(self.faults)

@@ -44,10 +44,11 @@ from esper_tui.engine.kernels.compiled import private_cache_dir, release_private
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, open_library
+from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
-from esper_tui.engine.training.loop import Trainer, TrainingControl
+from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.vocabulary import Level, Subsystem
 
 HEADER = struct.Struct(">I")
