@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -115,11 +116,14 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
-def read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
+def read_regular(
+    path: Path, label: str, *, sync: bool = False, check: Callable[[os.stat_result], None] | None = None
+) -> bytes:
     """A regular file's bytes; anything else raises NotRegularFile without being opened or waited on.
 
     lstat first (a device is never opened, a symlink never followed), then O_NOFOLLOW | O_NONBLOCK and
     fstat on the descriptor, so a file swapped for a FIFO in between is refused too, not blocked on.
+    `check` sees that fstat (the opened file's own owner and mode) before a byte is read, and may raise.
     OSError (missing, unreadable) is the caller's to report.
     """
     mode = os.lstat(path).st_mode
@@ -132,8 +136,11 @@ def read_regular(path: Path, label: str, *, sync: bool = False) -> bytes:
             mode = stat.S_IFLNK
         else:
             try:
-                mode = os.fstat(fd).st_mode
+                st = os.fstat(fd)
+                mode = st.st_mode
                 if stat.S_ISREG(mode):
+                    if check is not None:
+                        check(st)
                     with open(fd, "rb", closefd=False) as f:
                         data = f.read()
                     if sync:

@@ -5,16 +5,27 @@ one grants nothing else (an operator key cannot sign a kernel; a frame key canno
 Each is looked up in the same order: its environment variable (hex), its config key (hex), then its file
 under `<state>/keys/` (hex, mode 0600). Only the engine creates a missing key file; read-only tools and
 control rooms call `load_key`, which never does: a key made on the spot would match nothing already signed.
+
+A key file is trusted only when it and `keys/` belong to the user this process runs as, the file is
+readable by nobody else and the directory writable by nobody else: otherwise another account on the
+machine (a compile worker's, a co-tenant's in a shared /tmp) could have planted a key of its choosing,
+and commands signed with it would be obeyed. A key is named in messages by its fingerprint, never shown.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from esper_tui.engine import fsutil
+
 MIN_KEY_BYTES = 16
+_FINGERPRINT_DOMAIN = b"esper.key-fingerprint.v1\0"
 
 
 class BadKey(ValueError):
@@ -60,6 +71,40 @@ def from_hex(value: str, origin: str) -> bytes:
     return key
 
 
+def fingerprint(key: bytes) -> str:
+    """A short public name for a key (16 hex digits of a domain-separated SHA-256): safe to print and
+    store, useless for signing, and equal for two keys only when they are the same key."""
+    return hashlib.sha256(_FINGERPRINT_DOMAIN + key).hexdigest()[:16]
+
+
+def _check_owner(path: Path, st: os.stat_result, what: str) -> None:
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise BadKey(
+            f"{path}: {what} belongs to uid {st.st_uid}, not to this engine's user (uid {euid}); "
+            "keys must be the engine user's own"
+        )
+
+
+def _check_key_dir(directory: Path) -> None:
+    """`keys/` must be this user's and writable by nobody else: whoever may write it may swap the keys."""
+    st = os.stat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BadKey(f"{directory}: not a directory")
+    _check_owner(directory, st, "the keys directory")
+    if st.st_mode & 0o022:
+        raise BadKey(f"{directory}: the keys directory is writable by others; chmod 700 it")
+
+
+def _check_key_file(path: Path) -> Callable[[os.stat_result], None]:
+    def check(st: os.stat_result) -> None:
+        _check_owner(path, st, "key file")
+        if st.st_mode & 0o077:
+            raise BadKey(f"{path}: key file is readable by others; chmod 600 it")
+
+    return check
+
+
 def load_key(spec: KeySpec, state_dir: Path | None, configured: str = "") -> bytes:
     """The key for `spec`, from the environment, the config or the key file; never creates one."""
     if os.environ.get(spec.env):
@@ -69,13 +114,14 @@ def load_key(spec: KeySpec, state_dir: Path | None, configured: str = "") -> byt
     if state_dir is None:
         raise KeyMissing(f"no {spec.name} key; {spec.needed_for} ({spec.env} or {spec.config_key})")
     path = spec.path(state_dir)
-    if not path.exists():
+    if not os.path.lexists(path):
         where = f"the key file, {spec.env} or {spec.config_key}"
         raise KeyMissing(f"no {spec.name} key at {path}; {spec.needed_for} ({where})")
     try:
-        if path.stat().st_mode & 0o077:
-            raise BadKey(f"{path}: key file is readable by others; chmod 600 it")
-        text = path.read_text()
+        _check_key_dir(path.parent)
+        text = fsutil.read_regular(path, str(path), check=_check_key_file(path)).decode()
+    except fsutil.NotRegularFile as exc:
+        raise BadKey(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise BadKey(f"{path}: cannot read the key file ({exc})") from None
     return from_hex(text, str(path))
@@ -89,8 +135,9 @@ def load_or_create_key(spec: KeySpec, state_dir: Path, configured: str = "") -> 
         pass
     path = spec.path(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_key_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
         f.flush()

@@ -9,7 +9,6 @@ import msgspec
 import pytest
 
 from esper_tui.engine.bus.auth import (
-    REPLAY_CACHE_LIMIT,
     CommandRejected,
     CommandVerifier,
     FrameSigner,
@@ -18,6 +17,7 @@ from esper_tui.engine.bus.auth import (
     sign_command,
 )
 from esper_tui.engine.contracts import PauseTraining, Recompile, Shutdown
+from esper_tui.engine.freshness import REPLAY_CACHE_LIMIT
 from esper_tui.engine.keys import FRAME_KEY, OPERATOR_KEY, SIGNING_KEY, BadKey, KeyMissing, load_key, load_or_create_key
 
 KEY = bytes(range(32))
@@ -95,13 +95,13 @@ def test_the_replay_cache_forgets_only_what_can_no_longer_pass() -> None:
         v.check(first)
     clock.t += 60
     v.check(sign_command(KEY, Shutdown(ts=clock.t)))
-    assert len(v._seen) == 1  # the first id left the cache once it could no longer pass
+    assert len(v._window) == 1  # the first id left the cache once it could no longer pass
 
 
 def test_a_full_replay_cache_refuses_rather_than_forgets(monkeypatch: pytest.MonkeyPatch) -> None:
-    import esper_tui.engine.bus.auth as auth
+    import esper_tui.engine.freshness as freshness
 
-    monkeypatch.setattr(auth, "REPLAY_CACHE_LIMIT", 3)
+    monkeypatch.setattr(freshness, "REPLAY_CACHE_LIMIT", 3)
     clock = Clock()
     v = verifier(clock)
     for _ in range(3):
@@ -168,4 +168,100 @@ def test_key_sources_in_order_and_checked(tmp_path: Path, monkeypatch) -> None:
     assert load_key(OPERATOR_KEY, tmp_path) == bytes.fromhex("ef" * 16)
     path.write_bytes(b"\xff\xfe")
     with pytest.raises(BadKey):
+        load_key(OPERATOR_KEY, tmp_path)
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf")])
+def test_a_command_with_a_non_finite_time_is_refused_and_never_obeyed(ts: float) -> None:
+    """Issue 18, finding 9: NaN compared false with every limit, so a signed command stamped NaN passed
+    every freshness check, never stayed in the replay cache, and could be replayed forever."""
+    clock = Clock()
+    cmd = sign_command(KEY, Shutdown(ts=ts, issued_by="alice@host"))
+    v = verifier(clock)
+    with pytest.raises(CommandRejected, match="not a finite number"):
+        v.check(cmd)
+    clock.t += 86_400  # a day later, after a restart too
+    with pytest.raises(CommandRejected, match="not a finite number"):
+        verifier(clock).check(cmd)
+
+
+# ----------------------------------------------------------------------------- key ownership (finding 3)
+
+ANOTHER_UID = 65534  # nobody: a co-tenant's account
+
+
+def other_owner(path: Path) -> None:
+    """Hand `path` to another account, as a co-tenant who planted it would own it (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can create a file owned by another account")
+    os.chown(path, ANOTHER_UID, -1)
+
+
+@pytest.mark.parametrize("spec", [SIGNING_KEY, OPERATOR_KEY, FRAME_KEY], ids=lambda s: s.name)
+def test_a_key_file_of_another_owner_is_refused(tmp_path: Path, monkeypatch, spec) -> None:
+    """Issue 18, finding 3: an `esper-worker`-owned keys/operator.key (0600) was accepted by a root engine,
+    and a Shutdown signed with it was obeyed."""
+    monkeypatch.delenv(spec.env, raising=False)
+    path = spec.path(tmp_path)
+    path.parent.mkdir(mode=0o700)
+    path.write_text("ef" * 16)
+    os.chmod(path, 0o600)
+    other_owner(path)
+    with pytest.raises(BadKey, match=rf"{path}: .*belongs to uid {ANOTHER_UID}, not to this engine's user"):
+        load_key(spec, tmp_path)
+    with pytest.raises(BadKey, match=f"belongs to uid {ANOTHER_UID}"):
+        load_or_create_key(spec, tmp_path)  # nor is it replaced by a fresh one behind the planter's back
+    assert path.read_text() == "ef" * 16
+
+
+def test_a_keys_directory_of_another_owner_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """The directory decides who may swap a key file in: it must be the engine user's too."""
+    monkeypatch.delenv(OPERATOR_KEY.env, raising=False)
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir(mode=0o700)
+    other_owner(keys_dir)
+    with pytest.raises(BadKey, match=rf"{keys_dir}: .*belongs to uid {ANOTHER_UID}"):
+        load_or_create_key(OPERATOR_KEY, tmp_path)
+    assert not OPERATOR_KEY.path(tmp_path).exists()
+    path = OPERATOR_KEY.path(tmp_path)
+    path.write_text("ef" * 16)  # our own file, in a directory someone else controls
+    os.chmod(path, 0o600)
+    with pytest.raises(BadKey, match=rf"{keys_dir}: .*belongs to uid {ANOTHER_UID}"):
+        load_key(OPERATOR_KEY, tmp_path)
+
+
+def test_a_keys_directory_others_may_write_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Owned by us but writable by others (a shared /tmp habit): anyone could replace the key file."""
+    monkeypatch.delenv(OPERATOR_KEY.env, raising=False)
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    os.chmod(keys_dir, 0o777)
+    with pytest.raises(BadKey, match=rf"{keys_dir}: .*writable by others"):
+        load_or_create_key(OPERATOR_KEY, tmp_path)
+
+
+def test_a_key_file_that_is_a_symlink_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A link is followed to whatever it names: the owner and mode checked must be the key file's own."""
+    monkeypatch.delenv(OPERATOR_KEY.env, raising=False)
+    target = tmp_path / "elsewhere.key"
+    target.write_text("ef" * 16)
+    os.chmod(target, 0o600)
+    path = OPERATOR_KEY.path(tmp_path)
+    path.parent.mkdir(mode=0o700)
+    path.symlink_to(target)
+    with pytest.raises(BadKey, match="not a regular file"):
+        load_key(OPERATOR_KEY, tmp_path)
+
+
+def test_the_owner_rule_holds_for_any_engine_user(tmp_path: Path, monkeypatch) -> None:
+    """Without root: the same rule seen from an engine running as another uid than the file's owner."""
+    monkeypatch.delenv(OPERATOR_KEY.env, raising=False)
+    path = OPERATOR_KEY.path(tmp_path)
+    path.parent.mkdir(mode=0o700)
+    path.write_text("ef" * 16)
+    os.chmod(path, 0o600)
+    assert load_key(OPERATOR_KEY, tmp_path) == bytes.fromhex("ef" * 16)
+    mine = os.geteuid()
+    monkeypatch.setattr(os, "geteuid", lambda: mine + 1)
+    with pytest.raises(BadKey, match=f"belongs to uid {mine}, not to this engine's user"):
         load_key(OPERATOR_KEY, tmp_path)

@@ -275,3 +275,27 @@ def test_forged_commands_are_refused_and_a_signed_shutdown_is_obeyed(tmp_path: P
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def test_a_key_file_of_another_user_stops_the_engine_in_one_line(tmp_path: Path) -> None:
+    """Issue 18, finding 3: a keys/operator.key owned by another account (here `nobody`), mode 0600, was
+    accepted by a root engine, and commands signed with it obeyed. Now the engine refuses to start."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can plant a file owned by another account")
+    state = tmp_path / "state"
+    planted = OPERATOR_KEY.path(state)
+    planted.parent.mkdir(parents=True, mode=0o700)
+    planted.write_text("ab" * 32)
+    os.chmod(planted, 0o600)
+    os.chown(planted, 65534, -1)
+    config = tmp_path / "light.toml"
+    config.write_text("[tezzeret.polling]\ninitial_full_scan = false\n[training]\ncompile = false\n")
+    env = {k: "" for k in ("ESPER_OPERATOR_KEY", "ESPER_SIGNING_KEY", "ESPER_FRAME_KEY")}
+    proc = run_cli("--no-ui", "--epochs", "1", "--config", str(config), "--state-dir", str(state), env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line == (
+        f"esper-tui: {planted}: key file belongs to uid 65534, not to this engine's user (uid 0); "
+        "keys must be the engine user's own"
+    )

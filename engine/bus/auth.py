@@ -19,7 +19,6 @@ import hmac
 import os
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -30,10 +29,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.contracts import AnyCommand
+from esper_tui.engine.freshness import ReplayWindow, Stale
 
 _COMMAND_DOMAIN = b"esper.command.v1\0"
 _FRAME_SEED_DOMAIN = b"esper.frame-key.v1\0"
-REPLAY_CACHE_LIMIT = 100_000
 
 C = TypeVar("C", bound=AnyCommand)
 
@@ -62,14 +61,11 @@ def sign_command(key: bytes, command: C) -> C:
 
 
 class CommandVerifier:
-    """The engine's gate for commands: signature, freshness, and a replay cache over the skew window."""
+    """The engine's gate for commands: signature, then freshness and replay (freshness.ReplayWindow)."""
 
     def __init__(self, key: bytes, *, skew_s: float, not_before: float, clock: Callable[[], float] = time.time) -> None:
         self._key = key
-        self._skew = skew_s
-        self._not_before = not_before
-        self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()  # command id -> when it leaves the window
+        self._window = ReplayWindow(max_age_s=skew_s, max_ahead_s=skew_s, not_before=not_before, clock=clock)
 
     def check(self, command: AnyCommand) -> None:
         """Raise CommandRejected with the reason, or return: then the command is recorded as seen."""
@@ -77,29 +73,10 @@ class CommandVerifier:
             raise CommandRejected("unsigned")
         if not hmac.compare_digest(_mac(self._key, command).encode(), command.signature.encode(errors="replace")):
             raise CommandRejected("bad signature")
-        now = self._clock()
-        age = now - command.ts
-        if age > self._skew:
-            raise CommandRejected(f"stale: issued {age:.0f} s ago (limit {self._skew:.0f} s)")
-        if -age > self._skew:
-            raise CommandRejected(f"issued {-age:.0f} s in the future (limit {self._skew:.0f} s)")
-        if command.ts < self._not_before:
-            raise CommandRejected("issued before this engine started")
-        self._forget(now)
-        if command.command_id in self._seen:
-            raise CommandRejected("replayed: this command id was already obeyed")
-        if len(self._seen) >= REPLAY_CACHE_LIMIT:
-            raise CommandRejected("too many commands inside the skew window; refusing rather than forgetting")
-        self._seen[command.command_id] = command.ts + 2 * self._skew
-
-    def _forget(self, now: float) -> None:
-        """Drop ids whose command can no longer pass the freshness check anyway."""
-        while self._seen:
-            oldest, until = next(iter(self._seen.items()))
-            if until > now:
-                # ids arrive roughly in time order; a later-expiring head keeps the rest until it expires
-                return
-            del self._seen[oldest]
+        try:
+            self._window.admit(command.command_id, command.ts)
+        except Stale as exc:
+            raise CommandRejected(str(exc)) from None
 
 
 def _frame_private(key: bytes) -> Ed25519PrivateKey:
