@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 
 from esper_tui.engine.forge.builders import LocalBuilder
 from esper_tui.engine.forge.jobqueue import (
+    BoundsRefused,
     Delivery,
     ForgeChannel,
     ForgeControl,
@@ -96,7 +98,9 @@ def channel(open_channel: Callable[..., ForgeChannel]) -> ForgeChannel:
     return open_channel()
 
 
-def job(n: int = 1, *, key: str = NOT_MINE, blueprint_id: str = KERNEL_BLUEPRINT, force: bool = False) -> ForgeJob:
+def job(
+    n: int = 1, *, key: str = NOT_MINE, blueprint_id: str = KERNEL_BLUEPRINT, force: bool = False, age_s: float = 0.0
+) -> ForgeJob:
     return ForgeJob(
         job_id=f"job-{n}-{os.urandom(3).hex()}",
         blueprint_id=blueprint_id,
@@ -106,22 +110,24 @@ def job(n: int = 1, *, key: str = NOT_MINE, blueprint_id: str = KERNEL_BLUEPRINT
         out_features=OUT_FEATURES,
         force=force,
         timeout_s=60.0,
-        issued_ts=time.time(),
+        issued_ts=time.time() - age_s,
         issuer="engine-run-1",
     )
 
 
-def news(j: ForgeJob, kind: NewsKind = NewsKind.COMPILED) -> JobNews:
-    return JobNews(job_id=j.job_id, blueprint_id=j.blueprint_id, kind=kind, worker="host:1", version=1, ts=time.time())
-
-
-def control(*open_breakers: str, conservative: bool = False) -> ForgeControl:
-    return ForgeControl(
-        issuer="engine-run-1", conservative=conservative, open_breakers=list(open_breakers), ts=time.time()
+def news(j: ForgeJob, kind: NewsKind = NewsKind.COMPILED, age_s: float = 0.0) -> JobNews:
+    return JobNews(
+        job_id=j.job_id, blueprint_id=j.blueprint_id, kind=kind, worker="host:1", version=1, ts=time.time() - age_s
     )
 
 
-def beat(worker_id: str = "w1", holding: str = "") -> WorkerBeat:
+def control(*open_breakers: str, conservative: bool = False, age_s: float = 0.0) -> ForgeControl:
+    return ForgeControl(
+        issuer="engine-run-1", conservative=conservative, open_breakers=list(open_breakers), ts=time.time() - age_s
+    )
+
+
+def beat(worker_id: str = "w1", holding: str = "", age_s: float = 0.0) -> WorkerBeat:
     return WorkerBeat(
         worker_id=worker_id,
         host="host",
@@ -132,8 +138,8 @@ def beat(worker_id: str = "w1", holding: str = "") -> WorkerBeat:
         done=0,
         failed=0,
         holding=holding,
-        started_ts=time.time(),
-        ts=time.time(),
+        started_ts=time.time() - age_s,
+        ts=time.time() - age_s,
     )
 
 
@@ -238,11 +244,16 @@ async def test_forged_news_reads_as_none_and_is_counted(channel, open_channel, r
     assert channel.forged == 2
 
 
-async def test_a_forged_control_reads_as_none(channel, open_channel, raw):
+async def test_a_forged_control_is_refused(channel, open_channel, raw):
+    """Not None ("no engine publishes", so a worker's own limits): a forged value must hold the workers."""
     await open_channel(OTHER_KEY).set_control(control("memory"), ttl_s=30)
-    assert await channel.control() is None and channel.forged == 1
+    with pytest.raises(BoundsRefused, match="not validly sealed"):
+        await channel.control()
+    assert channel.forged == 1
     await raw.set(channel.control_key, seal(KEY, beat()))  # a heartbeat replayed as the engine's bounds
-    assert await channel.control() is None and channel.forged == 2
+    with pytest.raises(BoundsRefused, match="not validly sealed"):
+        await channel.control()
+    assert channel.forged == 2
 
 
 async def test_a_forged_heartbeat_is_not_listed(channel, open_channel, raw, prefix):
@@ -423,3 +434,137 @@ async def test_a_catalog_outage_fails_the_job_and_the_worker_goes_on(channel, st
 
     await eventually(slot_free, "the worker's slot to come back")
     assert worker.pool.pids() == []
+
+
+# ---------------------------------------------------------------------------------- freshness (finding 5)
+# An attacker with Redis write access but no key cannot seal a message; it can copy one it saw and put it
+# back later, or again. Every sealed message is refused when its time is not fresh, and what is obeyed once
+# (a job, a job's news) when its seal was already seen.
+
+HOUR_S = 3600.0
+DAY_S = 86_400.0
+
+
+async def reports_about(ch: ForgeChannel, job_id: str, wait_s: float) -> list[JobNews]:
+    """Every report about a job published within `wait_s` (for jobs that must get none, or only one)."""
+    seen: list[JobNews] = []
+    last = "0-0"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        for entry_id, item in await ch.news_after(last, block_ms=100):
+            last = entry_id
+            if item is not None and item.job_id == job_id:
+                seen.append(item)
+    return seen
+
+
+async def test_an_hour_old_control_replayed_does_not_lift_an_open_breakers_hold(channel, start_worker, raw):
+    """Issue 18: an hour-old sealed control message, replayed, lifted an open breaker's hold (limit 0 -> 2)."""
+    hour_old = seal(KEY, control(age_s=HOUR_S))  # the engine's own bounds, with no breaker open, an hour ago
+    await channel.set_control(control("memory"), ttl_s=30)
+    worker = start_worker(concurrency=2)
+    await channel.submit(job())
+
+    async def holding() -> bool:
+        return any(b.holding.startswith("breaker open at the engine") for b in await channel.workers())
+
+    await eventually(holding, "the worker holding on the open breaker")
+    await raw.set(channel.control_key, hour_old)  # no expiry: it stays until the engine writes again
+    await asyncio.sleep(1.5)  # more than one turn of the worker's loop
+    assert await channel.backlog() == 1 and await channel.pending() == 0  # still not taken
+    assert worker.service.active == {}
+    assert "stale" in worker.service.holding and "holding" in worker.service.holding
+
+
+async def test_garbage_in_the_control_key_holds_rather_than_lifts(channel, start_worker, raw, open_channel):
+    """A control that fails its seal is not "no engine": the worker holds until a verified one stands."""
+    await open_channel(OTHER_KEY).set_control(control(), ttl_s=30)
+    worker = start_worker()
+    await channel.submit(j := job())
+    await asyncio.sleep(1.2)
+    assert await channel.backlog() == 1 and await channel.pending() == 0
+    assert "not validly sealed" in worker.service.holding
+    await channel.set_control(control(), ttl_s=30)  # the engine's own, fresh: work resumes
+    [report] = await outcome(channel, j.job_id)
+    assert report.kind is NewsKind.FAILED and "would build another key" in report.error
+
+
+async def test_a_day_old_force_job_replayed_three_times_compiles_nothing(channel, start_worker, raw):
+    """Issue 18: a day-old sealed `force` job XADDed 3 times started 3 compiles. Now each copy fails as stale
+    (an engine still waiting for the job learns why, and queues it again) and none reaches the compile pool."""
+    old = job(key=my_key(), force=True, age_s=DAY_S)
+    sealed = seal(KEY, old)
+    await channel.ensure_group()
+    for _ in range(3):
+        await raw.xadd(channel.jobs, {"m": sealed})
+    worker = start_worker()
+    assert await eventually(lambda: drained(channel), "all three copies acknowledged and deleted")
+    reports = await reports_about(channel, old.job_id, wait_s=0.5)
+    assert [r.kind for r in reports] == [NewsKind.FAILED] * 3
+    assert all(re.match(r"stale: issued 864\d\d s ago \(limit 3600 s\)", r.error) for r in reports), reports
+    assert worker.pool.pids() == [] and not any(s.startswith("compiling") for s in worker.said)
+    assert worker.service.done == 0
+
+
+async def test_a_fresh_job_replayed_is_judged_once(channel, start_worker, raw):
+    """A copy of a job still inside its window is a replay: dropped without news (the original's engine must
+    not see its job fail because of the copy)."""
+    fresh = job()
+    sealed = seal(KEY, fresh)
+    await channel.ensure_group()
+    await raw.xadd(channel.jobs, {"m": sealed})
+    await raw.xadd(channel.jobs, {"m": sealed})
+    worker = start_worker()
+    assert await eventually(lambda: drained(channel), "both copies acknowledged and deleted")
+    reports = await reports_about(channel, fresh.job_id, wait_s=0.5)
+    assert [r.kind for r in reports] == [NewsKind.FAILED]  # judged once (the key is not this worker's)
+    assert worker.service.failed == 1 and any("replayed" in s for s in worker.said)
+
+
+async def test_a_redelivered_job_is_not_mistaken_for_a_replay(channel):
+    """The same stream entry handed out again (a worker died on it) is one job, not a copy of it."""
+    entry = await channel.submit(j := job())
+    assert await channel.take("me", block_ms=100, claim_idle_s=0.2) == Delivery(entry, j, 1)
+    await asyncio.sleep(0.3)
+    assert await channel.take("me", block_ms=50, claim_idle_s=0.2) == Delivery(entry, j, 2)
+
+
+async def test_stale_or_replayed_news_reads_as_none(channel, raw):
+    j = job()
+    await channel.publish(first := news(j, NewsKind.STARTED))
+    [(news_id, got)] = await channel.news_after("0-0", block_ms=100)
+    assert got == first
+    copy = (await raw.xrange(channel.news, news_id, news_id))[0][1]
+    await raw.xadd(channel.news, copy)  # the same sealed report again
+    await channel.publish(news(j, NewsKind.COMPILED, age_s=2 * HOUR_S))  # a report from two hours ago
+    await channel.publish(last := news(j, NewsKind.FAILED))
+    assert [item for _id, item in await channel.news_after(news_id, block_ms=100)] == [None, None, last]
+    assert channel.stale == 2
+
+
+async def test_a_replayed_worker_heartbeat_is_not_listed(channel, raw, prefix):
+    """A beat SET again with no expiry would list a worker that left long ago."""
+    await raw.set(f"{prefix}.forge.worker.gone", seal(KEY, beat("gone", age_s=HOUR_S)))
+    await channel.beat(live := beat("live"), ttl_s=30)
+    assert await channel.workers() == [live]
+    await raw.set(f"{prefix}.forge.worker.live", seal(KEY, beat("live", age_s=10)))  # an older beat of a live one
+    assert await channel.workers() == []
+    assert channel.stale == 3
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf")])
+async def test_non_finite_times_are_refused_on_every_forge_message(channel, raw, prefix, when):
+    """Finding 9 for the forge queue: a NaN time passes `age > limit`; every kind is refused instead."""
+    import msgspec
+
+    await channel.ensure_group()
+    await raw.xadd(channel.jobs, {"m": seal(KEY, msgspec.structs.replace(job(), issued_ts=when))})
+    delivery = await channel.take("me", block_ms=100, claim_idle_s=60)
+    assert delivery is not None and delivery.refused is not None and "not a finite number" in str(delivery.refused)
+    await raw.xadd(channel.news, {"m": seal(KEY, msgspec.structs.replace(news(job()), ts=when))})
+    assert [item for _id, item in await channel.news_after("0-0", block_ms=100)] == [None]
+    await raw.set(f"{prefix}.forge.worker.nan", seal(KEY, msgspec.structs.replace(beat("nan"), ts=when)))
+    assert await channel.workers() == []
+    await channel.set_control(msgspec.structs.replace(control(), ts=when), ttl_s=30)
+    with pytest.raises(BoundsRefused, match="not a finite number"):
+        await channel.control()

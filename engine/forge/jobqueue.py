@@ -14,7 +14,12 @@ Everything here is a standard Redis Streams part, not a scheduler of our own:
 
 Every message is sealed with an HMAC of the library's signing key (the secret every machine of a shared
 library already holds, because it signs artifacts), under its own domain: a process that can write to
-Redis but lacks the key can neither queue work, fake an outcome, nor lift a breaker.
+Redis but lacks the key can neither queue work, fake an outcome, nor lift a breaker. It can still copy a
+sealed message and put it back later, so the seal covers the message's own time and an id of its own,
+and every reader checks them (engine/freshness.py): a job older than `job_max_age_s` fails as stale
+instead of compiling, news that old is ignored, and a copy of a job or a report already seen inside that
+window is a replay and dropped; the engine's bounds and the workers' beats are refused once older than
+the skew window, or older than the newest already seen from the same source.
 """
 
 from __future__ import annotations
@@ -23,19 +28,27 @@ import contextlib
 import enum
 import hashlib
 import hmac
-from collections.abc import AsyncIterator
+import os
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from esper_tui.engine.codec import encode_msgpack
+from esper_tui.engine.freshness import Newest, ReplayWindow, Stale
 from esper_tui.engine.vocabulary import Strategy, Struct
 
 GROUP = "forge-workers"
 NEWS_MAXLEN = 10_000
+SKEW_S = 30.0
+"""Default clock disagreement between machines: how far ahead a message may be, and how old a current value
+(the engine's bounds, a worker's beat) may be before it is refused."""
+JOB_MAX_AGE_S = 3600.0
+"""Default age past which a queued job is failed as stale instead of compiled, and its news ignored."""
 
 
 class ForgeJob(Struct, kw_only=True):
@@ -103,39 +116,55 @@ class ForgeControl(Struct, kw_only=True):
 
 
 class _Sealed(Struct, kw_only=True):
-    m: bytes
-    s: str
+    m: bytes  # the message, msgpack
+    i: str  # the seal's own id: a copy of these bytes is the same message, a new seal is another one
+    s: str  # HMAC over the kind's domain, the id and the message
 
 
 M = TypeVar("M", ForgeJob, JobNews, WorkerBeat, ForgeControl)
 _DOMAINS: dict[type, bytes] = {
-    ForgeJob: b"esper.forge.job.v1\0",
-    JobNews: b"esper.forge.news.v1\0",
-    WorkerBeat: b"esper.forge.beat.v1\0",
-    ForgeControl: b"esper.forge.control.v1\0",
+    ForgeJob: b"esper.forge.job.v2\0",
+    JobNews: b"esper.forge.news.v2\0",
+    WorkerBeat: b"esper.forge.beat.v2\0",
+    ForgeControl: b"esper.forge.control.v2\0",
 }
 _sealed_decoder = msgspec.msgpack.Decoder(_Sealed)
 
 
+@dataclass(frozen=True)
+class Unsealed(Generic[M]):
+    message: M
+    seal_id: str
+
+
+def _mac(key: bytes, kind: type, seal_id: str, payload: bytes) -> str:
+    return hmac.new(key, _DOMAINS[kind] + seal_id.encode() + b"\0" + payload, hashlib.sha256).hexdigest()
+
+
 def seal(key: bytes, message: ForgeJob | JobNews | WorkerBeat | ForgeControl) -> bytes:
+    """The message sealed under a fresh id; its own time field (issued_ts or ts) is inside the seal."""
     payload = encode_msgpack(message)
-    mac = hmac.new(key, _DOMAINS[type(message)] + payload, hashlib.sha256).hexdigest()
-    return encode_msgpack(_Sealed(m=payload, s=mac))
+    seal_id = os.urandom(12).hex()
+    return encode_msgpack(_Sealed(m=payload, i=seal_id, s=_mac(key, type(message), seal_id, payload)))
 
 
-def unseal(key: bytes, data: bytes, kind: type[M]) -> M | None:
-    """The message if it decodes and carries a valid seal for its kind; None for anything else."""
+def unseal(key: bytes, data: bytes, kind: type[M]) -> Unsealed[M] | None:
+    """The message and its seal id if it decodes and carries a valid seal for its kind; None for anything else.
+    Its time is the reader's to check."""
     try:
         sealed = _sealed_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-    expected = hmac.new(key, _DOMAINS[kind] + sealed.m, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected.encode(), sealed.s.encode(errors="replace")):
+    if not hmac.compare_digest(_mac(key, kind, sealed.i, sealed.m).encode(), sealed.s.encode(errors="replace")):
         return None
     try:
-        return msgspec.msgpack.decode(sealed.m, type=kind)
+        return Unsealed(msgspec.msgpack.decode(sealed.m, type=kind), sealed.i)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+class BoundsRefused(Exception):
+    """A value stands where the engine's bounds belong but must not be obeyed; the message says why."""
 
 
 class QueueError(Exception):
@@ -147,12 +176,23 @@ class Delivery:
     entry_id: str
     job: ForgeJob | None  # None: the entry was not a validly sealed job
     deliveries: int  # how many times the group has handed this entry out, this one included
+    refused: Stale | None = None  # why a validly sealed job must not be compiled (freshness.Replayed too)
 
 
 class ForgeChannel:
     """The Redis side of the forge queue, shared by engines and workers."""
 
-    def __init__(self, url: str, prefix: str, key: bytes, identity: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        key: bytes,
+        identity: str,
+        *,
+        skew_s: float = SKEW_S,
+        job_max_age_s: float = JOB_MAX_AGE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.url = url
         self.key = key
         self.identity = identity
@@ -161,6 +201,13 @@ class ForgeChannel:
         self.control_key = f"{prefix}.forge.control"
         self._worker_prefix = f"{prefix}.forge.worker."
         self.forged = 0  # messages refused because their seal did not verify
+        self.stale = 0  # validly sealed messages refused for their time or as replays
+        # what is obeyed once: a job may wait in the queue for a worker, and its news is read as it comes
+        self._jobs_seen = ReplayWindow(max_age_s=job_max_age_s, max_ahead_s=skew_s, clock=clock)
+        self._news_seen = ReplayWindow(max_age_s=job_max_age_s, max_ahead_s=skew_s, clock=clock)
+        # what states a current value: renewed every second, so older than the skew window is a replay
+        self._beats_seen = Newest(max_age_s=skew_s, max_ahead_s=skew_s, clock=clock)
+        self._control_seen = Newest(max_age_s=skew_s, max_ahead_s=skew_s, clock=clock)
         self._redis = aioredis.Redis.from_url(url, socket_connect_timeout=3.0, client_name="tezzeret")
 
     @contextlib.asynccontextmanager
@@ -197,10 +244,21 @@ class ForgeChannel:
         out: list[tuple[str, JobNews | None]] = []
         for _stream, entries in reply or []:
             for raw_id, fields in entries:
-                news = unseal(self.key, fields.get(b"m", b""), JobNews)
-                self.forged += news is None
-                out.append((raw_id.decode(), news))
+                entry_id = raw_id.decode()
+                out.append((entry_id, self._admitted_news(entry_id, fields.get(b"m", b""))))
         return out
+
+    def _admitted_news(self, entry_id: str, data: bytes) -> JobNews | None:
+        sealed = unseal(self.key, data, JobNews)
+        if sealed is None:
+            self.forged += 1
+            return None
+        try:  # the same entry read again is one report; another entry with this seal is a copy
+            self._news_seen.admit(sealed.seal_id, sealed.message.ts, where=entry_id)
+        except Stale:
+            self.stale += 1
+            return None
+        return sealed.message
 
     async def last_news_id(self) -> str:
         """Where an engine starts reading news: after everything already there."""
@@ -220,11 +278,17 @@ class ForgeChannel:
         for value in values:
             if value is None:
                 continue
-            beat = unseal(self.key, value, WorkerBeat)
-            if beat is None:
+            sealed = unseal(self.key, value, WorkerBeat)
+            if sealed is None:
                 self.forged += 1
-            else:
-                beats.append(beat)
+                continue
+            beat = sealed.message
+            try:
+                self._beats_seen.admit(beat.worker_id, beat.ts)
+            except Stale:
+                self.stale += 1
+                continue
+            beats.append(beat)
         return sorted(beats, key=lambda b: (b.host, b.pid))
 
     async def set_control(self, control: ForgeControl, ttl_s: float) -> None:
@@ -248,14 +312,25 @@ class ForgeChannel:
     # ------------------------------------------------------------------ worker side
 
     async def control(self) -> ForgeControl | None:
-        """The engine's current bounds, or None when no engine publishes them (or they are forged)."""
+        """The engine's current bounds, or None when no engine publishes them.
+
+        Raises BoundsRefused when a value stands there that must not be obeyed (not validly sealed, too old,
+        older than one already read): a worker then holds, since lifting a hold is exactly what a forger wants.
+        """
         async with self._errors():
             value: Any = await self._redis.get(self.control_key)
         if value is None:
             return None
-        control = unseal(self.key, value, ForgeControl)
-        if control is None:
+        sealed = unseal(self.key, value, ForgeControl)
+        if sealed is None:
             self.forged += 1
+            raise BoundsRefused("not validly sealed with the library's key")
+        control = sealed.message
+        try:
+            self._control_seen.admit(control.issuer, control.ts)
+        except Stale as exc:
+            self.stale += 1
+            raise BoundsRefused(str(exc)) from None
         return control
 
     async def beat(self, beat: WorkerBeat, ttl_s: float) -> None:
@@ -283,9 +358,17 @@ class ForgeChannel:
             entry_id = raw_id.decode()
             info: Any = await self._redis.xpending_range(self.jobs, GROUP, min=entry_id, max=entry_id, count=1)
         deliveries = int(info[0]["times_delivered"]) if info else 1
-        job = unseal(self.key, (fields or {}).get(b"m", b""), ForgeJob)
-        if job is None:
+        sealed = unseal(self.key, (fields or {}).get(b"m", b""), ForgeJob)
+        if sealed is None:
             self.forged += 1
+            return Delivery(entry_id, None, deliveries)
+        job = sealed.message
+        try:
+            # the same entry handed out again (its worker died) is one job; another entry with this seal is a copy
+            self._jobs_seen.admit(sealed.seal_id, job.issued_ts, where=entry_id)
+        except Stale as exc:
+            self.stale += 1
+            return Delivery(entry_id, job, deliveries, exc)
         return Delivery(entry_id, job, deliveries)
 
     async def keepalive(self, consumer: str, entry_id: str) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from esper_tui.engine.forge import journal
 from esper_tui.engine.forge.builders import BuildFailed, LocalBuilder, spec_for
 from esper_tui.engine.forge.jobqueue import (
+    BoundsRefused,
     Delivery,
     ForgeChannel,
     JobNews,
@@ -30,6 +31,7 @@ from esper_tui.engine.forge.jobqueue import (
     QueueError,
     WorkerBeat,
 )
+from esper_tui.engine.freshness import Replayed
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary
@@ -110,11 +112,15 @@ class ForgeWorkerService:
                 await self.channel.forget_worker(self.worker_id)
 
     async def _limit(self) -> int:
-        """How many jobs at once, under the engine's published bounds (0: hold)."""
+        """How many jobs at once, under the engine's published bounds (0: hold). Bounds that stand but must
+        not be believed (forged, stale, replayed) hold too: lifting a hold is what a forger would want."""
         try:
             control = await self.channel.control()
         except QueueError:
             control = None
+        except BoundsRefused as exc:
+            self.holding = f"holding: the engine's bounds are refused ({exc})"
+            return 0
         if control is not None and control.open_breakers:
             self.holding = f"breaker open at the engine: {', '.join(control.open_breakers)}"
             return 0
@@ -151,6 +157,14 @@ class ForgeWorkerService:
         if job is None:  # not sealed with our key: nothing to report to, nothing to compile
             self.say(f"job {delivery.entry_id}: not a validly signed job; dropped")
             await self._finish(delivery, None)
+            return
+        if isinstance(delivery.refused, Replayed):  # the original has its own outcome: say nothing to its engine
+            self.say(f"job {delivery.entry_id} ({job.blueprint_id}): {delivery.refused}; dropped")
+            await self._finish(delivery, None)
+            return
+        if delivery.refused is not None:  # stale: its engine, if still waiting, learns why and queues it again
+            self.failed += 1
+            await self._finish(delivery, self._news(delivery, NewsKind.FAILED, error=str(delivery.refused)))
             return
         if delivery.deliveries > self.settings.max_deliveries:
             error = f"delivered {delivery.deliveries} times (workers died on it); given up"
