@@ -51,7 +51,7 @@ from esper_tui.engine.contracts import (
 from esper_tui.engine.forge.builders import RemoteBuilder
 from esper_tui.engine.forge.cluster import ForgeCluster, open_breakers
 from esper_tui.engine.forge.forge import Forge, ForgeFatal, worker_pool
-from esper_tui.engine.forge.jobqueue import ForgeChannel
+from esper_tui.engine.forge.jobqueue import ForgeChannel, open_channel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
@@ -337,8 +337,7 @@ class Engine:
             return None
         assert self._signing_key is not None
         if self._forge_channel is None:
-            prefix = self.config.bus.stream_prefix
-            self._forge_channel = ForgeChannel(self.redis_url, prefix, self._signing_key, identity.fingerprint())
+            self._forge_channel = open_channel(self.redis_url, self.config, self._signing_key, identity.fingerprint())
         return self._forge_channel
 
     def _remote_builder(self, library: KernelLibrary, identity: Identity) -> RemoteBuilder | None:

@@ -50,7 +50,7 @@ def _say(line: str) -> None:
 async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: bytes) -> int:
     from esper_tui.engine.forge.builders import LocalBuilder
     from esper_tui.engine.forge.forge import worker_pool
-    from esper_tui.engine.forge.jobqueue import ForgeChannel, QueueError
+    from esper_tui.engine.forge.jobqueue import QueueError, open_channel
     from esper_tui.engine.forge.sandbox import reap_stale
     from esper_tui.engine.forge.service import ForgeWorkerService, WorkerSettings
     from esper_tui.engine.kernels.catalog import Catalog
@@ -67,7 +67,7 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
     except LibraryUnavailable as exc:
         _say(f"library: {exc}")
         return 1
-    channel = ForgeChannel(redis_url, config.bus.stream_prefix, key, identity.fingerprint())
+    channel = open_channel(redis_url, config, key, identity.fingerprint())
     try:
         await channel.ensure_group()
     except QueueError as exc:

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from esper_tui.engine.config.ranges import (
+    DAY_S,
     TIB_MB,
     TRAIN_SAMPLES,
     Entries,
@@ -197,6 +198,15 @@ class ForgeWorkerConfig(Section, frozen=True, kw_only=True):
     max_deliveries: Annotated[
         Tries, Meta(description="deliveries of a job (each a worker that died on it) before it is failed")
     ] = 3
+    job_max_age_s: Annotated[
+        float,
+        Meta(
+            ge=60,
+            le=7 * DAY_S,
+            description="a queued job older than this fails as stale instead of compiling (its engine queues it "
+            "again), and news that old is ignored: the window a replayed job or report is refused in",
+        ),
+    ] = 3600.0
 
 
 class TrainingConfig(Section, frozen=True, kw_only=True):

@@ -39,16 +39,18 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from esper_tui.engine.codec import encode_msgpack
+from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.freshness import Newest, ReplayWindow, Stale
 from esper_tui.engine.vocabulary import Strategy, Struct
 
 GROUP = "forge-workers"
 NEWS_MAXLEN = 10_000
 SKEW_S = 30.0
-"""Default clock disagreement between machines: how far ahead a message may be, and how old a current value
-(the engine's bounds, a worker's beat) may be before it is refused."""
+"""Clock disagreement between machines (bus.command_skew_s): how far ahead a message may be, and how old a
+current value (the engine's bounds, a worker's beat) may be before it is refused."""
 JOB_MAX_AGE_S = 3600.0
-"""Default age past which a queued job is failed as stale instead of compiled, and its news ignored."""
+"""Age past which a queued job fails as stale instead of compiling, and its news is ignored
+(forge_worker.job_max_age_s)."""
 
 
 class ForgeJob(Struct, kw_only=True):
@@ -388,3 +390,15 @@ class ForgeChannel:
     async def publish(self, news: JobNews) -> None:
         async with self._errors():
             await self._redis.xadd(self.news, {"m": seal(self.key, news)}, maxlen=NEWS_MAXLEN, approximate=True)
+
+
+def open_channel(url: str, config: EsperConfig, key: bytes, identity: str) -> ForgeChannel:
+    """The forge queue as the config describes it, for an engine and a forge worker alike."""
+    return ForgeChannel(
+        url,
+        config.bus.stream_prefix,
+        key,
+        identity,
+        skew_s=config.bus.command_skew_s,
+        job_max_age_s=config.forge_worker.job_max_age_s,
+    )
