@@ -119,10 +119,8 @@ def load_key(spec: KeySpec, state_dir: Path | None, configured: str = "") -> byt
         raise KeyMissing(f"no {spec.name} key at {path}; {spec.needed_for} ({where})")
     try:
         _check_key_dir(path.parent)
-        text = fsutil.read_regular(path, str(path), check=_check_key_file(path)).decode()
-    except fsutil.NotRegularFile as exc:
-        raise BadKey(str(exc)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = fsutil.read_regular(path, "it", check=_check_key_file(path)).decode()
+    except (fsutil.NotRegularFile, OSError, UnicodeDecodeError) as exc:
         raise BadKey(f"{path}: cannot read the key file ({exc})") from None
     return from_hex(text, str(path))
 

@@ -230,7 +230,7 @@ class Engine:
         self.started_ts = time.time()
         cfg = self.config
         try:
-            key = load_or_create_key(self.state_dir, cfg.library.signing_key)
+            key = self._library_key()
             self._signing_key = key
             self._operator_key = keys.load_or_create_key(keys.OPERATOR_KEY, self.state_dir, cfg.bus.operator_key)
             frame_key = keys.load_or_create_key(keys.FRAME_KEY, self.state_dir, cfg.bus.frame_key)
@@ -330,6 +330,21 @@ class Engine:
         # collections triggered by the event loop's churn stop rescanning them (measured: WAL group commit
         # 37-51k -> 47-53k commits/s, 10k-transaction recovery without 200 ms outliers).
         gc.freeze()
+
+    def _library_key(self) -> bytes:
+        """The signing key. A shared library's is never made up here: every machine verifies its versions with
+        the one key, and an engine with another key would find them all failing (library/ownkey.py)."""
+        cfg = self.config.library
+        if not is_shared(cfg):
+            return load_or_create_key(self.state_dir, cfg.signing_key)
+        try:
+            return keys.load_key(keys.SIGNING_KEY, self.state_dir, cfg.signing_key)
+        except keys.KeyMissing:
+            raise EngineError(
+                f"no signing key for the shared library ({keys.SIGNING_KEY.path(self.state_dir)}, "
+                f"{keys.SIGNING_KEY.env} or {keys.SIGNING_KEY.config_key}): an engine never makes one up for a "
+                f"shared library; set {keys.SIGNING_KEY.env} to the library's key, the one its forge workers have"
+            ) from None
 
     def _channel(self, identity: Identity) -> ForgeChannel | None:
         """The forge job queue on the bus's Redis, when the library is shared (else there is no one to share with)."""

@@ -15,14 +15,15 @@ from esper_tui.engine.library.signing import SigningKeyError, load_key
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
     """Check every stored artifact, in the file library or the shared one (signature, then every file's
     bytes, from the shared store itself). Read-only: a key made up here would fail every artifact, so
-    none is made."""
+    none is made, and an unrecorded library's key is not recorded. Exit 1 when anything fails, or nothing
+    was checked."""
     shared = is_shared(config.library)
     if not shared and not (state_dir / "library").is_dir():
         print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
         return 1
     try:
         key = load_key(state_dir, config.library.signing_key)
-        library = open_library(config.library, state_dir, key, Catalog())
+        library = open_library(config.library, state_dir, key, Catalog(), claim_key=False)
     except (SigningKeyError, LibraryUnavailable) as exc:
         print(f"esper-tui: {exc}", file=sys.stderr)
         return 1
@@ -34,6 +35,9 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
         print(f"{'ok  ' if reason is None else 'FAIL'} {label}" + ("" if reason is None else f": {reason}"))
     bad = sum(reason is not None for _, reason in results)
     print(f"{len(results) - bad} of {len(results)} artifacts verify ({library.location})")
+    if not results:  # nothing checked is no pass: a library emptied (or all quarantined) must not look sound
+        print(f"esper-tui: checked nothing: no live artifact in {library.location}", file=sys.stderr)
+        return 1
     return 1 if bad else 0
 
 

@@ -190,6 +190,15 @@ def test_a_command_with_a_non_finite_time_is_refused_and_never_obeyed(ts: float)
 ANOTHER_UID = 65534  # nobody: a co-tenant's account
 
 
+def key_file(state: Path, spec=OPERATOR_KEY, text: str = "ef" * 16) -> Path:
+    """A well-formed key file of ours (mode 0600) in `<state>/keys/` (0700, created if missing)."""
+    path = spec.path(state)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    return path
+
+
 def other_owner(path: Path) -> None:
     """Hand `path` to another account, as a co-tenant who planted it would own it (needs root)."""
     if os.geteuid() != 0:
@@ -202,10 +211,7 @@ def test_a_key_file_of_another_owner_is_refused(tmp_path: Path, monkeypatch, spe
     """Issue 18, finding 3: an `esper-worker`-owned keys/operator.key (0600) was accepted by a root engine,
     and a Shutdown signed with it was obeyed."""
     monkeypatch.delenv(spec.env, raising=False)
-    path = spec.path(tmp_path)
-    path.parent.mkdir(mode=0o700)
-    path.write_text("ef" * 16)
-    os.chmod(path, 0o600)
+    path = key_file(tmp_path, spec)
     other_owner(path)
     with pytest.raises(BadKey, match=rf"{path}: .*belongs to uid {ANOTHER_UID}, not to this engine's user"):
         load_key(spec, tmp_path)
@@ -223,9 +229,7 @@ def test_a_keys_directory_of_another_owner_is_refused(tmp_path: Path, monkeypatc
     with pytest.raises(BadKey, match=rf"{keys_dir}: .*belongs to uid {ANOTHER_UID}"):
         load_or_create_key(OPERATOR_KEY, tmp_path)
     assert not OPERATOR_KEY.path(tmp_path).exists()
-    path = OPERATOR_KEY.path(tmp_path)
-    path.write_text("ef" * 16)  # our own file, in a directory someone else controls
-    os.chmod(path, 0o600)
+    key_file(tmp_path)  # our own file, in a directory someone else controls
     with pytest.raises(BadKey, match=rf"{keys_dir}: .*belongs to uid {ANOTHER_UID}"):
         load_key(OPERATOR_KEY, tmp_path)
 
@@ -256,10 +260,7 @@ def test_a_key_file_that_is_a_symlink_is_refused(tmp_path: Path, monkeypatch) ->
 def test_the_owner_rule_holds_for_any_engine_user(tmp_path: Path, monkeypatch) -> None:
     """Without root: the same rule seen from an engine running as another uid than the file's owner."""
     monkeypatch.delenv(OPERATOR_KEY.env, raising=False)
-    path = OPERATOR_KEY.path(tmp_path)
-    path.parent.mkdir(mode=0o700)
-    path.write_text("ef" * 16)
-    os.chmod(path, 0o600)
+    key_file(tmp_path)
     assert load_key(OPERATOR_KEY, tmp_path) == bytes.fromhex("ef" * 16)
     mine = os.geteuid()
     monkeypatch.setattr(os, "geteuid", lambda: mine + 1)

@@ -50,9 +50,9 @@ def test_bad_shared_library_arguments_are_one_line_and_exit_2(tmp_path: Path, ar
 def test_migrate_applies_once_and_says_so(pg_url: str) -> None:
     first = run("library", "migrate", "--library", pg_url)
     assert first.returncode == 0, first.stderr
-    assert "schema version 1 (applied 0001)" in first.stdout
+    assert "schema version 2 (applied 0001, 0002)" in first.stdout
     again = run("library", "migrate", "--library", pg_url)
-    assert again.returncode == 0 and "schema version 1 (nothing to apply)" in again.stdout
+    assert again.returncode == 0 and "schema version 2 (nothing to apply)" in again.stdout
 
 
 def test_migrate_of_a_server_that_does_not_answer_is_one_line() -> None:
@@ -72,6 +72,7 @@ def test_an_engine_on_an_unmigrated_catalog_names_the_command(tmp_path: Path, pg
         pg_url,
         "--artifacts",
         f"file://{tmp_path / 'blobs'}",
+        env={"ESPER_SIGNING_KEY": "ab" * 32},  # a shared library's key is never made up by an engine
     )
     assert proc.returncode == 1
     assert "esper-tui library migrate" in proc.stderr and "Traceback" not in proc.stderr
@@ -118,3 +119,40 @@ def test_forge_worker_without_redis_is_one_line(tmp_path: Path, pg_url: str) -> 
     )
     assert proc.returncode == 1
     assert "forge queue at redis://127.0.0.1:1/0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_engine_without_a_signing_key_on_a_shared_library_refuses_in_one_line(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> None:
+    """Issue 18, finding 1: an engine started without ESPER_SIGNING_KEY on a shared library (`--library …
+    --artifacts … --forge-workers 0`) silently created its own keys/signing.key, then quarantined every
+    version for every machine. It must refuse to start instead (exit 1, like a forge worker without the key:
+    the process lacks a secret, its arguments are fine) and create no key."""
+    assert run("library", "migrate", "--library", pg_url).returncode == 0
+    state = tmp_path / "state"
+    (tmp_path / "blobs").mkdir()
+    args = ["--library", pg_url, "--artifacts", f"file://{tmp_path / 'blobs'}", "--forge-workers", "0"]
+    proc = run("--no-ui", "--epochs", "1", "--redis-url", redis_url, "--state-dir", str(state), *args, timeout=90)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = one_line(proc)
+    assert "no signing key for the shared library" in line and "ESPER_SIGNING_KEY" in line, line
+    assert not (state / "keys" / "signing.key").exists()
+
+
+def test_library_verify_that_checked_nothing_exits_1(tmp_path: Path, pg_url: str) -> None:
+    """Issue 18: after the keyless engine's quarantine, `library verify` with the real key said "0 of 0
+    artifacts verify" and exit 0. Checking nothing is not a pass."""
+    assert run("library", "migrate", "--library", pg_url).returncode == 0
+    proc = run(
+        "library",
+        "verify",
+        "--state-dir",
+        str(tmp_path / "ops"),
+        "--library",
+        pg_url,
+        "--artifacts",
+        f"file://{tmp_path}",
+        env={"ESPER_SIGNING_KEY": "ab" * 32},
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "checked nothing" in one_line(proc)

@@ -157,19 +157,28 @@ async def eventually(condition: Callable[[], Any], what: str, timeout_s: float =
     raise AssertionError(f"gave up waiting for {what}")
 
 
-async def outcome(ch: ForgeChannel, job_id: str, timeout_s: float = DEADLINE_S) -> list[JobNews]:
-    """Every report about a job, up to and including its outcome (COMPILED or FAILED)."""
+async def reports_about(ch: ForgeChannel, job_id: str, wait_s: float, *, until_outcome: bool = False) -> list[JobNews]:
+    """Every report about a job published within `wait_s`; with `until_outcome`, only up to its first
+    COMPILED or FAILED."""
     seen: list[JobNews] = []
     last = "0-0"
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        for entry_id, item in await ch.news_after(last, block_ms=200):
+        for entry_id, item in await ch.news_after(last, block_ms=100):
             last = entry_id
             if item is not None and item.job_id == job_id:
                 seen.append(item)
-                if item.kind is not NewsKind.STARTED:
+                if until_outcome and item.kind is not NewsKind.STARTED:
                     return seen
-    raise AssertionError(f"no outcome for {job_id} within {timeout_s} s (reports: {seen})")
+    return seen
+
+
+async def outcome(ch: ForgeChannel, job_id: str, timeout_s: float = DEADLINE_S) -> list[JobNews]:
+    """Every report about a job, up to and including its outcome (COMPILED or FAILED)."""
+    seen = await reports_about(ch, job_id, timeout_s, until_outcome=True)
+    if not seen or seen[-1].kind is NewsKind.STARTED:
+        raise AssertionError(f"no outcome for {job_id} within {timeout_s} s (reports: {seen})")
+    return seen
 
 
 # ---------------------------------------------------------------------------------- the channel
@@ -443,19 +452,6 @@ async def test_a_catalog_outage_fails_the_job_and_the_worker_goes_on(channel, st
 
 HOUR_S = 3600.0
 DAY_S = 86_400.0
-
-
-async def reports_about(ch: ForgeChannel, job_id: str, wait_s: float) -> list[JobNews]:
-    """Every report about a job published within `wait_s` (for jobs that must get none, or only one)."""
-    seen: list[JobNews] = []
-    last = "0-0"
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        for entry_id, item in await ch.news_after(last, block_ms=100):
-            last = entry_id
-            if item is not None and item.job_id == job_id:
-                seen.append(item)
-    return seen
 
 
 async def test_an_hour_old_control_replayed_does_not_lift_an_open_breakers_hold(channel, start_worker, raw):

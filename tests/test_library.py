@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.compiled import KernelError
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library import store as library_mod
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
@@ -27,6 +28,7 @@ from esper_tui.engine.library.signing import SigningKeyError, SigningKeyMissing,
 from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import KernelUnavailable
 from esper_tui.engine.training.library_source import LibraryKernelSource
+from tests.conftest import KERNEL_BLUEPRINT
 
 KEY = bytes(range(32))
 K1 = hashlib.sha256(b"one").hexdigest()
@@ -637,3 +639,46 @@ def test_library_verify_cli_without_a_key_creates_none(state_dir, tmp_path, comm
     ok = verify(**{signing.ENV_VAR: KEY.hex()})
     assert ok.returncode == 0 and "1 of 1 artifacts verify" in ok.stdout, ok
     assert not (state_dir / "keys").exists()
+
+
+# ---------------------------------------------------------------------------------- whose library (finding 1)
+
+OTHER_KEY = bytes(range(100, 132))
+
+
+def test_a_library_opened_with_another_key_is_refused_and_quarantines_nothing(state_dir, commit_artifact):
+    """The state directory's library gets the shared one's rule: its key's fingerprint is recorded, and a
+    process with another key (a lost keys/signing.key replaced by a fresh one) is refused in one line
+    naming both fingerprints, instead of quarantining every version it cannot verify."""
+    from esper_tui.engine.config import LibraryConfig
+    from esper_tui.engine.keys import fingerprint
+    from esper_tui.engine.library.factory import LibraryUnavailable, open_library
+
+    own = open_library(LibraryConfig(), state_dir, KEY, Catalog())
+    meta = commit_artifact(own, key=K1)
+    with pytest.raises(LibraryUnavailable) as exc:
+        open_library(LibraryConfig(), state_dir, OTHER_KEY, Catalog())
+    text = str(exc.value)
+    assert "\n" not in text and fingerprint(KEY) in text and fingerprint(OTHER_KEY) in text
+    assert KEY.hex() not in text and OTHER_KEY.hex() not in text
+    assert list((state_dir / "library" / "quarantine").iterdir()) == []
+    stranger = Library(state_dir / "library", OTHER_KEY, Catalog())  # past the start check: still no quarantine
+    with pytest.raises(KernelError, match="not the library's"):
+        stranger.current(KERNEL_BLUEPRINT)
+    assert list((state_dir / "library" / "quarantine").iterdir()) == []
+    assert open_library(LibraryConfig(), state_dir, KEY, Catalog()).current(KERNEL_BLUEPRINT) == meta
+
+
+def test_a_library_from_before_the_record_is_adopted_only_by_its_own_key(state_dir, commit_artifact):
+    from esper_tui.engine.config import LibraryConfig
+    from esper_tui.engine.keys import fingerprint
+    from esper_tui.engine.library.factory import LibraryUnavailable, open_library
+
+    commit_artifact(Library(state_dir / "library", KEY, Catalog()), key=K1)  # no record: an older library
+    with pytest.raises(
+        LibraryUnavailable, match=f"none of its 1 versions verifies with signing key {fingerprint(OTHER_KEY)}"
+    ):
+        open_library(LibraryConfig(), state_dir, OTHER_KEY, Catalog())
+    open_library(LibraryConfig(), state_dir, KEY, Catalog())
+    with pytest.raises(LibraryUnavailable, match=fingerprint(KEY)):
+        open_library(LibraryConfig(), state_dir, OTHER_KEY, Catalog())

@@ -25,6 +25,7 @@ from psycopg import sql
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel
+from esper_tui.engine.keys import fingerprint
 from esper_tui.engine.library.catalog_db import APPLICATION_NAME, KernelRow, PgCatalog
 from esper_tui.engine.library.factory import CACHE_DIR, LibraryUnavailable, open_library
 from esper_tui.engine.library.meta import ArtifactMeta
@@ -473,3 +474,71 @@ def test_open_library_with_an_unreachable_catalog_is_one_clear_line(services, st
         open_library(config, state_dir, KEY, Catalog())
     text = one_line(exc)
     assert "cannot connect" in text and "secret" not in text
+
+
+# ---------------------------------------------------------------------------------- whose library (finding 1)
+
+OTHER_KEY = bytes(range(100, 132))  # what a keyless engine made up for itself
+
+
+def test_an_engine_with_another_key_is_refused_and_quarantines_nothing(machine, compiled_kernel, services, tmp_path):
+    """Issue 18: an engine started without ESPER_SIGNING_KEY on a shared library made up its own key, failed
+    every signature in its start-up scan and quarantined every version, for every machine."""
+    a = machine("a")
+    meta = commit(a.lib, compiled_kernel, key=K1)
+    with pytest.raises(LibraryUnavailable) as exc:
+        open_library(shared_config(services), tmp_path / "keyless", OTHER_KEY, Catalog())
+    text = one_line(exc)
+    assert fingerprint(KEY) in text and fingerprint(OTHER_KEY) in text
+    assert KEY.hex() not in text and OTHER_KEY.hex() not in text  # fingerprints only, never a key
+    assert not only_row(a.lib).quarantined and a.lib.current(KERNEL_BLUEPRINT) == meta
+
+
+def test_a_foreign_key_never_quarantines_even_past_the_start_check(machine, compiled_kernel, services, identity):
+    """A library process with another key (the start check bypassed, or the library re-keyed while it ran)
+    finds every signature failing: that says nothing about the kernels, so nothing is quarantined."""
+    a = machine("a")
+    meta = commit(a.lib, compiled_kernel, key=K1)
+    quarantined: Quarantined = []
+    stranger = SharedLibrary(
+        PgCatalog(services.catalog_url),
+        open_store(services.artifacts_url, endpoint_url=services.endpoint),
+        a.lib.blobs.root.parent.parent / "stranger",
+        OTHER_KEY,
+        Catalog(),
+        identity=identity,
+        on_quarantine=lambda *args: quarantined.append(args),
+    )
+    try:
+        with pytest.raises(KernelError, match=f"{fingerprint(OTHER_KEY)}.*{fingerprint(KEY)}"):
+            stranger.current(KERNEL_BLUEPRINT)
+        with pytest.raises(KernelError, match="not the library's"):
+            stranger.load(KERNEL_BLUEPRINT)
+        assert stranger.ranked() == []
+    finally:
+        stranger.close()
+    assert quarantined == [] and not only_row(a.lib).quarantined
+    assert a.lib.current(KERNEL_BLUEPRINT) == meta
+
+
+def test_the_first_process_records_the_library_key(machine, services):
+    a = machine("a")
+    assert a.lib.db.library_key() == fingerprint(KEY)
+    machine("b")  # the same key: adopted again, nothing changes
+    assert a.lib.db.library_key() == fingerprint(KEY)
+
+
+def test_an_unrecorded_catalog_is_adopted_only_by_a_key_its_versions_verify_with(
+    machine, compiled_kernel, services, tmp_path
+):
+    """A catalog from before the key was recorded (schema 1, upgraded): the first key to open it is recorded
+    only if it verifies what is stored, so a keyless engine cannot claim a library full of kernels."""
+    a = machine("a")
+    commit(a.lib, compiled_kernel, key=K1)
+    execute(services.catalog_url, "DELETE FROM library_key", ())
+    with pytest.raises(LibraryUnavailable) as exc:
+        open_library(shared_config(services), tmp_path / "keyless", OTHER_KEY, Catalog())
+    assert f"none of its 1 versions verifies with signing key {fingerprint(OTHER_KEY)}" in one_line(exc)
+    assert a.lib.db.library_key() is None and not only_row(a.lib).quarantined
+    machine("b")  # the library's own key adopts it
+    assert a.lib.db.library_key() == fingerprint(KEY)

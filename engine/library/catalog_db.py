@@ -346,7 +346,31 @@ class PgCatalog:
 
         return self._run(f"quarantine {blueprint_id} v{version}", op)
 
+    def record_library_key(self, fingerprint: str, recorded_by: str) -> str:
+        """Record `fingerprint` as the library's key unless one is recorded already; returns the one that
+        stands (the first process's, when two race)."""
+
+        def op(conn: Conn) -> str:
+            conn.execute(
+                "INSERT INTO library_key (fingerprint, recorded_by) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (fingerprint, recorded_by),
+            )
+            row = conn.execute("SELECT fingerprint FROM library_key").fetchone()
+            assert row is not None  # inserted, or there already
+            return str(row[0])
+
+        return self._run("record the library key", op)
+
     # ------------------------------------------------------------------ reading
+
+    def library_key(self) -> str | None:
+        """The fingerprint of the key the library is signed with; None before any process recorded one."""
+
+        def op(conn: Conn) -> str | None:
+            row = conn.execute("SELECT fingerprint FROM library_key").fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run("read the library key", op)
 
     def _rows(self, what: str, query: LiteralString, params: tuple[object, ...]) -> list[KernelRow]:
         def op(conn: Conn) -> list[KernelRow]:

@@ -14,6 +14,7 @@ from typing import Any
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.library.base import KernelLibrary
+from esper_tui.engine.library.ownkey import LibraryKeyError
 from esper_tui.engine.library.store import Identity, Library
 
 CACHE_DIR = "library-cache"  # under the state directory: a shared library's verified local copies
@@ -36,9 +37,12 @@ def open_library(
     identity: Identity | None = None,
     on_quarantine: Callable[[str, str, str], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    claim_key: bool = True,
 ) -> KernelLibrary:
     """The file library by default; with catalog and artifacts URLs, the shared one (schema checked,
-    store reachable). Blocking (it connects): call it from a thread in async code."""
+    store reachable); either way `key` must be the library's own (library/ownkey.py: recorded on first use
+    unless `claim_key` is False, as for a read-only tool). Blocking (it connects): call it from a thread in
+    async code."""
     common: dict[str, Any] = {
         "identity": identity,
         "cache_ttl_s": config.cache_ttl_seconds,
@@ -46,7 +50,7 @@ def open_library(
         "on_quarantine": on_quarantine,
     }
     if not is_shared(config):
-        return Library(state_dir / "library", key, catalog, **common)
+        return _adopted(Library(state_dir / "library", key, catalog, **common), claim_key)
     if not (config.catalog_url and config.artifacts_url):
         raise LibraryUnavailable("a shared library needs both a catalog URL and an artifacts URL")
     from esper_tui.engine.library.catalog_db import CatalogError, PgCatalog
@@ -61,7 +65,18 @@ def open_library(
         db.check_schema()
         store = open_store(config.artifacts_url, endpoint_url=config.artifacts_endpoint or None)
         store.check()
-        return SharedLibrary(db, store, state_dir / CACHE_DIR, key, catalog, **common)
+        library = SharedLibrary(db, store, state_dir / CACHE_DIR, key, catalog, **common)
     except (CatalogError, StoreError) as exc:
         db.close()
         raise LibraryUnavailable(str(exc)) from None
+    return _adopted(library, claim_key)
+
+
+def _adopted(library: KernelLibrary, claim: bool) -> KernelLibrary:
+    """`library` once its key is confirmed as this process's; else closed, and LibraryUnavailable."""
+    try:
+        library.adopt_key(claim)
+    except LibraryKeyError as exc:
+        library.close()
+        raise LibraryUnavailable(str(exc)) from None
+    return library

@@ -63,6 +63,21 @@ CREATE INDEX kernel_versions_live_per_identity
     ON kernel_versions (identity, blueprint_id, version DESC) WHERE NOT quarantined;
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),)
+_0002_LIBRARY_KEY: LiteralString = """
+-- Whose library this is: the fingerprint (never the key) of the key its versions are signed with, recorded by
+-- the first engine or worker that opens it. A process with another key is refused at start, and a signature
+-- failure quarantines a version for every machine only when the verifying key is this one.
+CREATE TABLE library_key (
+    only_row BOOLEAN PRIMARY KEY DEFAULT true CONSTRAINT one_library_key CHECK (only_row),
+    fingerprint TEXT NOT NULL CONSTRAINT fingerprint_is_hex CHECK (fingerprint ~ '^[0-9a-f]{16}$'),
+    recorded_by TEXT NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),
+    Migration(2, "library_key: the fingerprint of the key that signs the library", _0002_LIBRARY_KEY),
+)
 
 LATEST = MIGRATIONS[-1].version

@@ -27,7 +27,7 @@ import msgspec
 
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel, cpu_isa, load_kernel
-from esper_tui.engine.library import signing
+from esper_tui.engine.library import ownkey, signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.blobcache import BlobCache
 from esper_tui.engine.library.catalog_db import CatalogError, KernelRow, PgCatalog
@@ -91,6 +91,20 @@ class SharedLibrary:
     def close(self) -> None:
         self.db.close()
 
+    def adopt_key(self, claim: bool = True) -> None:
+        """Check that this process's key is the library's (ownkey.adopt); raises ownkey.LibraryKeyError."""
+        try:
+            ownkey.adopt(
+                self._key,
+                where=f"catalog {self.db.url_for_display}",
+                recorded=self.db.library_key,
+                record=lambda fp: self.db.record_library_key(fp, self.compiled_by),
+                signed=lambda: ((row.meta, row.signature) for row in self.db.versions()),
+                claim=claim,
+            )
+        except CatalogError as exc:
+            raise ownkey.LibraryKeyError(str(exc)) from None
+
     # ------------------------------------------------------------------ writing
 
     def clean_staging(self) -> list[str]:
@@ -153,9 +167,11 @@ class SharedLibrary:
     # ------------------------------------------------------------------ reading
 
     def _verified_meta(self, row: KernelRow) -> ArtifactMeta:
-        """The row's metadata after its signature, and its claim to be this row, are checked."""
+        """The row's metadata after its signature, and its claim to be this row, are checked. A signature that
+        fails with a key that is not the library's is ownkey.ForeignKey (a KernelError: nothing to quarantine)."""
         label = version_label(row)
         if not signing.verify(self._key, row.meta, row.signature):
+            ownkey.guard(self._key, self.db.library_key(), label)
             raise ArtifactInvalid(f"{label}: signature mismatch (metadata altered or signed with another key)")
         try:
             meta = msgspec.json.decode(row.meta, type=ArtifactMeta)
@@ -211,7 +227,7 @@ class SharedLibrary:
                 continue
             try:
                 metas.append(self._verified_meta(row))
-            except ArtifactInvalid:
+            except (ArtifactInvalid, KernelError):
                 continue
         return sorted(metas, key=served_step_ms)
 

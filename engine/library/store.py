@@ -32,6 +32,7 @@ from esper_tui.engine import fsutil
 from esper_tui.engine.fsutil import fsync_dir, kind_of, write_all
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import (
+    KernelError,
     LoadedKernel,
     compiler_id,
     cpu_isa,
@@ -39,6 +40,7 @@ from esper_tui.engine.kernels.compiled import (
     load_kernel,
 )
 from esper_tui.engine.kernels.pipelines import CompileSettings
+from esper_tui.engine.library import ownkey
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta, KernelBuild
@@ -48,6 +50,7 @@ _VERSION = re.compile(r"v(\d+)-")
 META = "meta.json"
 SIG = "meta.sig"
 QUARANTINE_NOTE = "QUARANTINED"
+KEY_RECORD = "signing-key.fingerprint"  # the fingerprint of the key this library is signed with (ownkey)
 
 
 class ArtifactInvalid(Exception):
@@ -233,6 +236,45 @@ class Library:
     def close(self) -> None:
         """Nothing to release: every operation opens and closes its own files."""
 
+    def adopt_key(self, claim: bool = True) -> None:
+        """Check that this process's key is the library's (ownkey.adopt); raises ownkey.LibraryKeyError."""
+        try:
+            ownkey.adopt(
+                self._key,
+                where=f"library {self.root}",
+                recorded=self._recorded_key,
+                record=self._record_key,
+                signed=self._signed_documents,
+                claim=claim,
+                remedy=f", or move {self.root} aside to start a new library",
+            )
+        except (OSError, ArtifactInvalid) as exc:  # the record unreadable (a directory, a FIFO), or not writable
+            raise ownkey.LibraryKeyError(f"{self.root / KEY_RECORD}: {exc}") from None
+
+    def _recorded_key(self) -> str | None:
+        try:
+            text = read_regular(self.root / KEY_RECORD, KEY_RECORD).decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def _record_key(self, fingerprint: str) -> str:
+        """Write the record atomically (one engine holds this directory: no race to lose)."""
+        tmp = self.root / f".{KEY_RECORD}.{os.getpid()}.tmp"
+        _write_file(tmp, (fingerprint + "\n").encode())
+        os.replace(tmp, self.root / KEY_RECORD)
+        fsync_dir(self.root)
+        return fingerprint
+
+    def _signed_documents(self) -> list[tuple[bytes, str]]:
+        """(meta.json, meta.sig) of every stored version that has both (for adopting an unrecorded library)."""
+        documents = []
+        for path in self.version_dirs():
+            with contextlib.suppress(OSError, ArtifactInvalid):
+                raw = read_regular(path / META, META)
+                documents.append((raw, read_regular(path / SIG, SIG).decode(errors="replace")))
+        return documents
+
     def identity(self) -> Identity:
         """What a kernel must have been built for to load in this process (probed on first use unless given;
         the engine probes the CPU ISA at start, so the probe here is its in-process cached answer)."""
@@ -336,13 +378,16 @@ class Library:
 
     def read_verified(self, path: Path) -> tuple[ArtifactMeta, dict[str, bytes]]:
         """Signature first, then that the signed blueprint/version/key are this directory's, then each
-        file's hash; only then is anything decoded beyond the metadata. Raises ArtifactInvalid."""
+        file's hash; only then is anything decoded beyond the metadata. Raises ArtifactInvalid, or
+        ownkey.ForeignKey (a KernelError: nothing to quarantine) when the signature fails with a key that is
+        not the library's."""
         try:
             raw = read_regular(path / META, f"{path.name}: {META}")
             sig = read_regular(path / SIG, f"{path.name}: {SIG}").decode(errors="replace")
         except OSError as exc:
             raise ArtifactInvalid(f"{path.name}: missing metadata or signature ({exc.strerror})") from None
         if not signing.verify(self._key, raw, sig):
+            ownkey.guard(self._key, self._recorded_key(), f"{path.parent.name}/{path.name}")
             raise ArtifactInvalid(f"{path.name}: signature mismatch (meta.json altered or signed with another key)")
         try:
             meta = msgspec.json.decode(raw, type=ArtifactMeta)
@@ -368,7 +413,7 @@ class Library:
         """None when the artifact verifies, else the reason."""
         try:
             self.read_verified(path)
-        except ArtifactInvalid as exc:
+        except (ArtifactInvalid, KernelError) as exc:
             return str(exc)
         return None
 
