@@ -364,7 +364,8 @@ class Aggregator:
             case CommandObeyed():
                 return f"{e.command_type} from {e.issued_by}"
             case CommandRefused():
-                return f"rejected {e.command_type} from {e.issued_by}: {e.reason}"
+                sender = e.issued_by if e.sender_verified else f'"{e.issued_by}" (unverified)'
+                return f"rejected {e.command_type} from {sender}: {e.reason}"
             case AlertChanged(active=True):
                 return f"alert {e.alertname} firing: {e.summary}"
             case AlertChanged():

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 from esper_tui.engine.bus import Bus, BusError
 from esper_tui.engine.bus.auth import FrameSigner
 from esper_tui.engine.frames import (
+    FINAL_HEARTBEAT_TTL_S,
     FRAME_FIELD,
+    HEARTBEAT_EVERY_S,
+    HEARTBEAT_TTL_S,
     SIGNATURE_FIELD,
     EngineHeartbeat,
     FrameEncoder,
@@ -45,11 +48,6 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_EVERY_S = 1.0
 """A control room that missed anything (or just attached) has a full picture again within this."""
-HEARTBEAT_EVERY_S = 1.0
-HEARTBEAT_TTL_S = 5 * HEARTBEAT_EVERY_S
-"""Presence outlives a few missed beats (a slow tick, a Redis blip) but not a dead engine."""
-FINAL_HEARTBEAT_TTL_S = 60.0
-"""How long a stopped engine stays listed, so control rooms can say "engine stopped" rather than guess."""
 FRAMES_KEPT_S = 3.0
 """Seconds of frames the stream keeps: always at least two keyframes for an attaching control room."""
 ROOMS_EVERY_S = 2.0
@@ -153,6 +151,7 @@ class Broadcaster:
             state_dir=i.state_dir,
             state=state,
             engine_key=self._signer.public_key,
+            last_seq=self._last_seq or 0,
         )
 
     async def beat(self, state: EngineState, ttl_s: float) -> bool:
@@ -160,7 +159,8 @@ class Broadcaster:
         return await self._attempt("heartbeat", self._bus.put_presence(self.heartbeat_key, value, ttl_s))
 
     async def finish(self, snapshot: Snapshot | None) -> None:
-        """The last word: a keyframe of the final snapshot, then a STOPPED heartbeat that lingers."""
+        """The last word: a keyframe of the final snapshot, then a STOPPED heartbeat that lingers and names
+        that keyframe's seq, so a room can tell the final picture from an older frame put back on the stream."""
         if snapshot is not None:
             await self.publish(snapshot, keyframe=True)
         await self.beat(EngineState.STOPPED, FINAL_HEARTBEAT_TTL_S)

@@ -232,7 +232,8 @@ class CommandRefused(Event, tag="command_refused", kw_only=True):
 
     command_type: str
     command_id: str
-    issued_by: str
+    issued_by: str  # as the command claims it
+    sender_verified: bool = True  # False: unsigned or badly signed, so `issued_by` is only a claim
     reason: str
 
 

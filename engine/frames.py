@@ -10,12 +10,14 @@ client always knows which engine it shows and how old the picture is.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import msgspec
 
 from esper_tui.engine.codec import checked, encode_msgpack
+from esper_tui.engine.freshness import time_problem
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.vocabulary import SCHEMA_VERSION, EngineState, Struct
 
@@ -109,11 +111,20 @@ class FrameDecoder:
         return snapshot
 
 
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_TTL_S = 5 * HEARTBEAT_EVERY_S
+"""Presence outlives a few missed beats (a slow tick, a Redis blip) but not a dead engine."""
+FINAL_HEARTBEAT_TTL_S = 60.0
+"""How long a stopped engine stays listed, so control rooms can say "engine stopped" rather than guess."""
+
+
 class EngineHeartbeat(Struct, kw_only=True):
     """An engine's presence on a Redis: what `attach --list` shows and how a control room learns it stopped.
 
     Stored (signed like frames) under `heartbeat_key(prefix, run_id)` with an expiry a few times its refresh
-    period, so an engine that dies without a word simply disappears from the list.
+    period, so an engine that dies without a word simply disappears from the list. The expiry is Redis's
+    and anyone who can write to it can SET a copy without one: a reader believes a heartbeat only while its
+    signed `ts` is as fresh as its expiry allows (`heartbeat_problem`).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -125,6 +136,19 @@ class EngineHeartbeat(Struct, kw_only=True):
     state_dir: str
     state: EngineState
     engine_key: str  # the engine's frame public key (hex): shown so an operator can check what they pinned
+    last_seq: int = 0  # the newest frame published before this beat; on STOPPED, the final picture's seq
+
+
+def heartbeat_problem(heartbeat: EngineHeartbeat, now: float, skew_s: float) -> str | None:
+    """Why a verified heartbeat must not be believed at `now`, or None: it must be as fresh as its expiry
+    allows (plus the clocks' skew), and stamped after the engine's start and not in the future."""
+    lives_s = FINAL_HEARTBEAT_TTL_S if heartbeat.state is EngineState.STOPPED else HEARTBEAT_TTL_S
+    started = time_problem(heartbeat.started_ts, now, max_age_s=math.inf, max_ahead_s=skew_s)
+    if started is not None:
+        return f"its start time: {started}"
+    return time_problem(
+        heartbeat.ts, now, max_age_s=lives_s + skew_s, max_ahead_s=skew_s, not_before=heartbeat.started_ts
+    )
 
 
 class SignedHeartbeat(Struct, kw_only=True):

@@ -60,6 +60,7 @@ from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
 from esper_tui.engine.library.store import Identity
+from esper_tui.engine.linequota import LineQuota
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
@@ -75,6 +76,10 @@ IN_FEATURES = 40  # MNIST-1D sequences; seeds map the host input to a hidden lay
 OUTBOX_LIMIT = 50_000
 """Events waiting for the telemetry stream; beyond this the oldest copies are dropped (and counted), never
 the engine's own view, which was updated before an event ever reached the outbox."""
+REFUSALS_SHOWN = 5
+REFUSALS_WINDOW_S = 10.0
+"""Refused commands get a line each in the event log up to REFUSALS_SHOWN per window, then one summary line:
+a flood of forged commands must not push out what the operator needs to see (the bus counts every one)."""
 DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus reading and the last frame may take
 TRAINER_STOP_S = 30.0  # at stop: how long the training process may take to finish its epoch and checkpoint
 
@@ -130,6 +135,7 @@ class Engine:
         self.frame_public_key = ""  # hex Ed25519 key control rooms pin to check frames
         self.operator_key_origin = ""  # where the operator key lives (a file, a variable, a config key)
         self.telemetry_dropped = 0  # event copies the outbox had no room for (the engine's view kept them)
+        self.refusals = LineQuota(REFUSALS_SHOWN, REFUSALS_WINDOW_S)
         self._operator_key: bytes | None = None
         self._signing_key: bytes | None = None  # the library's: it signs training checkpoints too
         self._verifier: CommandVerifier | None = None
@@ -436,10 +442,13 @@ class Engine:
             await asyncio.sleep(period)
 
     async def _evaluate_alerts(self) -> None:
-        """Nissa's time-based rules (windows that expire, the bus backlog), once a second."""
+        """Nissa's time-based rules (windows that expire, the bus backlog), once a second; and the summary of
+        refused commands held back from the event log."""
         while True:
             for change in self.alerts.tick(self._snapshot, time.time()):
                 self.emit(change)
+            if (held := self.refusals.summary("commands rejected")) is not None:
+                self.log(Level.WARNING, held)
             await asyncio.sleep(1.0)
 
     def facts(self) -> EngineFacts:
@@ -524,7 +533,12 @@ class Engine:
         try:
             self._check(command)
         except CommandRejected as exc:
-            self.emit(CommandRefused(command_type=kind, command_id=cid, issued_by=who, reason=str(exc)))
+            if self.refusals.admit():
+                self.emit(
+                    CommandRefused(
+                        command_type=kind, command_id=cid, issued_by=who, sender_verified=exc.signed, reason=str(exc)
+                    )
+                )
             raise
         self.emit(CommandObeyed(command_type=kind, command_id=cid, issued_by=who))
         await self.handle_command(command)

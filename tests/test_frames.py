@@ -6,9 +6,9 @@ import msgspec
 import pytest
 
 from esper_tui.engine.codec import SchemaMismatch, encode_msgpack
-from esper_tui.engine.frames import Frame, FrameDecoder, FrameEncoder, decode_frame
+from esper_tui.engine.frames import EngineHeartbeat, Frame, FrameDecoder, FrameEncoder, decode_frame, heartbeat_problem
 from esper_tui.engine.snapshot import EventLine, JobView, LinkView, Snapshot, TrainingView
-from esper_tui.engine.vocabulary import JobStatus, Level, LinkState, Strategy, Subsystem
+from esper_tui.engine.vocabulary import EngineState, JobStatus, Level, LinkState, Strategy, Subsystem
 
 
 class Clock:
@@ -113,3 +113,38 @@ def test_an_incomplete_or_inconsistent_keyframe_is_refused() -> None:
     lying = msgspec.structs.replace(whole, seq=7)
     with pytest.raises(msgspec.ValidationError):
         FrameDecoder().apply(lying)
+
+
+# ---------------------------------------------------------------------------------- heartbeat freshness (finding 8)
+
+NOW = 1_000_000.0
+SKEW_S = 30.0
+
+
+def beat(state: EngineState = EngineState.RUNNING, *, age_s: float = 0.0, up_s: float = 100.0) -> EngineHeartbeat:
+    ts = NOW - age_s
+    return EngineHeartbeat(
+        run_id="run1", host="box", pid=1, started_ts=ts - up_s, ts=ts, state_dir="/s", state=state, engine_key="k"
+    )
+
+
+def test_a_fresh_heartbeat_is_believed() -> None:
+    assert heartbeat_problem(beat(age_s=1.0), NOW, SKEW_S) is None
+    assert heartbeat_problem(beat(EngineState.STOPPED, age_s=50.0), NOW, SKEW_S) is None  # lingers a minute
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "problem"),
+    [
+        # issue 18: a RUNNING heartbeat SET again with no expiry made a stopped engine look alive
+        (beat(age_s=3600.0), "stale: issued 3600 s ago"),
+        (beat(EngineState.STOPPED, age_s=3600.0), "stale: issued 3600 s ago"),
+        (beat(age_s=-120.0), "in the future"),
+        (msgspec.structs.replace(beat(), ts=float("nan")), "not a finite number"),
+        (msgspec.structs.replace(beat(), started_ts=float("nan")), "not a finite number"),
+        (msgspec.structs.replace(beat(), started_ts=NOW + 10), "before this engine started"),
+    ],
+)
+def test_a_heartbeat_that_cannot_be_current_is_not_believed(heartbeat: EngineHeartbeat, problem: str) -> None:
+    found = heartbeat_problem(heartbeat, NOW, SKEW_S)
+    assert found is not None and problem in found, found

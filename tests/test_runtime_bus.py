@@ -183,6 +183,8 @@ async def test_heartbeat_is_signed_and_the_last_one_says_stopped(bus, fake_clock
     assert last.base_seq is None and FrameDecoder().apply(last) == final
     stopped = open_heartbeat((await bus.presence(heartbeat_key(PREFIX, RUN)))[heartbeat_key(PREFIX, RUN)])[0]
     assert stopped.state is EngineState.STOPPED
+    # issue 18, finding 4: the last word names the final picture, so no older frame can pass for it
+    assert stopped.last_seq == final.seq == last.seq
 
 
 # ---------------------------------------------------------------------------------- the bus view
@@ -277,8 +279,12 @@ async def test_engine_obeys_its_own_signed_commands_and_refuses_forged_ones(engi
     await eventually(lambda: engine.bus.metrics().rejected == len(forged), "every forged command rejected")
     refused = [line for line in engine.aggregator.events if line.text.startswith("rejected ")]
     assert len(refused) == len(forged)
-    for line, (reason, _command) in zip(refused, forged, strict=True):
-        assert line.text.startswith(f"rejected Shutdown from mallory@nowhere: {reason}"), line.text
+    for line, (reason, command) in zip(refused, forged, strict=True):
+        # a name outside a valid signature is only a claim (issue 18, finding 10): it is shown as one
+        sender = (
+            "mallory@nowhere" if command.signature and reason != "bad signature" else '"mallory@nowhere" (unverified)'
+        )
+        assert line.text.startswith(f"rejected Shutdown from {sender}: {reason}"), line.text
         assert line.level is Level.WARNING
     letters = await engine.bus.dead_letters()
     assert len(letters) == len(forged)
@@ -289,6 +295,30 @@ async def test_engine_obeys_its_own_signed_commands_and_refuses_forged_ones(engi
     await engine.send(Shutdown(reason="test over"))
     await eventually(engine.stopped.is_set, "the signed shutdown obeyed")
     assert engine.stop_reason == "shutdown command (test over)"
+
+
+async def test_an_unsigned_command_flood_is_summarised_in_the_event_log(engine, monkeypatch):
+    """Issue 18, finding 10: 300 unsigned commands put 300 "rejected … from operator" lines in the event log,
+    pushing out everything an operator needed to see. Rejections are rate-limited and summarised; the bus
+    still counts and dead-letters every one."""
+    import esper_tui.engine.runtime as runtime
+
+    monkeypatch.setattr(engine.refusals, "window_s", 1.0)  # the summary comes once the window has passed
+    engine.log(Level.INFO, "a line worth keeping")
+    flood = [Shutdown(issued_by="operator") for _ in range(300)]
+    for command in flood:
+        await engine.bus.add_entry(engine.bus.streams.emergency, {PAYLOAD: encode_msgpack(command)}, maxlen=1000)
+    await eventually(lambda: engine.bus.metrics().rejected == len(flood), "every command rejected", WAIT_S)
+
+    def summary() -> list[str]:
+        return [t for t in event_texts(engine) if "more commands rejected in the last" in t]
+
+    await eventually(summary, "the summary line", WAIT_S)
+    shown = [t for t in event_texts(engine) if t.startswith("rejected ")]
+    assert len(shown) == runtime.REFUSALS_SHOWN
+    assert summary() == [f"{len(flood) - runtime.REFUSALS_SHOWN} more commands rejected in the last 1 s"]
+    assert "a line worth keeping" in event_texts(engine)
+    assert engine.bus.metrics().dead_lettered == len(flood)
 
 
 async def test_engine_view_ignores_telemetry_injected_on_the_bus(engine):

@@ -47,7 +47,15 @@ def operator_name() -> str:
 
 
 class CommandRejected(Exception):
-    """A command the engine must not obey; the message is the reason (shown, counted, dead-lettered)."""
+    """A command the engine must not obey; the message is the reason (shown, counted, dead-lettered).
+
+    `signed` says whether the command carried a valid operator signature: only then is its `issued_by` the
+    operator's word rather than a claim anyone could write.
+    """
+
+    def __init__(self, reason: str, *, signed: bool = True) -> None:
+        super().__init__(reason)
+        self.signed = signed
 
 
 def _mac(key: bytes, command: AnyCommand) -> str:
@@ -70,9 +78,9 @@ class CommandVerifier:
     def check(self, command: AnyCommand) -> None:
         """Raise CommandRejected with the reason, or return: then the command is recorded as seen."""
         if not command.signature:
-            raise CommandRejected("unsigned")
+            raise CommandRejected("unsigned", signed=False)
         if not hmac.compare_digest(_mac(self._key, command).encode(), command.signature.encode(errors="replace")):
-            raise CommandRejected("bad signature")
+            raise CommandRejected("bad signature", signed=False)
         try:
             self._window.admit(command.command_id, command.ts)
         except Stale as exc:
