@@ -55,7 +55,7 @@ from esper_tui.engine.config import BusConfig
 from esper_tui.engine.contracts import AnyEvent, CommandObeyed, EpochCompleted, PauseTraining
 from esper_tui.engine.frames import FRAME_FIELD, SIGNATURE_FIELD, decode_frame
 from esper_tui.engine.keys import FRAME_KEY, OPERATOR_KEY, load_key
-from esper_tui.remote import RemoteLink
+from esper_tui.links.remote import RemoteLink
 
 TELEMETRY_MESSAGES = 50_000
 TELEMETRY_REPEATS = 3

@@ -34,11 +34,11 @@ from typing import Any
 
 from benchmarks.growth import bare_host_epochs, paired_ratio
 from benchmarks.report import write_json
-from esper_tui.app import EsperApp
 from esper_tui.engine.config import EsperConfig, load_config
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingPaused
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.training.data import carve, load_mnist1d
+from esper_tui.ui.app import EsperApp
 
 CONFIG = """\
 [tezzeret.polling]

@@ -1,5 +1,5 @@
 import sys
 
-from esper_tui.cli import main
+from esper_tui.commands.cli import main
 
 sys.exit(main())

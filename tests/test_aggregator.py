@@ -46,7 +46,7 @@ from esper_tui.engine.vocabulary import (
     Subsystem,
     TrainingStatus,
 )
-from esper_tui.status_line import status_line
+from esper_tui.ui.status_line import status_line
 
 
 @pytest.fixture

@@ -25,6 +25,14 @@ import redis
 from headless_engine import CLI, HeadlessEngine, wait_for
 
 from benchmarks.bus import RedisServer
+from esper_tui.commands.attach import (
+    AttachError,
+    choose_engine,
+    engine_public_key,
+    engines_table,
+    operator_key,
+    report_attached,
+)
 from esper_tui.engine import keys
 from esper_tui.engine.broadcast import Broadcaster, EngineIdentity
 from esper_tui.engine.bus import Bus, EmbeddedBus, RedisStreamsBus, StreamNames
@@ -43,20 +51,8 @@ from esper_tui.engine.frames import (
 )
 from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.engine.vocabulary import EngineState, LinkState, TrainingStatus
-from esper_tui.link import CommandUnavailable
-from esper_tui.remote import (
-    SILENT_AFTER_S,
-    AttachError,
-    ControlRoom,
-    EngineEntry,
-    RemoteLink,
-    choose_engine,
-    engine_public_key,
-    engines_table,
-    list_engines,
-    operator_key,
-    report_attached,
-)
+from esper_tui.links.base import CommandUnavailable
+from esper_tui.links.remote import SILENT_AFTER_S, ControlRoom, EngineEntry, RemoteLink, list_engines
 
 RUN = "3f2a9c81d0aa"
 SECRET = bytes(range(32))  # the engine's frame key
@@ -333,7 +329,7 @@ async def test_a_read_only_room_refuses_to_send_and_says_why(bus: Bus, attach: L
 
 async def test_the_dashboard_over_a_remote_link(bus: Bus, attach: LinkFactory) -> None:
     """EsperApp through the EngineLink seam: attached, read-only key presses explained, the engine's stop shown."""
-    from esper_tui.app import EsperApp
+    from esper_tui.ui.app import EsperApp
     from esper_tui.widgets.status_banner import StatusBanner
 
     engine = FakeEngine(bus)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from esper_tui.output import LineWriter
+from esper_tui.ui.output import LineWriter
 
 
 async def test_a_stalled_reader_never_blocks_the_loop() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from esper_tui.engine.recorder import Recording, RecordingWriter
 from esper_tui.engine.snapshot import Snapshot, TrainingView
-from esper_tui.replay import ReplayApp, ReplayLink
+from esper_tui.links.replay import ReplayLink
+from esper_tui.ui.replay_app import ReplayApp
 from esper_tui.widgets.replay_bar import ReplayBar, bar, clock
 from tests.ui.conftest import NotificationSpy, settle
 from tests.ui.fixtures import rich_snapshot

@@ -1146,8 +1146,8 @@ def test_inspect_is_read_only_and_json_serialisable(tmp_path: Path) -> None:
 
 
 def test_wal_inspect_tool_prints_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper_tui.commands.tools import wal_inspect
     from esper_tui.engine.config import EsperConfig, wal_directory
-    from esper_tui.tools import wal_inspect
 
     config = EsperConfig()
     directory = wal_directory(config, tmp_path)

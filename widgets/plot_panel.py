@@ -3,7 +3,7 @@
 One row per series: a block-character curve, one column per epoch (or per group of epochs when the run is
 longer than the panel is wide), its own min-max scale, and the latest value. Under them a marker row puts
 G(erminate), F(ossilize), P(rune) and R(ollback) at the epoch each decision was logged. The points come
-from `esper_tui.plot.Curves`, the same ones `esper-tui plot` draws, gathered from every snapshot this
+from `esper_tui.ui.curves.Curves`, the same ones `esper-tui plot` draws, gathered from every snapshot this
 panel is offered (hidden or not), so opening it shows the whole run seen so far.
 """
 
@@ -14,7 +14,7 @@ from textual.widgets import Static
 
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.vocabulary import Struct
-from esper_tui.plot import SERIES, Curves
+from esper_tui.ui.curves import SERIES, Curves
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 

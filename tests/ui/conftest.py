@@ -7,8 +7,8 @@ from collections.abc import Callable
 import pytest
 from textual.pilot import Pilot
 
-from esper_tui.app import EsperApp
-from esper_tui.link import StaticLink
+from esper_tui.links.base import StaticLink
+from esper_tui.ui.app import EsperApp
 
 from .fixtures import rich_snapshot
 

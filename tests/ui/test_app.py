@@ -8,13 +8,13 @@ from textual.app import App
 from textual.content import Content
 from textual.widgets import OptionList, Sparkline, Static
 
-from esper_tui.app import EsperApp
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.kernels.pipelines import settings_for, strategy_help
 from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import JobStatus, LinkState, Strategy, TrainingStatus
-from esper_tui.help import HelpScreen
-from esper_tui.link import CommandUnavailable, StaticLink
+from esper_tui.links.base import CommandUnavailable, StaticLink
+from esper_tui.ui.app import EsperApp
+from esper_tui.ui.help import HelpScreen
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel, short_stream

@@ -12,9 +12,9 @@ from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Footer, Tabs
 
-from esper_tui.app import VIEWS, EsperApp, is_compact
 from esper_tui.engine.snapshot import AlertView
-from esper_tui.link import StaticLink
+from esper_tui.links.base import StaticLink
+from esper_tui.ui.app import VIEWS, EsperApp, is_compact
 from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.compile_queue import NOTE_MIN, PRIORITY, CompileQueue, column_plan
 from esper_tui.widgets.plot_panel import PlotPanel

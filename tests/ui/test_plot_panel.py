@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgspec
 from textual.pilot import Pilot
 
-from esper_tui.app import EsperApp
 from esper_tui.engine.snapshot import EventLine, Snapshot
 from esper_tui.engine.vocabulary import Level, Subsystem
-from esper_tui.link import StaticLink
-from esper_tui.plot import Curves
+from esper_tui.links.base import StaticLink
+from esper_tui.ui.app import EsperApp
+from esper_tui.ui.curves import Curves
 from esper_tui.widgets.plot_panel import PlotPanel, curve
 
 from .conftest import SIZE

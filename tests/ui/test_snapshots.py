@@ -13,9 +13,9 @@ import msgspec
 import pytest
 from textual.pilot import Pilot
 
-from esper_tui.app import EsperApp
 from esper_tui.engine.snapshot import AlertView
-from esper_tui.link import StaticLink
+from esper_tui.links.base import StaticLink
+from esper_tui.ui.app import EsperApp
 
 from .conftest import SIZE
 from .fixtures import (

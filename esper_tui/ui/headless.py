@@ -8,8 +8,8 @@ import signal
 import sys
 
 from esper_tui.engine.runtime import Engine
-from esper_tui.output import LineWriter
-from esper_tui.status_line import report_line
+from esper_tui.ui.output import LineWriter
+from esper_tui.ui.status_line import report_line
 
 
 async def _report(engine: Engine, out: LineWriter, as_json: bool, interval_s: float, done: asyncio.Event) -> None:

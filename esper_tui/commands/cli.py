@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from esper_tui.commands.fail import fail
+from esper_tui.commands.flags import add_library_flags, library_flags, redis_url_problem
 from esper_tui.engine.config import (
     ConfigError,
     EsperConfig,
@@ -20,7 +22,6 @@ from esper_tui.engine.config import (
     override,
     shared_forge_problem,
 )
-from esper_tui.library_flags import add_library_flags, library_flags
 
 EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
@@ -196,12 +197,6 @@ def _attach_parser() -> argparse.ArgumentParser:
     return p
 
 
-def redis_url_problem(url: str | None) -> str | None:
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        return f"--redis-url: must start with redis://, rediss:// or unix:// (got {url!r})"
-    return None
-
-
 def _attach(argv: list[str]) -> int:
     parser = _attach_parser()
     args = parser.parse_args(argv)
@@ -213,7 +208,7 @@ def _attach(argv: list[str]) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
-    from esper_tui.remote import attach_main
+    from esper_tui.commands.attach import attach_main
 
     return attach_main(args, config)
 
@@ -248,7 +243,7 @@ def _reports(argv: list[str]) -> int:
     p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     p.add_argument("--json", action="store_true", help="one JSON object per report")
     args = p.parse_args(argv)
-    from esper_tui.reports import reports_main
+    from esper_tui.commands.reports import reports_main
 
     return reports_main(args.state_dir, args.json)
 
@@ -257,11 +252,11 @@ def _recordings(argv: list[str]) -> int:
     parser = _recordings_parser()
     args = parser.parse_args(argv)
     if args.area == "runs":
-        from esper_tui.replay import runs_main
+        from esper_tui.commands.recordings import runs_main
 
         return runs_main(args.state_dir, args.json)
     if args.area == "plot":
-        from esper_tui.plot import plot_main
+        from esper_tui.commands.plot import plot_main
 
         return plot_main(args.file, args.out)
     if args.json and not args.no_ui:
@@ -270,15 +265,9 @@ def _recordings(argv: list[str]) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
-    from esper_tui.replay import replay_main
+    from esper_tui.commands.recordings import replay_main
 
     return replay_main(args, config.ui.refresh_hz, config.ui.theme)
-
-
-def fail(message: str, code: int) -> int:
-    """One line on stderr, prefixed like every esper-tui error; returns the exit code to give."""
-    print(f"esper-tui: {message}", file=sys.stderr)
-    return code
 
 
 def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
@@ -306,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("replay", "runs", "plot"):
         return _recordings(argv)
     if argv and argv[0] == "forge-worker":
-        from esper_tui.forge_worker import forge_worker_main
+        from esper_tui.commands.forge_worker import forge_worker_main
 
         return forge_worker_main(argv[1:])
     if argv and argv[0] in ("library", "wal", "config"):
@@ -314,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.area == "config":
             print(config_reference(), end="")
             return 0
-        from esper_tui.tools import run_tool
+        from esper_tui.commands.tools import run_tool
 
         try:
             config = override(load_config(args.config), library_flags(args))
@@ -349,12 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.no_ui or args.forge_only:
-            from esper_tui.headless import run_headless
+            from esper_tui.ui.headless import run_headless
 
             return asyncio.run(
                 run_headless(engine, epochs=config.training.epochs, as_json=args.json, interval_s=args.interval)
             )
-        from esper_tui.ui_runner import run_ui
+        from esper_tui.ui.runner import run_ui
 
         return asyncio.run(run_ui(engine, config))
     except EngineError as exc:

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from esper_tui.cli import fail, redis_url_problem
+from esper_tui.commands.fail import fail
+from esper_tui.commands.flags import add_library_flags, library_flags, redis_url_problem
 from esper_tui.engine.config import ConfigError, EsperConfig, load_config, override
-from esper_tui.library_flags import add_library_flags, library_flags
 
 
 def parser() -> argparse.ArgumentParser:

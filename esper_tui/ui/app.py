@@ -27,9 +27,9 @@ from textual.widgets import Footer, Static, Tab, Tabs
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import Strategy, TrainingStatus
-from esper_tui.help import HelpScreen, strategy_notes
-from esper_tui.link import CommandUnavailable, EngineLink, ReportsLink
+from esper_tui.links.base import CommandUnavailable, EngineLink, ReportsLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
+from esper_tui.ui.help import HelpScreen, strategy_notes
 from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel

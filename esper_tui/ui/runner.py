@@ -11,16 +11,16 @@ import sys
 from typing import TYPE_CHECKING
 
 from esper_tui.engine.config import EsperConfig
-from esper_tui.link import EngineLink
+from esper_tui.links.base import EngineLink
 
 if TYPE_CHECKING:  # an attached control room must not pay for importing the engine (torch)
-    from esper_tui.app import EsperApp
     from esper_tui.engine.runtime import Engine
+    from esper_tui.ui.app import EsperApp
 
 
 def _app(link: EngineLink, config: EsperConfig, **title: str) -> EsperApp:
     """The dashboard with the configured refresh rate and theme (Textual is imported only when needed)."""
-    from esper_tui.app import EsperApp
+    from esper_tui.ui.app import EsperApp
 
     return EsperApp(link, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme, **title)
 

@@ -1,4 +1,5 @@
-"""The three flags that name a shared library, taken alike by the engine, `forge-worker` and `library …`."""
+"""Flags several commands take alike: the three that name a shared library (the engine, `forge-worker` and
+`library …`) and the check of `--redis-url` (the engine, `attach` and `forge-worker`)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,9 @@ def library_flags(args: argparse.Namespace) -> dict[str, object]:
         "library.artifacts_endpoint": getattr(args, "artifacts_endpoint", None),
     }
     return {k: v for k, v in given.items() if v is not None}
+
+
+def redis_url_problem(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        return f"--redis-url: must start with redis://, rediss:// or unix:// (got {url!r})"
+    return None

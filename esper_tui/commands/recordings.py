@@ -1,0 +1,101 @@
+"""`esper-tui replay` (the dashboard over a recording, or its snapshots as lines) and `esper-tui runs`
+(the recordings kept under <state>/runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import msgspec
+
+from esper_tui.commands.fail import fail
+from esper_tui.engine.recorder import (
+    BadRecording,
+    Recording,
+    RunSummary,
+    format_start,
+    list_recordings,
+    runs_directory,
+    summarize,
+)
+from esper_tui.links.replay import ReplayLink
+from esper_tui.ui.replay_app import ReplayApp
+from esper_tui.ui.status_line import report_line
+
+
+def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
+    """`esper-tui replay FILE [--no-ui [--json]]`: exit 1 for a file that is not a readable recording."""
+    try:
+        recording = Recording(args.file)
+    except BadRecording as exc:
+        return fail(str(exc), 1)
+    with recording:
+        if recording.torn:
+            print(
+                f"esper-tui: {args.file}: no index (the run did not stop cleanly); replaying the "
+                f"{len(recording)} whole snapshots, {recording.ignored_bytes} bytes of torn tail ignored",
+                file=sys.stderr,
+            )
+        try:
+            if args.no_ui:
+                for snapshot in recording.frames():
+                    print(report_line(snapshot, args.json), flush=True)
+                return 0
+            app = ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme)
+            app.run()
+            if app.failure is not None:
+                return fail(app.failure, 1)
+        except BadRecording as exc:
+            return fail(str(exc), 1)
+        except BrokenPipeError:
+            return 0
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
+def runs_table(summaries: list[RunSummary]) -> str:
+    """`esper-tui runs`: one row per recording, oldest first."""
+    head = ("RUN", "START", "DURATION", "EPOCHS", "VAL ACC", "TEST ACC", "STATUS", "SNAPSHOTS")
+    rows = [head] + [
+        (
+            s.run_id,
+            format_start(s.start_ts),
+            f"{s.duration_s:.0f} s",
+            str(s.epochs),
+            _pct(s.val_accuracy),
+            _pct(s.test_accuracy),
+            s.status if s.complete else f"{s.status} (torn)",
+            str(s.snapshots),
+        )
+        if s.problem is None
+        else (s.run_id, "-", "-", "-", "-", "-", "unreadable (see above)", "-")
+        for s in summaries
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def runs_main(state_dir: Path, as_json: bool) -> int:
+    """`esper-tui runs`: the recordings under <state>/runs. An unreadable one is listed, marked, with its reason
+    in one line on stderr (and `problem` in JSON); it never keeps the others from being listed."""
+    runs_dir = runs_directory(state_dir)
+    summaries: list[RunSummary] = []
+    for path in list_recordings(runs_dir):
+        try:
+            summaries.append(summarize(path))
+        except BadRecording as exc:
+            print(f"esper-tui: {exc}", file=sys.stderr)
+            summaries.append(RunSummary.unreadable(path, str(exc)))
+    if as_json:
+        for summary in summaries:
+            print(msgspec.json.encode(summary).decode())
+    elif summaries:
+        print(runs_table(summaries))
+    else:
+        print(f"no recordings in {runs_dir}")
+    return 0

@@ -1,0 +1,3 @@
+"""How a run is shown: the Textual dashboard (app.py, help.py, runner.py, replay_app.py) or, headless, a line per
+snapshot (headless.py, status_line.py, output.py); curves.py gathers the training curves the plot panel and
+`esper-tui plot` draw."""
