@@ -11,7 +11,8 @@ Control rooms elsewhere never see the engine's objects, only what it publishes o
   an expiry of a few periods, so an engine that dies without a word drops off `attach --list`. On
   stop, a final keyframe and a STOPPED heartbeat that lingers for a minute (`Broadcaster.finish`).
 - **Bus vital signs** (`BusWatch`): counters, rates, backlogs, dead letters, rejections, server errors
-  and attached control rooms, measured off the hot path and handed to the aggregator as a BusView.
+  and attached control rooms (those whose presence is signed with the operator key, and apart from them the
+  unverified rest), measured off the hot path and handed to the aggregator as a BusView.
 
 Nothing here may stop the engine: a failed publication (Redis away, a server error) is counted by the
 bus and retried on the next tick. The engine's own snapshot never depends on any of it.
@@ -27,20 +28,25 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from esper_tui.engine.bus import Bus, BusError
-from esper_tui.engine.bus.auth import FrameSigner
+from esper_tui.engine.bus.auth import FrameSigner, room_signed
 from esper_tui.engine.frames import (
     FINAL_HEARTBEAT_TTL_S,
     FRAME_FIELD,
     HEARTBEAT_EVERY_S,
     HEARTBEAT_TTL_S,
+    PRESENCE_TTL_S,
     SIGNATURE_FIELD,
     EngineHeartbeat,
     FrameEncoder,
     heartbeat_key,
+    open_room,
     room_key,
     seal_heartbeat,
 )
+from esper_tui.engine.freshness import time_problem
 from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog
 from esper_tui.engine.vocabulary import EngineState
 
@@ -208,16 +214,22 @@ class BusWatch:
         on_view: Callable[[BusView], None],
         extra_dropped: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
+        operator_key: bytes | None = None,
+        skew_s: float = 30.0,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._bus = bus
         self._run_id = run_id
         self._on_view = on_view
         self._extra_dropped = extra_dropped
         self._clock = clock
+        self._operator_key = operator_key  # checks rooms' presence; None: no room counts as verified
+        self._skew_s = skew_s
+        self._wall = wall
         self._rates = RateMeter()
         self._backlogs: list[StreamBacklog] = []
         self._backlogs_at = -math.inf
-        self._rooms = 0
+        self._rooms = (0, 0)  # (verified, unverified)
         self._rooms_at = -math.inf
 
     async def run(self) -> None:
@@ -252,7 +264,8 @@ class BusWatch:
             rejections=_notes(bus.recent_rejections()),
             server_errors=dict(m.server_errors),
             last_error=m.last_error,
-            control_rooms=self._rooms,
+            control_rooms=self._rooms[0],
+            control_rooms_unverified=self._rooms[1],
         )
 
     async def _read_backlogs(self) -> list[StreamBacklog]:
@@ -266,12 +279,26 @@ class BusWatch:
                 return self._backlogs
         return readings
 
-    async def _count_rooms(self) -> int:
+    async def _count_rooms(self) -> tuple[int, int]:
+        """(verified, unverified) presence keys of rooms watching this run: only a room's own signed, fresh
+        presence is a control room; the rest is what anyone who can write to Redis may have put there."""
         try:
             rooms = await self._bus.presence(room_key(self._bus.config.stream_prefix, self._run_id))
         except BusError:
             return self._rooms
-        return len(rooms)
+        verified = sum(self._verified_room(key, value) for key, value in rooms.items())
+        return verified, len(rooms) - verified
+
+    def _verified_room(self, key: str, value: bytes) -> bool:
+        if self._operator_key is None:
+            return False
+        try:
+            room = open_room(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        fresh = time_problem(room.ts, self._wall(), max_age_s=PRESENCE_TTL_S + self._skew_s, max_ahead_s=self._skew_s)
+        own_key = key == room_key(self._bus.config.stream_prefix, self._run_id, room.room_id)
+        return own_key and fresh is None and room_signed(self._operator_key, room)
 
 
 def _notes(notes: Sequence[BusNote]) -> list[BusNote]:

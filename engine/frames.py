@@ -183,6 +183,40 @@ def open_heartbeat(value: bytes) -> tuple[EngineHeartbeat, bytes, bytes]:
     return heartbeat, sealed.h, sealed.s
 
 
+PRESENCE_EVERY_S = 2.0
+PRESENCE_TTL_S = 3 * PRESENCE_EVERY_S
+"""A control room renews its presence this often; one that dies without a word drops out of the count."""
+
+
+class ControlRoom(Struct, kw_only=True):
+    """The value of a control room's presence key (`room_key(prefix, run_id, room_id)`): who watches.
+
+    A room that holds the operator key signs it (auth.sign_room: HMAC over every field, the room id and the
+    time included), so the engine counts it as a control room; anything else under those keys (a read-only
+    room, which holds no secret, or whatever anyone wrote) is counted apart, as unverified.
+    """
+
+    room_id: str
+    by: str
+    pid: int
+    read_only: bool
+    ts: float
+    signature: str = ""  # "" when the room holds no operator key
+
+
+_room_decoder = msgspec.msgpack.Decoder(ControlRoom)
+
+
+def seal_room(room: ControlRoom) -> bytes:
+    """The presence value for `room` (signed beforehand with auth.sign_room, or not)."""
+    return encode_msgpack(room)
+
+
+def open_room(value: bytes) -> ControlRoom:
+    """Raises msgspec.DecodeError/ValidationError for anything that is not a room's presence value."""
+    return _room_decoder.decode(value)
+
+
 def heartbeat_key(prefix: str, run_id: str = "") -> str:
     """The presence key of an engine; with no run id, the prefix that lists every engine."""
     return f"{prefix}.engine.{run_id}"

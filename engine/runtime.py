@@ -482,7 +482,12 @@ class Engine:
             refresh_hz=self.config.ui.refresh_hz,
         )
         self._watch = watch = BusWatch(
-            self.bus, self.run_id, on_view=self.aggregator.set_bus, extra_dropped=lambda: self.telemetry_dropped
+            self.bus,
+            self.run_id,
+            on_view=self.aggregator.set_bus,
+            extra_dropped=lambda: self.telemetry_dropped,
+            operator_key=self._operator_key,
+            skew_s=self.config.bus.command_skew_s,
         )
         self._broadcast_tasks = [
             self._spawn(broadcaster.frames()),

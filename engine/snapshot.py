@@ -180,7 +180,8 @@ class BusView(Struct, kw_only=True):
     rejections: list[BusNote] = msgspec.field(default_factory=list)  # newest last
     server_errors: dict[str, int] = msgspec.field(default_factory=dict)  # by class: oom, readonly, ...
     last_error: str = ""
-    control_rooms: int = 0  # attached control rooms, from their heartbeats
+    control_rooms: int = 0  # attached control rooms whose presence is signed with the operator key, and fresh
+    control_rooms_unverified: int = 0  # other presence keys of rooms: read-only rooms, or anyone's writing
 
 
 class AlertView(Struct, kw_only=True):

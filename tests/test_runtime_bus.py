@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity, frames_maxlen
 from esper_tui.engine.bus import Bus, BusUnavailable, EmbeddedBus, create_bus
-from esper_tui.engine.bus.auth import CommandRejected, FrameSigner, FrameVerifier, sign_command
+from esper_tui.engine.bus.auth import CommandRejected, FrameSigner, FrameVerifier, sign_command, sign_room
 from esper_tui.engine.bus.types import PAYLOAD
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.config import BusConfig, parse_config
@@ -27,12 +28,14 @@ from esper_tui.engine.contracts import AnyCommand, EpochCompleted, LogLine, Paus
 from esper_tui.engine.frames import (
     FRAME_FIELD,
     SIGNATURE_FIELD,
+    ControlRoom,
     Frame,
     FrameDecoder,
     decode_frame,
     heartbeat_key,
     open_heartbeat,
     room_key,
+    seal_room,
 )
 from esper_tui.engine.keys import FRAME_KEY as FRAME_KEY_SPEC
 from esper_tui.engine.keys import OPERATOR_KEY, load_key
@@ -44,6 +47,7 @@ from tests.waits import eventually
 PREFIX = "unit"
 RUN = "run-1"
 FRAME_KEY = bytes(range(32))
+OPERATOR = bytes(range(2, 34))
 WAIT_S = 30.0
 
 
@@ -215,7 +219,7 @@ async def test_bus_watch_reports_rooms_backlog_rates_and_rejections(bus, fake_cl
         await eventually(lambda: bus.metrics().delivered == 2, "the first good command in the handler")
         view = await watch.measure()
         assert view.backend == "embedded" and view.connected
-        assert view.control_rooms == 2
+        assert (view.control_rooms, view.control_rooms_unverified) == (0, 2)  # anyone can write b"x"
         assert view.rejected == 1 and view.dead_lettered == 1
         assert [n.reason for n in view.rejections] == ["rejected: unsigned"]
         assert [n.stream for n in view.rejections] == [bus.streams.normal]
@@ -235,6 +239,30 @@ async def test_bus_watch_reports_rooms_backlog_rates_and_rejections(bus, fake_cl
         release.set()
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def test_only_signed_fresh_room_presence_counts_as_a_control_room(bus):
+    """Issue 18, finding 10: 40 forged room presence keys showed as 40 control rooms. A room that holds the
+    operator key signs its presence (bound to its own key name, with its time); everything else is counted
+    apart, as unverified: read-only rooms (they hold no secret) and whatever anyone wrote."""
+    now = time.time()
+
+    def room(room_id: str, *, ts: float = now, read_only: bool = False) -> ControlRoom:
+        return ControlRoom(room_id=room_id, by="ops@lab", pid=7, read_only=read_only, ts=ts)
+
+    async def put(room_id: str, value: bytes) -> None:
+        await bus.put_presence(room_key(PREFIX, RUN, room_id), value, 30)
+
+    await put("signed", seal_room(sign_room(OPERATOR, room("signed"))))
+    await put("read-only", seal_room(room("read-only", read_only=True)))
+    for n in range(40):
+        await put(f"forged-{n}", seal_room(room(f"forged-{n}")))  # unsigned claims of a room with the key
+    await put("copied", seal_room(sign_room(OPERATOR, room("signed"))))  # a signed value put under another name
+    await put("stale", seal_room(sign_room(OPERATOR, room("stale", ts=now - 3600))))  # SET again, no expiry
+    await put("other-key", seal_room(sign_room(b"\x07" * 32, room("other-key"))))
+    watch = BusWatch(bus, RUN, on_view=lambda view: None, operator_key=OPERATOR, skew_s=30.0)
+    view = await watch.measure()
+    assert (view.control_rooms, view.control_rooms_unverified) == (1, 44)
 
 
 # ---------------------------------------------------------------------------------- a real engine

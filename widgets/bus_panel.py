@@ -89,6 +89,8 @@ class BusPanel(SnapshotPanel[BusSlice], Static):
             else fmt.styled("○ disconnected", "$error bold reverse")
         )
         rooms = f"{bus.control_rooms} control room{'' if bus.control_rooms == 1 else 's'}"
+        if bus.control_rooms_unverified:  # read-only rooms cannot sign; forged presence looks the same
+            rooms += f" (+{bus.control_rooms_unverified} unverified)"
         backlogs = [f"{short_stream(b.stream, part.run_id)} {b.backlog}" for b in bus.backlogs]
         errors = ", ".join(f"{kind} {count}" for kind, count in sorted(bus.server_errors.items()) if count)
         lines = [

@@ -29,9 +29,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.contracts import AnyCommand
+from esper_tui.engine.frames import ControlRoom
 from esper_tui.engine.freshness import ReplayWindow, Stale
 
 _COMMAND_DOMAIN = b"esper.command.v1\0"
+_ROOM_DOMAIN = b"esper.room.v1\0"
 _FRAME_SEED_DOMAIN = b"esper.frame-key.v1\0"
 
 C = TypeVar("C", bound=AnyCommand)
@@ -58,14 +60,26 @@ class CommandRejected(Exception):
         self.signed = signed
 
 
-def _mac(key: bytes, command: AnyCommand) -> str:
-    canonical = encode_msgpack(msgspec.structs.replace(command, signature=""))
-    return hmac.new(key, _COMMAND_DOMAIN + canonical, hashlib.sha256).hexdigest()
+def _mac(key: bytes, domain: bytes, signed: AnyCommand | ControlRoom) -> str:
+    canonical = encode_msgpack(msgspec.structs.replace(signed, signature=""))
+    return hmac.new(key, domain + canonical, hashlib.sha256).hexdigest()
 
 
 def sign_command(key: bytes, command: C) -> C:
     """The command with its signature; sign after every other field is final."""
-    return msgspec.structs.replace(command, signature=_mac(key, command))
+    return msgspec.structs.replace(command, signature=_mac(key, _COMMAND_DOMAIN, command))
+
+
+def sign_room(key: bytes, room: ControlRoom) -> ControlRoom:
+    """A control room's presence, signed with the operator key: the engine counts it as a room."""
+    return msgspec.structs.replace(room, signature=_mac(key, _ROOM_DOMAIN, room))
+
+
+def room_signed(key: bytes, room: ControlRoom) -> bool:
+    """Whether a room's presence carries a valid operator signature (its time is the reader's to check)."""
+    return bool(room.signature) and hmac.compare_digest(
+        _mac(key, _ROOM_DOMAIN, room).encode(), room.signature.encode(errors="replace")
+    )
 
 
 class CommandVerifier:
@@ -79,7 +93,8 @@ class CommandVerifier:
         """Raise CommandRejected with the reason, or return: then the command is recorded as seen."""
         if not command.signature:
             raise CommandRejected("unsigned", signed=False)
-        if not hmac.compare_digest(_mac(self._key, command).encode(), command.signature.encode(errors="replace")):
+        mac = _mac(self._key, _COMMAND_DOMAIN, command)
+        if not hmac.compare_digest(mac.encode(), command.signature.encode(errors="replace")):
             raise CommandRejected("bad signature", signed=False)
         try:
             self._window.admit(command.command_id, command.ts)
