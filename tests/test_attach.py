@@ -37,7 +37,7 @@ from esper_tui.engine import keys
 from esper_tui.engine.broadcast import Broadcaster, EngineIdentity
 from esper_tui.engine.bus import Bus, EmbeddedBus, RedisStreamsBus, StreamNames
 from esper_tui.engine.bus.auth import CommandVerifier, FrameSigner, FrameVerifier, frame_public_key
-from esper_tui.engine.codec import decode_command
+from esper_tui.engine.codec import decode_command, encode_msgpack
 from esper_tui.engine.config import BusConfig, EsperConfig
 from esper_tui.engine.contracts import PauseTraining, Shutdown
 from esper_tui.engine.frames import (
@@ -45,6 +45,7 @@ from esper_tui.engine.frames import (
     SIGNATURE_FIELD,
     EngineHeartbeat,
     FrameEncoder,
+    decode_frame,
     heartbeat_key,
     room_key,
     seal_heartbeat,
@@ -111,17 +112,27 @@ class FakeEngine:
     async def publish(self, snap: Snapshot, *, keyframe: bool = False) -> None:
         await self.send(self.frame(snap, keyframe=keyframe))
 
-    async def beat(self, state: EngineState, signer: FrameSigner | None = None, ttl_s: float = 5.0) -> None:
+    async def beat(
+        self,
+        state: EngineState,
+        signer: FrameSigner | None = None,
+        ttl_s: float = 5.0,
+        *,
+        age_s: float = 0.0,
+        last_seq: int = 0,
+    ) -> None:
         signer = signer or self.signer
+        ts = time.time() - age_s
         heartbeat = EngineHeartbeat(
             run_id=self.run_id,
             host="lab-1",
             pid=4242,
-            started_ts=time.time() - 302,
-            ts=time.time(),
+            started_ts=ts - 302,
+            ts=ts,
             state_dir="/srv/esper/var",
             state=state,
             engine_key=signer.public_key,
+            last_seq=last_seq,
         )
         key = heartbeat_key(self.bus.config.stream_prefix, self.run_id)
         await self.bus.put_presence(key, seal_heartbeat(heartbeat, signer.sign), ttl_s)
@@ -392,6 +403,10 @@ def test_no_engine_key_says_how_to_get_one(tmp_path: Path, no_key_env: None) -> 
     message = str(caught.value)
     assert "--engine-key HEX" in message and "bus.engine_key" in message and "frames.key" in message
     assert caught.value.code == 2 and "\n" not in message
+    # finding 12: the hint named `attach --list --json`, whose keys anyone who can write to the Redis can forge;
+    # it names the trusted sources instead (the engine's own start line, its state directory)
+    assert "the engine prints it at start" in message and "shows the key each engine announces" not in message
+    assert "never copy it from `attach --list`" in message
 
 
 def test_operator_key_or_read_only(tmp_path: Path, no_key_env: None) -> None:
@@ -702,3 +717,125 @@ def test_a_room_attached_from_another_process_follows_the_engine_to_its_end(
         if keys_left:
             raw.delete(*keys_left)
         raw.close()
+
+
+# --------------------------------------------------------------------------- trust at the edges (issue 18)
+
+
+def broadcaster_on(bus: Bus) -> Broadcaster:
+    """The engine's real Broadcaster (engine/broadcast.py) for RUN, signing with SECRET."""
+    return Broadcaster(
+        bus,
+        FrameSigner(SECRET),
+        EngineIdentity(run_id=RUN, host="lab-1", pid=4242, started_ts=time.time(), state_dir="/srv/var"),
+        latest=lambda: None,
+        state=lambda: EngineState.RUNNING,
+        refresh_hz=4.0,
+    )
+
+
+async def test_an_old_keyframe_replayed_after_the_stop_never_becomes_the_final_picture(
+    bus: Bus, attach: LinkFactory
+) -> None:
+    """Finding 4: after the run finished (seq 16, epoch 8), a copy of its own keyframe seq 3 was XADDed to its
+    frames stream; a room attaching afterwards printed seq 3, epoch 0, "waiting" as the final state."""
+    engine = broadcaster_on(bus)
+    await engine.publish(snapshot(3, epoch=0, status=TrainingStatus.WAITING), keyframe=True)
+    [(_id, old_keyframe)] = await bus.tail(engine.stream, 1)
+    for seq in range(4, 16):
+        await engine.publish(snapshot(seq, epoch=seq // 2), keyframe=seq % 4 == 0)
+    await engine.finish(snapshot(16, epoch=8, status=TrainingStatus.FINISHED))
+    await bus.add_entry(engine.stream, old_keyframe, maxlen=1000)  # the replay, signed by the engine itself
+    link = await attach()
+    await asyncio.wait_for(link.stopped.wait(), WAIT_S)
+    final = link.latest()
+    assert final is not None and (final.seq, final.training.epoch, final.training.status) == (
+        16,
+        8,
+        TrainingStatus.FINISHED,
+    )
+    assert final.link.state is LinkState.STOPPED and "final picture" not in final.link.detail
+
+
+async def test_catch_up_starts_from_the_highest_seq_not_the_last_entry(bus: Bus, attach: LinkFactory) -> None:
+    engine = FakeEngine(bus)
+    old = engine.frame(snapshot(2), keyframe=True)
+    await engine.send(old)
+    await engine.publish(snapshot(5), keyframe=True)
+    await engine.send(old)  # a genuine older keyframe put back at the end of the stream
+    link = await attach()
+    await until(lambda: seq_of(link) == 5, "the newest picture")
+    await engine.publish(snapshot(6))  # the engine's delta lands on its own keyframe
+    await until(lambda: seq_of(link) == 6, "the delta")
+
+
+async def test_a_missing_final_frame_is_said_not_papered_over(bus: Bus, attach: LinkFactory) -> None:
+    """The STOPPED heartbeat names the final seq; a room that cannot find that frame says so."""
+    engine = FakeEngine(bus)
+    await engine.publish(snapshot(10), keyframe=True)
+    await engine.beat(EngineState.STOPPED, last_seq=12)  # frames 11 and 12 deleted from the stream
+    link = await attach()
+    await asyncio.wait_for(link.stopped.wait(), WAIT_S)
+    view = link.link_view()
+    assert view.state is LinkState.STOPPED
+    assert "the engine's final picture (seq 12) is not in the stream; this one is seq 10" in view.detail
+
+
+async def test_a_signed_frame_with_a_non_finite_time_is_refused(bus: Bus, attach: LinkFactory) -> None:
+    """Finding 9 for frames: a picture stamped NaN has no age, so it could never be shown as old."""
+    engine = FakeEngine(bus)
+    frame = decode_frame(engine.frame(snapshot(1), keyframe=True))
+    await engine.send(encode_msgpack(msgspec.structs.replace(frame, ts=float("nan"))))
+    link = await attach()
+    await until(lambda: link.frames_rejected == 1, "the frame refused")
+    assert link.latest() is None
+    await engine.publish(snapshot(2), keyframe=True)
+    await until(lambda: seq_of(link) == 2, "the next keyframe")
+
+
+async def test_a_replayed_running_heartbeat_does_not_make_a_stopped_engine_look_alive(
+    bus: Bus, attach: LinkFactory
+) -> None:
+    """Finding 8: a copy of a RUNNING heartbeat SET with no expiry made `attach --list` show "running
+    verified", and `attach` without --run picked it and hung on it."""
+    engine = FakeEngine(bus)
+    await engine.beat(EngineState.RUNNING, age_s=3600, ttl_s=86_400)
+    verifier = FrameVerifier(frame_public_key(SECRET))
+    [found] = await list_engines(bus, bus.config.stream_prefix, verifier, skew_s=30.0)
+    assert found.verified and not found.live and found.problem.startswith("stale: issued 3600 s ago")
+    with pytest.raises(AttachError, match="no live engine"):
+        choose_engine([found], None, "R")
+    [row] = engines_table([found]).splitlines()[1:]
+    assert "stale" in row and "running" not in row
+    link = await attach()  # attached with --run anyway: the heartbeat is not the engine's word now
+    await until(lambda: link.heartbeats_rejected >= 1, "the stale heartbeat checked")
+    assert not link.stopped.is_set()
+
+
+async def test_a_stale_stopped_heartbeat_is_not_believed_either(bus: Bus, attach: LinkFactory) -> None:
+    engine = FakeEngine(bus)
+    await engine.publish(snapshot(1), keyframe=True)
+    await engine.beat(EngineState.STOPPED, age_s=3600, ttl_s=86_400)
+    link = await attach()
+    await until(lambda: link.heartbeats_rejected >= 1, "the stale heartbeat checked")
+    assert not link.stopped.is_set()
+
+
+async def test_room_presence_is_signed_with_the_operator_key(bus: Bus, attach: LinkFactory, prefix: str) -> None:
+    """Finding 10: forged presence keys counted as control rooms. A room with the operator key signs its
+    presence under its own name; the engine counts only those (engine/broadcast.py BusWatch)."""
+    from esper_tui.engine.bus.auth import room_signed
+    from esper_tui.engine.frames import open_room
+
+    await attach(operator_key=OPERATOR)
+    await attach()  # read-only: nothing to sign with
+    rooms = await until(lambda: _two(bus.presence(room_key(prefix, RUN))), "both rooms' presence")
+    signed = {key: room_signed(OPERATOR, open_room(value)) for key, value in rooms.items()}
+    assert sorted(signed.values()) == [False, True]
+    for key, value in rooms.items():
+        assert key == room_key(prefix, RUN, open_room(value).room_id)
+
+
+async def _two(presence: Awaitable[dict[str, bytes]]) -> dict[str, bytes] | None:
+    found = await presence
+    return found if len(found) == 2 else None
