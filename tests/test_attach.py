@@ -47,13 +47,14 @@ from esper_tui.engine.frames import (
     FrameEncoder,
     decode_frame,
     heartbeat_key,
+    open_room,
     room_key,
     seal_heartbeat,
 )
 from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.engine.vocabulary import EngineState, LinkState, TrainingStatus
 from esper_tui.links.base import CommandUnavailable
-from esper_tui.links.remote import SILENT_AFTER_S, ControlRoom, EngineEntry, RemoteLink, list_engines
+from esper_tui.links.remote import SILENT_AFTER_S, EngineEntry, RemoteLink, list_engines
 
 RUN = "3f2a9c81d0aa"
 SECRET = bytes(range(32))  # the engine's frame key
@@ -305,7 +306,7 @@ async def test_presence_is_announced_and_taken_away(bus: Bus, attach: LinkFactor
     link = await attach()
     rooms = await until(lambda: bus.presence(room_key(prefix, RUN)), "the room's presence")
     assert len(rooms) == 1
-    room = msgspec.msgpack.decode(next(iter(rooms.values())), type=ControlRoom)
+    room = open_room(next(iter(rooms.values())))
     assert room.read_only and room.pid == os.getpid() and "@" in room.by
     await link.close()
     assert await bus.presence(room_key(prefix, RUN)) == {}
@@ -784,9 +785,10 @@ async def test_a_missing_final_frame_is_said_not_papered_over(bus: Bus, attach: 
 async def test_a_signed_frame_with_a_non_finite_time_is_refused(bus: Bus, attach: LinkFactory) -> None:
     """Finding 9 for frames: a picture stamped NaN has no age, so it could never be shown as old."""
     engine = FakeEngine(bus)
+    link = await attach()
+    await until(lambda: link._cursor is not None, "the room caught up (with nothing) and following")
     frame = decode_frame(engine.frame(snapshot(1), keyframe=True))
     await engine.send(encode_msgpack(msgspec.structs.replace(frame, ts=float("nan"))))
-    link = await attach()
     await until(lambda: link.frames_rejected == 1, "the frame refused")
     assert link.latest() is None
     await engine.publish(snapshot(2), keyframe=True)
@@ -825,7 +827,6 @@ async def test_room_presence_is_signed_with_the_operator_key(bus: Bus, attach: L
     """Finding 10: forged presence keys counted as control rooms. A room with the operator key signs its
     presence under its own name; the engine counts only those (engine/broadcast.py BusWatch)."""
     from esper_tui.engine.bus.auth import room_signed
-    from esper_tui.engine.frames import open_room
 
     await attach(operator_key=OPERATOR)
     await attach()  # read-only: nothing to sign with

@@ -23,7 +23,7 @@ from esper_tui.engine.bus.auth import FrameVerifier, frame_public_key
 from esper_tui.engine.codec import encode_json
 from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.snapshot import LinkView
-from esper_tui.engine.vocabulary import LinkState
+from esper_tui.engine.vocabulary import EngineState, LinkState
 from esper_tui.links.remote import EngineEntry, RemoteLink, list_engines
 from esper_tui.ui.status_line import report_line
 from esper_tui.widgets.format import duration
@@ -50,9 +50,10 @@ def engine_public_key(config: EsperConfig, state_dir: Path | None, pinned: str |
             secret = keys.load_key(keys.FRAME_KEY, state_dir, config.bus.frame_key)
         except keys.KeyMissing:
             raise AttachError(
-                "no engine key to check frames with: pass --engine-key HEX (the engine prints it at start; "
-                "`esper-tui attach --list --json` shows the key each engine announces), set bus.engine_key, or run "
-                f"where {keys.FRAME_KEY.path(state_dir or Path('var'))} is readable (--state-dir)"
+                "no engine key to check frames with: pass --engine-key HEX as the engine prints it at start "
+                '("frames signed by …", on its terminal or in its log), set bus.engine_key, or run where '
+                f"{keys.FRAME_KEY.path(state_dir or Path('var'))} is readable (--state-dir); never copy it from "
+                "`attach --list`, which anyone who can write to the Redis can forge"
             ) from None
         except keys.BadKey as exc:
             raise AttachError(str(exc)) from None
@@ -88,9 +89,12 @@ def choose_engine(engines: Sequence[EngineEntry], run_id: str | None, where: str
     if len(live) == 1:
         return live[0].heartbeat.run_id
     if not live:
-        stopped = [e for e in engines if not e.live and e.verified is not False]
+        believed = [e for e in engines if e.verified is not False and not e.problem]
+        stopped = [e for e in believed if e.heartbeat.state is EngineState.STOPPED]
         final = f" (stopped: {_names(stopped)}; --run shows a final picture)" if stopped else ""
-        raise AttachError(f"no live engine on {where}{final}; start one with `esper-tui --redis-url URL`")
+        stale = [e for e in engines if e.problem and e.verified is not False]
+        ignored = f" (stale heartbeats ignored: {_names(stale)})" if stale else ""
+        raise AttachError(f"no live engine on {where}{final}{ignored}; start one with `esper-tui --redis-url URL`")
     raise AttachError(f"{len(live)} live engines on {where}: choose one with --run ({_names(live)})")
 
 
@@ -108,7 +112,7 @@ def engines_table(engines: Sequence[EngineEntry]) -> str:
             e.heartbeat.host,
             str(e.heartbeat.pid),
             duration(e.uptime_s),
-            e.heartbeat.state.value,
+            e.state_label,
             check[e.verified],
             e.heartbeat.state_dir,
         )
@@ -146,7 +150,8 @@ async def report_attached(
         final = link.latest()
         if final is not None:
             print(report_line(final, as_json), file=out, flush=True)
-        print(f"esper-tui: engine {link.run_id} stopped", file=err, flush=True)
+        missing = f" ({link.problem})" if link.problem else ""
+        print(f"esper-tui: engine {link.run_id} stopped{missing}", file=err, flush=True)
     return 0
 
 
@@ -257,7 +262,9 @@ async def _attach(request: AttachRequest, config: EsperConfig) -> int:
         run_id = choose_engine(engines, request.run_id, where)
         if not any(e.heartbeat.run_id == run_id for e in engines):
             print(f"esper-tui: no heartbeat from engine {run_id} on {where} (yet); waiting for it", file=sys.stderr)
-        link = RemoteLink(bus, run_id, engine_key, operator_key=op_key, read_only_reason=why)
+        link = RemoteLink(
+            bus, run_id, engine_key, operator_key=op_key, read_only_reason=why, skew_s=config.bus.command_skew_s
+        )
         await link.start()
         try:
             if request.headless:
@@ -271,7 +278,7 @@ async def _attach(request: AttachRequest, config: EsperConfig) -> int:
 
 async def _engines(bus: Bus, config: EsperConfig, verifier: FrameVerifier | None, where: str) -> list[EngineEntry]:
     try:
-        return await list_engines(bus, config.bus.stream_prefix, verifier)
+        return await list_engines(bus, config.bus.stream_prefix, verifier, skew_s=config.bus.command_skew_s)
     except BusError as exc:
         raise AttachError(f"cannot list engines on {where}: {exc}", code=1) from None
 

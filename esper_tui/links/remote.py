@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,50 +29,49 @@ from dataclasses import dataclass
 import msgspec
 
 from esper_tui.engine.bus import Bus, BusError, StreamNames
-from esper_tui.engine.bus.auth import FrameVerifier, operator_name, sign_command
+from esper_tui.engine.bus.auth import FrameVerifier, operator_name, sign_command, sign_room
 from esper_tui.engine.bus.helpers import Backoff
-from esper_tui.engine.codec import SchemaMismatch, encode_msgpack
+from esper_tui.engine.codec import SchemaMismatch
 from esper_tui.engine.contracts import AnyCommand
 from esper_tui.engine.frames import (
     FRAME_FIELD,
+    PRESENCE_EVERY_S,
+    PRESENCE_TTL_S,
     SIGNATURE_FIELD,
+    ControlRoom,
     EngineHeartbeat,
     Frame,
     FrameDecoder,
     decode_frame,
     heartbeat_key,
+    heartbeat_problem,
     open_heartbeat,
     room_key,
+    seal_room,
 )
+from esper_tui.engine.freshness import time_problem
 from esper_tui.engine.snapshot import LinkView, Snapshot
-from esper_tui.engine.vocabulary import EngineState, LinkState, Struct, new_id
+from esper_tui.engine.vocabulary import EngineState, LinkState, new_id
 from esper_tui.links.base import CommandUnavailable
 
 SILENT_AFTER_S = 3.0
 """A picture older than this is SILENT: the engine sends a keyframe every second, so three missed ones
 mean trouble (engine stalled or gone, Redis away, or a network in between)."""
-PRESENCE_EVERY_S = 2.0
-PRESENCE_TTL_S = 3 * PRESENCE_EVERY_S
-"""A room that dies without a word drops out of the engine's count within a few seconds."""
 HEARTBEAT_EVERY_S = 1.0
 """How often the room reads the engine's heartbeat (to learn that it stopped)."""
 TAIL_FRAMES = 64
 """Frames read back on attach to find the newest keyframe (the engine keeps about 3 s of them)."""
+FINAL_SEARCH_FRAMES = 4096
+"""Frames read back, once the engine has stopped, to find the final picture its STOPPED heartbeat names
+(the stream stops being trimmed when the engine stops, so anything put there since sits after it)."""
+SKEW_S = 30.0
+"""Clock disagreement allowed between engine and room (bus.command_skew_s) when judging a heartbeat."""
 READ_COUNT = 256
 READ_BLOCK_MS = 500
 """A blocked XREAD returns at least this often, so presence and heartbeat checks keep their pace."""
 FRAME_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, SchemaMismatch)
 
 Entry = tuple[str, dict[bytes, bytes]]
-
-
-class ControlRoom(Struct, kw_only=True):
-    """The value of a room's presence key: the engine only counts them; operators may read who watches."""
-
-    by: str
-    pid: int
-    read_only: bool
-    ts: float
 
 
 # --------------------------------------------------------------------------- engines on a Redis
@@ -83,10 +83,16 @@ class EngineEntry:
 
     heartbeat: EngineHeartbeat
     verified: bool | None
+    problem: str = ""  # why the heartbeat cannot be current (frames.heartbeat_problem): a replay, a bad clock
 
     @property
     def live(self) -> bool:
-        return self.heartbeat.state is not EngineState.STOPPED
+        return self.heartbeat.state is not EngineState.STOPPED and not self.problem
+
+    @property
+    def state_label(self) -> str:
+        """What `attach --list` shows as the state: the announced one only while the heartbeat is believable."""
+        return "stale" if self.problem else self.heartbeat.state.value
 
     @property
     def uptime_s(self) -> float:
@@ -95,7 +101,7 @@ class EngineEntry:
     def to_json(self) -> dict[str, object]:
         fields: dict[str, object] = msgspec.to_builtins(self.heartbeat)
         fields.pop("schema_version", None)
-        return {**fields, "uptime_s": round(self.uptime_s, 1), "verified": self.verified}
+        return {**fields, "uptime_s": round(self.uptime_s, 1), "verified": self.verified, "problem": self.problem}
 
 
 def read_heartbeat(value: bytes, verifier: FrameVerifier | None) -> tuple[EngineHeartbeat, bool | None] | None:
@@ -108,13 +114,22 @@ def read_heartbeat(value: bytes, verifier: FrameVerifier | None) -> tuple[Engine
     return heartbeat, None if verifier is None else verifier.verify(payload, signature)
 
 
-async def list_engines(bus: Bus, prefix: str, verifier: FrameVerifier | None) -> list[EngineEntry]:
-    """Every engine with a heartbeat on this Redis and prefix, the longest-running first."""
+async def list_engines(
+    bus: Bus,
+    prefix: str,
+    verifier: FrameVerifier | None,
+    *,
+    skew_s: float = SKEW_S,
+    clock: Callable[[], float] = time.time,
+) -> list[EngineEntry]:
+    """Every engine with a heartbeat on this Redis and prefix, the longest-running first. A heartbeat whose
+    time cannot be current (a copy SET again with no expiry) is listed with its problem, never as live."""
     entries = []
+    now = clock()
     for value in (await bus.presence(heartbeat_key(prefix))).values():
         read = read_heartbeat(value, verifier)
         if read is not None:
-            entries.append(EngineEntry(*read))
+            entries.append(EngineEntry(*read, problem=heartbeat_problem(read[0], now, skew_s) or ""))
     return sorted(entries, key=lambda e: (e.heartbeat.started_ts, e.heartbeat.run_id))
 
 
@@ -139,6 +154,7 @@ class RemoteLink:
         operator_key: bytes | None,
         read_only_reason: str = "",
         clock: Callable[[], float] = time.time,
+        skew_s: float = SKEW_S,
     ) -> None:
         prefix = bus.config.stream_prefix
         self.run_id = run_id
@@ -154,14 +170,17 @@ class RemoteLink:
         if operator_key is None and not self._read_only_reason:
             self._read_only_reason = "read-only: no operator key"
         self._clock = clock
+        self._skew_s = skew_s
         self._issued_by = operator_name()
-        self._room_key = room_key(prefix, run_id, new_id()[:12])
+        self._room_id = new_id()[:12]
+        self._room_key = room_key(prefix, run_id, self._room_id)
         self._heartbeat_key = heartbeat_key(prefix, run_id)
         self._decoder = FrameDecoder()
         self._snapshot: Snapshot | None = None
         self._frame_ts = 0.0
         self._cursor: str | None = None  # the last stream entry read; None until caught up
         self._heartbeat: EngineHeartbeat | None = None
+        self._final_missing = ""  # the engine's final picture could not be found: said, never papered over
         self._error = ""
         self._task: asyncio.Task[None] | None = None
 
@@ -196,6 +215,8 @@ class RemoteLink:
         """What is wrong with the link, if anything: the bus's last error, or the engine's heartbeat gone."""
         if self._error:
             return self._error
+        if state is LinkState.STOPPED and self._final_missing:
+            return self._final_missing
         if state is LinkState.SILENT and self._heartbeat is None:
             return "the engine's heartbeat has expired"
         return ""
@@ -246,8 +267,9 @@ class RemoteLink:
                     next_room = now + PRESENCE_EVERY_S
                 if now >= next_beat:
                     next_beat = now + HEARTBEAT_EVERY_S
-                    if await self._engine_stopped():
+                    if (final := await self._engine_stopped()) is not None:
                         await self._read(cursor, block_ms=None, until_empty=True)
+                        await self._find_final(final)
                         self.stopped.set()
                         continue
                 await self._read(cursor, block_ms=READ_BLOCK_MS)
@@ -258,21 +280,48 @@ class RemoteLink:
                 await asyncio.sleep(backoff.failed())
 
     async def _announce(self) -> None:
-        room = ControlRoom(by=self._issued_by, pid=os.getpid(), read_only=self.read_only, ts=time.time())
-        await self._bus.put_presence(self._room_key, encode_msgpack(room), PRESENCE_TTL_S)
+        """This room's presence: signed with the operator key when the room holds it, so the engine counts it
+        as a control room (a read-only room has nothing to sign with and is counted as unverified)."""
+        room = ControlRoom(
+            room_id=self._room_id, by=self._issued_by, pid=os.getpid(), read_only=self.read_only, ts=time.time()
+        )
+        if self._operator_key is not None:
+            room = sign_room(self._operator_key, room)
+        await self._bus.put_presence(self._room_key, seal_room(room), PRESENCE_TTL_S)
 
-    async def _engine_stopped(self) -> bool:
-        """Read the engine's heartbeat; True once a verified one says STOPPED."""
+    async def _engine_stopped(self) -> int | None:
+        """Read the engine's heartbeat; once a verified, current one says STOPPED, the final picture's seq.
+
+        A heartbeat that is signed but cannot be current (older than its expiry allows: a copy SET again with
+        no expiry; from the future; older than one already read) is rejected, like a forged one."""
         value = (await self._bus.presence(self._heartbeat_key)).get(self._heartbeat_key)
         if value is None:
             self._heartbeat = None  # expired: the engine is gone or cut off; the frames' age tells the rest
-            return False
+            return None
         read = read_heartbeat(value, self._verifier)
         if read is None or not read[1] or read[0].run_id != self.run_id:
             self.heartbeats_rejected += 1
-            return False
-        self._heartbeat = read[0]
-        return read[0].state is EngineState.STOPPED
+            return None
+        heartbeat, previous = read[0], self._heartbeat
+        if heartbeat_problem(heartbeat, self._clock(), self._skew_s) or (previous and heartbeat.ts < previous.ts):
+            self.heartbeats_rejected += 1
+            self._heartbeat = None
+            return None
+        self._heartbeat = heartbeat
+        return heartbeat.last_seq if heartbeat.state is EngineState.STOPPED else None
+
+    async def _find_final(self, final_seq: int) -> None:
+        """After STOPPED: make sure the picture is the final one the heartbeat names, or say that it is not.
+
+        A room attaching after the stop catches up by seq, so an older keyframe put back on the stream never
+        wins; the stream is searched again here in case the final frame lay beyond the first look."""
+        if self._decoder.seq is not None and self._decoder.seq >= final_seq:
+            return
+        self._apply_newest(await self._bus.tail(self.stream, FINAL_SEARCH_FRAMES))
+        shown = self._decoder.seq
+        if shown is None or shown < final_seq:
+            this = "there is no picture" if shown is None else f"this one is seq {shown}"
+            self._final_missing = f"the engine's final picture (seq {final_seq}) is not in the stream; {this}"
 
     async def _read(self, cursor: str, *, block_ms: int | None, until_empty: bool = False) -> None:
         """Fold in the frames after `cursor`; `until_empty` reads every one still there (the engine's final
@@ -285,22 +334,23 @@ class RemoteLink:
     # ------------------------------------------------------------------ frames
 
     def _catch_up(self, entries: Sequence[Entry]) -> str:
-        """Start from the newest verified keyframe among `entries` (oldest first) and the deltas after it;
-        returns the cursor to follow from."""
-        newest_first: list[Frame] = []
-        for _entry_id, fields in reversed(entries):
-            frame = self._verified(fields)
-            if frame is None:
-                continue
-            newest_first.append(frame)
-            if frame.base_seq is None:
-                break
-        else:
-            newest_first = []  # no keyframe: the deltas have no base; the next keyframe starts the picture
-        for frame in reversed(newest_first):
-            self._apply(frame)
+        """Start from the newest picture among `entries` (oldest first); returns the cursor to follow from."""
+        self._apply_newest(entries)
         self._cursor = entries[-1][0] if entries else "0-0"  # an empty stream: read from its very start
         return self._cursor
+
+    def _apply_newest(self, entries: Sequence[Entry]) -> None:
+        """Apply the verified keyframe with the highest seq among `entries`, then the deltas after it, in seq
+        order: newest by seq, never by place in the stream, where anyone may append a copy of an old frame.
+        What is not chosen is not counted as rejected (older pictures, forgeries before the choice alike)."""
+        frames = [f for _entry_id, fields in entries if (f := self._verified(fields, count=False)) is not None]
+        keyframes = [f for f in frames if f.base_seq is None]
+        if not keyframes:
+            return  # no keyframe: the deltas have no base; the next keyframe starts the picture
+        start = max(keyframes, key=lambda f: f.seq)
+        self._apply(start)
+        for frame in sorted((f for f in frames if f.seq > start.seq and f.base_seq is not None), key=lambda f: f.seq):
+            self._apply(frame)
 
     def _take(self, entries: Sequence[Entry]) -> str:
         """Fold in a batch read after the cursor; returns the new cursor."""
@@ -311,17 +361,22 @@ class RemoteLink:
                 self._apply(frame)
         return entries[-1][0]
 
-    def _verified(self, fields: Mapping[bytes, bytes]) -> Frame | None:
-        """The frame in a stream entry if the engine signed it for this run; else None, counted."""
+    def _verified(self, fields: Mapping[bytes, bytes], *, count: bool = True) -> Frame | None:
+        """The frame in a stream entry if the engine signed it for this run, with a finite time (a NaN picture
+        has no age, so it could never be shown as old); else None, counted unless `count` is False."""
         payload, signature = fields.get(FRAME_FIELD), fields.get(SIGNATURE_FIELD)
         if payload and signature and self._verifier.verify(payload, signature):
             try:
                 frame = decode_frame(payload)
             except FRAME_ERRORS:
                 frame = None
-            if frame is not None and frame.run_id == self.run_id:
+            if (
+                frame is not None
+                and frame.run_id == self.run_id
+                and time_problem(frame.ts, self._clock(), max_age_s=math.inf, max_ahead_s=math.inf) is None
+            ):
                 return frame
-        self.frames_rejected += 1
+        self.frames_rejected += count
         return None
 
     def _apply(self, frame: Frame) -> None:
