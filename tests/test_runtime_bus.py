@@ -427,3 +427,22 @@ def test_identity_line_names_the_run_and_both_keys(engine):
     )
     assert engine.frame_public_key == FrameSigner(load_key(FRAME_KEY_SPEC, engine.state_dir)).public_key
     assert engine.identity_line() in event_texts(engine)  # the dashboard shows it too
+
+
+async def test_a_flood_of_dead_letters_does_not_flood_the_log(bus, caplog):
+    """The same flood wrote a warning per dead letter to the engine's stderr: a few, then one summary."""
+    caplog.set_level("WARNING", logger="esper_tui.engine.bus.delivery")
+
+    async def refuse(command: AnyCommand) -> None:
+        raise CommandRejected("unsigned", signed=False)
+
+    consumer = asyncio.create_task(bus.consume_commands("engine", "engine-1", refuse))
+    try:
+        for _ in range(100):
+            await bus.publish_command(Shutdown(issued_by="operator"))
+        await eventually(lambda: bus.metrics().dead_lettered == 100, "every command dead-lettered")
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+    logged = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
+    assert len(logged) == 5, logged

@@ -27,9 +27,12 @@ from esper_tui.engine.bus.types import PAYLOAD, BusError, BusOptions, GroupMissi
 from esper_tui.engine.codec import SchemaMismatch, decode_command, decode_event
 from esper_tui.engine.config import BusConfig
 from esper_tui.engine.contracts import AnyCommand, AnyEvent
+from esper_tui.engine.linequota import LineQuota
 from esper_tui.engine.snapshot import BusNote
 
 log = logging.getLogger(__name__)
+DEAD_LETTERS_LOGGED = 5
+DEAD_LETTER_LOG_WINDOW_S = 10.0
 
 DECODE_ERRORS = (msgspec.DecodeError, SchemaMismatch)
 """What a malformed or foreign entry raises: such entries are dead-lettered, never retried."""
@@ -72,6 +75,9 @@ class Delivering(BusCore):
         self._running: set[asyncio.Task[Any]] = set()
         self._dead_notes: deque[BusNote] = deque(maxlen=NOTES_KEPT)
         self._rejection_notes: deque[BusNote] = deque(maxlen=NOTES_KEPT)
+        # a flood of refused commands would write a warning each to the engine's log (stderr): a few per
+        # window, then "N more" with the next dead letter once the window has closed (the counters keep all)
+        self._dead_log = LineQuota(DEAD_LETTERS_LOGGED, DEAD_LETTER_LOG_WINDOW_S)
         claim_ms = max(1, self.options.claim_idle_ms)
         # Wake up often enough to reclaim idle entries on time, but never spin.
         self._poll_ms = min(1000, max(10, claim_ms // 2))
@@ -304,5 +310,8 @@ class Delivering(BusCore):
         note = BusNote(ts=time.time(), stream=d.stream, reason=reason)
         self._dead_notes.append(note)
         where = d.entry_id if index is None else f"{d.entry_id}[{index}]"
-        log.warning("%s: dead-lettered %s %s (group %r): %s", self.name, d.stream, where, sub.group, reason)
+        if (held := self._dead_log.summary("messages dead-lettered")) is not None:
+            log.warning("%s: %s", self.name, held)
+        if self._dead_log.admit():
+            log.warning("%s: dead-lettered %s %s (group %r): %s", self.name, d.stream, where, sub.group, reason)
         return note
