@@ -104,6 +104,7 @@ class Aggregator:
         self.metrics: list[Metric] = []
         self.bus = BusView()
         self.forge_workers: list[ForgeWorkerView] = []
+        self.jobs_awaiting_worker = 0
         self.alerts: dict[str, AlertView] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
@@ -135,10 +136,12 @@ class Aggregator:
             self.bus = view
             self._dirty = True
 
-    def set_forge_workers(self, views: list[ForgeWorkerView]) -> None:
-        """The remote forge workers as their heartbeats say (polled by the engine, like the bus)."""
-        if views != self.forge_workers:
+    def set_forge_workers(self, views: list[ForgeWorkerView], awaiting: int = 0) -> None:
+        """The remote forge workers as their heartbeats say (polled by the engine, like the bus), and how many
+        jobs wait for one of them."""
+        if views != self.forge_workers or awaiting != self.jobs_awaiting_worker:
             self.forge_workers = views
+            self.jobs_awaiting_worker = awaiting
             self._dirty = True
 
     @staticmethod
@@ -413,6 +416,7 @@ class Aggregator:
                 wal=self.wal,
                 health=health,
                 workers=self.forge_workers,
+                jobs_awaiting_worker=self.jobs_awaiting_worker,
             ),
             training=training,
             metrics=self.metrics,

@@ -381,8 +381,20 @@ class Engine:
             view = forge.conservative
             return view.active, view.reason, open_breakers({b.name: b.state for b in forge.board.views()})
 
+        remote = self._remote
+
+        def waiting() -> int:
+            """With no compile workers of its own, every job the forge holds waits for a forge worker."""
+            return forge.queue_depth + remote.awaiting_worker if remote is not None else 0
+
         cluster = ForgeCluster(
-            channel, self.run_id, bounds, self.aggregator.set_forge_workers, lambda line: self.log(Level.INFO, line)
+            channel,
+            self.run_id,
+            bounds,
+            self.aggregator.set_forge_workers,
+            self.log,
+            waiting=waiting,
+            no_worker_s=self.config.nissa.no_worker_s,
         )
         tasks = [self._spawn(cluster.publish_control()), self._spawn(cluster.watch_workers())]
         if self._remote is not None:

@@ -107,6 +107,7 @@ class ForgeView(Struct, kw_only=True):
     wal: WalView = msgspec.field(default_factory=WalView)
     health: ForgeHealth = msgspec.field(default_factory=ForgeHealth)
     workers: list[ForgeWorkerView] = msgspec.field(default_factory=list)  # remote forge workers (shared library)
+    jobs_awaiting_worker: int = 0  # jobs queued for forge workers elsewhere that none has started
 
 
 class SeedView(Struct, kw_only=True):

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 import torch
 
 from esper_tui.engine.forge.builders import LocalBuilder
+from esper_tui.engine.forge.cluster import ForgeCluster
 from esper_tui.engine.forge.jobqueue import (
     BoundsRefused,
     Delivery,
@@ -42,7 +43,8 @@ from esper_tui.engine.library.catalog_db import PgCatalog
 from esper_tui.engine.library.objects import open_store
 from esper_tui.engine.library.shared import SharedLibrary
 from esper_tui.engine.library.store import Identity, artifact_key
-from esper_tui.engine.vocabulary import Strategy
+from esper_tui.engine.snapshot import ForgeWorkerView
+from esper_tui.engine.vocabulary import Level, Strategy
 from tests.conftest import IN_FEATURES, KERNEL_BLUEPRINT, OUT_FEATURES
 from tests.test_shared_library import catalog_outage
 
@@ -282,14 +284,12 @@ async def test_control_round_trip_and_expiry(channel):
     assert await channel.control() is None and channel.forged == 0
 
 
-async def test_heartbeats_expire_and_a_stopped_worker_is_forgotten(channel):
+async def test_heartbeats_expire(channel):
     await channel.beat(beat("w1"), ttl_s=0.3)
     await channel.beat(lasting := beat("w2"), ttl_s=30)
     assert {b.worker_id for b in await channel.workers()} == {"w1", "w2"}
     await asyncio.sleep(0.45)
     assert await channel.workers() == [lasting]
-    await channel.forget_worker(lasting.worker_id)
-    assert await channel.workers() == []
 
 
 # ---------------------------------------------------------------------------------- the worker's gatekeeping
@@ -564,3 +564,71 @@ async def test_non_finite_times_are_refused_on_every_forge_message(channel, raw,
     await channel.set_control(msgspec.structs.replace(control(), ts=when), ttl_s=30)
     with pytest.raises(BoundsRefused, match="not a finite number"):
         await channel.control()
+
+
+# ---------------------------------------------------------------------------------- the engine's watch
+
+
+@dataclass
+class Watch:
+    said: list[tuple[Level, str]]
+    seen: list[tuple[list[ForgeWorkerView], int]]  # each poll: the workers listed, the jobs awaiting one
+    waiting: list[int]  # the jobs the engine has waiting for a worker (settable)
+    task: asyncio.Task[None]
+
+    def lines(self, level: Level | None = None) -> list[str]:
+        return [text for lvl, text in self.said if level is None or lvl is level]
+
+
+@pytest.fixture
+async def watch(channel: ForgeChannel) -> AsyncIterator[Watch]:
+    """The engine's ForgeCluster watching the channel's workers, with 7 jobs waiting and a 0.3 s wait."""
+    said: list[tuple[Level, str]] = []
+    seen: list[tuple[list[ForgeWorkerView], int]] = []
+    waiting = [7]
+    cluster = ForgeCluster(
+        channel,
+        "engine-run-1",
+        lambda: (False, "", []),
+        lambda views, awaiting: seen.append((views, awaiting)),
+        lambda level, text: said.append((level, text)),
+        waiting=lambda: waiting[0],
+        no_worker_s=0.3,
+    )
+    w = Watch(said, seen, waiting, asyncio.create_task(cluster.watch_workers(period_s=0.05)))
+    yield w
+    w.task.cancel()
+    await asyncio.gather(w.task, return_exceptions=True)
+
+
+async def until(condition: Callable[[], Any], what: str) -> Any:
+    async def check() -> Any:
+        return condition()
+
+    return await eventually(check, what)
+
+
+async def test_jobs_waiting_with_no_worker_are_said_once_until_a_worker_comes(watch: Watch, channel) -> None:
+    alone = "7 forge jobs have waited 0.3 s and no forge worker has announced itself"
+    await until(lambda: any(alone in line for line in watch.lines(Level.WARNING)), "the warning")
+    assert watch.seen[-1] == ([], 7)  # the snapshot gets the count too (Nissa's alert reads it)
+    await asyncio.sleep(0.3)
+    assert sum(alone in line for line in watch.lines()) == 1, watch.lines()
+    await channel.beat(beat("w1"), ttl_s=30)
+    await until(lambda: any("forge worker host:42 joined" in line for line in watch.lines()), "the worker")
+    await until(lambda: any("have a worker again" in line for line in watch.lines(Level.INFO)), "all clear")
+
+
+async def test_nothing_is_said_while_nothing_waits(watch: Watch) -> None:
+    watch.waiting[0] = 0
+    await asyncio.sleep(0.6)
+    assert watch.lines() == [] and watch.seen and watch.seen[-1] == ([], 0)
+
+
+async def test_a_worker_that_stops_tells_the_engine_why(watch: Watch, start_worker) -> None:
+    worker = start_worker()
+    await until(lambda: any("joined" in line for line in watch.lines()), "the worker announced")
+    worker.stop.set()
+    await asyncio.wait_for(worker.task, 10)
+    left = await until(lambda: [line for line in watch.lines() if " left" in line], "the worker's departure")
+    assert left == [f"forge worker {worker.service.name} left: stopped (0 done, 0 failed)"], left

@@ -30,7 +30,7 @@ from esper_tui.engine.contracts import (
 )
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, NissaMetrics, health
 from esper_tui.engine.runtime import Engine
-from esper_tui.engine.snapshot import BusView, Snapshot, StreamBacklog, TrainingView
+from esper_tui.engine.snapshot import BusView, ForgeView, ForgeWorkerView, Snapshot, StreamBacklog, TrainingView
 from esper_tui.engine.vocabulary import SeedStage, Strategy, TrainingStatus
 from tests.ui.fixtures import bus_trouble_snapshot, rich_snapshot
 from tests.waits import eventually
@@ -236,6 +236,33 @@ def test_queue_depth_reads_the_deepest_backlog() -> None:
     changes = alerts.tick(snap(5, 101), 1)
     assert names(changes) == [("oona_queue_depth", True)] and changes[0].summary == "oona.s1 backlog 101 > 100"
     assert names(alerts.tick(snap(0, 0), 2)) == [("oona_queue_depth", False)]
+
+
+def test_jobs_waiting_with_no_forge_worker_fire_after_the_wait_and_resolve_when_one_comes() -> None:
+    alerts = AlertEvaluator(NissaConfig(no_worker_s=30))
+    worker = ForgeWorkerView(worker_id="w1", host="h", pid=1, last_beat_ts=0.0)
+
+    def snap(waiting: int, *workers: ForgeWorkerView) -> Snapshot:
+        return Snapshot(forge=ForgeView(jobs_awaiting_worker=waiting, workers=list(workers)))
+
+    assert names(alerts.tick(snap(7), 0)) == []
+    assert names(alerts.tick(snap(7), 30)) == []
+    changes = alerts.tick(snap(7), 31)
+    assert names(changes) == [("tezzeret_no_forge_worker", True)]
+    assert changes[0].summary == "7 forge jobs waiting 31 s with no forge worker announced"
+    assert names(alerts.tick(snap(7, worker), 32)) == [("tezzeret_no_forge_worker", False)]
+    assert names(alerts.tick(snap(7), 33)) == []  # the wait starts over
+    assert names(alerts.tick(snap(0), 100)) == []  # nothing waits: no worker is needed
+    assert names(alerts.tick(snap(3), 101)) == [] and names(alerts.tick(snap(3), 132)) == [
+        ("tezzeret_no_forge_worker", True)
+    ]
+
+
+def test_the_forge_workers_and_waiting_jobs_are_exported() -> None:
+    worker = ForgeWorkerView(worker_id="w1", host="h", pid=1, last_beat_ts=0.0)
+    snap = Snapshot(forge=ForgeView(jobs_awaiting_worker=7, workers=[worker]))
+    text = generate_latest(NissaMetrics(AlertEvaluator(NissaConfig()), lambda: snap, EngineFacts).registry).decode()
+    assert "esper_forge_jobs_awaiting_worker 7.0" in text and "esper_forge_workers 1.0" in text
 
 
 def test_promtool_accepts_every_metric_family_of_a_busy_snapshot() -> None:

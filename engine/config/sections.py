@@ -444,6 +444,13 @@ class NissaConfig(Section, frozen=True, kw_only=True):
     isolation_window_s: Annotated[
         Seconds, Meta(description="kasmina_isolation_violation stays active this long after the last violation")
     ] = 300.0
+    no_worker_s: Annotated[
+        Seconds,
+        Meta(
+            description="tezzeret_no_forge_worker fires, and the event log says so, once forge jobs have waited this"
+            " long with no forge worker announced (an engine with --forge-workers 0)"
+        ),
+    ] = 30.0
 
 
 class EsperConfig(Section, frozen=True, kw_only=True):

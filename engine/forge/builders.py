@@ -177,7 +177,13 @@ class RemoteBuilder:
         self.library = library
         self.issuer = issuer
         self._waiting: dict[str, asyncio.Queue[JobNews]] = {}
+        self._started: set[str] = set()  # jobs of `_waiting` a worker has taken
         self._following = asyncio.Event()  # set once `follow` knows where the news stream stands
+
+    @property
+    def awaiting_worker(self) -> int:
+        """Jobs handed to the queue (or about to be) that no worker has started."""
+        return len(self._waiting) - len(self._started)
 
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
         job = job_for(spec, self.issuer)
@@ -192,6 +198,7 @@ class RemoteBuilder:
             while True:
                 news = await inbox.get()
                 if news.kind is NewsKind.STARTED:
+                    self._started.add(spec.job_id)
                     started(news.worker)
                 elif news.kind is NewsKind.FAILED:
                     raise BuildFailed(f"{news.worker}: {news.error}", timed_out=news.timed_out)
@@ -199,6 +206,7 @@ class RemoteBuilder:
                     return await self._registered(spec, news)
         finally:
             self._waiting.pop(spec.job_id, None)
+            self._started.discard(spec.job_id)
 
     async def _registered(self, spec: BuildSpec, news: JobNews) -> Built:
         """The version a worker reports, read back from the shared library and verified here."""

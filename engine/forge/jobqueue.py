@@ -103,6 +103,7 @@ class WorkerBeat(Struct, kw_only=True):
     done: int
     failed: int
     holding: str = ""  # why it takes no job now ("" when it does)
+    leaving: str = ""  # its last beat: why it stopped ("" while it works)
     started_ts: float
     ts: float
 
@@ -338,10 +339,6 @@ class ForgeChannel:
     async def beat(self, beat: WorkerBeat, ttl_s: float) -> None:
         async with self._errors():
             await self._redis.set(self._worker_prefix + beat.worker_id, seal(self.key, beat), px=int(ttl_s * 1000))
-
-    async def forget_worker(self, worker_id: str) -> None:
-        async with self._errors():
-            await self._redis.delete(self._worker_prefix + worker_id)
 
     async def take(self, consumer: str, *, block_ms: int, claim_idle_s: float) -> Delivery | None:
         """The next job for this consumer: one a dead worker left (XAUTOCLAIM) first, else a new one."""

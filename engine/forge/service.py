@@ -38,6 +38,8 @@ from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.store import Identity, artifact_key
 
 Say = Callable[[str], None]
+FAREWELL_TTL_S = 30.0
+"""How long a stopped worker's last beat (with why it stopped) stays for engines to read; they poll every second."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,17 @@ class ForgeWorkerService:
         self.done = 0
         self.failed = 0
         self.holding = ""
+        self.stopped_by = ""  # what set the stop (a signal's name), for the last beat
         self._slots_free = asyncio.Event()
         self._slots_free.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Take and compile jobs until `stop` is set; running jobs then finish or stay pending for others."""
+        """Take and compile jobs until `stop` is set; running jobs then finish or stay pending for others. The
+        last heartbeat says why it stopped, for the engine's event log."""
         await self.channel.ensure_group()
         beats = asyncio.create_task(self._beat_forever())
         tasks: set[asyncio.Task[None]] = set()
+        failure = ""
         try:
             while not stop.is_set():
                 limit = await self._limit()
@@ -102,14 +107,19 @@ class ForgeWorkerService:
                     task = asyncio.create_task(self._handle(delivery))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+        except Exception as exc:
+            failure = f"failed: {type(exc).__name__}: {exc}"
+            raise
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
+            by = f" by {self.stopped_by}" if self.stopped_by else ""
+            why = failure or f"stopped{by} ({self.done} done, {self.failed} failed)"
             with contextlib.suppress(QueueError):
-                await self.channel.forget_worker(self.worker_id)
+                await self.channel.beat(self.beat(leaving=why), FAREWELL_TTL_S)
 
     async def _limit(self) -> int:
         """How many jobs at once, under the engine's published bounds (0: hold). Bounds that stand but must
@@ -246,7 +256,7 @@ class ForgeWorkerService:
             with contextlib.suppress(QueueError):
                 await self.channel.keepalive(self.worker_id, entry_id)
 
-    def beat(self) -> WorkerBeat:
+    def beat(self, leaving: str = "") -> WorkerBeat:
         return WorkerBeat(
             worker_id=self.worker_id,
             host=socket.gethostname(),
@@ -257,6 +267,7 @@ class ForgeWorkerService:
             done=self.done,
             failed=self.failed,
             holding=self.holding,
+            leaving=leaving,
             started_ts=self.started_ts,
             ts=time.time(),
         )

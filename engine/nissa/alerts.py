@@ -1,4 +1,5 @@
-"""Seed 004's four alerts, evaluated inside the engine from the same events and snapshots the dashboard sees.
+"""Seed 004's four alerts and the forge's own, evaluated inside the engine from the events and snapshots the
+dashboard sees.
 
 Each rule is defined precisely below; deploy/prometheus/esper-alerts.yml states the same rules as PromQL over
 the exported metrics, so an operator's Prometheus and the dashboard's alert strip agree. The evaluator is
@@ -58,13 +59,19 @@ ALERT_RULES = (
         "at least nissa.compile_retries compile attempts failed and were retried within the last "
         "nissa.retry_window_s seconds",
     ),
+    AlertRule(
+        "tezzeret_no_forge_worker",
+        "critical",
+        "forge jobs have waited nissa.no_worker_s seconds for a forge worker (Snapshot.forge.jobs_awaiting_worker) "
+        "and none has announced itself (Snapshot.forge.workers is empty): nothing will compile them",
+    ),
 )
 ALERT_NAMES = tuple(rule.alertname for rule in ALERT_RULES)
 _SEVERITY = {rule.alertname: rule.severity for rule in ALERT_RULES}
 
 
 class AlertEvaluator:
-    """The four rules' state. Time comes from the caller (event timestamps, the tick's clock), never read here,
+    """The rules' state. Time comes from the caller (event timestamps, the tick's clock), never read here,
     so tests drive transitions without sleeping."""
 
     def __init__(self, config: NissaConfig) -> None:
@@ -74,6 +81,7 @@ class AlertEvaluator:
         self._last_violation_ts: float | None = None
         self._exploding: set[str] = set()
         self._retries: deque[float] = deque()
+        self._unserved_since: float | None = None  # jobs awaiting a worker, and no worker, since then
         self._active: dict[str, str] = {}  # alertname -> summary of the firing alert
 
     @property
@@ -114,7 +122,19 @@ class AlertEvaluator:
             over = deepest is not None and deepest.backlog > self.config.queue_depth
             summary = f"{deepest.stream} backlog {deepest.backlog} > {self.config.queue_depth}" if deepest else ""
             changes += self._set("oona_queue_depth", over, summary, now)
+            changes += self._worker_rule(snapshot, now)
         return changes
+
+    def _worker_rule(self, snapshot: Snapshot, now: float) -> list[AlertChanged]:
+        waiting = snapshot.forge.jobs_awaiting_worker
+        if not waiting or snapshot.forge.workers:
+            self._unserved_since = None
+            return self._set("tezzeret_no_forge_worker", False, "", now)
+        if self._unserved_since is None:
+            self._unserved_since = now
+        waited = now - self._unserved_since
+        summary = f"{waiting} forge jobs waiting {waited:.0f} s with no forge worker announced"
+        return self._set("tezzeret_no_forge_worker", waited > self.config.no_worker_s, summary, now)
 
     def _violation(self, count: int, summary: str, ts: float) -> list[AlertChanged]:
         """Counted, and the window restarts: the alert stays up isolation_window_s after the newest one."""

@@ -194,6 +194,12 @@ def _snapshot_metrics(snap: Snapshot) -> Iterator[PromMetric]:
     yield seeds
     health = forge.health
     yield GaugeMetricFamily("esper_compile_queue_depth", "Blueprints waiting to compile", value=health.queue_depth)
+    yield GaugeMetricFamily("esper_forge_workers", "Forge workers announced (heartbeats)", value=len(forge.workers))
+    yield GaugeMetricFamily(
+        "esper_forge_jobs_awaiting_worker",
+        "Jobs queued for forge workers that none has started (--forge-workers 0)",
+        value=forge.jobs_awaiting_worker,
+    )
     yield GaugeMetricFamily("esper_compile_concurrency", "Compiles running now", value=health.concurrency)
     yield GaugeMetricFamily(
         "esper_compile_max_concurrency",

@@ -96,8 +96,13 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop_by(sig: signal.Signals) -> None:
+        service.stopped_by = sig.name  # the engine's event log says who stopped it
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_by, sig)
     _say(
         f"{service.name} taking jobs from {channel.jobs} (identity {identity.fingerprint()}), "
         f"concurrency {w.concurrency}; library {library.location}"
