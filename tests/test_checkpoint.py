@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from esper_tui.engine.config import TrainingConfig
-from esper_tui.engine.contracts import EpochCompleted
+from esper_tui.engine.contracts import EpochCompleted, LogLine, TrainingFinished
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.training import checkpoint as ckpt
 from esper_tui.engine.training.controller import ControllerState
@@ -20,7 +20,7 @@ from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.training.reports import PendingDecision, read, reports_path
 from esper_tui.engine.training.seeds import SlotState
 from esper_tui.engine.training.state import HOST_GROUP, TrainingState
-from esper_tui.engine.vocabulary import Action, SeedStage
+from esper_tui.engine.vocabulary import Action, Level, SeedStage
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -330,3 +330,37 @@ def test_periodic_checkpoints_wait_for_their_minimum_interval(
         cfg, catalog, EagerKernelSource(catalog), lambda e: None, cache_dir=cache, state_dir=state, signing_key=KEY
     ).run()
     assert [ckpt.verify(p, KEY).epoch for p in ckpt.candidates(ckpt.checkpoints_dir(state))] == written
+
+
+@pytest.mark.parametrize(
+    ("changed", "why"),
+    [
+        ({"slots": 3}, "epoch-000002 was written with training.slots = 2; this run has 3"),
+        ({"hidden": 32}, "epoch-000002 was written with training.hidden = 64; this run has 32"),
+    ],
+)
+def test_a_checkpoint_that_does_not_fit_the_config_is_skipped_with_the_key_that_changed(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, changed: dict[str, int], why: str
+) -> None:
+    """Epoch-2 checkpoints of a 2-slot, 64-wide run; restarted with another shape, the run starts afresh and says
+    which key made the checkpoint unusable, instead of dying on it at every restart."""
+    catalog = Catalog()
+    cache = tmp_path_factory.mktemp("mnist1d")
+    base = msgspec.structs.replace(TrainingConfig(seed=0), checkpoint_every_epochs=1, checkpoint_min_interval_s=0.0)
+
+    def run(epochs: int, **config: int) -> list[object]:
+        cfg = msgspec.structs.replace(base, epochs=epochs, **config)
+        events: list[object] = []
+        kernels = EagerKernelSource(catalog)
+        Trainer(
+            cfg, catalog, kernels, events.append, cache_dir=cache, threads=1, state_dir=tmp_path, signing_key=KEY
+        ).run()
+        return events
+
+    run(2)
+    assert ckpt.candidates(ckpt.checkpoints_dir(tmp_path))[0].name == "epoch-000002"
+    events = run(1, **changed)
+    warnings = [e.message for e in events if isinstance(e, LogLine) and e.level is Level.WARNING]
+    assert any(why in w for w in warnings), warnings
+    finished = [e for e in events if isinstance(e, TrainingFinished)]
+    assert finished and [e.epoch for e in events if isinstance(e, EpochCompleted)] == [1]

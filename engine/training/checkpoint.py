@@ -312,14 +312,20 @@ def candidates(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def latest_valid(root: Path, key: bytes) -> tuple[tuple[Checkpoint, TrainingState] | None, list[Skipped]]:
-    """The newest checkpoint that verifies and decodes, with its state, and every newer one skipped and why."""
+def latest_valid(
+    root: Path, key: bytes, misfit: Callable[[TrainingState], str | None] = lambda _state: None
+) -> tuple[tuple[Checkpoint, TrainingState] | None, list[Skipped]]:
+    """The newest checkpoint that verifies, decodes and fits this run (`misfit` says why one does not), with its
+    state, and every newer one skipped and why."""
     skipped: list[Skipped] = []
     for path in candidates(root):
         try:
             manifest, state = _load(path, key)
         except CheckpointInvalid as exc:
             skipped.append(Skipped(path, str(exc)))
+            continue
+        if (why := misfit(state)) is not None:
+            skipped.append(Skipped(path, f"{path.name} {why}"))
             continue
         return (Checkpoint(path, manifest.epoch, manifest.val_accuracy), state), skipped
     return None, skipped

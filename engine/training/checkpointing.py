@@ -17,10 +17,11 @@ class Checkpointing(TrainerCore):
     """Resume, periodic checkpoints at most every checkpoint_min_interval_s, and the writer's lifetime."""
 
     def _resume(self) -> None:
-        """Continue from the newest checkpoint that verifies; each newer torn or tampered one is a warning."""
+        """Continue from the newest checkpoint that verifies and fits this run's shape; each newer torn, tampered or
+        misfit one is a warning (a misfit one names the config key that changed)."""
         if self.state_dir is None or self.signing_key is None:
             return
-        found, skipped = ckpt.latest_valid(ckpt.checkpoints_dir(self.state_dir), self.signing_key)
+        found, skipped = ckpt.latest_valid(ckpt.checkpoints_dir(self.state_dir), self.signing_key, self.misfit)
         for bad in skipped:
             self._log(Level.WARNING, f"checkpoint skipped: {bad.reason}", Subsystem.TOLARIA)
         if found is None:

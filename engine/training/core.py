@@ -147,6 +147,24 @@ class TrainerCore:
             pending_reports=tuple(self.reports.pending) if self.reports is not None else (),
         )
 
+    def misfit(self, state: TrainingState) -> str | None:
+        """Why `state` cannot become this trainer, naming the config key that shaped it otherwise; None if it fits.
+        (A checkpoint of a 2-slot run restored into 3 slots, or of a 64-wide host into 32, would fail halfway.)"""
+        slots = len(self.host.seed_slots())
+        if len(state.slots) != slots:
+            return f"was written with training.slots = {len(state.slots)}; this run has {slots}"
+        for name, now in self.host.state_dict().items():
+            if name.startswith("slots."):
+                continue
+            saved = state.host.get(name)
+            if saved is None or saved.dim() != now.dim():
+                return f"holds another host (no {name} of {tuple(now.shape)}); training.hidden or the task changed"
+            for then_size, now_size in zip(saved.shape, now.shape, strict=True):
+                if then_size != now_size:
+                    key = "training.hidden" if now_size == self.cfg.hidden else "the host's shape"
+                    return f"was written with {key} = {then_size}; this run has {now_size}"
+        return None
+
     def restore(self, state: TrainingState) -> None:
         """Become `state`: host and seed weights, each slot's stage, the optimizer, the controller, the RNG.
 
