@@ -41,6 +41,7 @@ EPILOG = """examples:
                                               an engine whose compiles run on forge workers elsewhere
   esper-tui forge-worker --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper
   esper-tui config reference                  every config key with its default and range (markdown)
+  esper-tui bus prune --older-than 48 --redis-url URL   remove what runs finished 2 days ago left on Redis
 """
 
 
@@ -61,6 +62,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
     return value
 
 
@@ -153,6 +164,24 @@ def _tool_parser() -> argparse.ArgumentParser:
         q.add_argument("--config", type=Path, metavar="FILE")
     config = sub.add_parser("config", help="the TOML configuration").add_subparsers(dest="action", required=True)
     config.add_parser("reference", help="every key's type, default, range and meaning, as markdown (docs/CONFIG.md)")
+    bus = sub.add_parser("bus", help="the Redis the engines share").add_subparsers(dest="action", required=True)
+    prune = bus.add_parser(
+        "prune",
+        help="remove the keys finished runs left on the Redis (never a live run's), saying what went",
+        description="Remove the streams, heartbeat and room keys of every run that is not live and was last seen "
+        "more than --older-than hours ago, and its dead letters older than that. Retention (bus.retention_hours) "
+        "removes them on its own; this is for getting the space back sooner, or for keys without an expiry.",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="H",
+        help="only runs last seen more than H hours ago (default 0: every finished run)",
+    )
+    prune.add_argument("--redis-url", metavar="URL", help="the Redis (default: bus.redis_url of the config)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    prune.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([bus] redis_url, stream_prefix)")
     return p
 
 
@@ -298,11 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         from esper_tui.commands.forge_worker import forge_worker_main
 
         return forge_worker_main(argv[1:])
-    if argv and argv[0] in ("library", "wal", "config"):
+    if argv and argv[0] in ("library", "wal", "config", "bus"):
         args = _tool_parser().parse_args(argv)
         if args.area == "config":
             print(config_reference(), end="")
             return 0
+        if args.area == "bus" and (problem := redis_url_problem(args.redis_url)) is not None:
+            return fail(problem, 2)
         from esper_tui.commands.tools import run_tool
 
         try:

@@ -88,7 +88,44 @@ def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
     return 0
 
 
+def bus_prune(config: EsperConfig, redis_url: str | None, older_than_h: float, dry_run: bool) -> int:
+    """Remove what finished runs left on the Redis (engine/bus/prune.py) and say what went; exit 1 when the
+    Redis cannot be reached or refuses, 2 when there is no Redis to prune."""
+    import asyncio
+    import time
+
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    from esper_tui.engine.bus.prune import describe, prune
+    from esper_tui.engine.bus.redis_streams import redact_url
+
+    url = redis_url or config.bus.redis_url
+    if not url:
+        print("esper-tui: bus prune: no Redis: pass --redis-url or set bus.redis_url", file=sys.stderr)
+        return 2
+    now = time.time()
+
+    async def run() -> list[str]:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=30.0)
+        try:
+            report = await prune(client, config.bus.stream_prefix, older_than_h * 3600, dry_run=dry_run, now=now)
+        finally:
+            await client.aclose()
+        return list(describe(report, now, older_than_h * 3600))
+
+    try:
+        lines = asyncio.run(run())
+    except (RedisError, OSError) as exc:
+        print(f"esper-tui: bus prune: {redact_url(url)}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def run_tool(args: argparse.Namespace, config: EsperConfig) -> int:
+    if args.area == "bus":
+        return bus_prune(config, args.redis_url, args.older_than, args.dry_run)
     if args.area == "library" and args.action == "migrate":
         return library_migrate(config)
     if args.area == "library":
