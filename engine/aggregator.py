@@ -69,6 +69,9 @@ from esper_tui.engine.vocabulary import (
 )
 
 BREAKER_ORDER = ("memory", "gpu", "timeout")
+SEEN_IDS = 10_000
+"""Event ids remembered for deduplication (at most about 2 MB). A redelivered event comes back within the bus's own
+dedupe window (BusOptions.dedupe_window, as many ids), so an older one cannot arrive twice."""
 
 
 def _seed_health(vanishing: bool, exploding: bool) -> GradientHealth:
@@ -118,7 +121,7 @@ class Aggregator:
         if event.event_id in self._seen:
             return False
         self._seen[event.event_id] = None
-        if len(self._seen) > 10_000:
+        if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
         self._dirty = True
         handler = getattr(self, f"_on_{type(event).__name__}", None)

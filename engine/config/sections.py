@@ -348,7 +348,23 @@ class BusConfig(Section, frozen=True, kw_only=True):
         Entries, Meta(description="backlog above which telemetry is dropped and commands are refused")
     ] = 8000
     max_deliveries: Annotated[Tries, Meta(description="deliveries of a failing message before it is dead-lettered")] = 5
-    maxlen: Annotated[Entries, Meta(description="entries kept per stream (trimmed approximately)")] = 100_000
+    maxlen: Annotated[
+        Entries,
+        Meta(
+            description="entries kept per stream (trimmed approximately); telemetry keeps drop_threshold events, "
+            "all a live consumer can be behind"
+        ),
+    ] = 100_000
+    retention_hours: Annotated[
+        float,
+        Meta(
+            ge=0.001,
+            le=8760,
+            description="how long a run's streams and keys stay on Redis after it stops (its STOPPED heartbeat too, so "
+            "`attach --list` shows it), or after its last heartbeat if it died; `esper-tui bus prune` removes them "
+            "sooner",
+        ),
+    ] = 24.0
     operator_key: Annotated[
         HexKey,
         Meta(
