@@ -9,7 +9,10 @@ Control rooms elsewhere never see the engine's objects, only what it publishes o
   control room the engine is alive and how old its picture is.
 - **Heartbeat** (`Broadcaster.heartbeats`): a signed EngineHeartbeat under `frames.heartbeat_key` with
   an expiry of a few periods, so an engine that dies without a word drops off `attach --list`. On
-  stop, a final keyframe and a STOPPED heartbeat that lingers for a minute (`Broadcaster.finish`).
+  stop, a final keyframe and a STOPPED heartbeat that lingers for `bus.retention_hours` (`Broadcaster.finish`).
+- **Retention**: every beat also renews the expiry of the run's own streams (`Bus.expire_run`) to
+  `bus.retention_hours` past the heartbeat's, and a stop sets it to `bus.retention_hours`, so every key the run
+  wrote leaves the Redis that long after it stopped, or after its last beat if it died without a word.
 - **Bus vital signs** (`BusWatch`): counters, rates, backlogs, dead letters, rejections, server errors
   and attached control rooms (those whose presence is signed with the operator key, and apart from them the
   unverified rest), measured off the hot path and handed to the aggregator as a BusView.
@@ -33,7 +36,6 @@ import msgspec
 from esper_tui.engine.bus import Bus, BusError
 from esper_tui.engine.bus.auth import FrameSigner, room_signed
 from esper_tui.engine.frames import (
-    FINAL_HEARTBEAT_TTL_S,
     FRAME_FIELD,
     HEARTBEAT_EVERY_S,
     HEARTBEAT_TTL_S,
@@ -140,13 +142,21 @@ class Broadcaster:
 
     # ------------------------------------------------------------------ heartbeat
 
+    @property
+    def retention_s(self) -> float:
+        """How long a stopped run stays on the bus (bus.retention_hours): its STOPPED heartbeat and its streams."""
+        return self._bus.config.retention_hours * 3600
+
     async def heartbeats(self) -> None:
-        """Until cancelled: the engine's signed presence, renewed every HEARTBEAT_EVERY_S."""
+        """Until cancelled: the engine's signed presence, renewed every HEARTBEAT_EVERY_S, and with it the expiry of
+        the run's streams, retention_s past the heartbeat's own (a stream created since, frames say, gets one at
+        the next beat)."""
         while True:
             await self.beat(self._state(), HEARTBEAT_TTL_S)
+            await self._attempt("stream expiry", self._bus.expire_run(HEARTBEAT_TTL_S + self.retention_s))
             await asyncio.sleep(HEARTBEAT_EVERY_S)
 
-    def heartbeat(self, state: EngineState) -> EngineHeartbeat:
+    def heartbeat(self, state: EngineState, lives_s: float = HEARTBEAT_TTL_S) -> EngineHeartbeat:
         i = self._identity
         return EngineHeartbeat(
             run_id=i.run_id,
@@ -158,18 +168,22 @@ class Broadcaster:
             state=state,
             engine_key=self._signer.public_key,
             last_seq=self._last_seq or 0,
+            lives_s=lives_s,
         )
 
     async def beat(self, state: EngineState, ttl_s: float) -> bool:
-        value = seal_heartbeat(self.heartbeat(state), self._signer.sign)
+        value = seal_heartbeat(self.heartbeat(state, ttl_s), self._signer.sign)
         return await self._attempt("heartbeat", self._bus.put_presence(self.heartbeat_key, value, ttl_s))
 
     async def finish(self, snapshot: Snapshot | None) -> None:
-        """The last word: a keyframe of the final snapshot, then a STOPPED heartbeat that lingers and names
-        that keyframe's seq, so a room can tell the final picture from an older frame put back on the stream."""
+        """The last word: a keyframe of the final snapshot, then a STOPPED heartbeat that names that keyframe's seq
+        (so a room can tell the final picture from an older frame put back on the stream), and the run's streams,
+        all to expire in retention_s (so `attach --list` shows the run stopped, and `attach --run` its final
+        picture, as long as its streams are there). Should this fail, the expiry the last beat renewed still holds."""
         if snapshot is not None:
             await self.publish(snapshot, keyframe=True)
-        await self.beat(EngineState.STOPPED, FINAL_HEARTBEAT_TTL_S)
+        await self.beat(EngineState.STOPPED, self.retention_s)
+        await self._attempt("stream expiry", self._bus.expire_run(self.retention_s))
 
     async def _attempt(self, what: str, request: Awaitable[object]) -> bool:
         """Run one publication; the bus counts failures (metrics), this only notes them and carries on."""

@@ -115,7 +115,7 @@ HEARTBEAT_EVERY_S = 1.0
 HEARTBEAT_TTL_S = 5 * HEARTBEAT_EVERY_S
 """Presence outlives a few missed beats (a slow tick, a Redis blip) but not a dead engine."""
 FINAL_HEARTBEAT_TTL_S = 60.0
-"""How long a stopped engine stays listed, so control rooms can say "engine stopped" rather than guess."""
+"""How long a STOPPED heartbeat of an engine that does not say (`lives_s` 0, before bus.retention_hours) lived."""
 
 
 class EngineHeartbeat(Struct, kw_only=True):
@@ -137,12 +137,16 @@ class EngineHeartbeat(Struct, kw_only=True):
     state: EngineState
     engine_key: str  # the engine's frame public key (hex): shown so an operator can check what they pinned
     last_seq: int = 0  # the newest frame published before this beat; on STOPPED, the final picture's seq
+    lives_s: float = 0.0  # the expiry the engine gave this beat (a STOPPED one: bus.retention_hours); 0: not said
 
 
 def heartbeat_problem(heartbeat: EngineHeartbeat, now: float, skew_s: float) -> str | None:
     """Why a verified heartbeat must not be believed at `now`, or None: it must be as fresh as its expiry
-    allows (plus the clocks' skew), and stamped after the engine's start and not in the future."""
-    lives_s = FINAL_HEARTBEAT_TTL_S if heartbeat.state is EngineState.STOPPED else HEARTBEAT_TTL_S
+    allows (the one it says, signed with it, it was given; plus the clocks' skew), and stamped after the
+    engine's start and not in the future."""
+    lives_s = heartbeat.lives_s or (
+        FINAL_HEARTBEAT_TTL_S if heartbeat.state is EngineState.STOPPED else HEARTBEAT_TTL_S
+    )
     started = time_problem(heartbeat.started_ts, now, max_age_s=math.inf, max_ahead_s=skew_s)
     if started is not None:
         return f"its start time: {started}"

@@ -124,3 +124,13 @@ class Bus(Delivering, Publishing, PresenceKeys):
         """The newest `limit` entries of `stream`, oldest first."""
         self._require_started()
         return await self._tracked(self._tail(stream, limit))
+
+    async def expire_run(self, ttl_s: float) -> None:
+        """Let the streams this run owns (`streams.owned`) expire in `ttl_s`, replacing the expiry they had.
+
+        Retention: the engine renews it with every heartbeat while it runs and sets the last one (bus.retention_hours)
+        when it stops, so a finished run's streams leave the Redis on their own, and a dead run's too once it stops
+        renewing. Only the engine that owns the streams calls it: a control room must not keep a run alive.
+        """
+        self._require_started()
+        await self._tracked(self._expire(self.streams.owned, ttl_s))

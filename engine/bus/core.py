@@ -151,6 +151,10 @@ class BusCore(abc.ABC):
     async def _read_plain(self, stream: str, after: str, count: int, block_ms: int | None) -> Entries:
         """XREAD COUNT count [BLOCK block_ms] STREAMS stream after."""
 
+    @abc.abstractmethod
+    async def _expire(self, keys: Sequence[str], ttl_s: float) -> None:
+        """PEXPIRE every key that exists in `ttl_s` (replacing any expiry it had); missing keys are skipped."""
+
     # ------------------------------------------------------------------ health
 
     def _require_started(self) -> None:

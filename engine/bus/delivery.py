@@ -304,6 +304,8 @@ class Delivering(BusCore):
         if index is not None:
             fields[b"index"] = str(index).encode()
         await self._add(self.streams.deadletter, fields, self.config.maxlen)
+        # Shared by every run of the prefix: it goes `retention_hours` after the last dead letter of any of them.
+        await self._expire([self.streams.deadletter], self.config.retention_hours * 3600)
         if index is not None:
             sub.seen.finish(_position(d, index))
         self._metrics.dead_lettered += 1

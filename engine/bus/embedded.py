@@ -87,7 +87,15 @@ class _Stream:
 
 
 class EmbeddedBus(Bus):
-    """The default bus: no server, no threads; memory bounded by `config.maxlen` per stream."""
+    """The default bus: no server, no threads.
+
+    Its memory is bounded by what each stream's readers need, through the MAXLEN each writer asks for: telemetry
+    keeps `publishing.telemetry_kept` events (drop_threshold: no live consumer is further behind); frames a few
+    seconds of them (broadcast.frames_maxlen); the command streams and dead letters `config.maxlen` entries, written
+    by hand or on failures only. A group's pending list holds entries delivered and not yet acknowledged (trimmed
+    ones are dropped when reclaimed), its `seen` one time per consumer name; presence keys are the engine's own
+    heartbeat (control rooms cannot reach an embedded bus), each dropped when read after it expired.
+    """
 
     def __init__(self, config: BusConfig, options: BusOptions | None = None, *, run_id: str = "") -> None:
         super().__init__(config, options, run_id=run_id)
@@ -235,6 +243,10 @@ class EmbeddedBus(Bus):
         s = self._stream(stream)
         seq = s.last_seq if after == "$" else _seq(after)
         return await self._blocking(lambda: s.after(seq, count), block_ms)
+
+    async def _expire(self, keys: Sequence[str], ttl_s: float) -> None:
+        """Nothing to do: an embedded bus's streams live in its process and end with it; nothing else can read them
+        once the run is over."""
 
     # ------------------------------------------------------------------ presence keys
 

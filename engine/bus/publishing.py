@@ -26,6 +26,18 @@ EMERGENCY_COMMANDS = (Shutdown, SetConservativeMode)
 """Commands that must overtake a backlog: they always travel on the emergency stream."""
 
 
+def telemetry_kept(config: BusConfig) -> int:
+    """Telemetry events the stream keeps: `drop_threshold` (never more than `maxlen`).
+
+    What its readers need: publishing stops once a live consumer group is `drop_threshold` events behind, so no
+    live group ever needs an older one (a group whose consumers went away for longer than
+    BusOptions.live_window_s loses what is older; it was not holding publishers back either). In the engine's own
+    process nothing reads telemetry back at all, so this is also the embedded bus's memory for it: at the default
+    8,000 events of about 1 KB, some 8 MB, where `maxlen` (100,000) let it grow to about 100 MB over 3.5 hours.
+    """
+    return min(config.drop_threshold, config.maxlen)
+
+
 class Publishing(BusCore):
     """The publishing half of a bus: the outbox and its flusher, command routing, backpressure."""
 
@@ -35,7 +47,7 @@ class Publishing(BusCore):
         super().__init__(config, options, run_id=run_id)
         self._gauges: dict[str, _DepthGauge] = {}
         self._outbox = Outbox(self.options.publish_buffer)
-        self._retention = Retention(config.maxlen)
+        self._retention = Retention(telemetry_kept(config))
         self._flusher: asyncio.Task[None] | None = None
         refresh = self.options.depth_refresh_s
         self._depth_refresh_s = self.DEFAULT_DEPTH_REFRESH_S if refresh is None else refresh

@@ -283,6 +283,14 @@ class RedisStreamsBus(Bus):
             reply = cast(_StreamsReply, await self._redis.xread({stream: after}, count=count, block=block_ms or None))
         return [entry for _, entries in reply or [] for entry in _entries(entries)]
 
+    async def _expire(self, keys: Sequence[str], ttl_s: float) -> None:
+        ttl_ms = max(1, round(ttl_s * 1000))
+        async with self._errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.pexpire(key, ttl_ms)
+            await pipe.execute()
+
     async def _put_presence(self, key: str, value: bytes, ttl_s: float) -> None:
         async with self._errors():
             await self._redis.set(key, value, px=max(1, round(ttl_s * 1000)))

@@ -118,6 +118,11 @@ class StreamNames:
     frames: str
     deadletter: str
 
+    @property
+    def owned(self) -> tuple[str, ...]:
+        """The streams that belong to this run alone (dead letters are shared): what retention expires."""
+        return (self.telemetry, self.normal, self.emergency, self.frames)
+
     @classmethod
     def for_prefix(cls, prefix: str, run_id: str = "") -> StreamNames:
         suffix = f".{run_id}" if run_id else ""
