@@ -79,6 +79,8 @@ class BusCore(abc.ABC):
     backend's stream primitives and the health bookkeeping around every request."""
 
     name: str
+    readable_elsewhere: bool
+    """Whether anything outside this process can read the streams (Redis: control rooms, other consumers)."""
 
     def __init__(self, config: BusConfig, options: BusOptions | None = None, *, run_id: str = "") -> None:
         self.config = config

@@ -100,6 +100,7 @@ class EmbeddedBus(Bus):
     def __init__(self, config: BusConfig, options: BusOptions | None = None, *, run_id: str = "") -> None:
         super().__init__(config, options, run_id=run_id)
         self.name = "embedded"
+        self.readable_elsewhere = False
         self._streams: dict[str, _Stream] = {}
         self._keys: dict[str, tuple[bytes, float]] = {}  # presence key -> (value, monotonic expiry)
         self._wakeup = asyncio.Event()

@@ -91,6 +91,7 @@ class RedisStreamsBus(Bus):
     def __init__(self, config: BusConfig, url: str, options: BusOptions | None = None, *, run_id: str = "") -> None:
         super().__init__(config, options, run_id=run_id)
         self.name = redact_url(url)
+        self.readable_elsewhere = True
         self._url = url
         self._client: aioredis.Redis | None = None
 

@@ -280,25 +280,27 @@ async def test_groups_without_live_consumers_do_not_hold_back_publishers(
     make_bus, inbox, consuming, eventually, publish_apart
 ):
     """The configured group that start() creates but nobody reads, and a group whose consumer went
-    away (idle past live_window_s), leave publishers alone; memory stays bounded by maxlen."""
+    away (idle past live_window_s), leave publishers alone; the stream keeps drop_threshold events, all a live
+    consumer can be behind (Redis trims whole nodes, so it may keep more: here all 5)."""
     bus = await make_bus(drop_threshold=2, options=BusOptions(depth_refresh_s=0, live_window_s=1.0))
     await publish_apart(bus, [epoch(n) for n in range(5)])
     assert bus.metrics().dropped == 0
-    assert await bus.backlog(bus.streams.telemetry, bus.config.group) == 5
+    assert 2 <= await bus.backlog(bus.streams.telemetry, bus.config.group) <= 5
 
     stuck = inbox(gate=asyncio.Event())
     async with consuming(bus.consume_events("control-room", "c1", stuck)):
         await stuck.until(lambda: len(stuck.attempts) == 1)
-        assert await bus.backlog(bus.streams.telemetry) == 5
-        await publish_apart(bus, [epoch(5)])
-        assert bus.metrics().dropped == 1
+        assert await bus.backlog(bus.streams.telemetry) >= 2
+        await publish_apart(bus, [epoch(5), epoch(6)])
+        dropped = bus.metrics().dropped
+        assert dropped >= 1  # a live consumer more than drop_threshold behind holds publishers back
 
     async def consumer_presumed_gone() -> bool:
         return await bus.backlog(bus.streams.telemetry) == 0
 
     await eventually(consumer_presumed_gone)
-    await publish_apart(bus, [epoch(6)])
-    assert bus.metrics().dropped == 1
+    await publish_apart(bus, [epoch(7)])
+    assert bus.metrics().dropped == dropped
 
 
 async def test_close_ends_running_consumers(make_bus, inbox):
