@@ -446,3 +446,17 @@ async def test_a_flood_of_dead_letters_does_not_flood_the_log(bus, caplog):
         await asyncio.gather(consumer, return_exceptions=True)
     logged = [r.getMessage() for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert len(logged) == 5, logged
+
+
+async def test_the_engine_makes_no_telemetry_copies_nothing_can_read(engine):
+    """Issue 19: on the embedded bus nothing outside the process can read telemetry and nothing inside does; the
+    copies filled the engine's memory (up to maxlen events). A long stream of events leaves the stream empty."""
+    for n in range(5_000):
+        engine.emit(epoch(n))
+    engine.log(Level.INFO, "the last line")
+    await eventually(lambda: "the last line" in event_texts(engine), "the last line")
+    assert not engine.bus.readable_elsewhere
+    assert isinstance(engine.bus, EmbeddedBus)
+    telemetry = engine.bus._streams.get(engine.bus.streams.telemetry)
+    assert telemetry is None or not telemetry.entries
+    assert engine.bus.metrics().published == 0

@@ -152,3 +152,20 @@ async def test_outbox_takes_in_order_within_limits_and_settles():
     assert not settle.done()
     await box.settled(1)
     await asyncio.wait_for(settle, 10)
+
+
+async def test_telemetry_keeps_drop_threshold_events_under_a_long_stream(make_embedded_bus):
+    """Issue 19: however long the run, the telemetry stream holds about drop_threshold events (all a live consumer
+    can be behind), not maxlen; batches of every size from 1 to 20 events, 200 times the bound in all."""
+    bus = await make_embedded_bus(drop_threshold=50, maxlen=5_000)
+    stream = bus._streams[bus.streams.telemetry]
+    published = 0
+    for size in [1 + n % 20 for n in range(1_000)]:
+        for _ in range(size):
+            await bus.publish_event(epoch(published))
+            published += 1
+        await bus.flush()
+        held = sum(len(unpack_batch(e[b"b"])) if b"b" in e else 1 for e in stream.entries)
+        assert 50 <= held < 50 + 20 or held == published  # the newest 50, with the entry that crossed the bound
+        assert len(bus._retention._sizes) == len(stream.entries)  # the retention bookkeeping is bounded alike
+    assert published == 10_500 and bus.metrics().dropped == 0
