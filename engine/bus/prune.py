@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -190,8 +190,9 @@ async def _prune_dead_letters(
     doomed: list[bytes] = []
     start: str = "-"
     while True:
-        page: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(
-            stream, min=start, max=f"({cut_id}", count=DEAD_LETTER_PAGE
+        page = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await client.xrange(stream, min=start, max=f"({cut_id}", count=DEAD_LETTER_PAGE),
         )
         for entry_id, fields in page:
             owner = run_key(prefix, fields.get(b"stream", b"").decode(errors="replace"))
@@ -219,8 +220,8 @@ def describe(report: PruneReport, now: float, older_than_s: float) -> Iterable[s
     for run in report.kept_live:
         yield f"kept run {run.run_id}: live ({run.state})"
     for run in report.kept_recent:
-        seen = (now - run.last_seen_ts) / 3600 if run.last_seen_ts is not None else 0.0
-        yield f"kept run {run.run_id}: {run.state} {seen:.1f} h ago, within --older-than {older_than_s / 3600:g} h"
+        hours = (now - run.last_seen_ts) / 3600 if run.last_seen_ts is not None else 0.0
+        yield f"kept run {run.run_id}: {run.state} {hours:.1f} h ago, within --older-than {older_than_s / 3600:g} h"
     keys = sum(len(run.keys) for run in report.removed)
     yield (
         f"{verb} {keys} keys of {len(report.removed)} runs and {report.dead_letters_removed} dead letters from "
