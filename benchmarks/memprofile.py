@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.engine_run import check_alive, headless_engine
 from benchmarks.report import write_json
 
 SITE = Path(__file__).resolve().parent / "memprofile_site"
@@ -59,25 +58,11 @@ def profile(
         "ESPER_MEMPROFILE_EVERY_S": str(every_s),
         "ESPER_MEMPROFILE_FRAMES": str(frames),
     }
-    command = [sys.executable, "-m", "esper_tui", "--no-ui", "--interval", "30", "--state-dir", str(state_dir)]
-    engine = subprocess.Popen(
-        [*command, *(["--config", str(config)] if config else [])],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    t0 = time.monotonic()
-    try:
+    with headless_engine(state_dir, config, env=env) as engine:
+        t0 = time.monotonic()
         while time.monotonic() - t0 < minutes * 60:
-            if engine.poll() is not None:
-                raise RuntimeError(f"the engine exited early with {engine.returncode}")
+            check_alive(engine)
             time.sleep(5)
-    finally:
-        engine.send_signal(signal.SIGTERM)
-        try:
-            engine.wait(60)
-        except subprocess.TimeoutExpired:
-            engine.kill()
     reports = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     if not reports:
         raise RuntimeError("no process wrote a profile: too short for the warm-up plus one interval?")

@@ -15,8 +15,6 @@ the engine and for the training process). The engine is stopped with SIGTERM at 
 from __future__ import annotations
 
 import argparse
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.engine_run import check_alive, headless_engine
 from benchmarks.report import write_json
 
 BOUND = 0.05
@@ -86,30 +85,17 @@ def soak(
     redis_url: str | None = None,
 ) -> dict[str, object]:
     """Run the engine for `minutes` and sample RSS per role; drift and slopes are measured after the warm-up."""
-    command = [sys.executable, "-m", "esper_tui", "--no-ui", "--interval", "30", "--state-dir", str(state_dir)]
-    engine = subprocess.Popen(
-        [*command, *(["--config", str(config)] if config else []), *(["--redis-url", redis_url] if redis_url else [])],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    proc = psutil.Process(engine.pid)
     samples: list[tuple[float, dict[str, float]]] = []
-    t0 = time.monotonic()
-    try:
+    with headless_engine(state_dir, config, *(["--redis-url", redis_url] if redis_url else [])) as engine:
+        proc = psutil.Process(engine.pid)
+        t0 = time.monotonic()
         while (elapsed := time.monotonic() - t0) < minutes * 60:
-            if engine.poll() is not None:
-                raise RuntimeError(f"the engine exited early with {engine.returncode}")
+            check_alive(engine)
             by_role = rss_by_role(proc)
             samples.append((elapsed / 60, by_role))
             parts = "  ".join(f"{r} {mb:8.1f}" for r, mb in by_role.items())
             print(f"{elapsed / 60:6.1f} min  {sum(by_role.values()):8.1f} MB  ({parts})", flush=True)
             time.sleep(every_s)
-    finally:
-        engine.send_signal(signal.SIGTERM)
-        try:
-            engine.wait(60)
-        except subprocess.TimeoutExpired:
-            engine.kill()
     after = [(minute, by_role) for minute, by_role in samples if minute >= warmup_min]
     if len(after) < 2:
         raise RuntimeError("too short: no samples after warm-up")
