@@ -148,3 +148,15 @@ def test_a_fresh_heartbeat_is_believed() -> None:
 def test_a_heartbeat_that_cannot_be_current_is_not_believed(heartbeat: EngineHeartbeat, problem: str) -> None:
     found = heartbeat_problem(heartbeat, NOW, SKEW_S)
     assert found is not None and problem in found, found
+
+
+def test_a_stopped_heartbeat_is_believed_for_the_retention_it_was_signed_with() -> None:
+    """Issue 19: the STOPPED heartbeat lives bus.retention_hours, so `attach --list` still shows the run; the
+    expiry it was given travels signed inside it (`lives_s`), so a reader judges it by that, not by 60 s."""
+    day = msgspec.structs.replace(beat(EngineState.STOPPED, age_s=3600.0), lives_s=86_400.0)
+    assert heartbeat_problem(day, NOW, SKEW_S) is None
+    old = msgspec.structs.replace(beat(EngineState.STOPPED, age_s=86_400.0 + SKEW_S + 1), lives_s=86_400.0)
+    found = heartbeat_problem(old, NOW, SKEW_S)
+    assert found is not None and "stale" in found
+    running = msgspec.structs.replace(beat(age_s=60.0), lives_s=5.0)  # a live beat is still believed 5 s (+ skew)
+    assert "stale" in (heartbeat_problem(running, NOW, SKEW_S) or "")

@@ -70,7 +70,9 @@ def test_every_key_a_run_writes_expires_within_retention_after_it_stops(
         assert {*names.owned, heartbeat_key(prefix, run_id)} <= set(stopped), stopped
         assert all(0 < ttl <= retention_s for ttl in stopped.values()), stopped
         heartbeat = raw.get(heartbeat_key(prefix, run_id))
-        assert heartbeat is not None and open_heartbeat(heartbeat)[0].state is EngineState.STOPPED
+        assert heartbeat is not None
+        final = open_heartbeat(heartbeat)[0]
+        assert (final.state, final.lives_s) == (EngineState.STOPPED, retention_s)  # readers believe it that long
         listed = subprocess.run(
             [sys.executable, "-m", "esper_tui", "attach", "--list", *common], capture_output=True, text=True, timeout=60
         )
