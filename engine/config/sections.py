@@ -402,6 +402,9 @@ class UiConfig(Section, frozen=True, kw_only=True):
 
     refresh_hz: Annotated[float, Meta(gt=0, le=30, description="dashboard redraws per second")] = 4.0
     theme: Annotated[Name, Meta(description="colour theme (esper-dark, esper-light, ...)")] = "esper-dark"
+    status_interval_s: Annotated[
+        float, Meta(ge=0.05, le=3600, description="headless runs and attach --no-ui: seconds between status lines")
+    ] = 1.0
 
 
 class RecordingConfig(Section, frozen=True, kw_only=True):

@@ -218,7 +218,7 @@ class AttachRequest:
             as_json=args.json,
             engine_key=args.engine_key,
             state_dir=args.state_dir,
-            interval_s=args.interval,
+            interval_s=config.ui.status_interval_s,
         )
 
 

@@ -10,16 +10,12 @@ import asyncio
 import sys
 from pathlib import Path
 
-import msgspec
-
 from esper_tui.commands.fail import fail
-from esper_tui.commands.flags import add_library_flags, library_flags, redis_url_problem
+from esper_tui.commands.flags import add_library_flags, redis_url_problem, with_flags
 from esper_tui.engine.config import (
     ConfigError,
-    EsperConfig,
     config_reference,
     load_config,
-    override,
     shared_forge_problem,
 )
 
@@ -45,26 +41,6 @@ EPILOG = """examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -72,16 +48,6 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be >= 0 and finite, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"must be 1-65535, got {value}")
     return value
 
 
@@ -98,7 +64,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-url", metavar="URL", help="use Redis Streams for the bus (default: in-process)")
     p.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=int,
         metavar="N",
         help="stop after N training epochs, once the forge queue is empty too (default: run until stopped)",
     )
@@ -106,10 +72,9 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
     p.add_argument(
         "--interval",
-        type=_positive_float,
-        default=1.0,
+        type=float,
         metavar="S",
-        help="with --no-ui: seconds between status lines (default 1)",
+        help="with --no-ui: seconds between status lines (default ui.status_interval_s, 1)",
     )
     p.add_argument(
         "--forge-only",
@@ -140,7 +105,7 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--metrics-port",
-        type=_port,
+        type=int,
         metavar="PORT",
         help="serve /metrics, /healthz and /api/v1/status on this port (Prometheus; default: nissa.port, 0 = off)",
     )
@@ -218,10 +183,9 @@ def _attach_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([bus] prefix, keys; [ui])")
     p.add_argument(
         "--interval",
-        type=_positive_float,
-        default=1.0,
+        type=float,
         metavar="S",
-        help="with --no-ui: seconds between lines (default 1)",
+        help="with --no-ui: seconds between lines (default ui.status_interval_s, 1)",
     )
     return p
 
@@ -234,7 +198,7 @@ def _attach(argv: list[str]) -> int:
     if (problem := redis_url_problem(args.redis_url)) is not None:
         return fail(problem, 2)
     try:
-        config = load_config(args.config)
+        config = with_flags(load_config(args.config), args)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
     from esper_tui.commands.attach import attach_main
@@ -299,22 +263,6 @@ def _recordings(argv: list[str]) -> int:
     return replay_main(args, config.ui.refresh_hz, config.ui.theme)
 
 
-def _apply_flags(config: EsperConfig, args: argparse.Namespace) -> EsperConfig:
-    training = config.training
-    if args.epochs is not None:
-        training = msgspec.structs.replace(training, epochs=args.epochs)
-    if args.eager:
-        training = msgspec.structs.replace(training, compile=False)
-    nissa = config.nissa
-    if args.metrics_port is not None:
-        nissa = msgspec.structs.replace(nissa, port=args.metrics_port)
-    config = msgspec.structs.replace(config, training=training, nissa=nissa)
-    flags = library_flags(args)
-    if args.forge_workers is not None:
-        flags["tezzeret.compilation.max_concurrent_jobs"] = args.forge_workers
-    return override(config, flags) if flags else config
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "attach":
@@ -337,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         from esper_tui.commands.tools import run_tool
 
         try:
-            config = override(load_config(args.config), library_flags(args))
+            config = with_flags(load_config(args.config), args)
         except ConfigError as exc:
             return fail(f"config error: {exc}", 2)
         return run_tool(args, config)
@@ -346,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json and not args.no_ui:
         parser.error("--json needs --no-ui")
     try:
-        config = _apply_flags(load_config(args.config), args)
+        config = with_flags(load_config(args.config), args, {"training.compile": False} if args.eager else None)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
     if (problem := redis_url_problem(args.redis_url) or shared_forge_problem(config, args.redis_url)) is not None:
@@ -372,7 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             from esper_tui.ui.headless import run_headless
 
             return asyncio.run(
-                run_headless(engine, epochs=config.training.epochs, as_json=args.json, interval_s=args.interval)
+                run_headless(
+                    engine, epochs=config.training.epochs, as_json=args.json, interval_s=config.ui.status_interval_s
+                )
             )
         from esper_tui.ui.runner import run_ui
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from esper_tui.commands.fail import fail
-from esper_tui.commands.flags import add_library_flags, library_flags, redis_url_problem
-from esper_tui.engine.config import ConfigError, EsperConfig, load_config, override
+from esper_tui.commands.flags import add_library_flags, redis_url_problem, with_flags
+from esper_tui.engine.config import ConfigError, EsperConfig, load_config
 
 
 def parser() -> argparse.ArgumentParser:
@@ -123,10 +123,7 @@ def forge_worker_main(argv: list[str]) -> int:
     if (problem := redis_url_problem(args.redis_url)) is not None:
         return fail(problem, 2)
     try:
-        flags = library_flags(args)
-        if args.concurrency is not None:
-            flags["forge_worker.concurrency"] = args.concurrency
-        config = override(load_config(args.config), flags)
+        config = with_flags(load_config(args.config), args)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
     if not (config.library.catalog_url and config.library.artifacts_url):
