@@ -251,7 +251,6 @@ def test_a_real_trainer_resumes_exactly_from_disk(tmp_path: Path, tmp_path_facto
         return Trainer(cfg, catalog, EagerKernelSource(catalog), events.append, cache_dir=cache, threads=1), events
 
     t, events = fresh()
-    t._load()
     while not any(s.stage is SeedStage.TRAINING for s in t.host.seed_slots()):
         t._epoch()
     state = t.capture()
@@ -263,7 +262,6 @@ def test_a_real_trainer_resumes_exactly_from_disk(tmp_path: Path, tmp_path_facto
     loaded = ckpt.load(tmp_path / ckpt.dir_name(state.epoch), KEY)
     assert_same_state(loaded, state)
     t2, events2 = fresh()
-    t2._load()
     t2.restore(loaded)
     t2._epoch()
     again = [e for e in events2 if isinstance(e, EpochCompleted)][-1]

@@ -366,7 +366,6 @@ def test_capture_and_restore_put_back_the_whole_training_state(cache_dir: Path) 
     """Restored, a run continues exactly as it did from the captured epoch: weights, seeds, stages,
     optimizer moments, controller memory and both RNGs all came back."""
     t, rec = trainer(cache_dir, epochs=None, **FAST_LIFECYCLE)
-    t._load()
     while not any(s.stage is SeedStage.TRAINING for s in t.host.seed_slots()):
         t._epoch()
     state = t.capture()

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.controller import Controller
 from esper_tui.engine.training.data import DEFAULT_DATA_SEED, Splits
 from esper_tui.engine.training.faults import FaultPlan, InstabilityDetector
-from esper_tui.engine.training.host import HostNetwork
+from esper_tui.engine.training.host import SlottedHost
 from esper_tui.engine.training.kernel_source import (
     EAGER_LABEL,
     Kernel,
@@ -38,6 +39,9 @@ from esper_tui.engine.training.kernel_source import (
 from esper_tui.engine.training.reports import FieldReports, reports_path
 from esper_tui.engine.training.seeds import BlendSchedule, SeedSlot, SlotPolicy
 from esper_tui.engine.training.state import HOST_GROUP, TrainingState
+from esper_tui.engine.training.task import TaskContext
+from esper_tui.engine.training.task_loader import LoadedTask, call_factory
+from esper_tui.engine.training.tasks import mnist1d
 from esper_tui.engine.vocabulary import Level, Subsystem
 
 
@@ -58,14 +62,6 @@ class TrainerCore:
     """What every part of the Trainer acts on: the run's configuration, network, optimizer, controller, data
     and bookkeeping; capture() and restore() turn it into a TrainingState and back."""
 
-    # loaded by run(), in the training thread, so constructing a Trainer never blocks the event loop
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
     def __init__(
         self,
         cfg: TrainingConfig,
@@ -75,6 +71,7 @@ class TrainerCore:
         control: TrainingControl | None = None,
         cache_dir: Path | None = None,
         *,
+        task: LoadedTask | None = None,
         threads: int | None = None,
         data_seed: int = DEFAULT_DATA_SEED,
         schedule: BlendSchedule = BlendSchedule.COSINE,
@@ -84,9 +81,10 @@ class TrainerCore:
         signing_key: bytes | None = None,
         faults: FaultPlan | None = None,
     ) -> None:
-        """`splits` replaces the carved MNIST-1D splits (benchmarks load them once; tests poison them).
-        `early_stop`: None stops early only without an epoch budget; True also within one (then the best
-        epoch is restored at the budget's end too); False never. With `state_dir` and `signing_key` the run
+        """`task`: what to train, loaded and checked (task_loader.py); None trains the built-in mnist1d task on CPU,
+        its data cached in `cache_dir`, seeded `data_seed`, or `splits` instead (benchmarks load them once; tests
+        poison them). `early_stop`: None stops early only without an epoch budget; True also within one (then the
+        best epoch is restored at the budget's end too); False never. With `state_dir` and `signing_key` the run
         resumes from its newest valid checkpoint, writes signed ones, and Tamiyo's field reports go there.
         `faults`: chaos testing (--inject-fault), each fault ending in a rollback."""
         self.cfg = cfg
@@ -94,18 +92,22 @@ class TrainerCore:
         self.kernels = kernels
         self.emit = emit
         self.control = control or TrainingControl()
-        self.cache_dir = cache_dir
         self.threads = threads if threads is not None else kernel_threads()
-        self.data_seed = data_seed
-        self.splits = splits
         self.early_stop = cfg.epochs is None if early_stop is None else early_stop
         self.controller = Controller(cfg, catalog)
-        with torch.random.fork_rng(devices=[]):  # deterministic init without touching the global RNG
-            torch.manual_seed(cfg.seed)
-            self.host = HostNetwork(
-                hidden=cfg.hidden, slots=cfg.slots, policy=SlotPolicy.from_config(cfg, schedule), dropout=cfg.dropout
-            )
-        self.optimizer = torch.optim.Adam(self.host.host_parameters(), lr=cfg.learning_rate)
+        if task is None:
+            mnist = partial(mnist1d.task, cfg=cfg, data_seed=data_seed, splits=splits, cache_dir=cache_dir)
+            task = call_factory(mnist, TaskContext(seed=cfg.seed, data_dir=cache_dir), mnist1d.NAME)
+        self.loaded = task
+        self.task = task.task
+        self.batch_size = task.task.batch_size
+        self.x_train, self.y_train = task.train
+        self.x_val, self.y_val = task.val
+        self.x_test, self.y_test = task.test
+        self.device = self.x_train.device
+        policy = SlotPolicy.from_config(cfg, schedule)
+        self.host = SlottedHost(task.task.host, task.task.slots, task.shapes, policy)
+        self.optimizer = self.task.optimizer(self.host.host_parameters())
         self._shuffle = torch.Generator().manual_seed(cfg.seed)
         self._germinations = 0
         self.epoch = 0
@@ -153,9 +155,7 @@ class TrainerCore:
         slots = len(self.host.seed_slots())
         if len(state.slots) != slots:
             return f"was written with training.slots = {len(state.slots)}; this run has {slots}"
-        for name, now in self.host.state_dict().items():
-            if name.startswith("slots."):
-                continue
+        for name, now in self.host.net.state_dict().items():
             saved = state.host.get(name)
             if saved is None or saved.dim() != now.dim():
                 return f"holds another host (no {name} of {tuple(now.shape)}); training.hidden or the task changed"
@@ -178,7 +178,7 @@ class TrainerCore:
             if slot.block is not None and slot.blueprint_id == saved.blueprint_id and slot.kernel is not None:
                 block, kernel, label = slot.block, slot.kernel, slot.kernel_label
             else:
-                block = self.catalog.get(saved.blueprint_id).build(self.host.in_features, self.host.hidden)
+                block = self._build_seed(saved.blueprint_id, slot)
                 loaded = self._kernel_for(slot, saved.blueprint_id, block)
                 if loaded is None:
                     kernel, label = eager_kernel, EAGER_LABEL
@@ -186,7 +186,7 @@ class TrainerCore:
                     kernel, label = loaded[0], loaded[1].label
             slot.restore(saved, block, kernel, label)
         by_name = {s.name: s for s in self.host.seed_slots()}
-        self.optimizer = torch.optim.Adam(self.host.host_parameters(), lr=self.cfg.learning_rate)
+        self.optimizer = self.task.optimizer(self.host.host_parameters())
         for name in state.groups:
             if name == HOST_GROUP:
                 continue
@@ -209,7 +209,7 @@ class TrainerCore:
         except KernelUnavailable as exc:
             self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", Subsystem.KASMINA)
             return None
-        error = self._probe(kernel, block)
+        error = self._probe(kernel, block, slot)
         if error is not None and offer.compiled:
             self._log(
                 Level.WARNING,
@@ -220,7 +220,7 @@ class TrainerCore:
                 eager_kernel,
                 dataclasses.replace(offer, label=EAGER_LABEL, why=""),  # the warning says why,
             )
-            error = self._probe(kernel, block)
+            error = self._probe(kernel, block, slot)
         if error is not None:
             self._log(
                 Level.ERROR, f"germinate {slot.name} <- {blueprint_id} failed its probe: {error}", Subsystem.KASMINA
@@ -228,16 +228,23 @@ class TrainerCore:
             return None
         return kernel, offer
 
-    def _probe(self, kernel: Kernel, block: nn.Module) -> str | None:
-        """What GERMINATED certifies: one no-grad call at the training batch size gives [B, hidden], finite.
-        Returns the problem, or None."""
-        x = torch.zeros(self.cfg.batch_size, self.host.in_features)
+    def _build_seed(self, blueprint_id: str, slot: SeedSlot) -> nn.Module:
+        """The blueprint's module for the slot's shape, on the run's device."""
+        shape = slot.shape
+        if shape.kind != "vector":
+            raise ValueError(f"{blueprint_id} serves vector slots, not {shape.kind} ({shape})")
+        return self.catalog.get(blueprint_id).build(shape.in_shape[0], shape.out_shape[0]).to(self.device)
+
+    def _probe(self, kernel: Kernel, block: nn.Module, slot: SeedSlot) -> str | None:
+        """What GERMINATED certifies: one no-grad call at the training batch size gives the slot's output shape,
+        finite. Returns the problem, or None."""
+        x = torch.zeros(self.batch_size, *slot.shape.in_shape, device=self.device)
         try:
             with torch.no_grad():
                 y = kernel(block, x)
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
-        want = (self.cfg.batch_size, self.host.hidden)
+        want = (self.batch_size, *slot.shape.out_shape)
         if tuple(y.shape) != want:
             return f"output shape {tuple(y.shape)}, expected {want}"
         return None if bool(torch.isfinite(y).all()) else "non-finite output"

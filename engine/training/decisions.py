@@ -12,6 +12,7 @@ from esper_tui.engine.training.controller import Decision
 from esper_tui.engine.training.core import TrainerCore
 from esper_tui.engine.training.kernel_source import KernelOffer, KernelUnavailable
 from esper_tui.engine.training.seeds import MAIN_LINE, SeedSlot
+from esper_tui.engine.training.task import rng_devices
 from esper_tui.engine.vocabulary import Action, Level, Subsystem
 
 
@@ -47,9 +48,13 @@ class Decisions(TrainerCore):
             )
             return False
         self._germinations += 1
-        with torch.random.fork_rng(devices=[]):  # each seed's init depends only on cfg.seed and its ordinal
+        with torch.random.fork_rng(devices=rng_devices(self.device)):  # a seed's init: cfg.seed and its ordinal only
             torch.manual_seed(self.cfg.seed * 1_000_003 + self._germinations)
-            block = self.catalog.get(blueprint_id).build(self.host.in_features, self.host.hidden)
+            try:
+                block = self._build_seed(blueprint_id, slot)
+            except ValueError as exc:  # the blueprint does not fit the slot's shape
+                self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", Subsystem.KASMINA)
+                return False
         loaded = self._kernel_for(slot, blueprint_id, block)
         if loaded is None:
             return False

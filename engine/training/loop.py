@@ -40,7 +40,6 @@ from typing import TypeVar
 
 import msgspec
 import torch
-import torch.nn.functional as F
 
 from esper_tui.engine.contracts import (
     ControllerDecision,
@@ -53,7 +52,6 @@ from esper_tui.engine.contracts import (
 )
 from esper_tui.engine.training.checkpointing import Checkpointing
 from esper_tui.engine.training.controller import EpochState
-from esper_tui.engine.training.data import Splits, carve, load_mnist1d
 from esper_tui.engine.training.decisions import Decisions
 from esper_tui.engine.training.faults import FaultKind, InjectedKernelCrash
 from esper_tui.engine.training.rollbacks import Rollbacks
@@ -88,17 +86,11 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
             self._close_writer()
             torch.set_num_threads(previous_threads)
 
-    def _load(self) -> Splits:
-        if self.splits is None:
-            self.splits = carve(load_mnist1d(self.data_seed, self.cache_dir), self.cfg.val_samples)
-        sp = self.splits
-        self.x_train, self.y_train = torch.from_numpy(sp.x_train), torch.from_numpy(sp.y_train)
-        self.x_val, self.y_val = torch.from_numpy(sp.x_val), torch.from_numpy(sp.y_val)
-        self.x_test, self.y_test = torch.from_numpy(sp.x_test), torch.from_numpy(sp.y_test)
-        return sp
+    def _dataset(self) -> str:
+        counts = f"{len(self.y_train)} train / {len(self.y_val)} val / {len(self.y_test)} test"
+        return f"{self.task.name} ({counts}{', ' + self.task.description if self.task.description else ''})"
 
     def _run(self) -> TrainingFinished:
-        sp = self._load()
         self._resume()
         self._good = self.capture()
         self.emit(
@@ -107,11 +99,11 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                 compile_enabled=self.kernels.compile_enabled,
                 compile_backend=self.kernels.backend,
                 compile_mode=self.kernels.mode,
-                dataset=f"mnist1d ({sp.describe()}, seed {self.data_seed})",
+                dataset=self._dataset(),
                 host=self.host.describe(),
-                slots=self.cfg.slots,
+                slots=len(self.host.seed_slots()),
                 epochs=self.cfg.epochs,
-                device="cpu",
+                device=str(self.device),
                 resumed_from_epoch=self.resumed_from_epoch,
             )
         )
@@ -182,9 +174,9 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
             s.begin_epoch()
         self.host.train()
         n_train = len(self.y_train)
-        bs = min(self.cfg.batch_size, n_train)
+        bs = min(self.batch_size, n_train)
         n = n_train // bs * bs  # full batches only: kernels see the batch size they were built for
-        order = torch.randperm(n_train, generator=self._shuffle)[:n]
+        order = torch.randperm(n_train, generator=self._shuffle)[:n].to(self.device)
         steps, loss_sum = n // bs, 0.0
         step, attached = self._step, [s for s in slots if s.block is not None]  # fixed within an epoch
         crash = self.faults.due_of(FaultKind.KERNEL_CRASH, self.epoch + 1)
@@ -260,15 +252,18 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
     # ------------------------------------------------------------------ steps
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, steps_per_epoch: int, attached: list[SeedSlot]) -> float:
-        """One optimizer step: host loss plus the TRAINING seeds' isolated auxiliary losses. `attached` are
+        """One optimizer step: each TRAINING seed's loss in its own shadow pass, into its own parameters only (the
+        host never sees it: host.SlottedHost.shadowing), then the host's loss through the live network. `attached` are
         the slots holding a seed (the others have nothing to measure or ramp)."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits, aux = self.host.forward_train(xb)
-        loss = F.cross_entropy(logits, yb)
-        total = loss
-        for shadow in aux.values():
-            total = total + F.cross_entropy(shadow, yb)
-        torch.autograd.backward(total)  # Tensor.backward, but typed
+        for s in attached:
+            if s.shadow_trains and s.block is not None:
+                params = list(s.block.parameters())
+                if params:
+                    with self.host.shadowing(s):
+                        torch.autograd.backward(self.task.loss(self.host(xb), yb), inputs=params)
+        loss = self.task.loss(self.host(xb), yb)
+        torch.autograd.backward(loss)  # Tensor.backward, but typed
         for s in attached:
             s.record_gradients()
         host_loss = float(loss.detach())
@@ -280,18 +275,15 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
 
     @torch.no_grad()
     def _evaluate(self, x: torch.Tensor, y: torch.Tensor, *, loss: bool = True) -> tuple[float, float]:
-        """Loss (NaN when not asked for) and accuracy on one split, in training-sized batches (the shapes
-        compiled kernels know)."""
+        """Loss (NaN when not asked for) and the task's metric on one split, computed over the whole split's
+        outputs, which come in training-sized batches (the shapes compiled kernels know)."""
         self.host.eval()
-        bs, total, loss_sum, correct = self.cfg.batch_size, len(y), 0.0, 0
-        for i in range(0, total, bs):
-            xb, yb = x[i : i + bs], y[i : i + bs]
-            logits = self.host(xb)
-            if loss:
-                loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-            correct += int((logits.argmax(1) == yb).sum())
-        self.host.train()
-        return (loss_sum / total if loss else math.nan), correct / total
+        bs = self.batch_size
+        try:
+            out = torch.cat([self.host(x[i : i + bs]) for i in range(0, len(y), bs)])
+        finally:
+            self.host.train()
+        return (float(self.task.loss(out, y)) if loss else math.nan), self.task.metric(out, y)
 
     def _with_fallback(self, fn: Callable[[], T]) -> T:
         """Seed 003's kernel-failure path: if a step fails while compiled kernels run, switch those seeds

@@ -1,12 +1,12 @@
 """Kasmina: a seed slot and its lifecycle.
 
-A slot grafts one blueprint module (the seed) into the host as a side branch from the host input to a
-hidden layer. Main line: DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED; failure
+A slot grafts one blueprint module (the seed) into the host as a side branch around one host module
+(host.py hooks it there). Main line: DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED; failure
 path: PRUNED -> EMBARGOED -> RESETTING -> DORMANT. What each stage means here:
 
 - GERMINATED: module built, kernel loaded and probed (one no-grad call of the right shape); it neither
   runs in the host nor trains yet (one epoch, so the graft is visible before it does anything).
-- TRAINING: the seed learns the host's residual in isolation (see `host.HostNetwork.forward_train`): its
+- TRAINING: the seed learns the host's residual in isolation (see `host.SlottedHost.shadowing`): its
   output is not added to the host; the host's gradients are exactly what they would be without it.
 - BLENDING: alpha ramps 0 -> 1 over `blend_epochs`, advanced every optimizer step so the host never
   sees a jump; the seed now trains through the host's own loss.
@@ -32,6 +32,7 @@ from torch import nn
 
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.training.kernel_source import EAGER_LABEL, Kernel, eager_kernel
 from esper_tui.engine.vocabulary import SeedStage
 
@@ -123,10 +124,10 @@ class SlotPolicy:
 class SeedSlot(nn.Module):
     """One place in the host where a seed can grow. An nn.Module so train()/eval() reach the seed."""
 
-    def __init__(self, name: str, layer: int, policy: SlotPolicy | None = None) -> None:
+    def __init__(self, name: str, shape: SlotShape, policy: SlotPolicy | None = None) -> None:
         super().__init__()
         self.name = name
-        self.layer = layer  # the host hidden layer (1-based) whose pre-activation this slot adds to
+        self.shape = shape  # what its seed reads and writes (host.probe_slots found it)
         self.policy = policy or SlotPolicy()
         self.stage = S.DORMANT
         self.block: nn.Module | None = None
