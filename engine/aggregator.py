@@ -41,6 +41,7 @@ from esper_tui.engine.contracts import (
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
+    TrainingWaiting,
     WalStatus,
 )
 from esper_tui.engine.snapshot import (
@@ -162,7 +163,19 @@ class Aggregator:
 
     def _on_EngineStarted(self, e: EngineStarted) -> None:
         self.run_id = e.run_id
-        self.infra = msgspec.structs.replace(self.infra, bus=e.bus, device=e.device, torch_version=e.torch_version)
+        self.infra = msgspec.structs.replace(
+            self.infra,
+            bus=e.bus,
+            device=e.device,
+            torch_version=e.torch_version,
+            training=e.training,
+            compile_enabled=e.compile_enabled,
+            compile_backend=e.compile_backend,
+            compile_mode=e.compile_mode,
+        )
+
+    def _on_TrainingWaiting(self, e: TrainingWaiting) -> None:
+        self._training(waiting_for=e.reason)
 
     def _on_TrainingStarted(self, e: TrainingStarted) -> None:
         self.infra = msgspec.structs.replace(
@@ -171,7 +184,12 @@ class Aggregator:
             compile_backend=e.compile_backend,
             compile_mode=e.compile_mode,
         )
-        self._training(status=TrainingStatus.RUNNING, epochs_total=e.epochs, resumed_from_epoch=e.resumed_from_epoch)
+        self._training(
+            status=TrainingStatus.RUNNING,
+            epochs_total=e.epochs,
+            resumed_from_epoch=e.resumed_from_epoch,
+            waiting_for="",
+        )
 
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
@@ -352,6 +370,8 @@ class Aggregator:
                 )
             case TrainingPaused():
                 return "training paused" if e.paused else "training resumed"
+            case TrainingWaiting():
+                return f"waiting for {e.reason}"
             case TrainingFailed():
                 return f"training failed: {e.error}"
             case TrainingFinished():

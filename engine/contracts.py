@@ -34,11 +34,18 @@ class Event(Struct, tag_field="type", kw_only=True):
 
 
 class EngineStarted(Event, tag="engine_started", kw_only=True):
+    """The run begins. The compile settings and whether anything trains are known from here on, so the
+    banner can say what seeds will run before the training process has even started."""
+
     run_id: str
     bus: str
     state_dir: str
     device: str
     torch_version: str
+    training: bool = True  # False: --forge-only or training.enabled off, no seed will ever run
+    compile_enabled: bool = False
+    compile_backend: str | None = None
+    compile_mode: str | None = None
 
 
 class EngineStopping(Event, tag="engine_stopping", kw_only=True):
@@ -201,6 +208,13 @@ class TrainingPaused(Event, tag="training_paused", kw_only=True):
     paused: bool
 
 
+class TrainingWaiting(Event, tag="training_waiting", kw_only=True):
+    """Why training has not started yet (it can take a while: the forge's first kernel, then a process that
+    imports torch and loads its data), so a WAITING status is never silent."""
+
+    reason: str
+
+
 class Metric(Struct, kw_only=True):
     """One Nissa-style metric sample, e.g. tezzeret.compilation.duration_ms{strategy="standard"}."""
 
@@ -266,6 +280,7 @@ AnyEvent = (
     | TrainingFinished
     | TrainingFailed
     | TrainingPaused
+    | TrainingWaiting
     | MetricsReport
     | LogLine
     | CommandObeyed

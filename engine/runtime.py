@@ -47,6 +47,7 @@ from esper_tui.engine.contracts import (
     Rollback,
     SetConservativeMode,
     Shutdown,
+    TrainingWaiting,
 )
 from esper_tui.engine.forge.builders import RemoteBuilder
 from esper_tui.engine.forge.cluster import ForgeCluster, open_breakers
@@ -56,6 +57,7 @@ from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
+from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
@@ -298,6 +300,7 @@ class Engine:
         self._start_broadcast(signer)
         import torch
 
+        compiles = settings_for(cfg.tezzeret.compilation.default_strategy)  # what the training process serves
         self.emit(
             EngineStarted(
                 run_id=self.run_id,
@@ -305,6 +308,10 @@ class Engine:
                 state_dir=str(self.state_dir),
                 device="cpu",
                 torch_version=str(torch.__version__),
+                training=cfg.training.enabled and not self.forge_only,
+                compile_enabled=cfg.training.compile,
+                compile_backend=compiles.backend if cfg.training.compile else None,
+                compile_mode=(compiles.mode or "default") if cfg.training.compile else None,
             )
         )
         self.log(Level.INFO, self.identity_line())
@@ -518,11 +525,13 @@ class Engine:
         in a process of its own (training/process.py), mirroring `self.control`; its events arrive as this
         process's own."""
         assert self.forge is not None and self.library is not None and self._signing_key is not None
-        if self.config.training.compile:
+        if self.config.training.compile and not self.library.ranked() and not self.forge.is_idle():
+            self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="a first kernel from the forge"))
             while not self.library.ranked() and not self.forge.is_idle() and not self.control.stopped:
                 await asyncio.sleep(0.5)
         if self.control.stopped:  # stopped before a first kernel: no process to start only to stop it
             return
+        self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="the training process to start (torch, data)"))
         start = Start(
             config=self.config,
             state_dir=str(self.state_dir),

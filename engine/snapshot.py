@@ -6,6 +6,9 @@ each draw one slice of it.
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import NamedTuple
+
 import msgspec
 
 from esper_tui.engine.contracts import Metric
@@ -26,6 +29,7 @@ from esper_tui.engine.vocabulary import (
 
 
 class Infrastructure(Struct, kw_only=True):
+    training: bool = True  # False: the run only compiles (--forge-only, training.enabled off)
     compile_enabled: bool = False
     compile_backend: str | None = None
     compile_mode: str | None = None
@@ -142,6 +146,7 @@ class TrainingView(Struct, kw_only=True):
     seeds: list[SeedView] = msgspec.field(default_factory=list)
     resumed_from_epoch: int | None = None  # the checkpoint this run resumed from, if it did
     rollbacks: int = 0
+    waiting_for: str = ""  # while WAITING: what training waits for (the forge's first kernel, its process)
 
 
 class EventLine(Struct, kw_only=True):
@@ -221,3 +226,40 @@ class Snapshot(Struct, kw_only=True):
     bus: BusView = msgspec.field(default_factory=BusView)
     link: LinkView = msgspec.field(default_factory=LinkView)
     alerts: list[AlertView] = msgspec.field(default_factory=list)  # firing now, oldest first
+
+
+COMPILED_KERNEL = "compiled "
+"""How a seed's `kernel` column starts when it runs a compiled kernel ("compiled inductor:default")."""
+EAGER_FASTER = "eager (faster)"
+"""A seed served eager because eager was measured faster than its sound compiled kernel."""
+
+
+class SeedsRun(NamedTuple):
+    """What the seeds actually run, for the banner's title (`tag`) and its text or a status line (`words`)."""
+
+    tag: str
+    words: str
+    compiled: bool
+
+
+def seeds_run(snapshot: Snapshot) -> SeedsRun:
+    """What the grafted seeds run, read from the seeds themselves rather than from the compile setting: a run
+    that compiles can still serve eager kernels (measured faster), or have nothing grafted yet."""
+    infra, training = snapshot.infrastructure, snapshot.training
+    if not infra.training:
+        return SeedsRun("no training", "no training: this run only compiles", compiled=False)
+    if not infra.compile_enabled:
+        return SeedsRun("eager: compile off", f"{infra.kernels} (compile off)", compiled=False)
+    setting = f"compile on ({infra.kernels})"
+    kernels = Counter(seed.kernel for seed in training.seeds if seed.blueprint_id is not None and seed.kernel != "-")
+    if not kernels:
+        if training.status is TrainingStatus.WAITING:
+            waits = f"waiting for {training.waiting_for}" if training.waiting_for else "waiting for kernels"
+            return SeedsRun("waiting for kernels", f"{setting} · {waits}", compiled=False)
+        return SeedsRun("compile on", f"{setting} · no seed grafted yet", compiled=False)
+    words = next(iter(kernels)) if len(kernels) == 1 else ", ".join(f"{n} {kernel}" for kernel, n in kernels.items())
+    if any(kernel.startswith(COMPILED_KERNEL) for kernel in kernels):  # the tag says compiled: name the label
+        return SeedsRun("compiled", words.removeprefix(COMPILED_KERNEL), compiled=True)
+    if set(kernels) == {EAGER_FASTER}:
+        return SeedsRun("eager: faster", f"eager, measured faster than {infra.kernels}", compiled=False)
+    return SeedsRun("eager", words, compiled=False)

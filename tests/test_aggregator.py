@@ -32,9 +32,10 @@ from esper_tui.engine.contracts import (
     TrainingFinished,
     TrainingPaused,
     TrainingStarted,
+    TrainingWaiting,
     WalStatus,
 )
-from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog
+from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog, seeds_run
 from esper_tui.engine.vocabulary import (
     Action,
     BreakerState,
@@ -578,7 +579,7 @@ def test_compile_label_is_the_same_everywhere(agg):
         )
     )
     snap = agg.snapshot()
-    assert "| kernels inductor:default |" in status_line(snap)
+    assert "| kernels compile on (inductor:default) · no seed grafted yet |" in status_line(snap)
     assert snap.events[-1].text.endswith("(mlp, kernels compiled inductor:default)")
     assert snap.infrastructure.kernels == "inductor:default"
 
@@ -588,7 +589,85 @@ def test_eager_run_says_eager_everywhere(agg):
     snap = agg.snapshot()
     assert snap.infrastructure.kernels == "EAGER"
     assert snap.events[-1].text.endswith("kernels EAGER)")
-    assert "| kernels EAGER |" in status_line(snap)
+    assert "| kernels EAGER (compile off) |" in status_line(snap)
+
+
+# ---------------------------------------------------------------------------------- what the seeds run
+
+
+def engine_started(**fields):
+    base = dict(run_id="run1", bus="embedded", state_dir="/s", device="cpu", torch_version="2.13.0")
+    return EngineStarted(**(base | fields))
+
+
+def seeds_report(*kernels):
+    """s0, s1, ... each grafted and running the kernel named ("-" for a dormant slot)."""
+    return SeedsReport(
+        epoch=1,
+        seeds=[
+            SeedHealth(
+                slot=f"s{i}",
+                stage=SeedStage.DORMANT if kernel == "-" else SeedStage.BLENDING,
+                blueprint_id=None if kernel == "-" else "conv1d_block",
+                alpha=0.0 if kernel == "-" else 0.5,
+                grad_norm=0.1,
+                acc_delta=None,
+                epochs_in_stage=1,
+                kernel=kernel,
+                vanishing=False,
+                exploding=False,
+            )
+            for i, kernel in enumerate(kernels)
+        ],
+    )
+
+
+def test_before_training_starts_the_run_says_it_waits_for_kernels_and_why(agg):
+    """The compile setting arrives with EngineStarted: a compiling run no longer reads EAGER while it waits,
+    and the wait has a reason (it took 6-15 s, and longer on a busy machine, with none)."""
+    agg.apply(engine_started(compile_enabled=True, compile_backend="inductor", compile_mode="default"))
+    agg.apply(TrainingWaiting(reason="a first kernel from the forge"))
+    snap = agg.snapshot()
+    assert snap.training.status is TrainingStatus.WAITING
+    assert snap.training.waiting_for == "a first kernel from the forge"
+    assert seeds_run(snap).tag == "waiting for kernels"
+    assert "| kernels compile on (inductor:default) · waiting for a first kernel from the forge |" in status_line(snap)
+    assert snap.events[-1].text == "waiting for a first kernel from the forge"
+    agg.apply(training_started())
+    assert agg.snapshot().training.waiting_for == ""
+
+
+def test_a_run_that_only_compiles_says_so_not_eager(agg):
+    """--forge-only printed `kernels EAGER`: no seed runs anything there."""
+    agg.apply(engine_started(training=False, compile_enabled=True, compile_backend="inductor"))
+    snap = agg.snapshot()
+    assert seeds_run(snap).tag == "no training"
+    assert "| kernels no training: this run only compiles |" in status_line(snap)
+    assert "EAGER" not in status_line(snap)
+
+
+@pytest.mark.parametrize(
+    ("kernels", "tag", "words", "compiled"),
+    [
+        (("compiled inductor:default", "-"), "compiled", "inductor:default", True),
+        (("eager (faster)", "-"), "eager: faster", "eager, measured faster than inductor:default", False),
+        (("eager (faster)", "eager (faster)"), "eager: faster", "eager, measured faster than inductor:default", False),
+        (
+            ("compiled inductor:default", "eager (faster)"),
+            "compiled",
+            "1 compiled inductor:default, 1 eager (faster)",
+            True,
+        ),
+        (("eager", "-"), "eager", "eager", False),
+        (("-", "-"), "compile on", "compile on (inductor:default) · no seed grafted yet", False),
+    ],
+)
+def test_the_banner_reads_what_the_seeds_run_not_the_compile_setting(agg, kernels, tag, words, compiled):
+    """The banner said `TAMIYO [compiled]` while every seed's kernel column said `eager (faster)`."""
+    agg.apply(training_started())
+    agg.apply(seeds_report(*kernels))
+    run = seeds_run(agg.snapshot())
+    assert (run.tag, run.words, run.compiled) == (tag, words, compiled)
 
 
 # ---------------------------------------------------------------------------------- commands and the bus

@@ -40,7 +40,7 @@ from esper_tui.engine.frames import (
 from esper_tui.engine.keys import FRAME_KEY as FRAME_KEY_SPEC
 from esper_tui.engine.keys import OPERATOR_KEY, load_key
 from esper_tui.engine.runtime import Engine
-from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.snapshot import Snapshot, seeds_run
 from esper_tui.engine.vocabulary import EngineState, Level
 from tests.waits import eventually
 
@@ -283,6 +283,13 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 def event_texts(engine: Engine) -> list[str]:
     return [line.text for line in engine.aggregator.events]
+
+
+async def test_an_engine_that_does_not_train_never_says_its_seeds_run_eager(engine):
+    """`--forge-only` (and training.enabled off) printed `kernels EAGER`: no seed runs anything there."""
+    snapshot = engine.aggregator.snapshot()
+    assert snapshot.infrastructure.training is False
+    assert seeds_run(snapshot).words == "no training: this run only compiles"
 
 
 async def test_engine_obeys_its_own_signed_commands_and_refuses_forged_ones(engine):

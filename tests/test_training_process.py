@@ -73,6 +73,15 @@ async def test_the_engine_trains_in_a_child_that_obeys_pause_and_stop(engine: En
     assert found is not None and not skipped and found[0].epoch >= paused_at
 
 
+async def test_the_wait_before_the_first_epoch_has_a_reason(engine: Engine) -> None:
+    """Training read "waiting" for 6-15 s with nothing to say why; the banner read EAGER before it knew."""
+    await eventually(lambda: training(engine).epoch >= 1, "a first epoch")
+    snapshot = engine.aggregator.snapshot()
+    assert "waiting for the training process to start (torch, data)" in [e.text for e in snapshot.events]
+    assert snapshot.training.waiting_for == ""  # said while waiting, gone once training runs
+    assert snapshot.infrastructure.training and not snapshot.infrastructure.compile_enabled
+
+
 async def test_a_killed_training_process_fails_the_run_in_one_line(engine: Engine) -> None:
     await eventually(lambda: training(engine).epoch >= 1, "a first epoch")
     os.kill(trainer_pid(engine), signal.SIGKILL)

@@ -1,8 +1,10 @@
 """Tamiyo's status banner: what is running (compiled or EAGER), how training goes, what mode the forge is in.
 
-Seed 002 (TELE-760): the border title says `TAMIYO [compiled]` when the run compiles its kernels and
-plain `TAMIYO` when it does not, and the body names the backend:mode honestly (guide section 4: on CPU a
-compiled block can be slower than eager, so the operator must see which one runs).
+Seed 002 (TELE-760): the border title says `TAMIYO [compiled]` when seeds run compiled kernels, and the
+body names the backend:mode honestly (guide section 4: on CPU a compiled block can be slower than eager, so
+the operator must see which one runs). Both are read from what the seeds actually run, not from the compile
+setting: `TAMIYO [eager: faster]` when compiling is on but eager was measured faster, `[eager: compile off]`,
+`[waiting for kernels]` before training starts, `[no training]` for a run that only compiles.
 
 A control room attached from elsewhere (guide section 12) must never show a stale picture as live, so
 for a remote link the bottom border says how old the picture is ("attached · 0.3 s"), shouts when the
@@ -18,18 +20,13 @@ import msgspec
 from textual.content import Content
 from textual.widgets import Static
 
-from esper_tui.engine.snapshot import Infrastructure, LinkView, Snapshot
+from esper_tui.engine.snapshot import Infrastructure, LinkView, SeedsRun, Snapshot, seeds_run
 from esper_tui.engine.vocabulary import LinkState, TrainingStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
-TITLE_COMPILED = "TAMIYO \\[compiled]"
-"""Border title when compiling: Textual markup for the literal text "TAMIYO [compiled]".
-
-Seed 002 wrote `[[compiled]]`, the escape of the Textual of its day; Textual 8 markup escapes `[` with a
-backslash and would show `[[compiled]]` verbatim.
-"""
-TITLE_EAGER = "TAMIYO"
+TITLE = "TAMIYO"
+"""The border title before the first snapshot; after it, `TAMIYO [what the seeds run]` (banner_title)."""
 
 ALARMING = frozenset({TrainingStatus.PAUSED, TrainingStatus.FAILED})
 """Training states the banner shouts (bold): the operator must act on, or at least know about, them."""
@@ -39,6 +36,7 @@ class BannerSlice(NamedTuple):
     """Everything the banner shows, and nothing else (so unrelated changes skip the redraw)."""
 
     infrastructure: Infrastructure
+    seeds_run: SeedsRun
     status: TrainingStatus
     epoch: int
     epochs_total: int | None
@@ -83,9 +81,13 @@ def link_words(view: LinkView) -> Content | None:
     return fmt.join(facts)
 
 
-def banner_title(infra: Infrastructure) -> str:
-    """The border title (markup) for this run's compile status."""
-    return TITLE_COMPILED if infra.compile_enabled else TITLE_EAGER
+def banner_title(run: SeedsRun) -> str:
+    """The border title (markup) for what the seeds run: "TAMIYO [compiled]", "TAMIYO [eager: faster]", ...
+
+    Seed 002 wrote `[[compiled]]`, the escape of the Textual of its day; Textual 8 markup escapes `[` with a
+    backslash and would show `[[compiled]]` verbatim.
+    """
+    return f"{TITLE} \\[{run.tag}]"
 
 
 class StatusBanner(SnapshotPanel[BannerSlice], Static):
@@ -105,12 +107,13 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(Content.styled("waiting for engine…", f"{fmt.MUTED} italic"), id=id)
-        self.border_title = TITLE_EAGER
+        self.border_title = TITLE
 
     def select(self, snapshot: Snapshot) -> BannerSlice:
         training, forge = snapshot.training, snapshot.forge
         return BannerSlice(
             infrastructure=snapshot.infrastructure,
+            seeds_run=seeds_run(snapshot),
             status=training.status,
             epoch=training.epoch,
             epochs_total=training.epochs_total,
@@ -126,9 +129,8 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         )
 
     def draw(self, part: BannerSlice) -> None:
-        infra = part.infrastructure
-        self.border_title = banner_title(infra)
-        self.set_class(infra.compile_enabled, "-compiled")
+        self.border_title = banner_title(part.seeds_run)
+        self.set_class(part.seeds_run.compiled, "-compiled")
         self.set_class(part.conservative, "-conservative")
         self.set_class(part.status is TrainingStatus.PAUSED, "-paused")
         self.set_class(part.link.state is LinkState.SILENT, "-silent")
@@ -140,7 +142,8 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
     @staticmethod
     def _run_line(part: BannerSlice) -> Content:
         infra = part.infrastructure
-        kernel = fmt.styled(infra.kernels, "$success bold" if infra.compile_enabled else "$warning bold")
+        run = part.seeds_run
+        kernel = fmt.styled(run.words, "$success bold" if run.compiled else "$warning bold")
         total = f"/{part.epochs_total}" if part.epochs_total else ""
         return fmt.join(
             [

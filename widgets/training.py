@@ -13,6 +13,7 @@ from textual.content import Content
 from textual.widgets import Sparkline, Static
 
 from esper_tui.engine.snapshot import Snapshot, TrainingView
+from esper_tui.engine.vocabulary import TrainingStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -21,6 +22,8 @@ def training_line(view: TrainingView) -> Content:
     """Status, epoch and epoch time on one line."""
     total = f"/{view.epochs_total}" if view.epochs_total else ""
     status = fmt.styled(view.status.upper(), f"{fmt.TRAINING_STATUS_VAR[view.status]} bold")
+    if view.status is TrainingStatus.WAITING and view.waiting_for:  # never a silent wait
+        return status + Content(f" for {view.waiting_for}")
     epoch_s = f"{fmt.number(view.epoch_s, 1)} s/epoch"
     # samples/s is in the banner already; this line must fit the narrow right-hand column.
     return fmt.join([status, f"epoch {view.epoch}{total}", epoch_s])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from esper_tui.engine.codec import encode_json
-from esper_tui.engine.snapshot import LinkView, Snapshot
+from esper_tui.engine.snapshot import LinkView, Snapshot, seeds_run
 from esper_tui.engine.vocabulary import JobStatus, LinkState, SeedStage
 
 
@@ -34,7 +34,7 @@ def status_line(s: Snapshot) -> str:
     )
     return (
         f"{link_tag(s.link)}[{t.status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | "
-        f"kernels {s.infrastructure.kernels} | "
+        f"kernels {seeds_run(s).words} | "
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
         f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"

@@ -79,11 +79,43 @@ async def test_banner_title_plain_when_compile_disabled(make_app, link) -> None:
     app = make_app()
     async with app.run_test(size=SIZE):
         banner = app.screen.query_one(StatusBanner)
-        assert banner.border_title == "TAMIYO"
+        assert Content.from_markup(banner.border_title).plain == "TAMIYO [eager: compile off]"
         assert not banner.has_class("-compiled")
         text = plain(app, StatusBanner)
-        assert "EAGER" in text
+        assert "EAGER (compile off)" in text
         assert "inductor" not in text
+
+
+async def test_banner_says_eager_when_compiling_but_eager_was_faster(make_app, link) -> None:
+    """It read `TAMIYO [compiled]` while every seed's kernel column said `eager (faster)`."""
+    snapshot = rich_snapshot()
+    seeds = [
+        msgspec.structs.replace(seed, kernel="eager (faster)") if seed.blueprint_id else seed
+        for seed in snapshot.training.seeds
+    ]
+    link.set(replaced(snapshot, training=msgspec.structs.replace(snapshot.training, seeds=seeds)))
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert Content.from_markup(banner.border_title).plain == "TAMIYO [eager: faster]"
+        assert not banner.has_class("-compiled")
+        assert "eager, measured faster than inductor:default" in plain(app, StatusBanner)
+
+
+async def test_banner_and_training_panel_say_what_training_waits_for(make_app, link) -> None:
+    """A compiling run read EAGER and `training waiting` for 6-15 s with no reason."""
+    snapshot = rich_snapshot()
+    waiting = msgspec.structs.replace(
+        snapshot.training, status=TrainingStatus.WAITING, seeds=[], waiting_for="a first kernel from the forge"
+    )
+    link.set(replaced(snapshot, training=waiting))
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        banner = app.screen.query_one(StatusBanner)
+        assert Content.from_markup(banner.border_title).plain == "TAMIYO [waiting for kernels]"
+        assert "compile on (inductor:default) · waiting for a first kernel from the forge" in plain(app, StatusBanner)
+        status = str(app.screen.query_one("#training-status", Static).render())
+        assert status == "WAITING for a first kernel from the forge"
 
 
 async def test_banner_shows_run_and_forge_summary(make_app) -> None:
@@ -277,7 +309,8 @@ async def test_polling_picks_up_new_snapshots(make_app, link) -> None:
     async with app.run_test(size=SIZE) as pilot:
         link.set(compile_disabled_snapshot(seq=99))
         await pilot.pause(0.1)
-        assert app.screen.query_one(StatusBanner).border_title == "TAMIYO"
+        title = app.screen.query_one(StatusBanner).border_title
+        assert Content.from_markup(title).plain == "TAMIYO [eager: compile off]"
 
 
 # --------------------------------------------------------------------------- waiting state
