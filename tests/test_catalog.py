@@ -68,6 +68,24 @@ def test_ir_hash_changes_when_options_change():
     assert dataclasses.replace(bp, tags=("other",)).ir_hash() != bp.ir_hash()
 
 
+def test_ir_hash_reads_a_module_source_once_per_process(monkeypatch):
+    """The source is hashed as imported: reading it on every kernel load cost 1-2 ms each time."""
+    import inspect
+
+    from esper_tui.engine.kernels import catalog as catalog_mod
+
+    class Wider(CATALOG[0].module):  # a class no earlier test has hashed
+        pass
+
+    read: list[type] = []
+    real = inspect.getsource
+    monkeypatch.setattr(catalog_mod.inspect, "getsource", lambda obj: read.append(obj) or real(obj))
+    bp = dataclasses.replace(CATALOG[0], module=Wider)
+    first = bp.ir_hash()
+    assert bp.ir_hash() == first and dataclasses.replace(bp, risk=0.5).ir_hash() != first
+    assert read == [Wider] and first != CATALOG[0].ir_hash()
+
+
 def test_get_unknown_names_the_known_ids():
     with pytest.raises(KeyError, match="mlp_block"):
         Catalog().get("nope")

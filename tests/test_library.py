@@ -323,6 +323,38 @@ def test_load_refuses_and_quarantines_a_tampered_kernel(lib, commit_artifact):
         lib.load("mlp_block")
 
 
+def test_a_load_past_the_ttl_verifies_again_and_reuses_the_deserialised_kernel(
+    lib, commit_artifact, fake_clock, quarantined, kernel_threads
+):
+    m = commit_artifact(lib, key=K1)
+    kernel, _ = lib.load("mlp_block")
+    fake_clock.advance(61)  # past the TTL: the next load reads and checks every file again
+    again, meta = lib.load("mlp_block")
+    assert again is kernel and meta == m
+    assert (lib.stats.cache_misses, lib.stats.reused) == (2, 1)
+    module = Catalog().get("mlp_block").build(40, 64)
+    x = torch.randn(5, 40)
+    assert torch.allclose(again(module, x), module(x), atol=1e-5)
+
+    lib.drop_cache()  # the memory breaker's cleanup: deserialised kernels go too
+    assert lib.load("mlp_block")[0] is not kernel
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"), [(_alter_kernel, ".so does not match"), (_alter_signature, "signature")]
+)
+def test_a_kernel_deserialised_before_is_still_refused_when_its_bytes_change(
+    lib, commit_artifact, fake_clock, quarantined, kernel_threads, tamper, message
+):
+    m = commit_artifact(lib, key=K1)
+    lib.load("mlp_block")
+    tamper(_dir(lib, m))
+    fake_clock.advance(61)
+    with pytest.raises(ArtifactInvalid, match=message):
+        lib.load("mlp_block")
+    assert [q[1] for q in quarantined] == [_dir(lib, m).name] and lib.stats.reused == 0
+
+
 def test_hit_rate_is_zero_without_lookups(lib):
     assert lib.stats.hit_rate == 0.0
 

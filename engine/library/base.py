@@ -9,6 +9,7 @@ and quarantine what fails.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ class LibraryStats:
     cache_hits: int = 0
     cache_misses: int = 0
     quarantined: int = 0
+    reused: int = 0  # misses served by a kernel already deserialised from the same verified bytes
 
     @property
     def hit_rate(self) -> float:
@@ -83,18 +85,36 @@ class _Cached(NamedTuple):
     meta: ArtifactMeta  # verified when the kernel was loaded
 
 
+DESERIALISED_KEPT = 64
+"""Deserialised kernels a library keeps for reuse (least recently used go first): the catalog's blueprints for
+several shapes and strategies, a few MB each."""
+
+
+def content_key(meta: ArtifactMeta) -> Hashable:
+    """What a kernel's verified bytes are: the signed key and every file's signed digest. Two versions with equal
+    content keys deserialise to the same function."""
+    return meta.blueprint_id, meta.artifact_id, tuple((f.name, f.sha256) for f in meta.files)
+
+
 class KernelCache:
     """Loaded kernels kept for a TTL, keyed by the stored version they came from; counts hits and misses.
 
+    Below the TTL entries, the deserialised kernels themselves, keyed by `content_key`: a load that misses the TTL
+    cache still checks the signature and every file's hash, but deserialising (20-30 ms of torch's work per
+    kernel, benchmarks.forge) happens once per content in this process. `clear` (the memory breaker) drops both.
     Thread-safe: the trainer thread loads while the event loop's threads commit and quarantine.
     """
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float], stats: LibraryStats) -> None:
+    def __init__(
+        self, ttl_s: float, clock: Callable[[], float], stats: LibraryStats, *, keep: int = DESERIALISED_KEPT
+    ) -> None:
         self._ttl = ttl_s
         self._clock = clock
         self._stats = stats
+        self._keep = keep
         self._lock = threading.Lock()
         self._entries: dict[Hashable, _Cached] = {}
+        self._loaded: OrderedDict[Hashable, LoadedKernel] = OrderedDict()
 
     def get(self, key: Hashable) -> tuple[LoadedKernel, ArtifactMeta] | None:
         with self._lock:
@@ -109,6 +129,24 @@ class KernelCache:
         with self._lock:
             self._entries[key] = _Cached(self._clock() + self._ttl, kernel, meta)
 
+    def deserialised(self, meta: ArtifactMeta, load: Callable[[], LoadedKernel]) -> LoadedKernel:
+        """The kernel for bytes the caller has just verified against `meta`: reused when this process has
+        deserialised the same content before, else `load()` (outside the lock: it takes milliseconds)."""
+        key = content_key(meta)
+        with self._lock:
+            kernel = self._loaded.get(key)
+            if kernel is not None:
+                self._loaded.move_to_end(key)
+                self._stats.reused += 1
+                return kernel
+        kernel = load()
+        with self._lock:
+            self._loaded[key] = kernel
+            self._loaded.move_to_end(key)
+            while len(self._loaded) > self._keep:
+                self._loaded.popitem(last=False)
+        return kernel
+
     def expire(self) -> int:
         """TTL cleanup: drop entries past their time. Returns how many were dropped."""
         now = self._clock()
@@ -119,7 +157,9 @@ class KernelCache:
         return len(stale)
 
     def clear(self) -> int:
+        """Drop every entry and every deserialised kernel; returns how many TTL entries there were."""
         with self._lock:
             n = len(self._entries)
             self._entries.clear()
+            self._loaded.clear()
         return n

@@ -257,7 +257,7 @@ class SharedLibrary:
         except ArtifactInvalid as exc:
             self.quarantine_row(row, str(exc))
             raise
-        kernel = load_kernel(bp, blobs, compile_label(meta.backend, meta.mode))
+        kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(cache_key, kernel, meta)
         return kernel, meta
 

@@ -499,7 +499,7 @@ class Library:
         except ArtifactInvalid as exc:
             self.quarantine(path, str(exc))
             raise
-        kernel = load_kernel(bp, blobs, compile_label(meta.backend, meta.mode))
+        kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(path, kernel, meta)
         return kernel, meta
 
