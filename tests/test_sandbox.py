@@ -169,6 +169,24 @@ async def test_worker_is_replaced_after_jobs_per_worker(tmp_path):
         await pool.close()
 
 
+async def test_an_idle_worker_leaves_after_idle_s_and_the_next_job_starts_a_fresh_one(tmp_path):
+    pool = WorkerPool(tmp_path / "logs", memory_limit_mb=MEMORY_MB, jobs_per_worker=8, idle_s=2.0)
+    try:
+        await pool.prestart(1)  # a prestarted worker that never gets a job leaves too
+        (idle,) = pool.pids()
+        await until(lambda: not pool.pids(), within_s=60, what="the prestarted worker to leave")
+        assert await group_gone(idle) and pool.retired == 1
+
+        r1, pid1 = await pool.compile(request("lowrank_adapter", Strategy.EMERGENCY, tmp_path / "a"), JOB_TIMEOUT_S)
+        r2, pid2 = await pool.compile(request("lowrank_adapter", Strategy.EMERGENCY, tmp_path / "b"), JOB_TIMEOUT_S)
+        assert r1.ok and r2.ok, (r1.error, r2.error)
+        assert pid1 not in (idle, os.getpid()) and pid2 == pid1  # back on demand, then reused within idle_s
+        await until(lambda: not pool.pids(), within_s=60, what="the worker to leave again")
+        assert await group_gone(pid1) and pool.retired == 2
+    finally:
+        await pool.close()
+
+
 async def test_tiny_timeout_raises_compile_timeout_and_kills_the_group(pool, tmp_path):
     job = asyncio.create_task(pool.compile(request("mlp_block", Strategy.STANDARD, tmp_path / "a"), 2.0))
     await until(lambda: pool.pids() or job.done(), what="the worker to start")

@@ -66,6 +66,13 @@ class CompilationConfig(Section, frozen=True, kw_only=True):
         int,
         Meta(ge=1, le=10_000, description="compiles a worker serves before it is replaced (inductor starts in ~3-4 s)"),
     ] = 16
+    worker_idle_s: Annotated[
+        Seconds,
+        Meta(
+            description="a compile worker idle this long leaves (it holds ~440 MB); the next job starts a fresh "
+            "one (~4 s)"
+        ),
+    ] = 60.0
     worker_memory_limit_mb: Annotated[
         int,
         Meta(

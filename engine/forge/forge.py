@@ -65,6 +65,7 @@ def worker_pool(config: TezzeretConfig, state_dir: Path, on_warning: Callable[[s
         state_dir / "logs",
         memory_limit_mb=config.compilation.worker_memory_limit_mb,
         jobs_per_worker=config.compilation.jobs_per_worker,
+        idle_s=config.compilation.worker_idle_s,
         registry=state_dir / "workers",
         on_warning=on_warning,
     )

@@ -467,7 +467,12 @@ def _fall_back(account: Account, exc: PermissionError) -> tuple[Account, str]:
 
 
 class WorkerPool:
-    """Idle workers wait here between jobs; the forge bounds how many are busy at once."""
+    """Idle workers wait here between jobs; the forge bounds how many are busy at once.
+
+    A worker idle for `idle_s` leaves (closed like any other, its g++ group with it) and the next job starts a
+    fresh one: an idle worker holds about 440 MB (torch and inductor) for nothing, and starting one costs ~4 s.
+    None: idle workers stay until the pool closes.
+    """
 
     def __init__(
         self,
@@ -475,6 +480,7 @@ class WorkerPool:
         *,
         memory_limit_mb: int,
         jobs_per_worker: int,
+        idle_s: float | None = None,
         registry: Path | None = None,
         command: Sequence[str] = WORKER_COMMAND,
         on_warning: Callable[[str], None] | None = None,
@@ -485,9 +491,13 @@ class WorkerPool:
         self._registry = registry
         self._memory_limit_mb = memory_limit_mb
         self._jobs_per_worker = jobs_per_worker
+        self._idle_s = idle_s
         self._command = tuple(command)
         self._idle: list[Worker] = []
         self._busy: set[Worker] = set()
+        self._timers: dict[Worker, asyncio.TimerHandle] = {}
+        self._leaving: set[asyncio.Task[None]] = set()
+        self.retired = 0  # workers that left after idle_s without a job
 
     async def _spawn(self) -> Worker:
         worker = await Worker.spawn(self._log_dir, self._memory_limit_mb, self._registry, command=self._command)
@@ -503,7 +513,7 @@ class WorkerPool:
         A worker whose job ends in any exception, cancellation included, is killed and reaped (the
         wait is bounded, so a cancellation is delayed by at most that).
         """
-        worker = self._idle.pop() if self._idle else await self._spawn()
+        worker = self._take() or await self._spawn()
         self._busy.add(worker)
         try:
             response = await worker.compile(request, timeout_s)
@@ -513,15 +523,44 @@ class WorkerPool:
         finally:
             self._busy.discard(worker)
         if worker.alive and worker.jobs_done < self._jobs_per_worker:
-            self._idle.append(worker)
+            self._park(worker)
         else:
             await worker.close()
         return response, worker.pid
 
+    def _park(self, worker: Worker) -> None:
+        """Keep a worker for the next job, for idle_s at most."""
+        self._idle.append(worker)
+        if self._idle_s is not None:
+            self._timers[worker] = asyncio.get_running_loop().call_later(self._idle_s, self._retire, worker)
+
+    def _take(self) -> Worker | None:
+        """The most recently parked worker still alive; one that died while idle is reaped on the way."""
+        while self._idle:
+            worker = self._idle.pop()
+            if (timer := self._timers.pop(worker, None)) is not None:
+                timer.cancel()
+            if worker.alive:
+                return worker
+            self._close_later(worker)
+        return None
+
+    def _retire(self, worker: Worker) -> None:
+        self._timers.pop(worker, None)
+        if worker in self._idle:
+            self._idle.remove(worker)
+            self.retired += 1
+            self._close_later(worker)
+
+    def _close_later(self, worker: Worker) -> None:
+        task = asyncio.get_running_loop().create_task(worker.close())
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
+
     async def prestart(self, count: int) -> None:
         """Spawn idle workers now: their ~4 s start-up (torch, ISA probe) overlaps the engine's own."""
         while len(self._idle) + len(self._busy) < count:
-            self._idle.append(await self._spawn())
+            self._park(await self._spawn())
 
     def workers(self) -> list[Worker]:
         """Every worker the pool holds, idle or busy."""
@@ -531,6 +570,9 @@ class WorkerPool:
         return [w.pid for w in self.workers()]
 
     async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         workers, self._idle = [*self._idle, *self._busy], []
         self._busy.clear()
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(w.close() for w in workers), *self._leaving, return_exceptions=True)
