@@ -95,6 +95,17 @@ def is_compact(size: Size) -> bool:
     return size.width < COMPACT_BELOW.width or size.height < COMPACT_BELOW.height
 
 
+CURVES_BELOW_FROM = 40
+"""Rows from which the full layout has room for the curves (`v`) under the seeds, at full width. Below it the
+panels' minimum heights already fill the screen (at 120x36 the curves squeezed the seeds, training, events and
+Oona off it and showed nothing themselves), so the curves take the training summary's place, beside the seeds."""
+
+
+def curves_beside(size: Size) -> bool:
+    """Whether `v` puts the curves beside the seeds (a full layout shorter than `CURVES_BELOW_FROM`)."""
+    return not is_compact(size) and size.height < CURVES_BELOW_FROM
+
+
 EXTRA_HELP: tuple[tuple[str, str], ...] = (
     ("^p", "Command palette: every command above, strategies, themes"),
     ("↑ ↓ / pgup pgdn", "Move the compile-queue cursor (the selected blueprint)"),
@@ -243,8 +254,9 @@ class DashboardScreen(Screen[None]):
             self.show_view(event.tab.id.removeprefix("view-"))
 
     def _fit_layout(self, size: Size) -> None:
-        """Tabs below `COMPACT_BELOW`, today's full layout above it."""
+        """Tabs below `COMPACT_BELOW`, today's full layout above it (curves beside the seeds when short)."""
         self.set_class(is_compact(size), "-compact")
+        self.set_class(curves_beside(size), "-curves-beside")
 
     def on_resize(self, event: events.Resize) -> None:
         self._fit_layout(event.size)

@@ -6,15 +6,20 @@ above the footer (not clipped by the terminal's edge, nor pushed out by a siblin
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Footer, Tabs
 
+from esper_tui.engine.recorder import Recording, RecordingWriter
 from esper_tui.engine.snapshot import AlertView
 from esper_tui.links.base import StaticLink
-from esper_tui.ui.app import VIEWS, EsperApp, is_compact
+from esper_tui.links.replay import ReplayLink
+from esper_tui.ui.app import CURVES_BELOW_FROM, VIEWS, EsperApp, is_compact
+from esper_tui.ui.replay_app import ReplayApp
 from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.compile_queue import NOTE_MIN, PRIORITY, CompileQueue, column_plan
 from esper_tui.widgets.plot_panel import PlotPanel
@@ -113,6 +118,37 @@ async def test_full_layout_shows_every_panel_at_once(size: tuple[int, int]) -> N
         hidden = {panel_id for panel_id, panel in panels(app).items() if not reachable(panel)}
         assert hidden == {"plot"}
         await pilot.press("t")  # nothing to switch: the full layout stays as it is
+        await pilot.pause()
+        assert {panel_id for panel_id, panel in panels(app).items() if not reachable(panel)} == {"plot"}
+
+
+@pytest.mark.parametrize("size", [SMALL, (140, 36), (120, 39), (120, 40), SIZE], ids=str)
+@pytest.mark.parametrize("replay", [False, True], ids=["live", "replay"])
+async def test_v_shows_the_curves_and_keeps_the_other_panels_at_every_full_size(
+    size: tuple[int, int], replay: bool, tmp_path: Path
+) -> None:
+    """At 120x36 and 140x36 `v` pushed the seeds, training, events and Oona panels off the screen and showed no
+    curves either (it worked from 40 rows); a replay, with its position bar, had the same trouble. Under 40
+    rows the curves take the training summary's place."""
+    snapshot = forge_workers_snapshot()  # every panel has something to show
+    if replay:
+        path = tmp_path / "run.esrec"
+        writer = RecordingWriter(path)
+        writer.write(snapshot)
+        writer.close()
+        app: EsperApp = ReplayApp(ReplayLink(Recording(path)))
+    else:
+        app = EsperApp(StaticLink(snapshot))
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        await pilot.press("v")
+        await pilot.pause()
+        plot = app.query_one(PlotPanel)
+        assert reachable(plot)
+        assert "train loss" in str(plot.render()), "the curves are drawn, not an empty frame"
+        hidden = {panel_id for panel_id, panel in panels(app).items() if not reachable(panel)}
+        assert hidden == ({"training"} if size[1] < CURVES_BELOW_FROM else set())
+        await pilot.press("v")
         await pilot.pause()
         assert {panel_id for panel_id, panel in panels(app).items() if not reachable(panel)} == {"plot"}
 

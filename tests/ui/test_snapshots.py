@@ -70,6 +70,12 @@ def test_dashboard_small_terminal(snap_compare) -> None:
     assert snap_compare(EsperApp(StaticLink(rich_snapshot())), terminal_size=SMALL, run_before=_steady)
 
 
+def test_dashboard_small_terminal_curves(snap_compare) -> None:
+    """`v` at 120x36: the curves take the training summary's place, beside the seeds; every other panel stays."""
+    app = EsperApp(StaticLink(rich_snapshot()))
+    assert snap_compare(app, terminal_size=SMALL, press=["v"], run_before=_steady)
+
+
 @pytest.mark.parametrize(
     "keys",
     ["", "t", "v", "tt", "ttt"],
