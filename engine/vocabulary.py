@@ -7,6 +7,7 @@ builds on nothing of ours.
 from __future__ import annotations
 
 import enum
+import math
 import time
 import uuid
 from typing import dataclass_transform
@@ -32,6 +33,54 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True):
     msgspec subclasses inherit both settings at run time; the decorator tells type checkers so too
     (without it mypy takes every subclass for a mutable dataclass deriving from a frozen one).
     """
+
+
+_TINY = 1e-12  # the least magnitude a relative threshold scales by: a metric at exactly 0 still has a bar
+
+
+class MetricInfo(Struct, kw_only=True):
+    """The metric a run decides on: its name, its direction and whether it is a fraction shown as a percentage.
+
+    A task brings its own (a loss or an MSE falls, a BLEU rises); every surface formats, ranks and judges a value
+    through these helpers, so none of them assumes accuracy. The default is accuracy, what mnist1d measures.
+    """
+
+    name: str = "accuracy"
+    higher_is_better: bool = True
+    percent: bool = True  # a fraction in [0, 1]: "71.4 %", and changes in points
+
+    def format(self, value: float | None, *, signed: bool = False, unit: bool = True) -> str:
+        """`value` for display: "71.4 %" or 3 significant digits ("0.912", "0.000123"); `signed` for a change
+        ("+1.2 points", "-0.0031"); `unit=False` leaves off " %" / " points" (a narrow column); "-" for None."""
+        if value is None:
+            return "-"
+        if not self.percent:
+            return f"{value:+.3g}" if signed else f"{value:.3g}"
+        text = f"{value * 100:+.1f}" if signed else f"{value * 100:.1f}"
+        return text + ((" points" if signed else " %") if unit else "")
+
+    def better(self, value: float, than: float) -> bool:
+        """Whether `value` is strictly better than `than`, by the metric's direction."""
+        return self.gain(value, than) > 0
+
+    def gain(self, now: float, before: float) -> float:
+        """The change from `before` to `now`, in the metric's units, positive when it got better."""
+        return now - before if self.higher_is_better else before - now
+
+    @property
+    def worst(self) -> float:
+        """A value every real one beats (the starting point of a best-so-far)."""
+        return -math.inf if self.higher_is_better else math.inf
+
+    def scale(self, reference: float) -> float:
+        """What a relative threshold (plateau_delta, fossilize_margin, ...) is a fraction of near `reference`:
+        the whole range for a percent metric (0.005 of accuracy = 0.5 points), else the value's magnitude
+        (PyTorch's ReduceLROnPlateau "rel" mode), so a threshold means the same for a loss of 2.3 or of 0.01."""
+        return 1.0 if self.percent else max(abs(reference), _TINY)
+
+
+ACCURACY = MetricInfo()
+"""Classification accuracy, the default metric (mnist1d's and digits')."""
 
 
 class Strategy(enum.StrEnum):
