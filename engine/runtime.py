@@ -56,8 +56,8 @@ from esper_tui.engine.forge.jobqueue import ForgeChannel, open_channel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
@@ -165,6 +165,7 @@ class Engine:
         self._loop_thread: int | None = None
         self.forge_fatal: str | None = None
         self.wal_recovery_s: float | None = None
+        self.kernel_target: KernelTarget | None = None  # what kernels here are built for, probed at start
         self.alerts = AlertEvaluator(config.nissa)
         self.nissa = NissaMetrics(self.alerts, self.latest, self.facts)
         self._metrics_server: MetricsServer | None = None
@@ -266,9 +267,9 @@ class Engine:
         stale = reap_stale(self.state_dir / "workers")
         self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir, lambda why: self.log(Level.WARNING, why))
         prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
-        isa = await asyncio.to_thread(cpu_isa)  # before private_cache_dir(): the probe's cache is shared
-        private_cache_dir()
-        identity = Identity.here(isa)
+        target, probe_problem = await self._probe_kernel_target()
+        self.kernel_target = target
+        identity = Identity.here(target.cpu_isa, compiler=target.compiler)
         try:
             library = await asyncio.to_thread(
                 open_library, cfg.library, self.state_dir, key, self.catalog, on_quarantine=self._quarantined
@@ -329,6 +330,8 @@ class Engine:
             builder=self._remote_builder(library, identity),
         )
         await prestart
+        if probe_problem:
+            self.log(Level.WARNING, probe_problem)
         for pgid in stale:
             self.log(Level.WARNING, f"killed stale compile worker group {pgid} from a previous run")
         self.forge.recover(report)
@@ -349,6 +352,15 @@ class Engine:
         # collections triggered by the event loop's churn stop rescanning them (measured: WAL group commit
         # 37-51k -> 47-53k commits/s, 10k-transaction recovery without 200 ms outliers).
         gc.freeze()
+
+    async def _probe_kernel_target(self) -> tuple[KernelTarget, str]:
+        """What kernels here are built for, asked of a child process so that inductor never loads in the engine
+        (kernels/probe.py); in-process if the child fails, with the reason to log."""
+        try:
+            return await probe_child(), ""
+        except ProbeFailed as exc:
+            why = f"kernel identity probe in a child process failed ({exc}); probed in the engine instead"
+            return await asyncio.to_thread(probe_here), why
 
     def _library_key(self) -> bytes:
         """The signing key. A shared library's is never made up here: every machine verifies its versions with
@@ -537,6 +549,7 @@ class Engine:
             state_dir=str(self.state_dir),
             signing_key=self._signing_key,
             faults=[str(f) for f in self.faults.faults],
+            kernel_target=self.kernel_target,
         )
         self.trainer = TrainerProcess(start, self.control, self.emit, self._quarantined, self.log)
         await self.trainer.run()

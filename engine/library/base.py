@@ -68,6 +68,11 @@ class KernelLibrary(Protocol):
 
     def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]: ...
 
+    def verified(self, blueprint_id: str) -> ArtifactMeta:
+        """What `load` checks (signature, every file's hash, built for this process, quarantined if not), without
+        deserialising: a seed served eagerly by choice needs no compiled function, nor torch's inductor."""
+        ...
+
     def verify_all(self) -> list[tuple[str, str | None]]:
         """Every stored version checked in full: (label, None when it verifies, else the reason)."""
         ...

@@ -231,32 +231,46 @@ class SharedLibrary:
                 continue
         return sorted(metas, key=served_step_ms)
 
-    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
-        """The newest kernel of a blueprint for this identity, verified, through the TTL and blob caches.
-
-        Raises ArtifactInvalid (the version is quarantined cluster-wide) or KernelError only, so the
-        trainer can fall back to eager and go on; an unreachable catalog is a KernelError.
-        """
+    def _newest(self, blueprint_id: str) -> KernelRow:
         if blueprint_id not in self.catalog:
             raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
-        bp = self.catalog.get(blueprint_id)
         try:
             row = self.db.current(blueprint_id, self.identity().fingerprint())
         except CatalogError as exc:
             raise KernelError(str(exc)) from None
         if row is None:
             raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel for this machine in the shared library")
-        cache_key = (row.blueprint_id, row.version, row.artifact_key)
-        if (hit := self._cache.get(cache_key)) is not None:
-            return hit
+        return row
+
+    def _checked(self, row: KernelRow) -> tuple[ArtifactMeta, dict[str, bytes]]:
+        """Signature, every file (through the blob cache), built for this process; a failure is quarantined."""
         try:
             meta = self._verified_meta(row)
             blobs = self.files(row, meta)
+            bp = self.catalog.get(row.blueprint_id)
             if (unfit := unfit_reason(self.identity(), bp.ir_hash(), meta)) is not None:
                 raise ArtifactInvalid(f"{version_label(row)}: {unfit}")
         except ArtifactInvalid as exc:
             self.quarantine_row(row, str(exc))
             raise
+        return meta, blobs
+
+    def verified(self, blueprint_id: str) -> ArtifactMeta:
+        """The newest kernel's metadata, checked as `load` checks it, without deserialising the kernel."""
+        return self._checked(self._newest(blueprint_id))[0]
+
+    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
+        """The newest kernel of a blueprint for this identity, verified, through the TTL and blob caches.
+
+        Raises ArtifactInvalid (the version is quarantined cluster-wide) or KernelError only, so the
+        trainer can fall back to eager and go on; an unreachable catalog is a KernelError.
+        """
+        row = self._newest(blueprint_id)
+        cache_key = (row.blueprint_id, row.version, row.artifact_key)
+        if (hit := self._cache.get(cache_key)) is not None:
+            return hit
+        meta, blobs = self._checked(row)
+        bp = self.catalog.get(blueprint_id)
         kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(cache_key, kernel, meta)
         return kernel, meta

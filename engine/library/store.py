@@ -69,10 +69,12 @@ class Identity:
     compiler: str  # the C++ compiler's identity: the kernels' file names (cache keys) depend on it
 
     @classmethod
-    def here(cls, cpu_isa: str, device: str = "cpu") -> Identity:
+    def here(cls, cpu_isa: str, device: str = "cpu", compiler: str | None = None) -> Identity:
+        """This process's identity for kernels built for `cpu_isa` (and `compiler`: asked of inductor if None)."""
         import torch
 
-        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(), compiler_id())
+        compiler = compiler_id() if compiler is None else compiler
+        return cls(str(torch.__version__), platform.python_version(), device, cpu_isa, kernel_threads(), compiler)
 
     def mismatch(self, meta: ArtifactMeta) -> str | None:
         """What in a kernel's signed metadata this process cannot run, or None.
@@ -477,28 +479,40 @@ class Library:
     def by_tag(self, tag: str) -> list[ArtifactMeta]:
         return self.ranked(tag)
 
+    def _newest(self, blueprint_id: str) -> Path:
+        if blueprint_id not in self.catalog:
+            raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
+        versions = self._versions(blueprint_id)
+        if not versions:
+            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel in the library")
+        return versions[0]
+
+    def _checked(self, blueprint_id: str, path: Path) -> tuple[ArtifactMeta, dict[str, bytes]]:
+        """read_verified, and built for this process from the blueprint's source; a failure is quarantined."""
+        try:
+            meta, blobs = self.read_verified(path)
+            if (unfit := unfit_reason(self.identity(), self.catalog.get(blueprint_id).ir_hash(), meta)) is not None:
+                raise ArtifactInvalid(f"{blueprint_id}/{path.name}: {unfit}")
+        except ArtifactInvalid as exc:
+            self.quarantine(path, str(exc))
+            raise
+        return meta, blobs
+
+    def verified(self, blueprint_id: str) -> ArtifactMeta:
+        """The newest kernel's metadata, checked as `load` checks it, without deserialising the kernel."""
+        return self._checked(blueprint_id, self._newest(blueprint_id))[0]
+
     def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
         """The newest kernel of a blueprint, verified and built for this process, through a TTL cache.
 
         Raises ArtifactInvalid (the version is quarantined, so the forge recompiles it) or KernelError;
         nothing else, so the trainer can fall back to eager and go on.
         """
-        if blueprint_id not in self.catalog:
-            raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
-        bp = self.catalog.get(blueprint_id)
-        versions = self._versions(blueprint_id)
-        if not versions:
-            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel in the library")
-        path = versions[0]
+        path = self._newest(blueprint_id)
         if (hit := self._cache.get(path)) is not None:
             return hit
-        try:
-            meta, blobs = self.read_verified(path)
-            if (unfit := unfit_reason(self.identity(), bp.ir_hash(), meta)) is not None:
-                raise ArtifactInvalid(f"{blueprint_id}/{path.name}: {unfit}")
-        except ArtifactInvalid as exc:
-            self.quarantine(path, str(exc))
-            raise
+        meta, blobs = self._checked(blueprint_id, path)
+        bp = self.catalog.get(blueprint_id)
         kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(path, kernel, meta)
         return kernel, meta

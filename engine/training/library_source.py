@@ -56,10 +56,14 @@ class LibraryKernelSource:
         """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash.
 
         An eager-by-choice offer still verifies the stored artifact first: eager is served because it was
-        measured faster than a kernel that exists and is sound, not instead of a broken one."""
+        measured faster than a kernel that exists and is sound, not instead of a broken one. It is not
+        deserialised, so a process whose seeds all run eager never loads torch's inductor."""
         try:
+            meta = self._library.verified(blueprint_id)
+            offer = self._offer(meta)
+            if not offer.compiled:
+                return eager_kernel, offer
             kernel, meta = self._library.load(blueprint_id)
-        except (ArtifactInvalid, KernelError) as exc:  # all Library.load raises
+        except (ArtifactInvalid, KernelError) as exc:  # all Library.verified and load raise
             raise KernelUnavailable(str(exc)) from exc
-        offer = self._offer(meta)
-        return (kernel if offer.compiled else eager_kernel), offer
+        return kernel, self._offer(meta)

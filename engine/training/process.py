@@ -42,8 +42,10 @@ from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingFailed,
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import private_cache_dir, release_private_cache
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.probe import KernelTarget
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, open_library
+from esper_tui.engine.library.store import Identity
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
@@ -62,6 +64,7 @@ class Start(msgspec.Struct, tag="start"):
     state_dir: str
     signing_key: bytes
     faults: list[str]
+    kernel_target: KernelTarget | None = None  # the engine's probe: None, this process asks inductor itself
 
 
 class Control(msgspec.Struct, tag="control"):
@@ -280,8 +283,14 @@ def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelS
     if not cfg.training.compile:
         return EagerKernelSource(catalog)
     private_cache_dir()  # this process's own inductor cache, not the engine's (inherited through the environment)
+    target = start.kernel_target
     library = open_library(
-        cfg.library, Path(start.state_dir), start.signing_key, catalog, on_quarantine=channel.quarantined
+        cfg.library,
+        Path(start.state_dir),
+        start.signing_key,
+        catalog,
+        identity=None if target is None else Identity.here(target.cpu_isa, compiler=target.compiler),
+        on_quarantine=channel.quarantined,
     )
     channel.library = library
     s = settings_for(cfg.tezzeret.compilation.default_strategy)

@@ -1,0 +1,113 @@
+"""What keeps an idle run small: torch's inductor (about 80 MB resident) stays out of the engine, which only needs
+to know what kernels here are built for (asked of a child process), and out of a training process whose seeds run
+eager by choice (their kernels are verified, never deserialised). Each claim is checked in a fresh process: this
+test process may have loaded inductor already."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
+from esper_tui.engine.library.store import ArtifactInvalid, Library
+from esper_tui.engine.training.kernel_source import KernelUnavailable
+from esper_tui.engine.training.library_source import LibraryKernelSource
+
+KEY = bytes(range(32))
+
+
+def run_child(script: str, *args: str) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True, timeout=600, env=env
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_the_child_probe_answers_what_inductor_here_answers() -> None:
+    assert asyncio.run(probe_child()) == probe_here()
+
+
+def test_a_child_probe_that_fails_says_why() -> None:
+    with pytest.raises(ProbeFailed, match="exit 3: broken"):
+        asyncio.run(probe_child((sys.executable, "-c", "import sys; print('broken', file=sys.stderr); sys.exit(3)")))
+    with pytest.raises(ProbeFailed, match="unreadable answer"):
+        asyncio.run(probe_child((sys.executable, "-c", "print('not json')")))
+
+
+ENGINE = """
+    import asyncio, json, sys
+    from pathlib import Path
+    from esper_tui.engine.config import parse_config
+    from esper_tui.engine.runtime import Engine
+
+    async def main():
+        config = {
+            "tezzeret": {"polling": {"initial_full_scan": False}, "compilation": {"max_concurrent_jobs": 1}},
+            "training": {"enabled": False},
+        }
+        engine = Engine(parse_config(config), Path(sys.argv[1]))
+        await engine.start()
+        try:
+            target = engine.kernel_target
+            loaded = "torch._inductor" in sys.modules
+            print("RESULT " + json.dumps({"inductor": loaded, "cpu_isa": target.cpu_isa, "compiler": target.compiler}))
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+"""
+
+
+def test_the_engine_never_loads_inductor_yet_knows_what_kernels_here_are_built_for(tmp_path: Path) -> None:
+    out = run_child(ENGINE, str(tmp_path / "state"))
+    assert out["inductor"] is False
+    assert KernelTarget(cpu_isa=str(out["cpu_isa"]), compiler=str(out["compiler"])) == probe_here()
+
+
+SOURCE = """
+    import json, sys
+    from pathlib import Path
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.library.store import Identity, Library
+    from esper_tui.engine.training.library_source import LibraryKernelSource
+
+    identity = Identity(**json.loads(sys.argv[2]))
+    library = Library(Path(sys.argv[1]), bytes(range(32)), Catalog(), identity=identity)
+    kernel, offer = LibraryKernelSource(library, "inductor", "default").load("mlp_block")
+    print("RESULT " + json.dumps({"label": offer.label, "inductor": "torch._inductor" in sys.modules}))
+"""
+
+
+def test_a_seed_served_eager_by_choice_never_loads_inductor(tmp_path: Path, commit_artifact, identity) -> None:
+    lib = Library(tmp_path / "library", KEY, Catalog(), identity=identity)
+    commit_artifact(lib, "mlp_block", "a" * 64, step_ms_compiled=2.39, step_ms_eager=2.06)
+    out = run_child(SOURCE, str(lib.root), json.dumps(dataclasses.asdict(identity)))
+    assert out == {"label": "eager", "inductor": False}
+
+
+def test_a_seed_served_eager_by_choice_is_still_verified(tmp_path: Path, commit_artifact, identity) -> None:
+    quarantined: list[tuple[str, str, str]] = []
+    lib = Library(
+        tmp_path / "library", KEY, Catalog(), identity=identity, on_quarantine=lambda *a: quarantined.append(a)
+    )
+    meta = commit_artifact(lib, "mlp_block", "a" * 64, step_ms_compiled=2.39, step_ms_eager=2.06)
+    version = next((lib.root / "artifacts" / "mlp_block").glob("v*"))
+    weights = version / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(KernelUnavailable, match="does not match its signed checksum"):
+        LibraryKernelSource(lib, "inductor", "default").load("mlp_block")
+    assert [q[1] for q in quarantined] == [version.name] and meta.version == 1
+    with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
+        lib.verified("mlp_block")
