@@ -76,6 +76,7 @@ def run_chaos(
 ) -> ChaosResult:
     """Kill `rounds` runs at random moments, then one run to completion, then check the invariants."""
     from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.shapes import vector
 
     rng = random.Random(seed)
     args = [*CLI, "--no-ui", "--forge-only", "--json", "--state-dir", str(state)]
@@ -107,5 +108,5 @@ def run_chaos(
     if final.returncode != 0:
         result.failures.append(f"final run: exit {final.returncode}: {final.stderr[-800:]}")
     log(f"final run finished in {time.monotonic() - t0:.1f} s")
-    result.failures += check_invariants(state, Catalog().ids())
+    result.failures += check_invariants(state, [b.blueprint_id for b in Catalog().fitting(vector(40, 64))])
     return result

@@ -53,13 +53,14 @@ def time_one(blueprint_id: str, variant: str, repeats: int, steps: int) -> dict[
 
     from esper_tui.engine.kernels.catalog import Catalog
     from esper_tui.engine.kernels.compiled import EXAMPLE_BATCH, kernel_threads
+    from esper_tui.engine.kernels.shapes import vector
 
     spec = VARIANTS[variant]
     torch.set_num_threads(spec.get("threads", kernel_threads()))
     for key, value in spec.get("inductor", {}).items():
         setattr(inductor_config, key, value)
     torch.manual_seed(0)
-    module = Catalog().get(blueprint_id).build(40, 64)
+    module = Catalog().get(blueprint_id).build(vector(40, 64))
     x = torch.randn(EXAMPLE_BATCH, 40)
     if "backend" in spec and not spec.get("static"):
         torch._dynamo.mark_dynamic(x, 0)

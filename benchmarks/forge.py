@@ -32,6 +32,7 @@ from esper_tui.engine.config import DurabilityMode
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.library.store import Library, version_dir_name
 from esper_tui.engine.vocabulary import Strategy
@@ -87,20 +88,20 @@ def kernel_loads(state: Path, repeats: int) -> dict[str, dict[str, float]]:
         library.load(bp.blueprint_id)  # the one-time per-process warm-up, excluded
         times: dict[str, list[float]] = {k: [] for k in ("cached", "first", "verify", "deserialise", "first_step")}
         for _ in range(repeats):
-            module = bp.build(40, 64)
+            module = bp.build(vector(40, 64))
             t0 = time.perf_counter()
             kernel, _ = library.load(bp.blueprint_id)
             _first_step(kernel, module, x)
             times["cached"].append(time.perf_counter() - t0)
 
             library.drop_cache()
-            module = bp.build(40, 64)
+            module = bp.build(vector(40, 64))
             t0 = time.perf_counter()
             kernel, meta = library.load(bp.blueprint_id)
             _first_step(kernel, module, x)
             times["first"].append(time.perf_counter() - t0)
 
-            module = bp.build(40, 64)
+            module = bp.build(vector(40, 64))
             path = library.root / "artifacts" / bp.blueprint_id / version_dir_name(meta)
             t0 = time.perf_counter()
             _, blobs = library.read_verified(path)
@@ -241,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         for phase in ("first", "verify", "deserialise", "first_step"):
             results[f"kernel_{phase}_ms_median"] = round(statistics.median(m[phase] for m in loads.values()), 2)
         print("recompiles from scratch ...", flush=True)
-        ids = ["mlp_block", "conv1d_block", "attention_block"] if quick else Catalog().ids()
+        ids = (
+            ["mlp_block", "conv1d_block", "attention_block"]
+            if quick
+            else [b.blueprint_id for b in Catalog().fitting(vector(40, 64))]
+        )
         rec = recompiles(ids)
         results["recompile_s_by_blueprint"] = {k: round(v, 2) for k, v in rec.items()}
         results["recompile_s_median"] = round(statistics.median(rec.values()), 2)

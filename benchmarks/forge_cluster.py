@@ -29,6 +29,7 @@ from benchmarks.cluster import Cluster, Proc, cluster
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import open_library
 from esper_tui.engine.library.shared import SharedLibrary
@@ -60,7 +61,7 @@ def _wait_started(workers: list[Proc]) -> None:
 
 def cold_throughput(root: Path, counts: list[int], redis_url: str, pg_url: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    n = len(Catalog().ids())
+    n = len(Catalog().fitting(vector(40, 64)))
     for count in counts:
         work = root / f"cold-{count}"
         work.mkdir()
@@ -79,7 +80,7 @@ def cold_throughput(root: Path, counts: list[int], redis_url: str, pg_url: str) 
 
 
 def _timed_load(library: KernelLibrary, blueprint_id: str, x: torch.Tensor) -> float:
-    module = library.catalog.get(blueprint_id).build(40, 64)
+    module = library.catalog.get(blueprint_id).build(vector(40, 64))
     t0 = time.perf_counter()
     kernel, _ = library.load(blueprint_id)
     kernel(module, x).square().mean().backward()
@@ -117,7 +118,7 @@ def shared_loads(c: Cluster, cache_root: Path, repeats: int) -> dict[str, Any]:
     assert isinstance(warm, SharedLibrary)
     local = Library(cache_root / "file-library", key, catalog)
     _mirror(warm, local)
-    for bp in catalog:
+    for bp in catalog.fitting(vector(40, 64)):
         warm.load(bp.blueprint_id)
         local.load(bp.blueprint_id)
     warm.close()
@@ -160,7 +161,7 @@ class ChaosOutcome:
 def _violations(c: Cluster) -> list[str]:
     rows = c.rows()
     found = []
-    for bid in Catalog().ids():
+    for bid in [b.blueprint_id for b in Catalog().fitting(vector(40, 64))]:
         live = [r for r in rows if r[0] == bid and not r[4]]
         if len(live) != 1:
             found.append(f"{bid}: {len(live)} live versions")

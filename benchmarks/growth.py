@@ -52,6 +52,7 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.library.store import Library
 from esper_tui.engine.training.data import Splits, carve, load_mnist1d
@@ -73,7 +74,7 @@ GROWN_EAGER = "grown, eager seeds"
 class NoSeeds(EagerKernelSource):
     """Nothing is ever offered, so Tamiyo never grows; grafting by hand (static twins) still loads eagerly."""
 
-    def offers(self) -> list[KernelOffer]:
+    def offers(self, shape: SlotShape) -> list[KernelOffer]:
         return []
 
 
@@ -418,7 +419,7 @@ def compiled_over_eager(
         for meta in library.ranked():
             kernel, _ = library.load(meta.blueprint_id)
             torch.manual_seed(0)
-            module = catalog.get(meta.blueprint_id).build(40, hidden)
+            module = catalog.get(meta.blueprint_id).build(vector(40, hidden))
             x = torch.randn(100, 40)
             variants = {
                 "train_compiled": _train_step(module, kernel, x),

@@ -26,6 +26,7 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted, TrainingFinished
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.library.store import Library
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer, KernelSource
@@ -36,7 +37,7 @@ from esper_tui.engine.training.loop import Trainer
 class NoSeeds(EagerKernelSource):
     """The host alone: nothing is ever offered for germination."""
 
-    def offers(self) -> list[KernelOffer]:
+    def offers(self, shape: SlotShape) -> list[KernelOffer]:
         return []
 
 
@@ -90,7 +91,7 @@ def compile_library(state_dir: Path) -> None:
         for m in Library(state_dir / "library", load_or_create_key(state_dir), catalog).all_current()
         if m.ir_hash == catalog.get(m.blueprint_id).ir_hash()
     }
-    if current == set(catalog.ids()):
+    if current == {b.blueprint_id for b in catalog.fitting(vector(40, TrainingConfig().hidden))}:
         return
     print(f"compiling the catalog into {state_dir} ...", flush=True)
     subprocess.run(

@@ -32,13 +32,17 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import CompiledKernel
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.meta import KernelBuild
 from esper_tui.engine.library.store import Identity
 
 IN_FEATURES = 40
 OUT_FEATURES = 64
 KERNEL_BLUEPRINT = "mlp_block"
+MNIST1D_BLUEPRINTS = [b.blueprint_id for b in Catalog().fitting(vector(IN_FEATURES, OUT_FEATURES))]
+"""What an engine on the default MLP host compiles: the blueprints that fit its 40-64 slots."""
 COMPILE_TIMEOUT_S = 420
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -122,12 +126,13 @@ _COMPILE_SCRIPT = textwrap.dedent(
     import torch
     from esper_tui.engine.kernels.compiled import compile_kernel, kernel_threads
     from esper_tui.engine.kernels.pipelines import settings_for
+    from esper_tui.engine.kernels.shapes import vector
 
     torch.set_num_threads(kernel_threads())  # as the worker does: compiled guards pin the thread count
 
     blueprint_id, out_dir, in_f, out_f = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     s = settings_for(Strategy.STANDARD)
-    r = compile_kernel(Catalog().get(blueprint_id), in_f, out_f, s, out_dir)
+    r = compile_kernel(Catalog().get(blueprint_id), vector(in_f, out_f), s, out_dir)
     print("RESULT " + json.dumps({
         "backend": s.backend, "mode": s.mode, "files": r.files, "compile_s": r.compile_s,
         "step_ms_compiled": r.step_ms_compiled, "step_ms_eager": r.step_ms_eager, "cpu_isa": r.cpu_isa,

@@ -21,9 +21,9 @@ from esper_tui.engine.bus.auth import sign_command
 from esper_tui.engine.bus.types import PAYLOAD
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.contracts import AnyCommand, LogLine, PauseTraining, Shutdown
-from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.keys import OPERATOR_KEY, load_key
 from esper_tui.engine.vocabulary import Level
+from tests.conftest import MNIST1D_BLUEPRINTS
 
 CLI = [sys.executable, "-m", "esper_tui"]
 
@@ -52,7 +52,7 @@ def test_headless_run_compiles_everything_and_grows_a_seed(full_run) -> None:
     assert last["infrastructure"]["compile_enabled"] is True
     assert last["infrastructure"]["compile_backend"] == "inductor"
     jobs = {j["blueprint_id"]: j for j in last["forge"]["jobs"]}
-    assert set(jobs) == set(Catalog().ids())
+    assert set(jobs) == set(MNIST1D_BLUEPRINTS)
     assert all(j["status"] == "compiled" for j in jobs.values()), jobs
     assert last["training"]["epoch"] == 30
     assert last["training"]["val_accuracy"] > 0.3 and last["training"]["test_accuracy"] > 0.3
@@ -67,7 +67,7 @@ def test_library_verify_and_wal_inspect_after_a_run(full_run) -> None:
     state, _ = full_run
     verify = run_cli("library", "verify", "--state-dir", str(state))
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert f"{len(Catalog())} of {len(Catalog())} artifacts verify" in verify.stdout
+    assert f"{len(MNIST1D_BLUEPRINTS)} of {len(MNIST1D_BLUEPRINTS)} artifacts verify" in verify.stdout
     inspect = run_cli("wal", "inspect", "--json", "--state-dir", str(state))
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["open_transactions"] == []
@@ -80,7 +80,7 @@ def test_restart_redoes_nothing_and_tampering_is_caught(full_run, tmp_path: Path
     assert again.returncode == 0, again.stderr[-2000:]
     last = json.loads(again.stdout.splitlines()[-1])
     jobs = last["forge"]["jobs"]  # nothing recompiled: every kernel was already in the library
-    assert len(jobs) == len(Catalog()) and all(j["status"] == "compiled" and j["reused"] for j in jobs), jobs
+    assert len(jobs) == len(MNIST1D_BLUEPRINTS) and all(j["status"] == "compiled" and j["reused"] for j in jobs), jobs
     victim = next((state / "library" / "artifacts" / "mlp_block").glob("v*")) / "weights.safetensors"
     data = bytearray(victim.read_bytes())
     data[-1] ^= 0x01
@@ -168,7 +168,9 @@ def test_sigterm_stops_cleanly_and_the_next_run_finishes(tmp_path: Path) -> None
     finish = run_cli("--no-ui", "--forge-only", "--json", "--config", str(fast), "--state-dir", str(tmp_path / "s"))
     assert finish.returncode == 0, finish.stderr[-2000:]
     verify = run_cli("library", "verify", "--state-dir", str(tmp_path / "s"))
-    assert verify.returncode == 0 and f"{len(Catalog())} of {len(Catalog())}" in verify.stdout, verify.stdout
+    assert verify.returncode == 0 and f"{len(MNIST1D_BLUEPRINTS)} of {len(MNIST1D_BLUEPRINTS)}" in verify.stdout, (
+        verify.stdout
+    )
 
 
 @pytest.mark.redis

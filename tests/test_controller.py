@@ -5,6 +5,7 @@ from __future__ import annotations
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.training.controller import Controller, Decision, EpochState
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer
 from esper_tui.engine.vocabulary import Action, SeedStage
@@ -12,9 +13,12 @@ from esper_tui.engine.vocabulary import Action, SeedStage
 S = SeedStage
 CFG = TrainingConfig(plateau_epochs=3, plateau_delta=0.005, train_epochs=2, blend_epochs=5, holding_epochs=2)
 CATALOG = Catalog()
-OFFERS = tuple(EagerKernelSource(CATALOG).offers())
+MNIST1D = vector(40, 64)
+OFFERS = tuple(EagerKernelSource(CATALOG).offers(MNIST1D))
 # The controller tries high-priority families first, then low risk.
-RANK_ORDER = [b.blueprint_id for b in sorted(CATALOG, key=lambda b: (-b.priority, b.risk, b.blueprint_id))]
+RANK_ORDER = [
+    b.blueprint_id for b in sorted(CATALOG.fitting(MNIST1D), key=lambda b: (-b.priority, b.risk, b.blueprint_id))
+]
 FLAT = [0.3, 0.5, 0.6, 0.6, 0.6, 0.6]  # flat for 3 epochs after the 0.6 best
 
 
@@ -121,7 +125,7 @@ def test_rotation_and_prune_penalty() -> None:
     holding = seed("s0", S.HOLDING, epochs=2, delta=-0.02, bp=second)
     assert ctl.decide(EpochState(next_epoch(ctl), 0.6, (holding, seed("s1")), OFFERS))[0].action is Action.PRUNE
     picks = [feed(ctl, FLAT)[0].blueprint_id]
-    picks += [feed(ctl, [0.6])[0].blueprint_id for _ in range(2 * len(CATALOG))]
+    picks += [feed(ctl, [0.6])[0].blueprint_id for _ in range(2 * len(OFFERS))]
     assert picks[:6] == [*RANK_ORDER[3:], first, third]
     assert second not in picks
     only_pruned = tuple(o for o in OFFERS if o.blueprint_id == second)
@@ -145,6 +149,43 @@ def test_catalog_priority_ranks_before_risk() -> None:
     low_risk = KernelOffer("lowrank_adapter", "l", (), 0.05, "inductor:default", 1.0, 1.0)
     conv = KernelOffer("conv1d_block", "c", (), 0.3, "inductor:default", 5.0, 5.0)
     assert Controller(CFG, CATALOG).rank((low_risk, conv))[0].blueprint_id == "conv1d_block"
+
+
+# ---------------------------------------------------------------- slot shapes
+
+IMAGE = SlotShape((8, 8, 8), (16, 8, 8))
+
+
+def test_the_eager_source_offers_only_blueprints_that_fit_the_shape() -> None:
+    source = EagerKernelSource(CATALOG)
+    for shape in (MNIST1D, IMAGE, SlotShape((4, 16), (6, 16))):
+        offers = source.offers(shape)
+        assert {o.blueprint_id for o in offers} == {b.blueprint_id for b in CATALOG.fitting(shape)}
+        assert all(o.shape == shape.tag for o in offers)
+    assert "conv2d_block" not in {o.blueprint_id for o in OFFERS} and "mlp_block" in {o.blueprint_id for o in OFFERS}
+
+
+def test_a_blueprint_is_never_germinated_in_a_slot_it_does_not_fit() -> None:
+    """Two dormant slots of different shapes: each gets only what was offered for its shape."""
+    source = EagerKernelSource(CATALOG)
+    offers = tuple(source.offers(IMAGE)) + OFFERS
+    shapes = {"s0": IMAGE.tag, "s1": MNIST1D.tag}
+    ctl = Controller(CFG, CATALOG)
+    picked: list[tuple[str, str]] = []
+    for i, acc in enumerate(FLAT + [0.6] * 20):
+        [d] = ctl.decide(EpochState(i + 1, acc, dormant(), offers, slot_shapes=shapes))
+        if d.action is Action.GERMINATE:
+            assert d.slot is not None and d.blueprint_id is not None
+            picked.append((d.slot, d.blueprint_id))
+    assert picked and {slot for slot, _ in picked} == {"s0", "s1"}
+    for slot, bp in picked:
+        assert CATALOG.fits(bp, IMAGE if slot == "s0" else MNIST1D), (slot, bp)
+    # no offer fits the only dormant slot: Tamiyo waits and says so
+    only_image = tuple(source.offers(IMAGE))
+    ctl = Controller(CFG, CATALOG)
+    for i, acc in enumerate(FLAT):
+        [d] = ctl.decide(EpochState(i + 1, acc, (seed("s1"),), only_image, slot_shapes=shapes))
+    assert d.action is Action.WAIT and "no offered blueprint fits a free slot" in d.reason
 
 
 # ---------------------------------------------------------------- advancing and judging

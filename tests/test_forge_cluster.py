@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from benchmarks.cluster import Proc, cluster
-from esper_tui.engine.kernels.catalog import Catalog
+from tests.conftest import MNIST1D_BLUEPRINTS
 
 DEADLINE_S = 300.0
 pytestmark = [pytest.mark.redis, pytest.mark.compile]
@@ -56,7 +56,7 @@ def test_a_worker_killed_mid_compile_loses_nothing_and_compiles_nothing_twice(
         assert engine.proc.wait(timeout=DEADLINE_S) == 0, engine.stderr()[-3000:]
 
         rows = c.rows()
-        blueprints = sorted(Catalog().ids())
+        blueprints = sorted(MNIST1D_BLUEPRINTS)
         assert sorted(r[0] for r in rows) == blueprints  # one version each: none lost, none registered twice
         assert not any(r[4] for r in rows)  # none quarantined
         assert c.queue() == (0, 0)  # nothing pending in the group, nothing left on the stream

@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 
 from esper_tui.engine.kernels.compiled import FN_FILES, KERNEL_DIR, WEIGHTS_FILE, KernelError, initial_weights
+from esper_tui.engine.kernels.shapes import vector
 
 # Tests that use the session compile are marked `compile` by conftest; the others here compile nothing.
 
@@ -45,6 +46,7 @@ _LOAD_SCRIPT = textwrap.dedent(
     import torch
     from esper_tui.engine.kernels.catalog import Catalog
     from esper_tui.engine.kernels.compiled import initial_weights, kernel_threads, load_kernel, private_cache_dir
+    from esper_tui.engine.kernels.shapes import vector
 
     torch.set_num_threads(kernel_threads())  # what the trainer runs with, and the kernel was built for
     cache = private_cache_dir()
@@ -53,7 +55,7 @@ _LOAD_SCRIPT = textwrap.dedent(
     kernel = load_kernel(bp, blobs, "inductor:default")
     written = sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file())
 
-    module = bp.build(40, 64)
+    module = bp.build(vector(40, 64))
     module.load_state_dict(initial_weights(blobs))
     torch.manual_seed(1)
     out = {"before": before, "written": written, "cache": str(cache), "batches": {}}
@@ -172,7 +174,7 @@ def test_initial_weights_match_the_blueprint(compiled_kernel):
     from esper_tui.engine.kernels.compiled import initial_weights
 
     weights = initial_weights(compiled_kernel.read_files())
-    module = Catalog().get(compiled_kernel.blueprint_id).build(40, 64)
+    module = Catalog().get(compiled_kernel.blueprint_id).build(vector(40, 64))
     assert set(weights) == set(module.state_dict())
     module.load_state_dict(weights)  # shapes and dtypes fit
 
@@ -185,7 +187,9 @@ def test_compile_kernel_emergency_in_process_writes_no_kernels(tmp_path):
     from esper_tui.engine.kernels.pipelines import settings_for
     from esper_tui.engine.vocabulary import Strategy
 
-    out = compile_kernel(Catalog().get("lowrank_adapter"), 40, 64, settings_for(Strategy.EMERGENCY), tmp_path / "k")
+    out = compile_kernel(
+        Catalog().get("lowrank_adapter"), vector(40, 64), settings_for(Strategy.EMERGENCY), tmp_path / "k"
+    )
     assert sorted(out.files) == sorted([FN_FILES[True], FN_FILES[False], WEIGHTS_FILE])
     assert out.max_abs_error < 1e-3
     on_disk = sorted(str(p.relative_to(tmp_path / "k")) for p in (tmp_path / "k").rglob("*") if p.is_file())

@@ -21,6 +21,7 @@ import torch
 
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import KernelError
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library import store as library_mod
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
@@ -280,7 +281,7 @@ def test_load_goes_through_the_ttl_cache(lib, commit_artifact, fake_clock, kerne
     assert meta == m and kernel.label == "inductor:default"
     assert (lib.stats.cache_hits, lib.stats.cache_misses) == (0, 1)
 
-    module = Catalog().get("mlp_block").build(40, 64)
+    module = Catalog().get("mlp_block").build(vector(40, 64))
     x = torch.randn(5, 40)
     assert torch.allclose(kernel(module, x), module(x), atol=1e-5)
 
@@ -332,7 +333,7 @@ def test_a_load_past_the_ttl_verifies_again_and_reuses_the_deserialised_kernel(
     again, meta = lib.load("mlp_block")
     assert again is kernel and meta == m
     assert (lib.stats.cache_misses, lib.stats.reused) == (2, 1)
-    module = Catalog().get("mlp_block").build(40, 64)
+    module = Catalog().get("mlp_block").build(vector(40, 64))
     x = torch.randn(5, 40)
     assert torch.allclose(again(module, x), module(x), atol=1e-5)
 
@@ -455,7 +456,7 @@ def test_a_meta_whose_version_disagrees_with_its_directory_is_quarantined(lib, c
         (d2 / "meta.json").write_bytes(msgspec.json.encode(msgspec.structs.replace(meta, version=7)))
     source = LibraryKernelSource(lib, "inductor", "default")
     with pytest.raises(KernelUnavailable, match="signed as mlp_block/v0007" if signed else "signature mismatch"):
-        source.load("mlp_block")
+        source.load("mlp_block", vector(40, 64))
     assert not d2.exists() and [q[1] for q in quarantined] == [d2.name]
     assert lib.current("mlp_block") == m1  # the older version serves from here on
     assert lib.verify(_dir(lib, m1)) is None

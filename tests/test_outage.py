@@ -21,8 +21,8 @@ from benchmarks.bus import RedisServer
 from esper_tui.engine.bus import StreamNames
 from esper_tui.engine.bus.auth import FrameVerifier
 from esper_tui.engine.frames import FRAME_FIELD, SIGNATURE_FIELD, decode_frame, heartbeat_key, open_heartbeat
-from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.vocabulary import EngineState
+from tests.conftest import MNIST1D_BLUEPRINTS
 
 EPOCHS = 20
 OUTAGE_S = 10.0
@@ -106,7 +106,7 @@ def test_redis_killed_mid_run_the_final_snapshot_is_the_truth(tmp_path: Path, pr
     assert final["training"]["epoch"] == EPOCHS
     assert final["training"]["status"] == "finished"
     jobs = {j["blueprint_id"]: j["status"] for j in final["forge"]["jobs"]}
-    assert jobs == dict.fromkeys(Catalog().ids(), "compiled")
+    assert jobs == dict.fromkeys(MNIST1D_BLUEPRINTS, "compiled")
     assert final["events"][-1]["text"] == "engine stopping: work done"
     assert final["bus"]["connected"] is True
     assert stopped.state is EngineState.STOPPED
@@ -114,4 +114,7 @@ def test_redis_killed_mid_run_the_final_snapshot_is_the_truth(tmp_path: Path, pr
     verify = subprocess.run(
         [*CLI, "library", "verify", "--state-dir", str(state)], capture_output=True, text=True, timeout=120
     )
-    assert verify.returncode == 0 and f"{len(Catalog())} of {len(Catalog())} artifacts verify" in verify.stdout
+    assert (
+        verify.returncode == 0
+        and f"{len(MNIST1D_BLUEPRINTS)} of {len(MNIST1D_BLUEPRINTS)} artifacts verify" in verify.stdout
+    )

@@ -22,7 +22,7 @@ SHAPE = vector(40, HIDDEN)
 
 
 def germinated(slot: SeedSlot, accuracy: float = 0.5, block: torch.nn.Module | None = None) -> SeedSlot:
-    slot.germinate("mlp_block", block or MlpBlock(40, HIDDEN), eager_kernel, "eager", accuracy)
+    slot.germinate("mlp_block", block or MlpBlock((40,), (HIDDEN,)), eager_kernel, "eager", accuracy)
     return slot
 
 
@@ -139,7 +139,7 @@ def test_blending_ramps_per_step_over_blend_epochs(schedule: BlendSchedule) -> N
 def test_host_shapes_with_zero_one_two_seeds(active: int) -> None:
     host = make_host(2)
     for slot in host.seed_slots()[:active]:
-        to_stage(germinated(slot, block=Conv1dBlock(40, HIDDEN)), S.HOLDING)
+        to_stage(germinated(slot, block=Conv1dBlock((40,), (HIDDEN,))), S.HOLDING)
     assert [s.shape for s in host.seed_slots()] == [vector(40, HIDDEN)] * 2
     assert [s.name for s in host.seed_slots()] == ["s0", "s1"]
     x = torch.randn(7, 40)
@@ -176,7 +176,7 @@ def test_a_slot_reading_another_modules_input_gets_that_input() -> None:
         return module(x)
 
     slot = host.seed_slots()[1]
-    slot.germinate("mlp_block", MlpBlock(40, HIDDEN), kernel, "eager", 0.5)
+    slot.germinate("mlp_block", MlpBlock((40,), (HIDDEN,)), kernel, "eager", 0.5)
     to_stage(slot, S.HOLDING)
     x = torch.randn(3, 40)
     host(x)
@@ -192,7 +192,7 @@ def test_seed_kernel_gets_a_detached_input_and_blending_changes_the_output() -> 
         return module(x)
 
     slot = host.seed_slots()[0]
-    slot.germinate("mlp_block", MlpBlock(40, HIDDEN), kernel, "inductor:default", 0.5)
+    slot.germinate("mlp_block", MlpBlock((40,), (HIDDEN,)), kernel, "inductor:default", 0.5)
     to_stage(slot, S.BLENDING).step(2.5)
     x = torch.randn(4, 40, requires_grad=True)
     plain = make_host(1)
@@ -262,7 +262,7 @@ def test_capture_and_restore_a_slot() -> None:
         for p in slot.block.parameters():
             p.add_(1.0)  # training moved on
     slot.prune()
-    fresh = MlpBlock(40, HIDDEN)
+    fresh = MlpBlock((40,), (HIDDEN,))
     slot.restore(saved, fresh, eager_kernel, "eager")
     assert (slot.stage, slot.blend_progress, slot.block) == (S.BLENDING, 0.5, fresh)
     assert all(torch.equal(v, saved.weights[k]) for k, v in fresh.state_dict().items())
@@ -270,4 +270,4 @@ def test_capture_and_restore_a_slot() -> None:
     empty = SeedSlot("s1", SHAPE).capture()
     assert empty.weights is None and empty.stage is S.DORMANT
     with pytest.raises(ValueError, match="needs no module"):
-        SeedSlot("s1", SHAPE).restore(empty, MlpBlock(40, HIDDEN), eager_kernel, "eager")
+        SeedSlot("s1", SHAPE).restore(empty, MlpBlock((40,), (HIDDEN,)), eager_kernel, "eager")

@@ -25,6 +25,7 @@ from psycopg import sql
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.keys import fingerprint
 from esper_tui.engine.library.catalog_db import APPLICATION_NAME, KernelRow, PgCatalog
 from esper_tui.engine.library.factory import CACHE_DIR, LibraryUnavailable, open_library
@@ -135,7 +136,7 @@ def commit(
 
 def assert_runs(kernel: LoadedKernel) -> None:
     """The loaded kernel computes what the eager module does."""
-    module = Catalog().get(KERNEL_BLUEPRINT).build(IN_FEATURES, OUT_FEATURES)
+    module = Catalog().get(KERNEL_BLUEPRINT).build(vector(IN_FEATURES, OUT_FEATURES))
     x = torch.randn(5, IN_FEATURES)
     assert torch.allclose(kernel(module, x), module(x), atol=1e-5)
 

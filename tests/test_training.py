@@ -27,6 +27,7 @@ from esper_tui.engine.contracts import (
     TrainingStarted,
 )
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.controller import Decision, EpochState
 from esper_tui.engine.training.data import Splits, carve, load_mnist1d
@@ -36,6 +37,7 @@ from esper_tui.engine.training.seeds import IN_FLIGHT
 from esper_tui.engine.vocabulary import Action, Level, SeedStage, Subsystem
 
 CATALOG = Catalog()
+MNIST1D = vector(40, TrainingConfig().hidden)  # the MLP host's slot shape
 
 
 @pytest.fixture(scope="session")
@@ -180,10 +182,12 @@ class FakeLibrary:
         self.fail_after = fail_after
         self.calls: list[tuple[bool, bool, int]] = []
 
-    def offers(self) -> list[KernelOffer]:
-        return [KernelOffer(self.blueprint_id, "art-1", ("dense",), 0.05, "inductor:default", 1.0, 1.2)]
+    def offers(self, shape: SlotShape = MNIST1D) -> list[KernelOffer]:
+        return [
+            KernelOffer(self.blueprint_id, "art-1", ("dense",), 0.05, "inductor:default", 1.0, 1.2, shape=shape.tag)
+        ]
 
-    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+    def load(self, blueprint_id: str, shape: SlotShape = MNIST1D) -> tuple[Kernel, KernelOffer]:
         if blueprint_id != self.blueprint_id:
             raise KernelUnavailable(blueprint_id)
 
@@ -193,7 +197,7 @@ class FakeLibrary:
                 raise RuntimeError("guard failure")
             return module(x)
 
-        return kernel, self.offers()[0]
+        return kernel, self.offers(shape)[0]
 
 
 FAST_LIFECYCLE = {"plateau_epochs": 1, "plateau_delta": 1.0, "train_epochs": 1, "blend_epochs": 1, "holding_epochs": 1}
@@ -232,8 +236,8 @@ def test_germination_probes_the_kernel(cache_dir: Path) -> None:
     assert t.host.slot("s0").kernel_label == "eager"  # grown anyway, eagerly
 
     class WrongShape(EagerKernelSource):
-        def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
-            return (lambda m, x: m(x)[:, :3]), self.offers()[0]
+        def load(self, blueprint_id: str, shape: SlotShape = MNIST1D) -> tuple[Kernel, KernelOffer]:
+            return (lambda m, x: m(x)[:, :3]), self.offers(shape)[0]
 
     t, rec = trainer(cache_dir, kernels=WrongShape(CATALOG), epochs=1)
     assert not t._apply(Decision(Action.GERMINATE, "s1", "mlp_block", "test"), 0.5)
@@ -262,7 +266,7 @@ def test_a_dying_loop_reports_training_failed(cache_dir: Path) -> None:
     """An error out of the loop is reported as TrainingFailed (the snapshot then says FAILED), then re-raised."""
 
     class Exploding(EagerKernelSource):
-        def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+        def load(self, blueprint_id: str, shape: SlotShape = MNIST1D) -> tuple[Kernel, KernelOffer]:
             raise RuntimeError("library exploded")
 
     t, rec = trainer(cache_dir, kernels=Exploding(CATALOG), epochs=5, **FAST_LIFECYCLE)
@@ -289,7 +293,7 @@ def test_importing_the_training_plane_loads_no_ui() -> None:
 def test_the_controller_input_has_no_test_split() -> None:
     """Every decision reads an EpochState; the type has nowhere to put a test-split number."""
     names = {f.name for f in dataclasses.fields(EpochState)}
-    assert names == {"epoch", "val_accuracy", "seeds", "offers", "train_loss"}
+    assert names == {"epoch", "val_accuracy", "seeds", "offers", "train_loss", "slot_shapes"}
     assert not any("test" in name for name in names)
 
 
@@ -323,14 +327,14 @@ def test_poisoning_the_test_split_changes_no_decision(cache_dir: Path) -> None:
 class ZeroLibrary(FakeLibrary):
     """Every seed it serves outputs zeros: its gradients vanish, exactly as under a memorising host."""
 
-    def offers(self) -> list[KernelOffer]:
+    def offers(self, shape: SlotShape = MNIST1D) -> list[KernelOffer]:
         return [
-            KernelOffer(bp, f"art-{bp}", ("dense",), 0.05, "inductor:default", 1.0, 1.2)
+            KernelOffer(bp, f"art-{bp}", ("dense",), 0.05, "inductor:default", 1.0, 1.2, shape=shape.tag)
             for bp in ("lowrank_adapter", "mlp_block")
         ]
 
-    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
-        offer = next(o for o in self.offers() if o.blueprint_id == blueprint_id)
+    def load(self, blueprint_id: str, shape: SlotShape = MNIST1D) -> tuple[Kernel, KernelOffer]:
+        offer = next(o for o in self.offers(shape) if o.blueprint_id == blueprint_id)
         return (lambda module, x: module(x) * 0.0), offer
 
 
@@ -442,13 +446,13 @@ def test_the_library_source_serves_the_faster_variant_and_says_why(tmp_path: Pat
     commit_artifact(lib, "mlp_block", "a" * 64, step_ms_compiled=2.39, step_ms_eager=2.06)
     commit_artifact(lib, "depthwise_conv", "b" * 64, step_ms_compiled=2.92, step_ms_eager=3.66)
     source = LibraryKernelSource(lib, "inductor", "default")
-    offers = {o.blueprint_id: o for o in source.offers()}
+    offers = {o.blueprint_id: o for o in source.offers(MNIST1D)}
     eager, compiled = offers["mlp_block"], offers["depthwise_conv"]
     assert (eager.label, eager.eager_by_choice, eager.step_ms) == ("eager", True, 2.06)
     assert eager.why == "eager: 2.06 ms < compiled 2.39 ms per step"
     assert (compiled.label, compiled.eager_by_choice, compiled.step_ms) == ("inductor:default", False, 2.92)
     assert compiled.why == "compiled: 2.92 ms <= eager 3.66 ms per step"
-    kernel, offer = source.load("mlp_block")
+    kernel, offer = source.load("mlp_block", MNIST1D)
     assert kernel is eager_kernel and offer == eager
     # a trainer grafting it says which variant runs and why, in the event log and the seeds panel
     t, rec = trainer(tmp_path, kernels=source, epochs=1)
@@ -458,7 +462,7 @@ def test_the_library_source_serves_the_faster_variant_and_says_why(tmp_path: Pat
     assert t.host.slot("s0").health(0.5).kernel == "eager (faster)" and not t.host.slot("s0").compiled
     # the benchmark's switch: always compiled
     always = LibraryKernelSource(lib, "inductor", "default", fastest=False)
-    kernel, offer = always.load("mlp_block")
+    kernel, offer = always.load("mlp_block", MNIST1D)
     assert isinstance(kernel, LoadedKernel) and offer.label == "inductor:default"
 
 

@@ -39,6 +39,7 @@ from esper_tui.engine.forge.resources import GpuProbe, read_memory
 from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta
 from esper_tui.engine.library.store import Identity, artifact_key
@@ -105,6 +106,7 @@ class Forge:
         self.identity = identity
         self.in_features = in_features
         self.out_features = out_features
+        self.shape = vector(in_features, out_features)  # the one slot shape kernels are compiled for
         self.gpu = gpu or GpuProbe()
         self.pool = pool or worker_pool(config, state_dir)
         self.builder: Builder = builder or LocalBuilder(library, self.pool, identity)
@@ -129,11 +131,14 @@ class Forge:
         return not self._queue and not self._running
 
     def enqueue(self, blueprint_id: str, *, reason: str, strategy: Strategy | None = None, force: bool = False) -> bool:
-        """Queue a blueprint unless it is already queued or compiling. Returns whether it was added."""
+        """Queue a blueprint unless it is already queued or compiling, or fits no slot. Returns whether it was
+        added."""
         if blueprint_id not in self.catalog:
             self.emit(
                 LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=f"unknown blueprint {blueprint_id!r}")
             )
+            return False
+        if not self.catalog.fits(blueprint_id, self.shape):
             return False
         if blueprint_id in self._running or any(j.blueprint_id == blueprint_id for j in self._queue):
             return False
@@ -176,7 +181,7 @@ class Forge:
 
     def discover(self) -> None:
         """Initial full scan: report verified kernels already stored, queue every blueprint without one."""
-        for bp in self.catalog:
+        for bp in self.catalog.fitting(self.shape):
             meta = self.library.current(bp.blueprint_id)
             if meta is None:
                 self.enqueue(bp.blueprint_id, reason="initial scan")

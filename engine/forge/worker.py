@@ -49,6 +49,7 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     from esper_tui.engine.kernels.catalog import Catalog
     from esper_tui.engine.kernels.compiled import compile_kernel, cpu_isa, kernel_threads
     from esper_tui.engine.kernels.pipelines import CompileSettings
+    from esper_tui.engine.kernels.shapes import vector
 
     torch.set_num_threads(kernel_threads())  # kernels guard on it: compile with what the trainer runs
     cpu_isa()  # probe the vector ISA once, in the shared default cache (a fresh per-job cache re-probes, ~8 s)
@@ -60,8 +61,7 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
         try:
             out = compile_kernel(
                 catalog.get(req.blueprint_id),
-                req.in_features,
-                req.out_features,
+                vector(req.in_features, req.out_features),
                 CompileSettings(req.backend, req.mode, req.device),
                 Path(req.out_dir),
             )

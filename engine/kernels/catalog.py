@@ -1,8 +1,9 @@
 """The blueprint catalog (Karn's templates, stored in Urza): what the forge discovers at start-up.
 
-A blueprint is a trusted static template: an nn.Module factory, a JSON IR describing it, tags for
-look-up, a risk score the controller weighs, and a priority the pipeline manager reads. The IR hash
-covers the IR *and* the module's source, so editing a blueprint's code invalidates its kernels.
+A blueprint is a trusted static template: an nn.Module factory built per slot shape, the slot kinds it
+serves, a JSON IR describing it, tags for look-up, a risk score the controller weighs, and a priority the
+pipeline manager reads. The IR hash covers the IR *and* the module's source, so editing a blueprint's code
+invalidates its kernels. The hash does not cover a shape: the library keys kernels by shape beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ from typing import Any
 from torch import nn
 
 from esper_tui.engine.kernels import blueprints as bp
+from esper_tui.engine.kernels.shapes import SlotKind, SlotShape
+
+IO_DIMS: dict[SlotKind, list[str]] = {
+    "vector": ["batch", "features"],
+    "sequence": ["batch", "channels", "length"],
+    "image": ["batch", "channels", "height", "width"],
+}
 
 
 @dataclass(frozen=True)
@@ -25,23 +33,39 @@ class Blueprint:
     family: str
     description: str
     module: type[nn.Module]
+    serves: tuple[SlotKind, ...] = ("vector",)
     options: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     risk: float = 0.1  # 0 (safe) .. 1 (likely to destabilise training)
     priority: int = 1  # higher compiles first and may earn a stronger pipeline
 
-    def build(self, in_features: int, out_features: int) -> nn.Module:
-        return self.module(in_features, out_features, **self.options)
+    def unfit(self, shape: SlotShape) -> str | None:
+        """Why this blueprint cannot serve a slot of that shape (a kind it does not serve, or a limit of its
+        family, which the module class states in a static `unfit`), or None when it fits."""
+        if shape.kind not in self.serves:
+            return f"{self.blueprint_id} serves {', '.join(self.serves)} slots, not {shape.kind} ({shape})"
+        family_limit = getattr(self.module, "unfit", None)
+        reason: str | None = family_limit(shape.in_shape, shape.out_shape, **self.options) if family_limit else None
+        return None if reason is None else f"{self.blueprint_id} cannot serve {shape}: {reason}"
+
+    def fits(self, shape: SlotShape) -> bool:
+        return self.unfit(shape) is None
+
+    def build(self, shape: SlotShape) -> nn.Module:
+        """The module for one slot shape; ValueError when the blueprint does not fit it."""
+        if (reason := self.unfit(shape)) is not None:
+            raise ValueError(reason)
+        return self.module(shape.in_shape, shape.out_shape, **self.options)
 
     def ir(self) -> dict[str, Any]:
         """The JSON IR: a stable, human-readable description of what gets compiled."""
         return {
-            "ir_version": 1,
+            "ir_version": 2,
             "blueprint_id": self.blueprint_id,
             "family": self.family,
             "module": f"{self.module.__module__.rsplit('.', 1)[-1]}.{self.module.__qualname__}",
             "options": self.options,
-            "io": {"input": ["batch", "in_features"], "output": ["batch", "out_features"]},
+            "io": {"serves": list(self.serves), **{kind: IO_DIMS[kind] for kind in self.serves}},
             "tags": list(self.tags),
             "risk": self.risk,
         }
@@ -85,6 +109,7 @@ CATALOG: tuple[Blueprint, ...] = (
         "conv1d",
         "three 1-D convolutions over the sequence",
         bp.Conv1dBlock,
+        serves=("vector", "sequence"),
         tags=("conv", "sequence"),
         risk=0.3,
         priority=3,
@@ -94,6 +119,7 @@ CATALOG: tuple[Blueprint, ...] = (
         "attention",
         "single-head self-attention over patches",
         bp.AttentionBlock,
+        serves=("vector", "sequence"),
         tags=("attention", "sequence"),
         risk=0.5,
         priority=1,
@@ -121,9 +147,50 @@ CATALOG: tuple[Blueprint, ...] = (
         "depthwise",
         "depthwise-separable convolution",
         bp.DepthwiseConvBlock,
+        serves=("vector", "sequence"),
         tags=("conv", "sequence", "cheap"),
         risk=0.25,
         priority=2,
+    ),
+    Blueprint(
+        "temporal_conv",
+        "temporal",
+        "dilated causal convolutions with residuals (TCN)",
+        bp.TemporalConvBlock,
+        serves=("sequence",),
+        tags=("conv", "sequence", "causal"),
+        risk=0.3,
+        priority=2,
+    ),
+    Blueprint(
+        "conv2d_block",
+        "conv2d",
+        "two 3x3 convolutions over the feature map",
+        bp.Conv2dBlock,
+        serves=("image",),
+        tags=("conv", "image", "baseline"),
+        risk=0.2,
+        priority=3,
+    ),
+    Blueprint(
+        "separable_conv",
+        "separable",
+        "depthwise-separable 2-D convolution",
+        bp.SeparableConvBlock,
+        serves=("image",),
+        tags=("conv", "image", "cheap"),
+        risk=0.15,
+        priority=2,
+    ),
+    Blueprint(
+        "channel_attention",
+        "channel_attention",
+        "squeeze-and-excitation channel gate over a 1x1 projection",
+        bp.ChannelAttentionBlock,
+        serves=("image",),
+        tags=("attention", "image", "cheap"),
+        risk=0.2,
+        priority=1,
     ),
 )
 
@@ -157,6 +224,14 @@ class Catalog:
 
     def by_tag(self, tag: str) -> list[Blueprint]:
         return [b for b in self if tag in b.tags]
+
+    def fits(self, blueprint_id: str, shape: SlotShape) -> bool:
+        """Whether a known blueprint serves a slot of that shape (False for an unknown id)."""
+        return blueprint_id in self._by_id and self._by_id[blueprint_id].fits(shape)
+
+    def fitting(self, shape: SlotShape) -> list[Blueprint]:
+        """The blueprints that serve a slot of that shape, in catalog order."""
+        return [b for b in self if b.fits(shape)]
 
     def subset(self, ids: list[str]) -> Catalog:
         return Catalog(tuple(self.get(i) for i in ids))

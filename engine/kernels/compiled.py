@@ -35,6 +35,7 @@ from torch import nn
 
 from esper_tui.engine.kernels.catalog import Blueprint
 from esper_tui.engine.kernels.pipelines import CompileSettings
+from esper_tui.engine.kernels.shapes import SlotShape
 
 FN_FILES: dict[bool, str] = {True: "train.fn", False: "infer.fn"}
 WEIGHTS_FILE = "weights.safetensors"
@@ -94,13 +95,21 @@ class CompiledKernel:
     max_abs_error: float
 
 
-def _step_ms(step: Callable[[], None], repeats: int = 15) -> float:
+def _step_ms(step: Callable[[], None], device: torch.device, repeats: int = 15) -> float:
+    """Median wall time of a step; on CUDA each is synchronised, or only the launch would be timed."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(3):
         step()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         step()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000
 
@@ -115,21 +124,31 @@ def _grads(module: nn.Module, fn: Callable[..., torch.Tensor], x: torch.Tensor) 
     return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.parameters()]
 
 
+def _checked(blueprint: Blueprint, shape: SlotShape, what: str, y: torch.Tensor) -> torch.Tensor:
+    """A forward's output, refused unless it has the slot's output shape and is finite."""
+    if tuple(y.shape[1:]) != shape.out_shape:
+        raise KernelError(f"{blueprint.blueprint_id}: {what} output {list(y.shape[1:])}, the slot needs {shape}")
+    if not torch.isfinite(y).all():
+        raise KernelError(f"{blueprint.blueprint_id}: {what} output is not finite for {shape}")
+    return y
+
+
 def compile_kernel(
     blueprint: Blueprint,
-    in_features: int,
-    out_features: int,
+    shape: SlotShape,
     settings: CompileSettings,
     out_dir: Path,
     *,
     seed: int = 0,
 ) -> CompiledKernel:
-    """Compile both grad modes, validate against eager, measure, and write every file to out_dir."""
+    """Compile both grad modes for one slot shape on the settings' device, validate shape, finiteness and
+    values against eager, measure both there, and write every file to out_dir."""
     from torch._inductor.utils import fresh_cache
 
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    module = blueprint.build(in_features, out_features)
+    device = torch.device(settings.device)
+    module = blueprint.build(shape).to(device)
     module.zero_grad(set_to_none=True)  # grads must not be graph inputs at trace time
     forward = type(module).forward
     compiled: dict[bool, Callable[..., torch.Tensor]] = {}
@@ -139,7 +158,7 @@ def compile_kernel(
     with fresh_cache(dir=str(out_dir), delete=False):
         cache_root = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
         for grad in (True, False):
-            x = torch.randn(EXAMPLE_BATCH, in_features)
+            x = torch.randn(EXAMPLE_BATCH, *shape.in_shape, device=device)
             torch._dynamo.mark_dynamic(x, 0)
             with torch.set_grad_enabled(grad):
                 # Any: torch.compile's declared return type does not include the precompile API
@@ -157,20 +176,23 @@ def compile_kernel(
     _rmtree(cache_root)
     _rmtree(scratch)
 
-    x = torch.randn(64, in_features)
+    x = torch.randn(64, *shape.in_shape, device=device)
     with torch.no_grad():
-        err = (compiled[False](module, x) - module(x)).abs().max().item()
+        eager = _checked(blueprint, shape, "eager", module(x))
+        err = (_checked(blueprint, shape, "compiled", compiled[False](module, x)) - eager).abs().max().item()
     g_c = _grads(module, compiled[True], x)
     g_e = _grads(module, lambda m, t: m(t), x)
     err = max([err] + [(a - b).abs().max().item() for a, b in zip(g_c, g_e, strict=True)])
     if not err < 1e-3:
         raise KernelError(f"{blueprint.blueprint_id}: compiled kernel disagrees with eager (max error {err:.3g})")
-    xb = torch.randn(EXAMPLE_BATCH, in_features)
-    step_c = _step_ms(lambda: _train_step(module, compiled[True], xb))
-    step_e = _step_ms(lambda: _train_step(module, lambda m, t: m(t), xb))
+    xb = torch.randn(EXAMPLE_BATCH, *shape.in_shape, device=device)
+    step_c = _step_ms(lambda: _train_step(module, compiled[True], xb), device)
+    step_e = _step_ms(lambda: _train_step(module, lambda m, t: m(t), xb), device)
 
     module.zero_grad(set_to_none=True)
-    (out_dir / WEIGHTS_FILE).write_bytes(save_tensors({k: v.contiguous() for k, v in module.state_dict().items()}))
+    (out_dir / WEIGHTS_FILE).write_bytes(
+        save_tensors({k: v.cpu().contiguous() for k, v in module.state_dict().items()})
+    )
     files.append(WEIGHTS_FILE)
     return CompiledKernel(files, compile_s, step_c, step_e, cpu_isa(), err)
 

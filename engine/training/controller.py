@@ -12,6 +12,7 @@ The policy:
   `plateau_epochs` epochs), a slot is DORMANT, kernels are offered, and no other seed is in flight.
   One seed at a time, because a seed is judged by the accuracy change since it germinated; two growing
   together would share (and blur) that signal.
+- A blueprint is offered per slot shape, and germinates only in a dormant slot of the shape it was offered for.
 - Blueprint choice rotates through the offers ranked by (times pruned, times tried, catalog priority,
   risk, measured step time): never-pruned first, then the least tried, the most promising, the safest,
   the fastest.
@@ -61,13 +62,19 @@ class EpochState:
     """Everything a decision may read after an epoch; accuracies are fractions in [0, 1].
 
     There is deliberately no test-split field: the controller cannot see the reported number.
-    `train_loss` is the mean loss over the epoch's training steps (it tells a memorising host)."""
+    `train_loss` is the mean loss over the epoch's training steps (it tells a memorising host).
+    `slot_shapes` names each slot's shape tag: an offer goes only to a slot of its `shape` (with no map, every
+    offer fits every slot)."""
 
     epoch: int
     val_accuracy: float
     seeds: tuple[SeedHealth, ...]
     offers: tuple[KernelOffer, ...]
     train_loss: float | None = None
+    slot_shapes: dict[str, str] = field(default_factory=dict)
+
+    def fits(self, slot: str, offer: KernelOffer) -> bool:
+        return not self.slot_shapes or self.slot_shapes.get(slot) == offer.shape
 
 
 @dataclass
@@ -249,10 +256,12 @@ class Controller:
             return Decision(Action.WAIT, reason=f"{why}, but no kernels offered yet")
         for offer in ranked:
             for slot in dormant:
-                if state.epoch >= s.retry_after.get(_pair(slot, offer.blueprint_id), 0):
+                if state.fits(slot, offer) and state.epoch >= s.retry_after.get(_pair(slot, offer.blueprint_id), 0):
                     s.uses[offer.blueprint_id] = s.uses.get(offer.blueprint_id, 0) + 1
                     return Decision(Action.GERMINATE, slot, offer.blueprint_id, why)
-        return Decision(Action.WAIT, reason=f"{why}, but every offered blueprint failed recently in the free slots")
+        return Decision(
+            Action.WAIT, reason=f"{why}, but no offered blueprint fits a free slot without having failed there recently"
+        )
 
     def decide(self, state: EpochState) -> list[Decision]:
         """The decisions for this epoch (never empty: a lone WAIT says why nothing happens)."""

@@ -205,7 +205,7 @@ class TrainerCore:
         """A probed kernel for a new seed module: the source's (compiled or eager by choice), eager when a
         compiled one fails its probe; None (with the reason logged) when neither runs."""
         try:
-            kernel, offer = self.kernels.load(blueprint_id)
+            kernel, offer = self.kernels.load(blueprint_id, slot.shape)
         except KernelUnavailable as exc:
             self._log(Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: {exc}", Subsystem.KASMINA)
             return None
@@ -229,11 +229,8 @@ class TrainerCore:
         return kernel, offer
 
     def _build_seed(self, blueprint_id: str, slot: SeedSlot) -> nn.Module:
-        """The blueprint's module for the slot's shape, on the run's device."""
-        shape = slot.shape
-        if shape.kind != "vector":
-            raise ValueError(f"{blueprint_id} serves vector slots, not {shape.kind} ({shape})")
-        return self.catalog.get(blueprint_id).build(shape.in_shape[0], shape.out_shape[0]).to(self.device)
+        """The blueprint's module for the slot's shape, on the run's device; ValueError when it does not fit."""
+        return self.catalog.get(blueprint_id).build(slot.shape).to(self.device)
 
     def _probe(self, kernel: Kernel, block: nn.Module, slot: SeedSlot) -> str | None:
         """What GERMINATED certifies: one no-grad call at the training batch size gives the slot's output shape,

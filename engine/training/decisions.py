@@ -19,12 +19,16 @@ from esper_tui.engine.vocabulary import Action, Level, Subsystem
 class Decisions(TrainerCore):
     """Decisions applied to seed slots, and the optimizer kept in step with the seeds they add or prune."""
 
-    def _offers(self) -> list[KernelOffer]:
+    def _offers(self) -> tuple[list[KernelOffer], dict[str, str]]:
+        """What Tamiyo may germinate: the offers for each slot shape of the host, and each slot's shape tag."""
+        shapes = {slot.name: slot.shape for slot in self.host.seed_slots()}
+        offers: list[KernelOffer] = []
         try:
-            return self.kernels.offers()
+            for shape in dict.fromkeys(shapes.values()):
+                offers += self.kernels.offers(shape)
         except Exception as exc:  # the library being unreadable must not stop training
             self._log(Level.WARNING, f"kernel offers unavailable: {type(exc).__name__}: {exc}", Subsystem.KASMINA)
-            return []
+        return offers, {name: shape.tag for name, shape in shapes.items()}
 
     def _apply(self, d: Decision, accuracy: float) -> bool:
         """Carry out a decision on its slot; False (with a warning) if it could not be done."""

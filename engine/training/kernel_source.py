@@ -1,7 +1,8 @@
 """Where seeds get their kernels: the seam between the training plane (Kasmina) and the library (Urza).
 
-Training never compiles anything itself. It asks a `KernelSource` what can be germinated right now and
-loads one kernel per germination. Two implementations exist: `EagerKernelSource` here (compile disabled,
+Training never compiles anything itself. It asks a `KernelSource` what can be germinated in a slot of a
+given shape right now (only blueprints that fit it) and loads one kernel per germination, for that shape.
+Two implementations exist: `EagerKernelSource` here (compile disabled,
 every catalog blueprint runs as plain PyTorch) and the library-backed source that hands out compiled
 artifacts. Keeping the seam this narrow lets the training loop start at once and germinate as soon as
 the forge has put something in the library.
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.shapes import SlotShape
 
 Kernel = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """kernel(module, x) -> y. The module is an argument so its parameters are graph inputs of a compiled
@@ -42,6 +44,7 @@ class KernelOffer:
     step_ms_eager: float | None
     why: str = ""  # why this variant is served, e.g. "eager: 2.06 ms < compiled 2.39 ms per step"
     eager_by_choice: bool = False  # a sound compiled kernel exists, but eager was measured faster
+    shape: str = ""  # the slot shape's tag this offer is for ("" before offers were per shape)
 
     @property
     def compiled(self) -> bool:
@@ -65,12 +68,13 @@ class KernelSource(Protocol):
     backend: str | None
     mode: str | None
 
-    def offers(self) -> list[KernelOffer]:
-        """What can be germinated right now, best first."""
+    def offers(self, shape: SlotShape) -> list[KernelOffer]:
+        """What can be germinated right now in a slot of that shape, best first (never a blueprint that does
+        not fit it)."""
         ...
 
-    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
-        """A ready-to-call kernel for the blueprint; raises KernelUnavailable."""
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[Kernel, KernelOffer]:
+        """A ready-to-call kernel for the blueprint in a slot of that shape; raises KernelUnavailable."""
         ...
 
 
@@ -90,7 +94,7 @@ class EagerKernelSource:
     def __init__(self, catalog: Catalog | None = None) -> None:
         self._catalog = catalog if catalog is not None else Catalog()
 
-    def _offer(self, blueprint_id: str) -> KernelOffer:
+    def _offer(self, blueprint_id: str, shape: SlotShape) -> KernelOffer:
         b = self._catalog.get(blueprint_id)
         return KernelOffer(
             blueprint_id=b.blueprint_id,
@@ -100,14 +104,17 @@ class EagerKernelSource:
             label=EAGER_LABEL,
             step_ms_compiled=None,
             step_ms_eager=None,
+            shape=shape.tag,
         )
 
-    def offers(self) -> list[KernelOffer]:
-        """Catalog order by compile priority, like the forge would produce them."""
-        ranked = sorted(self._catalog, key=lambda b: (-b.priority, b.blueprint_id))
-        return [self._offer(b.blueprint_id) for b in ranked]
+    def offers(self, shape: SlotShape) -> list[KernelOffer]:
+        """The blueprints that fit, in catalog order by compile priority, like the forge would produce them."""
+        ranked = sorted(self._catalog.fitting(shape), key=lambda b: (-b.priority, b.blueprint_id))
+        return [self._offer(b.blueprint_id, shape) for b in ranked]
 
-    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[Kernel, KernelOffer]:
         if blueprint_id not in self._catalog:
             raise KernelUnavailable(f"{blueprint_id!r} is not in the catalog")
-        return eager_kernel, self._offer(blueprint_id)
+        if (unfit := self._catalog.get(blueprint_id).unfit(shape)) is not None:
+            raise KernelUnavailable(unfit)
+        return eager_kernel, self._offer(blueprint_id, shape)

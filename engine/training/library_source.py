@@ -8,6 +8,7 @@ saying why ("eager: 2.06 ms < compiled 2.39 ms per step").
 from __future__ import annotations
 
 from esper_tui.engine.kernels.compiled import KernelError
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta
 from esper_tui.engine.library.store import ArtifactInvalid, eager_is_faster
@@ -34,7 +35,7 @@ class LibraryKernelSource:
         self.mode: str | None = mode
         self.fastest = fastest  # False: always the compiled kernel (benchmarks compare the two)
 
-    def _offer(self, meta: ArtifactMeta) -> KernelOffer:
+    def _offer(self, meta: ArtifactMeta, shape: SlotShape) -> KernelOffer:
         bp = self._library.catalog.get(meta.blueprint_id)
         eager = self.fastest and eager_is_faster(meta)
         return KernelOffer(
@@ -47,23 +48,27 @@ class LibraryKernelSource:
             step_ms_eager=meta.step_ms_eager,
             why=variant_reason(meta) if self.fastest else "compiled: always served (fastest off)",
             eager_by_choice=eager,
+            shape=shape.tag,
         )
 
-    def offers(self) -> list[KernelOffer]:
-        return [self._offer(m) for m in self._library.ranked()]
+    def offers(self, shape: SlotShape) -> list[KernelOffer]:
+        catalog = self._library.catalog
+        return [self._offer(m, shape) for m in self._library.ranked() if catalog.fits(m.blueprint_id, shape)]
 
-    def load(self, blueprint_id: str) -> tuple[Kernel, KernelOffer]:
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[Kernel, KernelOffer]:
         """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash.
 
         An eager-by-choice offer still verifies the stored artifact first: eager is served because it was
         measured faster than a kernel that exists and is sound, not instead of a broken one. It is not
         deserialised, so a process whose seeds all run eager never loads torch's inductor."""
+        if blueprint_id in self._library.catalog and (unfit := self._library.catalog.get(blueprint_id).unfit(shape)):
+            raise KernelUnavailable(unfit)
         try:
             meta = self._library.verified(blueprint_id)
-            offer = self._offer(meta)
+            offer = self._offer(meta, shape)
             if not offer.compiled:
                 return eager_kernel, offer
             kernel, meta = self._library.load(blueprint_id)
         except (ArtifactInvalid, KernelError) as exc:  # all Library.verified and load raise
             raise KernelUnavailable(str(exc)) from exc
-        return kernel, self._offer(meta)
+        return kernel, self._offer(meta, shape)

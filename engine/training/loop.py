@@ -229,7 +229,10 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         )
         self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))
         # what Tamiyo sees: validation numbers and the training loss, never test_acc
-        state = EpochState(self.epoch, acc, tuple(health), tuple(self._offers()), train_loss=train_loss)
+        offers, slot_shapes = self._offers()
+        state = EpochState(
+            self.epoch, acc, tuple(health), tuple(offers), train_loss=train_loss, slot_shapes=slot_shapes
+        )
         for d in self.controller.decide(state):
             if (d.action is Action.WAIT and d.notable) or (d.action is not Action.WAIT and self._apply(d, acc)):
                 self.emit(
