@@ -49,7 +49,7 @@ def test_an_out_of_range_flag_is_one_line_naming_it_and_exit_2(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert f"{flag}: expected" in err, err
+    assert f"{flag} (" in err and "): expected" in err, err
 
 
 def test_flags_in_range_reach_the_config() -> None:

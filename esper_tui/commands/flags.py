@@ -40,7 +40,8 @@ def given_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def with_flags(config: EsperConfig, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> EsperConfig:
     """The config with the given flags applied and checked like the file's values. A value out of range is refused
-    in one ConfigError line naming the flag, e.g. `--epochs: expected int <= 1000000`."""
+    in one ConfigError line naming the flag and its key, e.g.
+    `--epochs (training.epochs): expected int <= 1000000`."""
     values = {**given_flags(args), **(extra or {})}
     if not values:
         return config
@@ -50,7 +51,7 @@ def with_flags(config: EsperConfig, args: argparse.Namespace, extra: dict[str, A
         text = str(exc)
         for dest, key in FLAG_KEYS.items():
             if text.startswith(f"{key}:") and getattr(args, dest, None) is not None:
-                text = f"--{dest.replace('_', '-')}{text[len(key) :]}"
+                text = f"--{dest.replace('_', '-')} ({key}){text[len(key) :]}"
                 break
         raise ConfigError(text) from None
 
