@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from textual.widgets._footer import FooterKey
 
 from esper_tui.engine.recorder import Recording, RecordingWriter
 from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.links.replay import ReplayLink
+from esper_tui.ui.app import EsperApp
 from esper_tui.ui.replay_app import ReplayApp
 from esper_tui.widgets.replay_bar import ReplayBar, bar, clock
 from tests.ui.conftest import NotificationSpy, settle
@@ -113,3 +115,32 @@ async def test_a_snapshot_that_cannot_be_read_ends_the_replay_with_its_reason(tm
 def test_bar_and_clock() -> None:
     assert clock(65.2) == "1:05" and clock(3725) == "1:02:05"
     assert bar(0.0, 5) == "●────" and bar(1.0, 5) == "━━━━●" and bar(0.5, 5) == "━━●──"
+
+
+def footer_keys(app: ReplayApp | EsperApp) -> list[str]:
+    """The keys the footer shows whole on screen, left to right."""
+    width = app.screen.size.width
+    keys = [key for key in app.screen.query(FooterKey) if key.region and key.region.right <= width]
+    return [key.key_display for key in sorted(keys, key=lambda key: key.region.x)]
+
+
+@pytest.mark.parametrize("size", [(160, 50), (80, 24)], ids=str)
+async def test_replay_offers_its_own_keys_not_the_engines(recording: Recording, size: tuple[int, int]) -> None:
+    """In a replay the footer listed r, s, R, c and p (which only say "not sent" there), `?` did not list the
+    replay keys, and the palette had neither them nor `v` and `t`."""
+    app = ReplayApp(ReplayLink(recording, clock=FakeClock()))
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        shown = footer_keys(app)
+        assert not {"r", "s", "R", "c", "p"} & set(shown), shown
+        assert {"?", "^q"} <= set(shown), shown
+        if size == (160, 50):
+            assert {"space", "←", "→", "[", "]", "g", "G"} <= set(shown), shown
+        help_keys = dict(app.help_rows())
+        for key in ("space", "←", "→", "[", "]", "g", "G", "v", "t"):
+            assert key in help_keys, help_keys
+        assert not any("Recompile" in what or "conservative" in what for what in help_keys.values())
+        palette = {command.title for command in app.get_system_commands(app.dashboard)}
+        assert {"Replay: play / pause", "Replay: step forward", "Replay: go to end"} <= palette
+        assert {"Show / hide the curves", "Next view"} <= palette
+        assert not {"Recompile all", "Toggle conservative mode", "Pause / resume training"} & palette

@@ -47,8 +47,12 @@ class ReplayLink:
             self._shown = (self._position, msgspec.structs.replace(snapshot, link=view))
         return self._shown[1]
 
+    def refusal(self) -> str:
+        """Why no command can be sent from here."""
+        return f"this is a replay of {self.recording.path.name}: no engine to send commands to"
+
     async def send(self, command: AnyCommand) -> None:
-        raise CommandUnavailable(f"this is a replay of {self.recording.path.name}: no engine to send commands to")
+        raise CommandUnavailable(self.refusal())
 
     # --------------------------------------------------------------- controls
 

@@ -23,6 +23,7 @@ from textual.geometry import Size
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static, Tab, Tabs
+from textual.widgets._footer import FooterKey
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.snapshot import LinkView, Snapshot
@@ -104,6 +105,24 @@ Oona off it and showed nothing themselves), so the curves take the training summ
 def curves_beside(size: Size) -> bool:
     """Whether `v` puts the curves beside the seeds (a full layout shorter than `CURVES_BELOW_FROM`)."""
     return not is_compact(size) and size.height < CURVES_BELOW_FROM
+
+
+LIVE_COMMANDS = frozenset({"recompile", "pick_strategy", "recompile_all", "toggle_conservative", "toggle_pause"})
+"""The app's actions that send a command to an engine (a replay has no engine: it hides them)."""
+
+FOOTER_FIRST = frozenset({"app.quit", "quit", "app.help", "help"})
+"""Actions a narrow footer shows first, so that no cut at its right edge can hide how to get help or quit."""
+
+
+class EsperFooter(Footer):
+    """Textual's footer; in the compact layout it is compact too and starts with quit and help, which an
+    80-column terminal otherwise cut off ("p Pause/" was the last thing it showed)."""
+
+    def compose(self) -> ComposeResult:
+        keys = list(super().compose())
+        if self.compact:
+            keys.sort(key=lambda key: not (isinstance(key, FooterKey) and key.action in FOOTER_FIRST))
+        yield from keys
 
 
 EXTRA_HELP: tuple[tuple[str, str], ...] = (
@@ -207,7 +226,7 @@ class DashboardScreen(Screen[None]):
                 yield EventsPanel(id="events")
                 yield BusPanel(id="bus")
         yield from self._extras
-        yield Footer()
+        yield EsperFooter()
 
     def action_toggle_plot(self) -> None:
         """Show or hide the curves; hidden, the panel still gathers points, so it opens up to date.
@@ -256,6 +275,7 @@ class DashboardScreen(Screen[None]):
     def _fit_layout(self, size: Size) -> None:
         """Tabs below `COMPACT_BELOW`, today's full layout above it (curves beside the seeds when short)."""
         self.set_class(is_compact(size), "-compact")
+        self.query_one(EsperFooter).compact = is_compact(size)
         self.set_class(curves_beside(size), "-curves-beside")
 
     def on_resize(self, event: events.Resize) -> None:
@@ -332,6 +352,10 @@ class EsperApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", tooltip="Quit the control room", id="esper.quit", priority=True),
         Binding("f1,question_mark", "help", "Help", tooltip="This help", key_display="?", id="esper.help"),
     ]
+    HELP_ORDER: ClassVar[tuple[str, ...]] = HELP_ORDER
+    """The binding ids the help lists, in order (a replay lists its own keys instead of the commands)."""
+    SENDS_COMMANDS: ClassVar[bool] = True
+    """False where there is no engine to command (a replay): the command keys leave the footer and help."""
 
     def __init__(
         self,
@@ -460,11 +484,34 @@ class EsperApp(App[None]):
         if (snapshot := self._require_snapshot()) is not None:
             self.send_command(PauseTraining(paused=snapshot.training.status is not TrainingStatus.PAUSED))
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The command keys exist only where there is an engine to send commands to."""
+        return self.SENDS_COMMANDS or action not in LIVE_COMMANDS
+
     # ------------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Textual's own commands (theme, keys, screenshot, quit) and the dashboard's, in one palette."""
         yield from super().get_system_commands(screen)
+        yield from self.dashboard_commands()
+        yield SystemCommand(
+            "Show / hide the curves",
+            "Loss and accuracy per split, germinate/fossilize/prune/rollback marked (v)",
+            self.dashboard.action_toggle_plot,
+        )
+        yield SystemCommand(
+            "Next view",
+            "Small terminal: the next tab, Forge, Training, Events, Oona (t)",
+            self.dashboard.action_next_view,
+        )
+        yield SystemCommand("Help", "Keys, strategies and colour legend", self.action_help)
+        for theme in THEMES:
+            yield SystemCommand(
+                f"Theme: {theme.name}", "Switch the dashboard's colours", partial(setattr, self, "theme", theme.name)
+            )
+
+    def dashboard_commands(self) -> Iterable[SystemCommand]:
+        """The palette's entries for what this control room does: the engine's commands (a replay: its own)."""
         yield SystemCommand(
             "Recompile selected", "Recompile the blueprint under the cursor (Standard)", self.action_recompile
         )
@@ -483,11 +530,6 @@ class EsperApp(App[None]):
         yield SystemCommand(
             "Pause / resume training", "Hold the training loop between batches", self.action_toggle_pause
         )
-        yield SystemCommand("Help", "Keys, strategies and colour legend", self.action_help)
-        for theme in THEMES:
-            yield SystemCommand(
-                f"Theme: {theme.name}", "Switch the dashboard's colours", partial(setattr, self, "theme", theme.name)
-            )
 
     # ------------------------------------------------------------------ help
 
@@ -497,10 +539,10 @@ class EsperApp(App[None]):
         descriptions: dict[str, str] = {}
         for key, active in self.dashboard.active_bindings.items():
             binding = active.binding
-            if binding.id in HELP_ORDER:
+            if binding.id in self.HELP_ORDER:
                 keys.setdefault(binding.id, []).append(self.get_key_display(binding.with_key(key)))
                 descriptions[binding.id] = binding.tooltip or binding.description
-        rows = [(" / ".join(keys[id_]), descriptions[id_]) for id_ in HELP_ORDER if id_ in keys]
+        rows = [(" / ".join(keys[id_]), descriptions[id_]) for id_ in self.HELP_ORDER if id_ in keys]
         return rows + list(EXTRA_HELP)
 
     def action_help(self) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Static
@@ -41,11 +41,28 @@ def strategy_rows() -> list[tuple[str, str]]:
     return [(strategy.value.capitalize(), note) for strategy, note in strategy_notes().items()]
 
 
-def key_table(rows: Sequence[tuple[str, str]]) -> Content:
-    """Keys in an aligned column, descriptions beside them."""
-    return Content("\n").join(
-        fmt.styled(fmt.fit(keys, KEY_WIDTH), "$accent bold") + Content(description) for keys, description in rows
-    )
+class KeyTable(Grid):
+    """Keys (or names) in one column, what they do in the next. Two columns rather than one text, so that a
+    description too long for the screen wraps inside its own column instead of back to the left edge."""
+
+    DEFAULT_CSS = f"""
+    KeyTable {{
+        grid-size: 2;
+        grid-columns: {KEY_WIDTH} 1fr;
+        grid-rows: auto;
+        height: auto;
+        & > .key {{ color: $accent; text-style: bold; }}
+    }}
+    """
+
+    def __init__(self, rows: Sequence[tuple[str, str]], *, id: str | None = None) -> None:
+        self.rows = list(rows)
+        cells = [
+            Static(text, classes=kind, markup=False)
+            for keys, description in self.rows
+            for text, kind in ((keys, "key"), (description, "description"))
+        ]
+        super().__init__(*cells, id=id)
 
 
 def legend() -> Content:
@@ -88,9 +105,9 @@ class HelpScreen(ModalScreen[None]):
             box.border_title = "Esper control room · help"
             box.border_subtitle = "esc close"
             yield Static("Keys", classes="heading -first")
-            yield Static(key_table(self.keys), id="help-keys")
+            yield KeyTable(self.keys, id="help-keys")
             yield Static("Strategies", classes="heading")
-            yield Static(key_table(strategy_rows()), id="help-strategies")
+            yield KeyTable(strategy_rows(), id="help-strategies")
             yield Static("Colours", classes="heading")
             yield Static(legend(), id="help-legend")
             yield Static("Notes", classes="heading")

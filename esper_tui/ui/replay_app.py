@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from functools import partial
 from typing import ClassVar
 
+from textual.app import SystemCommand
 from textual.binding import Binding, BindingType
 from textual.widget import Widget
 
 from esper_tui.engine.recorder import BadRecording
 from esper_tui.links.replay import ReplayLink
-from esper_tui.ui.app import EsperApp
+from esper_tui.ui.app import LIVE_COMMANDS, DashboardScreen, EsperApp
 from esper_tui.widgets.replay_bar import ReplayBar
 
 
@@ -17,14 +20,61 @@ class ReplayApp(EsperApp):
     """The dashboard over a ReplayLink, with the replay keys and a position bar above the footer."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("space", "replay_toggle", "Play/pause", priority=True, id="replay.toggle"),
-        Binding("left", "replay_step(-1)", "◀ step", priority=True, id="replay.back"),
-        Binding("right", "replay_step(1)", "step ▶", priority=True, id="replay.forward"),
-        Binding("left_square_bracket", "replay_speed(-1)", "slower", key_display="[", priority=True),
-        Binding("right_square_bracket", "replay_speed(1)", "faster", key_display="]", priority=True),
-        Binding("g", "replay_seek('start')", "start", priority=True, id="replay.start"),
-        Binding("G", "replay_seek('end')", "end", key_display="G", priority=True, id="replay.end"),
+        Binding(
+            "space",
+            "replay_toggle",
+            "Play/pause",
+            tooltip="Play or pause the recording",
+            priority=True,
+            id="replay.toggle",
+        ),
+        Binding("left", "replay_step(-1)", "◀ step", tooltip="Step back one snapshot", priority=True, id="replay.back"),
+        Binding(
+            "right", "replay_step(1)", "step ▶", tooltip="Step forward one snapshot", priority=True, id="replay.forward"
+        ),
+        Binding(
+            "left_square_bracket",
+            "replay_speed(-1)",
+            "slower",
+            tooltip="Play slower (down to ¼x)",
+            key_display="[",
+            priority=True,
+            id="replay.slower",
+        ),
+        Binding(
+            "right_square_bracket",
+            "replay_speed(1)",
+            "faster",
+            tooltip="Play faster (up to 64x)",
+            key_display="]",
+            priority=True,
+            id="replay.faster",
+        ),
+        Binding("g", "replay_seek('start')", "start", tooltip="Go to the start", priority=True, id="replay.start"),
+        Binding(
+            "G", "replay_seek('end')", "end", tooltip="Go to the end", key_display="G", priority=True, id="replay.end"
+        ),
+        # The engine's command keys, hidden: a press says why nothing is sent rather than doing nothing.
+        *(
+            Binding(binding.key, f"refuse_command({binding.description!r})", show=False)
+            for binding in DashboardScreen.BINDINGS
+            if isinstance(binding, Binding) and binding.action.removeprefix("app.") in LIVE_COMMANDS
+        ),
     ]
+    HELP_ORDER: ClassVar[tuple[str, ...]] = (
+        "replay.toggle",
+        "replay.back",
+        "replay.forward",
+        "replay.slower",
+        "replay.faster",
+        "replay.start",
+        "replay.end",
+        "esper.plot",
+        "esper.next_view",
+        "esper.help",
+        "esper.quit",
+    )
+    SENDS_COMMANDS: ClassVar[bool] = False
 
     def __init__(self, link: ReplayLink, **kwargs: object) -> None:
         self.replay = link
@@ -55,6 +105,19 @@ class ReplayApp(EsperApp):
     def action_replay_speed(self, steps: int) -> None:
         self.replay.change_speed(steps)
         self.poll_link()
+
+    def action_refuse_command(self, what: str) -> None:
+        self.notify(f"{what} not sent: {self.replay.refusal()}", title="Replay", severity="warning", markup=False)
+
+    def dashboard_commands(self) -> Iterable[SystemCommand]:
+        """The replay's own keys in the palette; the engine's commands have no engine to go to here."""
+        yield SystemCommand("Replay: play / pause", "Play or pause the recording (space)", self.action_replay_toggle)
+        yield SystemCommand("Replay: step back", "One snapshot back (←)", partial(self.action_replay_step, -1))
+        yield SystemCommand("Replay: step forward", "One snapshot on (→)", partial(self.action_replay_step, 1))
+        yield SystemCommand("Replay: slower", "Half the speed, down to ¼x ([)", partial(self.action_replay_speed, -1))
+        yield SystemCommand("Replay: faster", "Twice the speed, up to 64x (])", partial(self.action_replay_speed, 1))
+        yield SystemCommand("Replay: go to start", "The first snapshot (g)", partial(self.action_replay_seek, "start"))
+        yield SystemCommand("Replay: go to end", "The last snapshot (G)", partial(self.action_replay_seek, "end"))
 
     def action_replay_seek(self, where: str) -> None:
         self.replay.playing = False

@@ -7,6 +7,7 @@ import pytest
 from textual.app import App
 from textual.content import Content
 from textual.widgets import OptionList, Sparkline, Static
+from textual.widgets._footer import FooterKey
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.kernels.pipelines import settings_for, strategy_help
@@ -14,12 +15,13 @@ from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import JobStatus, LinkState, Strategy, TrainingStatus
 from esper_tui.links.base import CommandUnavailable, StaticLink
 from esper_tui.ui.app import EsperApp
-from esper_tui.ui.help import HelpScreen
+from esper_tui.ui.help import KEY_WIDTH, HelpScreen, KeyTable
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel, short_stream
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.events import EventsPanel
+from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.seeds import SeedsPanel
 from esper_tui.widgets.status_banner import StatusBanner
 from esper_tui.widgets.strategy_picker import StrategyPicker
@@ -44,6 +46,13 @@ def plain(app: EsperApp, selector: str | type) -> str:
     """The text a Static-based panel currently shows."""
     widget = app.screen.query_one(selector)  # type: ignore[call-overload]
     return str(widget.render())
+
+
+def table_rows(app: EsperApp, selector: str) -> list[tuple[str, str]]:
+    """(key, description) as a help table shows them, one cell each."""
+    table = app.screen.query_one(selector, KeyTable)
+    cells = [str(cell.render()) for cell in table.query(Static)]
+    return list(zip(cells[::2], cells[1::2], strict=True))
 
 
 def payload(command: AnyCommand) -> dict[str, object]:
@@ -476,6 +485,19 @@ def test_palette_is_textuals_system_commands(make_app) -> None:
         assert commands[f"Recompile selected: {strategy.value.capitalize()}"].help == strategy_help(strategy)
 
 
+async def test_palette_has_the_curves_and_the_next_view(make_app) -> None:
+    """The palette claimed every command but lacked `v` and `t`."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await run_palette(pilot, "show / hide the curves")
+        await pilot.pause()
+        assert app.query_one(PlotPanel).display and app.dashboard.view == "training"
+        await run_palette(pilot, "next view")
+        await pilot.pause()
+        assert app.dashboard.view == "events"
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
@@ -527,11 +549,11 @@ async def test_help_screen_lists_each_strategy_from_pipelines(make_app) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("f1")
-        rows = plain(app, "#help-strategies").splitlines()
-        assert [row.split(maxsplit=1)[0] for row in rows] == [s.value.capitalize() for s in Strategy]
-        for row, strategy in zip(rows, Strategy, strict=True):
-            assert row.split(maxsplit=1)[1] == strategy_help(strategy)
-            assert settings_for(strategy).label in row
+        rows = table_rows(app, "#help-strategies")
+        assert [name for name, _ in rows] == [s.value.capitalize() for s in Strategy]
+        for (_, note), strategy in zip(rows, Strategy, strict=True):
+            assert note == strategy_help(strategy)
+            assert settings_for(strategy).label in note
 
 
 async def test_send_failure_is_reported_not_raised(make_app, link) -> None:
@@ -557,8 +579,7 @@ async def test_keymap_remaps_by_binding_id(make_app, link) -> None:
         await settle(pilot)
         assert [type(command) for command in link.sent] == [Recompile]
         await pilot.press("f1")
-        keys = plain(app, "#help-keys")
-        assert keys.splitlines()[0].startswith("x ")
+        assert table_rows(app, "#help-keys")[0][0] == "x"
 
 
 # --------------------------------------------------------------------------- help, quit, theme
@@ -570,11 +591,39 @@ async def test_help_opens_and_escape_closes(make_app, key: str) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press(key)
         assert isinstance(app.screen, HelpScreen)
-        keys = plain(app, "#help-keys")
+        keys = "\n".join(f"{key} {what}" for key, what in table_rows(app, "#help-keys"))
         for fragment in ("Recompile the selected blueprint", "conservative mode", "^p", "f1 / ?"):
             assert fragment in keys
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
+
+
+@pytest.mark.parametrize("size", [(120, 36), (80, 24)], ids=str)
+async def test_help_descriptions_wrap_inside_their_column(make_app, size: tuple[int, int]) -> None:
+    """A description too long for the help box wrapped back to column 0, under the keys."""
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("f1")
+        await pilot.pause()
+        for table_id in ("#help-keys", "#help-strategies"):
+            table = app.screen.query_one(table_id, KeyTable)
+            keys, descriptions = table.query(".key"), table.query(".description")
+            assert len(keys) == len(descriptions) == len(table.rows)
+            left = {key.region.x for key in keys}
+            assert len(left) == 1
+            assert {d.region.x for d in descriptions} == {left.pop() + KEY_WIDTH}
+        wrapped = [d for d in app.screen.query("#help-keys .description") if d.region.height > 1]
+        assert wrapped, "at these widths some description wraps (within its column)"
+
+
+async def test_the_footer_shows_help_and_quit_at_80x24(make_app) -> None:
+    """At 80x24 the footer was cut at "p Pause/", so `?` and `^q` were not visible."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.pause()
+        whole = [key for key in app.screen.query(FooterKey) if key.region and key.region.right <= 80]
+        assert {"?", "^q"} <= {key.key_display for key in whole}
 
 
 async def test_ctrl_q_quits(make_app) -> None:
