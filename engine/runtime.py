@@ -58,6 +58,7 @@ from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
@@ -68,7 +69,8 @@ from esper_tui.engine.recorder import Recorder, recording_path
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
-from esper_tui.engine.training.process import Start, TrainerProcess
+from esper_tui.engine.training.process import Start, TaskLoaded, TaskRefusedError, TrainerProcess
+from esper_tui.engine.training.task_spec import spec_problem
 from esper_tui.engine.vocabulary import EngineState, Level, Strategy, Subsystem, new_id
 from esper_tui.engine.wal.writer import WalError, WriteAheadLog
 
@@ -132,6 +134,7 @@ class Engine:
         self.stopped = asyncio.Event()
         self.stop_reason = ""
         self.failure: str | None = None
+        self.failure_code = 1  # the exit code a failure ends the command with (2: the operator's to fix)
         self.operator = operator_name()
         self.started_ts = 0.0  # wall clock at start(): commands issued earlier are refused
         self.frame_public_key = ""  # hex Ed25519 key control rooms pin to check frames
@@ -240,9 +243,11 @@ class Engine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        cfg = self.config
+        if cfg.training.enabled and not self.forge_only and (problem := spec_problem(cfg.training.task)) is not None:
+            raise EngineUsageError(problem)  # its form only: the task itself is loaded in the training process
         self._lock_state_dir()
         self.started_ts = time.time()
-        cfg = self.config
         try:
             key = self._library_key()
             self._signing_key = key
@@ -439,7 +444,10 @@ class Engine:
             return
         exc = task.exception()
         if exc is not None and self.failure is None:
-            self.failure = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ForgeFatal) else str(exc)
+            plain = isinstance(exc, ForgeFatal | TaskRefusedError)  # their message says it all
+            self.failure = str(exc) if plain else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, TaskRefusedError):
+                self.failure_code = TaskRefusedError.exit_code
             if isinstance(exc, ForgeFatal):
                 self.forge_fatal = str(exc)
             self.request_stop(f"failure: {self.failure}")
@@ -533,15 +541,10 @@ class Engine:
         ]
 
     async def _train(self) -> None:
-        """Start once the forge has a first kernel (or is idle): seeds need something to graft. The trainer runs
-        in a process of its own (training/process.py), mirroring `self.control`; its events arrive as this
-        process's own."""
-        assert self.forge is not None and self.library is not None and self._signing_key is not None
-        if self.config.training.compile and not self.library.ranked() and not self.forge.is_idle():
-            self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="a first kernel from the forge"))
-            while not self.library.ranked() and not self.forge.is_idle() and not self.control.stopped:
-                await asyncio.sleep(0.5)
-        if self.control.stopped:  # stopped before a first kernel: no process to start only to stop it
+        """The trainer runs in a process of its own (training/process.py), mirroring `self.control`; its events
+        arrive as this process's own. It loads the task first, then trains once `_begin_training` says so."""
+        assert self._signing_key is not None
+        if self.control.stopped:  # stopped already: no process to start only to stop it
             return
         self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="the training process to start (torch, data)"))
         start = Start(
@@ -551,8 +554,30 @@ class Engine:
             faults=[str(f) for f in self.faults.faults],
             kernel_target=self.kernel_target,
         )
-        self.trainer = TrainerProcess(start, self.control, self.emit, self._quarantined, self.log)
+        self.trainer = TrainerProcess(
+            start, self.control, self.emit, self._quarantined, self.log, on_loaded=self._task_loaded
+        )
         await self.trainer.run()
+
+    def _task_loaded(self, loaded: TaskLoaded) -> None:
+        """The training process loaded the task (the engine never imports it): say what it is, then let it train
+        once the forge has a first kernel (or is idle): seeds need something to graft."""
+        direction = "higher" if loaded.higher_is_better else "lower"
+        slots = ", ".join(f"{s.name} {SlotShape.parse(s.shape)}" for s in loaded.slots)
+        self.log(
+            Level.INFO,
+            f"task {loaded.task} on {loaded.device}: {loaded.metric} ({direction} is better), slots {slots}",
+        )
+        self._spawn(self._begin_training())
+
+    async def _begin_training(self) -> None:
+        assert self.forge is not None and self.library is not None and self.trainer is not None
+        if self.config.training.compile and not self.library.ranked() and not self.forge.is_idle():
+            self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="a first kernel from the forge"))
+            while not self.library.ranked() and not self.forge.is_idle() and not self.control.stopped:
+                await asyncio.sleep(0.5)
+        if not self.control.stopped:
+            self.trainer.begin()
 
     def _quarantined(self, blueprint_id: str, version_dir: str, reason: str) -> None:
         """A stored kernel failed verification (at start, in the forge or in the trainer): recompile it."""

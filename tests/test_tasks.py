@@ -18,7 +18,8 @@ from esper_tui.engine.training.kernel_source import EagerKernelSource, eager_ker
 from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.training.seeds import SeedSlot
 from esper_tui.engine.training.task import Data, Slot, Task, TaskContext, TaskError, accuracy, adam, cross_entropy
-from esper_tui.engine.training.task_loader import LoadedTask, load_task, spec_problem
+from esper_tui.engine.training.task_loader import LoadedTask, load_task
+from esper_tui.engine.training.task_spec import spec_problem
 from esper_tui.engine.vocabulary import SeedStage
 
 CATALOG = Catalog()

@@ -127,7 +127,7 @@ def test_the_child_exits_at_once_when_its_engine_goes_away(tmp_path: Path) -> No
         [sys.executable, "-m", process.__name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(process.frame(start))
+    child.stdin.write(process.frame(start) + process.frame(process.Begin()))
     child.stdin.flush()
     decoder = msgspec.msgpack.Decoder(process.FromTrainer)
     while True:  # every byte on the channel is a frame: nothing stray reaches it

@@ -27,6 +27,7 @@ from esper_tui.engine.config.ranges import (
     Percent,
     Seconds,
     SecondsOrZero,
+    TaskSpec,
     Tries,
 )
 from esper_tui.engine.vocabulary import Strategy
@@ -217,9 +218,16 @@ class ForgeWorkerConfig(Section, frozen=True, kw_only=True):
 
 
 class TrainingConfig(Section, frozen=True, kw_only=True):
-    """The training loop (Tolaria) and the seed controller on MNIST-1D."""
+    """The training loop (Tolaria) and the seed controller; the task it trains (MNIST-1D by default)."""
 
     enabled: Annotated[bool, Meta(description="run the training loop (false: the forge only)")] = True
+    task: Annotated[
+        TaskSpec,
+        Meta(
+            description="what to train: a built-in task (mnist1d, digits), path/to/file.py:factory or "
+            "package.module:factory (loaded in the training process only; README: tasks)"
+        ),
+    ] = "mnist1d"
     compile: Annotated[
         bool, Meta(description="graft compiled kernels; false runs seeds eagerly (the banner shows EAGER)")
     ] = True
@@ -234,20 +242,23 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
         Meta(
             ge=2,
             le=TRAIN_SAMPLES,
-            description="samples per step; one above the training split (4000 less val_samples) takes the whole split",
+            description="mnist1d: samples per step; one above the training split (4000 less val_samples) takes the "
+            "whole split (a task file sets its own)",
         ),
     ] = 100
-    learning_rate: Annotated[float, Meta(gt=0, le=1, description="Adam's learning rate for the host network")] = 3e-3
+    learning_rate: Annotated[
+        float, Meta(gt=0, le=1, description="mnist1d: Adam's learning rate for the host network")
+    ] = 3e-3
     hidden: Annotated[
-        int, Meta(ge=1, le=4096, description="width of the host's hidden layer, and so of every seed kernel")
+        int, Meta(ge=1, le=4096, description="mnist1d: width of the host's hidden layer, and so of every seed kernel")
     ] = 64
-    slots: Annotated[int, Meta(ge=1, le=8, description="seed slots in the host network")] = 2
+    slots: Annotated[int, Meta(ge=1, le=8, description="mnist1d: seed slots in the host network")] = 2
     dropout: Annotated[
         float,
         Meta(
             ge=0,
             le=0.9,
-            description="dropout on the host's hidden activations while training; keeps the host from "
+            description="mnist1d: dropout on the host's hidden activations while training; keeps the host from "
             "memorising its samples, which would leave grafted seeds no gradient",
         ),
     ] = 0.3
@@ -274,7 +285,7 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
         Meta(
             ge=100,
             le=2000,
-            description="training samples held out (fixed seed) as the validation split every decision reads; "
+            description="mnist1d: training samples held out (fixed seed) as the validation split every decision reads; "
             "the test split is only reported",
         ),
     ] = 500

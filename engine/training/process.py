@@ -7,7 +7,9 @@ open and 0.93x headless; in a child process the engine's work runs on the other 
 
 The child is `python -m esper_tui.engine.training.process`. The pipe between the two carries length-prefixed
 msgpack frames: the engine writes one `Start` (the whole config, the state directory, the signing key, the
-chaos faults) and then a `Control` whenever pause or stop changes; the child writes every event it emits
+chaos faults) and then a `Control` whenever pause or stop changes. The child loads the task first (the user's code
+runs here, never in the engine) and answers `TaskLoaded` (the task, its metric, the device, each slot's shape) or
+`TaskRefused` (one line, then it exits 2); it trains once the engine says `Begin`. It writes every event it emits
 (`Emitted`), every kernel it quarantines (`Quarantined`, so the engine's forge recompiles it) and its kernel
 cache's counters (`CacheCounts`, for /metrics). The channel is a duplicate of the child's stdout, and fd 1 is
 pointed at stderr, so a stray print can never corrupt it; stderr lines become warnings in the engine's log.
@@ -51,6 +53,8 @@ from esper_tui.engine.training.faults import FaultPlan
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer
+from esper_tui.engine.training.task import TaskContext, TaskError
+from esper_tui.engine.training.task_loader import LoadedTask, load_task
 from esper_tui.engine.vocabulary import Level, Subsystem
 
 HEADER = struct.Struct(">I")
@@ -87,8 +91,35 @@ class CacheCounts(msgspec.Struct, tag="cache"):
     misses: int
 
 
-ToTrainer = Start | Control
-FromTrainer = Emitted | Quarantined | CacheCounts
+class Begin(msgspec.Struct, tag="begin"):
+    """The engine's go-ahead after TaskLoaded: the forge has kernels for the task's slots (or nothing to compile)."""
+
+
+class SlotInfo(msgspec.Struct, frozen=True):
+    name: str
+    shape: str  # SlotShape.tag, e.g. "40-64" or "8x8x8-16x8x8"
+
+
+class TaskLoaded(msgspec.Struct, tag="task_loaded"):
+    """The task loaded and passed its checks in the training process: what the engine tells the forge and the
+    operator. The engine never imports the task itself."""
+
+    task: str
+    metric: str
+    higher_is_better: bool
+    percent: bool
+    device: str
+    slots: list[SlotInfo]
+
+
+class TaskRefused(msgspec.Struct, tag="task_refused"):
+    """The task cannot be trained: one line (task_loader.py); the engine stops and exits 2 with it."""
+
+    reason: str
+
+
+ToTrainer = Start | Control | Begin
+FromTrainer = Emitted | Quarantined | CacheCounts | TaskLoaded | TaskRefused
 _to_trainer = msgspec.msgpack.Decoder(ToTrainer)
 _from_trainer = msgspec.msgpack.Decoder(FromTrainer)
 
@@ -123,6 +154,12 @@ class TrainingProcessError(RuntimeError):
     """The training process ended without finishing its run (it crashed, or was killed)."""
 
 
+class TaskRefusedError(TrainingProcessError):
+    """The training process refused the task (TaskRefused): the operator's to fix, so the engine exits 2."""
+
+    exit_code = 2
+
+
 class TrainerProcess:
     """The engine's handle on its training process: start it, mirror `control` into it, turn its frames into
     `emit` calls, and report how it ended. Every method runs on the engine's event loop."""
@@ -134,18 +171,24 @@ class TrainerProcess:
         emit: Callable[[AnyEvent], None],
         on_quarantine: Callable[[str, str, str], None],
         log: Callable[[Level, str], None],
+        on_loaded: Callable[[TaskLoaded], None] = lambda loaded: None,
     ) -> None:
+        """`on_loaded` hears the task the child loaded; training starts once `begin()` is called."""
         self._start = start
         self._control = control
         self._emit = emit
         self._on_quarantine = on_quarantine
         self._log = log
+        self._on_loaded = on_loaded
         self._proc: asyncio.subprocess.Process | None = None
+        self.loaded: TaskLoaded | None = None
+        self.refused: str | None = None
         self.cache_hits = 0
         self.cache_misses = 0
 
     async def run(self) -> None:
-        """Until the child exits; TrainingProcessError if it ended without a TrainingFinished or TrainingFailed."""
+        """Until the child exits; TaskRefusedError if it refused the task, TrainingProcessError if it ended without a
+        TrainingFinished or TrainingFailed (except when stopped before training began: a clean stop)."""
         # Started from the event loop's thread, which lives as long as the engine: the child's parent-death
         # signal follows the thread that forked it.
         self._proc = proc = await asyncio.create_subprocess_exec(
@@ -169,8 +212,12 @@ class TrainerProcess:
         finally:
             code = await proc.wait()
             await relay
+        if self.refused is not None:
+            raise TaskRefusedError(self.refused)
         if isinstance(ended, TrainingFailed):
             raise TrainingProcessError(ended.error)
+        if ended is None and code == 0 and self._control.stopped:
+            return  # stopped before training began (while the task loaded, or before the go-ahead)
         if ended is None:
             how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
             self._emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"the training process died ({how})"))
@@ -182,11 +229,18 @@ class TrainerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
 
+    def begin(self) -> None:
+        """The go-ahead: the child trains once it has loaded its task (TaskLoaded) and heard this."""
+        self._send(Begin())
+
     def _mirror(self, paused: bool, stopped: bool) -> None:
+        self._send(Control(paused=paused, stopped=stopped))
+
+    def _send(self, message: ToTrainer) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
             return
-        proc.stdin.write(frame(Control(paused=paused, stopped=stopped)))
+        proc.stdin.write(frame(message))
 
     async def _read(self, stdout: asyncio.StreamReader) -> AnyEvent | None:
         """Apply frames until end of file; the run's last event (TrainingFinished / TrainingFailed) if one came."""
@@ -210,6 +264,11 @@ class TrainerProcess:
                     self._on_quarantine(message.blueprint_id, message.version, message.reason)
                 case CacheCounts():
                     self.cache_hits, self.cache_misses = message.hits, message.misses
+                case TaskLoaded():
+                    self.loaded = message
+                    self._on_loaded(message)
+                case TaskRefused():
+                    self.refused = message.reason
 
     async def _relay_stderr(self, stderr: asyncio.StreamReader) -> None:
         while line := await stderr.readline():
@@ -259,9 +318,9 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _follow(inbox: IO[bytes], control: TrainingControl) -> None:
-    """Mirror the engine's Control frames; end-of-file or a broken frame means the engine is gone: exit at once,
-    writing nothing more."""
+def _follow(inbox: IO[bytes], control: TrainingControl, begun: threading.Event) -> None:
+    """Mirror the engine's Control frames and its go-ahead (Begin); end-of-file or a broken frame means the engine
+    is gone: exit at once, writing nothing more."""
     while True:
         try:
             header = inbox.read(HEADER.size)
@@ -270,7 +329,9 @@ def _follow(inbox: IO[bytes], control: TrainingControl) -> None:
             message = _decode(_to_trainer, inbox.read(_length(header)))
         except (ChannelBroken, OSError):
             break
-        if isinstance(message, Control):
+        if isinstance(message, Begin):
+            begun.set()
+        elif isinstance(message, Control):
             control.set_paused(message.paused)
             if message.stopped:
                 control.stop()
@@ -297,6 +358,18 @@ def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelS
     return LibraryKernelSource(library, s.backend, s.mode or "default")
 
 
+def _loaded_frame(loaded: LoadedTask) -> TaskLoaded:
+    task = loaded.task
+    return TaskLoaded(
+        task=task.name,
+        metric=task.metric.name,
+        higher_is_better=task.metric.higher_is_better,
+        percent=task.metric.percent,
+        device=str(loaded.train[0].device),
+        slots=[SlotInfo(slot.name, loaded.shapes[slot.name].tag) for slot in task.slots],
+    )
+
+
 def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):  # meant for the engine, which stops training cleanly
         signal.signal(signum, signal.SIG_IGN)
@@ -314,22 +387,32 @@ def main() -> int:
     if not isinstance(start, Start):
         print(f"training process: the first frame must be Start, not {start}", file=sys.stderr)
         return 2
-    control = TrainingControl()
-    threading.Thread(target=_follow, args=(inbox, control), name="esper-control", daemon=True).start()
+    control, begun = TrainingControl(), threading.Event()
+    threading.Thread(target=_follow, args=(inbox, control, begun), name="esper-control", daemon=True).start()
+    state_dir = Path(start.state_dir)
+    cfg = start.config.training
+    try:
+        loaded = load_task(cfg.task, TaskContext(seed=cfg.seed, data_dir=state_dir / "data"), cfg)
+    except TaskError as exc:
+        channel.send(TaskRefused(reason=str(exc)))
+        return 2
+    channel.send(_loaded_frame(loaded))
+    while not begun.wait(0.1):  # the engine's go-ahead: its forge has kernels for these slots
+        if control.stopped:
+            return 0
     catalog = Catalog()
     try:
         kernels = _kernel_source(start, catalog, channel)
     except LibraryUnavailable as exc:
         channel.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"library: {exc}"))
         return 1
-    state_dir = Path(start.state_dir)
     trainer = Trainer(
-        start.config.training,
+        cfg,
         catalog,
         kernels,
         channel.emit,
         control,
-        state_dir / "data",
+        task=loaded,
         state_dir=state_dir,
         signing_key=start.signing_key,
         faults=FaultPlan.parse(start.faults),

@@ -1,8 +1,8 @@
 """Finding, calling and checking a task: `--task NAME | path/to/file.py:factory | package.module:factory`.
 
-Where it runs: only in the training process. The engine checks the spec's form (`spec_problem`: a built-in name, or
-a factory reference whose file exists) before it starts, and never imports the user's file; the training process
-loads it (`load_task`) and tells the engine what it found, or refuses it in one line.
+Where it runs: only in the training process. The engine checks the spec's form (task_spec.py) before it starts, and
+never imports the user's file; the training process loads it (`load_task`) and tells the engine what it found, or
+refuses it in one line.
 
 What is refused, in one line of TaskError each: a file or module that is not there or fails to import, a factory
 that is missing, raises, or returns something other than a Task; a task whose form is wrong (`Task.problem`: no
@@ -28,26 +28,9 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.training.host import probe_slots
 from esper_tui.engine.training.task import Split, Task, TaskContext, TaskError, one_line, rng_devices
-
-BUILTIN = ("mnist1d", "digits")
-DEFAULT = "mnist1d"
-SPEC_PATTERN = r"^([a-z][a-z0-9_]*|[^:]+\.py:[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
-"""A built-in name, `path/to/file.py:factory` or `package.module:factory` (the config key's declared pattern)."""
+from esper_tui.engine.training.task_spec import spec_problem
 
 Factory = Callable[[TaskContext], Task]
-
-
-def spec_problem(spec: str) -> str | None:
-    """What is wrong with a task spec's form, or None. Imports nothing: the engine calls it before starting."""
-    if re.match(SPEC_PATTERN, spec) is None:
-        known = ", ".join(BUILTIN)
-        return f"--task {spec!r}: expected a built-in name ({known}), path/to/file.py:factory or package.module:factory"
-    if ":" not in spec and spec not in BUILTIN:
-        return f"--task {spec!r}: no such built-in task (known: {', '.join(BUILTIN)})"
-    path = spec.rsplit(":", 1)[0]
-    if path.endswith(".py") and not Path(path).is_file():
-        return f"--task {spec!r}: no file {path}"
-    return None
 
 
 @dataclass(frozen=True)

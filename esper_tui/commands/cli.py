@@ -22,6 +22,8 @@ from esper_tui.engine.config import (
 EPILOG = """examples:
   esper-tui                                   the dashboard on built-in defaults, state in ./var
   esper-tui --no-ui --epochs 30 --json        headless, one JSON snapshot per line
+  esper-tui --task digits                     train the built-in digits task (8x8 images, a conv host)
+  esper-tui --task examples/waveforms.py:factory   train your own task: a factory returning a Task
   esper-tui --redis-url redis://127.0.0.1:6379/0   telemetry and commands over Redis Streams
   esper-tui attach --redis-url redis://box:6379/0  the dashboard of an engine running elsewhere
   esper-tui attach --list --redis-url URL          the engines live on that Redis
@@ -67,6 +69,12 @@ def _run_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="stop after N training epochs, once the forge queue is empty too (default: run until stopped)",
+    )
+    p.add_argument(
+        "--task",
+        metavar="SPEC",
+        help="what to train: mnist1d (default), digits, path/to/file.py:factory or package.module:factory "
+        "(training.task; README: tasks)",
     )
     p.add_argument("--no-ui", action="store_true", help="run headless")
     p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
@@ -254,6 +262,10 @@ def _recordings(argv: list[str]) -> int:
         return plot_main(args.file, args.out)
     if args.json and not args.no_ui:
         parser.error("--json needs --no-ui")
+    from esper_tui.engine.training.task_spec import spec_problem
+
+    if args.task is not None and (problem := spec_problem(args.task)) is not None:
+        return fail(problem, 2)  # before the config's pattern check: this line says what a spec looks like
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -293,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.json and not args.no_ui:
         parser.error("--json needs --no-ui")
+    from esper_tui.engine.training.task_spec import spec_problem
+
+    if args.task is not None and (problem := spec_problem(args.task)) is not None:
+        return fail(problem, 2)  # before the config's pattern check: this line says what a spec looks like
     try:
         config = with_flags(load_config(args.config), args, {"training.compile": False} if args.eager else None)
     except ConfigError as exc:

@@ -46,5 +46,5 @@ async def run_headless(engine: Engine, *, epochs: int | None, as_json: bool, int
             await out.line(report_line(final, as_json))
     if engine.failure:
         print(f"esper-tui: {engine.failure}", file=sys.stderr)
-        return 1
+        return engine.failure_code
     return 0

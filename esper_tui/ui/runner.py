@@ -43,7 +43,7 @@ async def run_ui(engine: Engine, config: EsperConfig) -> int:
         await engine.stop()
     if engine.failure:
         print(f"esper-tui: {engine.failure}", file=sys.stderr)
-        return 1
+        return engine.failure_code
     return 0
 
 
