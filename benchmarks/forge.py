@@ -11,8 +11,6 @@ Every figure is measured in this run on this machine; ratios are only meaningful
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import json
 import operator
 import os
@@ -28,7 +26,7 @@ import torch
 
 from benchmarks.chaos import run_chaos
 from benchmarks.report import write_json
-from esper_tui.engine.config import DurabilityMode
+from benchmarks.wal import measure as wal_figures
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
@@ -36,9 +34,7 @@ from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.library.store import Library, version_dir_name
 from esper_tui.engine.vocabulary import Strategy
-from esper_tui.engine.wal.writer import WriteAheadLog
 
-WAL_WRITERS = 1024  # concurrent transactions: group commit amortises one fsync over the batch they form
 _COMPARE = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, "==": operator.eq}
 TARGETS = {
     "kernel_load_ms_median": ("<=", 10.0),
@@ -128,62 +124,6 @@ def recompiles(blueprints: list[str]) -> dict[str, float]:
     return out
 
 
-def raw_fsync_rate(directory: Path, n: int) -> float:
-    """256-byte appends, each followed by fsync: what one durable record costs without batching."""
-    path = directory / "raw.bin"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    block = b"x" * 256
-    t0 = time.perf_counter()
-    for _ in range(n):
-        os.write(fd, block)
-        os.fsync(fd)
-    elapsed = time.perf_counter() - t0
-    os.close(fd)
-    return n / elapsed
-
-
-async def _commits(wal: WriteAheadLog, n: int, concurrency: int) -> float:
-    """`concurrency` writers, each running BEGIN + COMMIT transactions back to back (like forge jobs)."""
-    per_writer = n // concurrency
-
-    async def writer(w: int) -> None:
-        for i in range(per_writer):
-            await wal.abegin(f"w{w}-{i}", b"{}")
-            await wal.acommit(f"w{w}-{i}", b"{}")
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(writer(w) for w in range(concurrency)))
-    return per_writer * concurrency / (time.perf_counter() - t0)
-
-
-def wal_commit_rate(directory: Path, n: int, concurrency: int) -> tuple[float, int]:
-    wal, _ = WriteAheadLog.open(directory, durability=DurabilityMode.O_DSYNC)
-    try:
-        rate = asyncio.run(_commits(wal, n, concurrency))
-        return rate, wal.fsyncs_total
-    finally:
-        wal.close()
-
-
-def wal_recovery_ms(directory: Path, transactions: int, repeats: int) -> float:
-    wal, _ = WriteAheadLog.open(directory, durability=DurabilityMode.FSYNC)
-    payload = json.dumps({"blueprint_id": "mlp_block", "strategy": "standard", "attempt": 1}).encode()
-    for i in range(transactions):
-        tx = f"tx{i}"
-        wal.begin(tx, payload)
-        wal.data(tx, payload)
-        wal.commit(tx, payload)
-    wal.close()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        w, report = WriteAheadLog.open(directory)
-        times.append((time.perf_counter() - t0) * 1000)
-        assert len(report.committed) == transactions, len(report.committed)
-        w.close()
-    return statistics.median(times)
-
-
 def _counts(text: str) -> list[int]:
     try:
         counts = [int(x) for x in text.split(",")]
@@ -257,15 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             1,
         )  # type: ignore[operator]
         print("WAL and fsync ...", flush=True)
-        gc.freeze()  # as Engine.start() does once torch is loaded: the WAL runs in that process
-        (root / "fsync").mkdir()
-        results["raw_fsync_per_s"] = round(raw_fsync_rate(root / "fsync", 300 if quick else 2000), 1)
-        rate, fsyncs = wal_commit_rate(root / "wal", 20000 if quick else 100_000, WAL_WRITERS)
-        results["wal_commits_per_s"] = round(rate, 1)
-        results["wal_fsyncs_for_commits"] = fsyncs
-        results["wal_concurrent_writers"] = WAL_WRITERS
-        results["wal_vs_fsync_ratio"] = round(rate / results["raw_fsync_per_s"], 1)  # type: ignore[operator]
-        results["wal_recovery_10k_ms"] = round(wal_recovery_ms(root / "wal10k", 10_000, 5), 1)
+        results.update(wal_figures(root / "wal-bench", quick=quick))
         print(f"chaos: {rounds} SIGKILL rounds ...", flush=True)
         chaos = run_chaos(root / "chaos", rounds, seed=1, max_kill_s=10.0 if quick else 25.0)
         results["chaos_rounds"] = rounds

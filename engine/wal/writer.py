@@ -48,7 +48,7 @@ from esper_tui.engine.wal.format import (
     new_wal_id,
     segment_name,
 )
-from esper_tui.engine.wal.recovery import RecoveryReport, recover, report
+from esper_tui.engine.wal.recovery import RecoveryReport, paused_gc, recover, report
 from esper_tui.engine.wal.recovery.analysis import LOCK_NAME, TMP_SUFFIX, Transaction, Tx, TxState, WalDamage
 from esper_tui.engine.wal.recovery.inspection import InspectReport, inspect
 from esper_tui.engine.wal.recovery.repair import unlink_oldest_first, write_file_atomically
@@ -167,7 +167,8 @@ class WriteAheadLog:
             os.close(self._lock_fd)
             raise WalError(f"{self.directory}: another writer holds the WAL lock") from exc
         try:
-            self.recovery = self._recover()
+            with paused_gc():
+                self.recovery = self._recover()
         except OSError as exc:
             os.close(self._lock_fd)
             raise WalError(f"recovery of {self.directory} failed: {exc}") from exc
