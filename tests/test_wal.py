@@ -1051,6 +1051,33 @@ async def test_async_group_commit_shares_fsyncs(tmp_path: Path, durability: Dura
     assert len(recover(tmp_path).committed) == 1000
 
 
+async def test_a_busy_log_flushes_what_gathered_at_once_and_a_quiet_one_waits_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group-commit window gathers company for a record that arrives after a quiet spell; records that arrive
+    right after a flush (the load) go out at once: waiting a window per batch only lowered the commit rate."""
+    from esper_tui.engine.wal import writer as writer_mod
+
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(writer_mod.asyncio, "sleep", sleep)
+    wal = WriteAheadLog(tmp_path, durability=FSYNC, group_commit_window_s=1.0)
+    for i in range(4):  # one writer, back to back: each record arrives just after the previous flush
+        await wal.abegin(f"t{i}", b"ctx")
+        await wal.acommit(f"t{i}")
+    assert waits == [1.0] + [0] * 7
+    await real_sleep(1.1)  # quiet for longer than the window
+    await wal.abegin("late", b"ctx")
+    assert waits[-1] == 1.0
+    assert wal.status().commits_total == 4
+    wal.close()
+
+
 async def test_async_transactions_from_many_tasks(tmp_path: Path) -> None:
     wal = WriteAheadLog(tmp_path, durability=FSYNC, group_commit_window_s=0)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import math
 import os
 import secrets
 import threading
@@ -151,6 +152,7 @@ class WriteAheadLog:
         self._pending: list[_Pending] = []
         self._waiters: list[tuple[asyncio.Future[None], int]] = []
         self._writer_task: asyncio.Task[None] | None = None
+        self._flushed_at = -math.inf  # the event loop's time when the async writer last flushed
         self._failed: BaseException | None = None
         self._closed = False
         self._fd = -1
@@ -382,18 +384,29 @@ class WriteAheadLog:
         if task is None or task.done() or task.get_loop() is not loop:
             self._writer_task = loop.create_task(self._group_commit())
         await future
-        self._count(rtype)
 
     async def _group_commit(self) -> None:
-        """One writer: take every queued record, write + fsync once off the loop, resolve all waiters."""
+        """One writer: take every queued record, write + fsync once off the loop, resolve all waiters.
+
+        Records that arrive within a window of the last flush are the load that gathered while the log was busy:
+        they are flushed at once (after one yield, so that writers already woken can join). Only the first record
+        after a quiet window waits `group_commit_window_s` for company. Commits and aborts are counted per batch.
+        """
         batch: list[tuple[asyncio.Future[None], int]] = []
+        loop = asyncio.get_running_loop()
+        window = self.group_commit_window_s
         try:
             while self._waiters:
-                if self.group_commit_window_s > 0:
-                    await asyncio.sleep(self.group_commit_window_s)  # let more records join the batch
+                quiet = loop.time() - self._flushed_at >= window
+                await asyncio.sleep(window if window > 0 and quiet else 0)  # let more records join the batch
                 batch, self._waiters = self._waiters, []
-                durable = any(rtype in (RecordType.COMMIT, RecordType.ABORT) for _, rtype in batch)
-                await asyncio.to_thread(self._flush, durable)
+                commits = sum(rtype == RecordType.COMMIT for _, rtype in batch)
+                aborts = sum(rtype == RecordType.ABORT for _, rtype in batch)
+                await asyncio.to_thread(self._flush, commits + aborts > 0)
+                self._flushed_at = loop.time()
+                with self._lock:
+                    self.commits_total += commits
+                    self.aborts_total += aborts
                 for future, _ in batch:
                     if not future.done():
                         future.set_result(None)
