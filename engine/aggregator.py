@@ -86,6 +86,7 @@ class Aggregator:
         self,
         *,
         max_concurrency: int = 2,
+        aggressive_pipeline: bool = False,
         history: int = 120,
         max_events: int = 200,
         clock: Callable[[], float] = time.time,
@@ -94,6 +95,7 @@ class Aggregator:
         self._started = clock()
         self._history = history
         self._configured_concurrency = max_concurrency
+        self._aggressive_pipeline = aggressive_pipeline
         self.run_id = ""
         self.infra = Infrastructure()
         self.conservative = False
@@ -434,6 +436,7 @@ class Aggregator:
             forge=ForgeView(
                 conservative_mode=self.conservative,
                 conservative_reason=self.conservative_reason,
+                aggressive_pipeline=self._aggressive_pipeline,
                 breakers=breakers,
                 jobs=jobs,
                 wal=self.wal,

@@ -56,7 +56,7 @@ from esper_tui.engine.forge.jobqueue import ForgeChannel, open_channel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.pipelines import aggressive_refusal, settings_for
 from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
 from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
@@ -129,7 +129,10 @@ class Engine:
         self.bus: Bus = create_bus(config.bus, redis_url, run_id=self.run_id)
         self.redis_url = redis_url
         self.catalog = Catalog()
-        self.aggregator = Aggregator(max_concurrency=config.tezzeret.compilation.max_concurrent_jobs)
+        compilation = config.tezzeret.compilation
+        self.aggregator = Aggregator(
+            max_concurrency=compilation.max_concurrent_jobs, aggressive_pipeline=compilation.enable_aggressive_pipeline
+        )
         self.control = TrainingControl()
         self.stopped = asyncio.Event()
         self.stop_reason = ""
@@ -625,6 +628,14 @@ class Engine:
         """Carry out a command that passed the checks."""
         forge = self.forge
         assert forge is not None
+        if isinstance(command, Recompile | RecompileAll) and (
+            why := aggressive_refusal(
+                command.strategy, enabled=self.config.tezzeret.compilation.enable_aggressive_pipeline
+            )
+        ):
+            what = command.blueprint_id if isinstance(command, Recompile) else "all"
+            self.log(Level.WARNING, f"recompile {what} ({command.strategy}) refused: {why}")
+            return
         match command:
             case Recompile():
                 strategy = command.strategy or Strategy.STANDARD
@@ -641,10 +652,16 @@ class Engine:
                 forge.conservative.enter("operator", "operator")
             case SetConservativeMode(active=False):
                 forge.conservative.leave("operator", "operator")
+            case PauseTraining() if self._training_over():
+                self.log(Level.WARNING, f"{'pause' if command.paused else 'resume'} ignored: training is over")
             case PauseTraining():
                 self.control.set_paused(command.paused)
             case Shutdown():
                 self.request_stop(f"shutdown command ({command.reason})")
+
+    def _training_over(self) -> bool:
+        """Training ran and ended (finished or failed): a pause has nothing left to hold."""
+        return self._trainer_task is not None and self._trainer_task.done()
 
     # ------------------------------------------------------------------ stopping
 

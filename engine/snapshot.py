@@ -106,6 +106,7 @@ class ForgeHealth(Struct, kw_only=True):
 class ForgeView(Struct, kw_only=True):
     conservative_mode: bool = False
     conservative_reason: str = ""
+    aggressive_pipeline: bool = False  # tezzeret.compilation.enable_aggressive_pipeline: may Aggressive be asked for
     breakers: list[BreakerView] = msgspec.field(default_factory=list)
     jobs: list[JobView] = msgspec.field(default_factory=list)
     wal: WalView = msgspec.field(default_factory=WalView)

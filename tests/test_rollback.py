@@ -112,6 +112,16 @@ def test_a_bad_fault_spec_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "--inject-fault" in proc.stderr and "nan-loss" in proc.stderr
 
 
+def test_a_fault_beyond_the_last_epoch_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`--inject-fault nan-loss@40` with `--epochs 12` passed silently and never fired."""
+    state = tmp_path / "s"
+    proc = cli("--no-ui", "--epochs", "12", "--state-dir", str(state), "--inject-fault", "nan-loss@40")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "--inject-fault nan-loss@40: the run stops after epoch 12 (--epochs), so it would never fire" in proc.stderr
+    assert not state.exists(), "refused before an engine started"
+
+
 def test_field_reports_are_written_shown_and_printed(tmp_path: Path) -> None:
     state = tmp_path / "s"
     snap = final(cli(*headless(state, config(tmp_path), 6)))

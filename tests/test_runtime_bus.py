@@ -24,7 +24,7 @@ from esper_tui.engine.bus.auth import CommandRejected, FrameSigner, FrameVerifie
 from esper_tui.engine.bus.types import PAYLOAD
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.config import BusConfig, parse_config
-from esper_tui.engine.contracts import AnyCommand, EpochCompleted, LogLine, PauseTraining, Shutdown
+from esper_tui.engine.contracts import AnyCommand, EpochCompleted, LogLine, PauseTraining, Recompile, Shutdown
 from esper_tui.engine.frames import (
     FRAME_FIELD,
     SIGNATURE_FIELD,
@@ -41,7 +41,7 @@ from esper_tui.engine.keys import FRAME_KEY as FRAME_KEY_SPEC
 from esper_tui.engine.keys import OPERATOR_KEY, load_key
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.snapshot import Snapshot, seeds_run
-from esper_tui.engine.vocabulary import EngineState, Level
+from esper_tui.engine.vocabulary import EngineState, Level, Strategy
 from tests.waits import eventually
 
 PREFIX = "unit"
@@ -283,6 +283,18 @@ async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
 
 def event_texts(engine: Engine) -> list[str]:
     return [line.text for line in engine.aggregator.events]
+
+
+async def test_aggressive_is_refused_with_the_reason_when_its_pipeline_is_off(engine):
+    """It was accepted, then compiled silently with the default strategy; a remote room can still send it."""
+    await engine.send(Recompile(blueprint_id="mlp_block", strategy=Strategy.AGGRESSIVE))
+    refusal = (
+        "recompile mlp_block (aggressive) refused: the aggressive pipeline is off "
+        "(tezzeret.compilation.enable_aggressive_pipeline = false)"
+    )
+    await eventually(lambda: refusal in event_texts(engine), "the refusal in the event log")
+    snapshot = engine.aggregator.snapshot()
+    assert snapshot.forge.jobs == [] and snapshot.forge.aggressive_pipeline is False
 
 
 async def test_an_engine_that_does_not_train_never_says_its_seeds_run_eager(engine):

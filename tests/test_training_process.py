@@ -18,7 +18,7 @@ import pytest
 
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.config import parse_config
-from esper_tui.engine.contracts import EpochCompleted, TrainingFinished
+from esper_tui.engine.contracts import EpochCompleted, PauseTraining, TrainingFinished
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.training import checkpoint as ckpt
@@ -80,6 +80,22 @@ async def test_the_wait_before_the_first_epoch_has_a_reason(engine: Engine) -> N
     assert "waiting for the training process to start (torch, data)" in [e.text for e in snapshot.events]
     assert snapshot.training.waiting_for == ""  # said while waiting, gone once training runs
     assert snapshot.infrastructure.training and not snapshot.infrastructure.compile_enabled
+
+
+async def test_a_pause_after_training_finished_is_answered(tmp_path: Path) -> None:
+    """`p` after the last epoch passed without a word; the engine now says why nothing happens."""
+    quiet = {**QUIET, "training": {**QUIET["training"], "epochs": 1}}
+    engine = Engine(parse_config(quiet), tmp_path / "state")
+    await engine.start()
+    try:
+        await eventually(lambda: training(engine).status is TrainingStatus.FINISHED, "the one epoch")
+        await eventually(lambda: engine._training_over(), "the training process gone")
+        await engine.send(PauseTraining(paused=True))
+        texts = lambda: [e.text for e in engine.aggregator.snapshot().events]  # noqa: E731
+        await eventually(lambda: "pause ignored: training is over" in texts(), "the answer in the event log")
+        assert not engine.control.paused
+    finally:
+        await engine.stop()
 
 
 async def test_a_killed_training_process_fails_the_run_in_one_line(engine: Engine) -> None:

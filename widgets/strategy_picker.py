@@ -1,7 +1,8 @@
 """A small modal to choose the compile strategy for a recompile (key `s`, or the command palette).
 
 Each option says what it really does (backend:mode, and when the forge uses it), so the operator does not
-need the runbook open; Aggressive is offered disabled in conservative mode, which forbids it. The notes
+need the runbook open; a strategy the forge would not compile with right now (Aggressive with its pipeline
+off; Standard and Aggressive in conservative mode, which compiles Fast) is offered disabled, saying why. The notes
 come from the caller (the app derives them from the engine's pipelines): widgets import only the engine's
 contracts, and a hand-written copy here had drifted from the code.
 """
@@ -50,11 +51,13 @@ class StrategyPicker(ModalScreen[Strategy | None]):
     }
     """
 
-    def __init__(self, blueprint_id: str, notes: Mapping[Strategy, str], *, conservative: bool = False) -> None:
+    def __init__(
+        self, blueprint_id: str, notes: Mapping[Strategy, str], *, blocked: Mapping[Strategy, str] | None = None
+    ) -> None:
         super().__init__()
         self.blueprint_id = blueprint_id
         self.notes = dict(notes)
-        self.conservative = conservative
+        self.blocked = dict(blocked or {})  # strategy -> why it cannot be chosen now
 
     def compose(self) -> ComposeResult:
         with Vertical() as box:
@@ -63,16 +66,16 @@ class StrategyPicker(ModalScreen[Strategy | None]):
             yield Static("enter choose · esc cancel", classes="hint")
 
     def on_mount(self) -> None:
-        # Enter straight away means the operator default, Standard.
-        self.query_one(OptionList).highlighted = list(Strategy).index(Strategy.STANDARD)
+        # Enter straight away means the operator default, Standard (Fast where Standard cannot be had).
+        default = Strategy.STANDARD if Strategy.STANDARD not in self.blocked else Strategy.FAST
+        self.query_one(OptionList).highlighted = list(Strategy).index(default)
 
     def _options(self) -> list[Option]:
         options: list[Option] = []
         for strategy in Strategy:
-            blocked = self.conservative and strategy is Strategy.AGGRESSIVE
-            note = "off in conservative mode" if blocked else self.notes[strategy]
+            note = self.blocked.get(strategy, self.notes[strategy])
             prompt = fmt.styled(fmt.fit(strategy.value.capitalize(), 11), "bold") + Content.styled(note, fmt.MUTED)
-            options.append(Option(prompt, id=strategy.value, disabled=blocked))
+            options.append(Option(prompt, id=strategy.value, disabled=strategy in self.blocked))
         return options
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:

@@ -70,10 +70,10 @@ def choose_strategy(
     if attempt >= config.max_attempts:
         return Strategy.EMERGENCY
     if conservative:
-        return Strategy.EMERGENCY if requested is Strategy.EMERGENCY else Strategy.FAST
+        return conservative_strategy(requested)
     if requested is not None:
-        if requested is Strategy.AGGRESSIVE and not config.enable_aggressive_pipeline:
-            return config.default_strategy
+        if aggressive_refusal(requested, enabled=config.enable_aggressive_pipeline):
+            return config.default_strategy  # the operator's request was refused before it got here
         return requested
     if attempt > 1:
         return Strategy.FAST
@@ -82,6 +82,19 @@ def choose_strategy(
     if config.default_strategy is Strategy.AGGRESSIVE and not config.enable_aggressive_pipeline:
         return Strategy.STANDARD
     return config.default_strategy
+
+
+def conservative_strategy(requested: Strategy | None) -> Strategy:
+    """What conservative mode compiles a job with: Fast, whatever was asked, unless Emergency was."""
+    return Strategy.EMERGENCY if requested is Strategy.EMERGENCY else Strategy.FAST
+
+
+def aggressive_refusal(requested: Strategy | None, *, enabled: bool) -> str | None:
+    """Why an operator's recompile with `requested` is refused, or None: Aggressive needs its pipeline on
+    (it used to be accepted, then compiled silently with the default strategy)."""
+    if requested is Strategy.AGGRESSIVE and not enabled:
+        return "the aggressive pipeline is off (tezzeret.compilation.enable_aggressive_pipeline = false)"
+    return None
 
 
 STRATEGY_USE: dict[Strategy, str] = {

@@ -86,6 +86,10 @@ class FaultPlan:
         explode yet) stays due until it can. The caller marks what it injected with `fire`."""
         return [f for f in self.faults if f.epoch <= epoch and f not in self.fired]
 
+    def beyond(self, epochs: int | None) -> list[Fault]:
+        """The faults a run of `epochs` epochs never reaches (they used to pass without a word)."""
+        return [] if epochs is None else [f for f in self.faults if f.epoch > epochs]
+
     def fire(self, fault: Fault) -> None:
         self.fired.add(fault)
 

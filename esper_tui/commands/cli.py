@@ -321,6 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         faults = FaultPlan.parse(args.inject_fault)
     except FaultSpecError as exc:
         return fail(f"--inject-fault: {exc}", 2)
+    if never := faults.beyond(config.training.epochs):
+        epochs = config.training.epochs
+        return fail(
+            f"--inject-fault {never[0]}: the run stops after epoch {epochs} (--epochs), so it would never fire", 2
+        )
     from esper_tui.engine.runtime import Engine, EngineError
 
     engine = Engine(

@@ -26,6 +26,7 @@ from textual.widgets import Footer, Static, Tab, Tabs
 from textual.widgets._footer import FooterKey
 
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
+from esper_tui.engine.kernels.pipelines import aggressive_refusal, conservative_strategy
 from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import Strategy, TrainingStatus
 from esper_tui.links.base import CommandUnavailable, EngineLink, ReportsLink
@@ -35,6 +36,7 @@ from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel
 from esper_tui.widgets.compile_queue import CompileQueue
+from esper_tui.widgets.confirm import Confirm
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.forge_health import ForgeHealthLine
 from esper_tui.widgets.forge_workers import ForgeWorkersPanel
@@ -331,12 +333,20 @@ class DashboardScreen(Screen[None]):
             self.show_snapshot(self._pending)
 
 
-def command_note(command: AnyCommand) -> str:
-    """How a command is described in the toast that confirms it."""
+def compiles_with(requested: Strategy | None, conservative: bool) -> str:
+    """The strategy a recompile will really compile with, as its toast says it: conservative mode compiles
+    Fast whatever was asked (`r` said "(standard)" there and compiled Fast)."""
+    asked = requested or Strategy.STANDARD
+    runs = conservative_strategy(asked) if conservative else asked
+    return asked.value if runs is asked else f"{runs.value}, not {asked.value}: conservative mode"
+
+
+def command_note(command: AnyCommand, *, conservative: bool = False) -> str:
+    """How a command is described in the toast that confirms it (`conservative`: as the forge stands now)."""
     if isinstance(command, Recompile):
-        return f"Recompile {command.blueprint_id} ({(command.strategy or Strategy.STANDARD).value})"
+        return f"Recompile {command.blueprint_id} ({compiles_with(command.strategy, conservative)})"
     if isinstance(command, RecompileAll):
-        return f"Recompile all ({(command.strategy or Strategy.STANDARD).value})"
+        return f"Recompile all ({compiles_with(command.strategy, conservative)})"
     if isinstance(command, SetConservativeMode):
         return f"Conservative mode {'on' if command.active else 'off'}"
     if isinstance(command, PauseTraining):
@@ -377,7 +387,7 @@ class EsperApp(App[None]):
         """The newest snapshot drawn (None until the engine has sent one)."""
         self.dashboard = DashboardScreen(self.dashboard_extras())
         self._drawn_key: tuple[str, int, LinkView] | None = None
-        self._outbox: asyncio.Queue[AnyCommand] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[AnyCommand, str]] = asyncio.Queue()
 
     def dashboard_extras(self) -> tuple[Widget, ...]:
         """Widgets a variant of the control room adds above the footer (none here; a replay's bar)."""
@@ -415,7 +425,8 @@ class EsperApp(App[None]):
 
     def send_command(self, command: AnyCommand) -> None:
         """Queue a command for the engine; the outbox worker sends it and confirms with a toast."""
-        self._outbox.put_nowait(command)
+        conservative = self.snapshot is not None and self.snapshot.forge.conservative_mode
+        self._outbox.put_nowait((command, command_note(command, conservative=conservative)))
 
     async def wait_for_commands(self) -> None:
         """Return once every queued command has been handed to the link (tests, clean shutdown)."""
@@ -425,8 +436,7 @@ class EsperApp(App[None]):
     async def _deliver_commands(self) -> None:
         """Send queued commands one at a time, in order; a failure is shown, never raised into the UI."""
         while True:
-            command = await self._outbox.get()
-            note = command_note(command)
+            command, note = await self._outbox.get()
             try:
                 await self.link.send(command)
             except CommandUnavailable as why:
@@ -454,7 +464,26 @@ class EsperApp(App[None]):
         if blueprint_id is None:
             self.notify("no blueprint selected", severity="warning")
             return
+        if (why := self.strategy_refusal(strategy)) is not None:
+            self.notify(f"Recompile {blueprint_id} ({strategy}) refused: {why}", severity="warning", markup=False)
+            return
         self.send_command(Recompile(blueprint_id=blueprint_id, strategy=strategy))
+
+    def strategy_refusal(self, strategy: Strategy | None) -> str | None:
+        """Why the engine would refuse a recompile with `strategy` (the engine checks too), or None."""
+        forge = self.snapshot.forge if self.snapshot is not None else None
+        return None if forge is None else aggressive_refusal(strategy, enabled=forge.aggressive_pipeline)
+
+    def blocked_strategies(self) -> dict[Strategy, str]:
+        """The strategies a recompile cannot have right now, with the few words the picker shows instead."""
+        forge = self.snapshot.forge if self.snapshot is not None else None
+        if forge is None:
+            return {}
+        if forge.conservative_mode:  # the forge compiles Fast whatever is asked, except Emergency
+            return {s: "conservative mode compiles Fast" for s in (Strategy.STANDARD, Strategy.AGGRESSIVE)}
+        if self.strategy_refusal(Strategy.AGGRESSIVE) is not None:
+            return {Strategy.AGGRESSIVE: "off: enable_aggressive_pipeline is false"}
+        return {}
 
     def action_recompile(self) -> None:
         self.recompile_selected(None)
@@ -465,24 +494,36 @@ class EsperApp(App[None]):
         if blueprint_id is None:
             self.notify("no blueprint selected", severity="warning")
             return
-        conservative = self.snapshot is not None and self.snapshot.forge.conservative_mode
 
         def chosen(strategy: Strategy | None) -> None:
             if strategy is not None:
                 self.send_command(Recompile(blueprint_id=blueprint_id, strategy=strategy))
 
-        self.push_screen(StrategyPicker(blueprint_id, strategy_notes(), conservative=conservative), chosen)
+        self.push_screen(StrategyPicker(blueprint_id, strategy_notes(), blocked=self.blocked_strategies()), chosen)
 
     def action_recompile_all(self) -> None:
-        self.send_command(RecompileAll())
+        """Ask first: it queues every blueprint of the catalog again, minutes of compiling."""
+        count = len(self.snapshot.forge.jobs) if self.snapshot is not None else 0
+        what = f"all {count} blueprints" if count else "every blueprint of the catalog"
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.send_command(RecompileAll())
+
+        self.push_screen(Confirm(f"Recompile {what} again, as new versions?"), answered)
 
     def action_toggle_conservative(self) -> None:
         if (snapshot := self._require_snapshot()) is not None:
             self.send_command(SetConservativeMode(active=not snapshot.forge.conservative_mode))
 
     def action_toggle_pause(self) -> None:
-        if (snapshot := self._require_snapshot()) is not None:
-            self.send_command(PauseTraining(paused=snapshot.training.status is not TrainingStatus.PAUSED))
+        if (snapshot := self._require_snapshot()) is None:
+            return
+        status = snapshot.training.status
+        if status in (TrainingStatus.FINISHED, TrainingStatus.FAILED):  # it used to pass without a word
+            self.notify(f"training has {status.value}: nothing to pause or resume", severity="warning")
+            return
+        self.send_command(PauseTraining(paused=status is not TrainingStatus.PAUSED))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The command keys exist only where there is an engine to send commands to."""

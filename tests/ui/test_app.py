@@ -20,6 +20,7 @@ from esper_tui.widgets import format as fmt
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel, short_stream
 from esper_tui.widgets.compile_queue import CompileQueue
+from esper_tui.widgets.confirm import Confirm
 from esper_tui.widgets.events import EventsPanel
 from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.seeds import SeedsPanel
@@ -363,13 +364,68 @@ async def test_r_recompiles_the_cursor_row(make_app, link) -> None:
         assert "Recompile mlp_block (standard) requested" in app.spy.texts()
 
 
-async def test_R_recompiles_everything(make_app, link) -> None:
+async def test_R_asks_then_recompiles_everything(make_app, link) -> None:
+    """`R` queued the whole catalog again without asking."""
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("R")
         await settle(pilot)
+        assert isinstance(app.screen, Confirm)
+        assert "all 6 blueprints" in str(app.screen.query_one("#confirm-question", Static).render())
+        await pilot.press("n")
+        await settle(pilot)
+        assert link.sent == [] and not isinstance(app.screen, Confirm)
+        await pilot.press("R", "y")
+        await settle(pilot)
         assert [type(command) for command in link.sent] == [RecompileAll]
         assert link.sent[0].strategy is None
+
+
+async def test_r_in_conservative_mode_says_what_will_really_compile(make_app, link) -> None:
+    """In conservative mode `r` said "(standard)" while the forge compiled Fast."""
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, forge=msgspec.structs.replace(snapshot.forge, conservative_mode=True)))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("r")
+        await settle(pilot)
+        assert "Recompile mlp_block (fast, not standard: conservative mode) requested" in app.spy.texts()
+        await pilot.press("s")
+        options = app.screen.query_one(OptionList)
+        assert options.get_option(Strategy.STANDARD.value).disabled
+        assert "conservative mode compiles Fast" in str(options.get_option(Strategy.STANDARD.value).prompt)
+        assert options.highlighted == list(Strategy).index(Strategy.FAST)
+
+
+async def test_aggressive_is_refused_with_the_reason_when_its_pipeline_is_off(make_app, link) -> None:
+    """`s` -> Aggressive was accepted, then silently queued as Standard with the aggressive pipeline off."""
+    app = make_app()  # rich_snapshot: enable_aggressive_pipeline is false
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s")
+        options = app.screen.query_one(OptionList)
+        aggressive = options.get_option(Strategy.AGGRESSIVE.value)
+        assert aggressive.disabled and "enable_aggressive_pipeline is false" in str(aggressive.prompt)
+        await pilot.press("escape")
+        await run_palette(pilot, "recompile selected: aggressive")
+        await settle(pilot)
+        assert link.sent == []
+        assert any(
+            "Recompile mlp_block (aggressive) refused: the aggressive pipeline is off" in text
+            for text in app.spy.texts()
+        )
+
+
+@pytest.mark.parametrize("status", [TrainingStatus.FINISHED, TrainingStatus.FAILED])
+async def test_p_after_training_ended_says_so(make_app, link, status: TrainingStatus) -> None:
+    """`p` after training had finished passed without a word."""
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, training=msgspec.structs.replace(snapshot.training, status=status)))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("p")
+        await settle(pilot)
+        assert link.sent == []
+        assert f"training has {status.value}: nothing to pause or resume" in app.spy.texts()
 
 
 @pytest.mark.parametrize(("active", "expected"), [(False, True), (True, False)])
@@ -400,6 +456,8 @@ async def test_p_pauses_and_resumes_training(make_app, link, status: TrainingSta
 
 
 async def test_s_picks_a_strategy(make_app, link) -> None:
+    snapshot = rich_snapshot()
+    link.set(msgspec.structs.replace(snapshot, forge=msgspec.structs.replace(snapshot.forge, aggressive_pipeline=True)))
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("s")
@@ -512,6 +570,9 @@ async def test_palette_commands_are_sent(make_app, link, query: str, expected: d
     async with app.run_test(size=SIZE) as pilot:
         await run_palette(pilot, query)
         await settle(pilot)
+        if isinstance(app.screen, Confirm):  # recompile all asks first
+            await pilot.press("y")
+            await settle(pilot)
         [command] = sent(link)
         assert {key: command[key] for key in expected} == expected
 
@@ -563,10 +624,10 @@ async def test_send_failure_is_reported_not_raised(make_app, link) -> None:
     link.send = broken  # type: ignore[method-assign]
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("R")
+        await pilot.press("R", "y")
         await settle(pilot)
         assert ("Recompile all (standard) failed: redis down", "error") in app.spy.messages
-        await pilot.press("R")  # the outbox survives a failure
+        await pilot.press("R", "y")  # the outbox survives a failure
         await settle(pilot)
         assert len(app.spy.messages) == 2
 
