@@ -594,8 +594,10 @@ async def test_palette_opens_help_and_textuals_theme_picker(make_app) -> None:
 # --------------------------------------------------------------------------- strategy help, from pipelines
 
 
-async def test_strategy_picker_shows_each_strategys_real_settings(make_app) -> None:
+async def test_strategy_picker_shows_each_strategys_real_settings(make_app, link) -> None:
     """Every option names the backend:mode the forge compiles that strategy with, and when it is used."""
+    snapshot = rich_snapshot()  # with the aggressive pipeline on: every strategy can be chosen
+    link.set(msgspec.structs.replace(snapshot, forge=msgspec.structs.replace(snapshot.forge, aggressive_pipeline=True)))
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("s")
