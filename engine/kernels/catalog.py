@@ -4,6 +4,10 @@ A blueprint is a trusted static template: an nn.Module factory built per slot sh
 serves, a JSON IR describing it, tags for look-up, a risk score the controller weighs, and a priority the
 pipeline manager reads. The IR hash covers the IR *and* the module's source, so editing a blueprint's code
 invalidates its kernels. The hash does not cover a shape: the library keys kernels by shape beside it.
+
+A user blueprint (`esper-tui blueprint add`) is a Blueprint whose `source` is the module text signed in the
+library. In the engine its `module` is None: the engine knows its name, hash, tags and risk, never its class.
+Only the sandboxed compile worker and the training process load the class (kernels/usercode.py).
 """
 
 from __future__ import annotations
@@ -27,24 +31,45 @@ IO_DIMS: dict[SlotKind, list[str]] = {
 }
 
 
+class UserCodeNotLoaded(RuntimeError):
+    """A user blueprint's class was asked for in a process that never loads user code (the engine)."""
+
+
+USER_FAMILY = "user"
+
+
 @dataclass(frozen=True)
 class Blueprint:
     blueprint_id: str
     family: str
     description: str
-    module: type[nn.Module]
+    module: type[nn.Module] | None  # None: a user blueprint whose class this process has not loaded
     serves: tuple[SlotKind, ...] = ("vector",)
     options: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     risk: float = 0.1  # 0 (safe) .. 1 (likely to destabilise training)
     priority: int = 1  # higher compiles first and may earn a stronger pipeline
+    source: str = ""  # a user blueprint's module source, as signed in the library; "" for the built-in catalog
+    class_name: str = ""  # the user blueprint's class in `source`
+
+    @property
+    def is_user(self) -> bool:
+        return bool(self.source)
+
+    def module_class(self) -> type[nn.Module]:
+        """The nn.Module class; UserCodeNotLoaded where a user blueprint's code was never loaded (the engine)."""
+        if self.module is None:
+            raise UserCodeNotLoaded(
+                f"{self.blueprint_id}: a user blueprint's code runs only in the compile worker and the training process"
+            )
+        return self.module
 
     def unfit(self, shape: SlotShape) -> str | None:
         """Why this blueprint cannot serve a slot of that shape (a kind it does not serve, or a limit of its
         family, which the module class states in a static `unfit`), or None when it fits."""
         if shape.kind not in self.serves:
             return f"{self.blueprint_id} serves {', '.join(self.serves)} slots, not {shape.kind} ({shape})"
-        family_limit = getattr(self.module, "unfit", None)
+        family_limit = getattr(self.module, "unfit", None)  # a user blueprint's is checked where it loads
         reason: str | None = family_limit(shape.in_shape, shape.out_shape, **self.options) if family_limit else None
         return None if reason is None else f"{self.blueprint_id} cannot serve {shape}: {reason}"
 
@@ -55,15 +80,20 @@ class Blueprint:
         """The module for one slot shape; ValueError when the blueprint does not fit it."""
         if (reason := self.unfit(shape)) is not None:
             raise ValueError(reason)
-        return self.module(shape.in_shape, shape.out_shape, **self.options)
+        return self.module_class()(shape.in_shape, shape.out_shape, **self.options)
 
     def ir(self) -> dict[str, Any]:
         """The JSON IR: a stable, human-readable description of what gets compiled."""
+        if self.is_user:
+            module = f"{USER_FAMILY}.{self.class_name}"
+        else:
+            cls = self.module_class()
+            module = f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__qualname__}"
         return {
             "ir_version": 2,
             "blueprint_id": self.blueprint_id,
             "family": self.family,
-            "module": f"{self.module.__module__.rsplit('.', 1)[-1]}.{self.module.__qualname__}",
+            "module": module,
             "options": self.options,
             "io": {"serves": list(self.serves), **{kind: IO_DIMS[kind] for kind in self.serves}},
             "tags": list(self.tags),
@@ -75,7 +105,7 @@ class Blueprint:
 
     def ir_hash(self) -> str:
         h = hashlib.sha256(self.ir_json().encode())
-        h.update(module_source(self.module))
+        h.update(self.source.encode() if self.is_user else module_source(self.module_class()))
         return h.hexdigest()
 
 
@@ -235,3 +265,19 @@ class Catalog:
 
     def subset(self, ids: list[str]) -> Catalog:
         return Catalog(tuple(self.get(i) for i in ids))
+
+    def add(self, blueprint: Blueprint) -> bool:
+        """Add a user blueprint, or replace one of the same id (its source changed). A built-in id is never
+        replaced (`blueprint add` refuses those names; a record claiming one is ignored). Returns whether the
+        catalog changed."""
+        known = self._by_id.get(blueprint.blueprint_id)
+        if known is not None and (not known.is_user or known == blueprint):
+            return False
+        self._by_id[blueprint.blueprint_id] = blueprint
+        return True
+
+    def remove(self, blueprint_id: str) -> None:
+        """Forget a user blueprint (removed from the library, or refused); built-ins stay."""
+        known = self._by_id.get(blueprint_id)
+        if known is not None and known.is_user:
+            del self._by_id[blueprint_id]

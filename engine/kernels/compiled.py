@@ -243,7 +243,7 @@ class LoadedKernel:
     def _load(self, grad: bool) -> Callable[..., torch.Tensor]:
         fn = self._fns.get(grad)
         if fn is None:
-            scope = vars(sys.modules[self.blueprint.module.__module__])
+            scope = vars(sys.modules[self.blueprint.module_class().__module__])
             try:
                 fn = torch.compiler.load_compiled_function(io.BytesIO(self._files[grad]), f_globals=scope)
             except Exception as exc:

@@ -18,6 +18,7 @@ from typing import NamedTuple, Protocol
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import LoadedKernel
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+from esper_tui.engine.library.userbp import UserBlueprints
 
 
 @dataclass
@@ -40,6 +41,7 @@ class KernelLibrary(Protocol):
     catalog: Catalog
     stats: LibraryStats
     on_quarantine: Callable[[str, str, str], None] | None  # (blueprint_id, version label, reason)
+    blueprints: UserBlueprints  # user blueprints: signed records and their sources (library/userbp.py)
 
     @property
     def location(self) -> str:

@@ -361,6 +361,57 @@ class PgCatalog:
 
         return self._run("record the library key", op)
 
+    def create_user_blueprint(
+        self, name: str, source_sha256: str, record: bytes, signature: str, status: str, submitted_by: str
+    ) -> bool:
+        """Insert a user blueprint's signed record; False when the name is taken (nothing is overwritten)."""
+
+        def op(conn: Conn) -> bool:
+            cur = conn.execute(
+                """INSERT INTO user_blueprints (name, source_sha256, record, signature, status, submitted_by)
+                   VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING""",
+                (name, source_sha256, record, signature, status, submitted_by),
+            )
+            return cur.rowcount > 0
+
+        return self._run(f"add user blueprint {name}", op)
+
+    def replace_user_blueprint(self, name: str, record: bytes, signature: str, status: str, reason: str) -> bool:
+        """Replace a user blueprint's signed record (a status change); False when it is gone."""
+
+        def op(conn: Conn) -> bool:
+            cur = conn.execute(
+                """UPDATE user_blueprints SET record = %s, signature = %s, status = %s, reason = %s, updated_at = now()
+                   WHERE name = %s""",
+                (record, signature, status, reason, name),
+            )
+            return cur.rowcount > 0
+
+        return self._run(f"update user blueprint {name}", op)
+
+    def delete_user_blueprint(self, name: str) -> bool:
+        def op(conn: Conn) -> bool:
+            return conn.execute("DELETE FROM user_blueprints WHERE name = %s", (name,)).rowcount > 0
+
+        return self._run(f"remove user blueprint {name}", op)
+
+    def user_blueprint(self, name: str) -> tuple[bytes, str, str] | None:
+        """(signed record, signature, source sha256) as stored, unverified; None when there is none."""
+
+        def op(conn: Conn) -> tuple[bytes, str, str] | None:
+            row = conn.execute(
+                "SELECT record, signature, source_sha256 FROM user_blueprints WHERE name = %s", (name,)
+            ).fetchone()
+            return None if row is None else (bytes(row[0]), str(row[1]), str(row[2]))
+
+        return self._run(f"read user blueprint {name}", op)
+
+    def user_blueprint_names(self) -> list[str]:
+        def op(conn: Conn) -> list[str]:
+            return [str(n) for (n,) in conn.execute("SELECT name FROM user_blueprints ORDER BY name").fetchall()]
+
+        return self._run("list user blueprints", op)
+
     # ------------------------------------------------------------------ reading
 
     def library_key(self) -> str | None:

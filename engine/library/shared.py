@@ -41,6 +41,8 @@ from esper_tui.engine.library.store import (
     stage_files,
     unfit_reason,
 )
+from esper_tui.engine.library.userbp import UserBlueprints
+from esper_tui.engine.library.userbp_rows import SharedRecords
 from esper_tui.engine.vocabulary import compile_label
 
 
@@ -77,6 +79,7 @@ class SharedLibrary:
         self._identity = identity
         self.stats = LibraryStats()
         self._cache = KernelCache(cache_ttl_s, clock, self.stats)
+        self.blueprints = UserBlueprints(SharedRecords(db, store), key)
         db.sync_blueprints((bp.blueprint_id, bp.ir_hash(), bp.tags) for bp in catalog)
 
     @property

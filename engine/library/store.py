@@ -1,6 +1,7 @@
 """Urza: the library of signed, versioned compiled kernels, on disk under `<state>/library`.
 
-Layout: `artifacts/<blueprint>/v0003-<key12>/` holds the compiled functions, weights, kernels,
+Layout: `blueprints/<name>/` holds a user blueprint's signed record and source (library/userbp_files.py);
+`artifacts/<blueprint>/v0003-<key12>/` holds the compiled functions, weights, kernels,
 `meta.json` (with a sha256 of every file) and `meta.sig` (HMAC-SHA256 of meta.json). A version
 becomes visible only by an atomic directory rename after everything below it is fsynced; a crash
 leaves at most a directory in `staging/`, removed at start. Loading picks a version by its directory,
@@ -44,6 +45,8 @@ from esper_tui.engine.library import ownkey
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta, KernelBuild
+from esper_tui.engine.library.userbp import UserBlueprints
+from esper_tui.engine.library.userbp_files import FileRecords
 from esper_tui.engine.vocabulary import Strategy, compile_label
 
 _VERSION = re.compile(r"v(\d+)-")
@@ -228,6 +231,7 @@ class Library:
         self._lock = threading.Lock()  # the trainer thread loads while the loop commits
         self.stats = LibraryStats()
         self._cache = KernelCache(cache_ttl_s, clock, self.stats)
+        self.blueprints = UserBlueprints(FileRecords(root / "blueprints"), key)
         for sub in ("artifacts", "staging", "quarantine"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 

@@ -28,6 +28,8 @@ EPILOG = """examples:
   esper-tui attach --redis-url redis://box:6379/0  the dashboard of an engine running elsewhere
   esper-tui attach --list --redis-url URL          the engines live on that Redis
   esper-tui library verify                    check every stored kernel's signature
+  esper-tui blueprint add examples/blueprints.py:GatedResidual   your own blueprint, compiled in the sandbox
+  esper-tui blueprint list                    user blueprints: unvalidated, compiled or refused (and why)
   esper-tui wal inspect --json                the forge's write-ahead log
   esper-tui runs                              the recorded runs in ./var/runs
   esper-tui reports                           Tamiyo's field reports: each decision and its outcome
@@ -283,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return _reports(argv[1:])
     if argv and argv[0] in ("replay", "runs", "plot"):
         return _recordings(argv)
+    if argv and argv[0] == "blueprint":
+        from esper_tui.commands.blueprints import blueprint_main
+
+        return blueprint_main(argv[1:])
     if argv and argv[0] == "forge-worker":
         from esper_tui.commands.forge_worker import forge_worker_main
 
