@@ -142,7 +142,7 @@ def test_add_list_show_remove(backend: Backend, tmp_path: Path) -> None:
     try:
         record, source = library.blueprints.get("tiny_dense")
         assert source == GOOD and record.status is UserStatus.UNVALIDATED
-        (bp,) = library.blueprints.usable(Catalog())
+        ((_, bp),) = library.blueprints.usable()
         assert bp.blueprint_id == "tiny_dense" and bp.source == GOOD and bp.module is None
         with pytest.raises(UserCodeNotLoaded):
             bp.module_class()
@@ -222,7 +222,7 @@ def test_a_status_change_is_signed_again_and_read_back(backend: Backend, tmp_pat
         )
         record = library.blueprints.record("tiny_dense")
         assert record is not None and record.reason == "graph break under fullgraph=True"
-        assert library.blueprints.usable(Catalog()) == []  # refused: out of the engine's catalog
+        assert library.blueprints.usable() == []  # refused: out of the engine's catalog
     finally:
         library.close()
     listed = backend.run("list")
@@ -236,7 +236,7 @@ def test_an_altered_file_record_is_listed_invalid_and_never_used(tmp_path: Path)
     signature, _, document = record_file.read_bytes().partition(b"\n")
     record_file.write_bytes(signature + b"\n" + document.replace(b'"unvalidated"', b'"compiled"'))
     try:
-        assert library.blueprints.usable(Catalog()) == []
+        assert library.blueprints.usable() == []
         with pytest.raises(UserBlueprintInvalid, match="signature mismatch"):
             library.blueprints.get("tiny_dense")
         assert library.blueprints.set_status("tiny_dense", UserStatus.COMPILED) is None  # never re-signs a forgery
@@ -254,7 +254,7 @@ def test_an_unsigned_file_record_is_never_used(tmp_path: Path) -> None:
     record_file = tmp_path / "state" / "library" / "blueprints" / "tiny_dense" / RECORD
     record_file.write_bytes(b"\n" + record_file.read_bytes().partition(b"\n")[2])
     try:
-        assert library.blueprints.usable(Catalog()) == []
+        assert library.blueprints.usable() == []
         assert [e.problem for e in library.blueprints.entries()] != [""]
     finally:
         library.close()
@@ -268,7 +268,7 @@ def test_a_swapped_file_source_is_never_used(tmp_path: Path) -> None:
     try:
         with pytest.raises(UserBlueprintInvalid, match="does not match its signed sha256"):
             library.blueprints.get("tiny_dense")
-        assert library.blueprints.usable(Catalog()) == []
+        assert library.blueprints.usable() == []
     finally:
         library.close()
 

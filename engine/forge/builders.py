@@ -21,10 +21,12 @@ from esper_tui.engine.forge import journal
 from esper_tui.engine.forge.jobqueue import ForgeChannel, ForgeJob, JobNews, NewsKind, QueueError
 from esper_tui.engine.forge.protocol import CompileRequest
 from esper_tui.engine.forge.sandbox import CompileTimeout, WorkerError, WorkerPool
+from esper_tui.engine.kernels.catalog import BUILTIN_IDS
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
 from esper_tui.engine.library.store import Identity
+from esper_tui.engine.library.userbp import UserBlueprintError, as_blueprint
 from esper_tui.engine.vocabulary import Strategy
 
 Started = Callable[[str], None]  # called with where the compile runs ("" for this machine)
@@ -108,8 +110,22 @@ class LocalBuilder:
         self.pool = pool
         self.identity = identity
 
+    async def _user_code(self, blueprint_id: str) -> tuple[str, str]:
+        """("", "") for a built-in blueprint; for a user blueprint its source and class, read from the library now
+        and verified (signature, source hash) before the worker sees a byte. The library's catalog learns it too
+        (a forge worker's knows only the built-ins): the commit signs its IR hash."""
+        if blueprint_id in BUILTIN_IDS:
+            return "", ""
+        try:
+            record, source = await asyncio.to_thread(self.library.blueprints.get, blueprint_id)
+        except UserBlueprintError as exc:
+            raise BuildFailed(str(exc)) from None
+        self.library.catalog.add(as_blueprint(record, source))
+        return source, record.class_name
+
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
         settings = settings_for(spec.strategy)
+        source, class_name = await self._user_code(spec.blueprint_id)
         out_dir = self.library.new_staging_dir(spec.blueprint_id)
         request = CompileRequest(
             job_id=spec.job_id,
@@ -121,6 +137,8 @@ class LocalBuilder:
             mode=settings.mode,
             device=settings.device,
             out_dir=str(out_dir),
+            source=source,
+            class_name=class_name,
         )
         started("")
         t0 = time.monotonic()

@@ -43,6 +43,7 @@ from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.meta import ArtifactMeta
 from esper_tui.engine.library.store import Identity, artifact_key
+from esper_tui.engine.library.userbp import UserBlueprintError, UserStatus
 from esper_tui.engine.streaks import FailureStreak
 from esper_tui.engine.vocabulary import BreakerState, Level, Strategy, Subsystem
 from esper_tui.engine.wal.writer import RecoveryReport, WalError, WalFsyncError, WriteAheadLog
@@ -116,6 +117,7 @@ class Forge:
         self._idle = asyncio.Event()
         self.fatal: str | None = None
         self._durations_ms: dict[Strategy, tuple[int, float]] = {}  # strategy -> (compiles, total ms)
+        self._status_writes: set[asyncio.Task[None]] = set()  # user blueprint statuses being signed
 
     # ------------------------------------------------------------------ queue
 
@@ -312,7 +314,7 @@ class Forge:
         try:
             built = await self.builder.build(spec, started=started, staged=staged)
         except BuildFailed as exc:
-            if exc.timed_out:
+            if exc.timed_out and not bp.is_user:  # a user blueprint's endless loop is its fault, not the forge's
                 self.board.timeout.record_slow(str(exc))
             await self.wal.aabort(job.txid, journal.encode(journal.JobAborted(error=str(exc))))
             self._failed(job, strategy, str(exc))
@@ -325,6 +327,8 @@ class Forge:
         self._compiled(meta, strategy, reused=built.reused, worker=built.worker)
 
     def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool, worker: str = "") -> None:
+        if self._is_user(meta.blueprint_id):
+            self._user_status(meta.blueprint_id, UserStatus.COMPILED, "")
         if not reused:
             count, total = self._durations_ms.get(strategy, (0, 0.0))
             self._durations_ms[strategy] = (count + 1, total + meta.compile_s * 1000)
@@ -346,8 +350,15 @@ class Forge:
         )
         self.emit_wal_status()
 
+    def _is_user(self, blueprint_id: str) -> bool:
+        return blueprint_id in self.catalog and self.catalog.get(blueprint_id).is_user
+
     def _failed(self, job: Job, strategy: Strategy, error: str) -> None:
-        retry = job.attempt < self.config.compilation.max_attempts
+        # A user blueprint's failure is its own code's (kernels/usercode.py): refused at once, never retried.
+        user = self._is_user(job.blueprint_id)
+        retry = job.attempt < self.config.compilation.max_attempts and not user
+        if user:
+            self._user_status(job.blueprint_id, UserStatus.REFUSED, error)
         self.emit(
             JobFailed(
                 source=Subsystem.TEZZERET,
@@ -363,6 +374,21 @@ class Forge:
             self._queue.append(
                 Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force, job.attempt + 1)
             )
+
+    def _user_status(self, blueprint_id: str, status: UserStatus, reason: str) -> None:
+        """Sign a user blueprint's new status into the library, off the loop (a shared library is a round trip)."""
+
+        def write() -> None:
+            try:
+                if self.library.blueprints.set_status(blueprint_id, status, reason) is not None:
+                    what = f"user blueprint {blueprint_id}: {status.value}" + (f" ({reason})" if reason else "")
+                    self.emit(LogLine(source=Subsystem.URZA, level=Level.INFO, message=what))
+            except UserBlueprintError as exc:
+                self.emit(LogLine(source=Subsystem.URZA, level=Level.WARNING, message=f"{blueprint_id}: {exc}"))
+
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(write))
+        self._status_writes.add(task)
+        task.add_done_callback(self._status_writes.discard)
 
     # ------------------------------------------------------------------ upkeep
 
@@ -492,5 +518,6 @@ class Forge:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await asyncio.gather(*self._status_writes, return_exceptions=True)  # a verdict reached is a verdict kept
         await self.builder.close()
         await self.pool.close()

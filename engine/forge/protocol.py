@@ -21,6 +21,10 @@ class CompileRequest(Struct, kw_only=True):
     mode: str | None
     device: str
     out_dir: str
+    # A user blueprint's signed source and class (the engine verified both): the worker loads and probes it before
+    # compiling. "" for the built-in catalog. A worker that ran user code is never given another job.
+    source: str = ""
+    class_name: str = ""
 
 
 class CompileResponse(Struct, kw_only=True):

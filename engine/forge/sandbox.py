@@ -508,7 +508,8 @@ class WorkerPool:
         return worker
 
     async def compile(self, request: CompileRequest, timeout_s: float) -> tuple[CompileResponse, int]:
-        """Run one job on a reused or fresh worker; returns the response and the worker's pid.
+        """Run one job on a reused or fresh worker; returns the response and the worker's pid. A worker that ran
+        a user blueprint's code is closed after it, never reused.
 
         A worker whose job ends in any exception, cancellation included, is killed and reaped (the
         wait is bounded, so a cancellation is delayed by at most that).
@@ -522,7 +523,7 @@ class WorkerPool:
             raise
         finally:
             self._busy.discard(worker)
-        if worker.alive and worker.jobs_done < self._jobs_per_worker:
+        if worker.alive and worker.jobs_done < self._jobs_per_worker and not request.source:
             self._park(worker)
         else:
             await worker.close()

@@ -4,6 +4,11 @@ It reads CompileRequests on stdin and answers CompileResponses on the original s
 pointed at stderr, so anything torch or g++ prints can never corrupt the protocol). Reused for several
 jobs: each new process pays ~3-4 s of inductor start-up.
 
+A user blueprint's request carries its signed source: the worker loads it, probes one eager forward
+(kernels/usercode.py) and compiles it like any other; a refusal is answered in one line. The worker that ran
+user code is retired after that job (the pool never reuses it): the module it imported could have changed
+torch or anything else in this process for the next job.
+
 It is untrusted (see sandbox.py): it starts with an allow-listed environment (no signing key, no
 engine cache pointers), as an unprivileged account when the engine is root, and writes only under
 its own scratch directory (HOME, TMPDIR and each job's out_dir). The engine copies the files it
@@ -17,11 +22,15 @@ import struct
 import sys
 import traceback
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 
 from esper_tui.engine.forge.protocol import CompileRequest, CompileResponse
+
+if TYPE_CHECKING:
+    from esper_tui.engine.kernels.catalog import Blueprint, Catalog
+    from esper_tui.engine.kernels.shapes import SlotShape
 
 _HEADER = struct.Struct("<I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -43,6 +52,27 @@ def read_frame(stream: BinaryIO) -> bytes | None:
     return data if len(data) == n else None
 
 
+def _blueprint(catalog: Catalog, req: CompileRequest, shape: SlotShape) -> Blueprint:
+    """The catalog's blueprint, or a user blueprint loaded from the request's source and probed for the slot's
+    shape (usercode.py)."""
+    if not req.source:
+        return catalog.get(req.blueprint_id)
+    from esper_tui.engine.kernels import usercode
+
+    bp = usercode.load(usercode.from_source(req.blueprint_id, req.source, req.class_name))
+    usercode.probe(bp, shape)
+    return bp
+
+
+def _error(req: CompileRequest, exc: BaseException) -> str:
+    """A user blueprint's refusal is one line (usercode.refusal); a catalog blueprint's error keeps its detail."""
+    if req.source:
+        from esper_tui.engine.kernels.usercode import refusal
+
+        return refusal(exc)
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
 def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     import torch
 
@@ -58,10 +88,11 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     encoder = msgspec.msgpack.Encoder()
     while (frame := read_frame(requests)) is not None:
         req = decoder.decode(frame)
+        shape = vector(req.in_features, req.out_features)
         try:
             out = compile_kernel(
-                catalog.get(req.blueprint_id),
-                vector(req.in_features, req.out_features),
+                _blueprint(catalog, req, shape),
+                shape,
                 CompileSettings(req.backend, req.mode, req.device),
                 Path(req.out_dir),
             )
@@ -75,9 +106,9 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
                 cpu_isa=out.cpu_isa,
                 max_abs_error=out.max_abs_error,
             )
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: user code calling sys.exit() is refused, not obeyed
             traceback.print_exc(file=sys.stderr)
-            resp = CompileResponse(job_id=req.job_id, ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
+            resp = CompileResponse(job_id=req.job_id, ok=False, error=_error(req, exc))
         write_frame(replies, encoder.encode(resp))
 
 

@@ -224,6 +224,8 @@ CATALOG: tuple[Blueprint, ...] = (
     ),
 )
 
+BUILTIN_IDS = frozenset(b.blueprint_id for b in CATALOG)
+
 
 class Catalog:
     """Look-up over a set of blueprints (the built-in CATALOG unless a test passes its own)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import linecache
 import resource
 import sys
 import types
@@ -29,11 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from esper_tui.engine.kernels.catalog import Blueprint
+from esper_tui.engine.kernels.catalog import USER_FAMILY, Blueprint
+from esper_tui.engine.kernels.shapes import KINDS as SHAPE_KINDS
+from esper_tui.engine.kernels.shapes import SlotKind, SlotShape
 
 USER_PACKAGE = "esper_tui_user"
-KINDS = ("vector", "sequence", "image")
-DEFAULT_SERVES = ("vector",)
+KINDS: tuple[SlotKind, ...] = tuple(SHAPE_KINDS.values())
+DEFAULT_SERVES: tuple[SlotKind, ...] = ("vector",)
 PROBE_BATCH = 8
 REASON_CHARS = 300
 # Audit events a forward has no business raising: files, sockets, processes.
@@ -49,7 +52,7 @@ class SourceFacts:
     """What `describe` read from a source without running it."""
 
     class_name: str
-    serves: tuple[str, ...]
+    serves: tuple[SlotKind, ...]
     doc: str  # the class docstring's first line, or ""
 
 
@@ -68,7 +71,7 @@ def describe(source: str, class_name: str, filename: str = "<blueprint>") -> Sou
     if node is None:
         known = ", ".join(classes) or "none"
         raise UserCodeRefused(f"{filename}: no top-level class {class_name!r} (classes: {known})")
-    serves: tuple[str, ...] = DEFAULT_SERVES
+    serves = DEFAULT_SERVES
     for stmt in node.body:
         if isinstance(stmt, ast.Assign):
             targets, value = stmt.targets, stmt.value
@@ -82,7 +85,7 @@ def describe(source: str, class_name: str, filename: str = "<blueprint>") -> Sou
     return SourceFacts(class_name, serves, doc[0] if doc else "")
 
 
-def _serves(value: ast.expr, filename: str, class_name: str) -> tuple[str, ...]:
+def _serves(value: ast.expr, filename: str, class_name: str) -> tuple[SlotKind, ...]:
     try:
         kinds = ast.literal_eval(value)
     except ValueError:
@@ -91,7 +94,21 @@ def _serves(value: ast.expr, filename: str, class_name: str) -> tuple[str, ...]:
         kinds = (kinds,)
     if not isinstance(kinds, tuple | list) or not kinds or not all(k in KINDS for k in kinds):
         raise UserCodeRefused(f"{filename}: {class_name}.serves must be a literal tuple of {', '.join(KINDS)}")
-    return tuple(dict.fromkeys(kinds))
+    return tuple(k for k in KINDS if k in kinds)
+
+
+def from_source(blueprint_id: str, source: str, class_name: str) -> Blueprint:
+    """A user blueprint from its source alone (the compile worker's view of a request): the kinds it serves are
+    read from the class as `describe` reads them."""
+    return Blueprint(
+        blueprint_id,
+        USER_FAMILY,
+        "",
+        None,
+        serves=describe(source, class_name).serves,
+        source=source,
+        class_name=class_name,
+    )
 
 
 def module_name(blueprint: Blueprint) -> str:
@@ -120,6 +137,13 @@ def load(blueprint: Blueprint) -> Blueprint:
         _package()
         module = types.ModuleType(name)
         module.__file__ = f"<user blueprint {blueprint.blueprint_id}>"
+        # dynamo reads a traced function's source through inspect, which finds it here (mtime None: never evicted)
+        linecache.cache[module.__file__] = (
+            len(blueprint.source),
+            None,
+            blueprint.source.splitlines(True),
+            module.__file__,
+        )
         sys.modules[name] = module
         try:
             code = compile(blueprint.source, module.__file__, "exec")
@@ -171,17 +195,20 @@ def guarded(phase: str) -> Iterator[None]:
         raise UserCodeRefused(_Guard.attempt)
 
 
-def probe(blueprint: Blueprint, in_features: int, out_features: int) -> None:
-    """Build the user's module and run one eager forward on a small batch; UserCodeRefused (one line) when it
-    raises, touches files, sockets or processes, or returns the wrong shape or non-finite values."""
+def probe(blueprint: Blueprint, shape: SlotShape) -> None:
+    """Build the user's module for a slot shape and run one eager forward on a small batch; UserCodeRefused (one
+    line) when it does not serve the shape, raises, touches files, sockets or processes, or returns the wrong
+    shape or non-finite values."""
+    if (unfit := blueprint.unfit(shape)) is not None:
+        raise UserCodeRefused(unfit)
     try:
         with guarded("build"):
-            module = blueprint.build(in_features, out_features)
+            module = blueprint.build(shape)
     except UserCodeRefused:
         raise
     except (Exception, SystemExit) as exc:
         raise UserCodeRefused(f"build failed: {_memory_hint(exc)}") from None
-    x = torch.randn(PROBE_BATCH, in_features)
+    x = torch.randn(PROBE_BATCH, *shape.in_shape)
     try:
         with guarded("forward"), torch.no_grad():
             y = module(x)
@@ -189,7 +216,7 @@ def probe(blueprint: Blueprint, in_features: int, out_features: int) -> None:
         raise
     except (Exception, SystemExit) as exc:
         raise UserCodeRefused(f"forward failed: {_memory_hint(exc)}") from None
-    want = (PROBE_BATCH, out_features)
+    want = (PROBE_BATCH, *shape.out_shape)
     if not isinstance(y, torch.Tensor):
         raise UserCodeRefused(f"forward returned {type(y).__name__}, not a tensor")
     if tuple(y.shape) != want:

@@ -25,7 +25,8 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
-from esper_tui.engine.kernels.catalog import USER_FAMILY, Blueprint, Catalog
+from esper_tui.engine.kernels.catalog import BUILTIN_IDS, USER_FAMILY, Blueprint
+from esper_tui.engine.kernels.usercode import KINDS
 from esper_tui.engine.library import signing
 from esper_tui.engine.vocabulary import SCHEMA_VERSION, Struct
 
@@ -228,19 +229,19 @@ class UserBlueprints:
     def remove(self, name: str) -> bool:
         return self.backend.delete(name)
 
-    def usable(self, builtin: Catalog) -> list[Blueprint]:
-        """The user blueprints the engine's catalog takes: unvalidated (to compile) or compiled, verified, and
-        not named like a built-in. Refused and invalid ones are left out."""
+    def usable(self) -> list[tuple[UserBlueprintRecord, Blueprint]]:
+        """The user blueprints a catalog takes: unvalidated (to compile) or compiled, verified (record, source),
+        and not named like a built-in. Refused and invalid ones are left out."""
         out = []
         for entry in self.entries():
             record = entry.record
-            if record is None or record.status is UserStatus.REFUSED or record.name in builtin:
+            if record is None or record.status is UserStatus.REFUSED or record.name in BUILTIN_IDS:
                 continue
             try:
                 record, source = self.get(record.name)
             except UserBlueprintError:
                 continue
-            out.append(as_blueprint(record, source))
+            out.append((record, as_blueprint(record, source)))
         return out
 
 
@@ -252,6 +253,7 @@ def as_blueprint(record: UserBlueprintRecord, source: str) -> Blueprint:
         USER_FAMILY,
         record.description or f"user blueprint {record.class_name}",
         None,
+        serves=tuple(k for k in KINDS if k in record.serves),
         tags=tuple(record.tags),
         risk=record.risk,
         priority=USER_PRIORITY,
