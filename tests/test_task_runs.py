@@ -161,3 +161,25 @@ def test_digits_runs_headless_and_its_final_snapshot_names_the_task(tmp_path: Pa
     assert any("on digits (" in e["text"] for e in snapshot["events"])
     value = final["val_accuracy"]
     assert math.isfinite(value) and value > 0.5  # ten classes: chance is 0.1
+
+
+def test_the_example_task_runs_end_to_end_and_grafts_a_seed(tmp_path: Path) -> None:
+    """examples/waveforms.py, as the README runs it: the engine loads it through --task, Tamiyo germinates a
+    seed on one of its slots and the seed is grafted (it trains, blends and is judged)."""
+    config = tmp_path / "fast.toml"
+    config.write_text(
+        "[tezzeret.polling]\ninitial_full_scan = false\n"
+        "[training]\nplateau_epochs = 1\nplateau_delta = 1.0\ntrain_epochs = 1\nblend_epochs = 1\nholding_epochs = 1\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = run_cli("--no-ui", "--eager", "--task", "examples/waveforms.py:factory", "--epochs", "8", "--json",
+                   "--interval", "5", "--config", str(config), "--state-dir", str(tmp_path / "s"),
+                   cwd=root)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    snapshot = json.loads(proc.stdout.splitlines()[-1])
+    texts = [e["text"] for e in snapshot["events"]]
+    assert any("task waveforms on cpu: accuracy (higher is better), slots features [8, 64] -> [8, 64], head [64] -> [4]"
+               in t for t in texts), texts  # fmt: skip
+    grafted = [s for s in snapshot["training"]["seeds"] if s["stage"].upper() not in ("DORMANT", "GERMINATED")]
+    assert grafted and all(s["blueprint_id"] for s in grafted), snapshot["training"]["seeds"]
+    assert snapshot["training"]["epoch"] == 8 and math.isfinite(snapshot["training"]["val_accuracy"])

@@ -24,6 +24,7 @@ from esper_tui.engine.vocabulary import SeedStage
 
 CATALOG = Catalog()
 CFG = TrainingConfig(seed=3)
+EXAMPLE = f"{Path(__file__).resolve().parents[1] / 'examples' / 'waveforms.py'}:factory"
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +81,9 @@ def _seed_module(shape: SlotShape) -> nn.Module:
     """A seed of the slot's shape, with BatchNorm of its own for an image (whose statistics must keep moving)."""
     if shape.kind == "vector":
         return nn.Sequential(nn.Linear(shape.in_shape[0], 32), nn.GELU(), nn.Linear(32, shape.out_shape[0]))
+    if shape.kind == "sequence":
+        c_in, c_out = shape.in_shape[0], shape.out_shape[0]
+        return nn.Sequential(nn.Conv1d(c_in, c_out, 3, padding=1), nn.BatchNorm1d(c_out))
     return nn.Sequential(
         nn.Conv2d(shape.in_shape[0], shape.out_shape[0], 3, padding=1), nn.BatchNorm2d(shape.out_shape[0])
     )
@@ -98,7 +102,7 @@ def _host_state(t: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in t.host.net.state_dict().items()}
 
 
-@pytest.mark.parametrize("spec", ["mnist1d", "digits"])
+@pytest.mark.parametrize("spec", ["mnist1d", "digits", EXAMPLE])
 @pytest.mark.parametrize("training", [0, 1])
 def test_a_training_seed_leaves_the_host_bit_for_bit_as_without_it(spec: str, training: int, data_dir: Path) -> None:
     """Kasmina's key property on each task's host: with a seed TRAINING in one slot (and a blended seed in the
