@@ -1,6 +1,7 @@
 """Throughput with the dashboard open: the whole engine's host-only epochs against a bare PyTorch loop, in one run.
 
-    python -m benchmarks.dashboard [--pairs 7] [--epochs 40] [--warmup 20] [--headless] [--json FILE]
+    python -m benchmarks.dashboard [--task mnist1d|digits] [--pairs 7] [--epochs 40] [--warmup 20] [--headless]
+                                   [--json FILE]
 
 What runs: the engine itself (`esper_tui.engine.runtime.Engine`, as `esper-tui` starts it: bus, forge and its
 idle workers, recorder, broadcaster, alerts, and the training process with its signed checkpoints), training
@@ -13,7 +14,7 @@ cost is not counted). `snapshots_drawn` says how many snapshots the dashboard dr
 Pairing: after `--warmup` epochs, `--pairs` times: `--epochs` engine epochs with the dashboard drawing (timed from
 one EpochCompleted's time stamp to that of the one `--epochs` later, both taken in the training process as it
 emits them, so neither a start, a pause nor the pipe's latency is counted); then training pauses and the bare
-loop (benchmarks.growth.bare_host_epochs: the same MLP, data, optimizer, threads and per-epoch work) runs as
+loop (benchmarks.growth.bare_host_epochs: the same host, data, optimizer, threads and per-epoch work) runs as
 many epochs on the event loop's thread, which holds the dashboard and the engine's tasks still meanwhile.
 Each pair gives bare/engine; the median is `bare_loop_ratio_dashboard` (issue 7's target: >= 0.95).
 `--headless` times the same engine with no dashboard (`bare_loop_ratio_engine`): the dashboard's own share is
@@ -34,10 +35,10 @@ from typing import Any
 
 from benchmarks.growth import bare_host_epochs, paired_ratio
 from benchmarks.report import write_json
+from benchmarks.workload import TASKS, Workload
 from esper_tui.engine.config import EsperConfig, load_config
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingPaused
 from esper_tui.engine.runtime import Engine
-from esper_tui.engine.training.data import carve, load_mnist1d
 from esper_tui.ui.app import EsperApp
 
 CONFIG = """\
@@ -96,13 +97,15 @@ async def _engine_epochs(engine: TimedEngine, app: EsperApp | None, epochs: int)
     return (ends[start + epochs] - ends[start]) * 1000 / epochs, len(drawn)
 
 
-async def measure(state_dir: Path, pairs: int, epochs: int, warmup: int, *, headless: bool = False) -> dict[str, Any]:
-    """Start the engine with the dashboard open (not with `headless`), alternate timed engine epochs and bare
-    epochs, stop it."""
-    (state_dir / "dashboard.toml").write_text(CONFIG)
+async def measure(
+    state_dir: Path, pairs: int, epochs: int, warmup: int, *, headless: bool = False, task: str = "mnist1d"
+) -> dict[str, Any]:
+    """Start the engine on `task` with the dashboard open (not with `headless`), alternate timed engine epochs and
+    bare epochs, stop it."""
+    (state_dir / "dashboard.toml").write_text(CONFIG + f'task = "{task}"\n')
     config = load_config(state_dir / "dashboard.toml")
     engine = TimedEngine(config, state_dir)
-    splits = carve(load_mnist1d(cache_dir=state_dir / "data"), config.training.val_samples)
+    workload = Workload.named(task, config.training, state_dir / "data")
     app = None if headless else EsperApp(engine, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme)
     timed: list[tuple[float, float]] = []
     drawn = 0
@@ -115,7 +118,7 @@ async def measure(state_dir: Path, pairs: int, epochs: int, warmup: int, *, head
             for r in range(pairs):
                 engine_ms, seen = await _engine_epochs(engine, app, epochs)
                 drawn += seen
-                timed.append((engine_ms, bare_host_epochs(config.training, splits, epochs, seed=r)))
+                timed.append((engine_ms, bare_host_epochs(workload, epochs, seed=r)))
                 print(f"  pair {r + 1}: engine {engine_ms:.2f} ms/epoch, bare {timed[-1][1]:.2f}", flush=True)
     finally:
         engine.control.resume()
@@ -123,6 +126,7 @@ async def measure(state_dir: Path, pairs: int, epochs: int, warmup: int, *, head
         await engine.stop()
     return {
         **paired_ratio(timed),
+        "task": task,
         "dashboard": not headless,
         "epochs_per_pair": epochs,
         "warmup_epochs": warmup,
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=40, help="epochs timed per side of a pair")
     ap.add_argument("--warmup", type=int, default=20, help="engine epochs before the first pair (not timed)")
     ap.add_argument("--headless", action="store_true", help="the same engine without the dashboard")
+    ap.add_argument("--task", choices=TASKS, default="mnist1d", help="the built-in task the host trains")
     ap.add_argument("--json", type=Path, metavar="FILE")
     args = ap.parse_args(argv)
     if min(args.pairs, args.epochs, args.warmup) < 1:
@@ -147,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="esper-dashboard-") as tmp:
         try:
-            result = asyncio.run(measure(Path(tmp), args.pairs, args.epochs, args.warmup, headless=args.headless))
+            result = asyncio.run(
+                measure(Path(tmp), args.pairs, args.epochs, args.warmup, headless=args.headless, task=args.task)
+            )
         except RuntimeError as exc:
             print(f"benchmarks.dashboard: {exc}", file=sys.stderr)
             return 1
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{name} {ratio:.3f} (median of {result['pairs']} pairs, range "
         f"{result['ratio_min']:.3f}-{result['ratio_max']:.3f}; engine {engine} "
         f"{result['engine_epoch_ms']:.2f} ms/epoch, bare {result['bare_epoch_ms']:.2f} ms/epoch, host only; "
-        f"{result['snapshots_drawn']} snapshots drawn at {result['refresh_hz']:g} Hz)"
+        f"{result['snapshots_drawn']} snapshots drawn at {result['refresh_hz']:g} Hz; task {args.task})"
     )
     print(f"target >= 0.95: {'ok' if ratio >= 0.95 else 'MISSED'}")
     write_json(args.json, {name: ratio, "measurement": result})

@@ -1,6 +1,9 @@
-"""Growth benchmark: is a network grown from compiled seeds as good as one designed up front? (MNIST-1D)
+"""Growth benchmark: is a network grown from compiled seeds as good as one designed up front? (MNIST-1D, digits)
 
-    python -m benchmarks.growth [--quick] [--state-dir var] [--seeds 5] --json FILE
+    python -m benchmarks.growth [--task mnist1d|digits] [--quick] [--state-dir var] [--seeds 5] --json FILE
+
+Every row trains the task's own host, data, batch size and optimizer (benchmarks/workload.py); below, "MLP" is
+mnist1d's host and its width, which for digits are its CNN and channel width.
 
 Compiled seeds come from the library in --state-dir (compiled first with `esper-tui --no-ui --forge-only`
 when it holds none, as benchmarks/training.py does).
@@ -47,6 +50,7 @@ from torch import nn
 
 from benchmarks.report import write_json
 from benchmarks.training import compile_library
+from benchmarks.workload import TASKS, Workload
 from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import AnyEvent, ControllerDecision, EpochCompleted
@@ -55,7 +59,6 @@ from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.signing import load_or_create_key
 from esper_tui.engine.library.store import Library
-from esper_tui.engine.training.data import Splits, carve, load_mnist1d
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelOffer, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer
@@ -135,18 +138,19 @@ class Row:
 
 
 def engine_run(
-    base: TrainingConfig,
+    w: Workload,
     catalog: Catalog,
     source: KernelSource,
-    splits: Splits,
     seed: int,
     *,
     max_epochs: int,
     patience: int,
     grafts: Sequence[tuple[str, str]] = (),
+    width: int | None = None,
 ) -> RunResult:
-    """One run of the engine's training loop under the protocol; `grafts` builds a static twin."""
-    cfg = msgspec.structs.replace(base, seed=seed, epochs=max_epochs, early_stop_epochs=patience)
+    """One run of the engine's training loop under the protocol; `grafts` builds a static twin, `width` a host of
+    another size (the static twin of a grown network's parameter count)."""
+    cfg = msgspec.structs.replace(w.base, seed=seed, epochs=max_epochs, early_stop_epochs=patience)
     decisions: list[str] = []
     epoch = [0]
 
@@ -161,7 +165,7 @@ def engine_run(
             decisions.append(f"ep{epoch[0]} {event.action} {event.slot} {event.blueprint_id}")
 
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, catalog, source, emit, splits=splits, early_stop=True)
+    trainer = Trainer(cfg, catalog, source, emit, task=w.task(seed, width), early_stop=True)
     for slot, blueprint_id in grafts:
         trainer.graft(slot, blueprint_id)
     finished = trainer.run()
@@ -188,25 +192,22 @@ def _progress(row: str, r: RunResult) -> None:
     )
 
 
-def row_engine(
-    name: str, base: TrainingConfig, catalog: Catalog, source: KernelSource, splits: Splits, p: Protocol, note: str
-) -> Row:
+def row_engine(name: str, w: Workload, catalog: Catalog, source: KernelSource, p: Protocol, note: str) -> Row:
     runs = []
     for seed in p.seeds:
-        runs.append(engine_run(base, catalog, source, splits, seed, max_epochs=p.max_epochs, patience=p.patience))
+        runs.append(engine_run(w, catalog, source, seed, max_epochs=p.max_epochs, patience=p.patience))
         _progress(name, runs[-1])
     return Row(name, runs, note)
 
 
-def row_static_architecture(base: TrainingConfig, catalog: Catalog, splits: Splits, p: Protocol, grown: Row) -> Row:
+def row_static_architecture(w: Workload, catalog: Catalog, p: Protocol, grown: Row) -> Row:
     """Each grown run's final network, built at epoch 0 (seeds grafted as fossilized) and trained static."""
     name, runs = "static, grown's final architecture", []
     for twin in grown.runs:
         r = engine_run(
-            base,
+            w,
             catalog,
             NoSeeds(catalog),
-            splits,
             twin.seed,
             max_epochs=twin.epochs,
             patience=p.patience,
@@ -217,36 +218,26 @@ def row_static_architecture(base: TrainingConfig, catalog: Catalog, splits: Spli
     return Row(name, runs, "each grown run's final seeds grafted at epoch 0, same epoch budget as its twin")
 
 
-def mlp_params(hidden: int, in_features: int = 40, classes: int = 10) -> int:
-    """Parameters of the host-shaped MLP in-h-h-classes."""
-    return (in_features + 1) * hidden + (hidden + 1) * hidden + (hidden + 1) * classes
-
-
-def mlp_hidden_for(params: int, in_features: int = 40, classes: int = 10) -> int:
-    """The width h of the host-shaped MLP whose parameter count is nearest `params`."""
-    b = in_features + classes + 2  # params = h**2 + b*h + classes
-    h = max(1, int((-b + math.sqrt(b * b + 4 * max(0, params - classes))) / 2))
-    return min((h, h + 1), key=lambda w: abs(mlp_params(w, in_features, classes) - params))
-
-
-def row_static_mlp(base: TrainingConfig, catalog: Catalog, splits: Splits, p: Protocol, grown: Row) -> Row:
-    name, runs = "static MLP, grown's params", []
+def row_static_host(w: Workload, catalog: Catalog, p: Protocol, grown: Row) -> Row:
+    """The host widened to each grown run's parameter count (mnist1d: its MLP's hidden width, one slot; digits:
+    its CNN's channels), trained static under the same protocol."""
+    name, runs = f"static {w.host_kind}, grown's params", []
     for twin in grown.runs:
-        cfg = msgspec.structs.replace(base, hidden=mlp_hidden_for(twin.params), slots=1)
-        r = engine_run(cfg, catalog, NoSeeds(catalog), splits, twin.seed, max_epochs=p.max_epochs, patience=p.patience)
+        width = w.width_for(twin.params)
+        r = engine_run(
+            w, catalog, NoSeeds(catalog), twin.seed, max_epochs=p.max_epochs, patience=p.patience, width=width
+        )
         runs.append(r)
         _progress(name, r)
-    return Row(name, runs, "host-shaped MLP (same dropout), width chosen to match each grown run's parameters")
+    return Row(name, runs, f"host-shaped {w.host_kind}, width chosen to match each grown run's parameters")
 
 
 # ------------------------------------------------------------------------------------------- bare loops
 
 
-def _tensors(splits: Splits) -> tuple[torch.Tensor, ...]:
-    return tuple(
-        torch.from_numpy(a)
-        for a in (splits.x_train, splits.y_train, splits.x_val, splits.y_val, splits.x_test, splits.y_test)
-    )
+def _tensors(w: Workload) -> tuple[torch.Tensor, ...]:
+    (xt, yt), (xv, yv), (xs, ys) = w.data()
+    return xt, yt, xv, yv, xs, ys
 
 
 @torch.no_grad()
@@ -286,26 +277,29 @@ def _bare_epoch(
     return loss_sum
 
 
-def bare_fit(make: Callable[[], nn.Module], base: TrainingConfig, splits: Splits, seed: int, p: Protocol) -> RunResult:
-    """The protocol in a plain PyTorch loop (for models the engine does not host)."""
+def bare_fit(make: Callable[[], nn.Module], w: Workload, seed: int, p: Protocol) -> RunResult:
+    """The protocol in a plain PyTorch loop (for models the engine does not host), with the task's batch size
+    and optimizer."""
     torch.manual_seed(seed)
     model = make()
-    xt, yt, xv, yv, xs, ys = _tensors(splits)
-    opt = torch.optim.Adam(model.parameters(), lr=base.learning_rate)
+    xt, yt, xv, yv, xs, ys = _tensors(w)
+    task = w.task(seed).task
+    bs = task.batch_size
+    opt = task.optimizer(list(model.parameters()))
     g = torch.Generator().manual_seed(seed)
     best, best_epoch, best_state, epoch = -1.0, 0, model.state_dict(), 0
     t0 = time.perf_counter()
     while epoch < p.max_epochs and epoch - best_epoch < p.patience:
-        _bare_epoch(model, opt, xt, yt, base.batch_size, g)
+        _bare_epoch(model, opt, xt, yt, bs, g)
         epoch += 1
-        val = _accuracy(model, xv, yv, base.batch_size)
+        val = _accuracy(model, xv, yv, bs)
         if val > best:
             best, best_epoch = val, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     return RunResult(
         seed=seed,
-        test_accuracy=_accuracy(model, xs, ys, base.batch_size),
+        test_accuracy=_accuracy(model, xs, ys, bs),
         best_val_accuracy=best,
         params=sum(q.numel() for q in model.parameters()),
         epochs=epoch,
@@ -314,26 +308,13 @@ def bare_fit(make: Callable[[], nn.Module], base: TrainingConfig, splits: Splits
     )
 
 
-def row_logistic(base: TrainingConfig, splits: Splits, p: Protocol) -> Row:
+def row_logistic(w: Workload, p: Protocol) -> Row:
     name, runs = "logistic regression", []
+    features, classes = w.in_features(), int(w.data()[0][1].max()) + 1
     for seed in p.seeds:
-        runs.append(bare_fit(lambda: nn.Linear(40, 10), base, splits, seed, p))
+        runs.append(bare_fit(lambda: nn.Sequential(nn.Flatten(), nn.Linear(features, classes)), w, seed, p))
         _progress(name, runs[-1])
     return Row(name, runs, "one linear layer, bare PyTorch loop, same protocol")
-
-
-def bare_host(cfg: TrainingConfig) -> nn.Module:
-    """The host MLP as a PyTorch user writes it: the same layers and dropout, no slots."""
-    h = cfg.hidden
-    return nn.Sequential(
-        nn.Linear(40, h),
-        nn.ReLU(),
-        nn.Dropout(cfg.dropout),
-        nn.Linear(h, h),
-        nn.ReLU(),
-        nn.Dropout(cfg.dropout),
-        nn.Linear(h, 10),
-    )
 
 
 def _folder(aggregator: Aggregator) -> Callable[[AnyEvent], None]:
@@ -345,22 +326,25 @@ def _folder(aggregator: Aggregator) -> Callable[[AnyEvent], None]:
     return fold
 
 
-def bare_host_epochs(cfg: TrainingConfig, splits: Splits, epochs: int, seed: int) -> float:
-    """Milliseconds per epoch of the bare loop: the engine's host MLP in plain PyTorch doing the engine's
-    per-epoch work (train, validation loss and accuracy, test accuracy), with its optimizer and thread count."""
-    xt, yt, xv, yv, xs, ys = _tensors(splits)
+def bare_host_epochs(w: Workload, epochs: int, seed: int) -> float:
+    """Milliseconds per epoch of the bare loop: the task's host in plain PyTorch (Workload.bare_host) doing the
+    engine's per-epoch work (train, validation loss and accuracy, test accuracy), with the task's optimizer and
+    batch size and the engine's thread count."""
+    xt, yt, xv, yv, xs, ys = _tensors(w)
+    task = w.task(seed).task
+    bs = task.batch_size
     previous = torch.get_num_threads()
     torch.set_num_threads(kernels.kernel_threads())
     try:
         torch.manual_seed(seed)
-        model = bare_host(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        model = w.bare_host()
+        opt = task.optimizer(list(model.parameters()))
         g = torch.Generator().manual_seed(seed)
         t0 = time.perf_counter()
         for _ in range(epochs):
-            _bare_epoch(model, opt, xt, yt, cfg.batch_size, g)
-            _evaluate(model, xv, yv, cfg.batch_size, loss=True)  # the engine reports validation loss too
-            _accuracy(model, xs, ys, cfg.batch_size)
+            _bare_epoch(model, opt, xt, yt, bs, g)
+            _evaluate(model, xv, yv, bs, loss=True)  # the engine reports validation loss too
+            _accuracy(model, xs, ys, bs)
         return (time.perf_counter() - t0) * 1000 / epochs
     finally:
         torch.set_num_threads(previous)
@@ -380,20 +364,19 @@ def paired_ratio(pairs: Sequence[tuple[float, float]]) -> dict[str, float]:
     }
 
 
-def bare_loop_ratio(
-    base: TrainingConfig, catalog: Catalog, splits: Splits, epochs: int, repeats: int
-) -> dict[str, float]:
+def bare_loop_ratio(w: Workload, catalog: Catalog, epochs: int, repeats: int) -> dict[str, float]:
     """Host-only epochs, the engine's loop (its events folded by the engine's aggregator, as in the engine)
     against the bare loop (`bare_host_epochs`), headless. The two alternate `repeats` times in one process;
     each pair gives a ratio (`paired_ratio`). benchmarks.dashboard measures the same with the dashboard open."""
-    cfg = msgspec.structs.replace(base, epochs=epochs)
+    cfg = msgspec.structs.replace(w.base, epochs=epochs)
     pairs: list[tuple[float, float]] = []  # (engine, bare) ms per epoch
     for r in range(repeats):
-        trainer = Trainer(cfg, catalog, NoSeeds(catalog), _folder(Aggregator()), splits=splits, early_stop=False)
+        task = w.task(cfg.seed)
+        trainer = Trainer(cfg, catalog, NoSeeds(catalog), _folder(Aggregator()), task=task, early_stop=False)
         t0 = time.perf_counter()
         trainer.run()
         engine_ms = (time.perf_counter() - t0) * 1000 / epochs
-        pairs.append((engine_ms, bare_host_epochs(cfg, splits, epochs, seed=r)))
+        pairs.append((engine_ms, bare_host_epochs(w, epochs, seed=r)))
     return paired_ratio(pairs)
 
 
@@ -508,10 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="shorter runs (60 epochs at most, patience 20)")
     ap.add_argument("--state-dir", type=Path, default=Path("var"))
     ap.add_argument("--seeds", type=int, default=5, help="training seeds per row (at least 5 for the table)")
+    ap.add_argument("--task", choices=TASKS, default="mnist1d", help="the built-in task to grow (default mnist1d)")
     ap.add_argument("--json", type=Path, metavar="FILE")
     args = ap.parse_args(argv)
     started = time.perf_counter()
-    compile_library(args.state_dir)
+    compile_library(args.state_dir, args.task)
     base = TrainingConfig()
     p = Protocol(
         max_epochs=60 if args.quick else 150,
@@ -521,27 +505,30 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog()
     kernels.private_cache_dir()
     library = Library(args.state_dir / "library", load_or_create_key(args.state_dir), catalog)
-    splits = carve(load_mnist1d(cache_dir=args.state_dir / "data"), base.val_samples)
+    w = Workload.named(args.task, base, args.state_dir / "data")
     print(
-        f"MNIST-1D {splits.describe()}; at most {p.max_epochs} epochs, early stop after {p.patience} without a "
+        f"{w.describe()}; at most {p.max_epochs} epochs, early stop after {p.patience} without a "
         f"validation gain, best epoch restored; seeds {list(p.seeds)}; {kernels.kernel_threads()} thread(s)",
         flush=True,
     )
 
     compiled = LibraryKernelSource(library, "inductor", "default", fastest=False)
-    grown_c = row_engine(GROWN_COMPILED, base, catalog, compiled, splits, p, "seeds from the library, compiled kernels")
-    grown_e = row_engine(GROWN_EAGER, base, catalog, EagerKernelSource(catalog), splits, p, "seeds as plain PyTorch")
+    grown_c = row_engine(GROWN_COMPILED, w, catalog, compiled, p, "seeds from the library, compiled kernels")
+    grown_e = row_engine(GROWN_EAGER, w, catalog, EagerKernelSource(catalog), p, "seeds as plain PyTorch")
+    paper = PAPER if w.name == "mnist1d" else ()
     rows = [
-        row_logistic(base, splits, p),
-        row_engine("host MLP alone", base, catalog, NoSeeds(catalog), splits, p, "the engine's host, no seeds"),
-        row_static_mlp(base, catalog, splits, p, grown_c),
-        row_static_architecture(base, catalog, splits, p, grown_c),
+        row_logistic(w, p),
+        row_engine(f"host {w.host_kind} alone", w, catalog, NoSeeds(catalog), p, "the engine's host, no seeds"),
+        row_static_host(w, catalog, p, grown_c),
+        row_static_architecture(w, catalog, p, grown_c),
         grown_c,
         grown_e,
-        *(Row(name, [], "quoted from the MNIST-1D paper", paper_accuracy=acc) for name, acc in PAPER),
+        *(Row(name, [], "quoted from the MNIST-1D paper", paper_accuracy=acc) for name, acc in paper),
     ]
-    ratio = bare_loop_ratio(base, catalog, splits, epochs=20, repeats=7 if args.quick else 11)
-    kernel_ratios = compiled_over_eager(library, catalog, base.hidden, repeats=5, steps=10 if args.quick else 30)
+    ratio = bare_loop_ratio(w, catalog, epochs=20, repeats=7 if args.quick else 11)
+    steps = 10 if args.quick else 30
+    # the library's kernels are MNIST-1D's 40-64 ones; another task's are timed by the forge itself (JobCompiled)
+    kernel_ratios = compiled_over_eager(library, catalog, base.hidden, 5, steps) if w.name == "mnist1d" else {}
 
     print("\n" + table(rows))
     verdicts = [verdict(grown_c, row) for row in rows[:4]] + [verdict(grown_c, grown_e)]
@@ -570,10 +557,9 @@ def main(argv: list[str] | None = None) -> int:
             "verdicts": verdicts,
             "protocol": {
                 **asdict(p),
-                "val_samples": base.val_samples,
-                "batch_size": base.batch_size,
-                "learning_rate": base.learning_rate,
-                "dropout": base.dropout,
+                "task": w.name,
+                "data": w.describe(),
+                "batch_size": w.task(0).task.batch_size,
                 "quick": args.quick,
             },
             "wall_s": wall,

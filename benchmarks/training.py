@@ -81,21 +81,23 @@ def run(kernel_source: KernelSource, epochs: int, seed: int, cache: Path) -> Run
     )
 
 
-def compile_library(state_dir: Path) -> None:
+def compile_library(state_dir: Path, task: str = "mnist1d") -> None:
     """Compile the catalog into the state dir's library with the real engine, unless every blueprint has a
     kernel built from its current source (a stale one would be quarantined at the first germination, and
-    the "compiled" run would grow nothing)."""
+    the "compiled" run would grow nothing). Another task than mnist1d: one epoch of the engine on that task, whose
+    forge compiles for the slot shapes the task's training process reports."""
     catalog = Catalog()
     current = {
         m.blueprint_id
         for m in Library(state_dir / "library", load_or_create_key(state_dir), catalog).all_current()
         if m.ir_hash == catalog.get(m.blueprint_id).ir_hash()
     }
-    if current == {b.blueprint_id for b in catalog.fitting(vector(40, TrainingConfig().hidden))}:
+    if task == "mnist1d" and current == {b.blueprint_id for b in catalog.fitting(vector(40, TrainingConfig().hidden))}:
         return
     print(f"compiling the catalog into {state_dir} ...", flush=True)
+    how = ["--forge-only"] if task == "mnist1d" else ["--task", task, "--epochs", "1"]
     subprocess.run(
-        [sys.executable, "-m", "esper_tui", "--no-ui", "--forge-only", "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "esper_tui", "--no-ui", *how, "--state-dir", str(state_dir)],
         check=True,
         stdout=subprocess.DEVNULL,
     )

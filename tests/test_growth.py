@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from benchmarks import growth
+from benchmarks.workload import Workload, params
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import compiler_id, cpu_isa, kernel_threads
 from esper_tui.engine.library.store import Identity, Library
-from esper_tui.engine.training.data import Splits, carve, load_mnist1d
 from esper_tui.engine.training.kernel_source import EagerKernelSource
 
 CATALOG = Catalog()
@@ -26,13 +26,13 @@ TINY = growth.Protocol(max_epochs=5, patience=5, seeds=(0, 1))
 
 
 @pytest.fixture(scope="module")
-def splits(tmp_path_factory: pytest.TempPathFactory) -> Splits:
-    return carve(load_mnist1d(42, tmp_path_factory.mktemp("mnist1d")), BASE.val_samples)
+def w(tmp_path_factory: pytest.TempPathFactory) -> Workload:
+    return Workload.named("mnist1d", BASE, tmp_path_factory.mktemp("mnist1d"))
 
 
 @pytest.fixture(scope="module")
-def grown(splits: Splits) -> growth.Row:
-    return growth.row_engine("grown", BASE, CATALOG, EagerKernelSource(CATALOG), splits, TINY, "test")
+def grown(w: Workload) -> growth.Row:
+    return growth.row_engine("grown", w, CATALOG, EagerKernelSource(CATALOG), TINY, "test")
 
 
 def test_a_grown_row_grows_and_reports_test_accuracy_of_the_restored_epoch(grown: growth.Row) -> None:
@@ -46,31 +46,46 @@ def test_a_grown_row_grows_and_reports_test_accuracy_of_the_restored_epoch(grown
     assert summary["runs"] == 2 and summary["test_accuracy_std"] >= 0
 
 
-def test_static_twins_match_the_grown_runs(grown: growth.Row, splits: Splits) -> None:
-    arch = growth.row_static_architecture(BASE, CATALOG, splits, TINY, grown)
+def test_static_twins_match_the_grown_runs(grown: growth.Row, w: Workload) -> None:
+    arch = growth.row_static_architecture(w, CATALOG, TINY, grown)
     for twin, static in zip(grown.runs, arch.runs, strict=True):
         assert static.architecture == twin.architecture and static.params == twin.params  # same network
         assert static.epochs <= twin.epochs and not static.decisions  # never grew: built at epoch 0
-    mlp = growth.row_static_mlp(BASE, CATALOG, splits, TINY, grown)
+    mlp = growth.row_static_host(w, CATALOG, TINY, grown)
     for twin, static in zip(grown.runs, mlp.runs, strict=True):
         assert not static.architecture and abs(static.params - twin.params) / twin.params < 0.02
 
 
-def test_mlp_width_for_a_parameter_count() -> None:
+def test_host_width_for_a_parameter_count(w: Workload, tmp_path: Path) -> None:
     host = 40 * 64 + 64 + 64 * 64 + 64 + 64 * 10 + 10
-    assert growth.mlp_hidden_for(host) == 64
-    assert growth.mlp_hidden_for(host + 150) == 65  # nearest, not floor
+    assert w.width_for(host) == 64
+    assert w.width_for(host + 150) == 65  # nearest, not floor
+    cnn = Workload.named("digits", BASE, tmp_path)
+    assert cnn.width_for(params(cnn.bare_host(12))) == 12 and cnn.host_kind == "CNN"
 
 
-def test_logistic_regression_and_the_host_rows(splits: Splits) -> None:
-    logistic = growth.row_logistic(BASE, splits, TINY)
+def test_logistic_regression_and_the_host_rows(w: Workload) -> None:
+    logistic = growth.row_logistic(w, TINY)
     assert all(r.params == 410 and 0.1 < r.test_accuracy < 0.6 for r in logistic.runs)
-    host = growth.row_engine("host", BASE, CATALOG, growth.NoSeeds(CATALOG), splits, TINY, "test")
-    assert all(not r.architecture and r.params == growth.mlp_params(64) for r in host.runs)
+    host = growth.row_engine("host", w, CATALOG, growth.NoSeeds(CATALOG), TINY, "test")
+    assert all(not r.architecture and r.params == params(w.bare_host()) == 7434 for r in host.runs)
 
 
-def test_table_verdict_and_paper_rows(grown: growth.Row, splits: Splits) -> None:
-    logistic = growth.row_logistic(BASE, splits, TINY)
+def test_the_digits_rows_train_its_conv_host(tmp_path: Path) -> None:
+    """--task digits: the same rows on the digits task, its static twin a wider CNN of the grown network's size."""
+    d = Workload.named("digits", BASE, tmp_path)
+    one = growth.Protocol(max_epochs=4, patience=4, seeds=(0,))
+    grown = growth.row_engine("grown", d, CATALOG, EagerKernelSource(CATALOG), one, "test")
+    [run] = grown.runs
+    assert any("germinate s" in d for d in run.decisions) and 0.1 < run.test_accuracy <= 1, run.decisions
+    static = growth.row_static_host(d, CATALOG, one, grown)
+    assert static.name == "static CNN, grown's params" and abs(static.runs[0].params - run.params) / run.params < 0.1
+    logistic = growth.row_logistic(d, one)
+    assert logistic.runs[0].params == 64 * 10 + 10
+
+
+def test_table_verdict_and_paper_rows(grown: growth.Row, w: Workload) -> None:
+    logistic = growth.row_logistic(w, TINY)
     paper = growth.Row("paper: CNN", [], "quoted", paper_accuracy=0.94)
     text = growth.table([logistic, grown, paper])
     assert "logistic regression" in text and "94.0%" in text and "±" in text
@@ -86,8 +101,8 @@ def test_table_verdict_and_paper_rows(grown: growth.Row, splits: Splits) -> None
     assert line.startswith("grown beats logistic regression: +") or " matches " in line
 
 
-def test_bare_loop_ratio_measures_both_loops(splits: Splits) -> None:
-    r = growth.bare_loop_ratio(BASE, CATALOG, splits, epochs=1, repeats=1)
+def test_bare_loop_ratio_measures_both_loops(w: Workload) -> None:
+    r = growth.bare_loop_ratio(w, CATALOG, epochs=1, repeats=1)
     assert r["engine_epoch_ms"] > 0 and r["bare_epoch_ms"] > 0
     assert r["bare_loop_ratio"] == pytest.approx(r["bare_epoch_ms"] / r["engine_epoch_ms"])  # one pair
     assert r["ratio_min"] == r["bare_loop_ratio"] == r["ratio_max"]

@@ -28,13 +28,14 @@ NAME = "digits"
 TEST_SEED = 1_797  # the test split's own fixed seed: every run reports on the same 359 images
 TEST_FRACTION = 0.2
 BATCH_SIZE = 64
+CHANNELS = (8, 16)
 LEARNING_RATE = 3e-3
 
 
 class DigitsCNN(nn.Module):
     """x [B, 1, 8, 8] -> conv1 (8 ch) -> bn -> relu -> conv2 (16 ch) -> bn -> relu -> maxpool -> dropout -> head."""
 
-    def __init__(self, channels: tuple[int, int] = (8, 16), classes: int = 10, dropout: float = 0.2) -> None:
+    def __init__(self, channels: tuple[int, int] = CHANNELS, classes: int = 10, dropout: float = 0.2) -> None:
         super().__init__()
         c1, c2 = channels
         self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
@@ -64,8 +65,9 @@ def load() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.tensor(raw.target, dtype=torch.int64)
 
 
-def task(ctx: TaskContext) -> Task:
-    host = DigitsCNN()
+def task(ctx: TaskContext, *, channels: tuple[int, int] = CHANNELS) -> Task:
+    """`channels`: the two convolutions' widths (a benchmark widens them for a static twin of a grown network)."""
+    host = DigitsCNN(channels)
     x, y = load()
     train_idx, test_idx = carve_indices(len(y), round(len(y) * TEST_FRACTION), TEST_SEED)
     x, y = x.to(ctx.device), y.to(ctx.device)
