@@ -107,6 +107,21 @@ def test_runs_lists_the_recording(recorded_run) -> None:
     assert row["run_id"] == engine.run_id and row["epochs"] == EPOCHS and row["test_accuracy"] is not None
 
 
+def test_replay_and_plot_take_a_run_id_with_the_state_dir(recorded_run, tmp_path: Path) -> None:
+    """`replay` took a path only: what `runs` lists (the id, or its start) now works with --state-dir."""
+    engine, path = recorded_run
+    state = str(path.parent.parent)
+    by_path = run_cli("replay", str(path), "--no-ui", "--json")
+    by_id = run_cli("replay", engine.run_id, "--state-dir", state, "--no-ui", "--json")
+    assert by_id.returncode == 0 and by_id.stdout == by_path.stdout != "", by_id.stderr
+    assert run_cli("replay", engine.run_id[:6], "--state-dir", state, "--no-ui", "--json").stdout == by_path.stdout
+    plotted = run_cli("plot", engine.run_id, "--state-dir", state, "--out", str(tmp_path / "run.svg"))
+    assert plotted.returncode == 0 and (tmp_path / "run.svg").stat().st_size > 0, plotted.stderr
+    unknown = run_cli("replay", "nosuchrun", "--state-dir", state, "--no-ui")
+    assert unknown.returncode == 1 and unknown.stderr.count("\n") == 1
+    assert "no run 'nosuchrun' in" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_replay_no_ui_json_prints_every_frame(recorded_run) -> None:
     engine, path = recorded_run
     proc = run_cli("replay", str(path), "--no-ui", "--json")
@@ -238,6 +253,19 @@ def test_a_48_byte_file_declaring_64_gib_is_one_line(tmp_path: Path) -> None:
     replay = run_cli("replay", str(path), "--no-ui")  # after its note that the file has no index
     assert replay.returncode == 1 and "Traceback" not in replay.stderr, replay.stderr
     assert replay.stderr.splitlines()[-1].startswith("esper-tui: ") and "declares 64 GiB" in replay.stderr
+
+
+def test_runs_and_reports_agree_on_what_nothing_found_means(tmp_path: Path) -> None:
+    """`runs` on a missing directory exited 0 and `reports` 1: a missing state directory is exit 1 for both,
+    an existing one with nothing in it yet exit 0 for both."""
+    for command in ("runs", "reports"):
+        missing = run_cli(command, "--state-dir", str(tmp_path / "nowhere"))
+        assert (missing.returncode, missing.stdout) == (1, ""), (command, missing.stderr)
+        assert missing.stderr.startswith("esper-tui: no state directory at") and missing.stderr.count("\n") == 1
+    (tmp_path / "fresh").mkdir()
+    for command in ("runs", "reports"):
+        fresh = run_cli(command, "--state-dir", str(tmp_path / "fresh"))
+        assert fresh.returncode == 0 and fresh.stdout.startswith("no "), (command, fresh.stderr)
 
 
 def test_runs_lists_the_rest_and_marks_the_bad_file(tmp_path: Path) -> None:

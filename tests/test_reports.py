@@ -158,7 +158,10 @@ def test_the_reports_command_prints_a_table_json_and_clear_errors(tmp_path: Path
 
     missing = cli("reports", "--state-dir", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and missing.stdout == ""
-    assert missing.stderr.startswith("esper-tui: no field reports at") and len(missing.stderr.splitlines()) == 1
+    assert missing.stderr.startswith("esper-tui: no state directory at") and len(missing.stderr.splitlines()) == 1
+    (tmp_path / "fresh").mkdir()  # a state directory whose run decided nothing yet: an answer, not an error
+    fresh = cli("reports", "--state-dir", str(tmp_path / "fresh"))
+    assert fresh.returncode == 0 and fresh.stdout.startswith("no field reports yet in"), fresh.stderr
     reports_path(tmp_path).write_bytes(b"garbage\n")
     bad = cli("reports", "--state-dir", str(tmp_path))
     assert bad.returncode == 1 and "line 1 is not a field report" in bad.stderr and "Traceback" not in bad.stderr

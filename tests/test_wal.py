@@ -1192,6 +1192,23 @@ def test_wal_inspect_tool_prints_the_report(tmp_path: Path, capsys: pytest.Captu
     assert f"{segment.name}@{last}" in text and "damaged length" in text and "open: B" in text
 
 
+def test_wal_inspect_never_names_a_copy_that_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Read-only inspect reported damage as "kept in wal-….corrupt", a file only recovery writes."""
+    from esper_tui.commands.tools import wal_inspect
+    from esper_tui.engine.config import EsperConfig, wal_directory
+
+    config = EsperConfig()
+    directory = wal_directory(config, tmp_path)
+    segment = two_transactions(directory)
+    flip_bit(segment, record_offsets(segment)[4] + 50)  # damage with a record after it: set aside as .corrupt
+    assert wal_inspect(tmp_path, config, as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "kept in" not in text
+    (kept,) = [d.kept for d in inspect(directory).damage]
+    assert kept is not None and kept.endswith(".corrupt") and not (directory / kept).exists()
+    assert f"not kept yet: the engine's next start keeps a copy in {kept}; inspect changes nothing" in text
+
+
 # --------------------------------------------------------------------------- SIGKILL loop
 
 CHILD = r"""

@@ -224,7 +224,10 @@ def _recordings_parser() -> argparse.ArgumentParser:
         help="the dashboard over a recording, no engine needed",
         description="Keys: space play/pause, left/right step, [ ] speed, g/G start/end. Commands are disabled.",
     )
-    replay.add_argument("file", type=Path, metavar="FILE", help="a recording (.esrec)")
+    replay.add_argument("file", type=Path, metavar="RUN", help="a recording (.esrec), or a run id as `runs` lists it")
+    replay.add_argument(
+        "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where a run id is looked up (./var)"
+    )
     replay.add_argument("--no-ui", action="store_true", help="print the recorded snapshots instead")
     replay.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line")
     replay.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([ui] refresh rate, theme)")
@@ -232,7 +235,10 @@ def _recordings_parser() -> argparse.ArgumentParser:
     runs.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     runs.add_argument("--json", action="store_true", help="one JSON object per recording")
     plot = sub.add_parser("plot", help="a recording's loss and accuracy curves as an image (.png or .svg)")
-    plot.add_argument("file", type=Path, metavar="FILE", help="a recording (.esrec)")
+    plot.add_argument("file", type=Path, metavar="RUN", help="a recording (.esrec), or a run id as `runs` lists it")
+    plot.add_argument(
+        "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where a run id is looked up (./var)"
+    )
     plot.add_argument("--out", type=Path, required=True, metavar="IMAGE", help="run.png or run.svg")
     return p
 
@@ -258,16 +264,19 @@ def _recordings(argv: list[str]) -> int:
         from esper_tui.commands.recordings import runs_main
 
         return runs_main(args.state_dir, args.json)
+    from esper_tui.commands.recordings import find_recording
+    from esper_tui.engine.recorder import BadRecording
+
+    try:
+        args.file = find_recording(args.file, args.state_dir)
+    except BadRecording as exc:
+        return fail(str(exc), 1)
     if args.area == "plot":
         from esper_tui.commands.plot import plot_main
 
         return plot_main(args.file, args.out)
     if args.json and not args.no_ui:
         parser.error("--json needs --no-ui")
-    from esper_tui.engine.training.task_spec import spec_problem
-
-    if args.task is not None and (problem := spec_problem(args.task)) is not None:
-        return fail(problem, 2)  # before the config's pattern check: this line says what a spec looks like
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.commands.fail import fail
+from esper_tui.commands.fail import fail, missing_state_dir
 from esper_tui.engine.recorder import (
+    EXTENSION,
     BadRecording,
     Recording,
     RunSummary,
@@ -23,6 +24,23 @@ from esper_tui.engine.recorder import (
 from esper_tui.links.replay import ReplayLink
 from esper_tui.ui.replay_app import ReplayApp
 from esper_tui.ui.status_line import report_line
+
+
+def find_recording(given: Path, state_dir: Path) -> Path:
+    """The recording `replay` and `plot` open: FILE as given, or a run id (or the unique start of one) looked up
+    in <state>/runs, so what `runs` lists can be pasted as it is. BadRecording says what was not found."""
+    if given.exists() or given.suffix == EXTENSION or len(given.parts) > 1:
+        return given
+    runs_dir = runs_directory(state_dir)
+    matches = [path for path in list_recordings(runs_dir) if path.stem.startswith(str(given))]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise BadRecording(
+            f"{given}: no such file, and no run {str(given)!r} in {runs_dir} (`esper-tui runs` lists them)"
+        )
+    runs = ", ".join(path.stem for path in matches)
+    raise BadRecording(f"{given}: {len(matches)} runs in {runs_dir} start with it ({runs}): give more of the id")
 
 
 def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
@@ -83,6 +101,8 @@ def runs_table(summaries: list[RunSummary]) -> str:
 def runs_main(state_dir: Path, as_json: bool) -> int:
     """`esper-tui runs`: the recordings under <state>/runs. An unreadable one is listed, marked, with its reason
     in one line on stderr (and `problem` in JSON); it never keeps the others from being listed."""
+    if (code := missing_state_dir(state_dir)) is not None:
+        return code
     runs_dir = runs_directory(state_dir)
     summaries: list[RunSummary] = []
     for path in list_recordings(runs_dir):

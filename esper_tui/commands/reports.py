@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 
+from esper_tui.commands.fail import missing_state_dir
 from esper_tui.engine.training.reports import FieldReport, ReportsInvalid, read, reports_path
 
 REASON_WIDTH = 60  # long reasons are cut so a row stays on one line; --json has them whole
@@ -35,9 +36,16 @@ def reports_table(reports: list[FieldReport]) -> str:
 
 
 def reports_main(state_dir: Path, as_json: bool) -> int:
-    """Print the reports under `state_dir`; a missing or unreadable file is one line on stderr and exit 1."""
+    """Print the reports under `state_dir`; a missing state directory or an unreadable file is one line on
+    stderr and exit 1, a run that has decided nothing yet (no file) an answer and exit 0."""
+    if (code := missing_state_dir(state_dir)) is not None:
+        return code
+    path = reports_path(state_dir)
+    if not path.exists():
+        print(f"no field reports yet in {path} (Tamiyo writes them once a run has decided something)")
+        return 0
     try:
-        reports = read(reports_path(state_dir))
+        reports = read(path)
     except ReportsInvalid as exc:
         print(f"esper-tui: {exc}", file=sys.stderr)
         return 1
@@ -47,5 +55,5 @@ def reports_main(state_dir: Path, as_json: bool) -> int:
     elif reports:
         print(reports_table(reports))
     else:
-        print(f"no field reports yet in {reports_path(state_dir)}")
+        print(f"no field reports yet in {path}")
     return 0

@@ -83,9 +83,18 @@ def wal_inspect(state_dir: Path, config: EsperConfig, as_json: bool) -> int:
         print(f"  segment {seg.name}: {seg.size} bytes, {seg.records} records, {seg.role}")
     print(f"  transactions: {len(report.transactions)}; open: {', '.join(report.open_transactions) or 'none'}")
     for damage in report.damage:
-        kept = f" (kept in {damage.kept})" if damage.kept else ""
-        print(f"  damage, {damage.kind}: {damage.describe()}; {damage.bytes} bytes{kept}")
+        print(f"  damage, {damage.kind}: {damage.describe()}; {damage.bytes} bytes{kept_words(directory, damage.kept)}")
     return 0
+
+
+def kept_words(directory: Path, kept: str | None) -> str:
+    """Where the damaged bytes are kept. Inspect is read-only: the copy exists only once recovery made it, so a
+    name that is not there yet is what recovery will write (it read "kept in wal-….corrupt", a missing file)."""
+    if kept is None:
+        return ""
+    if (directory / kept).exists():
+        return f" (kept in {kept})"
+    return f" (not kept yet: the engine's next start keeps a copy in {kept}; inspect changes nothing)"
 
 
 def bus_prune(config: EsperConfig, redis_url: str | None, older_than_h: float, dry_run: bool) -> int:
