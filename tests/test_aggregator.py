@@ -10,6 +10,7 @@ import pytest
 from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.codec import decode_event_json, decode_snapshot_json, encode_json
 from esper_tui.engine.contracts import (
+    AlertChanged,
     ArtifactQuarantined,
     BreakerChanged,
     CommandObeyed,
@@ -26,6 +27,7 @@ from esper_tui.engine.contracts import (
     LogLine,
     Metric,
     MetricsReport,
+    Rollback,
     SeedHealth,
     SeedsReport,
     TrainingFailed,
@@ -590,6 +592,38 @@ def test_eager_run_says_eager_everywhere(agg):
     assert snap.infrastructure.kernels == "EAGER"
     assert snap.events[-1].text.endswith("kernels EAGER)")
     assert "| kernels EAGER (compile off) |" in status_line(snap)
+
+
+# ---------------------------------------------------------------------------------- trouble on the status line
+
+
+def test_the_status_line_says_rollbacks_alerts_and_the_newest_warning(agg, fake_clock):
+    """The headless line never mentioned a rollback, a warning, a quarantine or an alert."""
+    agg.apply(training_started())
+    quiet = status_line(agg.snapshot())
+    assert "rollback" not in quiet and "ALERT" not in quiet and "last warning" not in quiet
+    agg.apply(
+        ArtifactQuarantined(
+            source=Subsystem.URZA,
+            blueprint_id="mlp_block",
+            artifact_id="a1b2c3d4e5f6a7b8",
+            reason="bad signature",
+            ts=3661.0,
+        )
+    )
+    line = status_line(agg.snapshot())
+    assert line.endswith("| last warning 01:01:01 urza: mlp_block artifact a1b2c3d4e5f6 quarantined: bad signature")
+    agg.apply(Rollback(reason="loss is nan", from_epoch=6, to_epoch=4, recovery_s=0.01, pruned=["s0"]))
+    agg.apply(
+        AlertChanged(
+            alertname="training_latency_high", active=True, severity="warning", summary="epochs are slow", ts=7322.0
+        )
+    )
+    line = status_line(agg.snapshot())
+    assert "| rollbacks 1 |" in line and "| ALERT training_latency_high |" in line
+    assert "| last warning 02:02:02 engine: alert training_latency_high firing: epochs are slow" in line
+    agg.apply(LogLine(level=Level.INFO, message="all is well"))  # an info line never hides the warning
+    assert "last warning" in status_line(agg.snapshot())
 
 
 # ---------------------------------------------------------------------------------- what the seeds run

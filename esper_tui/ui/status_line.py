@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from esper_tui.engine.codec import encode_json
 from esper_tui.engine.snapshot import LinkView, Snapshot, seeds_run
-from esper_tui.engine.vocabulary import JobStatus, LinkState, SeedStage
+from esper_tui.engine.vocabulary import JobStatus, Level, LinkState, SeedStage
 
 
 def link_tag(link: LinkView) -> str:
@@ -38,7 +40,26 @@ def status_line(s: Snapshot) -> str:
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
         f"{'ON' if f.conservative_mode else 'off'} | wal {len(f.wal.open_transactions)} open | seeds {seeds}"
+        + "".join(f" | {part}" for part in trouble(s))
     )
+
+
+TROUBLE_TEXT = 100
+"""How much of the newest warning's text a status line carries (the event log and --json have all of it)."""
+
+
+def trouble(s: Snapshot) -> list[str]:
+    """What went wrong, which the line never said (only "conservative ON" hinted at a rollback): the rollbacks,
+    the alerts firing, and the newest warning or error (a quarantined kernel, a failed compile, a rollback)."""
+    parts = [f"rollbacks {s.training.rollbacks}"] if s.training.rollbacks else []
+    if s.alerts:
+        parts.append("ALERT " + ", ".join(alert.alertname for alert in s.alerts))
+    worst = next((e for e in reversed(s.events) if e.level is not Level.INFO), None)
+    if worst is not None:
+        when = time.strftime("%H:%M:%S", time.gmtime(worst.ts))
+        text = worst.text if len(worst.text) <= TROUBLE_TEXT else worst.text[: TROUBLE_TEXT - 1] + "…"
+        parts.append(f"last {worst.level} {when} {worst.source}: {text}")
+    return parts
 
 
 def report_line(snapshot: Snapshot, as_json: bool) -> str:
