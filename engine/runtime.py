@@ -683,9 +683,14 @@ class Engine:
         self.request_stop("work done")
 
     async def _work_done(self) -> None:
+        """Training ran its epochs and the forge is idle. An eager run (`--eager`) is done with its training:
+        its seeds need no kernel, and it used to compile the whole catalog after its last epoch; what the forge
+        had not compiled is queued again by the next start's scan."""
         assert self.forge is not None
         if self._trainer_task is not None:
             await asyncio.shield(self._trainer_task)
+            if not self.config.training.compile:
+                return
         await asyncio.sleep(0.2)
         await self.forge.wait_idle()
 

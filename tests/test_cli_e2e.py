@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -88,6 +89,24 @@ def test_restart_redoes_nothing_and_tampering_is_caught(full_run, tmp_path: Path
     verify = run_cli("library", "verify", "--state-dir", str(state))
     assert verify.returncode == 1
     assert "FAIL mlp_block/" in verify.stdout and "weights.safetensors" in verify.stdout
+
+
+def test_an_eager_run_ends_with_its_training_and_never_repeats_a_line(tmp_path: Path) -> None:
+    """`--eager --epochs 12` compiled all 7 kernels after training ended (its seeds need none) and printed
+    about 19 identical `[finished]` lines meanwhile."""
+    state = tmp_path / "s"
+    proc = run_cli("--no-ui", "--eager", "--epochs", "3", "--interval", "0.2", "--state-dir", str(state))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines and lines[-1].startswith("[finished] epoch 3/3"), lines[-3:]
+    repeats = [a for a, b in itertools.pairwise(lines[:-1]) if a == b]  # the final line is always printed
+    assert repeats == [], repeats[:2]
+    (recording,) = (state / "runs").glob("*.esrec")
+    frames = run_cli("replay", str(recording), "--no-ui", "--json").stdout.splitlines()
+    texts = [event["text"] for event in json.loads(frames[-1])["events"]]
+    ended = next(i for i, text in enumerate(texts) if text.startswith("training finished"))
+    assert not [t for t in texts[ended:] if " compiled (" in t], "no compile finished after training did"
+    assert any(job["status"] != "compiled" for job in json.loads(frames[-1])["forge"]["jobs"])
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -13,15 +13,19 @@ from esper_tui.ui.status_line import report_line
 
 
 async def _report(engine: Engine, out: LineWriter, as_json: bool, interval_s: float, done: asyncio.Event) -> None:
-    """A line per new snapshot every `interval_s`, until `done`: never cancelled mid-line."""
-    last = -1
+    """A line per new snapshot every `interval_s`, until `done`: never cancelled mid-line. A status line the
+    same as the one before is not printed again (a finished run printed about 19 identical ones)."""
+    last, said = -1, ""
     while not done.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), interval_s)
         snap = engine.latest()
         if snap is not None and snap.seq != last and not done.is_set():
             last = snap.seq
-            await out.line(report_line(snap, as_json))
+            line = report_line(snap, as_json)
+            if line != said:
+                said = line
+                await out.line(line)
 
 
 async def run_headless(engine: Engine, *, epochs: int | None, as_json: bool, interval_s: float) -> int:
