@@ -840,3 +840,24 @@ async def test_room_presence_is_signed_with_the_operator_key(bus: Bus, attach: L
 async def _two(presence: Awaitable[dict[str, bytes]]) -> dict[str, bytes] | None:
     found = await presence
     return found if len(found) == 2 else None
+
+
+def test_attach_help_examples_work_as_written(tmp_path: Path, redis_url: str) -> None:
+    """The examples in `attach --help` failed without `--engine-key` (off the engine's machine, where no key
+    file can be read); each now carries what finds the key, and the listing one runs against a real Redis."""
+    from esper_tui.commands.cli import ATTACH_EPILOG, _attach_parser
+
+    hex_key = frame_public_key(b"\x01" * 32)
+    state = tmp_path / "engine-state"
+    keys.load_or_create_key(keys.FRAME_KEY, state)  # "on the engine's machine": DIR/keys/frames.key exists
+    examples = [line.split("   ")[0].split()[2:] for line in ATTACH_EPILOG.splitlines() if "esper-tui attach" in line]
+    assert len(examples) >= 4
+    elsewhere = tmp_path / "no-keys-here"  # what a machine other than the engine's has
+    for words in examples:
+        argv = [{"HEX": hex_key, "DIR": str(state), "URL": redis_url}.get(w, w) for w in words]
+        args = _attach_parser().parse_args(argv)
+        assert engine_public_key(EsperConfig(), args.state_dir if "--state-dir" in argv else elsewhere, args.engine_key)
+    listing = next(words for words in examples if "--list" in words)
+    argv = [{"HEX": hex_key, "URL": redis_url}.get(w, w) for w in listing]
+    proc = run_cli("attach", *argv, "--state-dir", str(elsewhere))
+    assert proc.returncode == 0, proc.stderr

@@ -160,11 +160,12 @@ def _tool_parser() -> argparse.ArgumentParser:
     return p
 
 
-ATTACH_EPILOG = """examples:
-  esper-tui attach --redis-url redis://box:6379/0              the only engine there, in the dashboard
-  esper-tui attach --redis-url URL --run 3f2a9c81d0aa --read-only   watch one run, never steer it
-  esper-tui attach --redis-url URL --no-ui --json               one JSON snapshot per line until it stops
-  esper-tui attach --redis-url URL --list                       run id, host, pid, uptime, state of each
+ATTACH_EPILOG = """examples (HEX: the engine's frame key, which it prints at start as "frames signed by HEX"):
+  esper-tui attach --redis-url redis://box:6379/0 --engine-key HEX     the only engine there, in the dashboard
+  esper-tui attach --redis-url URL --engine-key HEX --run 3f2a9c81d0aa --read-only   watch one run, never steer
+  esper-tui attach --redis-url URL --engine-key HEX --no-ui --json     one JSON snapshot per line until it stops
+  esper-tui attach --redis-url URL --engine-key HEX --list             run id, host, pid, uptime, state of each
+  esper-tui attach --redis-url URL --state-dir DIR                     on the engine's machine: the key from DIR
 
 keys: frames are checked against the engine's public key (--engine-key, bus.engine_key, or derived from
 <state>/keys/frames.key when readable); commands are signed with the operator key (ESPER_OPERATOR_KEY,
