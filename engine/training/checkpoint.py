@@ -146,7 +146,8 @@ def _tensors(state: TrainingState) -> tuple[dict[str, torch.Tensor], dict[str, d
                 scalars.setdefault(str(index), {})[k] = v
     out["rng.shuffle"] = state.shuffle_rng
     out["rng.torch"] = state.torch_rng
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}, scalars
+    # copied to the CPU: a run on a GPU writes the same file, and a resume loads it onto its own device
+    return {k: v.detach().contiguous().to("cpu", copy=True) for k, v in out.items()}, scalars
 
 
 def encode(state: TrainingState) -> tuple[bytes, bytes]:
