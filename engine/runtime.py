@@ -63,6 +63,7 @@ from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
 from esper_tui.engine.library.store import Identity
+from esper_tui.engine.library.userbp import UserBlueprintError, extend_catalog
 from esper_tui.engine.linequota import LineQuota
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
@@ -286,6 +287,11 @@ class Engine:
             await pool.close()
             raise EngineError(f"library: {exc}") from None
         self.library = library
+        try:  # the catalog = the built-ins + the library's user blueprints; their code never runs in this process
+            pending_user = await asyncio.to_thread(extend_catalog, self.catalog, library.blueprints)
+        except UserBlueprintError as exc:
+            pending_user = []
+            self.log(Level.WARNING, f"user blueprints: {exc}; the built-in catalog only")
         wal_dir = wal_directory(cfg, self.state_dir)
         opened = time.monotonic()
         try:
@@ -345,6 +351,8 @@ class Engine:
         self.forge.recover(report)
         if cfg.tezzeret.polling.initial_full_scan:
             self.forge.discover()
+        for name in pending_user:  # a submission awaits validation, scan or not
+            self.forge.enqueue(name, reason="user blueprint, not yet validated")
         if self.recompile_all:
             for bid in self.catalog.ids():
                 self.forge.enqueue(bid, reason="--recompile-all", force=True)

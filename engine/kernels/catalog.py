@@ -15,8 +15,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -31,7 +31,11 @@ IO_DIMS: dict[SlotKind, list[str]] = {
 }
 
 
-class UserCodeNotLoaded(RuntimeError):
+class BlueprintUnloadable(ValueError):
+    """A blueprint whose class this process cannot have: a user blueprint's code failed to load here."""
+
+
+class UserCodeNotLoaded(BlueprintUnloadable):
     """A user blueprint's class was asked for in a process that never loads user code (the engine)."""
 
 
@@ -63,6 +67,10 @@ class Blueprint:
                 f"{self.blueprint_id}: a user blueprint's code runs only in the compile worker and the training process"
             )
         return self.module
+
+    def with_module(self, module: type[nn.Module]) -> Blueprint:
+        """This user blueprint with its class, once loaded from its source where user code may run."""
+        return replace(self, module=module)
 
     def unfit(self, shape: SlotShape) -> str | None:
         """Why this blueprint cannot serve a slot of that shape (a kind it does not serve, or a limit of its
@@ -230,11 +238,14 @@ BUILTIN_IDS = frozenset(b.blueprint_id for b in CATALOG)
 class Catalog:
     """Look-up over a set of blueprints (the built-in CATALOG unless a test passes its own)."""
 
-    def __init__(self, blueprints: tuple[Blueprint, ...] = CATALOG) -> None:
+    def __init__(
+        self, blueprints: tuple[Blueprint, ...] = CATALOG, *, loader: Callable[[Blueprint], Blueprint] | None = None
+    ) -> None:
         ids = [b.blueprint_id for b in blueprints]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate blueprint ids in catalog: {ids}")
         self._by_id = {b.blueprint_id: b for b in blueprints}
+        self._loader = loader  # loads a user blueprint's class: given only where user code may run (the trainer)
 
     def __iter__(self) -> Iterator[Blueprint]:
         return iter(self._by_id.values())
@@ -254,6 +265,21 @@ class Catalog:
     def ids(self) -> list[str]:
         return list(self._by_id)
 
+    def loaded(self, blueprint_id: str) -> Blueprint:
+        """The blueprint with its class, loading a user blueprint's code on first use through the catalog's
+        loader. UserCodeNotLoaded in a catalog without one (the engine's), BlueprintUnloadable when it fails."""
+        bp = self.get(blueprint_id)
+        if bp.module is not None:
+            return bp
+        if self._loader is None:
+            return bp.with_module(bp.module_class())  # raises UserCodeNotLoaded: no class, and no way to load it
+        try:
+            bp = self._loader(bp)
+        except Exception as exc:
+            raise BlueprintUnloadable(f"{blueprint_id}: {exc}") from None
+        self._by_id[blueprint_id] = bp
+        return bp
+
     def by_tag(self, tag: str) -> list[Blueprint]:
         return [b for b in self if tag in b.tags]
 
@@ -266,7 +292,7 @@ class Catalog:
         return [b for b in self if b.fits(shape)]
 
     def subset(self, ids: list[str]) -> Catalog:
-        return Catalog(tuple(self.get(i) for i in ids))
+        return Catalog(tuple(self.get(i) for i in ids), loader=self._loader)
 
     def add(self, blueprint: Blueprint) -> bool:
         """Add a user blueprint, or replace one of the same id (its source changed). A built-in id is never

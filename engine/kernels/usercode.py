@@ -24,7 +24,7 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -154,7 +154,7 @@ def load(blueprint: Blueprint) -> Blueprint:
     cls = getattr(module, blueprint.class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise UserCodeRefused(f"{blueprint.class_name} is not an nn.Module class")
-    return replace(blueprint, module=cls)
+    return blueprint.with_module(cls)
 
 
 def one_line(exc: BaseException) -> str:

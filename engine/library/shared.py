@@ -25,7 +25,7 @@ from pathlib import Path
 
 import msgspec
 
-from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.catalog import BlueprintUnloadable, Catalog
 from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel, cpu_isa, load_kernel
 from esper_tui.engine.library import ownkey, signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
@@ -273,7 +273,10 @@ class SharedLibrary:
         if (hit := self._cache.get(cache_key)) is not None:
             return hit
         meta, blobs = self._checked(row)
-        bp = self.catalog.get(blueprint_id)
+        try:
+            bp = self.catalog.loaded(blueprint_id)  # a user blueprint's class loads here (the training process)
+        except BlueprintUnloadable as exc:
+            raise KernelError(str(exc)) from None
         kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(cache_key, kernel, meta)
         return kernel, meta

@@ -31,7 +31,7 @@ import msgspec
 
 from esper_tui.engine import fsutil
 from esper_tui.engine.fsutil import fsync_dir, kind_of, write_all
-from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.catalog import BlueprintUnloadable, Catalog
 from esper_tui.engine.kernels.compiled import (
     KernelError,
     LoadedKernel,
@@ -516,7 +516,10 @@ class Library:
         if (hit := self._cache.get(path)) is not None:
             return hit
         meta, blobs = self._checked(blueprint_id, path)
-        bp = self.catalog.get(blueprint_id)
+        try:
+            bp = self.catalog.loaded(blueprint_id)  # a user blueprint's class loads here (the training process)
+        except BlueprintUnloadable as exc:
+            raise KernelError(str(exc)) from None
         kernel = self._cache.deserialised(meta, lambda: load_kernel(bp, blobs, compile_label(meta.backend, meta.mode)))
         self._cache.put(path, kernel, meta)
         return kernel, meta

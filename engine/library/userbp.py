@@ -25,7 +25,7 @@ from typing import Annotated, Protocol
 import msgspec
 from msgspec import Meta
 
-from esper_tui.engine.kernels.catalog import BUILTIN_IDS, USER_FAMILY, Blueprint
+from esper_tui.engine.kernels.catalog import BUILTIN_IDS, USER_FAMILY, Blueprint, Catalog
 from esper_tui.engine.kernels.usercode import KINDS
 from esper_tui.engine.library import signing
 from esper_tui.engine.vocabulary import SCHEMA_VERSION, Struct
@@ -243,6 +243,17 @@ class UserBlueprints:
                 continue
             out.append((record, as_blueprint(record, source)))
         return out
+
+
+def extend_catalog(catalog: Catalog, blueprints: UserBlueprints) -> list[str]:
+    """Add a library's usable user blueprints to a catalog (their classes unloaded); returns the names still
+    unvalidated, which the forge queues. UserBlueprintError when the library cannot list them."""
+    pending = []
+    for record, bp in blueprints.usable():
+        catalog.add(bp)
+        if record.status is UserStatus.UNVALIDATED:
+            pending.append(record.name)
+    return pending
 
 
 def as_blueprint(record: UserBlueprintRecord, source: str) -> Blueprint:

@@ -230,7 +230,8 @@ class TrainerCore:
 
     def _build_seed(self, blueprint_id: str, slot: SeedSlot) -> nn.Module:
         """The blueprint's module for the slot's shape, on the run's device; ValueError when it does not fit."""
-        return self.catalog.get(blueprint_id).build(slot.shape).to(self.device)
+        # loaded(): a user blueprint's class loads here, in the training process (BlueprintUnloadable is a ValueError)
+        return self.catalog.loaded(blueprint_id).build(slot.shape).to(self.device)
 
     def _probe(self, kernel: Kernel, block: nn.Module, slot: SeedSlot) -> str | None:
         """What GERMINATED certifies: one no-grad call at the training batch size gives the slot's output shape,

@@ -41,6 +41,7 @@ import msgspec
 from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingFailed, TrainingFinished
+from esper_tui.engine.kernels import usercode
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import private_cache_dir, release_private_cache
 from esper_tui.engine.kernels.pipelines import settings_for
@@ -48,6 +49,7 @@ from esper_tui.engine.kernels.probe import KernelTarget
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, open_library
 from esper_tui.engine.library.store import Identity
+from esper_tui.engine.library.userbp import UserBlueprintError, extend_catalog
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
@@ -400,12 +402,17 @@ def main() -> int:
     while not begun.wait(0.1):  # the engine's go-ahead: its forge has kernels for these slots
         if control.stopped:
             return 0
-    catalog = Catalog()
+    catalog = Catalog(loader=usercode.load)  # this process may run user blueprints' code (the engine may not)
     try:
         kernels = _kernel_source(start, catalog, channel)
     except LibraryUnavailable as exc:
         channel.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"library: {exc}"))
         return 1
+    if channel.library is not None:
+        try:  # unloaded until germinated: only a compiled kernel (validated in the sandbox) is ever offered
+            extend_catalog(catalog, channel.library.blueprints)
+        except UserBlueprintError as exc:
+            print(f"user blueprints: {exc}; the built-in catalog only", file=sys.stderr)
     trainer = Trainer(
         cfg,
         catalog,
