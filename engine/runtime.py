@@ -362,6 +362,8 @@ class Engine:
             self._spawn(self.forge.maintain()),
             *self._cluster_tasks(self.forge, identity),
         ]
+        if (every_min := cfg.tezzeret.polling.refresh_interval_minutes) > 0:
+            self._forge_tasks.append(self._spawn(self._rescan_user_blueprints(self.forge, library, every_min * 60)))
         if cfg.training.enabled and not self.forge_only:
             self._trainer_task = self._spawn(self._train())
         # torch and friends are loaded: move their long-lived objects out of the cyclic GC's sight, so
@@ -377,6 +379,19 @@ class Engine:
         except ProbeFailed as exc:
             why = f"kernel identity probe in a child process failed ({exc}); probed in the engine instead"
             return await asyncio.to_thread(probe_here), why
+
+    async def _rescan_user_blueprints(self, forge: Forge, library: KernelLibrary, every_s: float) -> None:
+        """tezzeret.polling.refresh_interval_minutes: user blueprints added since the start join the catalog, and
+        the forge queues the unvalidated ones (the training process looks again on its own)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                pending = await asyncio.to_thread(extend_catalog, self.catalog, library.blueprints)
+            except UserBlueprintError as exc:
+                self.log(Level.WARNING, f"user blueprints: {exc}; looking again in {every_s:g} s")
+                continue
+            for name in pending:
+                forge.enqueue(name, reason="user blueprint, not yet validated")
 
     def _library_key(self) -> bytes:
         """The signing key. A shared library's is never made up here: every machine verifies its versions with

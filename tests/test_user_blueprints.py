@@ -4,6 +4,7 @@ records underneath: an unsigned or altered record, or a source that is not the s
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -285,3 +286,62 @@ def _shared(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     flags = ["--library", pg_url, "--artifacts", artifacts, "--artifacts-endpoint", endpoint]
     config = LibraryConfig(catalog_url=pg_url, artifacts_url=artifacts, artifacts_endpoint=endpoint)
     return Backend(tmp_path / "state", flags, {"ESPER_SIGNING_KEY": KEY.hex()}, config)
+
+
+# ---------------------------------------------------------------------------------------------- rescans
+
+
+def test_the_training_process_picks_up_blueprints_added_since_it_started(tmp_path: Path) -> None:
+    from esper_tui.engine.kernels.shapes import vector
+    from esper_tui.engine.training.library_source import LibraryKernelSource
+    from esper_tui.engine.training.process import _add_user_blueprints
+    from tests.conftest import FakeClock
+
+    backend = Backend(tmp_path / "state", [], {}, LibraryConfig())
+    library = backend.library()
+    clock = FakeClock()
+    catalog = library.catalog
+    source = LibraryKernelSource(
+        library,
+        "inductor",
+        "default",
+        refresh=lambda: _add_user_blueprints(catalog, library),
+        refresh_s=60,
+        clock=clock,
+    )
+    try:
+        assert backend.run("add", f"{write(tmp_path, GOOD)}:TinyDense").returncode == 0
+        source.offers(vector(40, 64))
+        assert "tiny_dense" not in catalog  # not yet: the next look is a minute after the last
+        clock.advance(60)
+        source.offers(vector(40, 64))
+        assert "tiny_dense" in catalog and catalog.get("tiny_dense").module is None  # known, its code not loaded
+    finally:
+        library.close()
+
+
+async def test_a_running_engine_queues_a_blueprint_added_after_it_started(tmp_path: Path) -> None:
+    from esper_tui.engine.config import parse_config
+    from esper_tui.engine.runtime import Engine
+    from tests.waits import eventually
+
+    config = parse_config(
+        {
+            "tezzeret": {"polling": {"initial_full_scan": False, "refresh_interval_minutes": 0.01}},
+            "training": {"enabled": False},
+        }
+    )
+    engine = Engine(config, tmp_path / "state")
+    await engine.start()
+    try:
+        assert "tiny_dense" not in engine.catalog
+        backend = Backend(tmp_path / "state", [], {}, LibraryConfig())
+        added = await asyncio.to_thread(backend.run, "add", f"{write(tmp_path, GOOD)}:TinyDense")
+        assert added.returncode == 0, added.stderr
+        await eventually(
+            lambda: any(j.blueprint_id == "tiny_dense" for j in engine.aggregator.snapshot().forge.jobs),
+            "the forge to queue tiny_dense",
+        )
+        assert engine.catalog.get("tiny_dense").module is None  # the engine knows it, never its class
+    finally:
+        await engine.stop()

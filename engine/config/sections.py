@@ -139,8 +139,12 @@ class PollingConfig(Section, frozen=True, kw_only=True):
         bool, Meta(description="at start-up, queue every blueprint that has no verified kernel")
     ] = True
     refresh_interval_minutes: Annotated[
-        Minutes, Meta(description="seed-000 key, accepted; periodic rescans are not implemented, 0 disables them")
-    ] = 0.0
+        Minutes,
+        Meta(
+            description="how often the engine and its training process look in the library for user blueprints "
+            "added since they started (`esper-tui blueprint add`); 0: only at start"
+        ),
+    ] = 1.0
 
 
 class BreakersConfig(Section, frozen=True, kw_only=True):

@@ -7,6 +7,9 @@ saying why ("eager: 2.06 ms < compiled 2.39 ms per step").
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from esper_tui.engine.kernels.compiled import KernelError
 from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library.base import KernelLibrary
@@ -29,11 +32,27 @@ class LibraryKernelSource:
 
     compile_enabled = True
 
-    def __init__(self, library: KernelLibrary, backend: str, mode: str, *, fastest: bool = True) -> None:
+    def __init__(
+        self,
+        library: KernelLibrary,
+        backend: str,
+        mode: str,
+        *,
+        fastest: bool = True,
+        refresh: Callable[[], object] | None = None,
+        refresh_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._library = library
         self.backend: str | None = backend
         self.mode: str | None = mode
         self.fastest = fastest  # False: always the compiled kernel (benchmarks compare the two)
+        # Every refresh_s (0: never), before offering: the library's user blueprints added since this process
+        # started join its catalog (the training process passes that step in; tezzeret.polling).
+        self._refresh = refresh if refresh_s > 0 else None
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._refreshed = clock()
 
     def _offer(self, meta: ArtifactMeta, shape: SlotShape) -> KernelOffer:
         bp = self._library.catalog.get(meta.blueprint_id)
@@ -52,6 +71,9 @@ class LibraryKernelSource:
         )
 
     def offers(self, shape: SlotShape) -> list[KernelOffer]:
+        if self._refresh is not None and self._clock() - self._refreshed >= self._refresh_s:
+            self._refreshed = self._clock()
+            self._refresh()
         catalog = self._library.catalog
         return [self._offer(m, shape) for m in self._library.ranked() if catalog.fits(m.blueprint_id, shape)]
 

@@ -357,7 +357,22 @@ def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelS
     )
     channel.library = library
     s = settings_for(cfg.tezzeret.compilation.default_strategy)
-    return LibraryKernelSource(library, s.backend, s.mode or "default")
+    return LibraryKernelSource(
+        library,
+        s.backend,
+        s.mode or "default",
+        refresh=lambda: _add_user_blueprints(catalog, library),
+        refresh_s=cfg.tezzeret.polling.refresh_interval_minutes * 60,
+    )
+
+
+def _add_user_blueprints(catalog: Catalog, library: KernelLibrary) -> None:
+    """The library's usable user blueprints join the catalog, unloaded until one is grafted: only a compiled kernel
+    (validated in the sandbox) is ever offered."""
+    try:
+        extend_catalog(catalog, library.blueprints)
+    except UserBlueprintError as exc:
+        print(f"user blueprints: {exc}; the catalog stays as it is", file=sys.stderr)
 
 
 def _loaded_frame(loaded: LoadedTask) -> TaskLoaded:
@@ -409,10 +424,7 @@ def main() -> int:
         channel.emit(TrainingFailed(source=Subsystem.TOLARIA, error=f"library: {exc}"))
         return 1
     if channel.library is not None:
-        try:  # unloaded until germinated: only a compiled kernel (validated in the sandbox) is ever offered
-            extend_catalog(catalog, channel.library.blueprints)
-        except UserBlueprintError as exc:
-            print(f"user blueprints: {exc}; the built-in catalog only", file=sys.stderr)
+        _add_user_blueprints(catalog, channel.library)
     trainer = Trainer(
         cfg,
         catalog,

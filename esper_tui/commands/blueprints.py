@@ -2,9 +2,9 @@
 
 `add` reads the file and never runs it: the class and its `serves` are found with `ast`
 (kernels/usercode.describe), and the source is stored signed, as `unvalidated`. The forge of the next engine
-that opens the library (or of a running one, at its next rescan) compiles it in the sandboxed worker, which
-sets it to `compiled` or `refused` with a reason. Exit codes: 0 done, 1 the library failed, 2 what the user
-must fix (a bad file, class, name, tag or risk).
+that opens the library (or of a running one, at its next look: tezzeret.polling) compiles it in the sandboxed
+worker, which sets it to `compiled` or `refused` with a reason. Exit codes: 0 done, 1 the library failed,
+2 what the user must fix (a bad file, class, name, tag or risk).
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ def _add(args: argparse.Namespace, config: EsperConfig) -> int:
         library.close()
     print(
         f"added {name} ({class_name} from {path}, serves {', '.join(facts.serves)}): unvalidated; "
-        f"the forge compiles it in its sandbox when an engine next opens {library.location}"
+        f"an engine on {library.location} compiles it in its sandbox (a running one within "
+        "tezzeret.polling.refresh_interval_minutes)"
     )
     return 0
 
@@ -200,7 +201,7 @@ def _show(library: KernelLibrary, name: str) -> int:
 def _remove(library: KernelLibrary, name: str) -> int:
     if not library.blueprints.remove(name):
         return fail(f"blueprint remove: no user blueprint {name!r} in {library.location}", 2)
-    print(f"removed {name}; an engine running now keeps it until it restarts")
+    print(f"removed {name}; an engine running now keeps it until it restarts (its kernels stay, unused)")
     return 0
 
 
