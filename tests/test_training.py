@@ -112,12 +112,21 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
         if isinstance(e, ControllerDecision):
             assert isinstance(body[i - 1], (SeedsReport, ControllerDecision)) and e.source is Subsystem.TAMIYO
             assert e.action is not Action.WAIT
+        if isinstance(e, ControllerDecision) and e.action is Action.GERMINATE:
+            # the seeds table follows at once: the next report (same epoch) no longer shows the slot DORMANT
+            j = next(j for j in range(i + 1, len(body)) if isinstance(body[j], SeedsReport))
+            after = body[j]
+            assert not any(isinstance(x, EpochCompleted) for x in body[i + 1 : j]), "not an epoch later"
+            (seed,) = [s for s in after.seeds if s.slot == e.slot]
+            assert seed.stage is SeedStage.GERMINATED and seed.blueprint_id == e.blueprint_id, seed
 
     decisions = rec.of(ControllerDecision)
     assert decisions and decisions[0].action is Action.GERMINATE and "flat for" in decisions[0].reason
     stages = {s.stage for r in rec.of(SeedsReport) for s in r.seeds}
     assert stages - {SeedStage.DORMANT, SeedStage.GERMINATED}, stages  # a seed got past germination
-    live = [s for r in rec.of(SeedsReport) for s in r.seeds if s.stage is SeedStage.TRAINING]
+    # the epoch's own reports (a second one after a decision shows a slot that has not trained yet)
+    measured = [body[i + 1] for i, e in enumerate(body) if isinstance(e, EpochCompleted)]
+    live = [s for r in measured for s in r.seeds if s.stage is SeedStage.TRAINING]
     assert live and all(s.grad_norm > 0 and s.kernel == "eager" for s in live)
     assert not rec.of(LogLine)
     assert torch.get_num_threads() >= 1

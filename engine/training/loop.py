@@ -11,7 +11,8 @@ the UI and the forge's compiles need the same cores, so the default is half the 
 1 and at most 2 (1 on the 2-core reference box). The previous setting is restored when `run()` returns.
 
 Per epoch it emits EpochCompleted (tolaria), SeedsReport (kasmina) and one ControllerDecision (tamiyo)
-per decision other than WAIT (and per WAIT that explains why growth stopped); TrainingStarted comes first,
+per decision other than WAIT (and per WAIT that explains why growth stopped), then a second SeedsReport when
+decisions moved a slot (so the seeds table follows "germinate s0" at once); TrainingStarted comes first,
 TrainingFinished last (TrainingFailed instead when the loop dies with an error). Accuracies are fractions
 in [0, 1].
 
@@ -44,6 +45,7 @@ import torch
 from esper_tui.engine.contracts import (
     ControllerDecision,
     EpochCompleted,
+    SeedHealth,
     SeedsReport,
     TrainingFailed,
     TrainingFinished,
@@ -211,10 +213,7 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         stages = {s.name: s.stage for s in slots}
         if self.reports is not None:
             self.reports.epoch_done(self.epoch, acc, stages)
-            latest = self.reports.latest
-            health = [
-                msgspec.structs.replace(h, outcome=latest[h.slot].outcome()) if h.slot in latest else h for h in health
-            ]
+        health = self._with_outcomes(health)
         self.emit(
             EpochCompleted(
                 source=Subsystem.TOLARIA,
@@ -233,6 +232,7 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         state = EpochState(
             self.epoch, acc, tuple(health), tuple(offers), train_loss=train_loss, slot_shapes=slot_shapes
         )
+        moved = False
         for d in self.controller.decide(state):
             if (d.action is Action.WAIT and d.notable) or (d.action is not Action.WAIT and self._apply(d, acc)):
                 self.emit(
@@ -244,13 +244,30 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                         reason=d.reason,
                     )
                 )
+                moved = moved or d.action is not Action.WAIT
                 if self.reports is not None:
                     self.reports.decided(self.epoch, d, acc)
+        if moved:  # the slots as the decisions left them, not an epoch later ("germinate s0" beside a DORMANT s0)
+            self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=self._after(health, slots, acc)))
         good = self._keep_epoch()
         every = self.cfg.checkpoint_every_epochs
         if every and self.epoch % every == 0 and self._checkpoint_due():
             self._checkpoint(good)
         return True
+
+    def _with_outcomes(self, health: list[SeedHealth]) -> list[SeedHealth]:
+        """Each slot's report with its latest field report's outcome (the seeds panel's note)."""
+        if self.reports is None:
+            return health
+        latest = self.reports.latest
+        return [msgspec.structs.replace(h, outcome=latest[h.slot].outcome()) if h.slot in latest else h for h in health]
+
+    def _after(self, before: list[SeedHealth], slots: list[SeedSlot], acc: float) -> list[SeedHealth]:
+        """The report again once decisions moved slots: a slot whose stage did not change keeps the epoch's own
+        entry (its gradient flags included, which the alert rules count), a moved one is reported afresh."""
+        was = {h.slot: h for h in before}
+        fresh = self._with_outcomes([s.health(acc) for s in slots])
+        return [was[h.slot] if h.slot in was and was[h.slot].stage is h.stage else h for h in fresh]
 
     # ------------------------------------------------------------------ steps
 
