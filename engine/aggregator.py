@@ -188,6 +188,7 @@ class Aggregator:
         )
         self._training(
             status=TrainingStatus.RUNNING,
+            epoch=e.resumed_from_epoch or 0,  # a resumed run starts where its checkpoint left off, not at 0
             epochs_total=e.epochs,
             resumed_from_epoch=e.resumed_from_epoch,
             waiting_for="",
@@ -234,7 +235,13 @@ class Aggregator:
 
     def _on_TrainingFinished(self, e: TrainingFinished) -> None:
         # the weights the run ends with (after an early stop: the best epoch's, restored)
-        self._training(status=TrainingStatus.FINISHED, val_accuracy=e.val_accuracy, test_accuracy=e.test_accuracy)
+        # and the epoch it ends on: a resumed run with nothing left to train ran no epoch, yet ends at its last
+        self._training(
+            status=TrainingStatus.FINISHED,
+            epoch=e.epochs,
+            val_accuracy=e.val_accuracy,
+            test_accuracy=e.test_accuracy,
+        )
 
     def _on_TrainingFailed(self, e: TrainingFailed) -> None:
         self._training(status=TrainingStatus.FAILED)

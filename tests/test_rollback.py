@@ -95,6 +95,19 @@ def test_a_tampered_checkpoint_is_skipped_with_a_warning(tmp_path: Path) -> None
     assert snap["training"]["epoch"] == 5
 
 
+def test_a_resumed_run_with_nothing_left_ends_at_its_last_epoch(tmp_path: Path) -> None:
+    """It ended with `"epoch": 0` (and resumed_from_epoch 3): `runs` listed it as 0 epochs."""
+    cfg, state = config(tmp_path), tmp_path / "s"
+    final(cli(*headless(state, cfg, 3)))
+    again = final(cli(*headless(state, cfg, 3)))
+    training = again["training"]
+    assert (training["resumed_from_epoch"], training["epoch"], training["status"]) == (3, 3, "finished")
+    runs = cli("runs", "--state-dir", str(state), "--json")
+    assert runs.returncode == 0, runs.stderr
+    rows = [json.loads(line) for line in runs.stdout.splitlines()]
+    assert [row["epochs"] for row in rows] == [3, 3], rows
+
+
 @pytest.mark.parametrize("fault", ["nan-loss@3", "seed-explode@3", "kernel-crash@3"])
 def test_each_injected_fault_ends_in_a_rollback_and_a_finished_run(tmp_path: Path, fault: str) -> None:
     snap = final(cli(*headless(tmp_path / "s", config(tmp_path), 8, "--inject-fault", fault)))
