@@ -223,6 +223,7 @@ def test_a_status_change_is_signed_again_and_read_back(backend: Backend, tmp_pat
         )
         record = library.blueprints.record("tiny_dense")
         assert record is not None and record.reason == "graph break under fullgraph=True"
+        assert library.blueprints.set_status("tiny_dense", UserStatus.COMPILED) is None  # another shape compiled
         assert library.blueprints.usable() == []  # refused: out of the engine's catalog
     finally:
         library.close()

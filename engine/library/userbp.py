@@ -216,13 +216,15 @@ class UserBlueprints:
 
     def set_status(self, name: str, status: UserStatus, reason: str = "") -> UserBlueprintRecord | None:
         """Sign the record again with a new status (and reason); None when the blueprint is gone or invalid,
-        or already says so."""
+        already says so, or was refused (a kernel compiled for another slot shape does not undo a refusal)."""
         try:
             record = self.record(name)
         except UserBlueprintInvalid:
             return None
         if record is None or (record.status, record.reason) == (status, reason):
             return None
+        if record.status is UserStatus.REFUSED and status is UserStatus.COMPILED:
+            return None  # refused for one slot shape is refused: its code misbehaved, whatever another shape did
         record = msgspec.structs.replace(record, status=status, reason=reason, status_ts=time.time())
         return record if self.backend.replace(record, *self._sign(record)) else None
 
