@@ -386,6 +386,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
     status: str
     complete: bool  # the footer was there: the run stopped cleanly
     problem: str | None = None  # why the file could not be read; then only `path` and `run_id` mean anything
+    trained: bool = True  # False: the run only compiled (--forge-only), `runs` lists it only with --all
 
     @classmethod
     def unreadable(cls, path: Path, problem: str) -> RunSummary:
@@ -421,8 +422,9 @@ def summarize(path: Path) -> RunSummary:
             val_accuracy=last.training.val_accuracy,
             best_val_accuracy=last.training.best_val_accuracy,
             test_accuracy=last.training.test_accuracy,
-            status=str(last.training.status),
+            status=str(last.training.status) if last.infrastructure.training else "forge only",
             complete=not rec.torn,
+            trained=last.infrastructure.training,
         )
 
 

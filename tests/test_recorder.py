@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -266,6 +267,25 @@ def test_runs_and_reports_agree_on_what_nothing_found_means(tmp_path: Path) -> N
     for command in ("runs", "reports"):
         fresh = run_cli(command, "--state-dir", str(tmp_path / "fresh"))
         assert fresh.returncode == 0 and fresh.stdout.startswith("no "), (command, fresh.stderr)
+
+
+def test_forge_only_runs_do_not_clutter_runs(recorded_run, tmp_path: Path) -> None:
+    """`--forge-only` runs were listed among the trained ones as "waiting"; now counted, and listed with --all."""
+    _engine, path = recorded_run
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True)
+    shutil.copy(path, state / "runs" / path.name)  # one run that trained
+    cfg = tmp_path / "quiet.toml"
+    cfg.write_text("[tezzeret.polling]\ninitial_full_scan = false\n")
+    forge = run_cli("--no-ui", "--forge-only", "--config", str(cfg), "--state-dir", str(state))
+    assert forge.returncode == 0, forge.stderr
+    assert len(list((state / "runs").glob("*.esrec"))) == 2
+    listed = run_cli("runs", "--state-dir", str(state))
+    assert listed.returncode == 0 and "waiting" not in listed.stdout and path.stem in listed.stdout
+    assert listed.stdout.rstrip().endswith("(1 forge-only run not listed: --all lists them)")
+    every = run_cli("runs", "--state-dir", str(state), "--all", "--json")
+    rows = [json.loads(line) for line in every.stdout.splitlines()]
+    assert sorted((row["trained"], row["status"]) for row in rows) == [(False, "forge only"), (True, "finished")]
 
 
 def test_runs_lists_the_rest_and_marks_the_bad_file(tmp_path: Path) -> None:

@@ -235,6 +235,7 @@ def _recordings_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list the recordings: run, start, duration, epochs, final accuracy")
     runs.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     runs.add_argument("--json", action="store_true", help="one JSON object per recording")
+    runs.add_argument("--all", action="store_true", help="list the --forge-only runs too (they train nothing)")
     plot = sub.add_parser("plot", help="a recording's loss and accuracy curves as an image (.png or .svg)")
     plot.add_argument("file", type=Path, metavar="RUN", help="a recording (.esrec), or a run id as `runs` lists it")
     plot.add_argument(
@@ -264,7 +265,7 @@ def _recordings(argv: list[str]) -> int:
     if args.area == "runs":
         from esper_tui.commands.recordings import runs_main
 
-        return runs_main(args.state_dir, args.json)
+        return runs_main(args.state_dir, args.json, show_all=args.all)
     from esper_tui.commands.recordings import find_recording
     from esper_tui.engine.recorder import BadRecording
 

@@ -98,9 +98,11 @@ def runs_table(summaries: list[RunSummary]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
-def runs_main(state_dir: Path, as_json: bool) -> int:
+def runs_main(state_dir: Path, as_json: bool, show_all: bool = False) -> int:
     """`esper-tui runs`: the recordings under <state>/runs. An unreadable one is listed, marked, with its reason
-    in one line on stderr (and `problem` in JSON); it never keeps the others from being listed."""
+    in one line on stderr (and `problem` in JSON); it never keeps the others from being listed. Runs that only
+    compiled (`--forge-only`) are counted, not listed, unless `show_all`: they read "waiting" among the runs
+    that trained."""
     if (code := missing_state_dir(state_dir)) is not None:
         return code
     runs_dir = runs_directory(state_dir)
@@ -111,11 +113,17 @@ def runs_main(state_dir: Path, as_json: bool) -> int:
         except BadRecording as exc:
             print(f"esper-tui: {exc}", file=sys.stderr)
             summaries.append(RunSummary.unreadable(path, str(exc)))
+    forge_only = [s for s in summaries if not s.trained]
+    if not show_all:
+        summaries = [s for s in summaries if s.trained]
     if as_json:
         for summary in summaries:
             print(msgspec.json.encode(summary).decode())
     elif summaries:
         print(runs_table(summaries))
     else:
-        print(f"no recordings in {runs_dir}")
+        print(f"no runs that trained in {runs_dir}" if forge_only else f"no recordings in {runs_dir}")
+    if forge_only and not show_all and not as_json:
+        plural = "s" if len(forge_only) > 1 else ""
+        print(f"({len(forge_only)} forge-only run{plural} not listed: --all lists them)")
     return 0
