@@ -11,6 +11,7 @@ Every figure is measured in this run on this machine; ratios are only meaningful
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import operator
 import os
@@ -27,6 +28,8 @@ import torch
 from benchmarks.chaos import run_chaos
 from benchmarks.report import write_json
 from benchmarks.wal import measure as wal_figures
+from esper_tui.engine.forge.protocol import CompileRequest
+from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.kernels import compiled as kernels
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
@@ -69,7 +72,8 @@ def kernel_loads(state: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Per blueprint, medians in a warm process (its one-time warm-up excluded), each with the first forward/backward.
 
     - `cached`: `Library.load` once its TTL entry is gone (ttl 0): the signature and every file's hash are checked
-      again, and the kernel this process deserialised from the same verified bytes is reused;
+      again, and the kernel this process deserialised from the same verified bytes is reused; `cached_load` is
+      its load alone, and `eager_step` the same first forward/backward of a fresh module run eagerly;
     - `first`: `drop_cache()` before each load, so the kernel is deserialised again;
     - a first load's phases: `verify` (read, signature, sha256 of every file), `deserialise`
       (torch.compiler.load_compiled_function, kernels placed in the private cache), `first_step`.
@@ -82,13 +86,21 @@ def kernel_loads(state: Path, repeats: int) -> dict[str, dict[str, float]]:
     out = {}
     for bp in [catalog.get(m.blueprint_id) for m in library.all_current()]:
         library.load(bp.blueprint_id)  # the one-time per-process warm-up, excluded
-        times: dict[str, list[float]] = {k: [] for k in ("cached", "first", "verify", "deserialise", "first_step")}
+        phases = ("cached", "cached_load", "eager_step", "first", "verify", "deserialise", "first_step")
+        times: dict[str, list[float]] = {k: [] for k in phases}
         for _ in range(repeats):
             module = bp.build(vector(40, 64))
             t0 = time.perf_counter()
             kernel, _ = library.load(bp.blueprint_id)
+            t1 = time.perf_counter()
             _first_step(kernel, module, x)
             times["cached"].append(time.perf_counter() - t0)
+            times["cached_load"].append(t1 - t0)
+
+            module = bp.build(vector(40, 64))
+            t0 = time.perf_counter()
+            module(x).square().mean().backward()
+            times["eager_step"].append(time.perf_counter() - t0)
 
             library.drop_cache()
             module = bp.build(vector(40, 64))
@@ -119,9 +131,54 @@ def recompiles(blueprints: list[str]) -> dict[str, float]:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for bid in blueprints:
-            res = kernels.compile_kernel(catalog.get(bid), 40, 64, settings_for(Strategy.STANDARD), Path(tmp) / bid)
+            res = kernels.compile_kernel(
+                catalog.get(bid), vector(40, 64), settings_for(Strategy.STANDARD), Path(tmp) / bid
+            )
             out[bid] = res.compile_s
     return out
+
+
+WORKER_IDLE_S = 2.0  # short, so the benchmark need not wait the default minute for the worker to leave
+
+
+def first_compile_after_idle(root: Path, blueprint_id: str = "mlp_block") -> dict[str, float]:
+    """Seconds from a job to its files on a warm worker, and after that worker left for idleness (a fresh worker
+    starts first: torch, the ISA probe), in one pool with worker_idle_s = WORKER_IDLE_S; a Standard compile each."""
+    s = settings_for(Strategy.STANDARD)
+
+    def request(name: str) -> CompileRequest:
+        return CompileRequest(
+            job_id=name,
+            blueprint_id=blueprint_id,
+            in_features=40,
+            out_features=64,
+            strategy=Strategy.STANDARD,
+            backend=s.backend,
+            mode=s.mode,
+            device=s.device,
+            out_dir=str(root / name),
+        )
+
+    async def timed(pool: WorkerPool, name: str) -> float:
+        t0 = time.perf_counter()
+        response, _ = await pool.compile(request(name), 900.0)
+        if not response.ok:
+            raise SystemExit(f"worker compile failed: {response.error}")
+        return time.perf_counter() - t0
+
+    async def run() -> dict[str, float]:
+        pool = WorkerPool(root / "logs", memory_limit_mb=4096, jobs_per_worker=16, idle_s=WORKER_IDLE_S)
+        try:
+            await timed(pool, "start")  # the worker's own start and first compile, excluded
+            warm = await timed(pool, "warm")
+            while pool.pids():  # it leaves WORKER_IDLE_S after its job
+                await asyncio.sleep(0.1)
+            after_idle = await timed(pool, "after-idle")
+        finally:
+            await pool.close()
+        return {"warm_s": warm, "after_idle_s": after_idle}
+
+    return asyncio.run(run())
 
 
 def _counts(text: str) -> list[int]:
@@ -179,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         loads = kernel_loads(state, 7 if quick else 25)
         results["kernel_load_ms_by_blueprint"] = {k: {p: round(v, 2) for p, v in m.items()} for k, m in loads.items()}
         results["kernel_load_ms_median"] = round(statistics.median(m["cached"] for m in loads.values()), 2)
-        for phase in ("first", "verify", "deserialise", "first_step"):
+        for phase in ("cached_load", "eager_step", "first", "verify", "deserialise", "first_step"):
             results[f"kernel_{phase}_ms_median"] = round(statistics.median(m[phase] for m in loads.values()), 2)
         print("recompiles from scratch ...", flush=True)
         ids = (
@@ -196,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
             / results["kernel_first_ms_median"],
             1,
         )  # type: ignore[operator]
+        print("first compile after the worker left ...", flush=True)
+        back = first_compile_after_idle(root / "idle")
+        results["worker_compile_warm_s"] = round(back["warm_s"], 2)
+        results["worker_compile_after_idle_s"] = round(back["after_idle_s"], 2)
+        results["after_idle_over_warm"] = round(back["after_idle_s"] / back["warm_s"], 2)
         print("WAL and fsync ...", flush=True)
         results.update(wal_figures(root / "wal-bench", quick=quick))
         print(f"chaos: {rounds} SIGKILL rounds ...", flush=True)

@@ -9,7 +9,9 @@ runs for the whole soak), in a subprocess, and samples the resident memory of ev
 `--every` seconds, by role: the engine, its training process, its compile workers (together). It reports RSS after
 warm-up, at the end, the drift of the total between them (issue 7's bound: within 5 %), and per role the slope
 after warm-up (a least-squares fit, MB per minute) extrapolated to 24 hours (issue 19's goal: under 50 MB a day for
-the engine and for the training process). The engine is stopped with SIGTERM at the end, as an operator would.
+the engine and for the training process), and the largest total sampled while no compile worker was alive (issue
+18's idle footprint: at most 700 MB once the forge queue is empty and the workers have left). The engine is stopped
+with SIGTERM at the end, as an operator would.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from benchmarks.engine_run import check_alive, headless_engine
 from benchmarks.report import write_json
 
 BOUND = 0.05
+IDLE_GOAL_MB = 700.0
+"""Issue 18: the engine and its children once the forge queue is empty (compile workers leave when idle)."""
 DAY_GOAL_MB = 50.0
 """Issue 19: growth a day allowed to the engine and to the training process, each."""
 ROLES = ("engine", "training process", "compile workers")
@@ -113,6 +117,8 @@ def soak(
             "mb_per_day": round(per_min * 1440, 1),
             "within_goal": per_min * 1440 < DAY_GOAL_MB if r in GOAL_ROLES else None,
         }
+    idle = [by_role for _, by_role in samples if by_role["engine"] and not by_role["compile workers"]]
+    idle_max = max(idle, key=lambda by_role: sum(by_role.values()), default=None)
     return {
         "minutes": minutes,
         "config": str(config) if config else None,
@@ -126,6 +132,10 @@ def soak(
         "mb_per_minute": round(slope([(minute, t) for (minute, _), t in zip(after, totals, strict=True)]), 4),
         "within_bound": abs(end - start) / start <= BOUND,
         "processes": processes,
+        # the largest total among samples with no compile worker alive: the footprint once the queue is empty
+        "idle_samples": len(idle),
+        "idle_rss_max_mb": None if idle_max is None else round(sum(idle_max.values()), 1),
+        "idle_rss_by_role_mb": None if idle_max is None else {r: round(mb, 1) for r, mb in idle_max.items()},
         "samples": [[minute, by_role] for minute, by_role in samples],
     }
 
@@ -153,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("minutes", "measured_minutes", "rss_after_warmup_mb", "rss_end_mb", "rss_max_mb", "drift"):
         print(f"{key:<22} {result[key]}")
     print(f"{'within 5 %':<22} {'ok' if result['within_bound'] else 'MISSED'}")
+    idle_mb = result["idle_rss_max_mb"]
+    if idle_mb is None:
+        print(f"{'no worker alive':<22} never sampled (goal <= {IDLE_GOAL_MB:g} MB)")
+    else:
+        ok = "ok" if float(idle_mb) <= IDLE_GOAL_MB else "MISSED"  # type: ignore[arg-type]
+        print(f"{'no worker alive, max':<22} {idle_mb} MB {result['idle_rss_by_role_mb']}  <= {IDLE_GOAL_MB:g} {ok}")
     print()
     header = f"{'process':<18} {'after warm-up MB':>16} {'end MB':>9} {'MB/min':>9} {'MB/24 h':>9}"
     print(f"{header}  goal < {DAY_GOAL_MB:g} MB/day")
