@@ -132,8 +132,19 @@ class Aggregator:
             handler(event)
         line = self._describe(event)
         if line is not None:
-            self.events.append(EventLine(ts=event.ts, source=event.source, level=self._level(event), text=line))
+            self.events.append(
+                EventLine(
+                    ts=event.ts, source=event.source, level=self._level(event), text=line, epoch=self._epoch_of(event)
+                )
+            )
         return True
+
+    def _epoch_of(self, event: AnyEvent) -> int | None:
+        """The epoch a decision belongs to, for the curves' markers: the one it was made after, a rollback's the one
+        that went wrong. Read from the first snapshot showing the line, they were drawn an epoch or two late."""
+        if isinstance(event, Rollback):
+            return event.from_epoch
+        return self.training.epoch if isinstance(event, ControllerDecision) else None
 
     def set_bus(self, view: BusView) -> None:
         """The bus as the engine measured it (not an event: the engine polls its bus). Equal views leave the

@@ -150,11 +150,12 @@ class TrainingView(Struct, kw_only=True):
     waiting_for: str = ""  # while WAITING: what training waits for (the forge's first kernel, its process)
 
 
-class EventLine(Struct, kw_only=True):
+class EventLine(Struct, kw_only=True, omit_defaults=True):
     ts: float
     source: Subsystem
     level: Level
     text: str
+    epoch: int | None = None  # a decision's or rollback's epoch, where the curves mark it (omitted otherwise)
 
 
 class StreamBacklog(Struct, kw_only=True):

@@ -15,24 +15,49 @@ from esper_tui.ui.curves import SERIES, Curves, curves_of
 MARKER_COLOURS = {"germinate": "tab:green", "fossilize": "tab:blue", "prune": "tab:red", "rollback": "tab:orange"}
 
 
+def stretches(points: list[tuple[int, float]]) -> list[list[tuple[int, float]]]:
+    """A series cut where epochs are missing: a line joins only neighbouring epochs. Validation loss and the
+    test split are known only at the epochs a snapshot was recorded; straight lines across the epochs between
+    drew values nobody measured."""
+    out: list[list[tuple[int, float]]] = []
+    for point in points:
+        if out and point[0] == out[-1][-1][0] + 1:
+            out[-1].append(point)
+        else:
+            out.append([point])
+    return out
+
+
+def title_of(curves: Curves, fallback: str) -> str:
+    """ "run ID: 30 epochs", or for a resumed run the epochs it trained: "run ID: epochs 13-30 (resumed at 12)"."""
+    run = f"run {curves.run_id or fallback}"
+    if curves.first_epoch <= 1:
+        return f"{run}: {curves.epochs} epochs"
+    resumed = f" (resumed at {curves.resumed_from})" if curves.resumed_from is not None else ""
+    return f"{run}: epochs {curves.first_epoch}-{curves.epochs}{resumed}"
+
+
 def render(curves: Curves, out: Path, title: str) -> None:
     """Loss (top) and accuracy (bottom) over epochs, decisions as dashed verticals; PNG or SVG by suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (loss_ax, acc_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5), constrained_layout=True)
     try:
         for (name, label), ax in zip(SERIES, (loss_ax, loss_ax, acc_ax, acc_ax), strict=True):
-            points = curves.series(name)
-            if points:
-                ax.plot(
-                    [e for e, _ in points],
-                    [v for _, v in points],
-                    label=label,
-                    marker="." if len(points) < 40 else None,
+            colour = None
+            for stretch in stretches(curves.series(name)):
+                (line,) = ax.plot(
+                    [e for e, _ in stretch],
+                    [v for _, v in stretch],
+                    label=label if colour is None else None,
+                    color=colour,
+                    marker="." if len(stretch) < 40 else None,
                 )
+                colour = line.get_color()
         shown: set[str] = set()
         for marker in curves.markers:
             for ax in (loss_ax, acc_ax):
@@ -45,6 +70,7 @@ def render(curves: Curves, out: Path, title: str) -> None:
                     label=marker.kind if ax is acc_ax and marker.kind not in shown else None,
                 )
             shown.add(marker.kind)
+        acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 12.5 on the axis
         loss_ax.set_ylabel("loss")
         acc_ax.set_ylabel("accuracy")
         acc_ax.set_xlabel("epoch")
@@ -70,12 +96,19 @@ def plot_main(file: Path, out: Path) -> int:
         print(f"esper-tui: {exc}", file=sys.stderr)
         return 1
     if curves.epochs == 0:
-        print(f"esper-tui: {file}: no training epoch was recorded, nothing to plot", file=sys.stderr)
+        why = (
+            f"it resumed at epoch {curves.resumed_from} with nothing left to train"
+            if curves.resumed_from is not None
+            else "no training epoch was recorded"
+        )
+        print(f"esper-tui: {file}: {why}, nothing to plot", file=sys.stderr)
         return 1
     try:
-        render(curves, out, f"run {curves.run_id or file.stem}: {curves.epochs} epochs")
+        render(curves, out, title_of(curves, file.stem))
     except OSError as exc:
         print(f"esper-tui: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(f"{out}: {curves.epochs} epochs, {len(curves.markers)} decisions marked")
+    marked = len(curves.markers)
+    trained = curves.epochs - curves.first_epoch + 1
+    print(f"{out}: {trained} epoch{'s' * (trained != 1)}, {marked} decision{'s' * (marked != 1)} marked")
     return 0

@@ -48,13 +48,15 @@ class Curves:
         self.markers: list[Marker] = []
         self._seen: set[tuple[float, str]] = set()
         self.run_id = ""
+        self.resumed_from: int | None = None  # the checkpoint's epoch a resumed run continued from
 
     def add(self, snapshot: Snapshot) -> bool:
         """Take what `snapshot` adds; True when a point or a marker was new."""
         self.run_id = snapshot.run_id or self.run_id
         training = snapshot.training
+        self.resumed_from = training.resumed_from_epoch
         changed = False
-        if training.epoch > 0:
+        if training.epoch > (training.resumed_from_epoch or 0):  # an epoch this run trained
             for name, history in (("loss", training.loss_history), ("val_accuracy", training.val_accuracy_history)):
                 # Snapshots this consumer never saw (attached mid-run, or skipped behind a modal): the
                 # snapshot's own bounded history fills their epochs, never overwriting a point seen.
@@ -73,7 +75,7 @@ class Curves:
                 continue
             self._seen.add(key)
             if (kind := marker_kind(line.text)) is not None:
-                self.markers.append(Marker(training.epoch, kind, line.text))
+                self.markers.append(Marker(training.epoch if line.epoch is None else line.epoch, kind, line.text))
                 changed = True
         return changed
 
@@ -84,6 +86,11 @@ class Curves:
     @property
     def epochs(self) -> int:
         return max((max(v) for v in self.values.values() if v), default=0)
+
+    @property
+    def first_epoch(self) -> int:
+        """The first epoch with a point (after a resume, the one after the checkpoint's)."""
+        return min((min(v) for v in self.values.values() if v), default=0)
 
 
 def curves_of(recording: Recording) -> Curves:
