@@ -579,6 +579,7 @@ class Engine:
             signing_key=self._signing_key,
             faults=[str(f) for f in self.faults.faults],
             kernel_target=self.kernel_target,
+            run_id=self.run_id,
         )
         self.trainer = TrainerProcess(
             start, self.control, self.emit, self._quarantined, self.log, on_loaded=self._task_loaded

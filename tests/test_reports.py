@@ -18,6 +18,7 @@ from esper_tui.engine.training.reports import (
     ReportsInvalid,
     read,
     reports_path,
+    settled_later,
 )
 from esper_tui.engine.vocabulary import Action, SeedStage
 
@@ -43,6 +44,38 @@ def test_a_decision_is_reported_with_its_outcome_after_n_epochs(tmp_path: Path) 
     assert read(path) == first + second
     assert {k: v.seed for k, v in reports.latest.items()} == {"s1": "kept", "s2": "pruned"}
     assert first[0].outcome() == "+9.0 pts after 3 ep, kept"
+
+
+FOSSILIZE = Decision(Action.FOSSILIZE, "s1", "conv1d_block", "gain held for 2 epochs")
+
+
+def test_a_kept_seed_no_longer_reads_in_flight_and_reports_name_their_run(tmp_path: Path) -> None:
+    """A germination read "in flight (blending)" for good (its report is written a few epochs on, never
+    rewritten) although the seed was kept; the reports had no run column and no --run."""
+    path = reports_path(tmp_path)
+    first = FieldReports(path, after_epochs=2, run_id="aaaa11112222")
+    first.decided(4, GERMINATE, 0.60)
+    first.epoch_done(6, 0.62, {"s1": S.BLENDING})
+    first.decided(8, FOSSILIZE, 0.66)
+    first.epoch_done(10, 0.67, {"s1": S.FOSSILIZED})
+    second = FieldReports(path, after_epochs=2, run_id="bbbb33334444")  # a later run: its own seed in s1
+    second.decided(3, GERMINATE, 0.55)
+    second.epoch_done(5, 0.56, {"s1": S.TRAINING})
+    assert settled_later(read(path)) == ["kept", None, None]
+
+    table = cli("reports", "--state-dir", str(tmp_path))
+    assert table.returncode == 0, table.stderr
+    rows = [line.split(maxsplit=1) for line in table.stdout.splitlines()[1:]]
+    assert [run for run, _ in rows] == ["aaaa11112222", "aaaa11112222", "bbbb33334444"]
+    assert rows[0][1].endswith("in flight (blending), later kept")
+    assert rows[2][1].endswith("in flight (training)"), "another run's fossilize settles nothing here"
+    only = cli("reports", "--state-dir", str(tmp_path), "--run", "bbbb", "--json")
+    assert [json.loads(line)["run_id"] for line in only.stdout.splitlines()] == ["bbbb33334444"]
+    kept = cli("reports", "--state-dir", str(tmp_path), "--run", "aaaa", "--json")
+    assert [json.loads(line)["seed_later"] for line in kept.stdout.splitlines()] == ["kept", None]
+    none = cli("reports", "--state-dir", str(tmp_path), "--run", "cccc")
+    assert none.returncode == 1 and none.stderr.count("\n") == 1
+    assert "runs there: aaaa11112222, bbbb33334444" in none.stderr
 
 
 def test_a_seed_still_growing_and_a_decision_without_a_seed(tmp_path: Path) -> None:
@@ -144,16 +177,16 @@ def test_the_reports_command_prints_a_table_json_and_clear_errors(tmp_path: Path
     table = cli("reports", "--state-dir", str(tmp_path))
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["EPOCH", "SLOT", "ACTION", "BLUEPRINT", "REASON", "OUTCOME"]
-    assert lines[1].split()[:4] == ["10", "s1", "germinate", "conv1d_block"]
+    assert lines[0].split() == ["RUN", "EPOCH", "SLOT", "ACTION", "BLUEPRINT", "REASON", "OUTCOME"]
+    assert lines[1].split()[:5] == ["-", "10", "s1", "germinate", "conv1d_block"]  # written before runs were named
     assert lines[1].endswith("+5.0 pts after 2 ep, in flight (training)")
     assert lines[2].endswith("+2.0 pts after 2 ep, pruned")
 
     as_json = cli("reports", "--state-dir", str(tmp_path), "--json")
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert [(r["epoch"], r["slot"], r["seed"]) for r in rows] == [
-        (10, "s1", "in flight (training)"),
-        (12, "s2", "pruned"),
+    assert [(r["epoch"], r["slot"], r["seed"], r["seed_later"]) for r in rows] == [
+        (10, "s1", "in flight (training)", None),
+        (12, "s2", "pruned", None),
     ]
 
     missing = cli("reports", "--state-dir", str(tmp_path / "nowhere"))

@@ -142,3 +142,5 @@ def test_field_reports_are_written_shown_and_printed(tmp_path: Path) -> None:
     printed = cli("reports", "--state-dir", str(state))
     assert printed.returncode == 0, printed.stderr
     assert "germinate" in printed.stdout and "pts after 1 ep" in printed.stdout
+    rows = [json.loads(line) for line in cli("reports", "--state-dir", str(state), "--json").stdout.splitlines()]
+    assert rows and {row["run_id"] for row in rows} == {snap["run_id"]}, "each report names the run that decided"

@@ -80,13 +80,15 @@ class TrainerCore:
         state_dir: Path | None = None,
         signing_key: bytes | None = None,
         faults: FaultPlan | None = None,
+        run_id: str = "",
     ) -> None:
         """`task`: what to train, loaded and checked (task_loader.py); None trains the built-in mnist1d task on CPU,
         its data cached in `cache_dir`, seeded `data_seed`, or `splits` instead (benchmarks load them once; tests
         poison them). `early_stop`: None stops early only without an epoch budget; True also within one (then the
         best epoch is restored at the budget's end too); False never. With `state_dir` and `signing_key` the run
         resumes from its newest valid checkpoint, writes signed ones, and Tamiyo's field reports go there.
-        `faults`: chaos testing (--inject-fault), each fault ending in a rollback."""
+        `faults`: chaos testing (--inject-fault), each fault ending in a rollback. `run_id`: the engine's run,
+        which each field report names."""
         self.cfg = cfg
         self.catalog = catalog
         self.kernels = kernels
@@ -119,7 +121,11 @@ class TrainerCore:
         self.signing_key = signing_key
         self.faults = faults or FaultPlan()
         self.detector = InstabilityDetector(cfg.loss_spike_factor, cfg.loss_median_window)
-        self.reports = FieldReports(reports_path(state_dir), cfg.report_after_epochs) if state_dir is not None else None
+        self.reports = (
+            FieldReports(reports_path(state_dir), cfg.report_after_epochs, run_id=run_id)
+            if state_dir is not None
+            else None
+        )
         self.resumed_from_epoch: int | None = None
         self.rollbacks = 0
         self._good: TrainingState | None = None  # the newest epoch that passed the instability check

@@ -71,6 +71,7 @@ class Start(msgspec.Struct, tag="start"):
     signing_key: bytes
     faults: list[str]
     kernel_target: KernelTarget | None = None  # the engine's probe: None, this process asks inductor itself
+    run_id: str = ""  # the engine's run: field reports say which run decided
 
 
 class Control(msgspec.Struct, tag="control"):
@@ -435,6 +436,7 @@ def main() -> int:
         state_dir=state_dir,
         signing_key=start.signing_key,
         faults=FaultPlan.parse(start.faults),
+        run_id=start.run_id,
     )
     gc.freeze()  # torch's and the engine's import-time objects: the collector never rescans them while training
     try:

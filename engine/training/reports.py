@@ -49,6 +49,7 @@ class FieldReport(msgspec.Struct, frozen=True, kw_only=True):
     val_accuracy_after: float
     val_delta: float  # val_accuracy_after - val_accuracy
     seed: str  # "kept", "pruned", "in flight (training)", "rolled back", or "-" for a decision without a seed
+    run_id: str = ""  # the run that decided (empty in reports written before runs were named)
 
     @property
     def epochs_later(self) -> int:
@@ -75,6 +76,30 @@ def reports_path(state_dir: Path) -> Path:
     return state_dir / REPORTS_FILE
 
 
+SETTLED = frozenset({"kept", "pruned", ROLLED_BACK})
+"""A seed's fates that do not change any more (an "in flight" one is only where it was at the report)."""
+
+
+def settled_later(reports: Sequence[FieldReport]) -> list[str | None]:
+    """For each report whose seed was still in flight, the fate a later report of the same seed settled (kept,
+    pruned, rolled back), or None. A report is written a few epochs after its decision and never rewritten, so a
+    germination read "in flight (blending)" for good although the seed was kept later."""
+    fates: list[str | None] = []
+    for i, report in enumerate(reports):
+        fate = None
+        if report.seed.startswith("in flight") and report.slot is not None:
+            for later in reports[i + 1 :]:
+                if later.slot != report.slot or later.run_id != report.run_id:
+                    continue
+                if later.action == Action.GERMINATE.value:
+                    break  # a new seed in that slot: this one's fate was never reported
+                if later.seed in SETTLED:
+                    fate = later.seed
+                    break
+        fates.append(fate)
+    return fates
+
+
 def seed_outcome(slot: str | None, stages: Mapping[str, SeedStage]) -> str:
     """What became of a decision's seed, from its slot's stage now."""
     if slot is None or slot not in stages:
@@ -90,9 +115,10 @@ def seed_outcome(slot: str | None, stages: Mapping[str, SeedStage]) -> str:
 class FieldReports:
     """Holds decisions until their outcome is due, then appends them to `path` (one fsynced line each)."""
 
-    def __init__(self, path: Path, after_epochs: int) -> None:
+    def __init__(self, path: Path, after_epochs: int, *, run_id: str = "") -> None:
         self.path = path
         self.after_epochs = after_epochs
+        self.run_id = run_id
         self.pending: list[PendingDecision] = []
         self.latest: dict[str, FieldReport] = {}  # slot -> its newest report (the seeds panel's column)
         self._repaired = False
@@ -148,6 +174,7 @@ class FieldReports:
                 val_accuracy_after=val_accuracy,
                 val_delta=val_accuracy - p.val_accuracy,
                 seed=seed(p),
+                run_id=self.run_id,
             )
             for p in chosen
         ]

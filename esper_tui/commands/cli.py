@@ -253,10 +253,11 @@ def _reports(argv: list[str]) -> int:
     )
     p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     p.add_argument("--json", action="store_true", help="one JSON object per report")
+    p.add_argument("--run", metavar="RUN_ID", help="only this run's reports (its id, or the start of it)")
     args = p.parse_args(argv)
     from esper_tui.commands.reports import reports_main
 
-    return reports_main(args.state_dir, args.json)
+    return reports_main(args.state_dir, args.json, run=args.run)
 
 
 def _recordings(argv: list[str]) -> int:
