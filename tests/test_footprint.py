@@ -18,6 +18,7 @@ import pytest
 
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import KernelUnavailable
 from esper_tui.engine.training.library_source import LibraryKernelSource
@@ -80,12 +81,13 @@ SOURCE = """
     import json, sys
     from pathlib import Path
     from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.shapes import vector
     from esper_tui.engine.library.store import Identity, Library
     from esper_tui.engine.training.library_source import LibraryKernelSource
 
     identity = Identity(**json.loads(sys.argv[2]))
     library = Library(Path(sys.argv[1]), bytes(range(32)), Catalog(), identity=identity)
-    kernel, offer = LibraryKernelSource(library, "inductor", "default").load("mlp_block")
+    kernel, offer = LibraryKernelSource(library, "inductor", "default").load("mlp_block", vector(40, 64))
     print("RESULT " + json.dumps({"label": offer.label, "inductor": "torch._inductor" in sys.modules}))
 """
 
@@ -107,7 +109,7 @@ def test_a_seed_served_eager_by_choice_is_still_verified(tmp_path: Path, commit_
     weights = version / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(KernelUnavailable, match="does not match its signed checksum"):
-        LibraryKernelSource(lib, "inductor", "default").load("mlp_block")
+        LibraryKernelSource(lib, "inductor", "default").load("mlp_block", vector(40, 64))
     assert [q[1] for q in quarantined] == [version.name] and meta.version == 1
     with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
         lib.verified("mlp_block")
