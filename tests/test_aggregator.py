@@ -678,6 +678,7 @@ def test_a_run_that_only_compiles_says_so_not_eager(agg):
     assert seeds_run(snap).tag == "no training"
     assert "| kernels no training: this run only compiles |" in status_line(snap)
     assert "EAGER" not in status_line(snap)
+    assert status_line(snap).startswith("[forge only] "), "not [waiting]: nothing will ever train"
 
 
 @pytest.mark.parametrize(

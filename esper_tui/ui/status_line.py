@@ -26,6 +26,7 @@ def status_line(s: Snapshot) -> str:
     test = f"{t.test_accuracy:.1%}" if t.test_accuracy is not None else "-"
     loss = f"{t.loss:.3f}" if t.loss is not None else "-"
     count = {st: sum(j.status is st for j in f.jobs) for st in JobStatus}
+    status = t.status if s.infrastructure.training else "forge only"  # not [waiting]: nothing will ever train
     seeds = (
         " ".join(
             f"{sd.slot}:{sd.stage}"
@@ -35,7 +36,7 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"{link_tag(s.link)}[{t.status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | "
+        f"{link_tag(s.link)}[{status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | "
         f"kernels {seeds_run(s).words} | "
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
