@@ -184,7 +184,7 @@ def redis_for_benchmark(url: str | None) -> Iterator[str]:
 
 def _events(n: int) -> list[AnyEvent]:
     return [
-        EpochCompleted(epoch=i, train_loss=0.5, val_loss=0.6, val_accuracy=0.7, samples_per_s=400.0, epoch_s=0.1)
+        EpochCompleted(epoch=i, train_loss=0.5, val_loss=0.6, val_metric=0.7, samples_per_s=400.0, epoch_s=0.1)
         for i in range(n)
     ]
 

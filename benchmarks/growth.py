@@ -169,11 +169,11 @@ def engine_run(
     for slot, blueprint_id in grafts:
         trainer.graft(slot, blueprint_id)
     finished = trainer.run()
-    assert finished.test_accuracy is not None
+    assert finished.test_metric is not None
     return RunResult(
         seed=seed,
-        test_accuracy=finished.test_accuracy,
-        best_val_accuracy=finished.best_val_accuracy,
+        test_accuracy=finished.test_metric,
+        best_val_accuracy=finished.best_val_metric,
         params=trainer.parameter_count(),
         epochs=finished.epochs,
         best_epoch=finished.best_epoch,

@@ -60,7 +60,7 @@ def run(kernel_source: KernelSource, epochs: int, seed: int, cache: Path) -> Run
 
     def emit(event: AnyEvent) -> None:
         if isinstance(event, EpochCompleted):
-            accuracy.append(event.val_accuracy)
+            accuracy.append(event.val_metric)
             epoch_s.append(event.epoch_s)
         elif isinstance(event, TrainingFinished):
             finished.append(event)
@@ -74,7 +74,7 @@ def run(kernel_source: KernelSource, epochs: int, seed: int, cache: Path) -> Run
         seed,
         round(accuracy[-1], 4),
         round(max(accuracy), 4),
-        round(finished[-1].test_accuracy or 0.0, 4),
+        round(finished[-1].test_metric or 0.0, 4),
         round(statistics.median(epoch_s) * 1000, 1),
         round(time.monotonic() - t0, 1),
         grafts,

@@ -105,7 +105,7 @@ class Aggregator:
         self.wal = WalView()
         self.training = TrainingView()
         self.loss: deque[float] = deque(maxlen=history)
-        self.accuracy: deque[float] = deque(maxlen=history)
+        self.val_history: deque[float] = deque(maxlen=history)  # the validation metric, per epoch
         self.events: deque[EventLine] = deque(maxlen=max_events)
         self.metrics: list[Metric] = []
         self.bus = BusView()
@@ -203,19 +203,24 @@ class Aggregator:
             epochs_total=e.epochs,
             resumed_from_epoch=e.resumed_from_epoch,
             waiting_for="",
+            task=e.task,
+            metric=e.metric,
+            device=e.device,
         )
 
     def _on_EpochCompleted(self, e: EpochCompleted) -> None:
         self.loss.append(round(e.train_loss, 5))
-        self.accuracy.append(round(e.val_accuracy, 5))
-        best = max(self.training.best_val_accuracy or 0.0, e.val_accuracy)
+        self.val_history.append(round(e.val_metric, 5))
+        best = self.training.best_val_metric
+        if best is None or self.training.metric.better(e.val_metric, best):
+            best = e.val_metric
         self._training(
             epoch=e.epoch,
             loss=e.train_loss,
             val_loss=e.val_loss,
-            val_accuracy=e.val_accuracy,
-            best_val_accuracy=best,
-            test_accuracy=e.test_accuracy,
+            val_metric=e.val_metric,
+            best_val_metric=best,
+            test_metric=e.test_metric,
             samples_per_s=e.samples_per_s,
             epoch_s=e.epoch_s,
         )
@@ -228,7 +233,7 @@ class Aggregator:
                 alpha=s.alpha,
                 blueprint_id=s.blueprint_id,
                 grad_norm=s.grad_norm,
-                acc_delta=s.acc_delta,
+                gain=s.gain,
                 epochs_in_stage=s.epochs_in_stage,
                 kernel=s.kernel,
                 health=_seed_health(s.vanishing, s.exploding) if s.blueprint_id else GradientHealth.NONE,
@@ -250,8 +255,8 @@ class Aggregator:
         self._training(
             status=TrainingStatus.FINISHED,
             epoch=e.epochs,
-            val_accuracy=e.val_accuracy,
-            test_accuracy=e.test_accuracy,
+            val_metric=e.val_metric,
+            test_metric=e.test_metric,
         )
 
     def _on_TrainingFailed(self, e: TrainingFailed) -> None:
@@ -349,8 +354,8 @@ class Aggregator:
 
     # ------------------------------------------------------------------ describing
 
-    @staticmethod
-    def _describe(e: AnyEvent) -> str | None:
+    def _describe(self, e: AnyEvent) -> str | None:
+        """The event log's line for `e` (after it was folded: the run's metric is known by then), or None."""
         match e:
             case JobQueued():
                 return f"{e.blueprint_id} queued ({e.strategy}): {e.reason}"
@@ -395,11 +400,12 @@ class Aggregator:
             case TrainingFailed():
                 return f"training failed: {e.error}"
             case TrainingFinished():
-                test = f", test accuracy {e.test_accuracy:.1%}" if e.test_accuracy is not None else ""
+                metric = self.training.metric
+                test = f", test {metric.name} {metric.format(e.test_metric)}" if e.test_metric is not None else ""
                 why = f" ({e.reason})" if e.reason else ""
                 return (
-                    f"training finished after {e.epochs} epochs, best validation accuracy "
-                    f"{e.best_val_accuracy:.1%}{test}{why}"
+                    f"training finished after {e.epochs} epochs, best validation {metric.name} "
+                    f"{metric.format(e.best_val_metric)}{test}{why}"
                 )
             case EngineStarted():
                 return f"engine started (bus {e.bus}, state {e.state_dir})"
@@ -442,7 +448,7 @@ class Aggregator:
             self.breakers.values(), key=lambda b: BREAKER_ORDER.index(b.name) if b.name in BREAKER_ORDER else 99
         )
         training = msgspec.structs.replace(
-            self.training, loss_history=list(self.loss), val_accuracy_history=list(self.accuracy)
+            self.training, loss_history=list(self.loss), val_metric_history=list(self.val_history)
         )
         now = self._clock()
         self._last = Snapshot(

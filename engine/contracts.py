@@ -9,10 +9,12 @@ from __future__ import annotations
 import msgspec
 
 from esper_tui.engine.vocabulary import (
+    ACCURACY,
     SCHEMA_VERSION,
     Action,
     BreakerState,
     Level,
+    MetricInfo,
     SeedStage,
     Strategy,
     Struct,
@@ -123,7 +125,8 @@ class ArtifactQuarantined(Event, tag="artifact_quarantined", kw_only=True):
 
 
 class TrainingStarted(Event, tag="training_started", kw_only=True):
-    """Seed 002 (TELE-760): compile status is captured once, at training start."""
+    """Seed 002 (TELE-760): compile status is captured once, at training start; so is what the run trains
+    (`task`), the metric it decides on and the device it runs on."""
 
     compile_enabled: bool
     compile_backend: str | None
@@ -134,19 +137,21 @@ class TrainingStarted(Event, tag="training_started", kw_only=True):
     epochs: int | None
     device: str
     resumed_from_epoch: int | None = None  # the checkpoint's epoch a restarted run continues from
+    task: str = "mnist1d"
+    metric: MetricInfo = ACCURACY
 
 
 class EpochCompleted(Event, tag="epoch_completed", kw_only=True):
-    """One epoch's numbers. `val_*` is the validation split carved from the training samples, the only
-    split Tamiyo decides on; `test_accuracy` is MNIST-1D's test split, only ever reported."""
+    """One epoch's numbers, the metric being the task's (TrainingStarted.metric). `val_*` is the validation
+    split, the only split Tamiyo decides on; `test_metric` is the test split, only ever reported."""
 
     epoch: int
     train_loss: float
     val_loss: float
-    val_accuracy: float
+    val_metric: float
     samples_per_s: float
     epoch_s: float
-    test_accuracy: float | None = None
+    test_metric: float | None = None
 
 
 class SeedHealth(Struct, kw_only=True):
@@ -155,7 +160,7 @@ class SeedHealth(Struct, kw_only=True):
     blueprint_id: str | None
     alpha: float
     grad_norm: float
-    acc_delta: float | None
+    gain: float | None  # the metric's change since the seed germinated, positive when better (MetricInfo.gain)
     epochs_in_stage: int
     kernel: str  # "compiled inductor:default", "eager", or "-"
     vanishing: bool = False
@@ -187,14 +192,14 @@ class Rollback(Event, tag="rollback", kw_only=True):
 
 
 class TrainingFinished(Event, tag="training_finished", kw_only=True):
-    """The run's end: `val_accuracy` and `test_accuracy` are those of the weights it ends with (the best
+    """The run's end: `val_metric` and `test_metric` are those of the weights it ends with (the best
     epoch's, restored, after an early stop); `reason` says why it ended."""
 
     epochs: int
-    val_accuracy: float
-    best_val_accuracy: float
+    val_metric: float
+    best_val_metric: float
     best_epoch: int
-    test_accuracy: float | None = None
+    test_metric: float | None = None
     reason: str = ""
 
 

@@ -31,7 +31,9 @@ import msgspec
 import zstandard
 
 from esper_tui.engine.codec import SchemaMismatch, checked
+from esper_tui.engine.legacy import LEGACY_SCHEMA_VERSION, upgraded
 from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import ACCURACY, SCHEMA_VERSION, MetricInfo
 
 EXTENSION = ".esrec"
 MAGIC = b"ESREC\x00\x01\n"
@@ -321,7 +323,11 @@ class Recording:
         self._file.seek(entry.offset + _RECORD.size)
         payload = self._file.read(entry.length)
         try:
-            return checked(_decoder.decode(self._inflate(payload, position)))
+            data = self._inflate(payload, position)
+            snapshot = _decoder.decode(data)
+            if snapshot.schema_version == LEGACY_SCHEMA_VERSION:  # recorded before the metric was the task's
+                return upgraded(msgspec.msgpack.decode(data), Snapshot, schema_version=SCHEMA_VERSION)
+            return checked(snapshot)
         except SchemaMismatch as exc:
             raise BadRecording(f"{self.path}: recorded by another version ({exc})") from None
         except (zstandard.ZstdError, msgspec.DecodeError) as exc:
@@ -380,9 +386,11 @@ class RunSummary(msgspec.Struct, kw_only=True):
     duration_s: float
     snapshots: int
     epochs: int
-    val_accuracy: float | None
-    best_val_accuracy: float | None
-    test_accuracy: float | None
+    task: str
+    metric: MetricInfo
+    val_metric: float | None
+    best_val_metric: float | None
+    test_metric: float | None
     status: str
     complete: bool  # the footer was there: the run stopped cleanly
     problem: str | None = None  # why the file could not be read; then only `path` and `run_id` mean anything
@@ -398,9 +406,11 @@ class RunSummary(msgspec.Struct, kw_only=True):
             duration_s=0.0,
             snapshots=0,
             epochs=0,
-            val_accuracy=None,
-            best_val_accuracy=None,
-            test_accuracy=None,
+            task="",
+            metric=ACCURACY,
+            val_metric=None,
+            best_val_metric=None,
+            test_metric=None,
             status="unreadable",
             complete=False,
             problem=problem,
@@ -419,9 +429,11 @@ def summarize(path: Path) -> RunSummary:
             duration_s=rec.duration_s,
             snapshots=len(rec),
             epochs=last.training.epoch,
-            val_accuracy=last.training.val_accuracy,
-            best_val_accuracy=last.training.best_val_accuracy,
-            test_accuracy=last.training.test_accuracy,
+            task=last.training.task,
+            metric=last.training.metric,
+            val_metric=last.training.val_metric,
+            best_val_metric=last.training.best_val_metric,
+            test_metric=last.training.test_metric,
             status=str(last.training.status) if last.infrastructure.training else "forge only",
             complete=not rec.torn,
             trained=last.infrastructure.training,

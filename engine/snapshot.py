@@ -13,12 +13,14 @@ import msgspec
 
 from esper_tui.engine.contracts import Metric
 from esper_tui.engine.vocabulary import (
+    ACCURACY,
     SCHEMA_VERSION,
     BreakerState,
     GradientHealth,
     JobStatus,
     Level,
     LinkState,
+    MetricInfo,
     SeedStage,
     Strategy,
     Struct,
@@ -121,7 +123,7 @@ class SeedView(Struct, kw_only=True):
     alpha: float
     blueprint_id: str | None = None
     grad_norm: float = 0.0
-    acc_delta: float | None = None
+    gain: float | None = None  # the metric's change since germination, positive when better
     epochs_in_stage: int = 0
     kernel: str = "-"
     health: GradientHealth = GradientHealth.NONE
@@ -129,21 +131,25 @@ class SeedView(Struct, kw_only=True):
 
 
 class TrainingView(Struct, kw_only=True):
-    """Tolaria's run. `val_*` is the validation split carved from the training samples (what Tamiyo
-    decides on); `test_accuracy` is MNIST-1D's test split, only ever reported."""
+    """Tolaria's run: the task it trains, the metric it decides on (values are in its units; `metric` says
+    which way is better and how to show them) and the device. `val_*` is the validation split (what Tamiyo
+    decides on); `test_metric` is the test split, only ever reported."""
 
     status: TrainingStatus = TrainingStatus.WAITING
+    task: str = ""  # "" until training starts
+    metric: MetricInfo = ACCURACY
+    device: str = ""
     epoch: int = 0
     epochs_total: int | None = None
     loss: float | None = None
     val_loss: float | None = None
-    val_accuracy: float | None = None
-    best_val_accuracy: float | None = None
-    test_accuracy: float | None = None
+    val_metric: float | None = None
+    best_val_metric: float | None = None
+    test_metric: float | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None
     loss_history: list[float] = msgspec.field(default_factory=list)
-    val_accuracy_history: list[float] = msgspec.field(default_factory=list)
+    val_metric_history: list[float] = msgspec.field(default_factory=list)
     seeds: list[SeedView] = msgspec.field(default_factory=list)
     resumed_from_epoch: int | None = None  # the checkpoint this run resumed from, if it did
     rollbacks: int = 0

@@ -14,7 +14,9 @@ from typing import dataclass_transform
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The wire's and the snapshot's version. 2: the run's metric is the task's (`val_metric`, `gain`, ...), no longer
+always accuracy; recordings, checkpoints and field reports of version 1 still open (engine/legacy.py)."""
 
 
 def new_id() -> str:

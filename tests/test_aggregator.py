@@ -108,7 +108,7 @@ def seed(slot="slot-0", stage=SeedStage.TRAINING, bid="mlp_block", **kw):
         "blueprint_id": bid,
         "alpha": 0.25,
         "grad_norm": 0.1,
-        "acc_delta": 0.01,
+        "gain": 0.01,
         "epochs_in_stage": 2,
         "kernel": "compiled inductor:default",
     }
@@ -305,14 +305,14 @@ def test_engine_and_training_events_fold(agg):
                 epoch=epoch,
                 train_loss=1.0 / epoch,
                 val_loss=1.1 / epoch,
-                val_accuracy=acc,
+                val_metric=acc,
                 samples_per_s=1000.0,
                 epoch_s=2.0,
             )
         )
     t = agg.snapshot().training
-    assert (t.epoch, t.val_accuracy, t.best_val_accuracy, t.loss) == (3, 0.6, 0.7, 1.0 / 3)
-    assert t.val_accuracy_history == [0.5, 0.7, 0.6] and len(t.loss_history) == 3
+    assert (t.epoch, t.val_metric, t.best_val_metric, t.loss) == (3, 0.6, 0.7, 1.0 / 3)
+    assert t.val_metric_history == [0.5, 0.7, 0.6] and len(t.loss_history) == 3
 
     agg.apply(
         SeedsReport(
@@ -331,10 +331,10 @@ def test_engine_and_training_events_fold(agg):
     assert agg.snapshot().training.status is TrainingStatus.PAUSED
     agg.apply(TrainingPaused(paused=False))
     assert agg.snapshot().training.status is TrainingStatus.RUNNING
-    agg.apply(TrainingFinished(epochs=3, val_accuracy=0.6, best_val_accuracy=0.7, best_epoch=2))
+    agg.apply(TrainingFinished(epochs=3, val_metric=0.6, best_val_metric=0.7, best_epoch=2))
     snap = agg.snapshot()
     assert snap.training.status is TrainingStatus.FINISHED
-    assert snap.events[-1].text == "training finished after 3 epochs, best validation accuracy 70.0%"
+    assert snap.events[-1].text == "training finished after 3 epochs, best validation accuracy 70.0 %"
 
 
 def test_eager_training_shows_compile_disabled(agg):
@@ -351,7 +351,7 @@ def test_history_is_bounded(agg):
                 epoch=epoch,
                 train_loss=float(epoch),
                 val_loss=0.0,
-                val_accuracy=epoch / 10,
+                val_metric=epoch / 10,
                 samples_per_s=1.0,
                 epoch_s=1.0,
             )
@@ -397,7 +397,7 @@ def test_duplicate_event_ids_are_ignored(agg):
 
 
 def test_duplicate_epoch_is_not_counted_twice(agg):
-    e = EpochCompleted(epoch=1, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=1.0)
+    e = EpochCompleted(epoch=1, train_loss=1.0, val_loss=1.0, val_metric=0.5, samples_per_s=1.0, epoch_s=1.0)
     agg.apply(e)
     agg.apply(e)
     assert agg.snapshot().training.loss_history == [1.0]
@@ -456,7 +456,7 @@ def test_snapshot_json_has_the_public_paths(agg):
     agg.apply(BreakerChanged(name="timeout", state=BreakerState.OPEN, previous=BreakerState.CLOSED, transition=True))
     agg.apply(queued(strategy=Strategy.FAST))
     agg.apply(wal_status())
-    agg.apply(EpochCompleted(epoch=4, train_loss=0.3, val_loss=0.4, val_accuracy=0.81, samples_per_s=1.0, epoch_s=1.0))
+    agg.apply(EpochCompleted(epoch=4, train_loss=0.3, val_loss=0.4, val_metric=0.81, samples_per_s=1.0, epoch_s=1.0))
     agg.apply(SeedsReport(epoch=4, seeds=[seed(alpha=0.5, stage=SeedStage.BLENDING)]))
     raw = encode_json(agg.snapshot())
     doc = json.loads(raw)
@@ -469,7 +469,7 @@ def test_snapshot_json_has_the_public_paths(agg):
     assert [(j["blueprint_id"], j["strategy"], j["status"]) for j in forge["jobs"]] == [("mlp_block", "fast", "queued")]
     assert isinstance(forge["wal"], dict) and forge["wal"]["commits"] == 3
     training = doc["training"]
-    assert training["epoch"] == 4 and training["val_accuracy"] == 0.81
+    assert training["epoch"] == 4 and training["val_metric"] == 0.81
     assert [(s["slot"], s["stage"], s["alpha"]) for s in training["seeds"]] == [("slot-0", "blending", 0.5)]
     assert isinstance(doc["events"], list) and doc["seq"] >= 1
 
@@ -645,7 +645,7 @@ def seeds_report(*kernels):
                 blueprint_id=None if kernel == "-" else "conv1d_block",
                 alpha=0.0 if kernel == "-" else 0.5,
                 grad_norm=0.1,
-                acc_delta=None,
+                gain=None,
                 epochs_in_stage=1,
                 kernel=kernel,
                 vanishing=False,

@@ -58,7 +58,7 @@ def synthetic_state(epoch: int = 7) -> TrainingState:
         shuffle_rng=torch.Generator().manual_seed(3).get_state(),
         torch_rng=torch.get_rng_state(),
         germinations=2,
-        best_val_accuracy=0.64,
+        best_val_metric=0.64,
         best_epoch=5,
         pending_reports=(
             PendingDecision(
@@ -67,28 +67,28 @@ def synthetic_state(epoch: int = 7) -> TrainingState:
                 slot="s1",
                 blueprint_id="mlp_block",
                 reason="accuracy flat",
-                val_accuracy=0.61,
+                val_metric=0.61,
             ),
             PendingDecision(
-                epoch=epoch, action=Action.ROLLBACK, slot=None, blueprint_id=None, reason="nan", val_accuracy=0.6
+                epoch=epoch, action=Action.ROLLBACK, slot=None, blueprint_id=None, reason="nan", val_metric=0.6
             ),
         ),
     )
 
 
 def assert_same_state(a: TrainingState, b: TrainingState) -> None:
-    assert (a.epoch, a.groups, a.germinations, a.best_val_accuracy, a.best_epoch) == (
+    assert (a.epoch, a.groups, a.germinations, a.best_val_metric, a.best_epoch) == (
         b.epoch,
         b.groups,
         b.germinations,
-        b.best_val_accuracy,
+        b.best_val_metric,
         b.best_epoch,
     )
     assert a.controller == b.controller
     assert a.pending_reports == b.pending_reports
     assert a.host.keys() == b.host.keys() and all(torch.equal(a.host[k], b.host[k]) for k in a.host)
     for sa, sb in zip(a.slots, b.slots, strict=True):
-        fields = ("name", "stage", "blueprint_id", "epochs_in_stage", "blend_progress", "acc_at_germination")
+        fields = ("name", "stage", "blueprint_id", "epochs_in_stage", "blend_progress", "metric_at_germination")
         assert [getattr(sa, f) for f in fields] == [getattr(sb, f) for f in fields]
         assert (sa.kernel_label, sa.kernel_note) == (sb.kernel_label, sb.kernel_note)
         assert (sa.weights is None) == (sb.weights is None)
@@ -107,7 +107,7 @@ def assert_same_state(a: TrainingState, b: TrainingState) -> None:
 
 def test_round_trip_of_a_synthetic_state(tmp_path: Path) -> None:
     state = synthetic_state()
-    written = ckpt.write(tmp_path, state, KEY, val_accuracy=0.63)
+    written = ckpt.write(tmp_path, state, KEY, val_metric=0.63)
     assert written.path == tmp_path / "epoch-000007"
     assert sorted(p.name for p in written.path.iterdir()) == sorted(
         [ckpt.TENSORS, ckpt.STATE, ckpt.MANIFEST, ckpt.SIGNATURE]
@@ -116,7 +116,7 @@ def test_round_trip_of_a_synthetic_state(tmp_path: Path) -> None:
     assert_same_state(ckpt.load(written.path, KEY), state)
     found, skipped = ckpt.latest_valid(tmp_path, KEY)
     assert found is not None and skipped == []
-    assert (found[0].epoch, found[0].val_accuracy) == (7, 0.63)
+    assert (found[0].epoch, found[0].val_metric) == (7, 0.63)
     assert_same_state(found[1], state)
 
 
@@ -207,7 +207,7 @@ def test_a_rewritten_epoch_replaces_the_old_checkpoint(tmp_path: Path) -> None:
     second = dataclasses.replace(synthetic_state(9), epoch=5)
     ckpt.write(tmp_path, second, KEY, 0.7)
     found, _ = ckpt.latest_valid(tmp_path, KEY)
-    assert found is not None and found[0].val_accuracy == 0.7
+    assert found is not None and found[0].val_metric == 0.7
     assert_same_state(found[1], second)
 
 
@@ -218,14 +218,14 @@ def test_the_writer_thread_writes_prunes_and_flushes(tmp_path: Path) -> None:
     errors: list[tuple[int, Exception]] = []
     writer = ckpt.Writer(tmp_path, KEY, keep=2, on_error=lambda epoch, exc: errors.append((epoch, exc)))
     for epoch in (1, 2, 3):
-        writer.submit(synthetic_state(epoch), val_accuracy=0.5 + epoch / 100)
+        writer.submit(synthetic_state(epoch), val_metric=0.5 + epoch / 100)
         writer.flush()
     assert [p.name for p in ckpt.candidates(tmp_path)] == ["epoch-000003", "epoch-000002"]
-    writer.submit(synthetic_state(4), val_accuracy=0.9)
+    writer.submit(synthetic_state(4), val_metric=0.9)
     writer.close()  # writes what was handed over before it ends
     assert ckpt.candidates(tmp_path)[0].name == "epoch-000004" and errors == []
     with pytest.raises(RuntimeError, match="closed"):
-        writer.submit(synthetic_state(5), val_accuracy=0.5)
+        writer.submit(synthetic_state(5), val_metric=0.5)
 
 
 def test_a_failed_write_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
@@ -233,9 +233,9 @@ def test_a_failed_write_is_reported_and_the_writer_goes_on(tmp_path: Path) -> No
     not_a_dir.write_text("x")
     errors: list[tuple[int, Exception]] = []
     writer = ckpt.Writer(not_a_dir, KEY, keep=2, on_error=lambda epoch, exc: errors.append((epoch, exc)))
-    writer.submit(synthetic_state(3), val_accuracy=0.5)
+    writer.submit(synthetic_state(3), val_metric=0.5)
     writer.flush()
-    writer.submit(synthetic_state(4), val_accuracy=0.5)
+    writer.submit(synthetic_state(4), val_metric=0.5)
     writer.close()
     assert [(epoch, type(exc)) for epoch, exc in errors] == [(3, FileExistsError), (4, FileExistsError)]
 
@@ -258,17 +258,17 @@ def test_a_real_trainer_resumes_exactly_from_disk(tmp_path: Path, tmp_path_facto
     t._epoch()
     first = [e for e in events if isinstance(e, EpochCompleted)][-1]
 
-    ckpt.write(tmp_path, state, KEY, val_accuracy=t.val_accuracy)
+    ckpt.write(tmp_path, state, KEY, val_metric=t.val_metric)
     loaded = ckpt.load(tmp_path / ckpt.dir_name(state.epoch), KEY)
     assert_same_state(loaded, state)
     t2, events2 = fresh()
     t2.restore(loaded)
     t2._epoch()
     again = [e for e in events2 if isinstance(e, EpochCompleted)][-1]
-    assert (again.epoch, again.train_loss, again.val_accuracy, again.val_loss) == (
+    assert (again.epoch, again.train_loss, again.val_metric, again.val_loss) == (
         first.epoch,
         first.train_loss,
-        first.val_accuracy,
+        first.val_metric,
         first.val_loss,
     )
 

@@ -38,7 +38,7 @@ def seed(
         blueprint_id=bp,
         alpha=0.0,
         grad_norm=0.1,
-        acc_delta=delta,
+        gain=delta,
         epochs_in_stage=epochs,
         kernel="-",
         vanishing=vanishing,

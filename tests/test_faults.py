@@ -62,7 +62,7 @@ def seed(exploding: bool = False, norm: float = 1.0) -> SeedHealth:
         blueprint_id="mlp_block",
         alpha=0.0,
         grad_norm=norm,
-        acc_delta=None,
+        gain=None,
         epochs_in_stage=1,
         kernel="eager",
         vanishing=False,

@@ -53,7 +53,7 @@ def free_port() -> int:
 
 def epoch(n: int, epoch_s: float) -> EpochCompleted:
     return EpochCompleted(
-        epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=epoch_s, ts=float(n)
+        epoch=n, train_loss=1.0, val_loss=1.0, val_metric=0.5, samples_per_s=1.0, epoch_s=epoch_s, ts=float(n)
     )
 
 
@@ -93,7 +93,10 @@ async def test_endpoints_over_http_on_a_live_engine(live: tuple[Engine, str]) ->
     await asyncio.sleep(0.3)  # a snapshot after the last event (the publisher runs at 10 Hz)
     status, ctype, text = await get(f"{base}/metrics")
     assert status == 200 and ctype.startswith("text/plain"), (status, ctype)
-    assert 'esper_training_loss{split="train"}' in text and 'esper_training_accuracy{split="test"}' in text
+    assert 'esper_training_loss{split="train"}' in text
+    assert 'esper_training_metric{metric="accuracy",split="test"}' in text
+    info = next(line for line in text.splitlines() if line.startswith("esper_engine_info{"))
+    assert 'task="mnist1d"' in info and 'metric="accuracy"' in info and 'device="cpu"' in info, info
     assert "esper_epoch_duration_seconds_count 2.0" in text  # fed by events: both epochs, not a snapshot's last
     assert 'esper_alert_active{alertname="training_latency_high"} 0.0' in text
     assert "esper_bus_published_total" in text and "esper_wal_recovery_seconds" in text
@@ -191,7 +194,7 @@ def seeds(ts: float, *exploding: str) -> SeedsReport:
             blueprint_id="b",
             alpha=0.0,
             grad_norm=1.0,
-            acc_delta=None,
+            gain=None,
             epochs_in_stage=1,
             kernel="eager",
             exploding=slot in exploding,

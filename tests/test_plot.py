@@ -24,8 +24,8 @@ def epoch(n: int) -> EpochCompleted:
         epoch=n,
         train_loss=1.0 / n,
         val_loss=1.1 / n,
-        val_accuracy=0.5,
-        test_accuracy=0.5,
+        val_metric=0.5,
+        test_metric=0.5,
         samples_per_s=1.0,
         epoch_s=0.1,
     )
@@ -66,9 +66,9 @@ def snapshot(n: int, *, resumed: int | None = None, events: list[EventLine] | No
         status=TrainingStatus.FINISHED if n == 3 else TrainingStatus.RUNNING,
         epoch=n,
         loss=1.0 / n,
-        val_accuracy=0.5 + n / 100,
+        val_metric=0.5 + n / 100,
         loss_history=[1.0 / e for e in range((resumed or 0) + 1, n + 1)],
-        val_accuracy_history=[0.5 + e / 100 for e in range((resumed or 0) + 1, n + 1)],
+        val_metric_history=[0.5 + e / 100 for e in range((resumed or 0) + 1, n + 1)],
         resumed_from_epoch=resumed,
     )
     return Snapshot(seq=n, ts=1000.0 + n, run_id="r1", training=training, events=events or [])

@@ -102,10 +102,12 @@ def test_runs_lists_the_recording(recorded_run) -> None:
     assert (summary.run_id, summary.epochs, summary.complete) == (engine.run_id, EPOCHS, True)
     proc = run_cli("runs", "--state-dir", str(path.parent.parent))
     assert proc.returncode == 0, proc.stderr
-    assert engine.run_id in proc.stdout and "VAL ACC" in proc.stdout
+    header, row = proc.stdout.splitlines()[:2]
+    assert header.split()[4:8] == ["TASK", "METRIC", "VAL", "TEST"]
+    assert engine.run_id in row and " mnist1d  accuracy " in row
     proc = run_cli("runs", "--state-dir", str(path.parent.parent), "--json")
     row = json.loads(proc.stdout.splitlines()[0])
-    assert row["run_id"] == engine.run_id and row["epochs"] == EPOCHS and row["test_accuracy"] is not None
+    assert row["run_id"] == engine.run_id and row["epochs"] == EPOCHS and row["test_metric"] is not None
 
 
 def test_replay_and_plot_take_a_run_id_with_the_state_dir(recorded_run, tmp_path: Path) -> None:

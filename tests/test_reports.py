@@ -37,7 +37,7 @@ def test_a_decision_is_reported_with_its_outcome_after_n_epochs(tmp_path: Path) 
     assert not path.exists()  # nothing is written before its outcome is due
     first = reports.epoch_done(13, 0.70, {"s1": S.FOSSILIZED, "s2": S.EMBARGOED})
     assert [(r.slot, r.action, r.seed, r.epochs_later) for r in first] == [("s1", "germinate", "kept", 3)]
-    assert first[0].val_delta == pytest.approx(0.09)
+    assert first[0].gain == pytest.approx(0.09)
     second = reports.epoch_done(14, 0.71, {"s1": S.FOSSILIZED, "s2": S.DORMANT})
     assert [(r.slot, r.seed) for r in second] == [("s2", "pruned")]
     assert reports.pending == []
@@ -129,7 +129,7 @@ def test_a_resume_keeps_earlier_reports_and_drops_decisions_after_its_epoch(tmp_
     first.decided(3, PRUNE, 0.6)
     first.epoch_done(4, 0.6, {"s2": S.PRUNED})
     again = FieldReports(path, after_epochs=1)
-    late = PendingDecision(epoch=3, action=Action.PRUNE, slot="s2", blueprint_id=None, reason="", val_accuracy=0.6)
+    late = PendingDecision(epoch=3, action=Action.PRUNE, slot="s2", blueprint_id=None, reason="", val_metric=0.6)
     again.resumed(2, [late])  # an early-stopped run's checkpoint: its best epoch, with later decisions pending
     assert again.pending == []
     assert [r.epoch for r in read(path)] == [1]

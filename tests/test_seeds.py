@@ -65,7 +65,7 @@ def test_prune_path_returns_to_dormant_after_embargo() -> None:
         slot.end_epoch()
         stages.append(slot.stage)
     assert stages == [S.EMBARGOED, S.EMBARGOED, S.EMBARGOED, S.RESETTING, S.DORMANT, S.DORMANT]
-    assert slot.blueprint_id is None and slot.acc_at_germination is None
+    assert slot.blueprint_id is None and slot.metric_at_germination is None
     germinated(slot)  # usable again
 
 
@@ -221,7 +221,7 @@ def test_health_reports_grad_norm_flags_and_accuracy_delta() -> None:
     h = slot.health(0.65)
     assert h.stage is S.TRAINING and h.blueprint_id == "mlp_block" and h.kernel == "eager"
     assert h.grad_norm > 0 and not h.vanishing and not h.exploding
-    assert h.acc_delta == pytest.approx(0.05)
+    assert h.gain == pytest.approx(0.05)
 
     slot.begin_epoch()
     _grads(slot, 0.0)
@@ -243,11 +243,11 @@ def test_health_reports_grad_norm_flags_and_accuracy_delta() -> None:
 def test_dormant_and_germinated_slots_are_not_flagged() -> None:
     slot = SeedSlot("s0", SHAPE)
     h = slot.health(0.5)
-    assert (h.kernel, h.acc_delta, h.vanishing, h.exploding, h.grad_norm) == ("-", None, False, False, 0.0)
+    assert (h.kernel, h.gain, h.vanishing, h.exploding, h.grad_norm) == ("-", None, False, False, 0.0)
     germinated(slot)
     slot.record_gradients()  # GERMINATED does not train: nothing is measured
     h = slot.health(0.5)
-    assert not h.vanishing and h.acc_delta == 0.0 and h.epochs_in_stage == 0
+    assert not h.vanishing and h.gain == 0.0 and h.epochs_in_stage == 0
     slot.end_epoch()
     assert slot.health(0.5).epochs_in_stage == 1
 
@@ -256,7 +256,7 @@ def test_capture_and_restore_a_slot() -> None:
     slot = to_stage(germinated(SeedSlot("s0", SHAPE), accuracy=0.4), S.BLENDING)
     slot.step(0.5)
     saved = slot.capture()
-    assert saved.stage is S.BLENDING and saved.blend_progress == 0.5 and saved.acc_at_germination == 0.4
+    assert saved.stage is S.BLENDING and saved.blend_progress == 0.5 and saved.metric_at_germination == 0.4
     assert saved.weights is not None and set(saved.weights) == set(slot.block.state_dict())
     with torch.no_grad():
         for p in slot.block.parameters():

@@ -159,7 +159,8 @@ def test_digits_runs_headless_and_its_final_snapshot_names_the_task(tmp_path: Pa
     final = snapshot["training"]
     assert final["epoch"] == 15 and final["status"] == "finished"
     assert any("on digits (" in e["text"] for e in snapshot["events"])
-    value = final["val_accuracy"]
+    assert (final["task"], final["metric"]["name"]) == ("digits", "accuracy")
+    value = final["val_metric"]
     assert math.isfinite(value) and value > 0.5  # ten classes: chance is 0.1
 
 
@@ -182,4 +183,5 @@ def test_the_example_task_runs_end_to_end_and_grafts_a_seed(tmp_path: Path) -> N
                in t for t in texts), texts  # fmt: skip
     grafted = [s for s in snapshot["training"]["seeds"] if s["stage"].upper() not in ("DORMANT", "GERMINATED")]
     assert grafted and all(s["blueprint_id"] for s in grafted), snapshot["training"]["seeds"]
-    assert snapshot["training"]["epoch"] == 8 and math.isfinite(snapshot["training"]["val_accuracy"])
+    assert snapshot["training"]["epoch"] == 8 and math.isfinite(snapshot["training"]["val_metric"])
+    assert snapshot["training"]["task"] == "waveforms"

@@ -95,11 +95,11 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
     epochs = rec.of(EpochCompleted)
     assert [e.epoch for e in epochs] == list(range(1, 26))
     assert all(e.source is Subsystem.TOLARIA and e.samples_per_s > 0 and e.epoch_s > 0 for e in epochs)
-    assert finished.val_accuracy == epochs[-1].val_accuracy > 0.40  # chance is 0.10
-    assert finished.best_val_accuracy == max(e.val_accuracy for e in epochs)
-    assert epochs[finished.best_epoch - 1].val_accuracy == finished.best_val_accuracy
+    assert finished.val_metric == epochs[-1].val_metric > 0.40  # chance is 0.10
+    assert finished.best_val_metric == max(e.val_metric for e in epochs)
+    assert epochs[finished.best_epoch - 1].val_metric == finished.best_val_metric
     assert finished.reason == "epoch budget reached (25 epochs)"  # a budget: no early stop, no restore
-    assert finished.test_accuracy == epochs[-1].test_accuracy and all(e.test_accuracy is not None for e in epochs)
+    assert finished.test_metric == epochs[-1].test_metric and all(e.test_metric is not None for e in epochs)
     assert "3500 train / 500 val / 1000 test" in started.dataset
 
     # per epoch: EpochCompleted, SeedsReport, then the decisions taken that epoch
@@ -136,7 +136,7 @@ def test_runs_are_deterministic_for_a_seed(cache_dir: Path) -> None:
     def accuracies(seed: int) -> list[float]:
         t, rec = trainer(cache_dir, epochs=3, seed=seed)
         t.run()
-        return [e.val_accuracy for e in rec.of(EpochCompleted)]
+        return [e.val_metric for e in rec.of(EpochCompleted)]
 
     assert accuracies(3) == accuracies(3)
     assert accuracies(3) != accuracies(4)
@@ -302,7 +302,7 @@ def test_importing_the_training_plane_loads_no_ui() -> None:
 def test_the_controller_input_has_no_test_split() -> None:
     """Every decision reads an EpochState; the type has nowhere to put a test-split number."""
     names = {f.name for f in dataclasses.fields(EpochState)}
-    assert names == {"epoch", "val_accuracy", "seeds", "offers", "train_loss", "slot_shapes"}
+    assert names == {"epoch", "val_metric", "seeds", "offers", "train_loss", "slot_shapes"}
     assert not any("test" in name for name in names)
 
 
@@ -320,8 +320,8 @@ def test_poisoning_the_test_split_changes_no_decision(cache_dir: Path) -> None:
         t, rec = trainer(cache_dir, epochs=12, splits=sp, **FAST_LIFECYCLE)
         t.run()
         decisions = [(d.action, d.slot, d.blueprint_id, d.reason) for d in rec.of(ControllerDecision)]
-        seen = [(e.val_accuracy, e.val_loss, e.train_loss) for e in rec.of(EpochCompleted)]
-        return decisions, seen, [e.test_accuracy for e in rec.of(EpochCompleted)]
+        seen = [(e.val_metric, e.val_loss, e.train_loss) for e in rec.of(EpochCompleted)]
+        return decisions, seen, [e.test_metric for e in rec.of(EpochCompleted)]
 
     clean, dirty = run(splits), run(poisoned(splits))
     assert {d[0] for d in clean[0]} >= {Action.GERMINATE, Action.ADVANCE}  # decisions were taken
@@ -396,10 +396,10 @@ def test_capture_and_restore_put_back_the_whole_training_state(cache_dir: Path) 
     assert t.controller.state() == state.controller
     t._epoch()
     again = rec.of(EpochCompleted)[-1]
-    assert (again.epoch, again.train_loss, again.val_accuracy, again.val_loss) == (
+    assert (again.epoch, again.train_loss, again.val_metric, again.val_loss) == (
         first.epoch,
         first.train_loss,
-        first.val_accuracy,
+        first.val_metric,
         first.val_loss,
     )
 
@@ -408,14 +408,14 @@ def test_without_a_budget_the_run_stops_on_its_own_and_restores_the_best_epoch(c
     t, rec = trainer(cache_dir, epochs=None, early_stop_epochs=3)
     finished = t.run()
     epochs = rec.of(EpochCompleted)
-    best = max(e.val_accuracy for e in epochs)
+    best = max(e.val_metric for e in epochs)
     assert finished.epochs == len(epochs) == finished.best_epoch + 3
-    assert finished.best_val_accuracy == best == epochs[finished.best_epoch - 1].val_accuracy
+    assert finished.best_val_metric == best == epochs[finished.best_epoch - 1].val_metric
     assert finished.reason.startswith("early stop: validation accuracy has not improved for 3 epochs")
-    if epochs[-1].val_accuracy != best:
+    if epochs[-1].val_metric != best:
         assert finished.reason.endswith(f"; the best epoch, {finished.best_epoch}, restored")
-    assert finished.val_accuracy == best  # the weights it ends with are the best epoch's
-    assert finished.test_accuracy is not None and rec.events[-1] is finished
+    assert finished.val_metric == best  # the weights it ends with are the best epoch's
+    assert finished.test_metric is not None and rec.events[-1] is finished
 
 
 def test_a_budget_never_stops_early_unless_asked(cache_dir: Path) -> None:
@@ -499,7 +499,7 @@ async def test_the_engine_stays_up_after_training_stops_on_its_own(tmp_path: Pat
         texts = [line.text for line in engine.aggregator.events]
         [done] = [t for t in texts if t.startswith("training finished")]
         assert "early stop: validation accuracy has not improved for 2 epochs" in done
-        assert engine.aggregator.snapshot().training.test_accuracy is not None
+        assert engine.aggregator.snapshot().training.test_metric is not None
         assert not engine.stopped.is_set()
         await engine.send(SetConservativeMode(active=True))
         async with asyncio.timeout(30):

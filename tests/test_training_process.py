@@ -159,7 +159,7 @@ def test_the_child_exits_at_once_when_its_engine_goes_away(tmp_path: Path) -> No
 
 
 def test_frames_round_trip_and_a_broken_one_is_refused() -> None:
-    event = TrainingFinished(epochs=3, val_accuracy=0.5, best_val_accuracy=0.5, best_epoch=3, reason="done")
+    event = TrainingFinished(epochs=3, val_metric=0.5, best_val_metric=0.5, best_epoch=3, reason="done")
     data = process.frame(process.Emitted(event=event))
     n = process._length(data[: process.HEADER.size])
     message = process._decode(process._from_trainer, data[process.HEADER.size :][:n])

@@ -10,7 +10,7 @@ they share and `format` the formatting they share.
     breakers        BreakersPanel     circuit breakers with state colours
     wal_panel       WalPanel          write-ahead log status
     seeds           SeedsPanel        Kasmina seed slots
-    training        TrainingPanel     Tolaria training line and loss / accuracy sparklines
+    training        TrainingPanel     Tolaria training line and loss / metric sparklines
     events          EventsPanel       the event log, newest first
     bus_panel       BusPanel          Oona: backend, link, rates, backlogs, rooms, dead letters, rejections
     strategy_picker StrategyPicker    modal to choose a compile strategy

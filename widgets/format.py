@@ -2,7 +2,8 @@
 
 Everything here is a pure function of snapshot values: times are computed against the snapshot's own
 `ts` (never the wall clock) and clock times are UTC, so a given snapshot always renders identically
-(SVG snapshot tests depend on that). Accuracies in the contracts are fractions in [0, 1].
+(SVG snapshot tests depend on that). The run's metric is the task's: values are shown through its MetricInfo
+(`metric.format`), labelled by `metric_label`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from collections.abc import Iterable
 from textual.content import Content
 
 from esper_tui.engine.snapshot import ForgeView
-from esper_tui.engine.vocabulary import BreakerState, GradientHealth, JobStatus, Level, SeedStage, TrainingStatus
+from esper_tui.engine.vocabulary import (
+    BreakerState,
+    GradientHealth,
+    JobStatus,
+    Level,
+    MetricInfo,
+    SeedStage,
+    TrainingStatus,
+)
 
 DASH = "-"
 """What a cell shows when there is no value: quieter than "None", same width everywhere."""
@@ -120,6 +129,16 @@ def size(num_bytes: int) -> str:
             return f"{value:.0f} {unit}" if unit in ("B", "KiB") or value >= 100 else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+SHORT_METRIC_NAMES = {"accuracy": "acc"}
+"""Names cut short where a label must stay narrow (the banner, the curve labels); others are clipped."""
+METRIC_LABEL_WIDTH = 10
+
+
+def metric_label(metric: MetricInfo) -> str:
+    """The metric's name as a narrow label: "acc", "mse", "perplexi…"."""
+    return clip(SHORT_METRIC_NAMES.get(metric.name, metric.name), METRIC_LABEL_WIDTH)
 
 
 def percent(fraction: float | None) -> str:

@@ -1,4 +1,4 @@
-"""The plot panel (`v`): loss and accuracy over epochs for each split, with the lifecycle decisions marked.
+"""The plot panel (`v`): loss and the run's metric over epochs for each split, with the lifecycle decisions marked.
 
 One row per series: a block-character curve, one column per epoch (or per group of epochs when the run is
 longer than the panel is wide), its own min-max scale, and the latest value. Under them a marker row puts
@@ -13,8 +13,8 @@ from textual.content import Content
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import Struct
-from esper_tui.ui.curves import SERIES, Curves
+from esper_tui.engine.vocabulary import MetricInfo, Struct
+from esper_tui.ui.curves import METRIC_SERIES, SERIES, Curves
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -23,11 +23,13 @@ LABEL_WIDTH = 10
 VALUE_WIDTH = 8
 MARK_LETTERS = {"germinate": "G", "fossilize": "F", "prune": "P", "rollback": "R"}
 MARK_STYLES = {"germinate": "$success", "fossilize": "$primary", "prune": "$error", "rollback": "$warning"}
-SHORT_LABELS = {"loss": "train loss", "val_loss": "val loss", "val_accuracy": "val acc", "test_accuracy": "test acc"}
+SHORT_LABELS = {"loss": "train loss", "val_loss": "val loss", "val_metric": "val", "test_metric": "test"}
+"""Labels of the series; the metric's two get its short name after them ("val acc")."""
 
 
 class PlotSlice(Struct, kw_only=True, frozen=True):
     epoch: int
+    metric: MetricInfo
     series: tuple[tuple[str, tuple[tuple[int, float], ...]], ...]
     markers: tuple[tuple[int, str], ...]
 
@@ -83,6 +85,7 @@ class PlotPanel(SnapshotPanel[PlotSlice], Static):
         epoch = snapshot.training.epoch
         return PlotSlice(
             epoch=epoch,
+            metric=self.curves.metric,
             series=tuple((name, tuple(p for p in self.curves.series(name) if p[0] <= epoch)) for name, _ in SERIES),
             markers=tuple((m.epoch, m.kind) for m in self.curves.markers if m.epoch <= epoch),
         )
@@ -109,10 +112,12 @@ class PlotPanel(SnapshotPanel[PlotSlice], Static):
         lines: list[Content] = []
         for name, points in part.series:
             latest = points[-1][1] if points else None
-            shown = fmt.percent(latest) if "accuracy" in name else fmt.number(latest, 3)
-            style = "$success" if "accuracy" in name else "$error 80%"
+            is_metric = name in METRIC_SERIES
+            shown = part.metric.format(latest) if is_metric else fmt.number(latest, 3)
+            style = "$success" if is_metric else "$error 80%"
+            label = f"{SHORT_LABELS[name]} {fmt.metric_label(part.metric)}" if is_metric else SHORT_LABELS[name]
             lines.append(
-                Content(SHORT_LABELS[name].ljust(LABEL_WIDTH))
+                Content(fmt.fit(label, LABEL_WIDTH))
                 + fmt.styled(curve(list(points), first, last, room), style)
                 + Content(shown.rjust(VALUE_WIDTH))
             )

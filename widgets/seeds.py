@@ -6,10 +6,13 @@ A handful of slots fit in fixed-width text columns, which costs far less to repa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from textual.content import Content
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import SeedView, Snapshot
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -20,7 +23,7 @@ SEED_COLUMNS: tuple[tuple[str, int], ...] = (
     ("kernel", 16),
     ("α", 4),  # noqa: RUF001 - alpha, the blend weight, as the runbook writes it
     ("grad", 5),
-    ("Δacc%", 5),
+    ("gain", 5),
     ("health", 9),
     ("ep", 2),
 )
@@ -36,20 +39,31 @@ def kernel_label(kernel: str) -> str:
     return kernel.removeprefix(COMPILED)
 
 
-def delta_var(delta: float | None) -> str:
-    """Green when the seed helps accuracy, red when it hurts, plain when it does neither."""
-    if not delta:
+def gain_var(gain: float | None) -> str:
+    """Green when the seed made the metric better, red when worse, plain when neither (the gain is already
+    signed by the metric's direction)."""
+    if not gain:
         return ""
-    return "$success" if delta > 0 else "$error"
+    return "$success" if gain > 0 else "$error"
+
+
+def gain_text(gain: float | None, metric: MetricInfo) -> str:
+    """A gain in the 5-cell column: points for a percent metric ("+1.2"), else 2 significant digits without the
+    leading zero ("+.019"), so a small metric's change still fits."""
+    if gain is None or metric.percent:
+        return metric.format(gain, signed=True, unit=False)
+    text = f"{gain:+.2g}"
+    return text if "e" in text else text.replace("0.", ".", 1)
 
 
 def seed_header() -> Content:
     return fmt.styled(" ".join(fmt.fit(label, width) for label, width in SEED_COLUMNS), f"{fmt.MUTED} bold")
 
 
-def seed_line(seed: SeedView) -> Content:
-    """One slot as aligned columns, coloured by lifecycle stage and health."""
-    delta = fmt.DASH if seed.acc_delta is None else f"{seed.acc_delta * 100:+.1f}"
+def seed_line(seed: SeedView, metric: MetricInfo = ACCURACY) -> Content:
+    """One slot as aligned columns, coloured by lifecycle stage and health; the gain in the metric's units
+    (points for a percent metric), positive when better."""
+    gain = gain_text(seed.gain, metric)
     active = seed.blueprint_id is not None
     values: list[tuple[str, str]] = [
         (seed.slot, "bold"),
@@ -58,7 +72,7 @@ def seed_line(seed: SeedView) -> Content:
         (kernel_label(seed.kernel), "$success" if seed.kernel.startswith(COMPILED) else fmt.MUTED),
         (f"{seed.alpha:.2f}", "$warning" if 0 < seed.alpha < 1 else ""),
         (f"{seed.grad_norm:.2f}" if active else fmt.DASH, ""),
-        (delta, delta_var(seed.acc_delta)),
+        (gain, gain_var(seed.gain)),
         (seed.health, fmt.GRADIENT_HEALTH_VAR[seed.health]),
         (str(seed.epochs_in_stage) if active else fmt.DASH, ""),
     ]
@@ -76,12 +90,17 @@ def outcome_note(seed: SeedView) -> Content | None:
     return fmt.styled(f"   {seed.slot} last decision: {seed.outcome}", fmt.MUTED)
 
 
-def seed_lines(seed: SeedView) -> list[Content]:
-    note = outcome_note(seed)
-    return [seed_line(seed)] if note is None else [seed_line(seed), note]
+def seed_lines(seed: SeedView, metric: MetricInfo = ACCURACY) -> list[Content]:
+    line, note = seed_line(seed, metric), outcome_note(seed)
+    return [line] if note is None else [line, note]
 
 
-class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
+class SeedsSlice(NamedTuple):
+    metric: MetricInfo  # how the gains read
+    seeds: tuple[SeedView, ...]
+
+
+class SeedsPanel(SnapshotPanel[SeedsSlice], Static):
     """Every seed slot, dormant ones included (a free slot is information too)."""
 
     PANEL_TITLE = "Kasmina seeds"
@@ -92,13 +111,12 @@ class SeedsPanel(SnapshotPanel[tuple[SeedView, ...]], Static):
     }
     """
 
-    def select(self, snapshot: Snapshot) -> tuple[SeedView, ...]:
-        return tuple(snapshot.training.seeds)
+    def select(self, snapshot: Snapshot) -> SeedsSlice:
+        return SeedsSlice(snapshot.training.metric, tuple(snapshot.training.seeds))
 
-    def draw(self, part: tuple[SeedView, ...]) -> None:
-        if not part:
+    def draw(self, part: SeedsSlice) -> None:
+        if not part.seeds:
             self.update(fmt.styled("no seed slots reported", fmt.MUTED), layout=False)
             return
-        self.update(
-            Content("\n").join([seed_header(), *(line for seed in part for line in seed_lines(seed))]), layout=False
-        )
+        lines = (line for seed in part.seeds for line in seed_lines(seed, part.metric))
+        self.update(Content("\n").join([seed_header(), *lines]), layout=False)

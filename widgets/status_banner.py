@@ -21,7 +21,7 @@ from textual.content import Content
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import Infrastructure, LinkView, SeedsRun, Snapshot, seeds_run
-from esper_tui.engine.vocabulary import LinkState, TrainingStatus
+from esper_tui.engine.vocabulary import LinkState, MetricInfo, TrainingStatus
 from esper_tui.widgets import format as fmt
 from esper_tui.widgets.panel import SnapshotPanel
 
@@ -40,8 +40,11 @@ class BannerSlice(NamedTuple):
     status: TrainingStatus
     epoch: int
     epochs_total: int | None
-    val_accuracy: float | None  # the validation split (what Tamiyo decides on)
-    best_val_accuracy: float | None
+    task: str
+    metric: MetricInfo
+    device: str
+    val_metric: float | None  # the validation split (what Tamiyo decides on)
+    best_val_metric: float | None
     samples_per_s: float | None
     conservative: bool
     conservative_reason: str
@@ -117,8 +120,11 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             status=training.status,
             epoch=training.epoch,
             epochs_total=training.epochs_total,
-            val_accuracy=training.val_accuracy,
-            best_val_accuracy=training.best_val_accuracy,
+            task=training.task,
+            metric=training.metric,
+            device=training.device or snapshot.infrastructure.device,
+            val_metric=training.val_metric,
+            best_val_metric=training.best_val_metric,
             samples_per_s=training.samples_per_s,
             conservative=forge.conservative_mode,
             conservative_reason=forge.conservative_reason,
@@ -145,11 +151,12 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
         run = part.seeds_run
         kernel = fmt.styled(run.words, "$success bold" if run.compiled else "$warning bold")
         total = f"/{part.epochs_total}" if part.epochs_total else ""
+        m = part.metric
         return fmt.join(
             [
                 kernel,
                 f"epoch {part.epoch}{total}",
-                f"val acc {fmt.percent(part.val_accuracy)} (best {fmt.percent(part.best_val_accuracy)})",
+                f"val {fmt.metric_label(m)} {m.format(part.val_metric)} (best {m.format(part.best_val_metric)})",
                 f"{fmt.number(part.samples_per_s, 0)} samples/s",
                 f"bus {infra.bus}",
             ]
@@ -158,7 +165,12 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
     @staticmethod
     def _host_line(part: BannerSlice) -> Content:
         infra = part.infrastructure
-        facts = [f"run {part.run_id or fmt.DASH}", f"up {fmt.duration(part.uptime_s)}", f"device {infra.device}"]
+        facts = [
+            f"run {part.run_id or fmt.DASH}",
+            f"up {fmt.duration(part.uptime_s)}",
+            f"task {part.task or fmt.DASH}",
+            f"device {part.device}",
+        ]
         if infra.torch_version:
             facts.append(f"torch {infra.torch_version}")
         return fmt.styled(fmt.SEP.join(facts), fmt.MUTED)

@@ -1,4 +1,4 @@
-"""Tolaria's training loop: where the run is, how fast, and the loss/accuracy curves so far.
+"""Tolaria's training loop: where the run is, how fast, and the loss and metric curves so far.
 
 The curves are Sparklines (about 15 % CPU at 10 Hz, guide section 8), so they are only touched when the
 history itself changed, which is once per epoch rather than on every snapshot.
@@ -30,7 +30,7 @@ def training_line(view: TrainingView) -> Content:
 
 
 class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
-    """Training status line plus loss and validation-accuracy sparklines."""
+    """Training status line plus loss and validation-metric sparklines."""
 
     PANEL_TITLE = "Tolaria training"
 
@@ -43,8 +43,10 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
         & Sparkline { height: 1fr; width: 1fr; }
         & #loss-curve > .sparkline--max-color { color: $error 80%; }
         & #loss-curve > .sparkline--min-color { color: $success; }
-        & #accuracy-curve > .sparkline--max-color { color: $success; }
-        & #accuracy-curve > .sparkline--min-color { color: $warning 80%; }
+        & #metric-curve > .sparkline--max-color { color: $success; }
+        & #metric-curve > .sparkline--min-color { color: $warning 80%; }
+        & #metric-curve.-lower-is-better > .sparkline--max-color { color: $warning 80%; }
+        & #metric-curve.-lower-is-better > .sparkline--min-color { color: $success; }
     }
     """
 
@@ -54,8 +56,8 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
             yield Static("loss", id="loss-label", classes="curve-label")
             yield Sparkline([], id="loss-curve")
         with Horizontal(classes="curve"):
-            yield Static("val acc", id="accuracy-label", classes="curve-label")
-            yield Sparkline([], id="accuracy-curve")
+            yield Static("val", id="metric-label", classes="curve-label")
+            yield Sparkline([], id="metric-curve")
 
     def select(self, snapshot: Snapshot) -> TrainingView:
         # Seeds have their own panel: leave them out so seed changes do not redraw the curves.
@@ -70,15 +72,17 @@ class TrainingPanel(SnapshotPanel[TrainingView], Vertical):
                 fmt.styled(f"val {fmt.metric(part.val_loss)}", fmt.MUTED),
             ]
         )
-        accuracy = Content("\n").join(
+        m = part.metric
+        metric = Content("\n").join(
             [
-                fmt.styled(f"val acc {fmt.percent(part.val_accuracy)}", "bold"),
-                fmt.styled(f"test {fmt.percent(part.test_accuracy)}", fmt.MUTED),  # reported, never decided on
+                fmt.styled(f"val {fmt.metric_label(m)} {m.format(part.val_metric)}", "bold"),
+                fmt.styled(f"test {m.format(part.test_metric)}", fmt.MUTED),  # reported, never decided on
             ]
         )
         self.query_one("#loss-label", Static).update(loss, layout=False)
-        self.query_one("#accuracy-label", Static).update(accuracy, layout=False)
-        for curve_id, history in (("#loss-curve", part.loss_history), ("#accuracy-curve", part.val_accuracy_history)):
+        self.query_one("#metric-label", Static).update(metric, layout=False)
+        self.query_one("#metric-curve", Sparkline).set_class(not m.higher_is_better, "-lower-is-better")
+        for curve_id, history in (("#loss-curve", part.loss_history), ("#metric-curve", part.val_metric_history)):
             curve = self.query_one(curve_id, Sparkline)
             shown = bool(history)  # no flat baseline pretending to be data before epoch 1
             if curve.display != shown:

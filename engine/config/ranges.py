@@ -19,7 +19,7 @@ Seconds = Annotated[float, Meta(gt=0, le=DAY_S)]  # a duration that must pass: 0
 SecondsOrZero = Annotated[float, Meta(ge=0, le=DAY_S)]  # a wait where 0 means "no wait"
 Minutes = Annotated[float, Meta(ge=0, le=1440)]  # up to a day; 0 means "off" or "at once" (see the key)
 Percent = Annotated[float, Meta(gt=0, le=100)]
-Fraction = Annotated[float, Meta(ge=0, le=1)]  # an accuracy difference: accuracy lies in [0, 1]
+Fraction = Annotated[float, Meta(ge=0, le=1)]  # a share: of a metric's range or magnitude, of a split, ...
 Parallel = Annotated[int, Meta(ge=1, le=64)]  # things at once; each compile holds a worker of up to a few GB
 Tries = Annotated[int, Meta(ge=1, le=100)]  # attempts or failures: 0 would give up (or trip) before any try
 Epochs = Annotated[int, Meta(ge=0, le=10_000)]  # a seed lifecycle stage; 0 skips the stage

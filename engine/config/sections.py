@@ -272,12 +272,18 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
     plateau_epochs: Annotated[
         Epochs, Meta(description="epochs without a plateau_delta gain before a seed is germinated")
     ] = 3
-    plateau_delta: Annotated[Fraction, Meta(description="validation accuracy gain that counts as progress")] = 0.005
+    plateau_delta: Annotated[
+        Fraction,
+        Meta(
+            description="validation metric gain that counts as progress, relative to the metric: a fraction of "
+            "its range for a percent metric (accuracy: 0.005 = 0.5 points), else of its magnitude"
+        ),
+    ] = 0.005
     fossilize_margin: Annotated[
         Fraction,
         Meta(
-            description="validation accuracy gain a held seed must show to be kept (the validation split is "
-            "small and noisy)"
+            description="validation metric gain a held seed must show to be kept, relative like plateau_delta "
+            "(accuracy: 0.015 = 1.5 points; the validation split is small and noisy)"
         ),
     ] = 0.015
     blend_epochs: Annotated[Epochs, Meta(description="epochs over which a seed's output is blended in")] = 5
@@ -298,7 +304,7 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
         Meta(
             ge=1,
             le=100_000,
-            description="without `epochs`: stop once validation accuracy has not improved for this many epochs, "
+            description="without `epochs`: stop once the validation metric has not improved for this many epochs, "
             "restoring the best weights",
         ),
     ] = 40

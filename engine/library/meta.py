@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from esper_tui.engine.vocabulary import SCHEMA_VERSION, Strategy, Struct
+from esper_tui.engine.vocabulary import Strategy, Struct
+
+ARTIFACT_SCHEMA_VERSION = 1
+"""The stored artifact's own version, apart from the wire's SCHEMA_VERSION: kernels in a library outlive
+the snapshot's field names, and their signed meta must read the same to every engine that loads them."""
 
 
 class ArtifactFile(Struct, kw_only=True):
@@ -45,7 +49,7 @@ class ArtifactMeta(Struct, kw_only=True):
     already stored still decode (and verify) unchanged.
     """
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = ARTIFACT_SCHEMA_VERSION
     artifact_id: str  # the key: hash of blueprint IR, options and torch/system identity
     blueprint_id: str
     version: int

@@ -169,16 +169,25 @@ class NissaMetrics(Collector):
 
 def _snapshot_metrics(snap: Snapshot) -> Iterator[PromMetric]:
     t, forge, bus = snap.training, snap.forge, snap.bus
-    info = GaugeMetricFamily("esper_engine_info", "The engine's run id and kernels", labels=["run_id", "kernels"])
-    info.add_metric([snap.run_id, snap.infrastructure.kernels], 1.0)
+    info = GaugeMetricFamily(
+        "esper_engine_info",
+        "The engine's run id, kernels, the task it trains, the metric it decides on and the device",
+        labels=["run_id", "kernels", "task", "metric", "device"],
+    )
+    device = t.device or snap.infrastructure.device
+    info.add_metric([snap.run_id, snap.infrastructure.kernels, t.task, t.metric.name, device], 1.0)
     yield info
     yield GaugeMetricFamily("esper_uptime_seconds", "Seconds since the engine started", value=snap.uptime_s)
     yield from _split("esper_training_loss", "Loss by split (seed 003)", {"train": t.loss, "validation": t.val_loss})
-    yield from _split(
-        "esper_training_accuracy",
-        "Accuracy (0-1) by split",
-        {"validation": t.val_accuracy, "test": t.test_accuracy},
+    metric = GaugeMetricFamily(
+        "esper_training_metric",
+        "The metric the run decides on (esper_engine_info's), by split, in its own units",
+        labels=["split", "metric"],
     )
+    for split, value in (("validation", t.val_metric), ("test", t.test_metric)):
+        if value is not None:
+            metric.add_metric([split, t.metric.name], value)
+    yield metric
     yield GaugeMetricFamily("esper_training_epoch", "Epochs completed", value=t.epoch)
     seeds = GaugeMetricFamily(
         "esper_seeds_active",

@@ -4,13 +4,15 @@ Layout: `<state>/checkpoints/epoch-NNNNNN/` holds
 - `tensors.safetensors`: host weights, seed weights, optimizer state tensors and the RNG states;
 - `state.msgpack`: everything else (slots, optimizer groups, controller memory, the decisions awaiting their field
   report), msgspec Structs: never pickle, so loading a checkpoint can never run code;
-- `manifest.json`: epoch, validation accuracy, the sha256 of each file; `manifest.sig`: its HMAC-SHA256 with the
-  engine's signing key, exactly like a library artifact's meta.json / meta.sig.
+- `manifest.json`: epoch, the validation metric and which metric it is, the sha256 of each file; `manifest.sig`:
+  its HMAC-SHA256 with the engine's signing key, exactly like a library artifact's meta.json / meta.sig.
 
 A checkpoint is staged in a hidden temp directory, every file and the directory fsynced, then renamed into place
 and the parent fsynced: a crash leaves either the whole checkpoint or none (a leftover stage is removed on the
 next write). `latest_valid` walks newest first and skips a torn or tampered checkpoint with a reason, so a run
-restarts from the newest one that verifies. Retention keeps the newest `keep` and the best-validation one.
+restarts from the newest one that verifies. Retention keeps the newest `keep` and the best-validation one (best
+by the metric's direction). Format 1 (before the metric was the task's: `val_accuracy`, ...) still loads, its
+fields renamed on the way in (engine/legacy.py).
 
 `Writer` does the writing and the retention on a thread of its own: a checkpoint's fsyncs (about 10 ms here)
 would otherwise stall the training thread every K epochs. The training thread hands it a captured state (its
@@ -36,14 +38,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from esper_tui.engine.fsutil import fsync_dir, write_durable
+from esper_tui.engine.legacy import upgraded
 from esper_tui.engine.library import signing
 from esper_tui.engine.training.controller import ControllerState
 from esper_tui.engine.training.reports import PendingDecision
 from esper_tui.engine.training.seeds import SlotState
 from esper_tui.engine.training.state import TrainingState
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo, SeedStage
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1  # accuracy's names; read, never written
 CHECKPOINTS_DIR = "checkpoints"
 TENSORS = "tensors.safetensors"
 STATE = "state.msgpack"
@@ -65,7 +69,7 @@ class SlotDoc(msgspec.Struct, frozen=True, kw_only=True):
     blueprint_id: str | None
     epochs_in_stage: int
     blend_progress: float
-    acc_at_germination: float | None
+    metric_at_germination: float | None
     kernel_label: str
     kernel_note: str
     has_weights: bool
@@ -90,7 +94,7 @@ class StateDoc(msgspec.Struct, frozen=True, kw_only=True):
     optimizer_scalars: dict[str, dict[str, Any]]
     controller: ControllerState
     germinations: int
-    best_val_accuracy: float
+    best_val_metric: float
     best_epoch: int
     pending_reports: tuple[PendingDecision, ...] = ()  # absent from checkpoints written before it: none pending
 
@@ -98,8 +102,9 @@ class StateDoc(msgspec.Struct, frozen=True, kw_only=True):
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     epoch: int
-    val_accuracy: float  # this epoch's validation accuracy: retention keeps the best one
+    val_metric: float  # this epoch's validation metric: retention keeps the best one
     files: dict[str, str]  # name -> sha256
+    metric: MetricInfo = ACCURACY  # which way val_metric is better (format 1: always accuracy)
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,13 @@ class Checkpoint:
 
     path: Path
     epoch: int
-    val_accuracy: float
+    val_metric: float
+    metric: MetricInfo = ACCURACY
+
+    @property
+    def rank(self) -> tuple[float, int]:
+        """Retention's order: the better validation metric, then the newer epoch."""
+        return self.metric.gain(self.val_metric, 0.0), self.epoch
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,7 @@ def encode(state: TrainingState) -> tuple[bytes, bytes]:
         optimizer_scalars=scalars,
         controller=state.controller,
         germinations=state.germinations,
-        best_val_accuracy=state.best_val_accuracy,
+        best_val_metric=state.best_val_metric,
         best_epoch=state.best_epoch,
         pending_reports=state.pending_reports,
     )
@@ -177,11 +188,15 @@ def _group(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: (tuple(v) if isinstance(v, list) and k != "params" else v) for k, v in raw.items()}
 
 
-def decode(tensor_bytes: bytes, state_bytes: bytes) -> TrainingState:
-    """A TrainingState from the two files' bytes; CheckpointInvalid if they do not decode or do not fit."""
+def decode(tensor_bytes: bytes, state_bytes: bytes, *, legacy: bool = False) -> TrainingState:
+    """A TrainingState from the two files' bytes (`legacy`: a format 1 state, accuracy's names); CheckpointInvalid
+    if they do not decode or do not fit."""
     try:
         tensors = st_load(tensor_bytes)
-        doc = msgspec.msgpack.decode(state_bytes, type=StateDoc)
+        if legacy:
+            doc = upgraded(msgspec.msgpack.decode(state_bytes), StateDoc)
+        else:
+            doc = msgspec.msgpack.decode(state_bytes, type=StateDoc)
     except (SafetensorError, msgspec.DecodeError, ValueError) as exc:
         raise CheckpointInvalid(f"does not decode ({exc})") from None
     try:
@@ -209,7 +224,7 @@ def decode(tensor_bytes: bytes, state_bytes: bytes) -> TrainingState:
             shuffle_rng=tensors["rng.shuffle"],
             torch_rng=tensors["rng.torch"],
             germinations=doc.germinations,
-            best_val_accuracy=doc.best_val_accuracy,
+            best_val_metric=doc.best_val_metric,
             best_epoch=doc.best_epoch,
             pending_reports=doc.pending_reports,
         )
@@ -224,7 +239,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write(root: Path, state: TrainingState, key: bytes, val_accuracy: float) -> Checkpoint:
+def write(root: Path, state: TrainingState, key: bytes, val_metric: float, metric: MetricInfo = ACCURACY) -> Checkpoint:
     """Write `state` as `root/epoch-NNNNNN` atomically (stage, fsync, rename, fsync the parent).
 
     An existing checkpoint of the same epoch is replaced (a rollback replays epochs)."""
@@ -236,8 +251,9 @@ def write(root: Path, state: TrainingState, key: bytes, val_accuracy: float) -> 
         Manifest(
             version=FORMAT_VERSION,
             epoch=state.epoch,
-            val_accuracy=val_accuracy,
+            val_metric=val_metric,
             files={name: _sha256(data) for name, data in files.items()},
+            metric=metric,
         )
     )
     files[MANIFEST] = manifest
@@ -252,7 +268,7 @@ def write(root: Path, state: TrainingState, key: bytes, val_accuracy: float) -> 
         shutil.rmtree(final)
     os.rename(stage, final)
     fsync_dir(root)
-    return Checkpoint(final, state.epoch, val_accuracy)
+    return Checkpoint(final, state.epoch, val_metric, metric)
 
 
 def _remove_stages(root: Path) -> None:
@@ -279,10 +295,12 @@ def verify(path: Path, key: bytes) -> Manifest:
     if not signing.verify(key, raw, _read(path, SIGNATURE).decode(errors="replace")):
         raise CheckpointInvalid(f"{path.name}: signature mismatch (manifest altered or signed with another key)")
     try:
-        manifest = msgspec.json.decode(raw, type=Manifest)
+        doc = msgspec.json.decode(raw)
+        legacy = isinstance(doc, dict) and doc.get("version") == LEGACY_FORMAT_VERSION
+        manifest = upgraded(doc, Manifest) if legacy else msgspec.convert(doc, Manifest)
     except msgspec.DecodeError as exc:
         raise CheckpointInvalid(f"{path.name}: signed manifest does not decode ({exc})") from None
-    if manifest.version != FORMAT_VERSION:
+    if manifest.version not in (FORMAT_VERSION, LEGACY_FORMAT_VERSION):
         raise CheckpointInvalid(f"{path.name}: format version {manifest.version}, this engine reads {FORMAT_VERSION}")
     if dir_name(manifest.epoch) != path.name:
         raise CheckpointInvalid(f"{path.name}: signed as {dir_name(manifest.epoch)} (copied or renamed)")
@@ -295,7 +313,8 @@ def verify(path: Path, key: bytes) -> Manifest:
 def _load(path: Path, key: bytes) -> tuple[Manifest, TrainingState]:
     manifest = verify(path, key)
     try:
-        return manifest, decode(_read(path, TENSORS), _read(path, STATE))
+        legacy = manifest.version == LEGACY_FORMAT_VERSION
+        return manifest, decode(_read(path, TENSORS), _read(path, STATE), legacy=legacy)
     except CheckpointInvalid as exc:
         raise CheckpointInvalid(f"{path.name}: {exc}") from None
 
@@ -328,7 +347,7 @@ def latest_valid(
         if (why := misfit(state)) is not None:
             skipped.append(Skipped(path, f"{path.name} {why}"))
             continue
-        return (Checkpoint(path, manifest.epoch, manifest.val_accuracy), state), skipped
+        return (Checkpoint(path, manifest.epoch, manifest.val_metric, manifest.metric), state), skipped
     return None, skipped
 
 
@@ -341,10 +360,10 @@ def prune(root: Path, key: bytes, keep: int) -> list[Path]:
             m = verify(path, key)
         except CheckpointInvalid:
             continue
-        valid.append(Checkpoint(path, m.epoch, m.val_accuracy))
+        valid.append(Checkpoint(path, m.epoch, m.val_metric, m.metric))
     if not valid:
         return []
-    best = max(valid, key=lambda c: (c.val_accuracy, c.epoch))
+    best = max(valid, key=lambda c: c.rank)
     kept = {c.path for c in valid[:keep]} | {best.path}
     removed = [c.path for c in valid if c.path not in kept]
     for path in removed:
@@ -360,8 +379,15 @@ class Writer:
     `on_error` with the epoch, and the run goes on; so does any other error, so the thread never dies and
     `flush` never waits on it forever."""
 
-    def __init__(self, root: Path, key: bytes, keep: int, on_error: Callable[[int, Exception], None]) -> None:
-        self.root, self.key, self.keep, self.on_error = root, key, keep, on_error
+    def __init__(
+        self,
+        root: Path,
+        key: bytes,
+        keep: int,
+        on_error: Callable[[int, Exception], None],
+        metric: MetricInfo = ACCURACY,
+    ) -> None:
+        self.root, self.key, self.keep, self.on_error, self.metric = root, key, keep, on_error, metric
         self._cond = threading.Condition()
         self._next: tuple[TrainingState, float] | None = None
         self._busy = False
@@ -369,12 +395,12 @@ class Writer:
         self._thread = threading.Thread(target=self._loop, name="esper-checkpoints", daemon=True)
         self._thread.start()
 
-    def submit(self, state: TrainingState, val_accuracy: float) -> None:
-        """Write `state` (with this epoch's validation accuracy, for retention) as soon as the thread is free."""
+    def submit(self, state: TrainingState, val_metric: float) -> None:
+        """Write `state` (with this epoch's validation metric, for retention) as soon as the thread is free."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("checkpoint writer closed")
-            self._next = (state, val_accuracy)
+            self._next = (state, val_metric)
             self._cond.notify_all()
 
     def flush(self) -> None:
@@ -395,10 +421,10 @@ class Writer:
                 self._cond.wait_for(lambda: self._next is not None or self._closed)
                 if self._next is None:
                     return
-                (state, val_accuracy), self._next = self._next, None
+                (state, val_metric), self._next = self._next, None
                 self._busy = True
             try:
-                write(self.root, state, self.key, val_accuracy)
+                write(self.root, state, self.key, val_metric, self.metric)
                 prune(self.root, self.key, self.keep)
             except Exception as exc:
                 self.on_error(state.epoch, exc)

@@ -28,7 +28,7 @@ class Checkpointing(TrainerCore):
             return
         saved, state = found
         self.restore(state)
-        self.resumed_from_epoch, self.val_accuracy = saved.epoch, saved.val_accuracy
+        self.resumed_from_epoch, self.val_metric = saved.epoch, saved.val_metric
         if self.reports is not None:
             self.reports.resumed(state.epoch, state.pending_reports)
 
@@ -46,9 +46,13 @@ class Checkpointing(TrainerCore):
         self._checkpointed_at = time.monotonic()
         if self._writer is None:
             self._writer = ckpt.Writer(
-                ckpt.checkpoints_dir(self.state_dir), self.signing_key, self.cfg.keep_checkpoints, self._write_failed
+                ckpt.checkpoints_dir(self.state_dir),
+                self.signing_key,
+                self.cfg.keep_checkpoints,
+                self._write_failed,
+                self.metric,
             )
-        self._writer.submit(state, self.val_accuracy)
+        self._writer.submit(state, self.val_metric)
 
     def _close_writer(self) -> None:
         if self._writer is not None:

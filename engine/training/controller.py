@@ -3,14 +3,19 @@
 Pure decision logic over what the training loop reports each epoch (no tensors), so it is cheap to
 test and deterministic: the same sequence of epoch states always yields the same decisions.
 
-Split discipline: every decision reads `EpochState`, which carries the validation accuracy (a split
+Split discipline: every decision reads `EpochState`, which carries the validation metric (a split
 carved from the training samples) and nothing of the test split, so no decision can be tuned on the
 number the run reports.
 
+The metric is the task's (`MetricInfo`): higher or lower may be better, and it may be a fraction or a loss of
+any size. Every comparison goes through its direction (`gain`: positive when better), and the thresholds
+(`plateau_delta`, `fossilize_margin`, `collapse`) are relative to it (`MetricInfo.scale`): a fraction of the
+range for a percent metric (0.005 of accuracy = 0.5 points, as before), else of the value's magnitude.
+
 The policy:
-- Germinate when validation accuracy has plateaued (no new best by `plateau_delta` within the last
+- Germinate when the validation metric has plateaued (no new best by `plateau_delta` within the last
   `plateau_epochs` epochs), a slot is DORMANT, kernels are offered, and no other seed is in flight.
-  One seed at a time, because a seed is judged by the accuracy change since it germinated; two growing
+  One seed at a time, because a seed is judged by the metric's change since it germinated; two growing
   together would share (and blur) that signal.
 - A blueprint is offered per slot shape, and germinates only in a dormant slot of the shape it was offered for.
 - Blueprint choice rotates through the offers ranked by (times pruned, times tried, catalog priority,
@@ -19,8 +24,8 @@ The policy:
 - Advance GERMINATED -> TRAINING -> BLENDING -> HOLDING by epochs in stage.
 - In HOLDING, after `holding_epochs`: fossilize on a gain of at least `fossilize_margin`, prune on a
   loss; an in-between result may hold as long again before it is pruned for bringing nothing.
-- Prune at once, at any in-flight stage, a seed whose gradients explode or vanish, or one that drags
-  accuracy down by `collapse` or more while it is blended in.
+- Prune at once, at any in-flight stage, a seed whose gradients explode or vanish, or one that makes
+  the metric worse by `collapse` or more while it is blended in.
 After a seed is judged, the plateau window restarts, so the host is measured afresh before the next one.
 
 No churn (a memorising host starves every seed of gradient, and the old rule re-grew one every epoch):
@@ -41,7 +46,7 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.training.kernel_source import KernelOffer
-from esper_tui.engine.vocabulary import Action, SeedStage
+from esper_tui.engine.vocabulary import ACCURACY, Action, MetricInfo, SeedStage
 
 S = SeedStage
 _IN_FLIGHT = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING})
@@ -59,7 +64,7 @@ class Decision:
 
 @dataclass(frozen=True)
 class EpochState:
-    """Everything a decision may read after an epoch; accuracies are fractions in [0, 1].
+    """Everything a decision may read after an epoch; `val_metric` is in the metric's own units.
 
     There is deliberately no test-split field: the controller cannot see the reported number.
     `train_loss` is the mean loss over the epoch's training steps (it tells a memorising host).
@@ -67,7 +72,7 @@ class EpochState:
     offer fits every slot)."""
 
     epoch: int
-    val_accuracy: float
+    val_metric: float
     seeds: tuple[SeedHealth, ...]
     offers: tuple[KernelOffer, ...]
     train_loss: float | None = None
@@ -83,7 +88,7 @@ class ControllerState:
 
     Keys of the per-slot maps are "slot/blueprint"."""
 
-    window_best: float | None = None  # best validation accuracy since the plateau window opened
+    window_best: float | None = None  # best validation metric since the plateau window opened
     flat_epochs: int = 0  # epochs since the window last gained plateau_delta
     uses: dict[str, int] = field(default_factory=dict)
     pruned: dict[str, int] = field(default_factory=dict)
@@ -93,14 +98,6 @@ class ControllerState:
     growth_after: int = 0  # no germination anywhere before this epoch
     last_failure: str = ""
     gave_up: bool = False
-
-
-def _pct(fraction: float) -> str:
-    return f"{fraction * 100:.1f} %"
-
-
-def _points(delta: float) -> str:
-    return f"{delta * 100:+.1f} points"
 
 
 def _pair(slot: str, blueprint_id: str) -> str:
@@ -116,9 +113,11 @@ class Controller:
         fossilize_margin: float | None = None,
         collapse: float = 0.05,
         germinated_epochs: int = 1,
+        metric: MetricInfo = ACCURACY,
     ) -> None:
         self.cfg = cfg
         self.catalog = catalog
+        self.metric = metric
         self.fossilize_margin = cfg.fossilize_margin if fossilize_margin is None else fossilize_margin
         self.collapse = collapse
         self.germinated_epochs = germinated_epochs
@@ -135,20 +134,27 @@ class Controller:
 
     # ------------------------------------------------------------------ plateau
 
-    def _observe(self, accuracy: float) -> None:
+    def _observe(self, value: float) -> None:
         """Fold one epoch into the plateau window: constant memory, however long the run."""
-        s = self.s
+        s, m = self.s, self.metric
         if s.window_best is None:
-            s.window_best, s.flat_epochs = accuracy, 0
+            s.window_best, s.flat_epochs = value, 0
             return
-        s.flat_epochs = 0 if accuracy - s.window_best >= self.cfg.plateau_delta else s.flat_epochs + 1
-        s.window_best = max(s.window_best, accuracy)
+        progress = m.gain(value, s.window_best) >= self.cfg.plateau_delta * m.scale(s.window_best)
+        s.flat_epochs = 0 if progress else s.flat_epochs + 1
+        if m.better(value, s.window_best):
+            s.window_best = value
+
+    def _change(self, gain: float) -> str:
+        """A seed's gain as the metric moved ("accuracy +1.2 points", "mse -0.0031")."""
+        m = self.metric
+        return f"{m.name} {m.format(gain if m.higher_is_better else -gain, signed=True)}"
 
     def _restart_window(self) -> None:
         self.s.window_best, self.s.flat_epochs = None, 0
 
     def plateau(self) -> int | None:
-        """Epochs since accuracy last beat its best by `plateau_delta`, once that is >= plateau_epochs."""
+        """Epochs since the metric last beat its best by `plateau_delta`, once that is >= plateau_epochs."""
         if self.s.window_best is None:
             return None
         flat = self.s.flat_epochs
@@ -158,7 +164,8 @@ class Controller:
         """Offers best first: (times pruned, times tried, -catalog priority, risk, step time, id).
 
         Priority comes before risk: it is the catalog's judgement of which families are worth growing
-        first (on MNIST-1D the convolutional ones lift accuracy from ~60 % to ~90 %)."""
+        first (on MNIST-1D the convolutional ones lift accuracy from ~60 % to ~90 %); the catalog says it once for
+        every task (there is no per-task priority)."""
         known = [o for o in offers if o.blueprint_id in self.catalog]
 
         def key(o: KernelOffer) -> tuple[int, int, int, float, float, str]:
@@ -171,16 +178,17 @@ class Controller:
 
     # ------------------------------------------------------------------ decisions
 
-    def _judge(self, seed: SeedHealth, accuracy: float) -> Decision | None:
-        """The decision for one seed this epoch, or None to leave it be."""
+    def _judge(self, seed: SeedHealth, value: float) -> Decision | None:
+        """The decision for one seed this epoch (`value`: the validation metric), or None to leave it be."""
         name, bp = seed.slot, seed.blueprint_id
-        delta = seed.acc_delta if seed.acc_delta is not None else 0.0
+        gain = seed.gain if seed.gain is not None else 0.0
+        scale = self.metric.scale(value)
         n = seed.epochs_in_stage
         if seed.stage in _IN_FLIGHT and seed.stage is not S.GERMINATED and (seed.exploding or seed.vanishing):
             what = "exploding" if seed.exploding else "vanishing"
             return Decision(Action.PRUNE, name, bp, f"gradients {what} (norm {seed.grad_norm:.2e})")
-        if seed.stage in (S.BLENDING, S.HOLDING) and delta <= -self.collapse:
-            return Decision(Action.PRUNE, name, bp, f"accuracy {_points(delta)} since germination")
+        if seed.stage in (S.BLENDING, S.HOLDING) and gain <= -self.collapse * scale:
+            return Decision(Action.PRUNE, name, bp, f"{self._change(gain)} since germination")
         if seed.stage is S.GERMINATED and n >= self.germinated_epochs:
             return Decision(
                 Action.ADVANCE, name, bp, f"kernel loaded; training in isolation for {self.cfg.train_epochs} epochs"
@@ -195,13 +203,13 @@ class Controller:
         if seed.stage is S.BLENDING and n >= self.cfg.blend_epochs:
             return Decision(Action.ADVANCE, name, bp, f"blend complete; holding for {self.cfg.holding_epochs} epochs")
         if seed.stage is S.HOLDING and n >= self.cfg.holding_epochs:
-            verdict = f"accuracy {_points(delta)} since germination, now {_pct(accuracy)}"
-            if delta >= self.fossilize_margin:
+            verdict = f"{self._change(gain)} since germination, now {self.metric.format(value)}"
+            if gain >= self.fossilize_margin * scale:
                 return Decision(Action.FOSSILIZE, name, bp, verdict)
-            if delta < 0:
+            if gain < 0:
                 return Decision(Action.PRUNE, name, bp, verdict)
             if n >= 2 * self.cfg.holding_epochs:
-                bar = _points(self.fossilize_margin)
+                bar = self.metric.format(self.fossilize_margin * scale, signed=True)
                 return Decision(Action.PRUNE, name, bp, f"{verdict}: below the {bar} bar")
         return None
 
@@ -241,8 +249,10 @@ class Controller:
             return Decision(Action.WAIT, reason="a seed is in flight")
         flat = self.plateau()
         if flat is None:
-            return Decision(Action.WAIT, reason=f"accuracy still improving ({_pct(state.val_accuracy)})")
-        why = f"accuracy flat for {flat} epochs at {_pct(state.val_accuracy)}"
+            return Decision(
+                Action.WAIT, reason=f"{self.metric.name} still improving ({self.metric.format(state.val_metric)})"
+            )
+        why = f"{self.metric.name} flat for {flat} epochs at {self.metric.format(state.val_metric)}"
         if state.epoch < s.growth_after:
             n = s.failures_in_a_row
             return Decision(
@@ -265,8 +275,8 @@ class Controller:
 
     def decide(self, state: EpochState) -> list[Decision]:
         """The decisions for this epoch (never empty: a lone WAIT says why nothing happens)."""
-        self._observe(state.val_accuracy)
-        decisions = [d for seed in state.seeds if (d := self._judge(seed, state.val_accuracy)) is not None]
+        self._observe(state.val_metric)
+        decisions = [d for seed in state.seeds if (d := self._judge(seed, state.val_metric)) is not None]
         notes: list[Decision] = []
         for d in decisions:
             if d.action is Action.FOSSILIZE:

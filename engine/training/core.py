@@ -88,7 +88,8 @@ class TrainerCore:
         best epoch is restored at the budget's end too); False never. With `state_dir` and `signing_key` the run
         resumes from its newest valid checkpoint, writes signed ones, and Tamiyo's field reports go there.
         `faults`: chaos testing (--inject-fault), each fault ending in a rollback. `run_id`: the engine's run,
-        which each field report names."""
+        which each field report names. Best epochs, early stopping, checkpoint retention and Tamiyo follow the
+        direction of the task's metric."""
         self.cfg = cfg
         self.catalog = catalog
         self.kernels = kernels
@@ -96,7 +97,6 @@ class TrainerCore:
         self.control = control or TrainingControl()
         self.threads = threads if threads is not None else kernel_threads()
         self.early_stop = cfg.epochs is None if early_stop is None else early_stop
-        self.controller = Controller(cfg, catalog)
         if task is None:
             mnist = partial(mnist1d.task, cfg=cfg, data_seed=data_seed, splits=splits, cache_dir=cache_dir)
             task = call_factory(mnist, TaskContext(seed=cfg.seed, data_dir=cache_dir), mnist1d.NAME)
@@ -110,11 +110,13 @@ class TrainerCore:
         policy = SlotPolicy.from_config(cfg, schedule)
         self.host = SlottedHost(task.task.host, task.task.slots, task.shapes, policy)
         self.optimizer = self.task.optimizer(self.host.host_parameters())
+        self.metric = task.task.metric.info()
+        self.controller = Controller(cfg, catalog, metric=self.metric)
         self._shuffle = torch.Generator().manual_seed(cfg.seed)
         self._germinations = 0
         self.epoch = 0
-        self.val_accuracy = 0.0  # the latest epoch's
-        self.best_val_accuracy = -1.0
+        self.val_metric = 0.0  # the latest epoch's (0 before the first)
+        self.best_val_metric = self.metric.worst  # beaten by the first epoch, whichever way the metric points
         self.best_epoch = 0
         self._best: TrainingState | None = None  # kept only while early stopping is on
         self.state_dir = state_dir
@@ -122,7 +124,7 @@ class TrainerCore:
         self.faults = faults or FaultPlan()
         self.detector = InstabilityDetector(cfg.loss_spike_factor, cfg.loss_median_window)
         self.reports = (
-            FieldReports(reports_path(state_dir), cfg.report_after_epochs, run_id=run_id)
+            FieldReports(reports_path(state_dir), cfg.report_after_epochs, run_id=run_id, metric=self.metric)
             if state_dir is not None
             else None
         )
@@ -150,7 +152,7 @@ class TrainerCore:
             shuffle_rng=self._shuffle.get_state(),
             torch_rng=torch.get_rng_state(),
             germinations=self._germinations,
-            best_val_accuracy=self.best_val_accuracy,
+            best_val_metric=self.best_val_metric,
             best_epoch=self.best_epoch,
             pending_reports=tuple(self.reports.pending) if self.reports is not None else (),
         )
@@ -205,7 +207,7 @@ class TrainerCore:
         torch.set_rng_state(state.torch_rng)
         self._germinations = state.germinations
         self.epoch = state.epoch
-        self.best_val_accuracy, self.best_epoch = state.best_val_accuracy, state.best_epoch
+        self.best_val_metric, self.best_epoch = state.best_val_metric, state.best_epoch
 
     def _kernel_for(self, slot: SeedSlot, blueprint_id: str, block: nn.Module) -> tuple[Kernel, KernelOffer] | None:
         """A probed kernel for a new seed module: the source's (compiled or eager by choice), eager when a

@@ -30,13 +30,13 @@ class Decisions(TrainerCore):
             self._log(Level.WARNING, f"kernel offers unavailable: {type(exc).__name__}: {exc}", Subsystem.KASMINA)
         return offers, {name: shape.tag for name, shape in shapes.items()}
 
-    def _apply(self, d: Decision, accuracy: float) -> bool:
+    def _apply(self, d: Decision, val_metric: float) -> bool:
         """Carry out a decision on its slot; False (with a warning) if it could not be done."""
         slot = self.host.slot(d.slot) if d.slot is not None else None
         if slot is None:
             return False
         if d.action is Action.GERMINATE and d.blueprint_id is not None:
-            return self._germinate(slot, d.blueprint_id, accuracy)
+            return self._germinate(slot, d.blueprint_id, val_metric)
         if d.action is Action.ADVANCE:
             slot.advance()
         elif d.action is Action.FOSSILIZE:
@@ -45,7 +45,7 @@ class Decisions(TrainerCore):
             self._forget(slot.prune())
         return True
 
-    def _germinate(self, slot: SeedSlot, blueprint_id: str, accuracy: float) -> bool:
+    def _germinate(self, slot: SeedSlot, blueprint_id: str, val_metric: float) -> bool:
         if blueprint_id not in self.catalog:
             self._log(
                 Level.WARNING, f"germinate {slot.name} <- {blueprint_id} failed: not in the catalog", Subsystem.KASMINA
@@ -64,7 +64,7 @@ class Decisions(TrainerCore):
             return False
         kernel, offer = loaded
         note = "faster" if offer.eager_by_choice else ""
-        slot.germinate(blueprint_id, block, kernel, offer.label, accuracy, note)
+        slot.germinate(blueprint_id, block, kernel, offer.label, val_metric, note)
         self.optimizer.add_param_group({"params": list(block.parameters())})
         if offer.why:
             self._log(Level.INFO, f"{slot.name} <- {blueprint_id} runs {offer.why}", Subsystem.KASMINA)

@@ -13,15 +13,15 @@ the UI and the forge's compiles need the same cores, so the default is half the 
 Per epoch it emits EpochCompleted (tolaria), SeedsReport (kasmina) and one ControllerDecision (tamiyo)
 per decision other than WAIT (and per WAIT that explains why growth stopped), then a second SeedsReport when
 decisions moved a slot (so the seeds table follows "germinate s0" at once); TrainingStarted comes first,
-TrainingFinished last (TrainingFailed instead when the loop dies with an error). Accuracies are fractions
-in [0, 1].
+TrainingFinished last (TrainingFailed instead when the loop dies with an error). The metric is `self.metric`
+(the task's: accuracy for mnist1d); every comparison follows its direction.
 
 Splits: the weights train on 4000 - `val_samples` samples; Tamiyo and early stopping read only the
 validation split carved from the training samples (data.carve, fixed seed); MNIST-1D's test split is
 evaluated each epoch for the dashboard and never reaches a decision.
 
-Stopping: with `epochs` set the run takes exactly that many. Without, it stops on its own once validation
-accuracy has not improved for `early_stop_epochs` epochs and restores the best epoch's whole state
+Stopping: with `epochs` set the run takes exactly that many. Without, it stops on its own once the validation
+metric has not improved for `early_stop_epochs` epochs and restores the best epoch's whole state
 (architecture, weights, optimizer, controller): a run that knows when it is done. `capture()` and
 `restore()` are that state as plain data, the seam a checkpoint writer serialises.
 
@@ -107,6 +107,8 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                 epochs=self.cfg.epochs,
                 device=str(self.device),
                 resumed_from_epoch=self.resumed_from_epoch,
+                task=self.task.name,
+                metric=self.metric,
             )
         )
         reason = ""
@@ -130,7 +132,7 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         if reason != STOP_REQUESTED and self._best is not None and self._best.epoch != self.epoch:
             self.restore(self._best)
             reason += f"; the best epoch, {self._best.epoch}, restored"
-            self.val_accuracy = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))[1]
+            self.val_metric = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))[1]
         # a stop may cut an epoch short: the clean-stop checkpoint is the last whole epoch's state
         final = self._good if reason == STOP_REQUESTED else self.capture()
         if ran and final is not None:
@@ -140,10 +142,10 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         finished = TrainingFinished(
             source=Subsystem.TOLARIA,
             epochs=ran,
-            val_accuracy=self.val_accuracy,
-            best_val_accuracy=max(self.best_val_accuracy, 0.0),
+            val_metric=self.val_metric,
+            best_val_metric=self.best_val_metric if math.isfinite(self.best_val_metric) else self.val_metric,
             best_epoch=self.best_epoch,
-            test_accuracy=test,
+            test_metric=test,
             reason=reason,
         )
         self.emit(finished)
@@ -154,15 +156,15 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         patience = self.cfg.early_stop_epochs
         if not self.early_stop or self.epoch - self.best_epoch < patience:
             return ""
-        return f"early stop: validation accuracy has not improved for {patience} epochs"
+        return f"early stop: validation {self.metric.name} has not improved for {patience} epochs"
 
     def _keep_epoch(self) -> TrainingState:
         """The epoch passed: capture it once, as the last good state (a rollback's target) and, with early
-        stopping on, as the best state when its validation accuracy is strictly better (a TrainingState is never
+        stopping on, as the best state when its validation metric is strictly better (a TrainingState is never
         changed once taken, so the two may share it)."""
-        improved = self.val_accuracy > self.best_val_accuracy
+        improved = self.metric.better(self.val_metric, self.best_val_metric)
         if improved:
-            self.best_val_accuracy, self.best_epoch = self.val_accuracy, self.epoch
+            self.best_val_metric, self.best_epoch = self.val_metric, self.epoch
         self._good = good = self.capture()
         if improved and self.early_stop:
             self._best = good
@@ -195,24 +197,24 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
             self._roll_back(f"kernel crash in epoch {self.epoch + 1}: {exc}")
             return True
         train_s = time.perf_counter() - t0
-        val_loss, acc = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))
-        test_acc = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1]
+        val_loss, val = self._with_fallback(partial(self._evaluate, self.x_val, self.y_val))
+        test = self._with_fallback(partial(self._evaluate, self.x_test, self.y_test, loss=False))[1]
         for s in slots:
             s.end_epoch()
         train_loss = loss_sum / max(steps, 1)
         if (nan := self.faults.due_of(FaultKind.NAN_LOSS, self.epoch + 1)) is not None:
             self.faults.fire(nan)
             train_loss = math.nan
-        health = self.faults.explode_seed(self.epoch + 1, [s.health(acc) for s in slots])
+        health = self.faults.explode_seed(self.epoch + 1, [s.health(val, self.metric) for s in slots])
         unstable = self.detector.check(train_loss, health)
         if unstable is not None:  # the epoch is undone: nothing of it is reported
             self._roll_back(unstable)
             return True
         self.epoch += 1
-        self.val_accuracy = acc
+        self.val_metric = val
         stages = {s.name: s.stage for s in slots}
         if self.reports is not None:
-            self.reports.epoch_done(self.epoch, acc, stages)
+            self.reports.epoch_done(self.epoch, val, stages)
         health = self._with_outcomes(health)
         self.emit(
             EpochCompleted(
@@ -220,21 +222,21 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                 epoch=self.epoch,
                 train_loss=train_loss,
                 val_loss=val_loss,
-                val_accuracy=acc,
-                test_accuracy=test_acc,
+                val_metric=val,
+                test_metric=test,
                 samples_per_s=n / max(train_s, 1e-9),
                 epoch_s=time.perf_counter() - t0,
             )
         )
         self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))
-        # what Tamiyo sees: validation numbers and the training loss, never test_acc
+        # what Tamiyo sees: validation numbers and the training loss, never the test split's
         offers, slot_shapes = self._offers()
         state = EpochState(
-            self.epoch, acc, tuple(health), tuple(offers), train_loss=train_loss, slot_shapes=slot_shapes
+            self.epoch, val, tuple(health), tuple(offers), train_loss=train_loss, slot_shapes=slot_shapes
         )
         moved = False
         for d in self.controller.decide(state):
-            if (d.action is Action.WAIT and d.notable) or (d.action is not Action.WAIT and self._apply(d, acc)):
+            if (d.action is Action.WAIT and d.notable) or (d.action is not Action.WAIT and self._apply(d, val)):
                 self.emit(
                     ControllerDecision(
                         source=Subsystem.TAMIYO,
@@ -246,9 +248,9 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                 )
                 moved = moved or d.action is not Action.WAIT
                 if self.reports is not None:
-                    self.reports.decided(self.epoch, d, acc)
+                    self.reports.decided(self.epoch, d, val)
         if moved:  # the slots as the decisions left them, not an epoch later ("germinate s0" beside a DORMANT s0)
-            self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=self._after(health, slots, acc)))
+            self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=self._after(health, slots, val)))
         good = self._keep_epoch()
         every = self.cfg.checkpoint_every_epochs
         if every and self.epoch % every == 0 and self._checkpoint_due():
@@ -262,11 +264,11 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
         latest = self.reports.latest
         return [msgspec.structs.replace(h, outcome=latest[h.slot].outcome()) if h.slot in latest else h for h in health]
 
-    def _after(self, before: list[SeedHealth], slots: list[SeedSlot], acc: float) -> list[SeedHealth]:
+    def _after(self, before: list[SeedHealth], slots: list[SeedSlot], val: float) -> list[SeedHealth]:
         """The report again once decisions moved slots: a slot whose stage did not change keeps the epoch's own
         entry (its gradient flags included, which the alert rules count), a moved one is reported afresh."""
         was = {h.slot: h for h in before}
-        fresh = self._with_outcomes([s.health(acc) for s in slots])
+        fresh = self._with_outcomes([s.health(val, self.metric) for s in slots])
         return [was[h.slot] if h.slot in was and was[h.slot].stage is h.stage else h for h in fresh]
 
     # ------------------------------------------------------------------ steps

@@ -1,8 +1,9 @@
 """Tamiyo's field reports: every controller decision with its measured outcome, in `<state>/tamiyo/field_reports.jsonl`.
 
 Seed 004's runbook judges the controller by what its decisions did, not by what it meant: each decision is
-held until `after_epochs` epochs later, then written with the validation accuracy change since it was made and
-what became of its seed (kept, pruned, still in flight). One JSON object per line (a msgspec Struct), each line
+held until `after_epochs` epochs later, then written with the validation metric's change since it was made (its
+gain: positive when better, whichever way the metric points; the report names the metric) and what became of
+its seed (kept, pruned, still in flight). One JSON object per line (a msgspec Struct), each line
 flushed and fsynced on its own, so a crash loses at most the line being written; `read` tolerates that torn
 last line, and the next writer cuts it off before appending. Decisions still pending when a rollback undoes
 their epochs are written at once with the outcome "rolled back".
@@ -11,7 +12,8 @@ Pending decisions are plain data (`PendingDecision`), so each checkpoint carries
 checkpoint of epoch E awaits them again and cuts from the file every line of a later epoch (written before a
 crash, of epochs the resumed run replays and reports again): each decision of the run is reported exactly once.
 
-Only validation numbers appear here: like every decision, a report never reads the test split.
+Only validation numbers appear here: like every decision, a report never reads the test split. Lines written
+before the metric was the task's (`val_accuracy`, `val_delta`) read as accuracy's (engine/legacy.py).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from pathlib import Path
 import msgspec
 
 from esper_tui.engine.fsutil import fsync_dir, write_all, write_synced
+from esper_tui.engine.legacy import upgraded
 from esper_tui.engine.training.controller import Decision
-from esper_tui.engine.vocabulary import Action, SeedStage
+from esper_tui.engine.vocabulary import ACCURACY, Action, MetricInfo, SeedStage
 
 S = SeedStage
 REPORTS_FILE = Path("tamiyo") / "field_reports.jsonl"
@@ -44,12 +47,13 @@ class FieldReport(msgspec.Struct, frozen=True, kw_only=True):
     slot: str | None
     blueprint_id: str | None
     reason: str
-    val_accuracy: float  # at the decision
+    val_metric: float  # at the decision
     outcome_epoch: int
-    val_accuracy_after: float
-    val_delta: float  # val_accuracy_after - val_accuracy
+    val_metric_after: float
+    gain: float  # metric.gain(val_metric_after, val_metric): positive when the metric got better
     seed: str  # "kept", "pruned", "in flight (training)", "rolled back", or "-" for a decision without a seed
     run_id: str = ""  # the run that decided (empty in reports written before runs were named)
+    metric: MetricInfo = ACCURACY
 
     @property
     def epochs_later(self) -> int:
@@ -57,7 +61,9 @@ class FieldReport(msgspec.Struct, frozen=True, kw_only=True):
 
     def outcome(self) -> str:
         """The outcome in words, as the table and the seeds panel show it."""
-        delta = f"{self.val_delta * 100:+.1f} pts after {self.epochs_later} ep"
+        gain = self.metric.format(self.gain, signed=True, unit=False)
+        delta = f"{gain} pts" if self.metric.percent else f"{self.metric.name} gain {gain}"
+        delta += f" after {self.epochs_later} ep"
         return delta if self.seed == "-" else f"{delta}, {self.seed}"
 
 
@@ -69,7 +75,7 @@ class PendingDecision(msgspec.Struct, frozen=True, kw_only=True):
     slot: str | None
     blueprint_id: str | None
     reason: str
-    val_accuracy: float  # at the decision
+    val_metric: float  # at the decision
 
 
 def reports_path(state_dir: Path) -> Path:
@@ -115,16 +121,17 @@ def seed_outcome(slot: str | None, stages: Mapping[str, SeedStage]) -> str:
 class FieldReports:
     """Holds decisions until their outcome is due, then appends them to `path` (one fsynced line each)."""
 
-    def __init__(self, path: Path, after_epochs: int, *, run_id: str = "") -> None:
+    def __init__(self, path: Path, after_epochs: int, *, run_id: str = "", metric: MetricInfo = ACCURACY) -> None:
         self.path = path
         self.after_epochs = after_epochs
         self.run_id = run_id
+        self.metric = metric
         self.pending: list[PendingDecision] = []
         self.latest: dict[str, FieldReport] = {}  # slot -> its newest report (the seeds panel's column)
         self._repaired = False
 
-    def decided(self, epoch: int, decision: Decision, val_accuracy: float) -> None:
-        """Tamiyo made `decision` after `epoch`, when validation accuracy was `val_accuracy`."""
+    def decided(self, epoch: int, decision: Decision, val_metric: float) -> None:
+        """Tamiyo made `decision` after `epoch`, when the validation metric was `val_metric`."""
         self.pending.append(
             PendingDecision(
                 epoch=epoch,
@@ -132,7 +139,7 @@ class FieldReports:
                 slot=decision.slot,
                 blueprint_id=decision.blueprint_id,
                 reason=decision.reason,
-                val_accuracy=val_accuracy,
+                val_metric=val_metric,
             )
         )
 
@@ -147,18 +154,18 @@ class FieldReports:
         self._repaired = True
         self.latest = {r.slot: r for r in kept if r.slot is not None}
 
-    def epoch_done(self, epoch: int, val_accuracy: float, slot_stages: Mapping[str, SeedStage]) -> list[FieldReport]:
+    def epoch_done(self, epoch: int, val_metric: float, slot_stages: Mapping[str, SeedStage]) -> list[FieldReport]:
         """Resolve the decisions whose outcome is due after `epoch`; returns (and appends) their reports."""
         due = [p for p in self.pending if epoch - p.epoch >= self.after_epochs]
-        return self._resolve(due, epoch, val_accuracy, lambda p: seed_outcome(p.slot, slot_stages))
+        return self._resolve(due, epoch, val_metric, lambda p: seed_outcome(p.slot, slot_stages))
 
-    def rolled_back(self, to_epoch: int, val_accuracy: float) -> list[FieldReport]:
+    def rolled_back(self, to_epoch: int, val_metric: float) -> list[FieldReport]:
         """A rollback restored `to_epoch`: decisions made after it are undone, so report them now."""
         undone = [p for p in self.pending if p.epoch > to_epoch]
-        return self._resolve(undone, to_epoch, val_accuracy, lambda p: ROLLED_BACK)
+        return self._resolve(undone, to_epoch, val_metric, lambda p: ROLLED_BACK)
 
     def _resolve(
-        self, chosen: list[PendingDecision], epoch: int, val_accuracy: float, seed: Callable[[PendingDecision], str]
+        self, chosen: list[PendingDecision], epoch: int, val_metric: float, seed: Callable[[PendingDecision], str]
     ) -> list[FieldReport]:
         if not chosen:
             return []
@@ -169,12 +176,13 @@ class FieldReports:
                 slot=p.slot,
                 blueprint_id=p.blueprint_id,
                 reason=p.reason,
-                val_accuracy=p.val_accuracy,
+                val_metric=p.val_metric,
                 outcome_epoch=epoch,
-                val_accuracy_after=val_accuracy,
-                val_delta=val_accuracy - p.val_accuracy,
+                val_metric_after=val_metric,
+                gain=self.metric.gain(val_metric, p.val_metric),
                 seed=seed(p),
                 run_id=self.run_id,
+                metric=self.metric,
             )
             for p in chosen
         ]
@@ -222,7 +230,7 @@ def _cut_after(path: Path, epoch: int) -> list[FieldReport]:
     kept: list[FieldReport] = []
     for line in lines:
         try:
-            report = msgspec.json.decode(line, type=FieldReport)
+            report = _decoded(line)
         except msgspec.DecodeError:
             kept_lines.append(line)
             continue
@@ -235,6 +243,11 @@ def _cut_after(path: Path, epoch: int) -> list[FieldReport]:
         os.replace(staged, path)
         fsync_dir(path.parent)
     return kept
+
+
+def _decoded(line: bytes) -> FieldReport:
+    """One line as a FieldReport; a line of accuracy's days (`val_accuracy`, ...) under today's names."""
+    return upgraded(msgspec.json.decode(line), FieldReport)
 
 
 def read(path: Path) -> list[FieldReport]:
@@ -251,7 +264,7 @@ def read(path: Path) -> list[FieldReport]:
     reports: list[FieldReport] = []
     for number, line in enumerate(lines, 1):
         try:
-            reports.append(msgspec.json.decode(line, type=FieldReport))
+            reports.append(_decoded(line))
         except msgspec.DecodeError as exc:
             raise ReportsInvalid(f"{path}: line {number} is not a field report ({exc})") from None
     return reports

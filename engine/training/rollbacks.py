@@ -43,7 +43,7 @@ class Rollbacks(TrainerCore):
         self._last_rollback_to = good.epoch
         self._shuffle.manual_seed(self.cfg.seed + self.rollbacks)
         if self.reports is not None:
-            self.reports.rolled_back(good.epoch, self.val_accuracy)
+            self.reports.rolled_back(good.epoch, self.val_metric)
         recovery_s = time.perf_counter() - t0
         self.emit(
             ControllerDecision(

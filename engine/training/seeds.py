@@ -10,7 +10,7 @@ path: PRUNED -> EMBARGOED -> RESETTING -> DORMANT. What each stage means here:
   output is not added to the host; the host's gradients are exactly what they would be without it.
 - BLENDING: alpha ramps 0 -> 1 over `blend_epochs`, advanced every optimizer step so the host never
   sees a jump; the seed now trains through the host's own loss.
-- HOLDING: alpha = 1 while the controller judges the accuracy change.
+- HOLDING: alpha = 1 while the controller judges the seed's gain (the metric's change since it germinated).
 - FOSSILIZED: permanent. Its parameters keep training with the host (alpha stays 1): the layers after
   it keep moving, and a frozen seed could not follow them; compiled kernels train, so it costs nothing.
 - PRUNED: module dropped (its parameters leave the optimizer), then the slot is embargoed for
@@ -34,7 +34,7 @@ from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.training.kernel_source import EAGER_LABEL, Kernel, eager_kernel
-from esper_tui.engine.vocabulary import SeedStage
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo, SeedStage
 
 S = SeedStage
 
@@ -100,7 +100,7 @@ class SlotState:
     blueprint_id: str | None
     epochs_in_stage: int
     blend_progress: float
-    acc_at_germination: float | None
+    metric_at_germination: float | None
     kernel_label: str
     kernel_note: str
     weights: dict[str, torch.Tensor] | None  # the seed module's state_dict while one is attached
@@ -137,7 +137,7 @@ class SeedSlot(nn.Module):
         self.blueprint_id: str | None = None
         self.epochs_in_stage = 0
         self.blend_progress = 0.0  # in epochs of BLENDING done, advanced per optimizer step
-        self.acc_at_germination: float | None = None
+        self.metric_at_germination: float | None = None
         self.fallback_reason: str | None = None
         self._grad_norm_sum = 0.0
         self._grad_steps = 0
@@ -152,16 +152,16 @@ class SeedSlot(nn.Module):
         self.epochs_in_stage = 0
 
     def germinate(
-        self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str, accuracy: float, note: str = ""
+        self, blueprint_id: str, block: nn.Module, kernel: Kernel, label: str, metric: float, note: str = ""
     ) -> None:
-        """Attach a freshly built module and its kernel; `accuracy` is the baseline for acc_delta."""
+        """Attach a freshly built module and its kernel; `metric` (validation, now) is the baseline of its gain."""
         self._move(S.GERMINATED)
         self.block = block
         self.kernel = kernel
         self.kernel_label = label
         self.kernel_note = note
         self.blueprint_id = blueprint_id
-        self.acc_at_germination = accuracy
+        self.metric_at_germination = metric
         self.blend_progress = 0.0
         self.fallback_reason = None
 
@@ -197,7 +197,7 @@ class SeedSlot(nn.Module):
             blueprint_id=self.blueprint_id,
             epochs_in_stage=self.epochs_in_stage,
             blend_progress=self.blend_progress,
-            acc_at_germination=self.acc_at_germination,
+            metric_at_germination=self.metric_at_germination,
             kernel_label=self.kernel_label,
             kernel_note=self.kernel_note,
             weights=weights,
@@ -221,7 +221,7 @@ class SeedSlot(nn.Module):
         self.blueprint_id = state.blueprint_id
         self.epochs_in_stage = state.epochs_in_stage
         self.blend_progress = state.blend_progress
-        self.acc_at_germination = state.acc_at_germination
+        self.metric_at_germination = state.metric_at_germination
         self.fallback_reason = None
         self.begin_epoch()
 
@@ -235,7 +235,7 @@ class SeedSlot(nn.Module):
         elif self.stage is S.RESETTING:
             self._move(S.DORMANT)
             self.blueprint_id = None
-            self.acc_at_germination = None
+            self.metric_at_germination = None
             self.blend_progress = 0.0
 
     def step(self, fraction_of_epoch: float) -> None:
@@ -310,13 +310,14 @@ class SeedSlot(nn.Module):
     def grad_norm(self) -> float:
         return self._grad_norm_sum / self._grad_steps if self._grad_steps else 0.0
 
-    def health(self, accuracy: float) -> SeedHealth:
-        """The per-epoch report: mean gradient norm over the epoch's steps, flags, accuracy change."""
+    def health(self, value: float, metric: MetricInfo = ACCURACY) -> SeedHealth:
+        """The per-epoch report: mean gradient norm over the epoch's steps, flags, and the gain: how much better
+        `value` (the validation metric now) is than at germination, by `metric`'s direction."""
         measured = self._grad_steps > 0 and self.stage in TRAINABLE
         norm = self.grad_norm
         exploding = measured and (self._grad_nonfinite or norm > self.policy.exploding_above)
         vanishing = measured and not exploding and norm < self.policy.vanishing_below
-        base = self.acc_at_germination if self.stage in ATTACHED else None
+        base = self.metric_at_germination if self.stage in ATTACHED else None
         if self.compiled:
             kernel = f"compiled {self.kernel_label}"
         elif self.block is not None:
@@ -329,7 +330,7 @@ class SeedSlot(nn.Module):
             blueprint_id=self.blueprint_id,
             alpha=self.alpha,
             grad_norm=norm,
-            acc_delta=None if base is None else accuracy - base,
+            gain=None if base is None else metric.gain(value, base),
             epochs_in_stage=self.epochs_in_stage,
             kernel=kernel,
             vanishing=vanishing,

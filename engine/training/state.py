@@ -31,7 +31,7 @@ class TrainingState:
     shuffle_rng: torch.Tensor
     torch_rng: torch.Tensor  # the global CPU generator: dropout draws from it
     germinations: int
-    best_val_accuracy: float
+    best_val_metric: float
     best_epoch: int
     # decisions awaiting their field report: a resume awaits them again; restore() leaves the reports alone
     # (a rollback reports what it undid, and an early stop ends the run)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper_tui.engine.vocabulary import MetricInfo
+
 Split = tuple[torch.Tensor, torch.Tensor]
 """`(inputs, targets)`: the first dimension counts the samples of both."""
 
@@ -81,6 +83,10 @@ class Metric:
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         return float(self.fn(outputs, targets))
+
+    def info(self) -> MetricInfo:
+        """What the engine and every surface know of it (they never see `fn`: it is the user's code)."""
+        return MetricInfo(name=self.name, higher_is_better=self.higher_is_better, percent=self.percent)
 
 
 def _accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> float:

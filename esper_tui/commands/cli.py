@@ -34,7 +34,7 @@ EPILOG = """examples:
   esper-tui runs                              the recorded runs in ./var/runs
   esper-tui reports                           Tamiyo's field reports: each decision and its outcome
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
-  esper-tui plot var/runs/RUN.esrec --out run.png   loss and accuracy curves for a report
+  esper-tui plot var/runs/RUN.esrec --out run.png   loss and metric curves for a report
   esper-tui --no-ui --eager --epochs 12 --inject-fault nan-loss@6   chaos test: watch a rollback
   esper-tui library migrate --library postgresql://db/esper   create or upgrade a shared catalog
   esper-tui --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper --forge-workers 0
@@ -232,11 +232,13 @@ def _recordings_parser() -> argparse.ArgumentParser:
     replay.add_argument("--no-ui", action="store_true", help="print the recorded snapshots instead")
     replay.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line")
     replay.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([ui] refresh rate, theme)")
-    runs = sub.add_parser("runs", help="list the recordings: run, start, duration, epochs, final accuracy")
+    runs = sub.add_parser(
+        "runs", help="list the recordings: run, start, duration, epochs, task, metric, final validation and test values"
+    )
     runs.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     runs.add_argument("--json", action="store_true", help="one JSON object per recording")
     runs.add_argument("--all", action="store_true", help="list the --forge-only runs too (they train nothing)")
-    plot = sub.add_parser("plot", help="a recording's loss and accuracy curves as an image (.png or .svg)")
+    plot = sub.add_parser("plot", help="a recording's loss and metric curves as an image (.png or .svg)")
     plot.add_argument("file", type=Path, metavar="RUN", help="a recording (.esrec), or a run id as `runs` lists it")
     plot.add_argument(
         "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where a run id is looked up (./var)"
@@ -249,7 +251,7 @@ def _reports(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="esper-tui reports",
         description="Tamiyo's field reports (<state>/tamiyo/field_reports.jsonl): every decision with its "
-        "measured outcome (validation accuracy change, seed kept or pruned)",
+        "measured outcome (the validation metric's gain, seed kept or pruned)",
     )
     p.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR", help="state directory (./var)")
     p.add_argument("--json", action="store_true", help="one JSON object per report")

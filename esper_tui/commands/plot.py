@@ -1,4 +1,4 @@
-"""`esper-tui plot`: a recording's loss and accuracy curves as an image for a report (PNG or SVG).
+"""`esper-tui plot`: a recording's loss and metric curves as an image for a report (PNG or SVG).
 
 The curves are gathered by ui/curves.py, the same ones the dashboard's plot panel shows. matplotlib is
 imported only by `render`, so the dashboard never pays for it.
@@ -38,44 +38,44 @@ def title_of(curves: Curves, fallback: str) -> str:
 
 
 def render(curves: Curves, out: Path, title: str) -> None:
-    """Loss (top) and accuracy (bottom) over epochs, decisions as dashed verticals; PNG or SVG by suffix."""
+    """Loss (top) and the run's metric (bottom) over epochs, decisions as dashed verticals; PNG or SVG by suffix."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (loss_ax, acc_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5), constrained_layout=True)
+    fig, (loss_ax, metric_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6.5), constrained_layout=True)
     try:
-        for (name, label), ax in zip(SERIES, (loss_ax, loss_ax, acc_ax, acc_ax), strict=True):
+        for (name, label), ax in zip(SERIES, (loss_ax, loss_ax, metric_ax, metric_ax), strict=True):
             colour = None
             for stretch in stretches(curves.series(name)):
                 (line,) = ax.plot(
                     [e for e, _ in stretch],
                     [v for _, v in stretch],
-                    label=label if colour is None else None,
+                    label=curves.label(name, label) if colour is None else None,
                     color=colour,
                     marker="." if len(stretch) < 40 else None,
                 )
                 colour = line.get_color()
         shown: set[str] = set()
         for marker in curves.markers:
-            for ax in (loss_ax, acc_ax):
+            for ax in (loss_ax, metric_ax):
                 ax.axvline(
                     marker.epoch,
                     color=MARKER_COLOURS[marker.kind],
                     linestyle="--",
                     linewidth=0.9,
                     alpha=0.8,
-                    label=marker.kind if ax is acc_ax and marker.kind not in shown else None,
+                    label=marker.kind if ax is metric_ax and marker.kind not in shown else None,
                 )
             shown.add(marker.kind)
-        acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 12.5 on the axis
+        metric_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 12.5 on the axis
         loss_ax.set_ylabel("loss")
-        acc_ax.set_ylabel("accuracy")
-        acc_ax.set_xlabel("epoch")
+        metric_ax.set_ylabel(curves.metric.name)
+        metric_ax.set_xlabel("epoch")
         loss_ax.set_title(title)
-        for ax in (loss_ax, acc_ax):
+        for ax in (loss_ax, metric_ax):
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best", fontsize="small")

@@ -72,26 +72,24 @@ def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
     return 0
 
 
-def _pct(value: float | None) -> str:
-    return f"{value:.1%}" if value is not None else "-"
-
-
 def runs_table(summaries: list[RunSummary]) -> str:
     """`esper-tui runs`: one row per recording, oldest first."""
-    head = ("RUN", "START", "DURATION", "EPOCHS", "VAL ACC", "TEST ACC", "STATUS", "SNAPSHOTS")
+    head = ("RUN", "START", "DURATION", "EPOCHS", "TASK", "METRIC", "VAL", "TEST", "STATUS", "SNAPSHOTS")
     rows = [head] + [
         (
             s.run_id,
             format_start(s.start_ts),
             f"{s.duration_s:.0f} s",
             str(s.epochs),
-            _pct(s.val_accuracy),
-            _pct(s.test_accuracy),
+            s.task or "-",
+            s.metric.name,
+            s.metric.format(s.val_metric),
+            s.metric.format(s.test_metric),
             s.status if s.complete else f"{s.status} (torn)",
             str(s.snapshots),
         )
         if s.problem is None
-        else (s.run_id, "-", "-", "-", "-", "-", "unreadable (see above)", "-")
+        else (s.run_id, "-", "-", "-", "-", "-", "-", "-", "unreadable (see above)", "-")
         for s in summaries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]

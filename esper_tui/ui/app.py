@@ -178,7 +178,7 @@ class DashboardScreen(Screen[None]):
             "v",
             "toggle_plot",
             "Curves",
-            tooltip="Show or hide the loss and accuracy curves (G/F/P/R mark decisions)",
+            tooltip="Show or hide the loss and metric curves (G/F/P/R mark decisions)",
             show=False,  # listed in the help; the footer stays as wide as an 80-column terminal allows
             id="esper.plot",
         ),

@@ -12,6 +12,7 @@ import msgspec
 
 from esper_tui.engine.recorder import Recording
 from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo
 
 MARKED: tuple[str, ...] = ("germinate", "fossilize", "prune", "rollback")
 """Event-log words marked on the curves (a ControllerDecision line starts with its action)."""
@@ -19,10 +20,12 @@ MARKED: tuple[str, ...] = ("germinate", "fossilize", "prune", "rollback")
 SERIES: tuple[tuple[str, str], ...] = (
     ("loss", "train loss"),
     ("val_loss", "validation loss"),
-    ("val_accuracy", "validation accuracy"),
-    ("test_accuracy", "test accuracy"),
+    ("val_metric", "validation"),
+    ("test_metric", "test"),
 )
-"""(TrainingView field, label) of every curve; the first two are losses, the others accuracies."""
+"""(TrainingView field, label) of every curve; the first two are losses, the others the run's metric (its name
+follows the label: `Curves.label`)."""
+METRIC_SERIES = frozenset({"val_metric", "test_metric"})
 
 
 class Marker(msgspec.Struct, frozen=True):
@@ -49,15 +52,21 @@ class Curves:
         self._seen: set[tuple[float, str]] = set()
         self.run_id = ""
         self.resumed_from: int | None = None  # the checkpoint's epoch a resumed run continued from
+        self.metric: MetricInfo = ACCURACY  # the run's, as its snapshots say
+
+    def label(self, name: str, label: str) -> str:
+        """A series' label: "validation accuracy" for the metric's, the plain label for a loss."""
+        return f"{label} {self.metric.name}" if name in METRIC_SERIES else label
 
     def add(self, snapshot: Snapshot) -> bool:
         """Take what `snapshot` adds; True when a point or a marker was new."""
         self.run_id = snapshot.run_id or self.run_id
         training = snapshot.training
         self.resumed_from = training.resumed_from_epoch
+        self.metric = training.metric
         changed = False
         if training.epoch > (training.resumed_from_epoch or 0):  # an epoch this run trained
-            for name, history in (("loss", training.loss_history), ("val_accuracy", training.val_accuracy_history)):
+            for name, history in (("loss", training.loss_history), ("val_metric", training.val_metric_history)):
                 # Snapshots this consumer never saw (attached mid-run, or skipped behind a modal): the
                 # snapshot's own bounded history fills their epochs, never overwriting a point seen.
                 for epoch, value in enumerate(history, start=training.epoch - len(history) + 1):

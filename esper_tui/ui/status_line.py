@@ -22,8 +22,7 @@ def link_tag(link: LinkView) -> str:
 def status_line(s: Snapshot) -> str:
     t, f = s.training, s.forge
     epochs = f"{t.epoch}/{t.epochs_total}" if t.epochs_total else str(t.epoch)
-    acc = f"{t.val_accuracy:.1%}" if t.val_accuracy is not None else "-"
-    test = f"{t.test_accuracy:.1%}" if t.test_accuracy is not None else "-"
+    m = t.metric
     loss = f"{t.loss:.3f}" if t.loss is not None else "-"
     count = {st: sum(j.status is st for j in f.jobs) for st in JobStatus}
     status = t.status if s.infrastructure.training else "forge only"  # not [waiting]: nothing will ever train
@@ -36,7 +35,8 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"{link_tag(s.link)}[{status}] epoch {epochs} val acc {acc} test acc {test} loss {loss} | "
+        f"{link_tag(s.link)}[{status}] {t.task or '-'} epoch {epochs} val {m.name} {m.format(t.val_metric)} "
+        f"test {m.name} {m.format(t.test_metric)} loss {loss} | "
         f"kernels {seeds_run(s).words} | "
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "

@@ -35,7 +35,7 @@ NO_RETRY = BusOptions(claim_idle_ms=60_000)  # only a restart (pending replay) b
 
 def epoch(n: int) -> EpochCompleted:
     return EpochCompleted(
-        epoch=n, train_loss=1.0 / (n + 1), val_loss=1.1, val_accuracy=0.5, samples_per_s=400.0, epoch_s=0.1
+        epoch=n, train_loss=1.0 / (n + 1), val_loss=1.1, val_metric=0.5, samples_per_s=400.0, epoch_s=0.1
     )
 
 

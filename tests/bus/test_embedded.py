@@ -16,7 +16,7 @@ from esper_tui.engine.contracts import EpochCompleted
 
 
 def epoch(n: int) -> EpochCompleted:
-    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=0.1)
+    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_metric=0.5, samples_per_s=1.0, epoch_s=0.1)
 
 
 def test_create_bus_picks_the_backend():

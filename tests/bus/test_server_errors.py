@@ -29,7 +29,7 @@ OPTIONS = BusOptions(claim_idle_ms=200, request_timeout_s=1.0)
 
 
 def epoch(n: int) -> EpochCompleted:
-    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_accuracy=0.5, samples_per_s=1.0, epoch_s=0.1)
+    return EpochCompleted(epoch=n, train_loss=1.0, val_loss=1.0, val_metric=0.5, samples_per_s=1.0, epoch_s=0.1)
 
 
 @pytest.fixture

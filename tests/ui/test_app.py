@@ -12,7 +12,7 @@ from textual.widgets._footer import FooterKey
 from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
 from esper_tui.engine.kernels.pipelines import settings_for, strategy_help
 from esper_tui.engine.snapshot import LinkView, Snapshot
-from esper_tui.engine.vocabulary import JobStatus, LinkState, Strategy, TrainingStatus
+from esper_tui.engine.vocabulary import SCHEMA_VERSION, JobStatus, LinkState, Strategy, TrainingStatus
 from esper_tui.links.base import CommandUnavailable, StaticLink
 from esper_tui.ui.app import EsperApp
 from esper_tui.ui.help import KEY_WIDTH, HelpScreen, KeyTable
@@ -356,7 +356,7 @@ async def test_r_recompiles_the_cursor_row(make_app, link) -> None:
         await settle(pilot)
         await pilot.press("down", "r")
         await settle(pilot)
-        envelope = {"type": "Recompile", "schema_version": 1, "issued_by": "operator", "strategy": None}
+        envelope = {"type": "Recompile", "schema_version": SCHEMA_VERSION, "issued_by": "operator", "strategy": None}
         assert sent(link) == [
             {**envelope, "blueprint_id": "mlp_block"},
             {**envelope, "blueprint_id": "res_block"},

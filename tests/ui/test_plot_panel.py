@@ -33,8 +33,8 @@ def epoch_snapshots() -> list[Snapshot]:
             epoch=epoch,
             loss=2.0 / epoch,
             val_loss=2.2 / epoch,
-            val_accuracy=0.3 + 0.025 * epoch,
-            test_accuracy=0.28 + 0.024 * epoch,
+            val_metric=0.3 + 0.025 * epoch,
+            test_metric=0.28 + 0.024 * epoch,
         )
         out.append(msgspec.structs.replace(base, seq=epoch, training=training, events=events))
     return out
