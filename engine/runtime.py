@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -281,7 +282,15 @@ class Engine:
         identity = Identity.here(target.cpu_isa, compiler=target.compiler)
         try:
             library = await asyncio.to_thread(
-                open_library, cfg.library, self.state_dir, key, self.catalog, on_quarantine=self._quarantined
+                functools.partial(
+                    open_library,
+                    cfg.library,
+                    self.state_dir,
+                    key,
+                    self.catalog,
+                    identity=identity,  # the probe's: a library left to ask inductor itself would load it here
+                    on_quarantine=self._quarantined,
+                )
             )
         except LibraryUnavailable as exc:
             await pool.close()

@@ -62,6 +62,7 @@ ENGINE = """
         await engine.start()
         try:
             target = engine.kernel_target
+            assert engine.library.identity().cpu_isa == target.cpu_isa  # the library's identity is the probe's
             loaded = "torch._inductor" in sys.modules
             print("RESULT " + json.dumps({"inductor": loaded, "cpu_isa": target.cpu_isa, "compiler": target.compiler}))
         finally:
