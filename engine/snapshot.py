@@ -258,7 +258,7 @@ def seeds_run(snapshot: Snapshot) -> SeedsRun:
         return SeedsRun("no training", "no training: this run only compiles", compiled=False)
     if not infra.compile_enabled:
         return SeedsRun("eager: compile off", f"{infra.kernels} (compile off)", compiled=False)
-    setting = f"compile on ({infra.kernels})"
+    setting = infra.kernels  # what seeds will be compiled with (the title says compile on, or waiting)
     kernels = Counter(seed.kernel for seed in training.seeds if seed.blueprint_id is not None and seed.kernel != "-")
     if not kernels:
         if training.status is TrainingStatus.WAITING:

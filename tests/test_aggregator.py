@@ -581,7 +581,7 @@ def test_compile_label_is_the_same_everywhere(agg):
         )
     )
     snap = agg.snapshot()
-    assert "| kernels compile on (inductor:default) · no seed grafted yet |" in status_line(snap)
+    assert "| kernels inductor:default · no seed grafted yet |" in status_line(snap)
     assert snap.events[-1].text.endswith("(mlp, kernels compiled inductor:default)")
     assert snap.infrastructure.kernels == "inductor:default"
 
@@ -665,7 +665,7 @@ def test_before_training_starts_the_run_says_it_waits_for_kernels_and_why(agg):
     assert snap.training.status is TrainingStatus.WAITING
     assert snap.training.waiting_for == "a first kernel from the forge"
     assert seeds_run(snap).tag == "waiting for kernels"
-    assert "| kernels compile on (inductor:default) · waiting for a first kernel from the forge |" in status_line(snap)
+    assert "| kernels inductor:default · waiting for a first kernel from the forge |" in status_line(snap)
     assert snap.events[-1].text == "waiting for a first kernel from the forge"
     agg.apply(training_started())
     assert agg.snapshot().training.waiting_for == ""
@@ -694,7 +694,7 @@ def test_a_run_that_only_compiles_says_so_not_eager(agg):
             True,
         ),
         (("eager", "-"), "eager", "eager", False),
-        (("-", "-"), "compile on", "compile on (inductor:default) · no seed grafted yet", False),
+        (("-", "-"), "compile on", "inductor:default · no seed grafted yet", False),
     ],
 )
 def test_the_banner_reads_what_the_seeds_run_not_the_compile_setting(agg, kernels, tag, words, compiled):

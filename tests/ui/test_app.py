@@ -123,7 +123,7 @@ async def test_banner_and_training_panel_say_what_training_waits_for(make_app, l
     async with app.run_test(size=SIZE):
         banner = app.screen.query_one(StatusBanner)
         assert Content.from_markup(banner.border_title).plain == "TAMIYO [waiting for kernels]"
-        assert "compile on (inductor:default) · waiting for a first kernel from the forge" in plain(app, StatusBanner)
+        assert "inductor:default · waiting for a first kernel from the forge" in plain(app, StatusBanner)
         status = str(app.screen.query_one("#training-status", Static).render())
         assert status == "WAITING for a first kernel from the forge"
 
