@@ -82,7 +82,7 @@ def cold_throughput(root: Path, counts: list[int], redis_url: str, pg_url: str) 
 def _timed_load(library: KernelLibrary, blueprint_id: str, x: torch.Tensor) -> float:
     module = library.catalog.get(blueprint_id).build(vector(40, 64))
     t0 = time.perf_counter()
-    kernel, _ = library.load(blueprint_id)
+    kernel, _ = library.load(blueprint_id, vector(40, 64))
     kernel(module, x).square().mean().backward()
     return (time.perf_counter() - t0) * 1000
 
@@ -91,7 +91,7 @@ def _mirror(shared: SharedLibrary, local: Library) -> None:
     """Copy every current kernel of the shared library into a file library, same files, same metadata."""
     for meta in shared.ranked():
         staged = local.new_staging_dir(meta.blueprint_id)
-        row = shared.db.current(meta.blueprint_id, shared.identity().fingerprint())
+        row = shared.db.current(meta.blueprint_id, shared.identity().fingerprint(), meta.slot_shape.tag)
         assert row is not None
         for name, data in shared.files(row, meta).items():
             (staged / name).parent.mkdir(parents=True, exist_ok=True)
@@ -119,8 +119,8 @@ def shared_loads(c: Cluster, cache_root: Path, repeats: int) -> dict[str, Any]:
     local = Library(cache_root / "file-library", key, catalog)
     _mirror(warm, local)
     for bp in catalog.fitting(vector(40, 64)):
-        warm.load(bp.blueprint_id)
-        local.load(bp.blueprint_id)
+        warm.load(bp.blueprint_id, vector(40, 64))
+        local.load(bp.blueprint_id, vector(40, 64))
     warm.close()
     first: dict[str, float] = {}
     cached: dict[str, float] = {}

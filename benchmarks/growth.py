@@ -399,8 +399,8 @@ def compiled_over_eager(
     torch.set_num_threads(kernels.kernel_threads())  # compiled guards pin it
     out: dict[str, dict[str, float]] = {}
     try:
-        for meta in library.ranked():
-            kernel, _ = library.load(meta.blueprint_id)
+        for meta in library.ranked(vector(40, hidden)):
+            kernel, _ = library.load(meta.blueprint_id, meta.slot_shape)
             torch.manual_seed(0)
             module = catalog.get(meta.blueprint_id).build(vector(40, hidden))
             x = torch.randn(100, 40)

@@ -75,6 +75,11 @@ SEEN_IDS = 10_000
 dedupe window (BusOptions.dedupe_window, as many ids), so an older one cannot arrive twice."""
 
 
+def _job_name(e: JobQueued | JobStarted | JobCompiled | JobFailed) -> str:
+    """A job in the event log: its blueprint, and the slot shape when the event names one."""
+    return f"{e.blueprint_id} [{e.shape}]" if e.shape else e.blueprint_id
+
+
 def _seed_health(vanishing: bool, exploding: bool) -> GradientHealth:
     if exploding:
         return GradientHealth.EXPLODING
@@ -101,7 +106,7 @@ class Aggregator:
         self.conservative = False
         self.conservative_reason = ""
         self.breakers: dict[str, BreakerView] = {}
-        self.jobs: dict[str, JobView] = {}
+        self.jobs: dict[tuple[str, str], JobView] = {}  # by (blueprint id, shape tag)
         self.wal = WalView()
         self.training = TrainingView()
         self.loss: deque[float] = deque(maxlen=history)
@@ -265,18 +270,18 @@ class Aggregator:
     def _training(self, **changes: Any) -> None:
         self.training = msgspec.structs.replace(self.training, **changes)
 
-    def _job(self, blueprint_id: str, **fields: Any) -> None:
+    def _job(self, e: JobQueued | JobStarted | JobCompiled | JobFailed, **fields: Any) -> None:
         """A fresh row for the job's new state; only the stored kernel (artifact, version) carries over."""
-        prev = self.jobs.get(blueprint_id)
+        prev = self.jobs.get((e.blueprint_id, e.shape))
         kept = {"artifact_id": prev.artifact_id, "version": prev.version} if prev else {}
-        self.jobs[blueprint_id] = JobView(blueprint_id=blueprint_id, **{**kept, **fields})
+        self.jobs[(e.blueprint_id, e.shape)] = JobView(blueprint_id=e.blueprint_id, shape=e.shape, **{**kept, **fields})
 
     def _on_JobQueued(self, e: JobQueued) -> None:
-        self._job(e.blueprint_id, strategy=e.strategy, status=JobStatus.QUEUED)
+        self._job(e, strategy=e.strategy, status=JobStatus.QUEUED)
 
     def _on_JobStarted(self, e: JobStarted) -> None:
         self._job(
-            e.blueprint_id,
+            e,
             strategy=e.strategy,
             status=JobStatus.COMPILING,
             attempt=e.attempt,
@@ -285,9 +290,9 @@ class Aggregator:
         )
 
     def _on_JobCompiled(self, e: JobCompiled) -> None:
-        prev = self.jobs.get(e.blueprint_id)
+        prev = self.jobs.get((e.blueprint_id, e.shape))
         self._job(
-            e.blueprint_id,
+            e,
             strategy=e.strategy,
             status=JobStatus.COMPILED,
             attempt=prev.attempt if prev else 1,
@@ -302,10 +307,10 @@ class Aggregator:
         )
 
     def _on_JobFailed(self, e: JobFailed) -> None:
-        prev = self.jobs.get(e.blueprint_id)
+        prev = self.jobs.get((e.blueprint_id, e.shape))
         started = prev.started_ts if prev else None
         self._job(
-            e.blueprint_id,
+            e,
             strategy=e.strategy,
             status=JobStatus.QUEUED if e.will_retry else JobStatus.FAILED,
             attempt=e.attempt,
@@ -358,20 +363,20 @@ class Aggregator:
         """The event log's line for `e` (after it was folded: the run's metric is known by then), or None."""
         match e:
             case JobQueued():
-                return f"{e.blueprint_id} queued ({e.strategy}): {e.reason}"
+                return f"{_job_name(e)} queued ({e.strategy}): {e.reason}"
             case JobStarted():
-                return f"{e.blueprint_id} compiling ({e.strategy}), attempt {e.attempt}"
+                return f"{_job_name(e)} compiling ({e.strategy}), attempt {e.attempt}"
             case JobCompiled(reused=True):
                 label = compile_label(e.backend, e.mode)
-                return f"{e.blueprint_id} already in the library (v{e.version}, {label}): reused"
+                return f"{_job_name(e)} already in the library (v{e.version}, {label}): reused"
             case JobCompiled():
                 return (
-                    f"{e.blueprint_id} compiled ({e.strategy}, {compile_label(e.backend, e.mode)}) "
+                    f"{_job_name(e)} compiled ({e.strategy}, {compile_label(e.backend, e.mode)}) "
                     f"in {e.compile_s:.1f} s, "
                     f"step {e.step_ms_compiled:.2f} ms vs eager {e.step_ms_eager:.2f} ms"
                 )
             case JobFailed():
-                return f"{e.blueprint_id} failed ({e.strategy}, attempt {e.attempt}): {e.error[:120]}"
+                return f"{_job_name(e)} failed ({e.strategy}, attempt {e.attempt}): {e.error[:120]}"
             case BreakerChanged(transition=True):
                 return f"breaker {e.name}: {e.previous} -> {e.state} ({e.detail})"
             case ConservativeModeChanged():

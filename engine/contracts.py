@@ -56,12 +56,14 @@ class EngineStopping(Event, tag="engine_stopping", kw_only=True):
 
 class JobQueued(Event, tag="job_queued", kw_only=True):
     blueprint_id: str
+    shape: str = ""  # the slot shape's tag the kernel is compiled for
     strategy: Strategy
     reason: str
 
 
 class JobStarted(Event, tag="job_started", kw_only=True):
     blueprint_id: str
+    shape: str = ""  # the slot shape's tag the kernel is compiled for
     strategy: Strategy
     attempt: int
     worker: str = ""  # a forge worker elsewhere ("host:pid"); "" for this engine's own sandbox
@@ -69,6 +71,7 @@ class JobStarted(Event, tag="job_started", kw_only=True):
 
 class JobCompiled(Event, tag="job_compiled", kw_only=True):
     blueprint_id: str
+    shape: str = ""  # the slot shape's tag the kernel is compiled for
     strategy: Strategy
     artifact_id: str
     version: int
@@ -83,6 +86,7 @@ class JobCompiled(Event, tag="job_compiled", kw_only=True):
 
 class JobFailed(Event, tag="job_failed", kw_only=True):
     blueprint_id: str
+    shape: str = ""  # the slot shape's tag the kernel is compiled for
     strategy: Strategy
     error: str
     attempt: int

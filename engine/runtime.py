@@ -59,7 +59,7 @@ from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, settings_for
 from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
-from esper_tui.engine.kernels.shapes import SlotShape
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_or_create_key
@@ -347,8 +347,6 @@ class Engine:
             emit=self.emit,
             state_dir=self.state_dir,
             identity=identity,
-            in_features=IN_FEATURES,
-            out_features=cfg.training.hidden,
             pool=pool,
             builder=self._remote_builder(library, identity),
         )
@@ -357,6 +355,11 @@ class Engine:
             self.log(Level.WARNING, probe_problem)
         for pgid in stale:
             self.log(Level.WARNING, f"killed stale compile worker group {pgid} from a previous run")
+        # The default task's MLP slots all read the input and write the hidden layer: kernels for that shape can
+        # compile before the training process reports its slots (and with --forge-only, which trains nothing).
+        # Another task's shapes are known only once it has loaded (_task_loaded).
+        if cfg.training.task == "mnist1d":
+            self.forge.set_shapes([vector(IN_FEATURES, cfg.training.hidden)], scan=False)
         self.forge.recover(report)
         if cfg.tezzeret.polling.initial_full_scan:
             self.forge.discover()
@@ -604,6 +607,8 @@ class Engine:
             Level.INFO,
             f"task {loaded.task} on {loaded.device}: {loaded.metric} ({direction} is better), slots {slots}",
         )
+        if self.forge is not None:  # every fitting blueprint compiles for each slot shape it lacks a kernel for
+            self.forge.set_shapes([SlotShape.parse(s.shape) for s in loaded.slots])
         self._spawn(self._begin_training())
 
     async def _begin_training(self) -> None:

@@ -57,6 +57,7 @@ class BreakerView(Struct, kw_only=True):
 
 class JobView(Struct, kw_only=True):
     blueprint_id: str
+    shape: str = ""  # the slot shape's tag: a blueprint has one job per shape
     strategy: Strategy
     status: JobStatus
     attempt: int = 0

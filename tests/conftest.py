@@ -185,6 +185,7 @@ def kernel_build(kernel: SessionKernel, **overrides: object) -> KernelBuild:
         python_version=platform.python_version(),
         device="cpu",
         cpu_isa=kernel.cpu_isa,
+        shape=vector(IN_FEATURES, OUT_FEATURES).tag,
         in_features=IN_FEATURES,
         batch_min=2,
         batch_max=65536,

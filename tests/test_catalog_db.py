@@ -27,6 +27,9 @@ IDENTITY = "torch 2.13.0 / py 3.11 / avx2 / 4 threads / gcc 12"
 OTHER_IDENTITY = "torch 2.13.0 / py 3.12 / avx512 / 8 threads / gcc 13"
 
 
+SHAPE = "40-64"
+
+
 def key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -49,6 +52,7 @@ def register(
     *,
     blueprint: str = "mlp_block",
     identity: str = IDENTITY,
+    shape: str = SHAPE,
     force: bool = False,
     sign: Callable[[int], tuple[bytes, str]] | None = None,
 ) -> tuple[KernelRow, bool]:
@@ -57,6 +61,7 @@ def register(
         artifact_key=artifact_key,
         job_id=job,
         identity=identity,
+        shape=shape,
         step_ms_compiled=1.5,
         step_ms_eager=2.5,
         compiled_by="host-a:4242",
@@ -109,6 +114,38 @@ def test_migrate_applies_and_records_each_version_once(pg_url: str) -> None:
     assert {"blueprints", "blueprint_tags", "kernel_versions", "schema_migrations"} <= tables
 
 
+def test_migration_3_reads_rows_registered_before_shapes_as_40_64_and_then_wants_a_shape(pg_url: str) -> None:
+    """Nothing already stored is lost: a version registered under schema 2 is the 40-64 kernel afterwards."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a catalog that esper-tui's schema 2 built
+        conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for m in MIGRATIONS[:2]:
+            conn.execute(m.sql)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (m.version, m.name))
+        conn.execute("INSERT INTO blueprints (blueprint_id) VALUES ('mlp_block')")
+        conn.execute(
+            """INSERT INTO kernel_versions (blueprint_id, version, artifact_key, job_id, identity, meta, signature,
+                                            step_ms_compiled, step_ms_eager, compiled_by)
+               VALUES ('mlp_block', 1, %s, 'old-job', %s, '{}', 'sig', 1.0, 2.0, 'old:1')""",
+            (key("old"), IDENTITY),
+        )
+    with opened(pg_url) as c:
+        assert c.migrate() == [3]
+        [old] = c.versions()
+        assert (old.shape, old.version, old.job_id) == ("40-64", 1, "old-job")
+        assert c.current("mlp_block", IDENTITY, "40-64") == old
+        assert c.current("mlp_block", IDENTITY, "8x8x8-16x8x8") is None
+    with psycopg.connect(pg_url, autocommit=True) as conn, pytest.raises(psycopg.errors.NotNullViolation):
+        conn.execute(  # the default was only for the rows already there
+            """INSERT INTO kernel_versions (blueprint_id, version, artifact_key, job_id, identity, meta, signature,
+                                            step_ms_compiled, step_ms_eager, compiled_by)
+               VALUES ('mlp_block', 2, %s, 'new-job', %s, '{}', 'sig', 1.0, 2.0, 'new:1')""",
+            (key("new"), IDENTITY),
+        )
+
+
 def test_concurrent_migrations_both_succeed_and_apply_once(pg_url: str) -> None:
     barrier = threading.Barrier(2)
 
@@ -144,7 +181,7 @@ def test_a_database_newer_than_the_code_is_refused_not_migrated(cat: PgCatalog, 
 
 def test_a_catalog_used_before_migrating_says_so(pg_url: str) -> None:
     with opened(pg_url) as c, pytest.raises(CatalogError, match="library migrate"):
-        c.current("mlp_block", IDENTITY)
+        c.current("mlp_block", IDENTITY, SHAPE)
 
 
 # ---------------------------------------------------------------------- register
@@ -188,13 +225,13 @@ def test_an_existing_key_is_returned_unless_forced(cat: PgCatalog) -> None:
 def test_quarantine_hides_a_version_and_its_number_is_never_reused(cat: PgCatalog) -> None:
     register(cat, "job-1", key("a"))
     v2, _ = register(cat, "job-2", key("b"))
-    assert cat.current("mlp_block", IDENTITY) == v2
+    assert cat.current("mlp_block", IDENTITY, SHAPE) == v2
     assert cat.quarantine("mlp_block", 2, "signature mismatch")
     assert not cat.quarantine("mlp_block", 2, "again")  # already out of service: nothing changes
     assert not cat.quarantine("mlp_block", 9, "no such version")
-    current = cat.current("mlp_block", IDENTITY)
+    current = cat.current("mlp_block", IDENTITY, SHAPE)
     assert current is not None and current.version == 1
-    assert cat.current("mlp_block", IDENTITY, key("b")) is None
+    assert cat.current("mlp_block", IDENTITY, SHAPE, key("b")) is None
     hidden = cat.versions("mlp_block")[1]
     assert (hidden.quarantined, hidden.quarantine_reason) == (True, "signature mismatch")
     # The quarantined key is live nowhere, so it registers again, under a new number.
@@ -242,6 +279,8 @@ def test_a_failing_signer_registers_nothing(cat: PgCatalog) -> None:
         ("step_ms_compiled", -1.0, "step_ms_compiled_finite_not_negative"),
         ("step_ms_eager", float("nan"), "step_ms_eager_finite_not_negative"),
         ("job_id", "", "job_id_not_empty"),
+        ("shape", "40x-64", "shape_is_a_tag"),
+        ("shape", "", "shape_is_a_tag"),
     ],
 )
 def test_rows_the_schema_forbids_are_refused(cat: PgCatalog, field: str, value: object, constraint: str) -> None:
@@ -250,6 +289,7 @@ def test_rows_the_schema_forbids_are_refused(cat: PgCatalog, field: str, value: 
         "artifact_key": key("a"),
         "job_id": "job-1",
         "identity": IDENTITY,
+        "shape": SHAPE,
         "step_ms_compiled": 1.0,
         "step_ms_eager": 1.0,
         "compiled_by": "h:1",
@@ -267,7 +307,7 @@ def test_quarantine_needs_a_reason(cat: PgCatalog) -> None:
     register(cat, "job-1", key("a"))
     with pytest.raises(CatalogError, match="quarantine_has_reason"):
         cat.quarantine("mlp_block", 1, "")
-    assert cat.current("mlp_block", IDENTITY) is not None
+    assert cat.current("mlp_block", IDENTITY, SHAPE) is not None
 
 
 # ---------------------------------------------------------------------- reading
@@ -277,12 +317,12 @@ def test_current_filters_by_identity_and_key(cat: PgCatalog) -> None:
     here, _ = register(cat, "job-1", key("here"))
     there, _ = register(cat, "job-2", key("there"), identity=OTHER_IDENTITY)
     other_bp, _ = register(cat, "job-3", key("conv"), blueprint="conv_block")
-    assert cat.current("mlp_block", IDENTITY) == here
-    assert cat.current("mlp_block", OTHER_IDENTITY) == there
-    assert cat.current("mlp_block", IDENTITY, key("here")) == here
-    assert cat.current("mlp_block", IDENTITY, key("there")) is None
-    assert cat.current("mlp_block", "unknown identity") is None
-    assert cat.current("no_such_blueprint", IDENTITY) is None
+    assert cat.current("mlp_block", IDENTITY, SHAPE) == here
+    assert cat.current("mlp_block", OTHER_IDENTITY, SHAPE) == there
+    assert cat.current("mlp_block", IDENTITY, SHAPE, key("here")) == here
+    assert cat.current("mlp_block", IDENTITY, SHAPE, key("there")) is None
+    assert cat.current("mlp_block", "unknown identity", SHAPE) is None
+    assert cat.current("no_such_blueprint", IDENTITY, SHAPE) is None
     assert cat.all_current(IDENTITY) == [other_bp, here]  # by blueprint id
     assert cat.all_current(OTHER_IDENTITY) == [there]
     newer, _ = register(cat, "job-4", key("here2"))
@@ -293,6 +333,24 @@ def test_current_filters_by_identity_and_key(cat: PgCatalog) -> None:
         ("mlp_block", 2),
         ("mlp_block", 3),
     ]
+
+
+def test_current_keeps_the_shapes_of_one_blueprint_apart(cat: PgCatalog) -> None:
+    vector, _ = register(cat, "job-1", key("vector"))
+    image, _ = register(cat, "job-2", key("image"), shape="8x8x8-16x8x8")
+    newer_vector, _ = register(cat, "job-3", key("vector2"))
+    assert (vector.shape, image.shape, [vector.version, image.version, newer_vector.version]) == (
+        "40-64",
+        "8x8x8-16x8x8",
+        [1, 2, 3],  # numbered per blueprint, across shapes
+    )
+    assert cat.current("mlp_block", IDENTITY, "40-64") == newer_vector
+    assert cat.current("mlp_block", IDENTITY, "8x8x8-16x8x8") == image  # not hidden by a newer vector kernel
+    assert cat.current("mlp_block", IDENTITY, "8x8x8-16x8x8", key("vector2")) is None
+    assert cat.all_current(IDENTITY) == [newer_vector, image]  # one per blueprint and shape
+    cat.quarantine("mlp_block", 2, "test")
+    assert cat.current("mlp_block", IDENTITY, "8x8x8-16x8x8") is None
+    assert cat.current("mlp_block", IDENTITY, "40-64") == newer_vector
 
 
 def test_sync_blueprints_upserts_and_replaces_tags(cat: PgCatalog, pg_url: str) -> None:
@@ -355,7 +413,7 @@ def test_a_lost_connection_is_reopened_once(cat: PgCatalog, pg_url: str, pg_admi
             (db, APPLICATION_NAME),
         ).fetchall()
         assert killed == [(True,)]
-    assert cat.current("mlp_block", IDENTITY) == row  # a read after the kill
+    assert cat.current("mlp_block", IDENTITY, SHAPE) == row  # a read after the kill
     with psycopg.connect(pg_admin_url, autocommit=True) as admin:
         admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",

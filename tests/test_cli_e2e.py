@@ -69,6 +69,11 @@ def test_library_verify_and_wal_inspect_after_a_run(full_run) -> None:
     verify = run_cli("library", "verify", "--state-dir", str(state))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert f"{len(MNIST1D_BLUEPRINTS)} of {len(MNIST1D_BLUEPRINTS)} artifacts verify" in verify.stdout
+    listing = run_cli("library", "list", "--state-dir", str(state))
+    assert listing.returncode == 0, listing.stderr
+    rows = [line.split() for line in listing.stdout.splitlines()[1:-1]]
+    assert sorted((r[0], r[1], r[2]) for r in rows) == sorted((b, "40-64", "cpu") for b in MNIST1D_BLUEPRINTS)
+    assert listing.stdout.splitlines()[0].split()[:3] == ["blueprint", "shape", "device"]
     inspect = run_cli("wal", "inspect", "--json", "--state-dir", str(state))
     assert inspect.returncode == 0, inspect.stderr
     assert json.loads(inspect.stdout)["open_transactions"] == []

@@ -23,6 +23,8 @@ from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import KernelUnavailable
 from esper_tui.engine.training.library_source import LibraryKernelSource
 
+MNIST1D = vector(40, 64)  # the shape the session kernel was compiled for
+
 KEY = bytes(range(32))
 
 
@@ -110,7 +112,7 @@ def test_a_seed_served_eager_by_choice_is_still_verified(tmp_path: Path, commit_
     weights = version / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(KernelUnavailable, match="does not match its signed checksum"):
-        LibraryKernelSource(lib, "inductor", "default").load("mlp_block", vector(40, 64))
+        LibraryKernelSource(lib, "inductor", "default").load("mlp_block", MNIST1D)
     assert [q[1] for q in quarantined] == [version.name] and meta.version == 1
     with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
-        lib.verified("mlp_block")
+        lib.verified("mlp_block", MNIST1D)

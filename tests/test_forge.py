@@ -30,6 +30,7 @@ from esper_tui.engine.forge.forge import Forge, ForgeFatal
 from esper_tui.engine.forge.protocol import CompileResponse
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.store import Identity, Library, artifact_key
 from esper_tui.engine.vocabulary import BreakerState, Level, Strategy
 from esper_tui.engine.wal import writer as wal_module
@@ -38,6 +39,7 @@ from esper_tui.engine.wal.writer import WriteAheadLog
 pytestmark = pytest.mark.compile
 
 KEY = bytes(range(32))
+MNIST1D = vector(40, 64)  # the MLP host's slots: the shape these forges compile for unless a test sets others
 SETTLE_S = 300.0
 
 
@@ -92,6 +94,7 @@ def make_forge(state_dir, library, identity, rec):
 
     def make(ids: list[str], *, wal: WriteAheadLog | None = None, clock=None, **compilation) -> Forge:
         breakers = compilation.pop("breakers", BreakersConfig())
+        shapes = compilation.pop("shapes", [MNIST1D])
         config = TezzeretConfig(compilation=CompilationConfig(**compilation), breakers=breakers)
         extra = {"clock": clock} if clock is not None else {}
         forge = Forge(
@@ -102,10 +105,9 @@ def make_forge(state_dir, library, identity, rec):
             emit=rec,
             state_dir=state_dir,
             identity=identity,
-            in_features=40,
-            out_features=64,
             **extra,
         )
+        forge.set_shapes(shapes, scan=False)
         made.append(forge)
         return forge
 
@@ -142,10 +144,51 @@ def ids_of(events: list) -> list[str]:
 
 
 def key_for(bp_id: str, strategy: Strategy, identity: Identity) -> str:
-    return artifact_key(Catalog().get(bp_id).ir_hash(), settings_for(strategy), strategy, identity, 40, 64)
+    return artifact_key(Catalog().get(bp_id).ir_hash(), settings_for(strategy), strategy, identity, MNIST1D)
 
 
 # ---------------------------------------------------------------------------------- discovery and compiling
+
+
+async def test_set_shapes_compiles_every_fitting_blueprint_once_per_shape(make_forge, rec, library, identity):
+    """One job, key and kernel per (blueprint, slot shape); a blueprint that fits no shape is never queued."""
+    ids = ["lowrank_adapter", "conv1d_block", "conv2d_block"]
+    forge = make_forge(ids, default_strategy=Strategy.FAST, shapes=[])
+    small, sequence, image = vector(12, 8), SlotShape((4, 8), (6, 8)), SlotShape((3, 4, 4), (4, 4, 4))
+    forge.set_shapes([small, sequence, image, small])
+    want = {
+        ("lowrank_adapter", small.tag),
+        ("conv1d_block", small.tag),
+        ("conv1d_block", sequence.tag),
+        ("conv2d_block", image.tag),
+    }
+    assert {(e.blueprint_id, e.shape) for e in rec.of(JobQueued)} == want
+    assert not forge.enqueue("conv2d_block", reason="operator", shape=small)  # does not fit: never queued
+    assert not forge.enqueue("conv1d_block", reason="again")  # queued for both its shapes already
+    async with running(forge) as task:
+        await settle(forge, task)
+    compiled = rec.of(JobCompiled)
+    assert {(e.blueprint_id, e.shape) for e in compiled} == want and not rec.of(JobFailed)
+    assert {(e.blueprint_id, e.shape) for e in rec.of(JobStarted)} == want
+    conv = {e.shape: e for e in compiled if e.blueprint_id == "conv1d_block"}
+    assert conv[small.tag].artifact_id != conv[sequence.tag].artifact_id
+    for bp, tag in want:
+        meta = library.current(bp, SlotShape.parse(tag))
+        assert meta is not None and meta.shape == tag
+        ir = Catalog().get(bp).ir_hash()
+        assert meta.artifact_id == artifact_key(
+            ir, settings_for(Strategy.FAST), Strategy.FAST, identity, meta.slot_shape
+        )
+    assert library.current("lowrank_adapter", sequence) is None
+    assert sorted(d.name.split("-", 1)[1].rsplit("-", 2)[0] for d in library.version_dirs()) == sorted(
+        tag for _, tag in want
+    )
+    rec.clear()
+    forge.set_shapes([small])  # known already: nothing scanned again
+    assert rec.of(JobQueued) == []
+    forge.discover()  # every kernel is stored: reported, nothing queued
+    assert rec.of(JobQueued) == [] and {(e.blueprint_id, e.shape) for e in rec.of(JobCompiled)} == want
+    forge.wal.close()
 
 
 async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothing(
@@ -174,7 +217,7 @@ async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothi
         assert not rec.of(JobFailed)
         wal_events = rec.of(WalStatus)
         assert wal_events and wal_events[-1].open_transactions == [] and wal_events[-1].commits == 2
-        assert [library.current(bp_id).version for bp_id in ids] == [1, 1]
+        assert [library.current(bp_id, MNIST1D).version for bp_id in ids] == [1, 1]
         assert len(library.version_dirs()) == 2
         assert all(library.verify(d) is None for d in library.version_dirs())
         workers = set(forge.pool.pids())
@@ -188,7 +231,7 @@ async def test_discover_compile_once_reuse_force_and_a_second_forge_queues_nothi
         assert ids_of(rec.of(JobStarted)) == ["mlp_block"]
         assert (compiled["lowrank_adapter"].reused, compiled["lowrank_adapter"].version) == (True, 1)
         assert (compiled["mlp_block"].reused, compiled["mlp_block"].version) == (False, 2)
-        assert library.current("mlp_block").version == 2
+        assert library.current("mlp_block", MNIST1D).version == 2
         assert len(library.version_dirs()) == 3
         assert set(forge.pool.pids()) <= workers  # the recompile ran on a worker kept from before
 
@@ -322,7 +365,7 @@ async def test_standard_timeout_retries_with_fast_and_feeds_the_timeout_breaker(
     (done,) = rec.of(JobCompiled)
     assert (done.strategy, done.backend, done.version) == (Strategy.FAST, "aot_eager", 1)
     assert forge.board.timeout.failures == 0  # the successful retry reset the consecutive count
-    assert library.current("lowrank_adapter").strategy is Strategy.FAST
+    assert library.current("lowrank_adapter", MNIST1D).strategy is Strategy.FAST
     assert forge.wal.status().open_txids == [] and forge.wal.status().aborts_total == 1
 
 

@@ -39,6 +39,7 @@ from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.forge.service import ForgeWorkerService, WorkerSettings
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.catalog_db import PgCatalog
 from esper_tui.engine.library.objects import open_store
 from esper_tui.engine.library.shared import SharedLibrary
@@ -108,8 +109,7 @@ def job(
         blueprint_id=blueprint_id,
         strategy=Strategy.STANDARD,
         artifact_key=key,
-        in_features=IN_FEATURES,
-        out_features=OUT_FEATURES,
+        shape=vector(IN_FEATURES, OUT_FEATURES).tag,
         force=force,
         timeout_s=60.0,
         issued_ts=time.time() - age_s,
@@ -350,7 +350,7 @@ def my_key() -> str:
     """The artifact key a worker of IDENTITY computes for the test blueprint."""
     bp = Catalog().get(KERNEL_BLUEPRINT)
     strategy = Strategy.STANDARD
-    return artifact_key(bp.ir_hash(), settings_for(strategy), strategy, IDENTITY, IN_FEATURES, OUT_FEATURES)
+    return artifact_key(bp.ir_hash(), settings_for(strategy), strategy, IDENTITY, vector(IN_FEATURES, OUT_FEATURES))
 
 
 async def test_a_job_for_another_key_fails_with_the_reason_and_is_acked(channel, start_worker):

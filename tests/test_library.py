@@ -6,6 +6,7 @@ Artifacts are copies of the session's one real inductor compile (conftest `commi
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -24,12 +25,14 @@ from esper_tui.engine.kernels.compiled import KernelError
 from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library import store as library_mod
-from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+from esper_tui.engine.library.meta import LEGACY_SHAPE, ArtifactMeta, KernelBuild
 from esper_tui.engine.library.signing import SigningKeyError, SigningKeyMissing, load_key, load_or_create_key
-from esper_tui.engine.library.store import ArtifactInvalid, Library
+from esper_tui.engine.library.store import ArtifactInvalid, Library, version_dir_name
 from esper_tui.engine.training.kernel_source import KernelUnavailable
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from tests.conftest import KERNEL_BLUEPRINT
+
+MNIST1D = vector(40, 64)  # the shape the session kernel was compiled for
 
 KEY = bytes(range(32))
 K1 = hashlib.sha256(b"one").hexdigest()
@@ -61,7 +64,7 @@ def lib(state_dir, fake_clock, quarantined, identity) -> Library:
 
 
 def _dir(lib: Library, meta: ArtifactMeta) -> Path:
-    return lib.root / "artifacts" / meta.blueprint_id / f"v{meta.version:04d}-{meta.artifact_id[:12]}"
+    return lib.root / "artifacts" / meta.blueprint_id / version_dir_name(meta)
 
 
 def _flip_byte(path: Path, at: int = -1) -> None:
@@ -92,10 +95,10 @@ def test_commit_makes_version_1_then_2_and_current_serves_newest(lib, commit_art
 
     m2 = commit_artifact(lib, key=K2)
     assert m2.version == 2
-    assert lib.current("mlp_block").version == 2
-    assert lib.current("mlp_block", key=K1).version == 1  # an older version by its key
-    assert lib.current("mlp_block", key=K3) is None
-    assert lib.current("gated_block") is None
+    assert lib.current("mlp_block", MNIST1D).version == 2
+    assert lib.current("mlp_block", MNIST1D, key=K1).version == 1  # an older version by its key
+    assert lib.current("mlp_block", MNIST1D, key=K3) is None
+    assert lib.current("gated_block", MNIST1D) is None
     assert [p.name for p in lib.version_dirs()] == [_dir(lib, m1).name, _dir(lib, m2).name]
     for meta in (m1, m2):
         read, blobs = lib.read_verified(_dir(lib, meta))
@@ -190,7 +193,7 @@ def test_tampered_newest_is_quarantined_and_current_falls_back(lib, commit_artif
     m1 = commit_artifact(lib, key=K1)
     m2 = commit_artifact(lib, key=K2)
     _alter_weights(_dir(lib, m2))
-    assert lib.current("mlp_block") == m1
+    assert lib.current("mlp_block", MNIST1D) == m1
     assert not _dir(lib, m2).exists()
     moved = list((lib.root / "quarantine").iterdir())
     assert len(moved) == 1
@@ -202,14 +205,14 @@ def test_tampered_newest_is_quarantined_and_current_falls_back(lib, commit_artif
     assert len(quarantined) == 1
     assert quarantined[0][:2] == ("mlp_block", _dir(lib, m2).name) and "weights" in quarantined[0][2]
     # Asked again: the good version, and nothing more is quarantined.
-    assert lib.current("mlp_block") == m1
+    assert lib.current("mlp_block", MNIST1D) == m1
     assert len(quarantined) == 1
 
 
 def test_all_versions_bad_gives_none(lib, commit_artifact, quarantined):
     m1 = commit_artifact(lib, key=K1)
     _remove_function(_dir(lib, m1))
-    assert lib.current("mlp_block") is None
+    assert lib.current("mlp_block", MNIST1D) is None
     assert [q[1] for q in quarantined] == [_dir(lib, m1).name]
     assert lib.version_dirs() == []
 
@@ -218,10 +221,10 @@ def test_commit_after_an_undecodable_newest_version(lib, commit_artifact):
     commit_artifact(lib, key=K1)
     m2 = commit_artifact(lib, key=K2)
     (_dir(lib, m2) / "meta.json").write_bytes(b"\x00garbage")
-    assert lib.current("mlp_block").version == 1
+    assert lib.current("mlp_block", MNIST1D).version == 1
     m3 = commit_artifact(lib, key=K2)  # the forge recompiling the same key: OSError ENOTEMPTY today
     assert m3.version == 3
-    assert lib.current("mlp_block") == m3
+    assert lib.current("mlp_block", MNIST1D) == m3
 
 
 def test_quarantine_twice_in_the_same_second(lib, commit_artifact, monkeypatch):
@@ -229,7 +232,7 @@ def test_quarantine_twice_in_the_same_second(lib, commit_artifact, monkeypatch):
     for _ in range(2):
         m = commit_artifact(lib, key=K1)  # version numbers come back after a quarantine: same name again
         _alter_weights(_dir(lib, m))
-        assert lib.current("mlp_block") is None
+        assert lib.current("mlp_block", MNIST1D) is None
     assert len(list((lib.root / "quarantine").iterdir())) == 2
 
 
@@ -248,7 +251,7 @@ def test_ranked_orders_by_served_step_time_and_by_tag_filters(lib, commit_artifa
         ("lowrank_adapter", 1.0),
     ]
     assert [m.blueprint_id for m in lib.by_tag("cheap")] == ["depthwise_conv", "lowrank_adapter"]
-    assert [m.blueprint_id for m in lib.ranked("conv")] == ["depthwise_conv"]
+    assert [m.blueprint_id for m in lib.ranked(tag="conv")] == ["depthwise_conv"]
     assert lib.by_tag("attention") == []
     assert {m.blueprint_id: m.version for m in lib.all_current()} == {
         "mlp_block": 2,
@@ -268,7 +271,7 @@ def test_clean_staging_removes_leftovers(lib, commit_artifact):
     assert left.name in removed and str(tmp) in removed
     assert list((lib.root / "staging").iterdir()) == []
     assert not tmp.exists()
-    assert _dir(lib, m).is_dir() and lib.current("mlp_block") == m  # committed versions untouched
+    assert _dir(lib, m).is_dir() and lib.current("mlp_block", MNIST1D) == m  # committed versions untouched
     assert lib.clean_staging() == []
 
 
@@ -277,7 +280,7 @@ def test_clean_staging_removes_leftovers(lib, commit_artifact):
 
 def test_load_goes_through_the_ttl_cache(lib, commit_artifact, fake_clock, kernel_threads):
     m = commit_artifact(lib, key=K1)
-    kernel, meta = lib.load("mlp_block")
+    kernel, meta = lib.load("mlp_block", MNIST1D)
     assert meta == m and kernel.label == "inductor:default"
     assert (lib.stats.cache_hits, lib.stats.cache_misses) == (0, 1)
 
@@ -285,21 +288,21 @@ def test_load_goes_through_the_ttl_cache(lib, commit_artifact, fake_clock, kerne
     x = torch.randn(5, 40)
     assert torch.allclose(kernel(module, x), module(x), atol=1e-5)
 
-    again, _ = lib.load("mlp_block")
+    again, _ = lib.load("mlp_block", MNIST1D)
     assert again is kernel
     assert (lib.stats.cache_hits, lib.stats.cache_misses) == (1, 1)
     assert lib.stats.hit_rate == 0.5
 
     fake_clock.advance(59)
-    assert lib.load("mlp_block")[0] is kernel
+    assert lib.load("mlp_block", MNIST1D)[0] is kernel
     assert lib.expire() == 0
     fake_clock.advance(2)  # past the 60 s TTL
     assert lib.expire() == 1
-    third, _ = lib.load("mlp_block")
+    third, _ = lib.load("mlp_block", MNIST1D)
     assert (lib.stats.cache_hits, lib.stats.cache_misses) == (2, 2)
     assert lib.stats.hit_rate == 0.5
     fake_clock.advance(61)
-    lib.load("mlp_block")  # expired entries miss even without expire()
+    lib.load("mlp_block", MNIST1D)  # expired entries miss even without expire()
     assert lib.stats.cache_misses == 3
     assert lib.drop_cache() == 1
     assert third is not None
@@ -307,9 +310,9 @@ def test_load_goes_through_the_ttl_cache(lib, commit_artifact, fake_clock, kerne
 
 def test_load_of_a_new_version_misses_the_cache(lib, commit_artifact, kernel_threads):
     commit_artifact(lib, key=K1)
-    lib.load("mlp_block")
+    lib.load("mlp_block", MNIST1D)
     commit_artifact(lib, key=K2)
-    _, meta = lib.load("mlp_block")
+    _, meta = lib.load("mlp_block", MNIST1D)
     assert meta.version == 2
     assert lib.stats.cache_misses == 2 and lib.stats.cache_hits == 0
 
@@ -318,19 +321,19 @@ def test_load_refuses_and_quarantines_a_tampered_kernel(lib, commit_artifact):
     m = commit_artifact(lib, key=K1)
     _alter_kernel(_dir(lib, m))
     with pytest.raises(ArtifactInvalid, match="does not match"):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
     assert not _dir(lib, m).exists() and lib.stats.quarantined == 1
     with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
 
 
 def test_a_load_past_the_ttl_verifies_again_and_reuses_the_deserialised_kernel(
     lib, commit_artifact, fake_clock, quarantined, kernel_threads
 ):
     m = commit_artifact(lib, key=K1)
-    kernel, _ = lib.load("mlp_block")
+    kernel, _ = lib.load("mlp_block", MNIST1D)
     fake_clock.advance(61)  # past the TTL: the next load reads and checks every file again
-    again, meta = lib.load("mlp_block")
+    again, meta = lib.load("mlp_block", MNIST1D)
     assert again is kernel and meta == m
     assert (lib.stats.cache_misses, lib.stats.reused) == (2, 1)
     module = Catalog().get("mlp_block").build(vector(40, 64))
@@ -338,7 +341,7 @@ def test_a_load_past_the_ttl_verifies_again_and_reuses_the_deserialised_kernel(
     assert torch.allclose(again(module, x), module(x), atol=1e-5)
 
     lib.drop_cache()  # the memory breaker's cleanup: deserialised kernels go too
-    assert lib.load("mlp_block")[0] is not kernel
+    assert lib.load("mlp_block", MNIST1D)[0] is not kernel
 
 
 @pytest.mark.parametrize(
@@ -348,11 +351,11 @@ def test_a_kernel_deserialised_before_is_still_refused_when_its_bytes_change(
     lib, commit_artifact, fake_clock, quarantined, kernel_threads, tamper, message
 ):
     m = commit_artifact(lib, key=K1)
-    lib.load("mlp_block")
+    lib.load("mlp_block", MNIST1D)
     tamper(_dir(lib, m))
     fake_clock.advance(61)
     with pytest.raises(ArtifactInvalid, match=message):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
     assert [q[1] for q in quarantined] == [_dir(lib, m).name] and lib.stats.reused == 0
 
 
@@ -416,6 +419,58 @@ def test_sign_and_verify():
 # ---------------------------------------------------------------------------------- verified identity == location
 
 
+def test_two_shapes_and_another_device_of_one_blueprint_are_kept_apart(lib, commit_artifact, quarantined):
+    small = vector(12, 8)
+    m1 = commit_artifact(lib, key=K1)
+    m2 = commit_artifact(lib, key=K2, shape=small.tag)
+    gpu = commit_artifact(lib, key=K3, device="cuda")  # a GPU engine's kernel in the same state directory
+    assert [_dir(lib, m).name for m in (m1, m2, gpu)] == [
+        f"v0001-40-64-cpu-{K1[:12]}",
+        f"v0002-12-8-cpu-{K2[:12]}",
+        f"v0003-40-64-cuda-{K3[:12]}",
+    ]
+    assert lib.current("mlp_block", MNIST1D) == m1  # not the newer kernel of another shape or device
+    assert lib.current("mlp_block", small) == m2
+    assert lib.current("mlp_block", small, key=K1) is None
+    assert lib.current("mlp_block", vector(12, 9)) is None
+    assert sorted(m.artifact_id for m in lib.ranked()) == sorted([K1, K2])
+    assert lib.ranked(small) == [m2] and lib.ranked(MNIST1D) == [m1]
+    assert lib.load("mlp_block", small)[1] == m2 and lib.load("mlp_block", MNIST1D)[1] == m1
+    assert quarantined == [] and all(reason is None for _, reason in lib.verify_all())
+    assert [label.split("/")[1].split("-")[1:-1] for label, _ in lib.verify_all()] == [
+        ["40", "64", "cpu"],
+        ["12", "8", "cpu"],
+        ["40", "64", "cuda"],
+    ]
+    # the name is signed: a kernel renamed to claim another shape is refused, never served for it
+    renamed = _dir(lib, m2).with_name(f"v0002-12-9-cpu-{K2[:12]}")
+    _dir(lib, m2).rename(renamed)
+    assert lib.current("mlp_block", vector(12, 9)) is None
+    assert quarantined and "signed as mlp_block/v0002-12-8-cpu-" in quarantined[-1][2]
+    # and a kernel re-signed as another device's is refused where it claims to be this device's
+    _resign(_dir(lib, m1), device="cuda")
+    with pytest.raises(ArtifactInvalid, match=f"signed as mlp_block/v0001-40-64-cuda-{K1[:12]}"):
+        lib.load("mlp_block", MNIST1D)
+
+
+def test_a_kernel_stored_before_shapes_is_the_40_64_kernel_of_a_cpu(lib, commit_artifact, quarantined):
+    """A version directory named vNNNN-<key12> whose signed metadata has no shape: read as LEGACY_SHAPE."""
+    m = commit_artifact(lib, key=K1)
+    legacy = _dir(lib, m).with_name(f"v0001-{K1[:12]}")
+    _dir(lib, m).rename(legacy)
+    raw = json.loads((legacy / "meta.json").read_bytes())
+    del raw["shape"]  # what a library written before shapes holds
+    data = json.dumps(raw, indent=2).encode()
+    (legacy / "meta.json").write_bytes(data)
+    (legacy / "meta.sig").write_text(signing.sign(KEY, data))
+    old = lib.current("mlp_block", LEGACY_SHAPE)
+    assert old is not None and old.shape == "" and old.slot_shape == LEGACY_SHAPE == vector(40, 64)
+    assert lib.current("mlp_block", vector(12, 8)) is None
+    assert lib.ranked() == [old] and lib.load("mlp_block", MNIST1D)[1] == old
+    assert lib.verify_all() == [(f"mlp_block/v0001-{K1[:12]}", None)] and quarantined == []
+    assert old.build().shape == "40-64"  # copied into another library, it is stored under its shape
+
+
 def _resign(d: Path, **changes: object) -> None:
     """Rewrite a version's meta.json with `changes` and sign it with the test key: valid, just not what it was."""
     meta = msgspec.json.decode((d / "meta.json").read_bytes(), type=ArtifactMeta)
@@ -436,11 +491,11 @@ def test_a_signed_artifact_copied_under_another_blueprint_is_quarantined_not_loa
     shutil.copytree(attention, copy)
     assert [m.blueprint_id for m in lib.all_current()] == ["attention_block"]  # listing ignores the copy too
     with pytest.raises(ArtifactInvalid, match="signed as attention_block/"):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
     assert not copy.exists() and attention.is_dir()
     assert [q[:2] for q in quarantined] == [("mlp_block", attention.name)]
     assert "copied or renamed" in _quarantine_notes(lib)[0]
-    assert lib.current("attention_block").artifact_id == K1  # the original is untouched
+    assert lib.current("attention_block", MNIST1D).artifact_id == K1  # the original is untouched
     assert lib.verify(attention) is None
 
 
@@ -458,7 +513,7 @@ def test_a_meta_whose_version_disagrees_with_its_directory_is_quarantined(lib, c
     with pytest.raises(KernelUnavailable, match="signed as mlp_block/v0007" if signed else "signature mismatch"):
         source.load("mlp_block", vector(40, 64))
     assert not d2.exists() and [q[1] for q in quarantined] == [d2.name]
-    assert lib.current("mlp_block") == m1  # the older version serves from here on
+    assert lib.current("mlp_block", MNIST1D) == m1  # the older version serves from here on
     assert lib.verify(_dir(lib, m1)) is None
 
 
@@ -477,7 +532,7 @@ def test_quarantine_of_a_vanished_version_is_a_no_op(lib, quarantined):
 
 def test_load_of_an_unknown_blueprint_raises_artifact_invalid(lib):
     with pytest.raises(ArtifactInvalid, match="no such blueprint"):
-        lib.load("no_such_block")
+        lib.load("no_such_block", MNIST1D)
 
 
 def test_a_signed_meta_of_another_schema_is_invalid_not_a_crash(lib, commit_artifact):
@@ -509,7 +564,6 @@ def _other_options(**changes: object) -> Callable[[ArtifactMeta], dict[str, obje
         pytest.param(lambda _m: {"cpu_isa": "VecAVX512"}, "CPU ISA 'VecAVX512'", id="cpu-isa"),
         pytest.param(lambda _m: {"torch_version": "2.0.0"}, "torch '2.0.0'", id="torch"),
         pytest.param(lambda _m: {"python_version": "3.9.0"}, "Python '3.9.0'", id="python"),
-        pytest.param(lambda _m: {"device": "cuda"}, "device 'cuda'", id="device"),
         pytest.param(_other_options(compiler="clang++ 0123456789abcdef"), "compiler 'clang++", id="compiler"),
         pytest.param(_other_options(num_threads=97), "threads 97", id="threads"),
         pytest.param(lambda _m: {"options": {}}, "threads None", id="no-threads-recorded"),
@@ -523,12 +577,12 @@ def test_load_quarantines_a_kernel_built_for_another_identity(lib, commit_artifa
     _resign(d, **changes(meta))
     assert lib.verify(d) is None  # the signature and files are fine: it is the identity that is wrong
     with pytest.raises(ArtifactInvalid, match=f"built for .*{reason}" if "source" not in reason else reason):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
     assert not d.exists()
     assert len(quarantined) == 1 and quarantined[0][:2] == ("mlp_block", d.name) and reason in quarantined[0][2]
     assert reason in _quarantine_notes(lib)[0]
     with pytest.raises(ArtifactInvalid, match="no compiled kernel"):
-        lib.load("mlp_block")
+        lib.load("mlp_block", MNIST1D)
 
 
 def test_commit_signs_what_the_typed_build_says(lib, commit_artifact, compiled_kernel):
@@ -603,7 +657,7 @@ def test_commit_refuses_special_files_in_staging_without_holding_the_lock(lib, c
     assert isinstance(outcome, ArtifactInvalid), outcome
     assert str(outcome).startswith("staged ") and what in str(outcome)
     assert not staged.exists()
-    assert lib.current("mlp_block") == m1  # nothing was committed, and the lock is free
+    assert lib.current("mlp_block", MNIST1D) == m1  # nothing was committed, and the lock is free
     assert commit_artifact(lib, key=K3).version == 2
 
 
@@ -615,7 +669,7 @@ def test_load_does_not_block_on_a_fifo_in_a_stored_version(lib, commit_artifact,
 
     def run() -> None:
         try:
-            lib.load("mlp_block")
+            lib.load("mlp_block", MNIST1D)
         except BaseException as exc:
             outcome.append(exc)
 
@@ -697,9 +751,9 @@ def test_a_library_opened_with_another_key_is_refused_and_quarantines_nothing(st
     assert list((state_dir / "library" / "quarantine").iterdir()) == []
     stranger = Library(state_dir / "library", OTHER_KEY, Catalog())  # past the start check: still no quarantine
     with pytest.raises(KernelError, match="not the library's"):
-        stranger.current(KERNEL_BLUEPRINT)
+        stranger.current(KERNEL_BLUEPRINT, MNIST1D)
     assert list((state_dir / "library" / "quarantine").iterdir()) == []
-    assert open_library(LibraryConfig(), state_dir, KEY, Catalog()).current(KERNEL_BLUEPRINT) == meta
+    assert open_library(LibraryConfig(), state_dir, KEY, Catalog()).current(KERNEL_BLUEPRINT, MNIST1D) == meta
 
 
 def test_a_library_from_before_the_record_is_adopted_only_by_its_own_key(state_dir, commit_artifact):

@@ -56,8 +56,7 @@ def request(blueprint_id: str, strategy: Strategy, out_dir: Path) -> CompileRequ
     return CompileRequest(
         job_id=uuid.uuid4().hex,
         blueprint_id=blueprint_id,
-        in_features=40,
-        out_features=64,
+        shape="40-64",
         strategy=strategy,
         backend=s.backend,
         mode=s.mode,

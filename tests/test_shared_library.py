@@ -35,6 +35,8 @@ from esper_tui.engine.library.shared import SharedLibrary
 from esper_tui.engine.library.store import ArtifactInvalid, Identity, Library
 from tests.conftest import IN_FEATURES, KERNEL_BLUEPRINT, OUT_FEATURES, SessionKernel, kernel_build
 
+MNIST1D = vector(40, 64)  # the shape the session kernel was compiled for
+
 KEY = bytes(range(32))
 K1 = hashlib.sha256(b"one").hexdigest()
 K2 = hashlib.sha256(b"two").hexdigest()
@@ -106,7 +108,7 @@ def machine(services: Services, tmp_path: Path, identity: Identity) -> Iterator[
 
 
 def label(meta: ArtifactMeta) -> str:
-    return f"{meta.blueprint_id}/v{meta.version:04d}-{meta.artifact_id[:12]}"
+    return f"{meta.blueprint_id}/v{meta.version:04d}-{meta.slot_shape.tag}-{meta.artifact_id[:12]}"
 
 
 def only_row(lib: SharedLibrary) -> KernelRow:
@@ -124,13 +126,14 @@ def commit(
     job_id: str = "",
     force: bool = False,
     extra: dict[str, bytes] | None = None,
+    shape: str = MNIST1D.tag,
 ) -> ArtifactMeta:
     """Commit a copy of the session kernel, as a forge worker does after a compile (`extra`: files of its own)."""
     staged = kernel.copy_to(lib.new_staging_dir(blueprint_id))
     for name, data in (extra or {}).items():
         (staged / name).write_bytes(data)
     return lib.commit(
-        staged, blueprint_id=blueprint_id, key=key, build=kernel_build(kernel), job_id=job_id, force=force
+        staged, blueprint_id=blueprint_id, key=key, build=kernel_build(kernel, shape=shape), job_id=job_id, force=force
     )
 
 
@@ -139,6 +142,25 @@ def assert_runs(kernel: LoadedKernel) -> None:
     module = Catalog().get(KERNEL_BLUEPRINT).build(vector(IN_FEATURES, OUT_FEATURES))
     x = torch.randn(5, IN_FEATURES)
     assert torch.allclose(kernel(module, x), module(x), atol=1e-5)
+
+
+def test_two_shapes_of_one_blueprint_are_kept_apart_across_machines(machine, compiled_kernel) -> None:
+    a, b = machine("a"), machine("b")
+    small = vector(12, 8)
+    m1 = commit(a.lib, compiled_kernel, key=K1)
+    m2 = commit(a.lib, compiled_kernel, key=K2, shape=small.tag)
+    m3 = commit(a.lib, compiled_kernel, key=K3)  # a newer 40-64 kernel must not hide the 12-8 one
+    assert [(r.version, r.shape) for r in b.lib.db.versions()] == [(1, "40-64"), (2, "12-8"), (3, "40-64")]
+    assert (m2.shape, m2.slot_shape) == ("12-8", small)
+    assert b.lib.current(KERNEL_BLUEPRINT, MNIST1D) == m3 and b.lib.current(KERNEL_BLUEPRINT, small) == m2
+    assert b.lib.current(KERNEL_BLUEPRINT, small, key=K1) is None
+    assert b.lib.current(KERNEL_BLUEPRINT, vector(12, 9)) is None
+    assert sorted(m.artifact_id for m in b.lib.ranked()) == sorted([K2, K3])
+    assert b.lib.ranked(small) == [m2] and b.lib.ranked(MNIST1D) == [m3]
+    assert b.lib.load(KERNEL_BLUEPRINT, small)[1] == m2 and b.lib.load(KERNEL_BLUEPRINT, MNIST1D)[1] == m3
+    assert [lbl for lbl, reason in b.lib.verify_all() if reason is None] == [label(m) for m in (m1, m2, m3)]
+    b.lib.quarantine_row(b.lib.db.versions()[1], "test")  # the 12-8 kernel, for every machine
+    assert a.lib.current(KERNEL_BLUEPRINT, small) is None and a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == m3
 
 
 def execute(url: str, query: Any, params: tuple[object, ...]) -> None:
@@ -187,12 +209,12 @@ def test_commit_then_load_serves_a_working_verified_kernel(machine, compiled_ker
         assert hashlib.sha256(data).hexdigest() == f.sha256 and len(data) == f.size
         assert a.lib.blobs.has(f.sha256)
 
-    kernel, loaded = a.lib.load(KERNEL_BLUEPRINT)
+    kernel, loaded = a.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert loaded == meta and kernel.label == "inductor:default"
     assert_runs(kernel)
-    assert a.lib.load(KERNEL_BLUEPRINT)[0] is kernel  # the TTL cache
+    assert a.lib.load(KERNEL_BLUEPRINT, MNIST1D)[0] is kernel  # the TTL cache
     assert (a.lib.stats.cache_hits, a.lib.stats.cache_misses) == (1, 1)
-    assert a.lib.current(KERNEL_BLUEPRINT) == meta and a.lib.ranked() == [meta]
+    assert a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == meta and a.lib.ranked() == [meta]
     assert a.lib.verify_all() == [(label(meta), None)]
     assert a.quarantined == []
 
@@ -203,7 +225,7 @@ def test_another_machine_downloads_once_then_loads_from_its_blob_cache(machine, 
     digests = [f.sha256 for f in meta.files]
     assert not any(b.lib.blobs.has(d) for d in digests)
 
-    first, loaded = b.lib.load(KERNEL_BLUEPRINT)  # downloads, verifies, keeps
+    first, loaded = b.lib.load(KERNEL_BLUEPRINT, MNIST1D)  # downloads, verifies, keeps
     assert loaded == meta
     assert_runs(first)
     assert all(b.lib.blobs.has(d) for d in digests)
@@ -213,7 +235,7 @@ def test_another_machine_downloads_once_then_loads_from_its_blob_cache(machine, 
     for d in digests:  # the store loses every blob: the cached load must not need it
         client.delete_object(Bucket=b.s3.bucket, Key=b.s3.key(d))
     assert not any(b.s3.has(d) for d in digests)
-    again, loaded = b.lib.load(KERNEL_BLUEPRINT)
+    again, loaded = b.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert again is not first and loaded == meta
     assert_runs(again)
     assert b.lib.stats.cache_misses == 2 and b.quarantined == []
@@ -236,7 +258,7 @@ def test_commit_is_idempotent_by_job_id_and_by_key_unless_forced(machine, compil
     forced = commit(b.lib, compiled_kernel, key=K1, job_id="job-3", force=True)
     assert forced.version == 2 and forced.artifact_id == K1
     assert [r.version for r in a.lib.db.versions()] == [1, 2]
-    assert a.lib.current(KERNEL_BLUEPRINT) == forced
+    assert a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == forced
     for m in (a, b):
         assert list((m.lib.blobs.root.parent / "staging").iterdir()) == []
 
@@ -257,7 +279,7 @@ def test_altered_metadata_is_refused_and_quarantined_for_every_machine(machine, 
     assert a.lib.ranked() == []  # left out before anything loads it
 
     with pytest.raises(ArtifactInvalid, match="signature mismatch") as exc:
-        a.lib.load(KERNEL_BLUEPRINT)
+        a.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert one_line(exc).startswith(label(meta))
     row = only_row(a.lib)
     assert row.quarantined and "signature mismatch" in row.quarantine_reason
@@ -265,9 +287,9 @@ def test_altered_metadata_is_refused_and_quarantined_for_every_machine(machine, 
     assert a.lib.stats.quarantined == 1
 
     b = machine("b")  # another engine sees the quarantine without loading anything
-    assert b.lib.current(KERNEL_BLUEPRINT) is None
-    with pytest.raises(ArtifactInvalid, match="no compiled kernel for this machine"):
-        b.lib.load(KERNEL_BLUEPRINT)
+    assert b.lib.current(KERNEL_BLUEPRINT, MNIST1D) is None
+    with pytest.raises(ArtifactInvalid, match="no compiled kernel for 40-64 on this machine"):
+        b.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert b.quarantined == []
     assert b.lib.verify_all() == []  # quarantined versions are not listed
 
@@ -284,10 +306,10 @@ def test_a_validly_signed_row_replayed_as_a_newer_version_is_quarantined(machine
         (),
     )
     with pytest.raises(ArtifactInvalid, match="signed as mlp_block v1"):
-        a.lib.load(KERNEL_BLUEPRINT)
+        a.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert [(r.version, r.quarantined) for r in a.lib.db.versions()] == [(1, False), (2, True)]
     assert [q[1] for q in a.quarantined] == [label(v2).split("/")[1]]
-    assert a.lib.load(KERNEL_BLUEPRINT)[1] == v1  # the newest live version serves again
+    assert a.lib.load(KERNEL_BLUEPRINT, MNIST1D)[1] == v1  # the newest live version serves again
 
 
 def test_a_blob_overwritten_in_the_store_is_refused_on_a_fresh_cache(machine, compiled_kernel, s3_client):
@@ -298,13 +320,13 @@ def test_a_blob_overwritten_in_the_store_is_refused_on_a_fresh_cache(machine, co
 
     b = machine("b")
     with pytest.raises(ArtifactInvalid, match=f"{victim.name}: .*holds bytes that hash to") as exc:
-        b.lib.load(KERNEL_BLUEPRINT)
+        b.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     one_line(exc)
     assert not b.lib.blobs.has(victim.sha256)  # the bad bytes never reached the cache
     row = only_row(b.lib)
     assert row.quarantined and victim.name in row.quarantine_reason
     assert len(b.quarantined) == 1 and b.quarantined[0][:2] == (KERNEL_BLUEPRINT, label(meta).split("/")[1])
-    assert a.lib.current(KERNEL_BLUEPRINT) is None  # the machine that committed it sees the quarantine too
+    assert a.lib.current(KERNEL_BLUEPRINT, MNIST1D) is None  # the machine that committed it sees the quarantine too
 
 
 def test_verify_all_reads_the_store_and_names_only_the_corrupt_version(machine, compiled_kernel, s3_client):
@@ -343,11 +365,11 @@ def test_an_unreachable_store_is_a_kernel_error_not_a_cluster_wide_quarantine(
     )
     try:
         with pytest.raises(KernelError, match="cannot connect"):
-            offline.load(KERNEL_BLUEPRINT)
+            offline.load(KERNEL_BLUEPRINT, MNIST1D)
     finally:
         offline.close()
     assert quarantined == []
-    assert not only_row(a.lib).quarantined and a.lib.current(KERNEL_BLUEPRINT) == meta
+    assert not only_row(a.lib).quarantined and a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == meta
 
 
 def test_an_unreachable_catalog_at_load_is_a_kernel_error(machine, compiled_kernel, services, kernel_threads):
@@ -356,7 +378,7 @@ def test_an_unreachable_catalog_at_load_is_a_kernel_error(machine, compiled_kern
     commit(a.lib, compiled_kernel, key=K1)
     catalog_outage(services.catalog_url)
     with pytest.raises(KernelError, match="cannot connect") as exc:
-        a.lib.load(KERNEL_BLUEPRINT)
+        a.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     one_line(exc)
     assert a.quarantined == [] and a.lib.stats.quarantined == 0
 
@@ -370,10 +392,10 @@ def test_another_identity_sees_nothing_and_quarantines_nothing(machine, compiled
     other = dataclasses.replace(identity, threads=identity.threads + 7)
     b = machine("b", identity=other)
 
-    assert b.lib.current(KERNEL_BLUEPRINT) is None and b.lib.current(KERNEL_BLUEPRINT, key=K1) is None
+    assert b.lib.current(KERNEL_BLUEPRINT, MNIST1D) is None and b.lib.current(KERNEL_BLUEPRINT, MNIST1D, key=K1) is None
     assert b.lib.ranked() == [] and a.lib.ranked() == [mine]
-    with pytest.raises(ArtifactInvalid, match="no compiled kernel for this machine"):
-        b.lib.load(KERNEL_BLUEPRINT)
+    with pytest.raises(ArtifactInvalid, match="no compiled kernel for 40-64 on this machine"):
+        b.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert b.quarantined == [] and not only_row(a.lib).quarantined
 
     theirs = b.lib.commit(
@@ -383,9 +405,9 @@ def test_another_identity_sees_nothing_and_quarantines_nothing(machine, compiled
         build=kernel_build(compiled_kernel, threads=other.threads),
     )
     assert theirs.version == 2  # one numbering per blueprint, whoever built it
-    assert a.lib.current(KERNEL_BLUEPRINT) == mine and b.lib.current(KERNEL_BLUEPRINT) == theirs
+    assert a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == mine and b.lib.current(KERNEL_BLUEPRINT, MNIST1D) == theirs
     assert a.lib.ranked() == [mine] and b.lib.ranked() == [theirs]
-    kernel, loaded = a.lib.load(KERNEL_BLUEPRINT)
+    kernel, loaded = a.lib.load(KERNEL_BLUEPRINT, MNIST1D)
     assert loaded == mine
     assert_runs(kernel)
     assert a.quarantined == [] and b.quarantined == []
@@ -492,7 +514,7 @@ def test_an_engine_with_another_key_is_refused_and_quarantines_nothing(machine, 
     text = one_line(exc)
     assert fingerprint(KEY) in text and fingerprint(OTHER_KEY) in text
     assert KEY.hex() not in text and OTHER_KEY.hex() not in text  # fingerprints only, never a key
-    assert not only_row(a.lib).quarantined and a.lib.current(KERNEL_BLUEPRINT) == meta
+    assert not only_row(a.lib).quarantined and a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == meta
 
 
 def test_a_foreign_key_never_quarantines_even_past_the_start_check(machine, compiled_kernel, services, identity):
@@ -512,14 +534,14 @@ def test_a_foreign_key_never_quarantines_even_past_the_start_check(machine, comp
     )
     try:
         with pytest.raises(KernelError, match=f"{fingerprint(OTHER_KEY)}.*{fingerprint(KEY)}"):
-            stranger.current(KERNEL_BLUEPRINT)
+            stranger.current(KERNEL_BLUEPRINT, MNIST1D)
         with pytest.raises(KernelError, match="not the library's"):
-            stranger.load(KERNEL_BLUEPRINT)
+            stranger.load(KERNEL_BLUEPRINT, MNIST1D)
         assert stranger.ranked() == []
     finally:
         stranger.close()
     assert quarantined == [] and not only_row(a.lib).quarantined
-    assert a.lib.current(KERNEL_BLUEPRINT) == meta
+    assert a.lib.current(KERNEL_BLUEPRINT, MNIST1D) == meta
 
 
 def test_the_first_process_records_the_library_key(machine, services):

@@ -86,8 +86,7 @@ def request(out_dir: Path, source: str, class_name: str = "Bp", strategy: Strate
     return CompileRequest(
         job_id=uuid.uuid4().hex,
         blueprint_id="user_bp",
-        in_features=40,
-        out_features=64,
+        shape="40-64",
         strategy=strategy,
         backend=s.backend,
         mode=s.mode,

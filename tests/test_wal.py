@@ -1366,14 +1366,13 @@ def test_forge_recovery_reports_an_unreadable_begin_and_still_aborts_it(tmp_path
         emit=events.append,
         state_dir=tmp_path,
         identity=Identity("torch", "3.11", "cpu", "isa", 1, "cc"),
-        in_features=40,
-        out_features=64,
     )
     forge.recover(report)
     wal.close()
     warnings = [e.message for e in events if isinstance(e, LogLine) and e.level is Level.WARNING]
     assert len(warnings) == 1 and "transaction bad: unreadable BEGIN payload" in warnings[0]
-    assert [e.blueprint_id for e in events if isinstance(e, JobQueued)] == ["mlp_block"]
+    # a BEGIN written before shapes names none: requeued for the 40-64 shape it was compiling
+    assert [(e.blueprint_id, e.shape) for e in events if isinstance(e, JobQueued)] == [("mlp_block", "40-64")]
     after = recover(tmp_path / "wal")
     assert [(t.txid, journal.decode(RT.ABORT, t.end)) for t in after.aborted] == [
         ("bad", journal.JobAborted(recovered=True)),

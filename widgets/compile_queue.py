@@ -1,12 +1,13 @@
-"""Tezzeret's compile queue: one row per blueprint, updated cell by cell.
+"""Tezzeret's compile queue: one row per blueprint and slot shape, updated cell by cell.
 
 A DataTable repaint costs ~38 ms whatever changed (guide section 8), so rows are keyed by blueprint id
-and changed cells are rewritten with `update_cell`; rows are added and removed individually, never
+and shape and changed cells are rewritten with `update_cell`; rows are added and removed individually, never
 cleared and re-added, which also keeps the cursor (the operator's selection) where it was.
 
 A column is either shown whole or not at all: when the table is narrow (an 80-column terminal) the
 least useful columns give way (`column_plan`), and the note stretches over whatever width is left with
-an ellipsis, so no cell is ever cut mid-word at the table's edge.
+an ellipsis, so no cell is ever cut mid-word at the table's edge. The shape column is left out while no
+job names a shape (a recording of an engine from before kernels were kept per shape).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from esper_tui.widgets.panel import SnapshotPanel
 
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("blueprint", "blueprint"),
+    ("shape", "shape"),
     ("strategy", "strategy"),
     ("state", "state"),
     ("time", "time"),
@@ -40,7 +42,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 NOTE_WIDTH = 48
 """Errors can be long tracebacks; the table shows their start (the event log has the rest)."""
 
-PRIORITY: tuple[str, ...] = ("blueprint", "state", "strategy", "time", "step", "note", "ver")
+PRIORITY: tuple[str, ...] = ("blueprint", "state", "strategy", "time", "step", "shape", "note", "ver")
 """Column keys, most useful first: a narrow table drops them from the end of this list."""
 
 KEPT: frozenset[str] = frozenset({"blueprint", "state"})
@@ -57,15 +59,18 @@ Plan = tuple[tuple[str, int], ...]
 """(column key, content width) of the columns shown, in display order."""
 
 
-def column_plan(widths: Mapping[str, int], available: int, padding: int = 1) -> Plan:
+def column_plan(
+    widths: Mapping[str, int], available: int, padding: int = 1, without: frozenset[str] = frozenset()
+) -> Plan:
     """Which columns fit in `available` cells: taken in `PRIORITY` order while they fit whole.
 
     `widths` are the content widths of the fixed columns (the note's is ignored: it takes the rest,
-    at least `NOTE_MIN`). Each column also costs `padding` on both sides.
+    at least `NOTE_MIN`). Each column also costs `padding` on both sides. Columns in `without` have
+    nothing to show and are left out.
     """
     chosen: dict[str, int] = {}
     used = 0
-    for key in PRIORITY:
+    for key in (k for k in PRIORITY if k not in without):
         width = NOTE_MIN if key == "note" else max(widths.get(key, 0), MIN_WIDTHS.get(key, 0))
         if key in KEPT or used + width + 2 * padding <= available:
             chosen[key] = width
@@ -115,6 +120,7 @@ def job_row(job: JobView, now: float) -> Row:
     )
     return (
         Cell(job.blueprint_id),
+        Cell(job.shape, "compile-queue--muted"),
         Cell(job.strategy.value.capitalize()),
         Cell(job_state(job), f"compile-queue--{job.status.value}"),
         Cell(job_time(job, now)),
@@ -127,9 +133,14 @@ def job_row(job: JobView, now: float) -> Row:
     )
 
 
+def row_key(job: JobView) -> str:
+    """A job's row: its blueprint, and its shape when it names one (`mlp_block@40-64`)."""
+    return f"{job.blueprint_id}@{job.shape}" if job.shape else job.blueprint_id
+
+
 class QueueSlice(NamedTuple):
     rows: tuple[tuple[str, Row], ...]
-    """(blueprint id, cells) in snapshot order."""
+    """(row key, cells) in snapshot order."""
 
 
 class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
@@ -179,7 +190,7 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         self.redraw()
 
     def select(self, snapshot: Snapshot) -> QueueSlice:
-        return QueueSlice(tuple((job.blueprint_id, job_row(job, snapshot.ts)) for job in snapshot.forge.jobs))
+        return QueueSlice(tuple((row_key(job), job_row(job, snapshot.ts)) for job in snapshot.forge.jobs))
 
     def draw(self, part: QueueSlice) -> None:
         wanted = dict(part.rows)
@@ -225,10 +236,11 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         available = self.scrollable_content_region.width
         if available <= 0 or not self.is_mounted:
             return
-        plan = column_plan(self.content_widths(), available, self.cell_padding)
+        shapeless = frozenset() if any(row[1].text for row in self._cells.values()) else frozenset({"shape"})
+        plan = column_plan(self.content_widths(), available, self.cell_padding, shapeless)
         if plan == self._plan:
             return
-        selected = self.selected_blueprint()
+        selected = self._selected_key()
         self._plan = plan
         labels = dict(COLUMNS)
         self.clear(columns=True)
@@ -248,12 +260,17 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         style = self.get_component_rich_style(cell.component, partial=True) if cell.component else ""
         return Text(cell.text, style=style, no_wrap=True, overflow="ellipsis")
 
-    def selected_blueprint(self) -> str | None:
-        """The blueprint under the cursor, or None when the queue is empty."""
+    def _selected_key(self) -> str | None:
+        """The row key under the cursor, or None when the queue is empty."""
         if self.row_count == 0:
             return None
         row = min(self.cursor_row, self.row_count - 1)
         return self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+
+    def selected_blueprint(self) -> str | None:
+        """The blueprint under the cursor (whichever shape the row is for), or None when the queue is empty."""
+        key = self._selected_key()
+        return None if key is None else key.split("@", 1)[0]
 
     def blueprint_ids(self) -> list[str]:
         """Row keys in display order (tests use it to prove rows are never duplicated)."""

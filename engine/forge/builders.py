@@ -24,7 +24,7 @@ from esper_tui.engine.forge.sandbox import CompileTimeout, WorkerError, WorkerPo
 from esper_tui.engine.kernels.catalog import BUILTIN_IDS
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.library.base import KernelLibrary
-from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
+from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild, shape_of
 from esper_tui.engine.library.store import Identity
 from esper_tui.engine.library.userbp import UserBlueprintError, as_blueprint
 from esper_tui.engine.vocabulary import Strategy
@@ -39,8 +39,7 @@ class BuildSpec:
     blueprint_id: str
     strategy: Strategy
     key: str
-    in_features: int
-    out_features: int
+    shape: str  # the slot shape's tag
     timeout_s: float
     force: bool = False
     attempt: int = 1
@@ -54,8 +53,7 @@ def job_for(spec: BuildSpec, issuer: str) -> ForgeJob:
         blueprint_id=spec.blueprint_id,
         strategy=spec.strategy,
         artifact_key=spec.key,
-        in_features=spec.in_features,
-        out_features=spec.out_features,
+        shape=spec.shape,
         force=spec.force,
         attempt=spec.attempt,
         reason=spec.reason,
@@ -72,8 +70,7 @@ def spec_for(job: ForgeJob) -> BuildSpec:
         blueprint_id=job.blueprint_id,
         strategy=job.strategy,
         key=job.artifact_key,
-        in_features=job.in_features,
-        out_features=job.out_features,
+        shape=job.shape,
         timeout_s=job.timeout_s,  # conservative mode's longer timeout is already in it
         force=job.force,
         attempt=job.attempt,
@@ -130,8 +127,7 @@ class LocalBuilder:
         request = CompileRequest(
             job_id=spec.job_id,
             blueprint_id=spec.blueprint_id,
-            in_features=spec.in_features,
-            out_features=spec.out_features,
+            shape=spec.shape,
             strategy=spec.strategy,
             backend=settings.backend,
             mode=settings.mode,
@@ -162,7 +158,8 @@ class LocalBuilder:
                 cpu_isa=response.cpu_isa,
                 threads=self.identity.threads,
                 compiler=self.identity.compiler,
-                in_features=spec.in_features,
+                shape=spec.shape,
+                in_features=shape_of(spec.shape).in_shape[0],
                 batch_min=2,
                 batch_max=65536,
                 grad_modes=[True, False],
@@ -228,7 +225,7 @@ class RemoteBuilder:
 
     async def _registered(self, spec: BuildSpec, news: JobNews) -> Built:
         """The version a worker reports, read back from the shared library and verified here."""
-        meta = await asyncio.to_thread(self.library.current, spec.blueprint_id, spec.key)
+        meta = await asyncio.to_thread(self.library.current, spec.blueprint_id, shape_of(spec.shape), spec.key)
         if meta is None:
             raise BuildFailed(f"{news.worker} reported v{news.version}, but no verified version with its key is stored")
         return Built(meta, reused=news.reused, worker=news.worker)

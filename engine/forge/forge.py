@@ -1,5 +1,8 @@
 """Tezzeret, the forge: queue blueprints, compile them in sandboxed workers, store signed kernels.
 
+A job is one blueprint for one slot shape: `set_shapes` names the shapes the training host's slots have,
+and every blueprint that fits one of them is compiled for it (the library keeps a kernel per shape).
+
 Every compile is a WAL transaction: BEGIN (what and why) -> DATA (staged, worker pid) -> COMMIT
 (artifact id and version) or ABORT (error). The library rename happens before COMMIT, so after a
 crash an open transaction means "maybe stored": recovery aborts it and requeues the blueprint, and
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +42,9 @@ from esper_tui.engine.forge.resources import GpuProbe, read_memory
 from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
-from esper_tui.engine.kernels.shapes import vector
+from esper_tui.engine.kernels.shapes import ShapeError, SlotShape
 from esper_tui.engine.library.base import KernelLibrary
-from esper_tui.engine.library.meta import ArtifactMeta
+from esper_tui.engine.library.meta import ArtifactMeta, shape_of
 from esper_tui.engine.library.store import Identity, artifact_key
 from esper_tui.engine.library.userbp import UserBlueprintError, UserStatus
 from esper_tui.engine.streaks import FailureStreak
@@ -55,11 +58,17 @@ REMOTE_IN_FLIGHT = 64  # jobs queued for forge workers at once (the catalog is s
 @dataclass
 class Job:
     blueprint_id: str
+    shape: SlotShape
     requested: Strategy | None
     reason: str
     force: bool = False
     attempt: int = 1
     txid: str = field(default_factory=lambda: os.urandom(8).hex())
+
+    @property
+    def slot(self) -> tuple[str, str]:
+        """What the forge compiles one kernel for: (blueprint id, shape tag)."""
+        return self.blueprint_id, self.shape.tag
 
 
 def worker_pool(config: TezzeretConfig, state_dir: Path, on_warning: Callable[[str], None] | None = None) -> WorkerPool:
@@ -88,8 +97,6 @@ class Forge:
         emit: Emit,
         state_dir: Path,
         identity: Identity,
-        in_features: int,
-        out_features: int,
         gpu: GpuProbe | None = None,
         clock: Clock = time.monotonic,
         pool: WorkerPool | None = None,
@@ -105,14 +112,12 @@ class Forge:
         )
         self.emit = emit
         self.identity = identity
-        self.in_features = in_features
-        self.out_features = out_features
-        self.shape = vector(in_features, out_features)  # the one slot shape kernels are compiled for
+        self.shapes: list[SlotShape] = []  # the slot shapes kernels are compiled for (set_shapes)
         self.gpu = gpu or GpuProbe()
         self.pool = pool or worker_pool(config, state_dir)
         self.builder: Builder = builder or LocalBuilder(library, self.pool, identity)
         self._queue: list[Job] = []
-        self._running: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self.fatal: str | None = None
@@ -132,27 +137,56 @@ class Forge:
     def is_idle(self) -> bool:
         return not self._queue and not self._running
 
-    def enqueue(self, blueprint_id: str, *, reason: str, strategy: Strategy | None = None, force: bool = False) -> bool:
-        """Queue a blueprint unless it is already queued or compiling, or fits no slot. Returns whether it was
-        added."""
+    def enqueue(
+        self,
+        blueprint_id: str,
+        *,
+        reason: str,
+        shape: SlotShape | None = None,
+        strategy: Strategy | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Queue a blueprint for a slot shape (for every shape of `set_shapes` it fits when None), unless it is
+        already queued or compiling for it or does not fit it. Returns whether anything was added."""
         if blueprint_id not in self.catalog:
             self.emit(
                 LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=f"unknown blueprint {blueprint_id!r}")
             )
             return False
-        if not self.catalog.fits(blueprint_id, self.shape):
-            return False
-        if blueprint_id in self._running or any(j.blueprint_id == blueprint_id for j in self._queue):
-            return False
-        job = Job(blueprint_id, strategy, reason, force=force)
-        self._queue.append(job)
-        self._queue.sort(key=lambda j: -self.catalog.get(j.blueprint_id).priority)
-        self.emit(
-            JobQueued(source=Subsystem.TEZZERET, blueprint_id=blueprint_id, strategy=self._strategy(job), reason=reason)
-        )
-        self._idle.clear()
-        self._wake.set()
-        return True
+        shapes = self.shapes if shape is None else [shape]
+        added = False
+        for s in shapes:
+            if not self.catalog.fits(blueprint_id, s):
+                continue
+            job = Job(blueprint_id, s, strategy, reason, force=force)
+            if job.slot in self._running or any(j.slot == job.slot for j in self._queue):
+                continue
+            self._queue.append(job)
+            strategy_now = self._strategy(job)
+            self.emit(
+                JobQueued(
+                    source=Subsystem.TEZZERET,
+                    blueprint_id=blueprint_id,
+                    shape=s.tag,
+                    strategy=strategy_now,
+                    reason=reason,
+                )
+            )
+            added = True
+        if added:
+            self._queue.sort(key=lambda j: -self.catalog.get(j.blueprint_id).priority)
+            self._idle.clear()
+            self._wake.set()
+        return added
+
+    def set_shapes(self, shapes: Iterable[SlotShape], *, scan: bool = True) -> None:
+        """The slot shapes the training host has: from now on every fitting blueprint is compiled for each.
+        With `scan`, each shape not known before is scanned at once (`discover`): kernels already stored are
+        reported, and every fitting blueprint lacking one is queued."""
+        new = [s for s in dict.fromkeys(shapes) if s not in self.shapes]
+        self.shapes += new
+        if scan:
+            self._scan(new)
 
     def _strategy(self, job: Job) -> Strategy:
         return choose_strategy(
@@ -177,32 +211,47 @@ class Forge:
                 self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=message))
             self.wal.abort(tx.txid, journal.encode(journal.JobAborted(recovered=True)))
             if begin is not None:
-                self.enqueue(begin.blueprint_id, reason="resumed from WAL after a crash")
+                try:
+                    shape = shape_of(begin.shape)
+                except ShapeError as exc:
+                    message = f"WAL: transaction {tx.txid}: {exc}; aborted, not requeued"
+                    self.emit(LogLine(source=Subsystem.TEZZERET, level=Level.WARNING, message=message))
+                    continue
+                self.enqueue(begin.blueprint_id, shape=shape, reason="resumed from WAL after a crash")
         for name in self.library.clean_staging():
             self.emit(LogLine(source=Subsystem.URZA, level=Level.INFO, message=f"removed unfinished staging {name}"))
 
     def discover(self) -> None:
-        """Initial full scan: report verified kernels already stored, queue every blueprint without one."""
-        for bp in self.catalog.fitting(self.shape):
-            meta = self.library.current(bp.blueprint_id)
-            if meta is None:
-                self.enqueue(bp.blueprint_id, reason="initial scan")
-            elif (
-                meta.ir_hash,
-                meta.torch_version,
-                meta.cpu_isa,
-                meta.options.get("num_threads"),
-                meta.options.get("compiler"),
-            ) != (
-                bp.ir_hash(),
-                self.identity.torch_version,
-                self.identity.cpu_isa,
-                self.identity.threads,
-                self.identity.compiler,
-            ):
-                self.enqueue(bp.blueprint_id, reason="stale kernel (blueprint, torch or CPU changed)")
-            else:
-                self._compiled(meta, meta.strategy, reused=True)
+        """Full scan of every known shape (`set_shapes`)."""
+        self._scan(self.shapes)
+
+    def _scan(self, shapes: list[SlotShape]) -> None:
+        """Report verified kernels already stored for these shapes; queue every fitting blueprint without one."""
+        for shape in shapes:
+            for bp in self.catalog.fitting(shape):
+                self._scan_one(bp.blueprint_id, shape)
+
+    def _scan_one(self, blueprint_id: str, shape: SlotShape) -> None:
+        bp = self.catalog.get(blueprint_id)
+        meta = self.library.current(bp.blueprint_id, shape)
+        if meta is None:
+            self.enqueue(bp.blueprint_id, shape=shape, reason="initial scan")
+        elif (
+            meta.ir_hash,
+            meta.torch_version,
+            meta.cpu_isa,
+            meta.options.get("num_threads"),
+            meta.options.get("compiler"),
+        ) != (
+            bp.ir_hash(),
+            self.identity.torch_version,
+            self.identity.cpu_isa,
+            self.identity.threads,
+            self.identity.compiler,
+        ):
+            self.enqueue(bp.blueprint_id, shape=shape, reason="stale kernel (blueprint, torch or CPU changed)")
+        else:
+            self._compiled(meta, meta.strategy, reused=True)
 
     # ------------------------------------------------------------------ running
 
@@ -224,7 +273,7 @@ class Forge:
             self._wake.clear()
             while self._queue and len(self._running) < self.max_concurrency() and self._breakers_allow():
                 job = self._queue.pop(0)
-                self._running[job.blueprint_id] = asyncio.create_task(self._run_job(job))
+                self._running[job.slot] = asyncio.create_task(self._run_job(job))
             if self.is_idle():
                 self._idle.set()
             with contextlib.suppress(TimeoutError):
@@ -265,19 +314,24 @@ class Forge:
                     return
             self._failed(job, self._strategy(job), error)
         finally:
-            self._running.pop(job.blueprint_id, None)
+            self._running.pop(job.slot, None)
             self._wake.set()
 
     async def _compile(self, job: Job) -> None:
         bp = self.catalog.get(job.blueprint_id)
         strategy = self._strategy(job)
         settings = settings_for(strategy)
-        key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, self.in_features, self.out_features)
+        key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, job.shape)
         begin = journal.JobBegin(
-            blueprint_id=bp.blueprint_id, strategy=strategy, attempt=job.attempt, key=key, reason=job.reason
+            blueprint_id=bp.blueprint_id,
+            strategy=strategy,
+            attempt=job.attempt,
+            key=key,
+            reason=job.reason,
+            shape=job.shape.tag,
         )
         await self.wal.abegin(job.txid, journal.encode(begin))
-        existing = None if job.force else await asyncio.to_thread(self.library.current, bp.blueprint_id, key)
+        existing = None if job.force else await asyncio.to_thread(self.library.current, bp.blueprint_id, job.shape, key)
         if existing is not None:
             await self.wal.acommit(
                 job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=existing.version, reused=True))
@@ -289,8 +343,7 @@ class Forge:
             blueprint_id=bp.blueprint_id,
             strategy=strategy,
             key=key,
-            in_features=self.in_features,
-            out_features=self.out_features,
+            shape=job.shape.tag,
             timeout_s=self.conservative.timeout_s(timeout_for(strategy, self.config.compilation)),
             force=job.force,
             attempt=job.attempt,
@@ -302,6 +355,7 @@ class Forge:
                 JobStarted(
                     source=Subsystem.TEZZERET,
                     blueprint_id=bp.blueprint_id,
+                    shape=job.shape.tag,
                     strategy=strategy,
                     attempt=job.attempt,
                     worker=where,
@@ -336,6 +390,7 @@ class Forge:
             JobCompiled(
                 source=Subsystem.TEZZERET,
                 blueprint_id=meta.blueprint_id,
+                shape=meta.slot_shape.tag,
                 strategy=strategy,
                 artifact_id=meta.artifact_id,
                 version=meta.version,
@@ -363,6 +418,7 @@ class Forge:
             JobFailed(
                 source=Subsystem.TEZZERET,
                 blueprint_id=job.blueprint_id,
+                shape=job.shape.tag,
                 strategy=strategy,
                 error=error,
                 attempt=job.attempt,
@@ -372,7 +428,14 @@ class Forge:
         self.emit_wal_status()
         if retry:
             self._queue.append(
-                Job(job.blueprint_id, job.requested, f"retry after: {error[:80]}", job.force, job.attempt + 1)
+                Job(
+                    job.blueprint_id,
+                    job.shape,
+                    job.requested,
+                    f"retry after: {error[:80]}",
+                    job.force,
+                    job.attempt + 1,
+                )
             )
 
     def _user_status(self, blueprint_id: str, status: UserStatus, reason: str) -> None:

@@ -60,8 +60,7 @@ class ForgeJob(Struct, kw_only=True):
     blueprint_id: str
     strategy: Strategy
     artifact_key: str
-    in_features: int
-    out_features: int
+    shape: str  # the slot shape's tag (SlotShape.tag) the kernel is compiled for
     force: bool = False
     attempt: int = 1
     reason: str = ""

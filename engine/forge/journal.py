@@ -25,6 +25,7 @@ class JobBegin(msgspec.Struct, frozen=True, kw_only=True):
     attempt: int
     key: str
     reason: str
+    shape: str = ""  # the slot shape's tag; "" in a WAL written before shapes: LEGACY_SHAPE
 
 
 class JobStaged(msgspec.Struct, frozen=True, kw_only=True):

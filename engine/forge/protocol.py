@@ -14,8 +14,7 @@ class CompileRequest(Struct, kw_only=True):
 
     job_id: str
     blueprint_id: str
-    in_features: int
-    out_features: int
+    shape: str  # the slot shape's tag (SlotShape.tag)
     strategy: Strategy
     backend: str
     mode: str | None

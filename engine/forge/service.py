@@ -34,6 +34,7 @@ from esper_tui.engine.forge.jobqueue import (
 from esper_tui.engine.freshness import Replayed
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.pipelines import settings_for
+from esper_tui.engine.kernels.shapes import ShapeError, SlotShape
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.store import Identity, artifact_key
 
@@ -204,26 +205,25 @@ class ForgeWorkerService:
         if job.blueprint_id not in self.catalog:
             return self._news(delivery, NewsKind.FAILED, error=f"unknown blueprint {job.blueprint_id!r}")
         bp = self.catalog.get(job.blueprint_id)
-        mine = artifact_key(
-            bp.ir_hash(),
-            settings_for(job.strategy),
-            job.strategy,
-            self.identity,
-            job.in_features,
-            job.out_features,
-        )
+        try:
+            shape = SlotShape.parse(job.shape)
+        except ShapeError as exc:
+            return self._news(delivery, NewsKind.FAILED, error=str(exc))
+        if (unfit := bp.unfit(shape)) is not None:
+            return self._news(delivery, NewsKind.FAILED, error=unfit)
+        mine = artifact_key(bp.ir_hash(), settings_for(job.strategy), job.strategy, self.identity, shape)
         if mine != job.artifact_key:
             error = "this worker would build another key (a different blueprint source, torch or machine)"
             return self._news(delivery, NewsKind.FAILED, error=error)
         if not job.force:
             try:
-                existing = await asyncio.to_thread(self.library.current, job.blueprint_id, job.artifact_key)
+                existing = await asyncio.to_thread(self.library.current, job.blueprint_id, shape, job.artifact_key)
             except Exception as exc:  # the catalog does not answer: report it, the engine retries the job
                 return self._news(delivery, NewsKind.FAILED, error=f"{type(exc).__name__}: {exc}")
             if existing is not None:
                 return self._news(delivery, NewsKind.COMPILED, version=existing.version, reused=True)
         await self._publish(self._news(delivery, NewsKind.STARTED))
-        self.say(f"compiling {job.blueprint_id} ({job.strategy}, attempt {job.attempt}) for {job.issuer}")
+        self.say(f"compiling {job.blueprint_id} [{job.shape}] ({job.strategy}, attempt {job.attempt}) for {job.issuer}")
         try:
             built = await self.builder.build(spec_for(job), started=lambda _where: None, staged=_no_journal)
         except BuildFailed as exc:

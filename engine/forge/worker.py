@@ -79,7 +79,7 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     from esper_tui.engine.kernels.catalog import Catalog
     from esper_tui.engine.kernels.compiled import compile_kernel, cpu_isa, kernel_threads
     from esper_tui.engine.kernels.pipelines import CompileSettings
-    from esper_tui.engine.kernels.shapes import vector
+    from esper_tui.engine.kernels.shapes import SlotShape
 
     torch.set_num_threads(kernel_threads())  # kernels guard on it: compile with what the trainer runs
     cpu_isa()  # probe the vector ISA once, in the shared default cache (a fresh per-job cache re-probes, ~8 s)
@@ -88,8 +88,8 @@ def _serve(requests: BinaryIO, replies: BinaryIO) -> None:
     encoder = msgspec.msgpack.Encoder()
     while (frame := read_frame(requests)) is not None:
         req = decoder.decode(frame)
-        shape = vector(req.in_features, req.out_features)
         try:
+            shape = SlotShape.parse(req.shape)
             out = compile_kernel(
                 _blueprint(catalog, req, shape),
                 shape,

@@ -17,6 +17,7 @@ from typing import NamedTuple, Protocol
 
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import LoadedKernel
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
 from esper_tui.engine.library.userbp import UserBlueprints
 
@@ -64,13 +65,19 @@ class KernelLibrary(Protocol):
         (a reclaimed job) returns the first version; unless forced, so does an already stored key."""
         ...
 
-    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None: ...
+    def current(self, blueprint_id: str, shape: SlotShape, key: str | None = None) -> ArtifactMeta | None:
+        """The newest verified kernel of a blueprint for that slot shape on this process's device (and with that
+        key, if given); kernels of other shapes and devices are kept apart, never considered."""
+        ...
 
-    def ranked(self, tag: str | None = None) -> list[ArtifactMeta]: ...
+    def ranked(self, shape: SlotShape | None = None, tag: str | None = None) -> list[ArtifactMeta]:
+        """The current kernel of every blueprint and shape for this device (only one shape's, if given),
+        fastest served step first."""
+        ...
 
-    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]: ...
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[LoadedKernel, ArtifactMeta]: ...
 
-    def verified(self, blueprint_id: str) -> ArtifactMeta:
+    def verified(self, blueprint_id: str, shape: SlotShape) -> ArtifactMeta:
         """What `load` checks (signature, every file's hash, built for this process, quarantined if not), without
         deserialising: a seed served eagerly by choice needs no compiled function, nor torch's inductor."""
         ...

@@ -52,7 +52,8 @@ class KernelRow(Struct, frozen=True, kw_only=True):
     version: int
     artifact_key: str  # sha256 hex of what was compiled (blueprint IR + options + identity)
     job_id: str
-    identity: str  # fingerprint of torch/python/cpu/threads/compiler (opaque here)
+    identity: str  # fingerprint of torch/python/device/cpu/threads/compiler (opaque here)
+    shape: str  # the slot shape's tag; '40-64' for rows registered before kernels were kept per shape
     meta: bytes  # the signed metadata document (JSON bytes), verbatim
     signature: str  # its HMAC hex, verbatim
     step_ms_compiled: float
@@ -64,29 +65,29 @@ class KernelRow(Struct, frozen=True, kw_only=True):
 
 
 _ROW: LiteralString = """
-    SELECT blueprint_id, version, artifact_key, job_id, identity, meta, signature, step_ms_compiled,
+    SELECT blueprint_id, version, artifact_key, job_id, identity, shape, meta, signature, step_ms_compiled,
            step_ms_eager, compiled_by, extract(epoch FROM created_at)::float8 AS created_ts, quarantined,
            quarantine_reason
     FROM kernel_versions"""
 _LIVE_NEWEST: LiteralString = " AND NOT quarantined ORDER BY version DESC LIMIT 1"
-_CURRENT: LiteralString = _ROW + " WHERE blueprint_id = %s AND identity = %s" + _LIVE_NEWEST
+_CURRENT: LiteralString = _ROW + " WHERE blueprint_id = %s AND identity = %s AND shape = %s" + _LIVE_NEWEST
 _CURRENT_FOR_KEY: LiteralString = (
-    _ROW + " WHERE blueprint_id = %s AND identity = %s AND artifact_key = %s" + _LIVE_NEWEST
+    _ROW + " WHERE blueprint_id = %s AND identity = %s AND shape = %s AND artifact_key = %s" + _LIVE_NEWEST
 )
 _ALL_CURRENT: LiteralString = (
-    "SELECT DISTINCT ON (blueprint_id) * FROM ("
+    "SELECT DISTINCT ON (blueprint_id, shape) * FROM ("
     + _ROW
-    + " WHERE identity = %s AND NOT quarantined) AS live ORDER BY blueprint_id, version DESC"
+    + " WHERE identity = %s AND NOT quarantined) AS live ORDER BY blueprint_id, shape, version DESC"
 )
 _VERSIONS: LiteralString = _ROW + " ORDER BY blueprint_id, version"
 _VERSIONS_OF: LiteralString = _ROW + " WHERE blueprint_id = %s ORDER BY version"
 _BY_JOB: LiteralString = _ROW + " WHERE job_id = %s"
 _LIVE_BY_KEY: LiteralString = _ROW + " WHERE blueprint_id = %s AND artifact_key = %s" + _LIVE_NEWEST
 _INSERT: LiteralString = """
-    INSERT INTO kernel_versions (blueprint_id, version, artifact_key, job_id, identity, meta, signature,
+    INSERT INTO kernel_versions (blueprint_id, version, artifact_key, job_id, identity, shape, meta, signature,
                                  step_ms_compiled, step_ms_eager, compiled_by)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-    RETURNING blueprint_id, version, artifact_key, job_id, identity, meta, signature, step_ms_compiled,
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    RETURNING blueprint_id, version, artifact_key, job_id, identity, shape, meta, signature, step_ms_compiled,
               step_ms_eager, compiled_by, extract(epoch FROM created_at)::float8 AS created_ts, quarantined,
               quarantine_reason"""
 _LEDGER: LiteralString = """
@@ -286,6 +287,7 @@ class PgCatalog:
         artifact_key: str,
         job_id: str,
         identity: str,
+        shape: str,
         step_ms_compiled: float,
         step_ms_eager: float,
         compiled_by: str,
@@ -317,7 +319,7 @@ class PgCatalog:
                 ).fetchone()
                 version = (top[0] if top else 0) + 1
                 meta, signature = sign(version)
-                values = (blueprint_id, version, artifact_key, job_id, identity, meta, signature)
+                values = (blueprint_id, version, artifact_key, job_id, identity, shape, meta, signature)
                 row = cur.execute(_INSERT, (*values, step_ms_compiled, step_ms_eager, compiled_by)).fetchone()
                 assert row is not None  # INSERT ... RETURNING gives the row or raises
                 return row, True
@@ -430,16 +432,20 @@ class PgCatalog:
 
         return self._run(what, op)
 
-    def current(self, blueprint_id: str, identity: str, artifact_key: str | None = None) -> KernelRow | None:
-        """The newest live version of a blueprint built for `identity` (and with that key, if given)."""
+    def current(
+        self, blueprint_id: str, identity: str, shape: str, artifact_key: str | None = None
+    ) -> KernelRow | None:
+        """The newest live version of a blueprint built for `identity` and a slot shape (and with that key, if
+        given)."""
         if artifact_key is None:
-            rows = self._rows(f"read {blueprint_id}", _CURRENT, (blueprint_id, identity))
+            rows = self._rows(f"read {blueprint_id}", _CURRENT, (blueprint_id, identity, shape))
         else:
-            rows = self._rows(f"read {blueprint_id}", _CURRENT_FOR_KEY, (blueprint_id, identity, artifact_key))
+            params = (blueprint_id, identity, shape, artifact_key)
+            rows = self._rows(f"read {blueprint_id}", _CURRENT_FOR_KEY, params)
         return rows[0] if rows else None
 
     def all_current(self, identity: str) -> list[KernelRow]:
-        """The newest live version of every blueprint built for `identity`, by blueprint id."""
+        """The newest live version of every blueprint and shape built for `identity`, by blueprint id and shape."""
         return self._rows("read current versions", _ALL_CURRENT, (identity,))
 
     def versions(self, blueprint_id: str | None = None) -> list[KernelRow]:

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.vocabulary import Strategy, Struct
 
 ARTIFACT_SCHEMA_VERSION = 1
 """The stored artifact's own version, apart from the wire's SCHEMA_VERSION: kernels in a library outlive
 the snapshot's field names, and their signed meta must read the same to every engine that loads them."""
+
+LEGACY_SHAPE = vector(40, 64)
+"""The slot shape of a kernel stored before kernels were kept per shape: its signed metadata (or its shared
+catalog row, before migration 3) names none, and every engine then compiled for the MNIST-1D host's slots,
+40 input features to a 64-wide hidden layer (training.hidden's default; the width was never recorded, so a
+kernel built for another width is read as 40-64 too, and a seed's probe refuses its output shape)."""
+
+
+def shape_of(tag: str) -> SlotShape:
+    """The shape a stored kernel was compiled for: its tag, or LEGACY_SHAPE when it has none."""
+    return SlotShape.parse(tag) if tag else LEGACY_SHAPE
 
 
 class ArtifactFile(Struct, kw_only=True):
@@ -33,7 +45,8 @@ class KernelBuild(Struct, kw_only=True):
     cpu_isa: str  # what the worker's inductor picked: the kernels' vector instructions
     threads: int  # compiled guards pin torch.get_num_threads()
     compiler: str  # the C++ compiler's identity (compiled.compiler_id)
-    in_features: int
+    shape: str  # the slot shape's tag (SlotShape.tag): what the kernel reads and writes
+    in_features: int  # the first input dimension (kept: metadata has always had it)
     batch_min: int
     batch_max: int
     grad_modes: list[bool]
@@ -71,6 +84,11 @@ class ArtifactMeta(Struct, kw_only=True):
     step_ms_eager: float
     created_ts: float
     files: list[ArtifactFile]
+    shape: str = ""  # the slot shape's tag; "" in metadata signed before shapes: read as LEGACY_SHAPE
+
+    @property
+    def slot_shape(self) -> SlotShape:
+        return shape_of(self.shape)
 
     @classmethod
     def signed_form(
@@ -112,6 +130,7 @@ class ArtifactMeta(Struct, kw_only=True):
             step_ms_eager=build.step_ms_eager,
             created_ts=created_ts,
             files=files,
+            shape=build.shape,
         )
 
     def build(self) -> KernelBuild:
@@ -127,6 +146,7 @@ class ArtifactMeta(Struct, kw_only=True):
             cpu_isa=self.cpu_isa,
             threads=int(self.options.get("num_threads", 0)),
             compiler=str(self.options.get("compiler", "")),
+            shape=self.slot_shape.tag,
             in_features=self.in_features,
             batch_min=self.batch_min,
             batch_max=self.batch_max,

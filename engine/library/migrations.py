@@ -75,9 +75,28 @@ CREATE TABLE library_key (
 );
 """
 
+_0003_KERNEL_SHAPES: LiteralString = """
+-- A version is the kernel of a blueprint for one slot shape (SlotShape.tag: '40-64', '8x8x8-16x8x8') on one
+-- identity (whose fingerprint names the device). Every row registered before this migration was compiled for
+-- the MNIST-1D host's slots and is read as '40-64' (library.meta.LEGACY_SHAPE): the default fills it in for
+-- them, and is then dropped, so a new registration must name its shape.
+ALTER TABLE kernel_versions ADD COLUMN shape TEXT NOT NULL DEFAULT '40-64'
+    CONSTRAINT shape_is_a_tag CHECK (shape ~ '^[0-9]+(x[0-9]+)*-[0-9]+(x[0-9]+)*$');
+ALTER TABLE kernel_versions ALTER COLUMN shape DROP DEFAULT;
+
+DROP INDEX kernel_versions_live_by_identity;
+DROP INDEX kernel_versions_live_per_identity;
+-- current(): newest live version of a blueprint for an identity and shape; all_current(): per identity.
+CREATE INDEX kernel_versions_live_by_identity_shape
+    ON kernel_versions (blueprint_id, identity, shape, version DESC) WHERE NOT quarantined;
+CREATE INDEX kernel_versions_live_per_identity_shape
+    ON kernel_versions (identity, blueprint_id, shape, version DESC) WHERE NOT quarantined;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),
     Migration(2, "library_key: the fingerprint of the key that signs the library", _0002_LIBRARY_KEY),
+    Migration(3, "kernel_versions.shape: kernels per slot shape", _0003_KERNEL_SHAPES),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -11,7 +11,9 @@ Loading verifies the row's signature, that the signed blueprint/version/key are 
 file's hash (from this machine's verified blob cache, or downloaded into it), then that the kernel was
 built for this process; any failure quarantines the version in the catalog, which every engine sees.
 Versions are partitioned by the identity fingerprint: an engine only ever considers kernels built for
-a machine like its own, so a heterogeneous fleet shares one catalog without quarantining each other's.
+a machine like its own (the device included), so a heterogeneous fleet shares one catalog without quarantining
+each other's; and by slot shape: a blueprint has one live kernel per shape (rows registered before shapes
+are the 40-64 kernels they were compiled as, see migration 3).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import msgspec
 
 from esper_tui.engine.kernels.catalog import BlueprintUnloadable, Catalog
 from esper_tui.engine.kernels.compiled import KernelError, LoadedKernel, cpu_isa, load_kernel
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library import ownkey, signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
 from esper_tui.engine.library.blobcache import BlobCache
@@ -47,7 +50,7 @@ from esper_tui.engine.vocabulary import compile_label
 
 
 def version_label(row: KernelRow) -> str:
-    return f"{row.blueprint_id}/v{row.version:04d}-{row.artifact_key[:12]}"
+    return f"{row.blueprint_id}/v{row.version:04d}-{row.shape}-{row.artifact_key[:12]}"
 
 
 class SharedLibrary:
@@ -157,6 +160,7 @@ class SharedLibrary:
                 artifact_key=key,
                 job_id=job_id or os.urandom(8).hex(),
                 identity=self.identity().fingerprint(),
+                shape=build.shape,
                 step_ms_compiled=build.step_ms_compiled,
                 step_ms_eager=build.step_ms_eager,
                 compiled_by=self.compiled_by,
@@ -180,9 +184,11 @@ class SharedLibrary:
             meta = msgspec.json.decode(row.meta, type=ArtifactMeta)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ArtifactInvalid(f"{label}: signed metadata does not decode ({exc})") from None
-        signed = (meta.blueprint_id, meta.version, meta.artifact_id)
-        if signed != (row.blueprint_id, row.version, row.artifact_key):
-            raise ArtifactInvalid(f"{label}: signed as {meta.blueprint_id} v{meta.version} {meta.artifact_id[:12]}")
+        signed = (meta.blueprint_id, meta.version, meta.slot_shape.tag, meta.artifact_id)
+        if signed != (row.blueprint_id, row.version, row.shape, row.artifact_key):
+            raise ArtifactInvalid(
+                f"{label}: signed as {meta.blueprint_id} v{meta.version} {meta.slot_shape.tag} {meta.artifact_id[:12]}"
+            )
         return meta
 
     def files(self, row: KernelRow, meta: ArtifactMeta, *, from_store: bool = False) -> dict[str, bytes]:
@@ -209,22 +215,23 @@ class SharedLibrary:
         if self.on_quarantine is not None:
             self.on_quarantine(row.blueprint_id, version_label(row).split("/", 1)[1], reason)
 
-    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None:
-        """The newest version for this identity whose signed metadata verifies; bad ones are quarantined."""
+    def current(self, blueprint_id: str, shape: SlotShape, key: str | None = None) -> ArtifactMeta | None:
+        """The newest version for this identity and shape whose signed metadata verifies; bad ones are
+        quarantined."""
         fp = self.identity().fingerprint()
-        while (row := self.db.current(blueprint_id, fp, key)) is not None:
+        while (row := self.db.current(blueprint_id, fp, shape.tag, key)) is not None:
             try:
                 return self._verified_meta(row)
             except ArtifactInvalid as exc:
                 self.quarantine_row(row, str(exc))
         return None
 
-    def ranked(self, tag: str | None = None) -> list[ArtifactMeta]:
-        """Current kernels for this identity, fastest served step first (rows that fail their signature are
-        left out here and quarantined when loaded)."""
+    def ranked(self, shape: SlotShape | None = None, tag: str | None = None) -> list[ArtifactMeta]:
+        """Current kernels for this identity (of one shape, if given), fastest served step first (rows that fail
+        their signature are left out here and quarantined when loaded)."""
         metas = []
         for row in self.db.all_current(self.identity().fingerprint()):
-            if row.blueprint_id not in self.catalog:
+            if row.blueprint_id not in self.catalog or (shape is not None and row.shape != shape.tag):
                 continue
             if tag is not None and tag not in self.catalog.get(row.blueprint_id).tags:
                 continue
@@ -234,15 +241,17 @@ class SharedLibrary:
                 continue
         return sorted(metas, key=served_step_ms)
 
-    def _newest(self, blueprint_id: str) -> KernelRow:
+    def _newest(self, blueprint_id: str, shape: SlotShape) -> KernelRow:
         if blueprint_id not in self.catalog:
             raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
         try:
-            row = self.db.current(blueprint_id, self.identity().fingerprint())
+            row = self.db.current(blueprint_id, self.identity().fingerprint(), shape.tag)
         except CatalogError as exc:
             raise KernelError(str(exc)) from None
         if row is None:
-            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel for this machine in the shared library")
+            raise ArtifactInvalid(
+                f"{blueprint_id}: no compiled kernel for {shape.tag} on this machine in the shared library"
+            )
         return row
 
     def _checked(self, row: KernelRow) -> tuple[ArtifactMeta, dict[str, bytes]]:
@@ -258,17 +267,18 @@ class SharedLibrary:
             raise
         return meta, blobs
 
-    def verified(self, blueprint_id: str) -> ArtifactMeta:
-        """The newest kernel's metadata, checked as `load` checks it, without deserialising the kernel."""
-        return self._checked(self._newest(blueprint_id))[0]
+    def verified(self, blueprint_id: str, shape: SlotShape) -> ArtifactMeta:
+        """The newest kernel's metadata for that shape, checked as `load` checks it, without deserialising it."""
+        return self._checked(self._newest(blueprint_id, shape))[0]
 
-    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
-        """The newest kernel of a blueprint for this identity, verified, through the TTL and blob caches.
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[LoadedKernel, ArtifactMeta]:
+        """The newest kernel of a blueprint for this identity and shape, verified, through the TTL and blob
+        caches.
 
         Raises ArtifactInvalid (the version is quarantined cluster-wide) or KernelError only, so the
         trainer can fall back to eager and go on; an unreachable catalog is a KernelError.
         """
-        row = self._newest(blueprint_id)
+        row = self._newest(blueprint_id, shape)
         cache_key = (row.blueprint_id, row.version, row.artifact_key)
         if (hit := self._cache.get(cache_key)) is not None:
             return hit

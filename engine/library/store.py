@@ -1,11 +1,15 @@
 """Urza: the library of signed, versioned compiled kernels, on disk under `<state>/library`.
 
 Layout: `blueprints/<name>/` holds a user blueprint's signed record and source (library/userbp_files.py);
-`artifacts/<blueprint>/v0003-<key12>/` holds the compiled functions, weights, kernels,
-`meta.json` (with a sha256 of every file) and `meta.sig` (HMAC-SHA256 of meta.json). A version
+`artifacts/<blueprint>/v0003-<shape>-<device>-<key12>/` (e.g. `v0003-8x8x8-16x8x8-cpu-1f2e...`)
+holds the compiled functions, weights, kernels, `meta.json` (with a sha256 of every file) and `meta.sig`
+(HMAC-SHA256 of meta.json). A version stored before kernels were kept per shape and device is named
+`v0003-<key12>`: it is the LEGACY_SHAPE (40-64) kernel of a CPU, which its metadata confirms. Version numbers
+count per blueprint, across shapes and devices. A version
 becomes visible only by an atomic directory rename after everything below it is fsynced; a crash
 leaves at most a directory in `staging/`, removed at start. Loading picks a version by its directory,
-checks the signature, that the signed blueprint/version/key are the directory's, every file's hash and
+checks the signature, that the signed blueprint/version/shape/device/key are the directory's, every file's
+hash and
 that the kernel was built for this process (torch, Python, CPU ISA, compiler, threads), *then*
 deserialises; any mismatch moves the version to `quarantine/`, and the forge recompiles it.
 """
@@ -41,15 +45,18 @@ from esper_tui.engine.kernels.compiled import (
     load_kernel,
 )
 from esper_tui.engine.kernels.pipelines import CompileSettings
+from esper_tui.engine.kernels.shapes import SlotShape
 from esper_tui.engine.library import ownkey
 from esper_tui.engine.library import signing as signing
 from esper_tui.engine.library.base import KernelCache, LibraryStats
-from esper_tui.engine.library.meta import ArtifactFile, ArtifactMeta, KernelBuild
+from esper_tui.engine.library.meta import LEGACY_SHAPE, ArtifactFile, ArtifactMeta, KernelBuild
 from esper_tui.engine.library.userbp import UserBlueprints
 from esper_tui.engine.library.userbp_files import FileRecords
 from esper_tui.engine.vocabulary import Strategy, compile_label
 
 _VERSION = re.compile(r"v(\d+)-")
+_VERSION_DIR = re.compile(r"v(\d+)-(?:(\d+(?:x\d+)*-\d+(?:x\d+)*)-([a-z0-9]+)-)?[^-]+")
+"""vNNNN-<shape>-<device>-<key12>, or a legacy vNNNN-<key12> (the LEGACY_SHAPE kernel of a CPU)."""
 META = "meta.json"
 SIG = "meta.sig"
 QUARANTINE_NOTE = "QUARANTINED"
@@ -107,9 +114,12 @@ class Identity:
 
 
 def artifact_key(
-    ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity, in_features: int, out_features: int
+    ir_hash: str, settings: CompileSettings, strategy: Strategy, identity: Identity, shape: SlotShape
 ) -> str:
-    """vLLM-style cache key: blueprint source + options + torch/system identity."""
+    """vLLM-style cache key: blueprint source + options + torch/system identity + slot shape.
+
+    The shape's dimensions end the hashed list, so a vector shape hashes exactly as the (in_features,
+    out_features) pair of the keys stored before shapes did."""
     blob = json.dumps(
         [
             ir_hash,
@@ -122,8 +132,8 @@ def artifact_key(
             identity.cpu_isa,
             identity.threads,
             identity.compiler,
-            in_features,
-            out_features,
+            *shape.in_shape,
+            *shape.out_shape,
         ],
         separators=(",", ":"),
     )
@@ -148,8 +158,23 @@ def unfit_reason(identity: Identity, blueprint_ir_hash: str, meta: ArtifactMeta)
     return unfit
 
 
+def device_tag(device: str) -> str:
+    """A device as a path-safe word: `cpu`, `cuda`, `cuda0`."""
+    return re.sub(r"[^a-z0-9]", "", device.lower()) or "cpu"
+
+
 def version_dir_name(meta: ArtifactMeta) -> str:
-    return f"v{meta.version:04d}-{meta.artifact_id[:12]}"
+    if not meta.shape:  # signed before shapes: the legacy name
+        return f"v{meta.version:04d}-{meta.artifact_id[:12]}"
+    return f"v{meta.version:04d}-{meta.shape}-{device_tag(meta.device)}-{meta.artifact_id[:12]}"
+
+
+def dir_kernel(name: str) -> tuple[int, str, str] | None:
+    """(version, shape tag, device tag) a version directory's name claims, or None when it names no version."""
+    m = _VERSION_DIR.fullmatch(name)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2) or LEGACY_SHAPE.tag, m.group(3) or "cpu"
 
 
 def _misplaced(meta: ArtifactMeta, path: Path) -> str | None:
@@ -353,17 +378,20 @@ class Library:
 
     # ------------------------------------------------------------------ reading
 
-    def _versions(self, blueprint_id: str) -> list[Path]:
-        """A blueprint's version directories, highest number first.
+    def _versions(self, blueprint_id: str, shape: SlotShape | None = None) -> list[Path]:
+        """A blueprint's version directories, highest number first; with a shape, only that shape's kernels
+        for this process's device.
 
-        Chosen by directory name, never by the unverified meta.json inside; anything but a real
-        directory named vNNNN-... is no version.
+        Chosen by directory name, never by the unverified meta.json inside (whose signed shape and device
+        must then agree with the name); anything but a real directory named vNNNN-... is no version.
         """
+        want = None if shape is None else (shape.tag, device_tag(self.identity().device))
         found = []
         for p in (self.root / "artifacts" / blueprint_id).glob("v*"):
             with contextlib.suppress(OSError):  # gone since the listing: quarantined by another thread
-                if (m := _VERSION.match(p.name)) and stat.S_ISDIR(p.lstat().st_mode):
-                    found.append((int(m.group(1)), p))
+                claim = dir_kernel(p.name)
+                if claim and (want is None or claim[1:] == want) and stat.S_ISDIR(p.lstat().st_mode):
+                    found.append((claim[0], p))
         return [p for _, p in sorted(found, reverse=True)]
 
     def _scan(self, blueprint_id: str) -> list[ArtifactMeta]:
@@ -449,13 +477,14 @@ class Library:
             self.on_quarantine(path.parent.name, path.name, reason)
         return dest
 
-    def current(self, blueprint_id: str, key: str | None = None) -> ArtifactMeta | None:
-        """The newest version that verifies (optionally with a given key); bad ones are quarantined.
+    def current(self, blueprint_id: str, shape: SlotShape, key: str | None = None) -> ArtifactMeta | None:
+        """The newest version of that shape for this device that verifies (optionally with a given key); bad
+        ones are quarantined.
 
         Walks the version directories, not their decoded metadata, so a version whose meta.json no
         longer even decodes is found and quarantined too.
         """
-        for path in self._versions(blueprint_id):
+        for path in self._versions(blueprint_id, shape):
             try:
                 meta, _ = self.read_verified(path)
             except ArtifactInvalid as exc:
@@ -466,29 +495,35 @@ class Library:
         return None
 
     def all_current(self) -> list[ArtifactMeta]:
-        """Newest version per blueprint (unverified metadata; loading verifies)."""
-        out = []
+        """Newest version per blueprint and shape for this device (unverified metadata; loading verifies)."""
+        device = device_tag(self.identity().device)
+        newest: dict[tuple[str, str], ArtifactMeta] = {}
         for bid in self.catalog.ids():
-            versions = self._scan(bid)
-            if versions:
-                out.append(versions[0])
-        return out
+            for meta in self._scan(bid):  # newest first
+                if device_tag(meta.device) == device:
+                    newest.setdefault((bid, meta.slot_shape.tag), meta)
+        return list(newest.values())
 
-    def ranked(self, tag: str | None = None) -> list[ArtifactMeta]:
+    def ranked(self, shape: SlotShape | None = None, tag: str | None = None) -> list[ArtifactMeta]:
         """Current kernels, fastest served training step first (compiled or eager, whichever was measured
-        faster); optionally only blueprints with a tag."""
-        metas = [m for m in self.all_current() if tag is None or tag in self.catalog.get(m.blueprint_id).tags]
+        faster); optionally only those of one shape, and of blueprints with a tag."""
+        metas = [
+            m
+            for m in self.all_current()
+            if (shape is None or m.slot_shape == shape)
+            and (tag is None or tag in self.catalog.get(m.blueprint_id).tags)
+        ]
         return sorted(metas, key=served_step_ms)
 
     def by_tag(self, tag: str) -> list[ArtifactMeta]:
-        return self.ranked(tag)
+        return self.ranked(tag=tag)
 
-    def _newest(self, blueprint_id: str) -> Path:
+    def _newest(self, blueprint_id: str, shape: SlotShape) -> Path:
         if blueprint_id not in self.catalog:
             raise ArtifactInvalid(f"{blueprint_id}: no such blueprint in the catalog")
-        versions = self._versions(blueprint_id)
+        versions = self._versions(blueprint_id, shape)
         if not versions:
-            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel in the library")
+            raise ArtifactInvalid(f"{blueprint_id}: no compiled kernel for {shape.tag} in the library")
         return versions[0]
 
     def _checked(self, blueprint_id: str, path: Path) -> tuple[ArtifactMeta, dict[str, bytes]]:
@@ -502,17 +537,18 @@ class Library:
             raise
         return meta, blobs
 
-    def verified(self, blueprint_id: str) -> ArtifactMeta:
-        """The newest kernel's metadata, checked as `load` checks it, without deserialising the kernel."""
-        return self._checked(blueprint_id, self._newest(blueprint_id))[0]
+    def verified(self, blueprint_id: str, shape: SlotShape) -> ArtifactMeta:
+        """The newest kernel's metadata for that shape, checked as `load` checks it, without deserialising it."""
+        return self._checked(blueprint_id, self._newest(blueprint_id, shape))[0]
 
-    def load(self, blueprint_id: str) -> tuple[LoadedKernel, ArtifactMeta]:
-        """The newest kernel of a blueprint, verified and built for this process, through a TTL cache.
+    def load(self, blueprint_id: str, shape: SlotShape) -> tuple[LoadedKernel, ArtifactMeta]:
+        """The newest kernel of a blueprint for that slot shape, verified and built for this process, through a
+        TTL cache.
 
         Raises ArtifactInvalid (the version is quarantined, so the forge recompiles it) or KernelError;
         nothing else, so the trainer can fall back to eager and go on.
         """
-        path = self._newest(blueprint_id)
+        path = self._newest(blueprint_id, shape)
         if (hit := self._cache.get(path)) is not None:
             return hit
         meta, blobs = self._checked(blueprint_id, path)

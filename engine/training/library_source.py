@@ -71,11 +71,12 @@ class LibraryKernelSource:
         )
 
     def offers(self, shape: SlotShape) -> list[KernelOffer]:
+        """The blueprints with a kernel stored for that shape (which fit it: the forge compiles nothing else)."""
         if self._refresh is not None and self._clock() - self._refreshed >= self._refresh_s:
             self._refreshed = self._clock()
             self._refresh()
         catalog = self._library.catalog
-        return [self._offer(m, shape) for m in self._library.ranked() if catalog.fits(m.blueprint_id, shape)]
+        return [self._offer(m, shape) for m in self._library.ranked(shape) if catalog.fits(m.blueprint_id, shape)]
 
     def load(self, blueprint_id: str, shape: SlotShape) -> tuple[Kernel, KernelOffer]:
         """A verified kernel or KernelUnavailable (the trainer then runs the blueprint eager); never a crash.
@@ -86,11 +87,11 @@ class LibraryKernelSource:
         if blueprint_id in self._library.catalog and (unfit := self._library.catalog.get(blueprint_id).unfit(shape)):
             raise KernelUnavailable(unfit)
         try:
-            meta = self._library.verified(blueprint_id)
+            meta = self._library.verified(blueprint_id, shape)
             offer = self._offer(meta, shape)
             if not offer.compiled:
                 return eager_kernel, offer
-            kernel, meta = self._library.load(blueprint_id)
+            kernel, meta = self._library.load(blueprint_id, shape)
         except (ArtifactInvalid, KernelError) as exc:  # all Library.verified and load raise
             raise KernelUnavailable(str(exc)) from exc
         return kernel, self._offer(meta, shape)

@@ -128,13 +128,17 @@ def _tool_parser() -> argparse.ArgumentParser:
     lib = sub.add_parser("library", help="the kernel library (Urza)").add_subparsers(dest="action", required=True)
     verify = lib.add_parser("verify", help="check every stored artifact; exit 1 listing failures")
     add_library_flags(verify)
+    listing = lib.add_parser(
+        "list", help="the kernels this machine would serve: one per blueprint and slot shape, for its device"
+    )
+    add_library_flags(listing)
     migrate = lib.add_parser("migrate", help="apply the shared catalog's pending schema migrations")
     migrate.add_argument("--library", required=True, metavar="URL", help="the shared catalog, postgresql://…")
     migrate.add_argument("--config", type=Path, metavar="FILE")
     wal = sub.add_parser("wal", help="the forge's write-ahead log").add_subparsers(dest="action", required=True)
     inspect = wal.add_parser("inspect", help="segments, transactions, open ones (read-only)")
     inspect.add_argument("--json", action="store_true")
-    for q in (verify, inspect):
+    for q in (verify, listing, inspect):
         q.add_argument("--state-dir", type=Path, default=Path("var"), metavar="DIR")
         q.add_argument("--config", type=Path, metavar="FILE")
     config = sub.add_parser("config", help="the TOML configuration").add_subparsers(dest="action", required=True)

@@ -8,8 +8,54 @@ from pathlib import Path
 
 from esper_tui.engine.config import EsperConfig, wal_directory
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
 from esper_tui.engine.library.signing import SigningKeyError, load_key
+from esper_tui.engine.vocabulary import compile_label
+
+
+def _open_readonly(state_dir: Path, config: EsperConfig) -> KernelLibrary | None:
+    """The library of a state directory (or the shared one) for a read-only tool; None (said on stderr) when
+    there is none or it cannot be opened."""
+    if not is_shared(config.library) and not (state_dir / "library").is_dir():
+        print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
+        return None
+    try:
+        key = load_key(state_dir, config.library.signing_key)
+        return open_library(config.library, state_dir, key, Catalog(), claim_key=False)
+    except (SigningKeyError, LibraryUnavailable) as exc:
+        print(f"esper-tui: {exc}", file=sys.stderr)
+        return None
+
+
+def library_list(state_dir: Path, config: EsperConfig) -> int:
+    """The current kernel of every blueprint and slot shape built for this machine (its device included), fastest
+    served step first, as each version's metadata says (`library verify` checks signatures and bytes). Exit 1 when
+    the library cannot be read."""
+    library = _open_readonly(state_dir, config)
+    if library is None:
+        return 1
+    try:
+        metas = library.ranked()
+    finally:
+        library.close()
+    rows = [
+        (
+            m.blueprint_id,
+            m.slot_shape.tag,
+            m.device,
+            f"v{m.version}",
+            compile_label(m.backend, m.mode),
+            f"{m.step_ms_compiled:.2f}/{m.step_ms_eager:.2f} ms",
+        )
+        for m in metas
+    ]
+    header = ("blueprint", "shape", "device", "ver", "backend", "compiled/eager")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(rows)} kernels ({library.location})")
+    return 0
 
 
 def library_verify(state_dir: Path, config: EsperConfig) -> int:
@@ -17,15 +63,8 @@ def library_verify(state_dir: Path, config: EsperConfig) -> int:
     bytes, from the shared store itself). Read-only: a key made up here would fail every artifact, so
     none is made, and an unrecorded library's key is not recorded. Exit 1 when anything fails, or nothing
     was checked."""
-    shared = is_shared(config.library)
-    if not shared and not (state_dir / "library").is_dir():
-        print(f"esper-tui: no library under {state_dir} (run the engine first)", file=sys.stderr)
-        return 1
-    try:
-        key = load_key(state_dir, config.library.signing_key)
-        library = open_library(config.library, state_dir, key, Catalog(), claim_key=False)
-    except (SigningKeyError, LibraryUnavailable) as exc:
-        print(f"esper-tui: {exc}", file=sys.stderr)
+    library = _open_readonly(state_dir, config)
+    if library is None:
         return 1
     try:
         results = library.verify_all()
@@ -137,6 +176,8 @@ def run_tool(args: argparse.Namespace, config: EsperConfig) -> int:
         return bus_prune(config, args.redis_url, args.older_than, args.dry_run)
     if args.area == "library" and args.action == "migrate":
         return library_migrate(config)
+    if args.area == "library" and args.action == "list":
+        return library_list(args.state_dir, config)
     if args.area == "library":
         return library_verify(args.state_dir, config)
     return wal_inspect(args.state_dir, config, args.json)

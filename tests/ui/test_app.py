@@ -212,6 +212,31 @@ async def test_compile_queue_columns(make_app) -> None:
         assert failed[-1].startswith("timeout after 300 s")
 
 
+async def test_compile_queue_shows_one_row_per_blueprint_and_shape(make_app, link) -> None:
+    """Kernels are compiled per slot shape: a blueprint serving two shapes has two rows, the shape column says
+    which (it is left out while no job names a shape), and the cursor's blueprint is the row's blueprint."""
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one(CompileQueue)
+        assert "shape" not in table.shown_columns()
+        snapshot = rich_snapshot()
+        mlp = snapshot.forge.jobs[0]
+        jobs = [
+            msgspec.structs.replace(mlp, shape="40-64"),
+            msgspec.structs.replace(mlp, shape="8x8x8-16x8x8", status=JobStatus.QUEUED, version=None),
+        ]
+        link.set(replaced(snapshot, forge=msgspec.structs.replace(snapshot.forge, jobs=jobs)))
+        app.poll_link()
+        await pilot.pause()
+        await pilot.pause()
+        assert table.blueprint_ids() == ["mlp_block@40-64", "mlp_block@8x8x8-16x8x8"]
+        assert table.shown_columns()[:2] == ["blueprint", "shape"]
+        rows = [[str(cell) for cell in table.get_row(key)][:3] for key in table.blueprint_ids()]
+        assert rows == [["mlp_block", "40-64", "Standard"], ["mlp_block", "8x8x8-16x8x8", "Standard"]]
+        table.move_cursor(row=1)
+        assert table.selected_blueprint() == "mlp_block"
+
+
 async def test_new_snapshot_updates_rows_in_place(make_app, link) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
