@@ -601,11 +601,11 @@ class Engine:
     def _task_loaded(self, loaded: TaskLoaded) -> None:
         """The training process loaded the task (the engine never imports it): say what it is, then let it train
         once the forge has a first kernel (or is idle): seeds need something to graft."""
-        direction = "higher" if loaded.higher_is_better else "lower"
+        direction = "higher" if loaded.metric.higher_is_better else "lower"
         slots = ", ".join(f"{s.name} {SlotShape.parse(s.shape)}" for s in loaded.slots)
         self.log(
             Level.INFO,
-            f"task {loaded.task} on {loaded.device}: {loaded.metric} ({direction} is better), slots {slots}",
+            f"task {loaded.task} on {loaded.device}: {loaded.metric.name} ({direction} is better), slots {slots}",
         )
         if self.forge is not None:  # every fitting blueprint compiles for each slot shape it lacks a kernel for
             self.forge.set_shapes([SlotShape.parse(s.shape) for s in loaded.slots])

@@ -17,6 +17,7 @@ import pytest
 from esper_tui.engine.config import parse_config
 from esper_tui.engine.runtime import Engine
 from esper_tui.engine.training import process
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo
 from tests.waits import eventually
 
 QUIET = {
@@ -77,7 +78,7 @@ async def test_the_task_is_loaded_in_the_training_process_only(engine_for, tmp_p
     assert trainer is not None and trainer._proc is not None and trainer.loaded is not None
     assert marker.read_text().split() == [str(trainer._proc.pid)]  # imported once, by the child
     assert not any(name.startswith("esper_task_") for name in sys.modules)  # never in the engine's process
-    assert (trainer.loaded.task, trainer.loaded.metric, trainer.loaded.device) == ("spy", "accuracy", "cpu")
+    assert (trainer.loaded.task, trainer.loaded.metric, trainer.loaded.device) == ("spy", ACCURACY, "cpu")
     assert [(s.name, s.shape) for s in trainer.loaded.slots] == [("s0", "5-7")]
     assert any("task spy on cpu: accuracy (higher is better), slots s0 [5] -> [7]" in e.text
                for e in engine.aggregator.snapshot().events)  # fmt: skip
@@ -185,3 +186,28 @@ def test_the_example_task_runs_end_to_end_and_grafts_a_seed(tmp_path: Path) -> N
     assert grafted and all(s["blueprint_id"] for s in grafted), snapshot["training"]["seeds"]
     assert snapshot["training"]["epoch"] == 8 and math.isfinite(snapshot["training"]["val_metric"])
     assert snapshot["training"]["task"] == "waveforms"
+
+
+async def test_a_lower_is_better_metric_reaches_the_engine_and_the_snapshot(engine_for, tmp_path: Path) -> None:
+    """A task deciding on an error rate: the engine hears its direction in TaskLoaded, says so, and the snapshot
+    names it; the user's metric function itself never leaves the training process."""
+    spec, _ = spy_task(tmp_path)
+    path = Path(spec.rsplit(":", 1)[0])
+    path.write_text(
+        path.read_text()
+        .replace("metric=accuracy", "metric=ERROR")
+        .replace("def factory(ctx):", ERROR_METRIC + "\ndef factory(ctx):")
+    )
+    engine = await engine_for(spec, epochs=2)
+    await eventually(lambda: engine.aggregator.snapshot().training.epoch >= 2, "two epochs")
+    assert engine.trainer is not None and engine.trainer.loaded is not None
+    assert engine.trainer.loaded.metric == MetricInfo(name="error", higher_is_better=False, percent=True)
+    training = engine.aggregator.snapshot().training
+    assert training.task == "spy" and training.metric == engine.trainer.loaded.metric
+    assert any("spy on cpu: error (lower is better)" in e.text for e in engine.aggregator.snapshot().events)
+
+
+ERROR_METRIC = """
+from esper_tui.task import Metric
+ERROR = Metric("error", lambda out, y: (out.argmax(1) != y).float().mean(), higher_is_better=False, percent=True)
+"""

@@ -57,7 +57,7 @@ from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer
 from esper_tui.engine.training.task import TaskContext, TaskError
 from esper_tui.engine.training.task_loader import LoadedTask, load_task
-from esper_tui.engine.vocabulary import Level, Subsystem
+from esper_tui.engine.vocabulary import Level, MetricInfo, Subsystem
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20
@@ -108,9 +108,7 @@ class TaskLoaded(msgspec.Struct, tag="task_loaded"):
     operator. The engine never imports the task itself."""
 
     task: str
-    metric: str
-    higher_is_better: bool
-    percent: bool
+    metric: MetricInfo  # its name, direction and unit; never its function (the user's code)
     device: str
     slots: list[SlotInfo]
 
@@ -380,9 +378,7 @@ def _loaded_frame(loaded: LoadedTask) -> TaskLoaded:
     task = loaded.task
     return TaskLoaded(
         task=task.name,
-        metric=task.metric.name,
-        higher_is_better=task.metric.higher_is_better,
-        percent=task.metric.percent,
+        metric=task.metric.info(),
         device=str(loaded.train[0].device),
         slots=[SlotInfo(slot.name, loaded.shapes[slot.name].tag) for slot in task.slots],
     )
