@@ -607,15 +607,23 @@ class Engine:
             Level.INFO,
             f"task {loaded.task} on {loaded.device}: {loaded.metric.name} ({direction} is better), slots {slots}",
         )
+        shapes = list(dict.fromkeys(SlotShape.parse(s.shape) for s in loaded.slots))
         if self.forge is not None:  # every fitting blueprint compiles for each slot shape it lacks a kernel for
-            self.forge.set_shapes([SlotShape.parse(s.shape) for s in loaded.slots])
-        self._spawn(self._begin_training())
+            self.forge.set_shapes(shapes)
+        self._spawn(self._begin_training(shapes))
 
-    async def _begin_training(self) -> None:
+    async def _begin_training(self, shapes: list[SlotShape]) -> None:
+        """Begin once the library holds a kernel for one of the task's own slot shapes (a kernel of another
+        task's shape grafts nowhere here), or the forge has nothing left to try."""
         assert self.forge is not None and self.library is not None and self.trainer is not None
-        if self.config.training.compile and not self.library.ranked() and not self.forge.is_idle():
+        library, forge = self.library, self.forge
+
+        def ready() -> bool:
+            return forge.is_idle() or any(library.ranked(shape) for shape in shapes)
+
+        if self.config.training.compile and not ready():
             self.emit(TrainingWaiting(source=Subsystem.TOLARIA, reason="a first kernel from the forge"))
-            while not self.library.ranked() and not self.forge.is_idle() and not self.control.stopped:
+            while not ready() and not self.control.stopped:
                 await asyncio.sleep(0.5)
         if not self.control.stopped:
             self.trainer.begin()
