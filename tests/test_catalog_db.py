@@ -132,7 +132,7 @@ def test_migration_3_reads_rows_registered_before_shapes_as_40_64_and_then_wants
             (key("old"), IDENTITY),
         )
     with opened(pg_url) as c:
-        assert c.migrate() == [3]
+        assert c.migrate() == [m.version for m in MIGRATIONS[2:]]  # 3 (shapes), then any later one
         [old] = c.versions()
         assert (old.shape, old.version, old.job_id) == ("40-64", 1, "old-job")
         assert c.current("mlp_block", IDENTITY, "40-64") == old

@@ -160,3 +160,75 @@ async def test_the_example_compiles_and_validates_against_eager(pool: WorkerPool
     assert {"train.fn", "infer.fn", "weights.safetensors"} <= set(response.files)
     assert all((tmp_path / "out" / name).is_file() for name in response.files)
     assert pid not in pool.pids()
+
+
+async def test_a_shared_library_keeps_the_record_the_source_and_the_compiled_kernel(
+    pg_url: str, s3_url: tuple[str, str], tmp_path: Path
+) -> None:
+    """What a forge worker does with a user blueprint of a shared library: read the signed record (PostgreSQL) and
+    source (the object store), compile in its sandbox, register the kernel; another machine verifies all three."""
+    from esper_tui.engine.config import LibraryConfig
+    from esper_tui.engine.forge.builders import BuildSpec, LocalBuilder
+    from esper_tui.engine.kernels.catalog import Catalog
+    from esper_tui.engine.kernels.shapes import vector
+    from esper_tui.engine.library.catalog_db import PgCatalog
+    from esper_tui.engine.library.factory import open_library
+    from esper_tui.engine.library.store import artifact_key
+    from esper_tui.engine.library.userbp import as_blueprint, new_record
+
+    db = PgCatalog(pg_url)
+    try:
+        db.migrate()
+    finally:
+        db.close()
+    artifacts, endpoint = s3_url
+    config = LibraryConfig(catalog_url=pg_url, artifacts_url=artifacts, artifacts_endpoint=endpoint)
+    key = bytes(range(32))
+    source = EXAMPLE.read_bytes()
+    record = new_record(
+        name="gated_residual",
+        class_name="GatedResidual",
+        source=source,
+        source_file=str(EXAMPLE),
+        description="",
+        serves=("vector",),
+        tags=[],
+        risk=0.2,
+    )
+    adder = open_library(config, tmp_path / "adder", key, Catalog())
+    adder.blueprints.add(record, source)
+    adder.close()
+
+    worker_side = open_library(config, tmp_path / "worker", key, Catalog())  # a forge worker knows the built-ins only
+    pool = WorkerPool(tmp_path / "logs", memory_limit_mb=MEMORY_MB, jobs_per_worker=10)
+    try:
+        identity = worker_side.identity()  # the SharedLibrary probes this machine
+        strategy = Strategy.FAST
+        bp = as_blueprint(record, source.decode())
+        spec = BuildSpec(
+            job_id=uuid.uuid4().hex,
+            blueprint_id="gated_residual",
+            strategy=strategy,
+            key=artifact_key(bp.ir_hash(), settings_for(strategy), strategy, identity, vector(40, 64)),
+            shape="40-64",
+            timeout_s=JOB_TIMEOUT_S,
+        )
+
+        async def staged(_record: object) -> None:
+            return None
+
+        built = await LocalBuilder(worker_side, pool, identity).build(spec, started=lambda _: None, staged=staged)
+    finally:
+        await pool.close()
+        worker_side.close()
+    assert built.meta.blueprint_id == "gated_residual" and built.meta.ir_hash == bp.ir_hash()
+
+    elsewhere = open_library(config, tmp_path / "elsewhere", key, Catalog())
+    try:
+        got_record, got_source = elsewhere.blueprints.get("gated_residual")
+        assert got_source.encode() == source and got_record.submitted_by == record.submitted_by
+        results = dict(elsewhere.verify_all())
+        (label,) = [name for name in results if name.startswith("gated_residual/")]
+        assert results[label] is None  # its kernel verifies, bytes read back from the store
+    finally:
+        elsewhere.close()

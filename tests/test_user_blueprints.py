@@ -22,7 +22,7 @@ from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.catalog_db import PgCatalog
 from esper_tui.engine.library.factory import open_library
 from esper_tui.engine.library.signing import load_or_create_key
-from esper_tui.engine.library.userbp import UserBlueprintInvalid, UserStatus
+from esper_tui.engine.library.userbp import UserBlueprintError, UserBlueprintInvalid, UserStatus
 from esper_tui.engine.library.userbp_files import RECORD, SOURCE
 
 CLI = [sys.executable, "-m", "esper_tui", "blueprint"]
@@ -72,7 +72,7 @@ class Backend:
         return open_library(self.config, self.state, key, Catalog(), claim_key=False)
 
 
-@pytest.fixture(params=["files"])
+@pytest.fixture(params=["files", "shared"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "files":
         return Backend(tmp_path / "state", [], {}, LibraryConfig())
@@ -269,6 +269,40 @@ def test_a_swapped_file_source_is_never_used(tmp_path: Path) -> None:
     source.write_text(GOOD.replace("self.fc(x)", "self.fc(x) * 0"))
     try:
         with pytest.raises(UserBlueprintInvalid, match="does not match its signed sha256"):
+            library.blueprints.get("tiny_dense")
+        assert library.blueprints.usable() == []
+    finally:
+        library.close()
+
+
+def test_a_shared_record_altered_in_the_catalog_is_never_used(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    backend = _shared(request, tmp_path)
+    library = _added(backend, tmp_path)
+    import psycopg
+
+    with psycopg.connect(backend.config.catalog_url, autocommit=True) as conn:
+        flipped = conn.execute(
+            """UPDATE user_blueprints
+               SET record = convert_to(replace(convert_from(record, 'UTF8'), '"unvalidated"', '"compiled"'), 'UTF8')"""
+        )
+        assert flipped.rowcount == 1
+    try:
+        assert library.blueprints.usable() == []
+        with pytest.raises(UserBlueprintInvalid):
+            library.blueprints.get("tiny_dense")
+    finally:
+        library.close()
+
+
+def test_a_shared_source_altered_in_the_store_is_never_used(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    backend = _shared(request, tmp_path)
+    library = _added(backend, tmp_path)
+    try:
+        record = library.blueprints.record("tiny_dense")
+        assert record is not None
+        store = library.blueprints.backend.store  # type: ignore[attr-defined]
+        store.delete(record.source_sha256)
+        with pytest.raises(UserBlueprintError):
             library.blueprints.get("tiny_dense")
         assert library.blueprints.usable() == []
     finally:

@@ -93,10 +93,28 @@ CREATE INDEX kernel_versions_live_per_identity_shape
     ON kernel_versions (identity, blueprint_id, shape, version DESC) WHERE NOT quarantined;
 """
 
+_0004_USER_BLUEPRINTS: LiteralString = """
+-- User blueprints (`esper-tui blueprint add`): the signed record document, verbatim, and the columns an operator
+-- queries; the source itself lives in the object store under source_sha256. Status and reason are copies of the
+-- signed document's, for reading only: nothing trusts them before the signature is checked.
+CREATE TABLE user_blueprints (
+    name TEXT PRIMARY KEY CONSTRAINT user_blueprint_name CHECK (name ~ '^[a-z][a-z0-9_]{0,47}$'),
+    source_sha256 TEXT NOT NULL CONSTRAINT source_sha256_is_hex CHECK (source_sha256 ~ '^[0-9a-f]{64}$'),
+    record BYTEA NOT NULL,
+    signature TEXT NOT NULL,
+    status TEXT NOT NULL CONSTRAINT user_blueprint_status CHECK (status IN ('unvalidated', 'compiled', 'refused')),
+    reason TEXT NOT NULL DEFAULT '',
+    submitted_by TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),
     Migration(2, "library_key: the fingerprint of the key that signs the library", _0002_LIBRARY_KEY),
     Migration(3, "kernel_versions.shape: kernels per slot shape", _0003_KERNEL_SHAPES),
+    Migration(4, "user_blueprints: signed records of the blueprints users add", _0004_USER_BLUEPRINTS),
 )
 
 LATEST = MIGRATIONS[-1].version
