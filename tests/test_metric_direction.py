@@ -164,7 +164,7 @@ def test_the_banner_status_line_seeds_and_runs_show_the_metric() -> None:
     run_line, host_line = str(banner._run_line(part)), str(banner._host_line(part))
     assert "val mse 0.0312 (best 0.0312)" in run_line
     assert "task waves" in host_line and "device cpu" in host_line
-    assert "waves epoch 2/3 val mse 0.0312 test mse -" in status_line(snap)
+    assert "epoch 2/3 val mse 0.0312 test mse - loss 1.000 | task waves |" in status_line(snap)
 
     line = str(seed_line(snap.training.seeds[0], MSE))
     assert " +.019 " in line  # the 5-cell gain column: the metric's change, positive as it fell

@@ -35,8 +35,8 @@ def status_line(s: Snapshot) -> str:
         or "-"
     )
     return (
-        f"{link_tag(s.link)}[{status}] {t.task or '-'} epoch {epochs} val {m.name} {m.format(t.val_metric)} "
-        f"test {m.name} {m.format(t.test_metric)} loss {loss} | "
+        f"{link_tag(s.link)}[{status}] epoch {epochs} val {m.name} {m.format(t.val_metric)} "
+        f"test {m.name} {m.format(t.test_metric)} loss {loss} | task {t.task or '-'} | "
         f"kernels {seeds_run(s).words} | "
         f"forge {count[JobStatus.COMPILED]}/{len(f.jobs)} compiled, {count[JobStatus.COMPILING]} running, "
         f"{count[JobStatus.QUEUED]} queued, {count[JobStatus.FAILED]} failed | conservative "
