@@ -31,7 +31,7 @@ from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity
 from esper_tui.engine.bus import Bus, BusError, create_bus
 from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, operator_name, sign_command
-from esper_tui.engine.config import EsperConfig, shared_forge_problem, wal_directory
+from esper_tui.engine.config import EsperConfig, override, shared_forge_problem, wal_directory
 from esper_tui.engine.contracts import (
     AnyCommand,
     AnyEvent,
@@ -57,6 +57,7 @@ from esper_tui.engine.forge.jobqueue import ForgeChannel, open_channel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.device import DeviceError, resolve_device
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, settings_for
 from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
 from esper_tui.engine.kernels.shapes import SlotShape, vector
@@ -251,6 +252,12 @@ class Engine:
         cfg = self.config
         if cfg.training.enabled and not self.forge_only and (problem := spec_problem(cfg.training.task)) is not None:
             raise EngineUsageError(problem)  # its form only: the task itself is loaded in the training process
+        try:  # `auto` and `cuda` become the device itself: the training process, the forge and the library agree
+            device = resolve_device(cfg.training.device)
+        except DeviceError as exc:
+            raise EngineUsageError(str(exc)) from None
+        if device != cfg.training.device:
+            cfg = self.config = override(cfg, {"training.device": device})
         self._lock_state_dir()
         self.started_ts = time.time()
         try:
@@ -279,7 +286,7 @@ class Engine:
         prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
         target, probe_problem = await self._probe_kernel_target()
         self.kernel_target = target
-        identity = Identity.here(target.cpu_isa, compiler=target.compiler)
+        identity = Identity.here(target.cpu_isa, device=device, compiler=target.compiler)
         try:
             library = await asyncio.to_thread(
                 functools.partial(
@@ -324,13 +331,13 @@ class Engine:
         self._start_broadcast(signer)
         import torch
 
-        compiles = settings_for(cfg.tezzeret.compilation.default_strategy)  # what the training process serves
+        compiles = settings_for(cfg.tezzeret.compilation.default_strategy, device)  # what the training process serves
         self.emit(
             EngineStarted(
                 run_id=self.run_id,
                 bus=self.bus.name,
                 state_dir=str(self.state_dir),
-                device="cpu",
+                device=device,
                 torch_version=str(torch.__version__),
                 training=cfg.training.enabled and not self.forge_only,
                 compile_enabled=cfg.training.compile,

@@ -26,6 +26,7 @@ Epochs = Annotated[int, Meta(ge=0, le=10_000)]  # a seed lifecycle stage; 0 skip
 Entries = Annotated[int, Meta(ge=1, le=10_000_000)]  # stream entries, held in memory or in Redis
 Name = Annotated[str, Meta(min_length=1)]
 HexKey = Annotated[str, Meta(pattern=r"^([0-9a-fA-F]{32,})?$")]  # empty, or at least 16 bytes of hex
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # kernels/device.py resolves it; CUDA indexes 0-99
 TASK_SPEC_PATTERN = r"^([a-z][a-z0-9_]*|[^:\s]+\.py:[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 """A task: a built-in name, `path/to/file.py:factory` or `package.module:factory` (training/task_loader.py)."""
 TaskSpec = Annotated[str, Meta(pattern=TASK_SPEC_PATTERN)]

@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from esper_tui.engine.config.ranges import (
     DAY_S,
+    DEVICE_PATTERN,
     TIB_MB,
     TRAIN_SAMPLES,
     Entries,
@@ -235,6 +236,14 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
     compile: Annotated[
         bool, Meta(description="graft compiled kernels; false runs seeds eagerly (the banner shows EAGER)")
     ] = True
+    device: Annotated[
+        str,
+        Meta(
+            pattern=DEVICE_PATTERN,
+            description="where the data, host, seeds and kernels live and the forge compiles: auto (CUDA when "
+            "torch sees it), cpu, cuda or cuda:N; a CUDA device torch cannot see is refused at start",
+        ),
+    ] = "auto"
     epochs: (
         Annotated[
             int, Meta(ge=1, le=1_000_000, description="stop after this many epochs; unset runs until interrupted")

@@ -121,7 +121,7 @@ class LocalBuilder:
         return source, record.class_name
 
     async def build(self, spec: BuildSpec, *, started: Started, staged: Staged) -> Built:
-        settings = settings_for(spec.strategy)
+        settings = settings_for(spec.strategy, self.identity.device)
         source, class_name = await self._user_code(spec.blueprint_id)
         out_dir = self.library.new_staging_dir(spec.blueprint_id)
         request = CompileRequest(

@@ -41,6 +41,7 @@ from esper_tui.engine.forge.conservative import ConservativeMode
 from esper_tui.engine.forge.resources import GpuProbe, read_memory
 from esper_tui.engine.forge.sandbox import WorkerPool
 from esper_tui.engine.kernels.catalog import Catalog
+from esper_tui.engine.kernels.device import device_index
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
 from esper_tui.engine.kernels.shapes import ShapeError, SlotShape
 from esper_tui.engine.library.base import KernelLibrary
@@ -113,7 +114,7 @@ class Forge:
         self.emit = emit
         self.identity = identity
         self.shapes: list[SlotShape] = []  # the slot shapes kernels are compiled for (set_shapes)
-        self.gpu = gpu or GpuProbe()
+        self.gpu = gpu or GpuProbe(device_index(identity.device) or 0)  # NVML for the device kernels are built for
         self.pool = pool or worker_pool(config, state_dir)
         self.builder: Builder = builder or LocalBuilder(library, self.pool, identity)
         self._queue: list[Job] = []
@@ -320,7 +321,7 @@ class Forge:
     async def _compile(self, job: Job) -> None:
         bp = self.catalog.get(job.blueprint_id)
         strategy = self._strategy(job)
-        settings = settings_for(strategy)
+        settings = settings_for(strategy, self.identity.device)
         key = artifact_key(bp.ir_hash(), settings, strategy, self.identity, job.shape)
         begin = journal.JobBegin(
             blueprint_id=bp.blueprint_id,

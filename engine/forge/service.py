@@ -211,7 +211,9 @@ class ForgeWorkerService:
             return self._news(delivery, NewsKind.FAILED, error=str(exc))
         if (unfit := bp.unfit(shape)) is not None:
             return self._news(delivery, NewsKind.FAILED, error=unfit)
-        mine = artifact_key(bp.ir_hash(), settings_for(job.strategy), job.strategy, self.identity, shape)
+        mine = artifact_key(
+            bp.ir_hash(), settings_for(job.strategy, self.identity.device), job.strategy, self.identity, shape
+        )
         if mine != job.artifact_key:
             error = "this worker would build another key (a different blueprint source, torch or machine)"
             return self._news(delivery, NewsKind.FAILED, error=error)

@@ -168,7 +168,9 @@ def compile_kernel(
             compiled[grad] = aot
     compile_s = time.perf_counter() - t0
     files = [FN_FILES[True], FN_FILES[False]]
-    for so in sorted(cache_root.rglob("*.so")):
+    # On the CPU a kernel is its .so files; on CUDA, Triton's kernels and their launch metadata sit beside them.
+    kept = (lambda p: p.suffix == ".so") if device.type == "cpu" else (lambda p: not p.name.endswith(".lock"))
+    for so in sorted(p for p in cache_root.rglob("*") if p.is_file() and kept(p)):
         rel = Path(KERNEL_DIR) / so.relative_to(cache_root)
         (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(so, out_dir / rel)

@@ -2,11 +2,13 @@
 
 The table follows the guide's measurements on CPU (torch 2.13): `aot_eager` compiles in ~2 s and
 trains at eager speed; inductor takes 4-11 s and fuses kernels; `max-autotune` helps only on GPU;
-Emergency is plain eager tracing (validate + package weights) and always runs on the CPU.
+Emergency is plain eager tracing (validate + package weights). On a CUDA device every strategy builds for that
+device (inductor emits Triton there; max-autotune may use CUDA graphs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from esper_tui.engine.config import CompilationConfig
@@ -32,7 +34,7 @@ _CPU = {
     Strategy.AGGRESSIVE: CompileSettings("inductor", "max-autotune-no-cudagraphs"),
 }
 _GPU = {
-    Strategy.EMERGENCY: CompileSettings("eager", device="cpu"),
+    Strategy.EMERGENCY: CompileSettings("eager", device="cuda"),
     Strategy.FAST: CompileSettings("inductor", device="cuda"),
     Strategy.STANDARD: CompileSettings("inductor", device="cuda"),
     Strategy.AGGRESSIVE: CompileSettings("inductor", "max-autotune", device="cuda"),
@@ -40,7 +42,11 @@ _GPU = {
 
 
 def settings_for(strategy: Strategy, device: str = "cpu") -> CompileSettings:
-    return (_GPU if device.startswith("cuda") else _CPU)[strategy]
+    """The settings a strategy compiles with on a resolved device (`cpu`, `cuda:N`): the CUDA pipelines there,
+    every one of them, Emergency included, building for that very device (a kernel runs where it was built)."""
+    if not device.startswith("cuda"):
+        return _CPU[strategy]
+    return dataclasses.replace(_GPU[strategy], device=device)
 
 
 def timeout_for(strategy: Strategy, config: CompilationConfig) -> float:

@@ -43,7 +43,8 @@ from esper_tui.engine.config import EsperConfig
 from esper_tui.engine.contracts import AnyEvent, EpochCompleted, TrainingFailed, TrainingFinished
 from esper_tui.engine.kernels import usercode
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.compiled import private_cache_dir, release_private_cache
+from esper_tui.engine.kernels.compiled import cpu_isa, private_cache_dir, release_private_cache
+from esper_tui.engine.kernels.device import DeviceError, resolve_device
 from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.kernels.probe import KernelTarget
 from esper_tui.engine.library.base import KernelLibrary
@@ -351,11 +352,13 @@ def _kernel_source(start: Start, catalog: Catalog, channel: _Channel) -> KernelS
         Path(start.state_dir),
         start.signing_key,
         catalog,
-        identity=None if target is None else Identity.here(target.cpu_isa, compiler=target.compiler),
+        identity=Identity.here(cpu_isa(), device=cfg.training.device)  # the engine's probe failed: inductor's word
+        if target is None
+        else Identity.here(target.cpu_isa, device=cfg.training.device, compiler=target.compiler),
         on_quarantine=channel.quarantined,
     )
     channel.library = library
-    s = settings_for(cfg.tezzeret.compilation.default_strategy)
+    s = settings_for(cfg.tezzeret.compilation.default_strategy, cfg.training.device)
     return LibraryKernelSource(
         library,
         s.backend,
@@ -406,8 +409,11 @@ def main() -> int:
     state_dir = Path(start.state_dir)
     cfg = start.config.training
     try:
-        loaded = load_task(cfg.task, TaskContext(seed=cfg.seed, data_dir=state_dir / "data"), cfg)
-    except TaskError as exc:
+        import torch
+
+        ctx = TaskContext(device=torch.device(resolve_device(cfg.device)), seed=cfg.seed, data_dir=state_dir / "data")
+        loaded = load_task(cfg.task, ctx, cfg)
+    except (TaskError, DeviceError) as exc:
         channel.send(TaskRefused(reason=str(exc)))
         return 2
     channel.send(_loaded_frame(loaded))

@@ -98,6 +98,11 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eager", action="store_true", help="train seeds eagerly (compile_enabled false)")
     p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="auto, cpu, cuda or cuda:N: where training runs and the forge compiles (training.device)",
+    )
+    p.add_argument(
         "--inject-fault",
         action="append",
         default=[],

@@ -13,6 +13,7 @@ from esper_tui.engine.config import ConfigError, EsperConfig, override
 # them against the key's declared range: a flag never skips a check the file's value would meet.
 FLAG_KEYS: dict[str, str] = {
     "epochs": "training.epochs",
+    "device": "training.device",
     "task": "training.task",
     "metrics_port": "nissa.port",
     "forge_workers": "tezzeret.compilation.max_concurrent_jobs",
