@@ -77,7 +77,9 @@ async def test_the_task_is_loaded_in_the_training_process_only(engine_for, tmp_p
     trainer = engine.trainer
     assert trainer is not None and trainer._proc is not None and trainer.loaded is not None
     assert marker.read_text().split() == [str(trainer._proc.pid)]  # imported once, by the child
-    assert not any(name.startswith("esper_task_") for name in sys.modules)  # never in the engine's process
+    spy_file = str((tmp_path / "spy_task.py").resolve())
+    imported = [m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == spy_file]
+    assert imported == []  # never in the engine's process (other tests may load their own tasks in this one)
     assert (trainer.loaded.task, trainer.loaded.metric, trainer.loaded.device) == ("spy", ACCURACY, "cpu")
     assert [(s.name, s.shape) for s in trainer.loaded.slots] == [("s0", "5-7")]
     assert any("task spy on cpu: accuracy (higher is better), slots s0 [5] -> [7]" in e.text
