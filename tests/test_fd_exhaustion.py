@@ -111,8 +111,9 @@ async def test_an_engine_out_of_descriptors_carries_on(tmp_path: Path, redis_url
                 await eventually(lambda: (s := engine.latest()) is not None and not s.bus.connected, "the bus down")
                 await asyncio.sleep(HOLD_S)
                 assert not engine.stopped.is_set(), engine.stop_reason
-            await still_whole(engine, base)
+            # /healthz says "bus down" (503) until the bus is back, which is the truth: wait for it first
             await eventually(lambda: (s := engine.latest()) is not None and s.bus.connected, "the bus reconnected")
+            await still_whole(engine, base)
             for step in ("memory reading", "WAL checkpoint"):  # each said once, however many polls failed
                 await eventually(
                     lambda: any(t.startswith(f"{step} back after") for t in said(engine, Level.INFO)),  # noqa: B023
