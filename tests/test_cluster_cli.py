@@ -88,6 +88,19 @@ def test_forge_worker_needs_a_shared_library_and_a_redis_url(tmp_path: Path) -> 
     assert bad_url.returncode == 2 and "--redis-url" in one_line(bad_url)
 
 
+def test_forge_worker_refuses_a_device_this_machine_lacks_in_one_line(tmp_path: Path) -> None:
+    import torch
+
+    shared = ["--library", "postgresql://db/e", "--artifacts", "s3://b", "--state-dir", str(tmp_path / "w")]
+    not_a_device = run("forge-worker", "--redis-url", "redis://127.0.0.1:6379/0", "--device", "gpu", *shared)
+    assert not_a_device.returncode == 2 and "--device" in one_line(not_a_device)
+    if torch.cuda.is_available():
+        return  # the CPU-only refusal below needs a machine without CUDA
+    no_cuda = run("forge-worker", "--redis-url", "redis://127.0.0.1:6379/0", "--device", "cuda:0", *shared)
+    assert no_cuda.returncode == 2 and "sees no CUDA device" in one_line(no_cuda)
+    assert not (tmp_path / "w").exists()  # refused before it locked a state directory
+
+
 def test_forge_worker_never_makes_a_signing_key(tmp_path: Path, pg_url: str) -> None:
     state = tmp_path / "worker"
     proc = run(

@@ -39,6 +39,12 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="this worker's own directory: keys/, logs, the verified kernel cache (default ./var-worker)",
     )
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="the device its kernels are for: auto, cpu, cuda or cuda:N (default training.device); "
+        "a worker serves only the engines whose kernels share it",
+    )
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([forge_worker], [library], [bus])")
     return p
 
@@ -47,7 +53,7 @@ def _say(line: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} forge-worker: {line}", file=sys.stderr, flush=True)
 
 
-async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: bytes) -> int:
+async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: bytes, device: str) -> int:
     from esper_tui.engine.forge.builders import LocalBuilder
     from esper_tui.engine.forge.forge import worker_pool
     from esper_tui.engine.forge.jobqueue import QueueError, open_channel
@@ -60,7 +66,7 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
 
     isa = await asyncio.to_thread(cpu_isa)
     private_cache_dir()
-    identity = Identity.here(isa)
+    identity = Identity.here(isa, device=device)  # the job channel is per identity: only same-device engines
     catalog = Catalog()
     try:
         library = await asyncio.to_thread(open_library, config.library, state_dir, key, catalog, identity=identity)
@@ -105,7 +111,7 @@ async def _serve(config: EsperConfig, state_dir: Path, redis_url: str, key: byte
         loop.add_signal_handler(sig, stop_by, sig)
     _say(
         f"{service.name} taking jobs from {channel.jobs} (identity {identity.fingerprint()}), "
-        f"concurrency {w.concurrency}; library {library.location}"
+        f"concurrency {w.concurrency}; device {device}; library {library.location}"
     )
     try:
         await service.run(stop)
@@ -129,7 +135,13 @@ def forge_worker_main(argv: list[str]) -> int:
     if not (config.library.catalog_url and config.library.artifacts_url):
         return fail("forge-worker needs a shared library: --library postgresql://… and --artifacts s3://…", 2)
     from esper_tui.engine.fsutil import StateDirError, lock_state_dir
+    from esper_tui.engine.kernels.device import DeviceError, resolve_device
     from esper_tui.engine.library.signing import SigningKeyError, load_key
+
+    try:  # before the lock and the key: a device this machine lacks is the user's to fix, exit 2
+        device = resolve_device(config.training.device)
+    except DeviceError as exc:
+        return fail(f"--device: {exc}", 2)
 
     state_dir = args.state_dir.resolve()
     try:
@@ -141,7 +153,7 @@ def forge_worker_main(argv: list[str]) -> int:
     except SigningKeyError as exc:
         return fail(f"{exc} (a worker signs with the engine's library key: set ESPER_SIGNING_KEY)", 1)
     try:
-        return asyncio.run(_serve(config, state_dir, args.redis_url, key))
+        return asyncio.run(_serve(config, state_dir, args.redis_url, key, device))
     except KeyboardInterrupt:
         return 0
     finally:
