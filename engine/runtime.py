@@ -644,11 +644,11 @@ class Engine:
         )
         loop = self._loop
         if loop is not None:
-            loop.call_soon_threadsafe(self._requeue, blueprint_id)
+            loop.call_soon_threadsafe(self._requeue, blueprint_id, version_dir)
 
-    def _requeue(self, blueprint_id: str) -> None:
+    def _requeue(self, blueprint_id: str, version_label: str) -> None:
         if self.forge is not None and blueprint_id in self.catalog:
-            self.forge.enqueue(blueprint_id, reason="artifact quarantined", force=True)
+            self.forge.requeue_quarantined(blueprint_id, version_label)
 
     # ------------------------------------------------------------------ commands
 

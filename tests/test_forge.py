@@ -282,6 +282,22 @@ async def test_discover_quarantines_a_tampered_kernel_and_requeues(
     assert library.version_dirs() == []
 
 
+async def test_a_quarantine_recompiles_only_the_shape_it_took_away(make_forge, rec):
+    small, image = vector(12, 8), SlotShape((3, 4, 4), (4, 4, 4))
+    forge = make_forge(["mlp_block", "conv2d_block"], shapes=[MNIST1D, small, image])
+    assert forge.requeue_quarantined("mlp_block", "v0003-12-8-cpu-0123456789ab")  # a folder library's label
+    assert forge.requeue_quarantined("conv2d_block", "v0002-3x4x4-4x4x4-0123456789ab")  # a shared catalog's
+    assert [(e.blueprint_id, e.shape, e.reason) for e in rec.of(JobQueued)] == [
+        ("mlp_block", small.tag, "artifact quarantined"),
+        ("conv2d_block", image.tag, "artifact quarantined"),
+    ]
+    # a label from before shapes, or one naming a shape no slot has (a renamed folder), recompiles every shape
+    forge.requeue_quarantined("mlp_block", "v0001-0123456789ab")
+    assert sorted(e.shape for e in rec.of(JobQueued)[2:]) == [MNIST1D.tag]  # small is already queued
+    forge.requeue_quarantined("conv2d_block", "v0004-9x9x9-1x1x1-cpu-0123456789ab")
+    assert len(rec.of(JobQueued)) == 3  # its only shape, image, is already queued
+
+
 # ---------------------------------------------------------------------------------- crash recovery
 
 

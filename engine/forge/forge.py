@@ -44,7 +44,7 @@ from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.device import device_index
 from esper_tui.engine.kernels.pipelines import choose_strategy, settings_for, timeout_for
 from esper_tui.engine.kernels.shapes import ShapeError, SlotShape
-from esper_tui.engine.library.base import KernelLibrary
+from esper_tui.engine.library.base import KernelLibrary, version_shape
 from esper_tui.engine.library.meta import ArtifactMeta, shape_of
 from esper_tui.engine.library.store import Identity, artifact_key
 from esper_tui.engine.library.userbp import UserBlueprintError, UserStatus
@@ -179,6 +179,14 @@ class Forge:
             self._idle.clear()
             self._wake.set()
         return added
+
+    def requeue_quarantined(self, blueprint_id: str, version_label: str) -> bool:
+        """Recompile what a quarantine took away: the shape its label names, or every shape the blueprint fits
+        when the label names none or one no slot has (a renamed directory may lie about its shape)."""
+        shape = version_shape(version_label)
+        return self.enqueue(
+            blueprint_id, reason="artifact quarantined", shape=shape if shape in self.shapes else None, force=True
+        )
 
     def set_shapes(self, shapes: Iterable[SlotShape], *, scan: bool = True) -> None:
         """The slot shapes the training host has: from now on every fitting blueprint is compiled for each.

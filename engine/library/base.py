@@ -17,9 +17,22 @@ from typing import NamedTuple, Protocol
 
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.compiled import LoadedKernel
-from esper_tui.engine.kernels.shapes import SlotShape
+from esper_tui.engine.kernels.shapes import ShapeError, SlotShape
 from esper_tui.engine.library.meta import ArtifactMeta, KernelBuild
 from esper_tui.engine.library.userbp import UserBlueprints
+
+
+def version_shape(label: str) -> SlotShape | None:
+    """The slot shape a version's label names, in either backend (`v0003-8x8x8-16x8x8-cpu-ab12…` in a folder,
+    `v0003-40-64-ab12…` in a shared catalog); None for a label from before shapes (`v0001-ab12…`), whose kernels
+    served the 40-64 vector slot."""
+    parts = label.split("-")
+    if len(parts) < 4:
+        return None
+    try:
+        return SlotShape.parse(f"{parts[1]}-{parts[2]}")
+    except ShapeError:
+        return None
 
 
 @dataclass
