@@ -228,6 +228,7 @@ class Aggregator:
             test_metric=e.test_metric,
             samples_per_s=e.samples_per_s,
             epoch_s=e.epoch_s,
+            parameters=e.parameters,
         )
 
     def _on_SeedsReport(self, e: SeedsReport) -> None:

@@ -156,6 +156,7 @@ class EpochCompleted(Event, tag="epoch_completed", kw_only=True):
     samples_per_s: float
     epoch_s: float
     test_metric: float | None = None
+    parameters: int | None = None  # the network as it computes after this epoch: host and contributing seeds
 
 
 class SeedHealth(Struct, kw_only=True):

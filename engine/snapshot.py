@@ -149,6 +149,7 @@ class TrainingView(Struct, kw_only=True):
     test_metric: float | None = None
     samples_per_s: float | None = None
     epoch_s: float | None = None
+    parameters: int | None = None  # of the network as it computes (host and contributing seeds), after an epoch
     loss_history: list[float] = msgspec.field(default_factory=list)
     val_metric_history: list[float] = msgspec.field(default_factory=list)
     seeds: list[SeedView] = msgspec.field(default_factory=list)

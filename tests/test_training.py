@@ -94,6 +94,9 @@ def test_end_to_end_learns_grows_a_seed_and_reports_in_order(cache_dir: Path) ->
 
     epochs = rec.of(EpochCompleted)
     assert [e.epoch for e in epochs] == list(range(1, 26))
+    host = sum(p.numel() for p in t.host.host_parameters())
+    assert epochs[0].parameters == host  # the network as it computes: no seed adds to the output yet
+    assert all(e.parameters is not None and e.parameters >= host for e in epochs)
     assert all(e.source is Subsystem.TOLARIA and e.samples_per_s > 0 and e.epoch_s > 0 for e in epochs)
     assert finished.val_metric == epochs[-1].val_metric > 0.40  # chance is 0.10
     assert finished.best_val_metric == max(e.val_metric for e in epochs)

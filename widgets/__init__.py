@@ -11,6 +11,8 @@ they share and `format` the formatting they share.
     wal_panel       WalPanel          write-ahead log status
     seeds           SeedsPanel        Kasmina seed slots
     training        TrainingPanel     Tolaria training line and loss / metric sparklines
+    compare_*       CompareTable, CompareCurves, DecisionList: the compare screen's final table, overlaid
+                    curves and decisions (they draw a Comparison of two recordings, not a snapshot)
     events          EventsPanel       the event log, newest first
     bus_panel       BusPanel          Oona: backend, link, rates, backlogs, rooms, dead letters, rejections
     strategy_picker StrategyPicker    modal to choose a compile strategy

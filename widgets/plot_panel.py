@@ -9,6 +9,8 @@ panel is offered (hidden or not), so opening it shows the whole run seen so far.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from textual.content import Content
 from textual.widgets import Static
 
@@ -34,12 +36,15 @@ class PlotSlice(Struct, kw_only=True, frozen=True):
     markers: tuple[tuple[int, str], ...]
 
 
-def curve(points: list[tuple[int, float]], first: int, last: int, width: int) -> str:
-    """Block characters for `points` over epochs first..last in `width` columns (blank before the first)."""
+def curve(
+    points: list[tuple[int, float]], first: int, last: int, width: int, bounds: tuple[float, float] | None = None
+) -> str:
+    """Block characters for `points` over epochs first..last in `width` columns (blank before the first), on the
+    scale `bounds` (low, high) or, by default, the points' own min-max (two runs overlaid share one scale)."""
     if width < 1 or not points:
         return " " * max(width, 0)
     values = [v for _, v in points]
-    low, high = min(values), max(values)
+    low, high = bounds if bounds is not None else (min(values), max(values))
     span = (last - first + 1) / width
     columns: list[list[float]] = [[] for _ in range(width)]
     for epoch, value in points:
@@ -53,9 +58,24 @@ def curve(points: list[tuple[int, float]], first: int, last: int, width: int) ->
             out.append(" ")
             continue
         value = held
-        level = 0 if high == low else round((value - low) / (high - low) * (len(BLOCKS) - 1))
+        level = 0 if high == low else round((min(max(value, low), high) - low) / (high - low) * (len(BLOCKS) - 1))
         out.append(BLOCKS[level])
     return "".join(out)
+
+
+def marker_row(markers: Iterable[tuple[int, str]], first: int, last: int, width: int) -> Content:
+    """G/F/P/R at the column of each (epoch, kind) over epochs first..last in `width` columns, as `curve` places
+    points; a later decision in the same column wins."""
+    marks = [" "] * width
+    styles: list[str] = [""] * width
+    span = (last - first + 1) / width
+    for epoch, kind in markers:
+        column = min(max(int((epoch - first) / span), 0), width - 1)
+        marks[column], styles[column] = MARK_LETTERS[kind], MARK_STYLES[kind]
+    row = Content("")
+    for mark, style in zip(marks, styles, strict=True):
+        row += fmt.styled(mark, style) if style else Content(mark)
+    return row
 
 
 class PlotPanel(SnapshotPanel[PlotSlice], Static):
@@ -121,14 +141,6 @@ class PlotPanel(SnapshotPanel[PlotSlice], Static):
                 + fmt.styled(curve(list(points), first, last, room), style)
                 + Content(shown.rjust(VALUE_WIDTH))
             )
-        marks = [" "] * room
-        styles: list[str] = [""] * room
-        span = (last - first + 1) / room
-        for epoch, kind in part.markers:
-            column = min(max(int((epoch - first) / span), 0), room - 1)
-            marks[column], styles[column] = MARK_LETTERS[kind], MARK_STYLES[kind]
-        row = Content("decisions".ljust(LABEL_WIDTH))
-        for mark, style in zip(marks, styles, strict=True):
-            row += fmt.styled(mark, style) if style else Content(mark)
+        row = Content("decisions".ljust(LABEL_WIDTH)) + marker_row(part.markers, first, last, room)
         lines.append(row + Content(f"epoch {part.epoch}".rjust(VALUE_WIDTH)))
         return Content("\n").join(lines)

@@ -226,6 +226,7 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                 test_metric=test,
                 samples_per_s=n / max(train_s, 1e-9),
                 epoch_s=time.perf_counter() - t0,
+                parameters=self.parameter_count(),
             )
         )
         self.emit(SeedsReport(source=Subsystem.KASMINA, epoch=self.epoch, seeds=health))

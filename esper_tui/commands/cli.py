@@ -35,6 +35,7 @@ EPILOG = """examples:
   esper-tui reports                           Tamiyo's field reports: each decision and its outcome
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
   esper-tui plot var/runs/RUN.esrec --out run.png   loss and metric curves for a report
+  esper-tui compare RUN_A RUN_B               two runs side by side (--no-ui --json: as data; --out x.png)
   esper-tui --no-ui --eager --epochs 12 --inject-fault nan-loss@6   chaos test: watch a rollback
   esper-tui library migrate --library postgresql://db/esper   create or upgrade a shared catalog
   esper-tui --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper --forge-workers 0
@@ -253,6 +254,19 @@ def _recordings_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where a run id is looked up (./var)"
     )
     plot.add_argument("--out", type=Path, required=True, metavar="IMAGE", help="run.png or run.svg")
+    compare = sub.add_parser(
+        "compare",
+        help="two recorded runs side by side: curves overlaid per split, decisions, final metric, params, epochs",
+    )
+    compare.add_argument("file", type=Path, metavar="A", help="a recording (.esrec), or a run id as `runs` lists it")
+    compare.add_argument("other", type=Path, metavar="B", help="the run to set beside it, the same way")
+    compare.add_argument(
+        "--state-dir", type=Path, default=Path("var"), metavar="DIR", help="where run ids are looked up (./var)"
+    )
+    compare.add_argument("--no-ui", action="store_true", help="print the comparison instead of the screen")
+    compare.add_argument("--json", action="store_true", help="with --no-ui: the comparison as one JSON object")
+    compare.add_argument("--out", type=Path, metavar="IMAGE", help="draw both runs' curves to a .png or .svg")
+    compare.add_argument("--config", type=Path, metavar="FILE", help="TOML config ([ui] theme)")
     return p
 
 
@@ -283,6 +297,8 @@ def _recordings(argv: list[str]) -> int:
 
     try:
         args.file = find_recording(args.file, args.state_dir)
+        if args.area == "compare":
+            args.other = find_recording(args.other, args.state_dir)
     except BadRecording as exc:
         return fail(str(exc), 1)
     if args.area == "plot":
@@ -295,6 +311,12 @@ def _recordings(argv: list[str]) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
+    if args.area == "compare":
+        from esper_tui.commands.compare import compare_main
+
+        return compare_main(
+            args.file, args.other, no_ui=args.no_ui, as_json=args.json, out=args.out, theme=config.ui.theme
+        )
     from esper_tui.commands.recordings import replay_main
 
     return replay_main(args, config.ui.refresh_hz, config.ui.theme)
@@ -306,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return _attach(argv[1:])
     if argv and argv[0] == "reports":
         return _reports(argv[1:])
-    if argv and argv[0] in ("replay", "runs", "plot"):
+    if argv and argv[0] in ("replay", "runs", "plot", "compare"):
         return _recordings(argv)
     if argv and argv[0] == "blueprint":
         from esper_tui.commands.blueprints import blueprint_main

@@ -107,3 +107,12 @@ def curves_of(recording: Recording) -> Curves:
     for snapshot in recording.frames():
         curves.add(snapshot)
     return curves
+
+
+def untrained_reason(curves: Curves) -> str | None:
+    """Why a recording has nothing to plot or compare, or None when it trained at least one epoch."""
+    if curves.epochs:
+        return None
+    if curves.resumed_from is not None:
+        return f"it resumed at epoch {curves.resumed_from} with nothing left to train"
+    return "no training epoch was recorded"
