@@ -24,7 +24,7 @@ headless: $(STAMP)
 	$(VENV)/bin/esper-tui --no-ui $(ARGS)
 
 test: lint
-	. scripts/ensure-redis.sh && . scripts/ensure-postgres.sh && . scripts/ensure-promtool.sh && . scripts/ensure-worker-access.sh && $(PY) -m pytest $(ARGS)
+	. scripts/ensure-redis.sh && . scripts/ensure-postgres.sh && . scripts/ensure-promtool.sh && . scripts/ensure-chromium.sh && . scripts/ensure-worker-access.sh && $(PY) -m pytest $(ARGS)
 
 # Three checkers: ruff (lint + format), mypy --strict, and import-linter's contracts (pyproject.toml).
 # mypy and import-linter read a symlink view of the package as it installs (scripts/lint-view.sh).

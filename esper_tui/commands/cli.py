@@ -36,6 +36,7 @@ EPILOG = """examples:
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
   esper-tui plot var/runs/RUN.esrec --out run.png   loss and metric curves for a report
   esper-tui compare RUN_A RUN_B               two runs side by side (--no-ui --json: as data; --out x.png)
+  esper-tui serve --port 8000                 the control room in a browser, on localhost (serve -- ARGS)
   esper-tui --no-ui --eager --epochs 12 --inject-fault nan-loss@6   chaos test: watch a rollback
   esper-tui library migrate --library postgresql://db/esper   create or upgrade a shared catalog
   esper-tui --redis-url URL --library postgresql://db/esper --artifacts s3://bucket/esper --forge-workers 0
@@ -322,6 +323,33 @@ def _recordings(argv: list[str]) -> int:
     return replay_main(args, config.ui.refresh_hz, config.ui.theme)
 
 
+def _serve(argv: list[str]) -> int:
+    """`esper-tui serve [...] [-- ESPER ARGS]`: the ESPER ARGS are parsed here, as their own command would, so a
+    mistyped flag is refused now rather than in every browser that connects."""
+    from esper_tui.commands.serve import serve_main, serve_parser, served_problem, split_esper_args
+
+    own, esper = split_esper_args(argv)
+    args = serve_parser().parse_args(own)
+    if (problem := served_problem(esper)) is not None:
+        return fail(problem, 2)
+    if esper and esper[0] == "attach":
+        _attach_parser().parse_args(esper[1:])
+    elif esper and esper[0] in ("replay", "compare"):
+        served = _recordings_parser().parse_args(esper)
+        from esper_tui.commands.recordings import find_recording
+        from esper_tui.engine.recorder import BadRecording
+
+        try:  # a recording that is not there is one line now, not a closed page in every browser
+            for given in (served.file, getattr(served, "other", None)):
+                if given is not None and not find_recording(given, served.state_dir).is_file():
+                    return fail(f"{given}: no such recording", 1)
+        except BadRecording as exc:
+            return fail(str(exc), 1)
+    else:
+        _run_parser().parse_args(esper)
+    return serve_main(args, esper)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "attach":
@@ -330,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         return _reports(argv[1:])
     if argv and argv[0] in ("replay", "runs", "plot", "compare"):
         return _recordings(argv)
+    if argv and argv[0] == "serve":
+        return _serve(argv[1:])
     if argv and argv[0] == "blueprint":
         from esper_tui.commands.blueprints import blueprint_main
 
