@@ -35,6 +35,7 @@ from esper_tui.engine.contracts import (
     LogLine,
     Metric,
     MetricsReport,
+    PolicyChanged,
     Rollback,
     SeedsReport,
     TrainingFailed,
@@ -55,6 +56,7 @@ from esper_tui.engine.snapshot import (
     Infrastructure,
     JobView,
     SeedView,
+    SimicView,
     Snapshot,
     TrainingView,
     WalView,
@@ -115,6 +117,7 @@ class Aggregator:
         self.metrics: list[Metric] = []
         self.bus = BusView()
         self.forge_workers: list[ForgeWorkerView] = []
+        self.simic: SimicView | None = None
         self.jobs_awaiting_worker = 0
         self.alerts: dict[str, AlertView] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -158,6 +161,12 @@ class Aggregator:
             self.bus = view
             self._dirty = True
 
+    def set_simic(self, view: SimicView | None) -> None:
+        """Simic's progress as its state directory says (polled by the engine, like the bus)."""
+        if view != self.simic:
+            self.simic = view
+            self._dirty = True
+
     def set_forge_workers(self, views: list[ForgeWorkerView], awaiting: int = 0) -> None:
         """The remote forge workers as their heartbeats say (polled by the engine, like the bus), and how many
         jobs wait for one of them."""
@@ -173,6 +182,8 @@ class Aggregator:
             return event.level
         if isinstance(event, TrainingFailed) or (isinstance(event, JobFailed) and not event.will_retry):
             return Level.ERROR
+        if isinstance(event, PolicyChanged) and event.fallback:
+            return Level.WARNING
         if isinstance(event, JobFailed | ArtifactQuarantined | CommandRefused | Rollback) or (
             isinstance(event, AlertChanged) and event.active
         ):
@@ -194,6 +205,9 @@ class Aggregator:
 
     def _on_TrainingWaiting(self, e: TrainingWaiting) -> None:
         self._training(waiting_for=e.reason)
+
+    def _on_PolicyChanged(self, e: PolicyChanged) -> None:
+        self._training(policy=e.policy)
 
     def _on_TrainingStarted(self, e: TrainingStarted) -> None:
         self.infra = msgspec.structs.replace(
@@ -389,6 +403,8 @@ class Aggregator:
                 kind = f"compiled {label}" if e.compile_enabled else EAGER_KERNELS
                 began = "started" if e.resumed_from_epoch is None else f"resumed at epoch {e.resumed_from_epoch}"
                 return f"training {began} on {e.dataset} ({e.host}, kernels {kind})"
+            case PolicyChanged():
+                return f"policy: {e.policy} ({e.reason})"
             case ControllerDecision():
                 target = f" {e.slot}" if e.slot else ""
                 bp = f" <- {e.blueprint_id}" if e.blueprint_id and e.action is Action.GERMINATE else ""
@@ -479,5 +495,6 @@ class Aggregator:
             events=list(self.events)[-50:],
             bus=self.bus,
             alerts=list(self.alerts.values()),
+            simic=self.simic,
         )
         return self._last

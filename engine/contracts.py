@@ -178,6 +178,15 @@ class SeedsReport(Event, tag="seeds_report", kw_only=True):
     seeds: list[SeedHealth]
 
 
+class PolicyChanged(Event, tag="policy_changed", kw_only=True):
+    """Tamiyo follows another policy: `policy` is "heuristic" or "learned v0003"; `fallback`: an error (a refused
+    signature, a missing file) sent it back to the heuristic, which `reason` names."""
+
+    policy: str
+    reason: str
+    fallback: bool = False
+
+
 class ControllerDecision(Event, tag="controller_decision", kw_only=True):
     action: Action
     slot: str | None
@@ -286,6 +295,7 @@ AnyEvent = (
     | EpochCompleted
     | SeedsReport
     | ControllerDecision
+    | PolicyChanged
     | Rollback
     | TrainingFinished
     | TrainingFailed
@@ -334,4 +344,10 @@ class Shutdown(Command, tag="shutdown", kw_only=True):
     reason: str = "operator"
 
 
-AnyCommand = Recompile | RecompileAll | SetConservativeMode | PauseTraining | Shutdown
+class SetPolicy(Command, tag="set_policy", kw_only=True):
+    """What Tamiyo follows from the next epoch on: "heuristic", "learned" or a policy file (training.policy)."""
+
+    policy: str
+
+
+AnyCommand = Recompile | RecompileAll | SetConservativeMode | PauseTraining | Shutdown | SetPolicy

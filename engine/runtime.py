@@ -17,6 +17,7 @@ import functools
 import gc
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -32,6 +33,7 @@ from esper_tui.engine.broadcast import Broadcaster, BusWatch, EngineIdentity
 from esper_tui.engine.bus import Bus, BusError, create_bus
 from esper_tui.engine.bus.auth import CommandRejected, CommandVerifier, FrameSigner, operator_name, sign_command
 from esper_tui.engine.config import EsperConfig, override, shared_forge_problem, wal_directory
+from esper_tui.engine.config.ranges import POLICY_PATTERN
 from esper_tui.engine.contracts import (
     AnyCommand,
     AnyEvent,
@@ -47,6 +49,7 @@ from esper_tui.engine.contracts import (
     RecompileAll,
     Rollback,
     SetConservativeMode,
+    SetPolicy,
     Shutdown,
     TrainingWaiting,
 )
@@ -69,6 +72,7 @@ from esper_tui.engine.library.userbp import UserBlueprintError, extend_catalog
 from esper_tui.engine.linequota import LineQuota
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
+from esper_tui.engine.simic.status import view as simic_view
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
@@ -89,6 +93,7 @@ REFUSALS_WINDOW_S = 10.0
 a flood of forged commands must not push out what the operator needs to see (the bus counts every one)."""
 DRAIN_S = 5.0  # at stop: how long the last telemetry copies, the final bus reading and the last frame may take
 TRAINER_STOP_S = 30.0  # at stop: how long the training process may take to finish its epoch and checkpoint
+SIMIC_POLL_S = 3.0  # how often the Simic panel reads <state>/simic/status.json
 
 
 class EngineError(RuntimeError):
@@ -327,6 +332,7 @@ class Engine:
         self._spawn(self.bus.consume_commands("engine", f"engine-{self.run_id}", self._obey))
         self._spawn(self._publish_snapshots())
         self._spawn(self._evaluate_alerts())
+        self._spawn(self._watch_simic())
         await self._start_recorder()
         self._start_broadcast(signer)
         import torch
@@ -531,6 +537,13 @@ class Engine:
             self._snapshot = self.aggregator.snapshot()
             await asyncio.sleep(period)
 
+    async def _watch_simic(self) -> None:
+        """Simic's progress for the control room (it trains in its own process, `esper-tui simic train`): its status
+        file read every few seconds off the loop; a missing or unreadable one shows no panel."""
+        while True:
+            self.aggregator.set_simic(await asyncio.to_thread(simic_view, self.state_dir))
+            await asyncio.sleep(SIMIC_POLL_S)
+
     async def _evaluate_alerts(self) -> None:
         """Nissa's time-based rules (windows that expire, the bus backlog), once a second; and the summary of
         refused commands held back from the event log."""
@@ -711,6 +724,13 @@ class Engine:
                 self.control.set_paused(command.paused)
             case Shutdown():
                 self.request_stop(f"shutdown command ({command.reason})")
+            case SetPolicy() if not re.match(POLICY_PATTERN, command.policy):
+                self.log(Level.WARNING, f"policy {command.policy!r} refused: heuristic, learned or a *.policy file")
+            case SetPolicy() if self.trainer is None or self._training_over():
+                self.log(Level.WARNING, f"policy {command.policy} ignored: no training running")
+            case SetPolicy():
+                assert self.trainer is not None
+                self.trainer.choose_policy(command.policy)
 
     def _training_over(self) -> bool:
         """Training ran and ended (finished or failed): a pause has nothing left to hold."""

@@ -156,6 +156,7 @@ class TrainingView(Struct, kw_only=True):
     resumed_from_epoch: int | None = None  # the checkpoint this run resumed from, if it did
     rollbacks: int = 0
     waiting_for: str = ""  # while WAITING: what training waits for (the forge's first kernel, its process)
+    policy: str = "heuristic"  # what Tamiyo follows: "heuristic" or the learned version ("learned v0003")
 
 
 class EventLine(Struct, kw_only=True, omit_defaults=True):
@@ -220,6 +221,24 @@ class LinkView(Struct, kw_only=True):
     detail: str = ""  # why commands are unavailable, or what went wrong
 
 
+class SimicView(Struct, kw_only=True):
+    """Simic as its state directory says (`esper-tui simic train` writes it; the engine reads it every few seconds):
+    how far training got, its learning curve (the newest episodes' returns and rounds' losses), the policy versions
+    and the gate's last verdict with its reasons."""
+
+    episodes_done: int = 0
+    episodes_total: int = 0
+    returns: list[float] = msgspec.field(default_factory=list)
+    losses: list[float] = msgspec.field(default_factory=list)
+    wall_s: float = 0.0
+    candidate: str = ""
+    current: str = "heuristic"
+    verdict: str = ""  # "passed", "failed", or "" before any
+    reasons: list[str] = msgspec.field(default_factory=list)
+    finished: bool = False
+    updated_ts: float = 0.0
+
+
 class Snapshot(Struct, kw_only=True):
     """What every client sees: the dashboard, `--json`, and a remote control room."""
 
@@ -236,6 +255,7 @@ class Snapshot(Struct, kw_only=True):
     bus: BusView = msgspec.field(default_factory=BusView)
     link: LinkView = msgspec.field(default_factory=LinkView)
     alerts: list[AlertView] = msgspec.field(default_factory=list)  # firing now, oldest first
+    simic: SimicView | None = None  # None: Simic never trained in this state directory
 
 
 COMPILED_KERNEL = "compiled "

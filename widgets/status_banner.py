@@ -41,6 +41,7 @@ class BannerSlice(NamedTuple):
     epoch: int
     epochs_total: int | None
     task: str
+    policy: str  # Tamiyo's: "heuristic" (not shown) or "learned v0003"
     metric: MetricInfo
     device: str
     val_metric: float | None  # the validation split (what Tamiyo decides on)
@@ -121,6 +122,7 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             epoch=training.epoch,
             epochs_total=training.epochs_total,
             task=training.task,
+            policy=training.policy,
             metric=training.metric,
             device=training.device or snapshot.infrastructure.device,
             val_metric=training.val_metric,
@@ -171,6 +173,8 @@ class StatusBanner(SnapshotPanel[BannerSlice], Static):
             f"task {part.task or fmt.DASH}",
             f"device {part.device}",
         ]
+        if part.policy != "heuristic":  # the default is not news; a learned policy is (its version)
+            facts.insert(3, f"policy {part.policy}")
         if infra.torch_version:
             facts.append(f"torch {infra.torch_version}")
         return fmt.styled(fmt.SEP.join(facts), fmt.MUTED)

@@ -30,3 +30,5 @@ DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]{1,2})?)$"  # kernels/device.py resolve
 TASK_SPEC_PATTERN = r"^([a-z][a-z0-9_]*|[^:\s]+\.py:[A-Za-z_]\w*|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$"
 """A task: a built-in name, `path/to/file.py:factory` or `package.module:factory` (training/task_loader.py)."""
 TaskSpec = Annotated[str, Meta(pattern=TASK_SPEC_PATTERN)]
+POLICY_PATTERN = r"^(heuristic|learned|\S.*\.policy)$"
+"""Tamiyo's policy: the heuristic, the library's published learned one, or a policy file (training/follow.py)."""

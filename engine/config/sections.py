@@ -16,6 +16,7 @@ from msgspec import Meta
 from esper_tui.engine.config.ranges import (
     DAY_S,
     DEVICE_PATTERN,
+    POLICY_PATTERN,
     TIB_MB,
     TRAIN_SAMPLES,
     Entries,
@@ -364,6 +365,14 @@ class TrainingConfig(Section, frozen=True, kw_only=True):
             description="epochs after a Tamiyo decision at which its outcome is measured for the field reports",
         ),
     ] = 5
+    policy: Annotated[
+        str,
+        Meta(
+            pattern=POLICY_PATTERN,
+            description="Tamiyo's policy: heuristic, learned (the version Simic published in the library, followed "
+            "as new ones are published) or a signed policy file (*.policy); any error falls back to the heuristic",
+        ),
+    ] = "heuristic"
 
 
 class BusConfig(Section, frozen=True, kw_only=True):
@@ -444,6 +453,37 @@ class UiConfig(Section, frozen=True, kw_only=True):
     ] = 1.0
 
 
+class SimicConfig(Section, frozen=True, kw_only=True):
+    """Simic: trains Tamiyo's policy from short growth episodes (`esper-tui simic train`), gates it against the
+    heuristic on held-out data seeds, and publishes it in the library."""
+
+    episodes: Annotated[int, Meta(ge=1, le=100_000, description="training episodes of a full `simic train`")] = 60
+    episode_epochs: Annotated[int, Meta(ge=2, le=10_000, description="epochs each episode's growth run trains")] = 40
+    episode_wall_s: Annotated[
+        Seconds, Meta(description="an episode still running after this many seconds is stopped where it is")
+    ] = 120.0
+    workers: Annotated[Parallel, Meta(description="episodes run at once, each in a worker process")] = 2
+    horizon_epochs: Annotated[
+        int, Meta(ge=1, le=1000, description="epochs over which a decision's validation gain is its reward")
+    ] = 8
+    rent_per_kparam: Annotated[
+        float,
+        Meta(ge=0, le=100, description="reward's rent for a kept seed: points per 1000 parameters it adds"),
+    ] = 0.05
+    wasted_graft_penalty: Annotated[
+        float, Meta(ge=0, le=100, description="reward's penalty, in points, for a seed germinated and then pruned")
+    ] = 1.0
+    exploration: Annotated[
+        float, Meta(ge=0, le=100, description="the bandit's optimism (LinUCB alpha) while it trains")
+    ] = 1.0
+    gate_seeds: Annotated[
+        int, Meta(ge=1, le=100, description="held-out data seeds the validation gate plays each policy on")
+    ] = 3
+    gate_epochs: Annotated[
+        int, Meta(ge=2, le=10_000, description="epochs of each gate run (early stop after half of them flat)")
+    ] = 60
+
+
 class RecordingConfig(Section, frozen=True, kw_only=True):
     """Every run's snapshots in <state>/runs/<run_id>.esrec, for `esper-tui replay`, `runs` and `plot`."""
 
@@ -518,6 +558,7 @@ class EsperConfig(Section, frozen=True, kw_only=True):
     nissa: NissaConfig = msgspec.field(default_factory=NissaConfig)
     recording: RecordingConfig = msgspec.field(default_factory=RecordingConfig)
     forge_worker: ForgeWorkerConfig = msgspec.field(default_factory=ForgeWorkerConfig)
+    simic: SimicConfig = msgspec.field(default_factory=SimicConfig)
 
 
 def wal_directory(config: EsperConfig, state_dir: Path) -> Path:

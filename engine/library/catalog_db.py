@@ -414,6 +414,49 @@ class PgCatalog:
 
         return self._run("list user blueprints", op)
 
+    def add_policy(self, version: str, sha256: str) -> bool:
+        """Record a policy version stored under `sha256`; False when the version exists (never overwritten)."""
+
+        def op(conn: Conn) -> bool:
+            cur = conn.execute(
+                "INSERT INTO policies (version, sha256) VALUES (%s, %s) ON CONFLICT (version) DO NOTHING",
+                (version, sha256),
+            )
+            return cur.rowcount > 0
+
+        return self._run(f"add policy {version}", op)
+
+    def policy(self, version: str) -> str | None:
+        def op(conn: Conn) -> str | None:
+            row = conn.execute("SELECT sha256 FROM policies WHERE version = %s", (version,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._run(f"read policy {version}", op)
+
+    def policy_versions(self) -> list[str]:
+        def op(conn: Conn) -> list[str]:
+            return [str(v) for (v,) in conn.execute("SELECT version FROM policies ORDER BY version").fetchall()]
+
+        return self._run("list policies", op)
+
+    def set_policy_pointer(self, document: bytes, signature: str) -> None:
+        def op(conn: Conn) -> None:
+            conn.execute(
+                """INSERT INTO policy_pointer (id, document, signature) VALUES (1, %s, %s)
+                   ON CONFLICT (id) DO UPDATE SET document = EXCLUDED.document, signature = EXCLUDED.signature,
+                   updated_at = now()""",
+                (document, signature),
+            )
+
+        self._run("publish a policy", op)
+
+    def policy_pointer(self) -> tuple[bytes, str] | None:
+        def op(conn: Conn) -> tuple[bytes, str] | None:
+            row = conn.execute("SELECT document, signature FROM policy_pointer WHERE id = 1").fetchone()
+            return None if row is None else (bytes(row[0]), str(row[1]))
+
+        return self._run("read the published policy", op)
+
     # ------------------------------------------------------------------ reading
 
     def library_key(self) -> str | None:

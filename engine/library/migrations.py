@@ -110,11 +110,28 @@ CREATE TABLE user_blueprints (
 );
 """
 
+_0005_POLICIES: LiteralString = """
+-- Simic's learned policies: one row per version (the signed file lives in the object store under sha256, never
+-- changed), and the one signed pointer to the version Tamiyo follows. Nothing here is trusted unsigned.
+CREATE TABLE policies (
+    version TEXT PRIMARY KEY CONSTRAINT policy_version CHECK (version ~ '^v[0-9]{4,9}$'),
+    sha256 TEXT NOT NULL CONSTRAINT policy_sha256_is_hex CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE policy_pointer (
+    id INT PRIMARY KEY CONSTRAINT one_pointer CHECK (id = 1),
+    document BYTEA NOT NULL,
+    signature TEXT NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "catalog: blueprints, tags, kernel versions", _0001_CATALOG),
     Migration(2, "library_key: the fingerprint of the key that signs the library", _0002_LIBRARY_KEY),
     Migration(3, "kernel_versions.shape: kernels per slot shape", _0003_KERNEL_SHAPES),
     Migration(4, "user_blueprints: signed records of the blueprints users add", _0004_USER_BLUEPRINTS),
+    Migration(5, "policies: Simic's learned policy versions and the published pointer", _0005_POLICIES),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -32,7 +32,7 @@ from esper_tui.engine.contracts import (
     WalStatus,
 )
 from esper_tui.engine.nissa.alerts import ALERT_NAMES, AlertEvaluator
-from esper_tui.engine.snapshot import Snapshot
+from esper_tui.engine.snapshot import SimicView, Snapshot
 from esper_tui.engine.vocabulary import BreakerState, SeedStage
 
 COMPILE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -248,6 +248,33 @@ def _snapshot_metrics(snap: Snapshot) -> Iterator[PromMetric]:
     for entry in bus.backlogs:
         backlog.add_metric([entry.stream], entry.backlog)
     yield backlog
+    yield from _simic_metrics(snap.simic, t.policy)
+
+
+def _simic_metrics(simic: SimicView | None, policy: str) -> Iterator[PromMetric]:
+    """Simic's training and gate (seed 004: simic.training.reward, simic.training.loss, simic.validation.pass), and
+    the policy Tamiyo follows; the Simic series are left out while Simic never trained in this state directory."""
+    info = GaugeMetricFamily(
+        "simic_policy_info", "The policy Tamiyo follows (heuristic or learned vNNNN)", labels=["policy"]
+    )
+    info.add_metric([policy], 1.0)
+    yield info
+    if simic is None:
+        return
+    yield _counter("simic_episodes", "Training episodes Simic has run", simic.episodes_done)
+    yield from _gauge(
+        "simic_training_reward",
+        "The newest training episode's return (points)",
+        simic.returns[-1] if simic.returns else None,
+    )
+    yield from _gauge(
+        "simic_training_loss", "The bandit's newest prediction loss", simic.losses[-1] if simic.losses else None
+    )
+    yield from _gauge(
+        "simic_validation_pass",
+        "1 when the gate passed the last candidate, 0 when it refused it",
+        {"passed": 1.0, "failed": 0.0}.get(simic.verdict),
+    )
 
 
 def _split(name: str, doc: str, values: dict[str, float | None]) -> Iterator[PromMetric]:

@@ -34,6 +34,11 @@ No churn (a memorising host starves every seed of gradient, and the old rule re-
 - failures in a row hold all growth back the same way (the wait doubles with each);
 - after `give_up_after` failures in a row Tamiyo stops growing for the run, and says why once.
 A seed that is kept resets the run of failures.
+
+A learned policy (`policy`, a `PolicyHook`; Simic trains it, training/learned.py follows it) may take the two
+choices that are judgement, not bookkeeping: whether and what to germinate once growth is allowed (no seed in
+flight, the failure back-off over), and whether a held seed is kept, pruned or held longer. The guards stay the
+heuristic's: gradients exploding or vanishing, a collapse while blended, the back-off and giving up, embargoes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from esper_tui.engine.config import TrainingConfig
 from esper_tui.engine.contracts import SeedHealth
@@ -104,6 +110,23 @@ def _pair(slot: str, blueprint_id: str) -> str:
     return f"{slot}/{blueprint_id}"
 
 
+class PolicyHook(Protocol):
+    """A policy that takes Tamiyo's decision points in place of the heuristic (the guards stay the heuristic's)."""
+
+    def ready(self, state: EpochState) -> bool:
+        """Asked once per epoch, before any decision (between epochs: where a new policy may be loaded); False
+        lets the heuristic decide this epoch (no policy yet, or it failed)."""
+        ...
+
+    def grow(self, controller: Controller, state: EpochState, options: list[tuple[KernelOffer, str]]) -> Decision:
+        """WAIT, or GERMINATE one of `options` ((offer, dormant slot) pairs, the controller's ranking first)."""
+        ...
+
+    def judge(self, controller: Controller, state: EpochState, seed: SeedHealth) -> Decision | None:
+        """A seed held for `holding_epochs`: FOSSILIZE, PRUNE or None to hold it longer (until twice as long)."""
+        ...
+
+
 class Controller:
     def __init__(
         self,
@@ -122,6 +145,8 @@ class Controller:
         self.collapse = collapse
         self.germinated_epochs = germinated_epochs
         self.s = ControllerState()
+        self.policy: PolicyHook | None = None  # None: the heuristic decides everything
+        self._learned = False  # this epoch's decision points are the policy's
 
     # ------------------------------------------------------------------ state
 
@@ -178,8 +203,9 @@ class Controller:
 
     # ------------------------------------------------------------------ decisions
 
-    def _judge(self, seed: SeedHealth, value: float) -> Decision | None:
-        """The decision for one seed this epoch (`value`: the validation metric), or None to leave it be."""
+    def _judge(self, seed: SeedHealth, state: EpochState) -> Decision | None:
+        """The decision for one seed this epoch, or None to leave it be."""
+        value = state.val_metric
         name, bp = seed.slot, seed.blueprint_id
         gain = seed.gain if seed.gain is not None else 0.0
         scale = self.metric.scale(value)
@@ -202,6 +228,11 @@ class Controller:
             )
         if seed.stage is S.BLENDING and n >= self.cfg.blend_epochs:
             return Decision(Action.ADVANCE, name, bp, f"blend complete; holding for {self.cfg.holding_epochs} epochs")
+        if seed.stage is S.HOLDING and n >= self.cfg.holding_epochs and self._learned:
+            held = self.policy.judge(self, state, seed) if self.policy is not None else None
+            if held is not None or n < 2 * self.cfg.holding_epochs:
+                return held
+            return Decision(Action.PRUNE, name, bp, f"held {n} epochs without a verdict")
         if seed.stage is S.HOLDING and n >= self.cfg.holding_epochs:
             verdict = f"{self._change(gain)} since germination, now {self.metric.format(value)}"
             if gain >= self.fossilize_margin * scale:
@@ -247,6 +278,8 @@ class Controller:
             return Decision(Action.WAIT, reason="growth stopped for this run")
         if any(seed.stage in _IN_FLIGHT for seed in state.seeds):
             return Decision(Action.WAIT, reason="a seed is in flight")
+        if self._learned:
+            return self._policy_grows(state)
         flat = self.plateau()
         if flat is None:
             return Decision(
@@ -273,10 +306,37 @@ class Controller:
             Action.WAIT, reason=f"{why}, but no offered blueprint fits a free slot without having failed there recently"
         )
 
+    def options(self, state: EpochState) -> list[tuple[KernelOffer, str]]:
+        """Every (offer, dormant slot) germination allowed now, best ranked first: the offer fits the slot's shape
+        and the pair is not embargoed after a failure."""
+        dormant = [seed.slot for seed in state.seeds if seed.stage is S.DORMANT]
+        return [
+            (offer, slot)
+            for offer in self.rank(state.offers)
+            for slot in dormant
+            if state.fits(slot, offer) and state.epoch >= self.s.retry_after.get(_pair(slot, offer.blueprint_id), 0)
+        ]
+
+    def _policy_grows(self, state: EpochState) -> Decision:
+        """The learned policy's growth decision, once the heuristic's back-off allows growth at all."""
+        s = self.s
+        if state.epoch < s.growth_after:
+            return Decision(
+                Action.WAIT, reason=f"{s.failures_in_a_row} seeds failed in a row: waiting until epoch {s.growth_after}"
+            )
+        options = self.options(state)
+        if not options:
+            return Decision(Action.WAIT, reason="no offered blueprint fits a free slot now")
+        d = self.policy.grow(self, state, options) if self.policy is not None else Decision(Action.WAIT)
+        if d.action is Action.GERMINATE and d.blueprint_id is not None:
+            s.uses[d.blueprint_id] = s.uses.get(d.blueprint_id, 0) + 1
+        return d
+
     def decide(self, state: EpochState) -> list[Decision]:
         """The decisions for this epoch (never empty: a lone WAIT says why nothing happens)."""
         self._observe(state.val_metric)
-        decisions = [d for seed in state.seeds if (d := self._judge(seed, state.val_metric)) is not None]
+        self._learned = self.policy is not None and self.policy.ready(state)
+        decisions = [d for seed in state.seeds if (d := self._judge(seed, state)) is not None]
         notes: list[Decision] = []
         for d in decisions:
             if d.action is Action.FOSSILIZE:

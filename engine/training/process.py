@@ -49,10 +49,12 @@ from esper_tui.engine.kernels.pipelines import settings_for
 from esper_tui.engine.kernels.probe import KernelTarget
 from esper_tui.engine.library.base import KernelLibrary
 from esper_tui.engine.library.factory import LibraryUnavailable, open_library
+from esper_tui.engine.library.policies import open_policies
 from esper_tui.engine.library.store import Identity
 from esper_tui.engine.library.userbp import UserBlueprintError, extend_catalog
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.faults import FaultPlan
+from esper_tui.engine.training.follow import PolicyBox, PolicyFollower
 from esper_tui.engine.training.kernel_source import EagerKernelSource, KernelSource
 from esper_tui.engine.training.library_source import LibraryKernelSource
 from esper_tui.engine.training.loop import Trainer
@@ -78,6 +80,12 @@ class Start(msgspec.Struct, tag="start"):
 class Control(msgspec.Struct, tag="control"):
     paused: bool
     stopped: bool
+
+
+class PolicyChoice(msgspec.Struct, tag="policy"):
+    """The operator's choice of Tamiyo's policy (SetPolicy), taken from the next epoch on."""
+
+    spec: str
 
 
 class Emitted(msgspec.Struct, tag="event"):
@@ -120,7 +128,7 @@ class TaskRefused(msgspec.Struct, tag="task_refused"):
     reason: str
 
 
-ToTrainer = Start | Control | Begin
+ToTrainer = Start | Control | Begin | PolicyChoice
 FromTrainer = Emitted | Quarantined | CacheCounts | TaskLoaded | TaskRefused
 _to_trainer = msgspec.msgpack.Decoder(ToTrainer)
 _from_trainer = msgspec.msgpack.Decoder(FromTrainer)
@@ -235,6 +243,10 @@ class TrainerProcess:
         """The go-ahead: the child trains once it has loaded its task (TaskLoaded) and heard this."""
         self._send(Begin())
 
+    def choose_policy(self, spec: str) -> None:
+        """Tamiyo follows `spec` (heuristic, learned, a policy file) from the next epoch on."""
+        self._send(PolicyChoice(spec=spec))
+
     def _mirror(self, paused: bool, stopped: bool) -> None:
         self._send(Control(paused=paused, stopped=stopped))
 
@@ -320,7 +332,7 @@ def _die_with_parent() -> None:
         os._exit(0)
 
 
-def _follow(inbox: IO[bytes], control: TrainingControl, begun: threading.Event) -> None:
+def _follow(inbox: IO[bytes], control: TrainingControl, begun: threading.Event, policy: PolicyBox) -> None:
     """Mirror the engine's Control frames and its go-ahead (Begin); end-of-file or a broken frame means the engine
     is gone: exit at once, writing nothing more."""
     while True:
@@ -333,6 +345,8 @@ def _follow(inbox: IO[bytes], control: TrainingControl, begun: threading.Event) 
             break
         if isinstance(message, Begin):
             begun.set()
+        elif isinstance(message, PolicyChoice):
+            policy.set(message.spec)
         elif isinstance(message, Control):
             control.set_paused(message.paused)
             if message.stopped:
@@ -377,6 +391,13 @@ def _add_user_blueprints(catalog: Catalog, library: KernelLibrary) -> None:
         print(f"user blueprints: {exc}; the catalog stays as it is", file=sys.stderr)
 
 
+def _policy(start: Start, box: PolicyBox, task: str, emit: Callable[[AnyEvent], None]) -> PolicyFollower:
+    """Tamiyo's policy as `training.policy` (or the operator, later) names it; the heuristic decides while it is
+    "heuristic" or anything fails."""
+    cfg, state_dir, key = start.config.library, Path(start.state_dir), start.signing_key
+    return PolicyFollower(box, key=key, task=task, emit=emit, policies=lambda: open_policies(cfg, state_dir, key))
+
+
 def _loaded_frame(loaded: LoadedTask) -> TaskLoaded:
     task = loaded.task
     return TaskLoaded(
@@ -404,8 +425,8 @@ def main() -> int:
     if not isinstance(start, Start):
         print(f"training process: the first frame must be Start, not {start}", file=sys.stderr)
         return 2
-    control, begun = TrainingControl(), threading.Event()
-    threading.Thread(target=_follow, args=(inbox, control, begun), name="esper-control", daemon=True).start()
+    control, begun, policy = TrainingControl(), threading.Event(), PolicyBox(start.config.training.policy)
+    threading.Thread(target=_follow, args=(inbox, control, begun, policy), name="esper-control", daemon=True).start()
     state_dir = Path(start.state_dir)
     cfg = start.config.training
     try:
@@ -440,6 +461,7 @@ def main() -> int:
         faults=FaultPlan.parse(start.faults),
         run_id=start.run_id,
     )
+    trainer.controller.policy = _policy(start, policy, loaded.task.name, channel.emit)
     gc.freeze()  # torch's and the engine's import-time objects: the collector never rescans them while training
     try:
         trainer.run()

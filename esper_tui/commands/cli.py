@@ -33,6 +33,8 @@ EPILOG = """examples:
   esper-tui wal inspect --json                the forge's write-ahead log
   esper-tui runs                              the recorded runs in ./var/runs
   esper-tui reports                           Tamiyo's field reports: each decision and its outcome
+  esper-tui simic train --quick               Simic: learn Tamiyo's policy, gate it, publish it if it passes
+  esper-tui --no-ui --epochs 30 --policy learned   Tamiyo follows the published learned policy
   esper-tui replay var/runs/RUN.esrec         the dashboard over a recording (space, arrows, [ ], g/G)
   esper-tui plot var/runs/RUN.esrec --out run.png   loss and metric curves for a report
   esper-tui compare RUN_A RUN_B               two runs side by side (--no-ui --json: as data; --out x.png)
@@ -79,6 +81,12 @@ def _run_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="what to train: mnist1d (default), digits, path/to/file.py:factory or package.module:factory "
         "(training.task; README: tasks)",
+    )
+    p.add_argument(
+        "--policy",
+        metavar="heuristic|learned|FILE",
+        help="Tamiyo's policy: the heuristic (default), the learned one Simic published, or a signed FILE.policy "
+        "(training.policy; any error falls back to the heuristic)",
     )
     p.add_argument("--no-ui", action="store_true", help="run headless")
     p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
@@ -356,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         return _attach(argv[1:])
     if argv and argv[0] == "reports":
         return _reports(argv[1:])
+    if argv and argv[0] == "simic":
+        from esper_tui.commands.simic import simic_main
+
+        return simic_main(argv[1:])
     if argv and argv[0] in ("replay", "runs", "plot", "compare"):
         return _recordings(argv)
     if argv and argv[0] == "serve":

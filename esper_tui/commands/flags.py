@@ -15,6 +15,7 @@ FLAG_KEYS: dict[str, str] = {
     "epochs": "training.epochs",
     "device": "training.device",
     "task": "training.task",
+    "policy": "training.policy",
     "metrics_port": "nissa.port",
     "forge_workers": "tezzeret.compilation.max_concurrent_jobs",
     "interval": "ui.status_interval_s",

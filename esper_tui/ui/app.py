@@ -25,7 +25,14 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static, Tab, Tabs
 from textual.widgets._footer import FooterKey
 
-from esper_tui.engine.contracts import AnyCommand, PauseTraining, Recompile, RecompileAll, SetConservativeMode
+from esper_tui.engine.contracts import (
+    AnyCommand,
+    PauseTraining,
+    Recompile,
+    RecompileAll,
+    SetConservativeMode,
+    SetPolicy,
+)
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, conservative_strategy
 from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import Strategy, TrainingStatus
@@ -43,6 +50,7 @@ from esper_tui.widgets.forge_workers import ForgeWorkersPanel
 from esper_tui.widgets.panel import SnapshotPanel
 from esper_tui.widgets.plot_panel import PlotPanel
 from esper_tui.widgets.seeds import SeedsPanel
+from esper_tui.widgets.simic_panel import SimicPanel
 from esper_tui.widgets.status_banner import StatusBanner
 from esper_tui.widgets.strategy_picker import StrategyPicker
 from esper_tui.widgets.training import TrainingPanel
@@ -226,6 +234,7 @@ class DashboardScreen(Screen[None]):
                 yield PlotPanel(id="plot")
             with Horizontal(id="log-row"):
                 yield EventsPanel(id="events")
+                yield SimicPanel(id="simic")
                 yield BusPanel(id="bus")
         yield from self._extras
         yield EsperFooter()
@@ -351,6 +360,8 @@ def command_note(command: AnyCommand, *, conservative: bool = False) -> str:
         return f"Conservative mode {'on' if command.active else 'off'}"
     if isinstance(command, PauseTraining):
         return "Pause training" if command.paused else "Resume training"
+    if isinstance(command, SetPolicy):
+        return f"Tamiyo follows: {command.policy}"
     return type(command).__name__
 
 
@@ -422,6 +433,10 @@ class EsperApp(App[None]):
         self.dashboard.show_snapshot(snapshot)
 
     # ------------------------------------------------------------------ commands out
+
+    def choose_policy(self, spec: str) -> None:
+        """Tamiyo's policy from the next epoch on (a fresh command each time: ids and timestamps are its freshness)."""
+        self.send_command(SetPolicy(policy=spec))
 
     def send_command(self, command: AnyCommand) -> None:
         """Queue a command for the engine; the outbox worker sends it and confirms with a toast."""
@@ -570,6 +585,14 @@ class EsperApp(App[None]):
         )
         yield SystemCommand(
             "Pause / resume training", "Hold the training loop between batches", self.action_toggle_pause
+        )
+        yield SystemCommand(
+            "Policy: learned",
+            "Tamiyo follows the policy Simic published (the heuristic while none is, or on any error)",
+            partial(self.choose_policy, "learned"),
+        )
+        yield SystemCommand(
+            "Policy: heuristic", "Tamiyo follows her fixed rules", partial(self.choose_policy, "heuristic")
         )
 
     # ------------------------------------------------------------------ help
