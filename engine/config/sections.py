@@ -476,6 +476,13 @@ class SimicConfig(Section, frozen=True, kw_only=True):
     exploration: Annotated[
         float, Meta(ge=0, le=100, description="the bandit's optimism (LinUCB alpha) while it trains")
     ] = 1.0
+    epsilon: Annotated[
+        Fraction,
+        Meta(
+            description="share of training decisions taken at random among the legal actions, decaying to a tenth "
+            "of it over the run (every blueprint and slot gets tried)"
+        ),
+    ] = 0.4
     gate_seeds: Annotated[
         int, Meta(ge=1, le=100, description="held-out data seeds the validation gate plays each policy on")
     ] = 3

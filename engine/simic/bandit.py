@@ -1,10 +1,13 @@
 """A linear contextual bandit (LinUCB, Li et al. 2010) over Tamiyo's decision points.
 
 One ridge regression predicts every action's reward from phi(state, action) (training/learned.py): theta =
-A^-1 b with A = ridge * I + sum(phi phi^T), b = sum(reward * phi). While it trains, an action is chosen by its
-predicted reward plus `alpha * sqrt(phi^T A^-1 phi)`, optimism where it has seen little; deployed, by the
-prediction alone. Its loss is the squared error of its predictions on each round's new decisions, before it
-learns from them: a learning curve that does not need a held-out set.
+A^-1 b with A = ridge * I + sum(phi phi^T), b = sum(reward * phi). While it trains, an action is chosen at random
+among the legal ones with a decaying probability (simic.epsilon), else by its predicted reward plus
+`alpha * sqrt(phi^T A^-1 phi)`, optimism where it has seen little; deployed, by the prediction alone. The random
+share is there because optimism alone measured badly: rewards are in points (tens), the bonus near 1, and the first
+blueprint that paid well was never challenged (16 episodes never tried conv1d_block, the heuristic's best).
+Its loss is the squared error of its predictions on each round's new decisions, before it learns from them: a
+learning curve that does not need a held-out set.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ never carry it.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class EpisodeSpec:
     layout: tuple[list[str], list[str]] | None = None  # (blueprints, slots) of the policy's features
     version: str = "candidate"
     a_inv: list[list[float]] | None = None  # LinUCB: the inverse design matrix, for its exploration bonus
-    explore: float = 0.0  # LinUCB's alpha; 0: greedy
+    explore: float = 0.0  # LinUCB's alpha; 0: no optimism bonus
+    epsilon: float = 0.0  # the share of decisions taken at random among the legal actions (exploration)
     early_stop: int | None = None  # stop once validation has not improved for this many epochs (best restored)
     report_test: bool = False
 
@@ -100,10 +102,17 @@ def episode_config(base: TrainingConfig, spec: EpisodeSpec) -> TrainingConfig:
     )
 
 
-def ucb_chooser(a_inv: torch.Tensor, alpha: float) -> Chooser:
-    """LinUCB: the score plus alpha times the feature vector's uncertainty under the design so far."""
+def explorer(a_inv: torch.Tensor | None, alpha: float, epsilon: float, seed: int) -> Chooser:
+    """Exploration while training: with probability `epsilon` a legal action at random (every action gets tried,
+    whatever its features' scale), else LinUCB's choice, the score plus alpha times the uncertainty of its features
+    under the design so far."""
+    rng = random.Random(seed)
 
     def choose(features: torch.Tensor, scores: torch.Tensor) -> int:
+        if rng.random() < epsilon:
+            return rng.randrange(len(scores))
+        if a_inv is None or alpha <= 0:
+            return int(torch.argmax(scores))
         bonus = torch.sqrt(torch.clamp(((features @ a_inv) * features).sum(1), min=0.0))
         return int(torch.argmax(scores + alpha * bonus))
 
@@ -159,8 +168,9 @@ def run_episode(spec: EpisodeSpec, base: TrainingConfig | None = None) -> Episod
     policy: LinearPolicy | None = None
     if spec.theta is not None and spec.layout is not None:
         choose: Chooser = greedy
-        if spec.explore > 0 and spec.a_inv is not None:
-            choose = ucb_chooser(torch.tensor(spec.a_inv), spec.explore)
+        if spec.explore > 0 or spec.epsilon > 0:
+            a_inv = torch.tensor(spec.a_inv) if spec.a_inv is not None else None
+            choose = explorer(a_inv, spec.explore, spec.epsilon, spec.train_seed * 7919 + spec.data_seed)
         layout = Layout(list(spec.layout[0]), list(spec.layout[1]))
         policy = LinearPolicy(spec.version, layout, torch.tensor(spec.theta), choose, record=True)
         trainer.controller.policy = policy

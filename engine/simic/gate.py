@@ -35,7 +35,9 @@ def compare(name: str, candidate: Sequence[float], rival: Sequence[float]) -> tu
 def gate_specs(base: EpisodeSpec, seeds: Sequence[int], epochs: int) -> list[EpisodeSpec]:
     """The policy of `base` on each held-out seed, greedy, under the gate's protocol."""
     return [
-        replace(base, data_seed=s, train_seed=s, epochs=epochs, early_stop=max(2, epochs // 2), explore=0.0)
+        replace(
+            base, data_seed=s, train_seed=s, epochs=epochs, early_stop=max(2, epochs // 2), explore=0.0, epsilon=0.0
+        )
         for s in seeds
     ]
 

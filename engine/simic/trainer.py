@@ -56,6 +56,7 @@ class Plan:
     workers: int
     reward: RewardSpec
     explore: float
+    epsilon: float
     gate_seeds: int
     gate_epochs: int
 
@@ -69,6 +70,7 @@ class Plan:
             workers=s.workers,
             reward=RewardSpec(s.horizon_epochs, s.rent_per_kparam, s.wasted_graft_penalty),
             explore=s.exploration,
+            epsilon=s.epsilon,
             gate_seeds=min(s.gate_seeds, 2) if quick else s.gate_seeds,
             gate_epochs=min(s.gate_epochs, 40) if quick else s.gate_epochs,
         )
@@ -147,6 +149,8 @@ class Simic:
     # ------------------------------------------------------------------ episodes
 
     def _spec(self, i: int, bandit: LinUCB, layout: Layout, *, explore: float) -> EpisodeSpec:
+        """Episode i: its own training data seed and weights; exploration decays from epsilon to a tenth of it."""
+        total = max(1, self.plan.episodes)
         return EpisodeSpec(
             data_seed=TRAIN_DATA_SEEDS[i % len(TRAIN_DATA_SEEDS)],
             train_seed=i,
@@ -157,6 +161,7 @@ class Simic:
             layout=(layout.blueprints, layout.slots),
             a_inv=bandit.a_inv.tolist() if explore > 0 else None,
             explore=explore,
+            epsilon=self.plan.epsilon * max(0.1, 1.0 - i / total),
         )
 
     def train(self, pool: Pool) -> Progress:
