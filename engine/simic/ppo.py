@@ -137,7 +137,7 @@ class GrowthEnv(gym.Env[np.ndarray, np.int64]):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._stop()
-        self.episode += 1
+        self.episode = seed if seed is not None else self.episode + 1  # a seeded reset replays that episode
         spec = self.specs(self.episode)
         self._recorder, self._control = Recorder(), TrainingControl()
         trainer = build_trainer(spec, self.base, self._recorder, self._control, self._catalog)
