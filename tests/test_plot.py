@@ -52,6 +52,36 @@ def test_decisions_are_marked_at_their_epoch_not_when_a_snapshot_first_showed_th
     assert [(m.kind, m.epoch) for m in curves.markers] == [("germinate", 4), ("rollback", 6)]
 
 
+def test_one_rollback_is_one_marker() -> None:
+    """Tamiyo's decision to roll back (after epoch 5) and Tolaria's restore (of the failing epoch 6) are two log
+    lines of one rollback: it is marked once, at the failing epoch."""
+    agg = Aggregator()
+    for n in range(1, 6):
+        agg.apply(epoch(n))
+    agg.apply(
+        ControllerDecision(
+            source=Subsystem.TAMIYO,
+            action=Action.ROLLBACK,
+            slot=None,
+            blueprint_id=None,
+            reason="non-finite training loss (nan)",
+        )
+    )
+    agg.apply(
+        Rollback(
+            source=Subsystem.TOLARIA,
+            reason="non-finite training loss (nan)",
+            from_epoch=6,
+            to_epoch=5,
+            recovery_s=0.005,
+        )
+    )
+    curves = Curves()
+    curves.add(agg.snapshot())
+    assert [(m.kind, m.epoch) for m in curves.markers] == [("rollback", 6)]
+    assert curves.markers[0].text.startswith("rollback: non-finite training loss (nan); epoch 6 -> 5 restored")
+
+
 def test_sparse_series_are_cut_where_epochs_are_missing() -> None:
     assert stretches([(1, 1.0), (2, 0.9), (5, 0.7), (9, 0.5), (10, 0.4)]) == [
         [(1, 1.0), (2, 0.9)],

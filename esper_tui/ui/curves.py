@@ -11,8 +11,8 @@ from __future__ import annotations
 import msgspec
 
 from esper_tui.engine.recorder import Recording
-from esper_tui.engine.snapshot import Snapshot
-from esper_tui.engine.vocabulary import ACCURACY, MetricInfo
+from esper_tui.engine.snapshot import EventLine, Snapshot
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo, Subsystem
 
 MARKED: tuple[str, ...] = ("germinate", "fossilize", "prune", "rollback")
 """Event-log words marked on the curves (a ControllerDecision line starts with its action)."""
@@ -34,10 +34,14 @@ class Marker(msgspec.Struct, frozen=True):
     text: str
 
 
-def marker_kind(text: str) -> str | None:
-    """Which MARKED word an event line is about, or None."""
-    lowered = text.lower()
+def marker_kind(line: EventLine) -> str | None:
+    """Which MARKED word an event line is about, or None. One rollback is one marker: Tolaria's line of the
+    restore (at the failing epoch) marks it, and Tamiyo's decision to roll back, logged an epoch earlier for
+    the same rollback, does not (each rollback was drawn twice, and `compare` counted it as two decisions)."""
+    lowered = line.text.lower()
     first = lowered.split(" ", 1)[0]
+    if first == "rollback" and line.source is Subsystem.TAMIYO:
+        return None
     if first in MARKED:
         return first
     return "rollback" if "rollback" in lowered else None
@@ -83,7 +87,7 @@ class Curves:
             if key in self._seen:
                 continue
             self._seen.add(key)
-            if (kind := marker_kind(line.text)) is not None:
+            if (kind := marker_kind(line)) is not None:
                 self.markers.append(Marker(training.epoch if line.epoch is None else line.epoch, kind, line.text))
                 changed = True
         return changed
