@@ -45,6 +45,7 @@ from esper_tui.engine.contracts import (
     TrainingWaiting,
     WalStatus,
 )
+from esper_tui.engine.history import DEFAULT_SCROLLBACK, Details, History
 from esper_tui.engine.snapshot import (
     AlertView,
     BreakerView,
@@ -96,6 +97,7 @@ class Aggregator:
         aggressive_pipeline: bool = False,
         history: int = 120,
         max_events: int = 200,
+        scrollback: int = DEFAULT_SCROLLBACK,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
@@ -120,6 +122,8 @@ class Aggregator:
         self.simic: SimicView | None = None
         self.jobs_awaiting_worker = 0
         self.alerts: dict[str, AlertView] = {}
+        self.history = History(scrollback=scrollback)
+        """Per seed, job and decision, and the event log's scrollback: detail views fetch it, frames never carry it."""
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._dirty = True
         self._seq = 0
@@ -138,14 +142,22 @@ class Aggregator:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
         if handler is not None:
             handler(event)
-        line = self._describe(event)
-        if line is not None:
-            self.events.append(
-                EventLine(
-                    ts=event.ts, source=event.source, level=self._level(event), text=line, epoch=self._epoch_of(event)
-                )
+        text = self._describe(event)
+        line = (
+            None
+            if text is None
+            else EventLine(
+                ts=event.ts, source=event.source, level=self._level(event), text=text, epoch=self._epoch_of(event)
             )
+        )
+        if line is not None:
+            self.events.append(line)
+        self.history.apply(event, line)
         return True
+
+    def details(self) -> Details:
+        """The history behind the detail views, frozen now (on demand: never part of a snapshot or a frame)."""
+        return self.history.details(self.run_id, self._clock())
 
     def _epoch_of(self, event: AnyEvent) -> int | None:
         """The epoch a decision belongs to, for the curves' markers: the one it was made after, a rollback's the one
@@ -262,6 +274,7 @@ class Aggregator:
             for s in e.seeds
         ]
         self._training(seeds=seeds)
+        self.history.observe_seeds(e.epoch, e.ts, seeds)
 
     def _on_Rollback(self, e: Rollback) -> None:
         self._training(rollbacks=self.training.rollbacks + 1, epoch=e.to_epoch)
@@ -334,6 +347,7 @@ class Aggregator:
         )
 
     def _on_BreakerChanged(self, e: BreakerChanged) -> None:
+        self.history.observe_breaker(e.name, e.state.value)
         prev = self.breakers.get(e.name)
         keep = e.reading is None and prev is not None
         self.breakers[e.name] = BreakerView(

@@ -35,7 +35,10 @@ import msgspec
 
 from esper_tui.engine.bus import Bus, BusError
 from esper_tui.engine.bus.auth import FrameSigner, room_signed
+from esper_tui.engine.codec import encode_msgpack
 from esper_tui.engine.frames import (
+    DETAILS_EVERY_S,
+    DETAILS_FIELD,
     FRAME_FIELD,
     HEARTBEAT_EVERY_S,
     HEARTBEAT_TTL_S,
@@ -49,6 +52,7 @@ from esper_tui.engine.frames import (
     seal_heartbeat,
 )
 from esper_tui.engine.freshness import time_problem
+from esper_tui.engine.history import Details
 from esper_tui.engine.snapshot import BusNote, BusView, Snapshot, StreamBacklog
 from esper_tui.engine.vocabulary import EngineState
 
@@ -94,9 +98,11 @@ class Broadcaster:
         state: Callable[[], EngineState],
         refresh_hz: float,
         clock: Callable[[], float] = time.monotonic,
+        details: Callable[[], Details] | None = None,
     ) -> None:
         self._bus = bus
         self._signer = signer
+        self._details = details
         self._identity = identity
         self._latest = latest
         self._state = state
@@ -139,6 +145,23 @@ class Broadcaster:
         sent = await self._attempt("frame", self._bus.add_entry(self.stream, fields, maxlen=self._maxlen))
         self._resync = not sent
         return sent
+
+    # ------------------------------------------------------------------ details, on request
+
+    async def details_on_request(self, wanted: Callable[[], bool]) -> None:
+        """Until cancelled: while any control room asks (`wanted`), the engine's details every DETAILS_EVERY_S, on the
+        frames stream beside the frames (never inside one: frames stay the size they were)."""
+        while True:
+            if wanted():
+                await self.publish_details()
+            await asyncio.sleep(DETAILS_EVERY_S)
+
+    async def publish_details(self) -> bool:
+        if self._details is None:
+            return False
+        payload = encode_msgpack(self._details())
+        fields = {DETAILS_FIELD: payload, SIGNATURE_FIELD: self._signer.sign(payload)}
+        return await self._attempt("details", self._bus.add_entry(self.stream, fields, maxlen=self._maxlen))
 
     # ------------------------------------------------------------------ heartbeat
 
@@ -245,6 +268,9 @@ class BusWatch:
         self._backlogs_at = -math.inf
         self._rooms = (0, 0)  # (verified, unverified)
         self._rooms_at = -math.inf
+        self.details_wanted = False
+        """A room that announced itself within its presence's lifetime asks for details (any room may: they hold
+        nothing a frame does not, and they go out at most every DETAILS_EVERY_S however many ask)."""
 
     async def run(self) -> None:
         """Until cancelled: a fresh BusView every WATCH_EVERY_S."""
@@ -301,7 +327,16 @@ class BusWatch:
         except BusError:
             return self._rooms
         verified = sum(self._verified_room(key, value) for key, value in rooms.items())
+        self.details_wanted = any(self._wants_details(value) for value in rooms.values())
         return verified, len(rooms) - verified
+
+    def _wants_details(self, value: bytes) -> bool:
+        try:
+            room = open_room(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        fresh = time_problem(room.ts, self._wall(), max_age_s=PRESENCE_TTL_S + self._skew_s, max_ahead_s=self._skew_s)
+        return room.wants_details and fresh is None
 
     def _verified_room(self, key: str, value: bytes) -> bool:
         if self._operator_key is None:

@@ -35,9 +35,20 @@ class Event(Struct, tag_field="type", kw_only=True):
     source: Subsystem = Subsystem.ENGINE
 
 
+class ConfigEntry(Struct, kw_only=True):
+    """One effective config key as run info shows it (`changed`: it differs from the default). Secrets are
+    never carried: a key that holds one reads "(set)"."""
+
+    key: str
+    value: str
+    default: str
+    changed: bool = False
+
+
 class EngineStarted(Event, tag="engine_started", kw_only=True):
     """The run begins. The compile settings and whether anything trains are known from here on, so the
-    banner can say what seeds will run before the training process has even started."""
+    banner can say what seeds will run before the training process has even started. The identity, the
+    effective config and the key fingerprints (never the keys) are what run info shows."""
 
     run_id: str
     bus: str
@@ -48,6 +59,13 @@ class EngineStarted(Event, tag="engine_started", kw_only=True):
     compile_enabled: bool = False
     compile_backend: str | None = None
     compile_mode: str | None = None
+    python_version: str = ""
+    cpu_isa: str = ""
+    host: str = ""
+    pid: int = 0
+    library: str = ""  # the library's location, URLs without their passwords
+    key_fingerprints: dict[str, str] = msgspec.field(default_factory=dict)  # what the key is for -> fingerprint
+    config: list[ConfigEntry] = msgspec.field(default_factory=list)
 
 
 class EngineStopping(Event, tag="engine_stopping", kw_only=True):
@@ -67,6 +85,8 @@ class JobStarted(Event, tag="job_started", kw_only=True):
     strategy: Strategy
     attempt: int
     worker: str = ""  # a forge worker elsewhere ("host:pid"); "" for this engine's own sandbox
+    wal_txn: str = ""  # the WAL transaction the attempt runs in
+    breakers: dict[str, str] = msgspec.field(default_factory=dict)  # each breaker's state when it started
 
 
 class JobCompiled(Event, tag="job_compiled", kw_only=True):
@@ -82,6 +102,8 @@ class JobCompiled(Event, tag="job_compiled", kw_only=True):
     step_ms_eager: float
     reused: bool = False  # an identical artifact already existed (same key); nothing was compiled
     worker: str = ""  # the forge worker that compiled it, when not this engine
+    wal_txn: str = ""
+    verification: str = ""  # how the stored kernel was checked (signed here, verified from a worker, ...)
 
 
 class JobFailed(Event, tag="job_failed", kw_only=True):
@@ -91,6 +113,7 @@ class JobFailed(Event, tag="job_failed", kw_only=True):
     error: str
     attempt: int
     will_retry: bool
+    wal_txn: str = ""
 
 
 class BreakerChanged(Event, tag="breaker_changed", kw_only=True):
@@ -192,6 +215,8 @@ class ControllerDecision(Event, tag="controller_decision", kw_only=True):
     slot: str | None
     blueprint_id: str | None
     reason: str
+    epoch: int | None = None  # the epoch it was made after (None in recordings from before it was sent)
+    options: list[str] = msgspec.field(default_factory=list)  # what it weighed, the chosen one first
 
 
 class Rollback(Event, tag="rollback", kw_only=True):

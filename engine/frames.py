@@ -18,11 +18,17 @@ import msgspec
 
 from esper_tui.engine.codec import checked, encode_msgpack
 from esper_tui.engine.freshness import time_problem
+from esper_tui.engine.history import Details
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.vocabulary import SCHEMA_VERSION, EngineState, Struct
 
 FRAME_FIELD = b"f"
 SIGNATURE_FIELD = b"s"
+DETAILS_FIELD = b"d"
+"""An entry of the frames stream that carries the engine's details (history.Details, msgpack), signed like a frame;
+published only while a control room asks for them (`ControlRoom.wants_details`), never inside a frame."""
+DETAILS_EVERY_S = 2.0
+"""How often details go out while a room asks (a detail screen refreshes about as often)."""
 _FIELDS = tuple(f.name for f in msgspec.structs.fields(Snapshot) if f.name not in ("link",))
 """What a frame carries: the whole snapshot except `link`, which each client fills for itself."""
 
@@ -37,6 +43,7 @@ class Frame(Struct, kw_only=True):
 
 
 _frame_decoder = msgspec.msgpack.Decoder(Frame)
+_details_decoder = msgspec.msgpack.Decoder(Details)
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 
 
@@ -69,6 +76,11 @@ class FrameEncoder:
         )
         self._last, self._last_seq = fields, snapshot.seq
         return encode_msgpack(frame), key
+
+
+def decode_details(data: bytes) -> Details:
+    """Raises msgspec.DecodeError/ValidationError for anything that is not the engine's details."""
+    return _details_decoder.decode(data)
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -206,6 +218,7 @@ class ControlRoom(Struct, kw_only=True):
     read_only: bool
     ts: float
     signature: str = ""  # "" when the room holds no operator key
+    wants_details: bool = False  # a detail screen is open there: the engine publishes its details while any room asks
 
 
 _room_decoder = msgspec.msgpack.Decoder(ControlRoom)

@@ -17,6 +17,7 @@ import functools
 import gc
 import logging
 import os
+import platform
 import re
 import socket
 import threading
@@ -59,6 +60,7 @@ from esper_tui.engine.forge.forge import Forge, ForgeFatal, worker_pool
 from esper_tui.engine.forge.jobqueue import ForgeChannel, open_channel
 from esper_tui.engine.forge.sandbox import WorkerPool, reap_stale
 from esper_tui.engine.fsutil import StateDirError, lock_state_dir
+from esper_tui.engine.history import Details, LogEntry
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.device import DeviceError, resolve_device
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, settings_for
@@ -72,6 +74,7 @@ from esper_tui.engine.library.userbp import UserBlueprintError, extend_catalog
 from esper_tui.engine.linequota import LineQuota
 from esper_tui.engine.nissa import AlertEvaluator, EngineFacts, MetricsServer, NissaMetrics, PortInUse
 from esper_tui.engine.recorder import Recorder, recording_path
+from esper_tui.engine.run_info import config_entries, masked_url
 from esper_tui.engine.simic.status import view as simic_view
 from esper_tui.engine.snapshot import Snapshot
 from esper_tui.engine.training.control import TrainingControl
@@ -139,7 +142,9 @@ class Engine:
         self.catalog = Catalog()
         compilation = config.tezzeret.compilation
         self.aggregator = Aggregator(
-            max_concurrency=compilation.max_concurrent_jobs, aggressive_pipeline=compilation.enable_aggressive_pipeline
+            max_concurrency=compilation.max_concurrent_jobs,
+            aggressive_pipeline=compilation.enable_aggressive_pipeline,
+            scrollback=config.ui.event_scrollback,
         )
         self.control = TrainingControl()
         self.stopped = asyncio.Event()
@@ -188,6 +193,14 @@ class Engine:
 
     def latest(self) -> Snapshot | None:
         return self._snapshot
+
+    def details(self) -> Details:
+        """The history behind the detail views, frozen now (the dashboard asks when a detail screen opens)."""
+        return self.aggregator.details()
+
+    def event_log(self) -> list[LogEntry]:
+        """The event log's scrollback, oldest first (what the focused or filtered log panel reads)."""
+        return list(self.aggregator.history.log)
 
     async def send(self, command: AnyCommand) -> None:
         """The local dashboard's path: stamped and signed like any control room's command, checked the same."""
@@ -349,6 +362,18 @@ class Engine:
                 compile_enabled=cfg.training.compile,
                 compile_backend=compiles.backend if cfg.training.compile else None,
                 compile_mode=(compiles.mode or "default") if cfg.training.compile else None,
+                python_version=platform.python_version(),
+                cpu_isa=target.cpu_isa,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                library=" + ".join(masked_url(u) for u in (cfg.library.catalog_url, cfg.library.artifacts_url) if u)
+                or str(self.state_dir / "library"),
+                key_fingerprints={
+                    "library signing key": keys.fingerprint(key),
+                    "operator key": keys.fingerprint(self._operator_key),
+                    "frame key (public)": self.frame_public_key[:16],
+                },
+                config=config_entries(cfg),
             )
         )
         self.log(Level.INFO, self.identity_line())
@@ -583,6 +608,7 @@ class Engine:
             latest=self.latest,
             state=lambda: EngineState.STOPPING if self.stopped.is_set() else EngineState.RUNNING,
             refresh_hz=self.config.ui.refresh_hz,
+            details=self.aggregator.details,
         )
         self._watch = watch = BusWatch(
             self.bus,
@@ -596,6 +622,7 @@ class Engine:
             self._spawn(broadcaster.frames()),
             self._spawn(broadcaster.heartbeats()),
             self._spawn(watch.run()),
+            self._spawn(broadcaster.details_on_request(lambda: watch.details_wanted)),
         ]
 
     async def _train(self) -> None:

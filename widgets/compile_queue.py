@@ -267,6 +267,10 @@ class CompileQueue(SnapshotPanel[QueueSlice], DataTable[Text]):
         row = min(self.cursor_row, self.row_count - 1)
         return self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
 
+    def selected_key(self) -> str | None:
+        """The row under the cursor, as `row_key` writes it ("mlp_block@40-64"), or None when the queue is empty."""
+        return self._selected_key()
+
     def selected_blueprint(self) -> str | None:
         """The blueprint under the cursor (whichever shape the row is for), or None when the queue is empty."""
         key = self._selected_key()

@@ -9,6 +9,7 @@ Everything here is a pure function of snapshot values: times are computed agains
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable
 
 from textual.content import Content
@@ -203,3 +204,19 @@ def clip(text: str, width: int) -> str:
 def fit(text: str, width: int) -> str:
     """Pad or cut `text` to exactly `width` cells, so hand-made columns stay aligned."""
     return clip(text, width).ljust(width)
+
+
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float], width: int) -> str:
+    """`values` as a one-line text sparkline of at most `width` cells (the newest kept when there are more); a
+    flat series draws at the bottom, a value that is not finite as a gap. For detail screens, where a Sparkline
+    widget per series would cost more than the whole text."""
+    shown = values[-width:] if width > 0 else []
+    finite = [v for v in shown if math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    scale = (len(SPARK_BLOCKS) - 1) / (high - low) if high > low else 0.0
+    return "".join(SPARK_BLOCKS[round((v - low) * scale)] if math.isfinite(v) else " " for v in shown)

@@ -84,6 +84,13 @@ class SnapshotPanel(Generic[S]):
             self._flush()
         return True
 
+    @property
+    def focused_here(self) -> bool:
+        """Whether this panel is its screen's focused widget. Unlike `has_focus`, already true in the panel's own
+        `on_focus` (Textual sets `has_focus` in a handler that runs after the subclass's) and false in `on_blur`."""
+        widget = cast(Widget, self)
+        return widget.is_mounted and widget.screen.focused is widget
+
     def _shown(self) -> bool:
         """True when this widget and every ancestor is displayed (a hidden panel defers its redraw)."""
         widget = cast(Widget, self)

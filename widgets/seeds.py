@@ -6,9 +6,12 @@ A handful of slots fit in fixed-width text columns, which costs far less to repa
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
+from textual import events
+from textual.binding import Binding, BindingType
 from textual.content import Content
+from textual.message import Message
 from textual.widgets import Static
 
 from esper_tui.engine.snapshot import SeedView, Snapshot
@@ -101,15 +104,34 @@ class SeedsSlice(NamedTuple):
 
 
 class SeedsPanel(SnapshotPanel[SeedsSlice], Static):
-    """Every seed slot, dormant ones included (a free slot is information too)."""
+    """Every seed slot, dormant ones included (a free slot is information too). Focused (tab), the arrow keys
+    pick a slot and Enter opens its history."""
 
     PANEL_TITLE = "Kasmina seeds"
+    can_focus = True
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j,down", "move(1)", "Next slot", show=False, id="seeds.down"),
+        Binding("k,up", "move(-1)", "Previous slot", show=False, id="seeds.up"),
+        Binding("enter", "open", "Open", show=False, id="seeds.open"),
+    ]
 
     DEFAULT_CSS = """
     SeedsPanel {
         height: 1fr;
+        &:focus { border: round $accent; }
     }
     """
+
+    class Opened(Message):
+        """Enter on a slot: the dashboard opens its history."""
+
+        def __init__(self, slot: str) -> None:
+            super().__init__()
+            self.slot = slot
+
+    cursor = 0
+    """The selected slot's row (highlighted while the panel has focus)."""
 
     def select(self, snapshot: Snapshot) -> SeedsSlice:
         return SeedsSlice(snapshot.training.metric, tuple(snapshot.training.seeds))
@@ -118,5 +140,37 @@ class SeedsPanel(SnapshotPanel[SeedsSlice], Static):
         if not part.seeds:
             self.update(fmt.styled("no seed slots reported", fmt.MUTED), layout=False)
             return
-        lines = (line for seed in part.seeds for line in seed_lines(seed, part.metric))
-        self.update(Content("\n").join([seed_header(), *lines]), layout=False)
+        self.cursor = min(self.cursor, len(part.seeds) - 1)
+        lines: list[Content] = [seed_header()]
+        for index, seed in enumerate(part.seeds):
+            rows = seed_lines(seed, part.metric)
+            if index == self.cursor and self.focused_here:
+                rows[0] = rows[0].stylize("reverse")
+            lines.extend(rows)
+        self.update(Content("\n").join(lines), layout=False)
+
+    @property
+    def selected_slot(self) -> str | None:
+        part = self.shown
+        return part.seeds[self.cursor].slot if part is not None and part.seeds else None
+
+    @property
+    def shown(self) -> SeedsSlice | None:
+        drawn = self._drawn
+        return drawn if isinstance(drawn, SeedsSlice) else None
+
+    def action_move(self, delta: int) -> None:
+        part = self.shown
+        if part is not None and part.seeds:
+            self.cursor = min(max(self.cursor + delta, 0), len(part.seeds) - 1)
+            self.redraw()
+
+    def action_open(self) -> None:
+        if (slot := self.selected_slot) is not None:
+            self.post_message(self.Opened(slot))
+
+    def on_focus(self, _event: events.Focus) -> None:
+        self.redraw()
+
+    def on_blur(self, _event: events.Blur) -> None:
+        self.redraw()

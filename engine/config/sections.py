@@ -451,6 +451,14 @@ class UiConfig(Section, frozen=True, kw_only=True):
     status_interval_s: Annotated[
         float, Meta(ge=0.05, le=3600, description="headless runs and attach --no-ui: seconds between status lines")
     ] = 1.0
+    event_scrollback: Annotated[
+        int,
+        Meta(
+            ge=50,
+            le=100_000,
+            description="event-log lines kept for scrolling and `/` filtering (the panel shows the newest)",
+        ),
+    ] = 2000
 
 
 class SimicConfig(Section, frozen=True, kw_only=True):

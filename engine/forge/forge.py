@@ -34,7 +34,7 @@ from esper_tui.engine.contracts import (
     WalStatus,
 )
 from esper_tui.engine.forge import journal
-from esper_tui.engine.forge.board import BreakerBoard
+from esper_tui.engine.forge.board import NAMES, BreakerBoard
 from esper_tui.engine.forge.breakers import BreakerTransition, Clock
 from esper_tui.engine.forge.builders import Builder, BuildFailed, BuildSpec, LocalBuilder
 from esper_tui.engine.forge.conservative import ConservativeMode
@@ -260,7 +260,7 @@ class Forge:
         ):
             self.enqueue(bp.blueprint_id, shape=shape, reason="stale kernel (blueprint, torch or CPU changed)")
         else:
-            self._compiled(meta, meta.strategy, reused=True)
+            self._compiled(meta, meta.strategy, reused=True, verification="verified in the library")
 
     # ------------------------------------------------------------------ running
 
@@ -345,7 +345,7 @@ class Forge:
             await self.wal.acommit(
                 job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=existing.version, reused=True))
             )
-            self._compiled(existing, strategy, reused=True)
+            self._compiled(existing, strategy, reused=True, wal_txn=job.txid, verification="verified in the library")
             return
         spec = BuildSpec(
             job_id=job.txid,
@@ -368,6 +368,8 @@ class Forge:
                     strategy=strategy,
                     attempt=job.attempt,
                     worker=where,
+                    wal_txn=job.txid,
+                    breakers={name: self.board[name].state.value for name in NAMES},
                 )
             )
 
@@ -387,9 +389,23 @@ class Forge:
         await self.wal.acommit(
             job.txid, journal.encode(journal.JobCommitted(artifact_id=key, version=meta.version, reused=built.reused))
         )
-        self._compiled(meta, strategy, reused=built.reused, worker=built.worker)
+        verification = (
+            f"verified here (signature, key) from {built.worker}" if built.worker else "signed by this engine's library"
+        )
+        self._compiled(
+            meta, strategy, reused=built.reused, worker=built.worker, wal_txn=job.txid, verification=verification
+        )
 
-    def _compiled(self, meta: ArtifactMeta, strategy: Strategy, *, reused: bool, worker: str = "") -> None:
+    def _compiled(
+        self,
+        meta: ArtifactMeta,
+        strategy: Strategy,
+        *,
+        reused: bool,
+        worker: str = "",
+        wal_txn: str = "",
+        verification: str = "",
+    ) -> None:
         if self._is_user(meta.blueprint_id):
             self._user_status(meta.blueprint_id, UserStatus.COMPILED, "")
         if not reused:
@@ -410,6 +426,8 @@ class Forge:
                 step_ms_eager=meta.step_ms_eager,
                 reused=reused,
                 worker=worker,
+                wal_txn=wal_txn,
+                verification=verification,
             )
         )
         self.emit_wal_status()
@@ -432,6 +450,7 @@ class Forge:
                 error=error,
                 attempt=job.attempt,
                 will_retry=retry,
+                wal_txn=job.txid,
             )
         )
         self.emit_wal_status()

@@ -56,6 +56,8 @@ from esper_tui.engine.vocabulary import ACCURACY, Action, MetricInfo, SeedStage
 
 S = SeedStage
 _IN_FLIGHT = frozenset({S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING})
+OPTIONS_SHOWN = 8
+"""Offers a germination's decision lists (the catalog is a handful of blueprints per shape)."""
 MEMORISED_LOSS = 1e-3  # a mean training loss below this: the host fits its samples, seeds see no gradient
 
 
@@ -66,6 +68,7 @@ class Decision:
     blueprint_id: str | None = None
     reason: str = ""
     notable: bool = False  # a WAIT worth one event (e.g. why growth stopped); other WAITs stay silent
+    options: tuple[str, ...] = field(default=(), compare=False)  # what was weighed, the chosen one first (explanation)
 
 
 @dataclass(frozen=True)
@@ -300,8 +303,9 @@ class Controller:
         for offer in ranked:
             for slot in dormant:
                 if state.fits(slot, offer) and state.epoch >= s.retry_after.get(_pair(slot, offer.blueprint_id), 0):
+                    options = self._weighed(ranked, offer, slot, dormant, state)  # the ranks it was chosen by
                     s.uses[offer.blueprint_id] = s.uses.get(offer.blueprint_id, 0) + 1
-                    return Decision(Action.GERMINATE, slot, offer.blueprint_id, why)
+                    return Decision(Action.GERMINATE, slot, offer.blueprint_id, why, options=options)
         return Decision(
             Action.WAIT, reason=f"{why}, but no offered blueprint fits a free slot without having failed there recently"
         )
@@ -331,6 +335,32 @@ class Controller:
         if d.action is Action.GERMINATE and d.blueprint_id is not None:
             s.uses[d.blueprint_id] = s.uses.get(d.blueprint_id, 0) + 1
         return d
+
+    def _weighed(
+        self, ranked: list[KernelOffer], chosen: KernelOffer, slot: str, dormant: list[str], state: EpochState
+    ) -> tuple[str, ...]:
+        """The offers a germination weighed, the chosen one first, each with what ranked it (see `rank`) and why
+        it was passed over; at most OPTIONS_SHOWN."""
+        s = self.s
+
+        def words(o: KernelOffer) -> str:
+            bp = o.blueprint_id
+            step = f"{o.step_ms:.2f} ms" if o.step_ms is not None else "step -"
+            rank = (
+                f"pruned {s.pruned.get(bp, 0)}, used {s.uses.get(bp, 0)}, "
+                f"priority {self.catalog.get(bp).priority}, risk {o.risk:g}, {step}"
+            )
+            if o is chosen:
+                served = f"{o.label}: {o.why}" if o.why else o.label
+                return f"{bp} -> {slot}: chosen, serves {served} ({rank})"
+            if not any(state.fits(name, o) for name in dormant):
+                return f"{bp}: fits no free slot ({rank})"
+            waits = min(s.retry_after.get(_pair(name, bp), 0) for name in dormant if state.fits(name, o))
+            if state.epoch < waits:
+                return f"{bp}: failed here recently, not before epoch {waits} ({rank})"
+            return f"{bp}: ranked lower ({rank})"
+
+        return tuple(words(o) for o in [chosen, *(o for o in ranked if o is not chosen)][:OPTIONS_SHOWN])
 
     def decide(self, state: EpochState) -> list[Decision]:
         """The decisions for this epoch (never empty: a lone WAIT says why nothing happens)."""

@@ -245,6 +245,8 @@ class Trainer(Decisions, Checkpointing, Rollbacks):
                         slot=d.slot,
                         blueprint_id=d.blueprint_id,
                         reason=d.reason,
+                        epoch=self.epoch,
+                        options=list(d.options),
                     )
                 )
                 moved = moved or d.action is not Action.WAIT

@@ -47,7 +47,12 @@ class Rollbacks(TrainerCore):
         recovery_s = time.perf_counter() - t0
         self.emit(
             ControllerDecision(
-                source=Subsystem.TAMIYO, action=Action.ROLLBACK, slot=None, blueprint_id=None, reason=reason
+                source=Subsystem.TAMIYO,
+                action=Action.ROLLBACK,
+                slot=None,
+                blueprint_id=None,
+                reason=reason,
+                epoch=failed,
             )
         )
         self.emit(

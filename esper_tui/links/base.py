@@ -7,9 +7,11 @@ testable with a fixed snapshot and lets the same App drive an in-process engine 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from esper_tui.engine.contracts import AnyCommand
+from esper_tui.engine.history import Details, LogEntry
 from esper_tui.engine.snapshot import LinkView, Snapshot
 
 
@@ -47,15 +49,40 @@ class ReportsLink(Protocol):
     def link_view(self) -> LinkView: ...
 
 
+@runtime_checkable
+class DetailsLink(Protocol):
+    """A link that can hand over the history behind the detail views (seed, job, decision, event, run info).
+
+    Details never travel with snapshots (they would make every frame large); a detail screen asks here when
+    it opens and again while it stays open. A local engine answers from its aggregator, a remote link with the
+    newest details the engine published for it (asking for them first), a replay with what it rebuilt from the
+    recording up to the moment shown. None: nothing yet (the screen says so).
+    """
+
+    def details(self) -> Details | None: ...
+
+    def event_log(self) -> Sequence[LogEntry] | None:
+        """The event log's whole scrollback, oldest first (cheaper than `details()`: the focused log reads it at
+        every new snapshot)."""
+        ...
+
+
 class StaticLink:
-    """An EngineLink over a fixed snapshot: for tests, replays and screenshots.
+    """An EngineLink over a fixed snapshot (and, given them, fixed details): for tests and screenshots.
 
     Sent commands are recorded in `sent` instead of going anywhere.
     """
 
-    def __init__(self, snapshot: Snapshot | None = None) -> None:
+    def __init__(self, snapshot: Snapshot | None = None, details: Details | None = None) -> None:
         self._snapshot = snapshot
+        self._details = details
         self.sent: list[AnyCommand] = []
+
+    def details(self) -> Details | None:
+        return self._details
+
+    def event_log(self) -> Sequence[LogEntry] | None:
+        return None if self._details is None else self._details.log
 
     def latest(self) -> Snapshot | None:
         return self._snapshot

@@ -34,6 +34,7 @@ from esper_tui.engine.bus.helpers import Backoff
 from esper_tui.engine.codec import SchemaMismatch
 from esper_tui.engine.contracts import AnyCommand
 from esper_tui.engine.frames import (
+    DETAILS_FIELD,
     FRAME_FIELD,
     PRESENCE_EVERY_S,
     PRESENCE_TTL_S,
@@ -42,6 +43,7 @@ from esper_tui.engine.frames import (
     EngineHeartbeat,
     Frame,
     FrameDecoder,
+    decode_details,
     decode_frame,
     heartbeat_key,
     heartbeat_problem,
@@ -50,6 +52,7 @@ from esper_tui.engine.frames import (
     seal_room,
 )
 from esper_tui.engine.freshness import time_problem
+from esper_tui.engine.history import Details, LogEntry
 from esper_tui.engine.snapshot import LinkView, Snapshot
 from esper_tui.engine.vocabulary import EngineState, LinkState, new_id
 from esper_tui.links.base import CommandUnavailable
@@ -70,6 +73,9 @@ READ_COUNT = 256
 READ_BLOCK_MS = 500
 """A blocked XREAD returns at least this often, so presence and heartbeat checks keep their pace."""
 FRAME_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, SchemaMismatch)
+WANT_DETAILS_FOR_S = 10.0
+"""A room asks the engine for details (in its presence) this long after a detail screen or the focused log last
+read them: the engine stops publishing them once no room asks."""
 
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -183,6 +189,10 @@ class RemoteLink:
         self._final_missing = ""  # the engine's final picture could not be found: said, never papered over
         self._error = ""
         self._task: asyncio.Task[None] | None = None
+        self._details: Details | None = None  # the newest verified details the engine published
+        self._details_asked_at = -math.inf  # monotonic time a screen last read them
+        self._announce_now = False
+        self.details_rejected = 0
 
     # ------------------------------------------------------------------ EngineLink
 
@@ -225,6 +235,43 @@ class RemoteLink:
     def problem(self) -> str:
         return self._problem(self.link_view().state)
 
+    # ------------------------------------------------------------------ DetailsLink
+
+    def details(self) -> Details | None:
+        """The newest details the engine published (asking for them, in this room's presence, for a while)."""
+        self._ask_for_details()
+        return self._details
+
+    def event_log(self) -> list[LogEntry] | None:
+        self._ask_for_details()
+        return None if self._details is None else self._details.log
+
+    def _ask_for_details(self) -> None:
+        if not self.wants_details:
+            self._announce_now = True  # say so at once, not at the next presence renewal
+        self._details_asked_at = time.monotonic()
+
+    @property
+    def wants_details(self) -> bool:
+        return time.monotonic() - self._details_asked_at < WANT_DETAILS_FOR_S
+
+    def _take_details(self, fields: Mapping[bytes, bytes]) -> None:
+        """Keep the engine's details if it signed them for this run and they are newer than those kept."""
+        payload, signature = fields.get(DETAILS_FIELD), fields.get(SIGNATURE_FIELD)
+        if payload and signature and self._verifier.verify(payload, signature):
+            try:
+                details = decode_details(payload)
+            except FRAME_ERRORS:
+                details = None
+            if (
+                details is not None
+                and details.run_id == self.run_id
+                and (self._details is None or details.ts >= self._details.ts)
+            ):
+                self._details = details
+                return
+        self.details_rejected += 1
+
     @property
     def read_only(self) -> bool:
         return self._operator_key is None
@@ -262,7 +309,8 @@ class RemoteLink:
             try:
                 cursor = self._cursor or self._catch_up(await self._bus.tail(self.stream, TAIL_FRAMES))
                 now = time.monotonic()
-                if now >= next_room:
+                if now >= next_room or self._announce_now:
+                    self._announce_now = False
                     await self._announce()
                     next_room = now + PRESENCE_EVERY_S
                 if now >= next_beat:
@@ -283,7 +331,12 @@ class RemoteLink:
         """This room's presence: signed with the operator key when the room holds it, so the engine counts it
         as a control room (a read-only room has nothing to sign with and is counted as unverified)."""
         room = ControlRoom(
-            room_id=self._room_id, by=self._issued_by, pid=os.getpid(), read_only=self.read_only, ts=time.time()
+            room_id=self._room_id,
+            by=self._issued_by,
+            pid=os.getpid(),
+            read_only=self.read_only,
+            ts=time.time(),
+            wants_details=self.wants_details,
         )
         if self._operator_key is not None:
             room = sign_room(self._operator_key, room)
@@ -343,7 +396,14 @@ class RemoteLink:
         """Apply the verified keyframe with the highest seq among `entries`, then the deltas after it, in seq
         order: newest by seq, never by place in the stream, where anyone may append a copy of an old frame.
         What is not chosen is not counted as rejected (older pictures, forgeries before the choice alike)."""
-        frames = [f for _entry_id, fields in entries if (f := self._verified(fields, count=False)) is not None]
+        for _entry_id, fields in entries:
+            if DETAILS_FIELD in fields:
+                self._take_details(fields)
+        frames = [
+            f
+            for _entry_id, fields in entries
+            if DETAILS_FIELD not in fields and (f := self._verified(fields, count=False)) is not None
+        ]
         keyframes = [f for f in frames if f.base_seq is None]
         if not keyframes:
             return  # no keyframe: the deltas have no base; the next keyframe starts the picture
@@ -356,6 +416,9 @@ class RemoteLink:
         """Fold in a batch read after the cursor; returns the new cursor."""
         for entry_id, fields in entries:
             self._cursor = entry_id
+            if DETAILS_FIELD in fields:
+                self._take_details(fields)
+                continue
             frame = self._verified(fields)
             if frame is not None:
                 self._apply(frame)

@@ -10,7 +10,7 @@ may not send (attached read-only, no operator key) says why when a command key i
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, ClassVar
 
@@ -22,29 +22,37 @@ from textual.content import Content
 from textual.geometry import Size
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static, Tab, Tabs
+from textual.widgets import DataTable, Footer, Input, Static, Tab, Tabs
 from textual.widgets._footer import FooterKey
 
 from esper_tui.engine.contracts import (
     AnyCommand,
+    ControllerDecision,
     PauseTraining,
     Recompile,
     RecompileAll,
     SetConservativeMode,
     SetPolicy,
 )
+from esper_tui.engine.history import Details, LogEntry
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, conservative_strategy
 from esper_tui.engine.snapshot import LinkView, Snapshot
-from esper_tui.engine.vocabulary import Strategy, TrainingStatus
-from esper_tui.links.base import CommandUnavailable, EngineLink, ReportsLink
+from esper_tui.engine.vocabulary import ACCURACY, MetricInfo, Strategy, Subsystem, TrainingStatus
+from esper_tui.links.base import CommandUnavailable, DetailsLink, EngineLink, ReportsLink
 from esper_tui.themes import CSS_PATH, DEFAULT_THEME, THEMES, register_themes
+from esper_tui.ui.details.base import DetailScreen
+from esper_tui.ui.details.decision import DecisionDetail
+from esper_tui.ui.details.event import EventDetail
+from esper_tui.ui.details.job import JobDetail
+from esper_tui.ui.details.run_info import RunInfoScreen
+from esper_tui.ui.details.seed import SeedDetail
 from esper_tui.ui.help import HelpScreen, strategy_notes
 from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.breakers import BreakersPanel
 from esper_tui.widgets.bus_panel import BusPanel
 from esper_tui.widgets.compile_queue import CompileQueue
 from esper_tui.widgets.confirm import Confirm
-from esper_tui.widgets.events import EventsPanel
+from esper_tui.widgets.events import EventsPanel, FilterInput
 from esper_tui.widgets.forge_health import ForgeHealthLine
 from esper_tui.widgets.forge_workers import ForgeWorkersPanel
 from esper_tui.widgets.panel import SnapshotPanel
@@ -84,6 +92,8 @@ HELP_ORDER: tuple[str, ...] = (
     "esper.toggle_pause",
     "esper.plot",
     "esper.next_view",
+    "esper.run_info",
+    "esper.filter_events",
     "esper.help",
     "esper.quit",
 )
@@ -139,6 +149,11 @@ EXTRA_HELP: tuple[tuple[str, str], ...] = (
     ("^p", "Command palette: every command above, strategies, themes"),
     ("↑ ↓ / pgup pgdn", "Move the compile-queue cursor (the selected blueprint)"),
     ("tab", "Move focus between panels"),
+    ("enter", "Open what is selected: a job's attempts, a seed slot's history, an event or a Tamiyo decision"),
+    ("j k g G pgup pgdn", "Event log (focused): older, newer, newest, oldest, a page down or up"),
+    ("/  esc", "Filter the whole event log by words, subsystem (tamiyo) or level (warning); esc clears"),
+    ("f", "Seed detail: this slot or every slot"),
+    ("esc q", "Close a detail screen"),
 )
 
 
@@ -198,6 +213,21 @@ class DashboardScreen(Screen[None]):
             show=False,  # the tab bar itself says "t next"
             id="esper.next_view",
         ),
+        Binding(
+            "i",
+            "app.run_info",
+            "Run info",
+            tooltip="Run info: identity, config (non-defaults marked), key fingerprints, state dir, uptime, run id",
+            id="esper.run_info",
+        ),
+        Binding(
+            "slash",
+            "filter_events",
+            "Filter",
+            tooltip="Filter the event log (all of its scrollback) by words, subsystem or level",
+            key_display="/",
+            id="esper.filter_events",
+        ),
     ]
 
     def __init__(self, extras: tuple[Widget, ...] = ()) -> None:
@@ -233,11 +263,43 @@ class DashboardScreen(Screen[None]):
                     yield TrainingPanel(id="training")
                 yield PlotPanel(id="plot")
             with Horizontal(id="log-row"):
-                yield EventsPanel(id="events")
+                with Vertical(id="events-col"):
+                    yield EventsPanel(id="events")
+                    yield FilterInput(
+                        placeholder="filter: words, tamiyo, warning… (enter keeps, esc clears)", id="events-filter"
+                    )
                 yield SimicPanel(id="simic")
                 yield BusPanel(id="bus")
         yield from self._extras
         yield EsperFooter()
+
+    @property
+    def events_panel(self) -> EventsPanel:
+        return self.query_one(EventsPanel)
+
+    def action_filter_events(self) -> None:
+        """`/`: the filter prompt under the event log (the Events tab brought forward in the compact layout)."""
+        if self.compact:
+            self.show_view("events")
+        prompt = self.query_one(FilterInput)
+        prompt.display = True
+        prompt.value = self.events_panel.filter_text
+        prompt.focus()
+
+    @on(Input.Changed, "#events-filter")
+    def _filter_typed(self, event: Input.Changed) -> None:
+        self.events_panel.set_filter(event.value)
+
+    @on(Input.Submitted, "#events-filter")
+    def _filter_kept(self, _event: Input.Submitted) -> None:
+        self.query_one(FilterInput).display = False
+        self.events_panel.focus()
+
+    @on(FilterInput.Cancelled)
+    def _filter_cancelled(self, _event: FilterInput.Cancelled) -> None:
+        self.events_panel.set_filter("")
+        self.query_one(FilterInput).display = False
+        self.events_panel.focus()
 
     def action_toggle_plot(self) -> None:
         """Show or hide the curves; hidden, the panel still gathers points, so it opens up to date.
@@ -297,6 +359,8 @@ class DashboardScreen(Screen[None]):
         self._fit_layout(self.app.size)
         self.query_one("#body").display = False
         self._panels = [widget for widget in self.query("*") if isinstance(widget, SnapshotPanel)]
+        self.query_one(FilterInput).display = False
+        self.events_panel.scrollback_source = self.app_event_log
         self._composed = True
         if self._waiting_view is not None:
             self.query_one("#waiting", Static).update(waiting_text(self._waiting_view))
@@ -311,6 +375,10 @@ class DashboardScreen(Screen[None]):
     @property
     def compile_queue(self) -> CompileQueue:
         return self.query_one(CompileQueue)
+
+    def app_event_log(self) -> list[LogEntry] | None:
+        app = self.app
+        return app.event_log() if isinstance(app, EsperApp) else None
 
     def show_snapshot(self, snapshot: Snapshot) -> None:
         """Hand a new snapshot to every panel; while covered by a modal, keep only the newest."""
@@ -544,6 +612,67 @@ class EsperApp(App[None]):
         """The command keys exist only where there is an engine to send commands to."""
         return self.SENDS_COMMANDS or action not in LIVE_COMMANDS
 
+    # ------------------------------------------------------------------ detail screens
+
+    def details(self) -> Details | None:
+        """The link's details (history behind the detail screens), or None where it has none (yet)."""
+        return self.link.details() if isinstance(self.link, DetailsLink) else None
+
+    def event_log(self) -> list[LogEntry] | None:
+        """The link's event-log scrollback, oldest first, or None (the panel then shows the snapshot's lines)."""
+        if not isinstance(self.link, DetailsLink):
+            return None
+        log = self.link.event_log()
+        return None if log is None else list(log)
+
+    def _metric(self) -> MetricInfo:
+        return self.snapshot.training.metric if self.snapshot is not None else ACCURACY
+
+    def open_detail(self, screen: DetailScreen) -> None:
+        """Push a detail screen over the dashboard (one at a time: a second replaces the first)."""
+        if isinstance(self.screen, DetailScreen):
+            self.pop_screen()
+        self.push_screen(screen)
+
+    def jump_to(self, ts: float) -> Callable[[], None] | None:
+        """A replay's way back to the moment `ts` (None live: there is nowhere to jump)."""
+        return None
+
+    def open_seed(self, slot: str) -> None:
+        self.open_detail(SeedDetail(self.details, slot, metric=self._metric()))
+
+    def open_job(self, blueprint_id: str, shape: str = "") -> None:
+        self.open_detail(JobDetail(self.details, blueprint_id, shape))
+
+    def open_entry(self, entry: LogEntry) -> None:
+        """A Tamiyo decision's detail, or any other event's."""
+        jump = self.jump_to(entry.line.ts)
+        decision = isinstance(entry.event, ControllerDecision) or (
+            entry.event is None and entry.line.source is Subsystem.TAMIYO
+        )
+        if decision:
+            self.open_detail(DecisionDetail(self.details, entry, metric=self._metric(), jump=jump))
+        else:
+            self.open_detail(EventDetail(self.details, entry, jump=jump))
+
+    def action_run_info(self) -> None:
+        self.open_detail(RunInfoScreen(self.details, lambda: self.snapshot))
+
+    @on(SeedsPanel.Opened)
+    def _seed_opened(self, event: SeedsPanel.Opened) -> None:
+        self.open_seed(event.slot)
+
+    @on(EventsPanel.Opened)
+    def _event_opened(self, event: EventsPanel.Opened) -> None:
+        self.open_entry(event.entry)
+
+    @on(DataTable.RowSelected, "#compile-queue")
+    def _job_opened(self, event: DataTable.RowSelected) -> None:
+        key = str(event.row_key.value or "")
+        blueprint_id, _, shape = key.partition("@")
+        if blueprint_id:
+            self.open_job(blueprint_id, shape)
+
     # ------------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
@@ -559,6 +688,24 @@ class EsperApp(App[None]):
             "Next view",
             "Small terminal: the next tab, Forge, Training, Events, Oona (t)",
             self.dashboard.action_next_view,
+        )
+        yield SystemCommand(
+            "Run info", "Identity, config with non-defaults marked, key fingerprints, run id (i)", self.action_run_info
+        )
+        yield SystemCommand(
+            "Filter the event log",
+            "By words, subsystem or level, over the whole scrollback (/)",
+            self.dashboard.action_filter_events,
+        )
+        yield SystemCommand(
+            "Open the selected seed slot",
+            "Its lifecycle, series, kernel, reports, rollbacks, graveyard (enter)",
+            self._open_selected_seed,
+        )
+        yield SystemCommand(
+            "Open the selected compile job",
+            "Every attempt: strategy, worker, breakers, step times, WAL (enter)",
+            self._open_selected_job,
         )
         yield SystemCommand("Help", "Keys, strategies and colour legend", self.action_help)
         for theme in THEMES:
@@ -594,6 +741,21 @@ class EsperApp(App[None]):
         yield SystemCommand(
             "Policy: heuristic", "Tamiyo follows her fixed rules", partial(self.choose_policy, "heuristic")
         )
+
+    def _open_selected_seed(self) -> None:
+        slot = self.dashboard.query_one(SeedsPanel).selected_slot
+        if slot is None:
+            self.notify("no seed slot reported yet", severity="warning")
+            return
+        self.open_seed(slot)
+
+    def _open_selected_job(self) -> None:
+        key = self.dashboard.compile_queue.selected_key()
+        if key is None:
+            self.notify("no compile job yet", severity="warning")
+            return
+        blueprint_id, _, shape = key.partition("@")
+        self.open_job(blueprint_id, shape)
 
     # ------------------------------------------------------------------ help
 

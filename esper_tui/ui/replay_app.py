@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import ClassVar
 
@@ -50,10 +50,9 @@ class ReplayApp(EsperApp):
             priority=True,
             id="replay.faster",
         ),
-        Binding("g", "replay_seek('start')", "start", tooltip="Go to the start", priority=True, id="replay.start"),
-        Binding(
-            "G", "replay_seek('end')", "end", tooltip="Go to the end", key_display="G", priority=True, id="replay.end"
-        ),
+        # Not priority: the focused event log reads g and G as its newest and oldest line.
+        Binding("g", "replay_seek('start')", "start", tooltip="Go to the start", id="replay.start"),
+        Binding("G", "replay_seek('end')", "end", tooltip="Go to the end", key_display="G", id="replay.end"),
         # The engine's command keys, hidden: a press says why nothing is sent rather than doing nothing.
         *(
             Binding(binding.key, f"refuse_command({binding.description!r})", show=False)
@@ -71,6 +70,8 @@ class ReplayApp(EsperApp):
         "replay.end",
         "esper.plot",
         "esper.next_view",
+        "esper.run_info",
+        "esper.filter_events",
         "esper.help",
         "esper.quit",
     )
@@ -104,6 +105,14 @@ class ReplayApp(EsperApp):
 
     def action_replay_speed(self, steps: int) -> None:
         self.replay.change_speed(steps)
+        self.poll_link()
+
+    def jump_to(self, ts: float) -> Callable[[], None] | None:
+        """`J` on an event's or a decision's detail: the dashboard as it was when it happened."""
+        return partial(self._jump, ts)
+
+    def _jump(self, ts: float) -> None:
+        self.replay.jump_to(ts)
         self.poll_link()
 
     def action_refuse_command(self, what: str) -> None:
