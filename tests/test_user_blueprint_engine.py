@@ -27,6 +27,7 @@ from esper_tui.engine.library.factory import open_library
 from esper_tui.engine.library.signing import load_key
 from esper_tui.engine.library.userbp import extend_catalog
 from esper_tui.engine.runtime import Engine
+from tests.budget import FULL
 
 pytestmark = [pytest.mark.compile, pytest.mark.slow]
 
@@ -34,7 +35,10 @@ CLI = [sys.executable, "-m", "esper_tui"]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "blueprints.py"
 USER_FILE = "<user blueprint gated_residual>"  # the file name usercode.load compiles the source under
 DEADLINE_S = 900.0
-LOOP_TIMEOUT_S = 60  # the compile timeout of the hostile run: the endless loop must be refused within it
+# The compile timeout of the hostile run: the endless loop must be refused within it. nan_out compiles before its
+# output is checked (so it needs the longer timeout on a loaded machine) and the sandbox's own test refuses it too:
+# it runs in the full suite only (tests/budget.py).
+LOOP_TIMEOUT_S = 60 if FULL else 30
 
 
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -150,8 +154,8 @@ def _tree(root: Path) -> dict[str, str]:
 
 HOSTILE = {
     "forever": ("while True:\n            pass", "compile exceeded its"),
-    "nan_out": ("return self.fc(x) * float('nan')", "non-finite output"),
     "reads_files": ("open('/etc/hostname').read()\n        return self.fc(x)", "forward tried open '/etc/hostname'"),
+    **({"nan_out": ("return self.fc(x) * float('nan')", "non-finite output")} if FULL else {}),
 }
 
 
