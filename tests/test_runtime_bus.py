@@ -355,12 +355,12 @@ async def test_an_unsigned_command_flood_is_summarised_in_the_event_log(engine, 
     flood = [Shutdown(issued_by="operator") for _ in range(300)]
     for command in flood:
         await engine.bus.add_entry(engine.bus.streams.emergency, {PAYLOAD: encode_msgpack(command)}, maxlen=1000)
-    await eventually(lambda: engine.bus.metrics().rejected == len(flood), "every command rejected", WAIT_S)
+    await eventually(lambda: engine.bus.metrics().rejected == len(flood), "every command rejected")
 
     def summary() -> list[str]:
         return [t for t in event_texts(engine) if "more commands rejected in the last" in t]
 
-    await eventually(summary, "the summary line", WAIT_S)
+    await eventually(summary, "the summary line")
     shown = [t for t in event_texts(engine) if t.startswith("rejected ")]
     assert len(shown) == runtime.REFUSALS_SHOWN
     assert summary() == [f"{len(flood) - runtime.REFUSALS_SHOWN} more commands rejected in the last 1 s"]

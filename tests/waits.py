@@ -10,7 +10,7 @@ from typing import Any
 DEADLINE_S = 120.0
 
 
-async def eventually(condition: Callable[[], Any], what: str, poll_s: float = 0.02) -> Any:
+async def eventually(condition: Callable[[], Any], what: str, *, poll_s: float = 0.02) -> Any:
     """Poll `condition` until it is truthy and return it; fail naming `what` if the deadline passes first."""
     try:
         async with asyncio.timeout(DEADLINE_S):
