@@ -64,7 +64,7 @@ from esper_tui.engine.history import Details, LogEntry
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.device import DeviceError, resolve_device
 from esper_tui.engine.kernels.pipelines import aggressive_refusal, settings_for
-from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
+from esper_tui.engine.kernels.probe import KernelTarget, known_target
 from esper_tui.engine.kernels.shapes import SlotShape, vector
 from esper_tui.engine.library.base import KernelLibrary, LibraryStats
 from esper_tui.engine.library.factory import LibraryUnavailable, is_shared, open_library
@@ -302,7 +302,7 @@ class Engine:
         stale = reap_stale(self.state_dir / "workers")
         self._pool = pool = worker_pool(cfg.tezzeret, self.state_dir, lambda why: self.log(Level.WARNING, why))
         prestart = asyncio.create_task(pool.prestart(cfg.tezzeret.compilation.max_concurrent_jobs))
-        target, probe_problem = await self._probe_kernel_target()
+        target, probe_problem = await known_target()  # cached, or asked of a child: never inductor in the engine
         self.kernel_target = target
         identity = Identity.here(target.cpu_isa, device=device, compiler=target.compiler)
         try:
@@ -420,15 +420,6 @@ class Engine:
         # collections triggered by the event loop's churn stop rescanning them (measured: WAL group commit
         # 37-51k -> 47-53k commits/s, 10k-transaction recovery without 200 ms outliers).
         gc.freeze()
-
-    async def _probe_kernel_target(self) -> tuple[KernelTarget, str]:
-        """What kernels here are built for, asked of a child process so that inductor never loads in the engine
-        (kernels/probe.py); in-process if the child fails, with the reason to log."""
-        try:
-            return await probe_child(), ""
-        except ProbeFailed as exc:
-            why = f"kernel identity probe in a child process failed ({exc}); probed in the engine instead"
-            return await asyncio.to_thread(probe_here), why
 
     async def _rescan_user_blueprints(self, forge: Forge, library: KernelLibrary, every_s: float) -> None:
         """tezzeret.polling.refresh_interval_minutes: user blueprints added since the start join the catalog, and

@@ -14,10 +14,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from esper_tui.engine.kernels.catalog import Catalog
-from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, probe_child, probe_here
+from esper_tui.engine.kernels.probe import KernelTarget, ProbeFailed, cache_file, known_target, probe_child, probe_here
 from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.library.store import ArtifactInvalid, Library
 from esper_tui.engine.training.kernel_source import KernelUnavailable
@@ -47,6 +48,38 @@ def test_a_child_probe_that_fails_says_why() -> None:
         asyncio.run(probe_child((sys.executable, "-c", "import sys; print('broken', file=sys.stderr); sys.exit(3)")))
     with pytest.raises(ProbeFailed, match="unreadable answer"):
         asyncio.run(probe_child((sys.executable, "-c", "print('not json')")))
+
+
+BROKEN = (sys.executable, "-c", "import sys; sys.exit(3)")
+
+
+def test_the_answer_is_kept_for_the_next_start_and_only_this_users_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = cache_file()
+    assert path.parent == tmp_path / "esper-tui" and not path.exists()
+    first, why = asyncio.run(known_target())
+    assert first == probe_here() and why == "" and path.exists()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert asyncio.run(known_target(BROKEN)) == (first, "")  # no child asked: it would have failed
+    fake = KernelTarget(cpu_isa="avx512", compiler="g++ 0")
+    path.write_bytes(msgspec.json.encode(fake))
+    assert asyncio.run(known_target(BROKEN))[0] == fake  # (what it reads is this user's own file)
+    path.chmod(0o620)  # a file another user could have written is never read
+    target, why = asyncio.run(known_target(BROKEN))
+    assert target == first and "probed in the engine instead" in why
+    path.chmod(0o600)
+    path.write_bytes(b"{not json")
+    assert asyncio.run(known_target())[0] == first  # an unreadable answer is asked again, and replaced
+    assert msgspec.json.decode(path.read_bytes(), type=KernelTarget) == first
+
+
+def test_another_compiler_names_another_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    here = cache_file()
+    monkeypatch.setenv("CXX", "clang++")
+    assert cache_file() != here
 
 
 ENGINE = """
