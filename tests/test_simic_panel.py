@@ -70,3 +70,21 @@ def test_simic_metrics_on_metrics() -> None:
     assert "simic_training_loss 3.2" in text and "simic_validation_pass 0.0" in text
     bare = scrape(rich_snapshot())
     assert 'simic_policy_info{policy="heuristic"} 1.0' in bare and "simic_episodes" not in bare
+
+
+async def test_the_palette_chooses_tamiyos_policy() -> None:
+    from esper_tui.engine.contracts import SetPolicy
+
+    link = StaticLink(rich_snapshot())
+    app = EsperApp(link)
+    async with app.run_test(size=SIZE) as pilot:
+        for query in ("policy: learned", "policy: heuristic"):
+            await pilot.press("ctrl+p")
+            await pilot.press(*query)
+            await pilot.pause(0.3)
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+        await app.wait_for_commands()
+        sent = [c for c in link.sent if isinstance(c, SetPolicy)]
+        assert [c.policy for c in sent] == ["learned", "heuristic"]
+        assert sent[0].command_id != sent[1].command_id  # a fresh command each time: its id and ts are its freshness
