@@ -11,7 +11,7 @@ from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.training.controller import Controller, EpochState
 from esper_tui.engine.training.kernel_source import EagerKernelSource
-from esper_tui.engine.training.learned import KINDS, STATE_FEATURES, Layout, LinearPolicy
+from esper_tui.engine.training.learned import GROW_CHOICES, KINDS, STATE_FEATURES, Layout, LinearPolicy
 from esper_tui.engine.vocabulary import Action, SeedStage
 
 S = SeedStage
@@ -63,12 +63,16 @@ def controller(t: torch.Tensor) -> tuple[Controller, LinearPolicy]:
 
 
 def test_the_policy_germinates_without_waiting_for_a_plateau_and_picks_blueprint_and_slot() -> None:
-    ctl, policy = controller(theta(Action.GERMINATE, blueprint="attention_block", slot="s1"))
+    second = Controller(CFG, CATALOG).rank(OFFERS)[1].blueprint_id  # the heuristic's second choice
+    ctl, policy = controller(theta(Action.GERMINATE, blueprint=second, slot="s1"))
     [d] = ctl.decide(EpochState(1, 0.30, (seed("s0"), seed("s1")), OFFERS))
-    assert (d.action, d.blueprint_id, d.slot) == (Action.GERMINATE, "attention_block", "s1")
+    assert (d.action, d.blueprint_id, d.slot) == (Action.GERMINATE, second, "s1")
     assert "policy v0001" in d.reason
     [point] = policy.points
-    assert point.kind == "grow" and len(point.arms) == 1 + 2 * len(OFFERS)  # wait, and every (offer, slot)
+    assert point.kind == "grow" and len(point.arms) == 1 + GROW_CHOICES  # wait, and the best-ranked (offer, slot)s
+    assert {a.blueprint_id for a in point.arms[1:]} == {
+        b.blueprint_id for b in Controller(CFG, CATALOG).rank(OFFERS)[:2]
+    }
 
 
 def test_a_policy_that_prefers_waiting_waits_and_the_heuristic_without_one_would_too() -> None:

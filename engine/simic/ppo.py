@@ -32,7 +32,7 @@ from esper_tui.engine.simic.reward import RewardSpec
 from esper_tui.engine.training.control import TrainingControl
 from esper_tui.engine.training.controller import Controller, Decision, EpochState
 from esper_tui.engine.training.kernel_source import KernelOffer
-from esper_tui.engine.training.learned import HISTORY, STATE_FEATURES, Layout, state_features
+from esper_tui.engine.training.learned import GROW_CHOICES, HISTORY, STATE_FEATURES, Layout, state_features
 from esper_tui.engine.vocabulary import Action
 
 _END = None
@@ -66,7 +66,7 @@ class _Bridge:
         mask = np.zeros(env.n_actions, dtype=np.bool_)
         mask[0] = True
         legal = {}
-        for offer, slot in options:
+        for offer, slot in options[:GROW_CHOICES]:
             i = env.germinate_index(offer.blueprint_id, slot)
             if i is not None:
                 mask[i], legal[i] = True, (offer, slot)
