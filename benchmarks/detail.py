@@ -12,7 +12,8 @@ does (`latest()` its snapshot, `details()` and `event_log()` its history).
   carry none of it: `details_in_keyframe_factor` is how much bigger every keyframe would be if they did.
 - **open**: each detail screen (seed, job, decision, event, run info, and the `/ tamiyo` filter over the whole
   scrollback) opened `--opens` times: from the call that opens it to the screen mounted with its body drawn
-  (the details fetched, frozen and rendered), p50/p95/max in ms. Target: p95 < 100 ms.
+  (the details fetched, frozen and rendered), p50/p95/max in ms of wall time, and of this process's CPU time
+  (`*_cpu`: what it costs whatever else the machine runs). Target: p95 < 100 ms.
 - **replay**: rebuilding the history from a recording of the run (once per replay, in a thread) and cutting it
   back to a moment (each time a screen refreshes).
 - **cpu**: the dashboard open at 4 Hz for `--cpu-seconds` while the story is fed at one epoch per 0.5 s (folding
@@ -126,16 +127,18 @@ async def opens(agg: Aggregator, count: int) -> dict[str, dict[str, float]]:
     async with app.run_test(size=(160, 50)) as pilot:
         await pilot.pause()
         for name, open_it in openers.items():
-            samples = []
+            samples, cpu_samples = [], []
             for _ in range(count):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 open_it()
                 await pilot.pause()
                 assert isinstance(app.screen, DetailScreen) and app.screen.details is not None
                 samples.append((time.perf_counter() - t0) * 1000)
+                cpu_samples.append((time.process_time() - c0) * 1000)
                 app.pop_screen()
                 await pilot.pause()
             results[name] = _ms(samples)
+            results[f"{name}_cpu"] = _ms(cpu_samples)
         panel = app.dashboard.events_panel
         samples = []
         for _ in range(count):
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'open':<16}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
     for name, ms in result["open_ms"].items():
         print(f"{name:<16}{ms['p50']:>9}{ms['p95']:>9}{ms['max']:>9}")
-    worst = max(ms["p95"] for ms in result["open_ms"].values())
+    worst = max(ms["p95"] for name, ms in result["open_ms"].items() if not name.endswith("_cpu"))
     print(f"target p95 < {TARGET_OPEN_MS:.0f} ms: {'ok' if worst < TARGET_OPEN_MS else 'MISSED'} (worst {worst} ms)")
     r = result["replay"]
     as_of_p95 = r["as_of_ms"]["p95"]

@@ -1,6 +1,7 @@
 """What every detail screen shares: a framed, scrollable body over the link's details, refreshed while open.
 
-A detail screen is a modal over the dashboard (Esc or q closes it). It fetches `Details` through the callable the
+A detail screen covers the dashboard (Esc or q closes it): an opaque screen, not a modal, so opening one does not
+render the dashboard again beneath it. It fetches `Details` through the callable the
 app gives it (the link's `details()`), picks its record (`pick`) and renders it (`body`) only when the record
 changed, so an open screen costs next to nothing between changes.
 """
@@ -14,7 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.content import Content
-from textual.screen import ModalScreen
+from textual.screen import Screen
 from textual.widgets import Static
 
 from esper_tui.engine.history import Details
@@ -37,13 +38,22 @@ def muted(text: str) -> Content:
     return fmt.styled(text, fmt.MUTED)
 
 
-def section(title: str, lines: list[Content], empty: str) -> list[Content]:
-    """A heading, then its lines indented, or one muted line saying there are none."""
+SECTION_LINES = 40
+"""Lines a section shows, the newest: a long run's 200 stage changes would make a screen slow to open and long
+to read (the sparklines show the whole run)."""
+
+
+def section(title: str, lines: list[Content], empty: str, *, limit: int = SECTION_LINES) -> list[Content]:
+    """A heading, then its lines indented (the newest `limit`, saying how many earlier ones are left out), or one
+    muted line saying there are none."""
+    earlier = len(lines) - limit
+    if earlier > 0:
+        lines = [muted(f"… {earlier} earlier"), *lines[-limit:]]
     body = [Content("  ") + line for line in lines] if lines else [muted(f"  {empty}")]
     return [Content(""), heading(title), *body]
 
 
-class DetailScreen(ModalScreen[None]):
+class DetailScreen(Screen[None]):
     """A framed body over one record of the details; subclasses say which (`pick`) and how it reads (`body`)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -55,9 +65,9 @@ class DetailScreen(ModalScreen[None]):
     DetailScreen {
         align: center middle;
         & > VerticalScroll {
-            width: 96%;
+            width: 100%;
             max-width: 150;
-            height: 92%;
+            height: 100%;
             border: round $accent;
             border-title-color: $accent;
             border-title-style: bold;

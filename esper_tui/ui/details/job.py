@@ -76,5 +76,5 @@ class JobDetail(DetailScreen):
             if attempts:
                 attempts.append(Content(""))
             attempts += attempt_lines(attempt)
-        lines += section("Attempts, newest first", attempts, "none yet")
+        lines += section("Attempts, newest first", attempts, "none yet", limit=len(attempts))  # bounded by the history
         return Content("\n").join(lines[1:])  # no blank line on top

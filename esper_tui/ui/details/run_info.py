@@ -66,7 +66,7 @@ def run_lines(run: RunInfo | None, snapshot: Snapshot | None) -> list[Content]:
         for entry in run.config
     ]
     title = f"Effective config ({CHANGED} differs from the default: {changed} of {len(run.config)} keys)"
-    lines += section(title, config, "not reported")
+    lines += section(title, config, "not reported", limit=len(config))
     return lines
 
 
