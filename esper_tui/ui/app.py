@@ -150,10 +150,11 @@ EXTRA_HELP: tuple[tuple[str, str], ...] = (
     ("↑ ↓ / pgup pgdn", "Move the compile-queue cursor (the selected blueprint)"),
     ("tab", "Move focus between panels"),
     ("enter", "Open what is selected: a job's attempts, a seed slot's history, an event or a Tamiyo decision"),
-    ("j k g G pgup pgdn", "Event log (focused): older, newer, newest, oldest, a page down or up"),
+    ("j k g G", "Event log (focused): older, newer, newest, oldest line; pgdn / pgup a page"),
     ("/  esc", "Filter the whole event log by words, subsystem (tamiyo) or level (warning); esc clears"),
     ("f", "Seed detail: this slot or every slot"),
     ("esc q", "Close a detail screen"),
+    ("J", "Replay, on an event's or a decision's detail: jump to the moment it happened"),
 )
 
 

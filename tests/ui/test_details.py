@@ -211,7 +211,7 @@ async def test_help_and_palette_list_the_new_keys(state) -> None:
         assert isinstance(app.screen, HelpScreen)
         keys = dict(app.screen.keys)
         assert keys["i"].startswith("Run info") and keys["/"].startswith("Filter the event log")
-        assert "enter" in keys and "f" in keys and any(k.startswith("j k g G") for k in keys)
+        assert "enter" in keys and "f" in keys and "j k g G" in keys and "J" in keys
         await pilot.press("escape")
         titles = {command.title for command in app.get_system_commands(app.screen)}
         assert {"Run info", "Filter the event log", "Open the selected seed slot"} <= titles
