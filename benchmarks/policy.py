@@ -79,7 +79,7 @@ def goal(heuristic: dict[str, float], learned: dict[str, float], h_runs: list[fl
     ep_h, ep_l = heuristic["epochs_to_best_mean"], learned["epochs_to_best_mean"]
     w_h, w_l = heuristic["wasted_grafts_mean"], learned["wasted_grafts_mean"]
     fewer_epochs = (ep_h - ep_l) / ep_h if ep_h else 0.0
-    fewer_waste = (w_h - w_l) / w_h if w_h else (0.0 if w_l else 1.0)
+    fewer_waste = (w_h - w_l) / w_h if w_h else 0.0  # none wasted by the heuristic: nothing to do better
     met = matched and (fewer_epochs >= 0.25 or fewer_waste >= 0.25)
     return (
         f"GOAL {'MET' if met else 'NOT MET'}: test accuracy {diff * 100:+.1f} points vs the heuristic "
@@ -90,21 +90,31 @@ def goal(heuristic: dict[str, float], learned: dict[str, float], h_runs: list[fl
 
 
 def curve_verdict(bandit: list[float], ppo: list[float]) -> tuple[str, str]:
-    """Which learner's curve ends higher (mean return of the last third of its episodes), and why."""
+    """Which learner's curve ends higher (mean return of the last third of its episodes, with its standard error),
+    and why. Curves within two standard errors of each other are a tie, and the bandit is kept: a tenth of PPO's
+    machinery, a policy that reads as weights, and the one the gate judged."""
 
-    def tail(xs: list[float]) -> float:
+    def third(xs: list[float], last: bool) -> list[float]:
         k = max(1, len(xs) // 3)
-        return statistics.mean(xs[-k:]) if xs else -math.inf
+        return xs[-k:] if last else xs[:k]
 
-    def head(xs: list[float]) -> float:
-        k = max(1, len(xs) // 3)
-        return statistics.mean(xs[:k]) if xs else -math.inf
+    def se(xs: list[float]) -> float:
+        return statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
 
-    b, p = tail(bandit), tail(ppo)
-    chosen = "bandit" if b >= p else "ppo"
+    b, p = third(bandit, True), third(ppo, True)
+    diff = statistics.mean(p) - statistics.mean(b)
+    two_se = 2 * math.sqrt(se(b) ** 2 + se(p) ** 2)
+    tie = abs(diff) <= two_se
+    chosen = "bandit" if tie or diff < 0 else "ppo"
     why = (
-        f"last third of episodes: bandit return {b:+.2f} (first third {head(bandit):+.2f}), PPO {p:+.2f} (first "
-        f"third {head(ppo):+.2f}) over {len(bandit)} and {len(ppo)} episodes"
+        f"last third of {len(bandit)} and {len(ppo)} episodes: bandit return {statistics.mean(b):+.2f} (first third "
+        f"{statistics.mean(third(bandit, False)):+.2f}), PPO {statistics.mean(p):+.2f} (first third "
+        f"{statistics.mean(third(ppo, False)):+.2f}); PPO - bandit {diff:+.2f} (2 SE = {two_se:.2f}): "
+        + (
+            "a tie, so the bandit is kept (cheaper, readable weights, the policy the gate judged)"
+            if tie
+            else f"{chosen} learns better"
+        )
     )
     return chosen, why
 
