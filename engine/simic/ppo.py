@@ -240,14 +240,16 @@ def train_ppo(
                         on_episode(curve)
             return len(curve.returns) < episodes
 
-        def _on_rollout_end(self) -> None:
+        def _on_rollout_start(self) -> None:
+            """The previous update's figures (PPO trains after a rollout ends; its logger keeps them until the
+            next dump, after this rollout)."""
             values = self.model.logger.name_to_value
             if "train/entropy_loss" in values:
                 curve.entropy.append(float(values["train/entropy_loss"]))
                 curve.value_loss.append(float(values["train/value_loss"]))
 
     model = MaskablePPO(
-        "MlpPolicy", vec, n_steps=32, batch_size=32, n_epochs=4, gamma=0.99, ent_coef=0.01, seed=0, device="cpu"
+        "MlpPolicy", vec, n_steps=16, batch_size=16, n_epochs=4, gamma=0.99, ent_coef=0.01, seed=0, device="cpu"
     )
     try:
         model.learn(total_timesteps=10**9, callback=Episodes())
