@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from esper_tui.engine.config import TrainingConfig
-from esper_tui.engine.contracts import SeedHealth
 from esper_tui.engine.kernels.catalog import Catalog
 from esper_tui.engine.kernels.shapes import vector
 from esper_tui.engine.training.controller import Controller, EpochState
 from esper_tui.engine.training.kernel_source import EagerKernelSource
 from esper_tui.engine.training.learned import GROW_CHOICES, KINDS, STATE_FEATURES, Layout, LinearPolicy
 from esper_tui.engine.vocabulary import Action, SeedStage
+from tests.test_controller import seed  # one SeedHealth builder for every controller test
 
 S = SeedStage
 CFG = TrainingConfig(plateau_epochs=3, train_epochs=2, blend_epochs=5, holding_epochs=2)
@@ -20,28 +20,6 @@ CATALOG = Catalog()
 OFFERS = tuple(EagerKernelSource(CATALOG).offers(vector(40, 64)))
 LAYOUT = Layout([b.blueprint_id for b in CATALOG.fitting(vector(40, 64))], ["s0", "s1"])
 F = len(STATE_FEATURES)
-
-
-def seed(
-    slot: str,
-    stage: SeedStage = S.DORMANT,
-    *,
-    epochs: int = 0,
-    gain: float | None = None,
-    bp: str | None = None,
-    exploding: bool = False,
-) -> SeedHealth:
-    return SeedHealth(
-        slot=slot,
-        stage=stage,
-        blueprint_id=bp,
-        alpha=0.0,
-        grad_norm=0.1,
-        gain=gain,
-        epochs_in_stage=epochs,
-        kernel="-",
-        exploding=exploding,
-    )
 
 
 def theta(kind: Action, *, blueprint: str | None = None, slot: str | None = None, on: int = 0) -> torch.Tensor:
@@ -91,20 +69,20 @@ def test_no_decision_point_while_a_seed_is_in_flight_or_the_backoff_holds() -> N
 
 
 def test_judgement_is_the_policys_and_the_safety_prunes_stay_the_heuristics() -> None:
-    held = seed("s0", S.HOLDING, epochs=2, gain=0.001, bp="mlp_block")
+    held = seed("s0", S.HOLDING, epochs=2, delta=0.001, bp="mlp_block")
     ctl, policy = controller(theta(Action.FOSSILIZE))
     [d] = ctl.decide(EpochState(9, 0.6, (held, seed("s1")), OFFERS))
     assert d.action is Action.FOSSILIZE  # the heuristic would hold it: +0.1 points is under the 1.5-point bar
     assert policy.points[-1].kind == "judge"
     ctl, policy = controller(theta(Action.FOSSILIZE))
-    exploding = seed("s0", S.BLENDING, epochs=1, gain=0.05, bp="mlp_block", exploding=True)
+    exploding = seed("s0", S.BLENDING, epochs=1, delta=0.05, bp="mlp_block", exploding=True)
     [d] = ctl.decide(EpochState(9, 0.6, (exploding, seed("s1")), OFFERS))
     assert d.action is Action.PRUNE and "exploding" in d.reason and not policy.points
 
 
 def test_the_judged_seeds_gain_is_observed_in_points() -> None:
     ctl, policy = controller(theta(Action.PRUNE, on=STATE_FEATURES.index("seed_gain")))
-    held = seed("s0", S.HOLDING, epochs=2, gain=0.03, bp="mlp_block")
+    held = seed("s0", S.HOLDING, epochs=2, delta=0.03, bp="mlp_block")
     ctl.decide(EpochState(9, 0.6, (held, seed("s1")), OFFERS))
     fossilize, _prune = policy.points[-1].features
     at = KINDS.index(Action.FOSSILIZE) * F + STATE_FEATURES.index("seed_gain")

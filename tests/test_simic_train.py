@@ -115,26 +115,14 @@ def test_the_cli_trains_in_worker_processes_and_tamiyo_follows_the_published_pol
     policies = open_policies(LibraryConfig(), state, key)
     if policies.published() is None:  # the gate may refuse so small a policy: publish it by hand for Tamiyo's side
         policies.publish("v0001", "test")
-    run = subprocess.run(
-        [
-            *CLI,
-            "--no-ui",
-            "--eager",
-            "--epochs",
-            "4",
-            "--json",
-            "--interval",
-            "0.2",
-            "--policy",
-            "learned",
-            "--state-dir",
-            str(state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+
+    def engine_run(epochs: int, policy: str) -> subprocess.CompletedProcess[str]:
+        args = ["--no-ui", "--eager", "--epochs", str(epochs), "--json", "--interval", "0.2", "--policy", policy]
+        return subprocess.run(
+            [*CLI, *args, "--state-dir", str(state)], capture_output=True, text=True, timeout=300, env=env
+        )
+
+    run = engine_run(4, "learned")
     assert run.returncode == 0, run.stderr[-2000:]
     last = json.loads([line for line in run.stdout.splitlines() if line.startswith("{")][-1])
     assert last["training"]["policy"] == "learned v0001"
@@ -142,26 +130,7 @@ def test_the_cli_trains_in_worker_processes_and_tamiyo_follows_the_published_pol
     data = bytearray(policies.backend.get("v0001") or b"")
     data[-4] ^= 0x01
     bad.write_bytes(bytes(data))
-    run = subprocess.run(
-        [
-            *CLI,
-            "--no-ui",
-            "--eager",
-            "--epochs",
-            "6",
-            "--json",
-            "--interval",
-            "0.2",
-            "--policy",
-            str(bad),
-            "--state-dir",
-            str(state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    run = engine_run(6, str(bad))
     assert run.returncode == 0, run.stderr[-2000:]
     snapshots = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert snapshots[-1]["training"]["policy"] == "heuristic"
