@@ -6,6 +6,7 @@ A handful of slots fit in fixed-width text columns, which costs far less to repa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar, NamedTuple
 
 from textual import events
@@ -34,6 +35,17 @@ SEED_COLUMNS: tuple[tuple[str, int], ...] = (
 panel gets on a 120-column terminal."""
 
 COMPILED = "compiled "
+SLOT_WIDTH_MAX = 12
+"""The slot column grows to a task's own slot names (`features`, `conv2`) up to this; `s0` keeps it at 2."""
+
+
+def slot_width(seeds: Iterable[SeedView]) -> int:
+    """The slot column's width for these slots: the longest name, at least the header's 2, at most SLOT_WIDTH_MAX."""
+    return min(SLOT_WIDTH_MAX, max([SEED_COLUMNS[0][1], *(len(seed.slot) for seed in seeds)]))
+
+
+def _columns(slot_w: int) -> tuple[tuple[str, int], ...]:
+    return ((SEED_COLUMNS[0][0], slot_w), *SEED_COLUMNS[1:])
 
 
 def kernel_label(kernel: str) -> str:
@@ -59,11 +71,11 @@ def gain_text(gain: float | None, metric: MetricInfo) -> str:
     return text if "e" in text else text.replace("0.", ".", 1)
 
 
-def seed_header() -> Content:
-    return fmt.styled(" ".join(fmt.fit(label, width) for label, width in SEED_COLUMNS), f"{fmt.MUTED} bold")
+def seed_header(slot_w: int = SEED_COLUMNS[0][1]) -> Content:
+    return fmt.styled(" ".join(fmt.fit(label, width) for label, width in _columns(slot_w)), f"{fmt.MUTED} bold")
 
 
-def seed_line(seed: SeedView, metric: MetricInfo = ACCURACY) -> Content:
+def seed_line(seed: SeedView, metric: MetricInfo = ACCURACY, slot_w: int = SEED_COLUMNS[0][1]) -> Content:
     """One slot as aligned columns, coloured by lifecycle stage and health; the gain in the metric's units
     (points for a percent metric), positive when better."""
     gain = gain_text(seed.gain, metric)
@@ -80,7 +92,8 @@ def seed_line(seed: SeedView, metric: MetricInfo = ACCURACY) -> Content:
         (str(seed.epochs_in_stage) if active else fmt.DASH, ""),
     ]
     cells = [
-        fmt.styled(fmt.fit(text, width), style) for (text, style), (_, width) in zip(values, SEED_COLUMNS, strict=True)
+        fmt.styled(fmt.fit(text, width), style)
+        for (text, style), (_, width) in zip(values, _columns(slot_w), strict=True)
     ]
     return Content(" ").join(cells)
 
@@ -93,8 +106,8 @@ def outcome_note(seed: SeedView) -> Content | None:
     return fmt.styled(f"   {seed.slot} last decision: {seed.outcome}", fmt.MUTED)
 
 
-def seed_lines(seed: SeedView, metric: MetricInfo = ACCURACY) -> list[Content]:
-    line, note = seed_line(seed, metric), outcome_note(seed)
+def seed_lines(seed: SeedView, metric: MetricInfo = ACCURACY, slot_w: int = SEED_COLUMNS[0][1]) -> list[Content]:
+    line, note = seed_line(seed, metric, slot_w), outcome_note(seed)
     return [line] if note is None else [line, note]
 
 
@@ -141,9 +154,10 @@ class SeedsPanel(SnapshotPanel[SeedsSlice], Static):
             self.update(fmt.styled("no seed slots reported", fmt.MUTED), layout=False)
             return
         self.cursor = min(self.cursor, len(part.seeds) - 1)
-        lines: list[Content] = [seed_header()]
+        slot_w = slot_width(part.seeds)
+        lines: list[Content] = [seed_header(slot_w)]
         for index, seed in enumerate(part.seeds):
-            rows = seed_lines(seed, part.metric)
+            rows = seed_lines(seed, part.metric, slot_w)
             if index == self.cursor and self.focused_here:
                 rows[0] = rows[0].stylize("reverse")
             lines.extend(rows)

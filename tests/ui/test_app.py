@@ -191,6 +191,18 @@ async def test_panels_render_their_slices(make_app) -> None:
         assert "epoch 17/30" in str(training.query_one("#training-status").render())
 
 
+async def test_a_tasks_own_slot_names_are_shown_whole(make_app, link) -> None:
+    """A user task's slots (`features`, `head`) were cut to `f…` and `h…` by the 2-cell slot column."""
+    snapshot = rich_snapshot()
+    names = iter(["features", "head"])
+    seeds = [msgspec.structs.replace(seed, slot=next(names)) for seed in snapshot.training.seeds]
+    link.set(replaced(snapshot, training=msgspec.structs.replace(snapshot.training, seeds=seeds)))
+    app = make_app()
+    async with app.run_test(size=SIZE):
+        rows = plain(app, SeedsPanel).splitlines()
+        assert rows[1].startswith("features BLENDING") and rows[-1].startswith("head     DORMANT"), rows
+
+
 async def test_compile_queue_columns(make_app) -> None:
     app = make_app()
     async with app.run_test(size=SIZE):

@@ -10,7 +10,7 @@ from esper_tui.engine.history import DecisionRecord, Details, LogEntry
 from esper_tui.engine.vocabulary import ACCURACY, MetricInfo
 from esper_tui.ui.details.base import NO_DETAILS, DetailScreen, Fetch, heading, muted, section
 from esper_tui.widgets import format as fmt
-from esper_tui.widgets.seeds import seed_header, seed_line
+from esper_tui.widgets.seeds import seed_header, seed_line, slot_width
 
 SPARK_WIDTH = 60
 
@@ -52,9 +52,10 @@ def decision_lines(d: DecisionRecord, metric: MetricInfo) -> list[Content]:
             ),
         ]
     lines += section("Validation it decided on", curve, "no epoch seen before it")
+    slot_w = slot_width(d.seeds)
     lines += section(
         "Slots it saw",
-        [seed_header(), *(seed_line(seed, metric) for seed in d.seeds)] if d.seeds else [],
+        [seed_header(slot_w), *(seed_line(seed, metric, slot_w) for seed in d.seeds)] if d.seeds else [],
         "no slot reported before it",
     )
     outcome = [Content(d.outcome)] if d.outcome else []
