@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets._footer import FooterKey
 
 from benchmarks.story import T0, story
 from esper_tui.engine.aggregator import Aggregator
@@ -188,6 +189,23 @@ async def test_i_shows_run_info(state) -> None:
         assert "operator key: 88c1d4e2f0a3b915" in text
         assert "* training.epochs = 120" in text and "(default null)" in text
         assert "state directory /var/esper" in text
+
+
+async def test_the_covered_dashboard_keeps_its_footer_until_it_is_shown_again(state) -> None:
+    """Rebuilding the hidden dashboard's footer, key by key, was most of a detail screen's opening time."""
+    app = story_app(state)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        dashboard = app.screen
+        keys = list(dashboard.query(FooterKey))
+        await pilot.press("i")
+        await pilot.pause()
+        assert isinstance(app.screen, RunInfoScreen)
+        assert list(dashboard.query(FooterKey)) == keys  # the very same widgets: nothing rebuilt while covered
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is dashboard
+        assert [k.description for k in dashboard.query(FooterKey)] == [k.description for k in keys]
 
 
 async def test_detail_screens_say_when_there_is_no_history(state) -> None:
