@@ -3,6 +3,8 @@ SIGTERM. The browser itself is driven in tests/test_browser.py."""
 
 from __future__ import annotations
 
+import asyncio
+import shlex
 import signal
 import socket
 import subprocess
@@ -11,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
+import psutil
 import pytest
 
 from esper_tui.commands.cli import main
@@ -105,3 +109,59 @@ def test_a_port_in_use_is_one_line_and_exit_1() -> None:
 def test_a_recording_that_is_not_there_is_refused_before_serving(tmp_path: Path, capsys) -> None:
     assert main(["serve", "--", "replay", str(tmp_path / "nope.esrec")]) == 1
     assert capsys.readouterr().err == f"esper-tui: {tmp_path / 'nope.esrec'}: no such recording\n"
+
+
+SLOW_ROOM = """
+import os, sys, time
+sys.stdout.write("__GANGLION__\\n"); sys.stdout.flush()
+sys.stdin.buffer.read(1)  # textual-serve's quit, when the server stops
+os.close(1)  # the session ends here (exec: no shell holds stdout), before the room has exited
+time.sleep(2)
+"""
+
+
+def test_sigterm_waits_for_a_room_that_is_slow_to_exit(tmp_path: Path) -> None:
+    """A room still stopping its engine when the server stops: the server waits for it (and reaps it) before its
+    loop closes, so nothing is left running and asyncio prints no "Event loop is closed" traceback."""
+    room = tmp_path / "room.py"
+    room.write_text(SLOW_ROOM)
+    port = free_port()
+    script = (
+        "from esper_tui.ui.web import EsperServer; "
+        f"EsperServer({'exec ' + shlex.join([sys.executable, str(room)])!r}, '127.0.0.1', {port}, "
+        f"public_url='http://127.0.0.1:{port}').serve()"
+    )
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    async def drain(socket_: aiohttp.ClientWebSocketResponse) -> None:
+        async for _ in socket_:
+            pass
+
+    async def connect_then_stop() -> list[psutil.Process]:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    socket_ = await session.ws_connect(f"http://127.0.0.1:{port}/ws")
+                    break
+                except aiohttp.ClientError:
+                    assert time.monotonic() < deadline and server.poll() is None, "the server never answered"
+                    await asyncio.sleep(0.1)
+            reading = asyncio.create_task(drain(socket_))  # the server's close handshake is answered at once
+            while not (rooms := psutil.Process(server.pid).children(recursive=True)):
+                await asyncio.sleep(0.05)
+            server.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.wait, 30)
+            await reading
+            return rooms
+
+    try:
+        rooms = asyncio.run(connect_then_stop())
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, err
+    assert not [room for room in rooms if room.is_running()], "a room outlived the server"
+    assert "Traceback" not in err

@@ -7,11 +7,40 @@ to quit when its page goes away or the server stops, so SIGINT or SIGTERM leaves
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+import threading
 
+import psutil
 from aiohttp import web
 from textual_serve.server import Server
+
+ROOM_EXIT_S = 20.0
+"""How long a room that was told to quit may take (its engine checkpoints and stops its forge) before SIGKILL."""
+
+
+async def rooms_reaped(timeout_s: float = ROOM_EXIT_S) -> None:
+    """Wait until every room process has exited and asyncio has heard so, killing any still there at the deadline.
+
+    A session ends when its room's stdout closes, which can be before the process has exited or before asyncio's
+    child watcher has reported the exit. Closing the loop then leaves the watcher reporting to a closed loop and
+    the process transport printing "Event loop is closed" as it is collected (or, a room outliving the server)."""
+    me = psutil.Process()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while children := me.children():
+        if loop.time() >= deadline:
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            deadline = float("inf")  # killed: reaped within moments
+        await asyncio.sleep(0.05)
+    # Python 3.11's watcher reaps each child in a thread of its own ("waitpid-N") that then posts the exit to the
+    # loop; 3.12's pidfd watcher reaps on the loop itself and starts no thread.
+    while any(thread.name.startswith("waitpid-") for thread in threading.enumerate()):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # the posted exits run, and each transport finishes
 
 
 class EsperServer(Server):
@@ -42,6 +71,7 @@ class EsperServer(Server):
         for task in sessions:
             task.cancel()
         await asyncio.gather(*sessions, return_exceptions=True)
+        await rooms_reaped()
 
     def listening(self, *_: object) -> None:
         print(
