@@ -13,13 +13,12 @@ from typing import ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import VerticalScroll
 from textual.content import Content
 from textual.screen import Screen
-from textual.widgets import Static
 
 from esper_tui.engine.history import Details
 from esper_tui.widgets import format as fmt
+from esper_tui.widgets.content_view import ContentView
 
 Fetch = Callable[[], Details | None]
 """Where a screen gets its details (None: none yet, or none where this link is)."""
@@ -64,7 +63,7 @@ class DetailScreen(Screen[None]):
     DEFAULT_CSS = """
     DetailScreen {
         align: center middle;
-        & > VerticalScroll {
+        & > ContentView {
             width: 100%;
             max-width: 150;
             height: 100%;
@@ -73,9 +72,11 @@ class DetailScreen(Screen[None]):
             border-title-style: bold;
             border-subtitle-color: $foreground-muted;
             background: $surface;
+            scrollbar-background: $surface;  /* the track always shows (ContentView): quiet while all fits */
+            scrollbar-background-hover: $surface;
+            scrollbar-background-active: $surface;
             padding: 0 1;
         }
-        & #detail-body { width: 100%; }
     }
     """
 
@@ -100,10 +101,10 @@ class DetailScreen(Screen[None]):
         raise NotImplementedError
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="detail-box") as box:
-            box.border_title = self.title_text()
-            box.border_subtitle = ("J jump to this moment · " if self._jump else "") + self.KEYS_HINT
-            yield Static(id="detail-body", markup=False)
+        box = ContentView(id="detail-box")
+        box.border_title = self.title_text()
+        box.border_subtitle = ("J jump to this moment · " if self._jump else "") + self.KEYS_HINT
+        yield box
 
     def on_mount(self) -> None:
         self.reload()
@@ -115,12 +116,12 @@ class DetailScreen(Screen[None]):
         picked = self.pick(self.details)
         if force or picked != self._shown:
             self._shown = picked
-            self.query_one("#detail-body", Static).update(self.body(picked))
+            self.query_one("#detail-box", ContentView).update(self.body(picked))
 
     @property
     def text(self) -> str:
         """The body as plain text (tests read it)."""
-        return str(self.query_one("#detail-body", Static).render())
+        return self.query_one("#detail-box", ContentView).content.plain
 
     def action_close(self) -> None:
         self.dismiss(None)
