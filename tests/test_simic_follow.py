@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
+from esper_tui.commands.cli import main
 from esper_tui.engine.config import LibraryConfig
 from esper_tui.engine.contracts import AnyEvent, PolicyChanged
 from esper_tui.engine.library.policies import open_policies
@@ -98,3 +100,14 @@ def test_the_operators_choice_is_taken_before_the_next_epoch(tmp_path: Path) -> 
     box.set("heuristic")
     assert not f.ready(STATE)
     assert changes(events)[-1].policy == "heuristic" and "operator" in changes(events)[-1].reason
+
+
+def test_a_policy_file_that_is_not_there_at_start_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo.policy"
+    assert main(["--no-ui", "--policy", str(missing), "--state-dir", str(tmp_path / "state")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"esper-tui: policy {missing}: no such file (give heuristic, learned or a signed *.policy file)"
+    )
+    assert not (tmp_path / "state").exists()  # nothing started

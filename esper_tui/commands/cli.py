@@ -59,6 +59,14 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def policy_file_problem(policy: str) -> str | None:
+    """A policy file that is not there when the run starts is a typo, said before anything starts (one that goes
+    missing later falls back to the heuristic, as any policy error does while training)."""
+    if policy in ("heuristic", "learned") or Path(policy).is_file():
+        return None
+    return f"policy {policy}: no such file (give heuristic, learned or a signed *.policy file)"
+
+
 def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="esper-tui",
@@ -86,7 +94,7 @@ def _run_parser() -> argparse.ArgumentParser:
         "--policy",
         metavar="heuristic|learned|FILE",
         help="Tamiyo's policy: the heuristic (default), the learned one Simic published, or a signed FILE.policy "
-        "(training.policy; any error falls back to the heuristic)",
+        "(training.policy; a file not there at start exits 2, any error while training falls back to the heuristic)",
     )
     p.add_argument("--no-ui", action="store_true", help="run headless")
     p.add_argument("--json", action="store_true", help="with --no-ui: one JSON snapshot per line on stdout")
@@ -406,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
         config = with_flags(load_config(args.config), args, {"training.compile": False} if args.eager else None)
     except ConfigError as exc:
         return fail(f"config error: {exc}", 2)
-    if (problem := redis_url_problem(args.redis_url) or shared_forge_problem(config, args.redis_url)) is not None:
+    if (
+        problem := redis_url_problem(args.redis_url)
+        or shared_forge_problem(config, args.redis_url)
+        or policy_file_problem(config.training.policy)
+    ) is not None:
         return fail(problem, 2)
     from esper_tui.engine.training.faults import FaultPlan, FaultSpecError
 
