@@ -37,6 +37,11 @@ class ContentView(ScrollView, can_focus=True):
     def content(self) -> Content:
         return self._content
 
+    @property
+    def laid_out(self) -> bool:
+        """Whether the content is wrapped for the width shown (what the next frame draws is the body)."""
+        return self._wrapped_at > 0 and self._wrapped_at == self.scrollable_content_region.width
+
     def update(self, content: Content) -> None:
         """Show `content` (wrapped now if the width is known, else at the first resize)."""
         self._content = content

@@ -61,7 +61,7 @@ def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
                 for snapshot in recording.frames():
                     print(report_line(snapshot, args.json), flush=True)
                 return 0
-            app = ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme)
+            app = ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme, settle_heap=True)
             app.run()
             if app.failure is not None:
                 return fail(app.failure, 1)

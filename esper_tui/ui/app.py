@@ -46,6 +46,7 @@ from esper_tui.ui.details.event import EventDetail
 from esper_tui.ui.details.job import JobDetail
 from esper_tui.ui.details.run_info import RunInfoScreen
 from esper_tui.ui.details.seed import SeedDetail
+from esper_tui.ui.heap import settle_heap
 from esper_tui.ui.help import HelpScreen, strategy_notes
 from esper_tui.widgets.alert_strip import AlertStrip
 from esper_tui.widgets.breakers import BreakersPanel
@@ -138,16 +139,29 @@ class EsperFooter(Footer):
     """Textual's footer; in the compact layout it is compact too and starts with quit and help, which an
     80-column terminal otherwise cut off ("p Pause/" was the last thing it showed)."""
 
+    _drawn: tuple[object, ...] | None = None
+    """The keys last composed (`_keys()`): a footer asked to show the same keys again leaves them."""
+
+    def _keys(self) -> tuple[object, ...]:
+        shown = self.screen.active_bindings.values()
+        return (self.compact, *((b.key, b.action, b.description, on, tip) for _, b, on, tip in shown if b.show))
+
     def bindings_changed(self, screen: Screen[Any]) -> None:
-        """Recompose only while this footer's screen is the one shown: a detail screen pushed over the dashboard
-        blurs it, and rebuilding the hidden footer's keys then cost every open some 20-40 ms (its CSS, key by key).
-        The dashboard's focus comes back when it is shown again, and with it one recompose."""
+        """Recompose only while this footer's screen is the one shown, and only when its keys changed.
+
+        A detail screen pushed over the dashboard blurs it, and its return focuses it again: each a bindings change
+        with the same keys. Rebuilding them cost every open 20-40 ms (their CSS, key by key), and Textual keeps
+        every rebuilt key alive through its data binding, so each open and close left nine widgets for the
+        collector to walk for good (benchmarks/detail.py: full collections grew from 6 to 100 ms over 200 opens)."""
         if self.is_attached and self.screen is not self.app.screen:
             self._bindings_ready = True
+            return
+        if self.is_attached and screen is self.screen and self._drawn is not None and self._keys() == self._drawn:
             return
         super().bindings_changed(screen)
 
     def compose(self) -> ComposeResult:
+        self._drawn = self._keys() if self._bindings_ready else None
         keys = list(super().compose())
         if self.compact:
             keys.sort(key=lambda key: not (isinstance(key, FooterKey) and key.action in FOOTER_FIRST))
@@ -463,7 +477,10 @@ class EsperApp(App[None]):
         refresh_hz: float = 4.0,
         theme: str = DEFAULT_THEME,
         title: str = "Esper control room",
+        settle_heap: bool = False,
     ) -> None:
+        """`settle_heap`: freeze the heap once the dashboard is first drawn (esper_tui/ui/heap.py); the process
+        entries set it, tests that run many apps in one process must not."""
         if refresh_hz <= 0:
             raise ValueError(f"refresh_hz must be positive, got {refresh_hz}")
         super().__init__()
@@ -477,6 +494,11 @@ class EsperApp(App[None]):
         self.dashboard = DashboardScreen(self.dashboard_extras())
         self._drawn_key: tuple[str, int, LinkView] | None = None
         self._outbox: asyncio.Queue[tuple[AnyCommand, str]] = asyncio.Queue()
+        self._settle_heap = settle_heap
+
+    def on_ready(self) -> None:
+        if self._settle_heap:
+            self.call_after_refresh(settle_heap)
 
     def dashboard_extras(self) -> tuple[Widget, ...]:
         """Widgets a variant of the control room adds above the footer (none here; a replay's bar)."""

@@ -22,7 +22,7 @@ def _app(link: EngineLink, config: EsperConfig, **title: str) -> EsperApp:
     """The dashboard with the configured refresh rate and theme (Textual is imported only when needed)."""
     from esper_tui.ui.app import EsperApp
 
-    return EsperApp(link, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme, **title)
+    return EsperApp(link, refresh_hz=config.ui.refresh_hz, theme=config.ui.theme, settle_heap=True, **title)
 
 
 async def run_ui(engine: Engine, config: EsperConfig) -> int:
