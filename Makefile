@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
+# pytest workers for `make test` (pytest-xdist; a test file to one worker at a time, so a file's fixtures are
+# shared as before). Most of the suite waits on engines and compiles in other processes, so two workers halve its
+# time on 2 cores. TEST_WORKERS=0 runs it in this one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run headless test lint bench clean-state venv
 
@@ -24,7 +28,7 @@ headless: $(STAMP)
 	$(VENV)/bin/esper-tui --no-ui $(ARGS)
 
 test: lint
-	. scripts/ensure-redis.sh && . scripts/ensure-postgres.sh && . scripts/ensure-promtool.sh && . scripts/ensure-chromium.sh && . scripts/ensure-worker-access.sh && $(PY) -m pytest $(ARGS)
+	. scripts/ensure-redis.sh && . scripts/ensure-postgres.sh && . scripts/ensure-promtool.sh && . scripts/ensure-chromium.sh && . scripts/ensure-worker-access.sh && $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 # Three checkers: ruff (lint + format), mypy --strict, and import-linter's contracts (pyproject.toml).
 # mypy and import-linter read a symlink view of the package as it installs (scripts/lint-view.sh).
