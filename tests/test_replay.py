@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from textual.widgets._footer import FooterKey
 
+from benchmarks.story import story
+from esper_tui.commands.cli import main
+from esper_tui.engine.aggregator import Aggregator
 from esper_tui.engine.recorder import Recording, RecordingWriter
 from esper_tui.engine.snapshot import Snapshot, TrainingView
 from esper_tui.links.replay import ReplayLink
@@ -144,3 +147,33 @@ async def test_replay_offers_its_own_keys_not_the_engines(recording: Recording, 
         assert {"Replay: play / pause", "Replay: step forward", "Replay: go to end"} <= palette
         assert {"Show / hide the curves", "Next view"} <= palette
         assert not {"Recompile all", "Toggle conservative mode", "Pause / resume training"} & palette
+
+
+@pytest.mark.parametrize("config", ["", "[ui]\nevent_scrollback = 50\n"])
+def test_the_replays_event_log_holds_what_ui_event_scrollback_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str
+) -> None:
+    """`esper-tui replay` rebuilt its history with the default depth whatever the config said."""
+    now = [0.0]
+    agg = Aggregator(clock=lambda: now[0])
+    path = tmp_path / "story.esrec"
+    writer = RecordingWriter(path)
+    for event in story(200):
+        now[0] = event.ts
+        agg.apply(event)
+        writer.write(agg.snapshot())
+    writer.close()
+    said = len(agg.details().log)
+    assert said > 50  # the story says more than the smaller depth holds
+    (tmp_path / "esper.toml").write_text(config)
+    kept: list[int] = []
+
+    def run(app: ReplayApp) -> None:  # in place of the terminal: the link the CLI built, asked for its history
+        assert isinstance(app.link, ReplayLink)
+        history = app.link.wait_for_history(timeout_s=60)
+        assert history is not None
+        kept.append(len(history.log))
+
+    monkeypatch.setattr(ReplayApp, "run", run)
+    assert main(["replay", str(path), "--config", str(tmp_path / "esper.toml")]) == 0
+    assert kept == [50 if config else said]

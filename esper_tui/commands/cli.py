@@ -336,7 +336,7 @@ def _recordings(argv: list[str]) -> int:
         )
     from esper_tui.commands.recordings import replay_main
 
-    return replay_main(args, config.ui.refresh_hz, config.ui.theme)
+    return replay_main(args, config.ui)
 
 
 def _serve(argv: list[str]) -> int:

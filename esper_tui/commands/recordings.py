@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from esper_tui.commands.fail import fail, missing_state_dir
+from esper_tui.engine.config import UiConfig
 from esper_tui.engine.recorder import (
     EXTENSION,
     BadRecording,
@@ -43,8 +44,9 @@ def find_recording(given: Path, state_dir: Path) -> Path:
     raise BadRecording(f"{given}: {len(matches)} runs in {runs_dir} start with it ({runs}): give more of the id")
 
 
-def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
-    """`esper-tui replay FILE [--no-ui [--json]]`: exit 1 for a file that is not a readable recording."""
+def replay_main(args: argparse.Namespace, ui: UiConfig) -> int:
+    """`esper-tui replay FILE [--no-ui [--json]]`: exit 1 for a file that is not a readable recording. The replay
+    draws at `ui.refresh_hz` in `ui.theme`, and its event log holds the last `ui.event_scrollback` lines."""
     try:
         recording = Recording(args.file)
     except BadRecording as exc:
@@ -61,7 +63,8 @@ def replay_main(args: argparse.Namespace, refresh_hz: float, theme: str) -> int:
                 for snapshot in recording.frames():
                     print(report_line(snapshot, args.json), flush=True)
                 return 0
-            app = ReplayApp(ReplayLink(recording), refresh_hz=refresh_hz, theme=theme, settle_heap=True)
+            link = ReplayLink(recording, scrollback=ui.event_scrollback)
+            app = ReplayApp(link, refresh_hz=ui.refresh_hz, theme=ui.theme, settle_heap=True)
             app.run()
             if app.failure is not None:
                 return fail(app.failure, 1)
