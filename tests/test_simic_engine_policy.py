@@ -34,8 +34,9 @@ async def test_set_policy_reaches_the_training_process_and_the_snapshot_names_it
         await eventually(lambda: nothing in lines(engine), "the follower's answer")
         assert training(engine).policy == "heuristic"
 
-        policies = open_policies(LibraryConfig(), engine.state_dir, load_or_create_key(engine.state_dir))
-        policies.store(policy_bytes("v0001", key=load_or_create_key(engine.state_dir)))
+        key = load_or_create_key(engine.state_dir)  # the engine's library key: what its follower verifies with
+        policies = open_policies(LibraryConfig(), engine.state_dir, key)
+        policies.store(policy_bytes("v0001", key=key))
         policies.publish("v0001", "published by this test")
         await eventually(lambda: training(engine).policy == "learned v0001", "the published policy adopted")
         assert any("signature verified" in t for t in lines(engine)), lines(engine)
